@@ -1,0 +1,228 @@
+"""The wire and command contract: the single source of it in code.
+
+Every part of the product imports its names from here: MQTT topics, payload v1 and its validation,
+Kafka topics, MongoDB collection names and document ids, environment variables and their defaults.
+The prose version is docs/CONTRACT.md; both follow ../shared/CONTRACT.md. A change here is a
+versioned, deliberate change (bump PAYLOAD_VERSION or CONTRACT_REVISION), never a side effect.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+CONTRACT_REVISION: Final = 1
+PAYLOAD_VERSION: Final = 1
+MAX_PAYLOAD_BYTES: Final = 1024
+
+# --- MQTT -------------------------------------------------------------------------------------
+ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+READING_TOPIC: Final = "sensors/{place}/{device}/reading"
+STATUS_TOPIC: Final = "sensors/{place}/{device}/status"
+READING_SUBSCRIPTION: Final = "sensors/+/+/reading"
+STATUS_SUBSCRIPTION: Final = "sensors/+/+/status"
+STATUS_ONLINE: Final = "online"
+STATUS_OFFLINE: Final = "offline"
+READING_QOS: Final = 1
+
+# --- Kafka ------------------------------------------------------------------------------------
+TOPIC_READINGS: Final = "iot.readings"
+TOPIC_DLQ: Final = "iot.readings.dlq"
+TOPIC_WINDOWS_SENSOR: Final = "iot.windows.sensor"
+TOPIC_WINDOWS_PLACE: Final = "iot.windows.place"
+
+# --- MongoDB ----------------------------------------------------------------------------------
+DEFAULT_DATABASE: Final = "iot"
+COLL_READINGS: Final = "readings"
+COLL_SENSOR_WINDOWS: Final = "sensor_windows"
+COLL_PLACE_WINDOWS: Final = "place_windows"
+
+# --- Environment ------------------------------------------------------------------------------
+ENV_DEFAULTS: Final[Mapping[str, str]] = {
+    "IOT_MQTT_URL": "mqtt://127.0.0.1:1883",
+    "IOT_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
+    "IOT_MONGO_URI": "mongodb://127.0.0.1:27017/iot",
+    "IOT_WINDOW_TUMBLING_S": "60",
+    "IOT_WINDOW_HOPPING_S": "300",
+    "IOT_WINDOW_HOP_STEP_S": "60",
+    "IOT_WINDOW_GRACE_S": "10",
+}
+
+# --- Payload v1 -------------------------------------------------------------------------------
+METRICS: Final = ("temperature", "humidity", "pressure", "luminosity")
+# Inclusive physical ranges of the sensors (BME280 / BH1750 datasheets).
+METRIC_RANGES: Final[Mapping[str, tuple[float, float]]] = {
+    "temperature": (-40.0, 85.0),
+    "humidity": (0.0, 100.0),
+    "pressure": (300.0, 1100.0),
+    "luminosity": (0.0, 150000.0),
+}
+# Epoch ms bounds for ts: anything outside is a broken clock, not a measurement.
+TS_MIN_MS: Final = 0
+TS_MAX_MS: Final = 4_102_444_800_000  # 2100-01-01
+FW_MAX_LEN: Final = 64
+
+# Stable DLQ reason codes; tests and dashboards key on them.
+REASON_MALFORMED_JSON: Final = "malformed_json"
+REASON_NOT_OBJECT: Final = "not_object"
+REASON_SCHEMA: Final = "schema"  # missing field or wrong type
+REASON_NOT_FINITE: Final = "not_finite"
+REASON_OUT_OF_RANGE: Final = "out_of_range"
+REASON_TOPIC_MISMATCH: Final = "topic_mismatch"
+REASON_BAD_TOPIC: Final = "bad_topic"
+REASON_TOO_LARGE: Final = "too_large"
+REASON_BAD_ID: Final = "bad_id"
+REASON_UNKNOWN_VERSION: Final = "unknown_version"
+REASON_LATE: Final = "late"
+DLQ_REASONS: Final = (
+    REASON_MALFORMED_JSON,
+    REASON_NOT_OBJECT,
+    REASON_SCHEMA,
+    REASON_NOT_FINITE,
+    REASON_OUT_OF_RANGE,
+    REASON_TOPIC_MISMATCH,
+    REASON_BAD_TOPIC,
+    REASON_TOO_LARGE,
+    REASON_BAD_ID,
+    REASON_UNKNOWN_VERSION,
+    REASON_LATE,
+)
+
+_INT = "int"
+_STR = "str"
+_BOOL = "bool"
+_NUM_OR_NULL = "number|null"
+FIELDS: Final[Mapping[str, str]] = {
+    "v": _INT,
+    "device": _STR,
+    "place": _STR,
+    "boot": _INT,
+    "seq": _INT,
+    "ts": _INT,
+    "time_valid": _BOOL,
+    "temperature": _NUM_OR_NULL,
+    "humidity": _NUM_OR_NULL,
+    "pressure": _NUM_OR_NULL,
+    "luminosity": _NUM_OR_NULL,
+    "fw": _STR,
+}
+
+
+class InvalidReading(ValueError):
+    """A message that is not a valid payload v1 reading; `reason` is a stable DLQ code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class TopicIds:
+    place: str
+    device: str
+
+
+def reading_topic(place: str, device: str) -> str:
+    return READING_TOPIC.format(place=place, device=device)
+
+
+def status_topic(place: str, device: str) -> str:
+    return STATUS_TOPIC.format(place=place, device=device)
+
+
+def parse_reading_topic(topic: str) -> TopicIds:
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != "sensors" or parts[3] != "reading":
+        raise InvalidReading(REASON_BAD_TOPIC, f"topic {topic!r} is not sensors/{{place}}/{{device}}/reading")
+    place, device = parts[1], parts[2]
+    for name, value in (("place", place), ("device", device)):
+        if not ID_PATTERN.match(value):
+            raise InvalidReading(REASON_BAD_ID, f"topic {name} {value!r} must match {ID_PATTERN.pattern}")
+    return TopicIds(place=place, device=device)
+
+
+def _reject_constant(name: str) -> float:
+    # json accepts NaN/Infinity literals by default; payload v1 forbids them.
+    raise InvalidReading(REASON_NOT_FINITE, f"{name} is not a finite number")
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _STR:
+        return isinstance(value, str)
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def validate_reading(topic: str, payload: bytes) -> dict[str, Any]:
+    """Validate one MQTT message against payload v1 and return the normalised reading.
+
+    Metrics come back as float or None; unknown fields are dropped. Raises InvalidReading.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise InvalidReading(REASON_TOO_LARGE, f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    ids = parse_reading_topic(topic)
+    try:
+        text = payload.decode("utf-8")
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except InvalidReading:
+        raise
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidReading(REASON_MALFORMED_JSON, str(exc)[:200]) from None
+    if not isinstance(obj, dict):
+        raise InvalidReading(REASON_NOT_OBJECT, f"payload is a JSON {type(obj).__name__}, not an object")
+    if "v" in obj and _type_ok(_INT, obj["v"]) and obj["v"] != PAYLOAD_VERSION:
+        raise InvalidReading(REASON_UNKNOWN_VERSION, f"v={obj['v']}, this gateway speaks v{PAYLOAD_VERSION}")
+    out: dict[str, Any] = {}
+    for field, kind in FIELDS.items():
+        if field not in obj:
+            raise InvalidReading(REASON_SCHEMA, f"missing field {field!r}")
+        value = obj[field]
+        if not _type_ok(kind, value):
+            raise InvalidReading(REASON_SCHEMA, f"field {field!r} must be {kind}, got {type(value).__name__}")
+        if kind == _NUM_OR_NULL and value is not None:
+            value = float(value)
+            if not math.isfinite(value):
+                raise InvalidReading(REASON_NOT_FINITE, f"{field} is not a finite number")
+            low, high = METRIC_RANGES[field]
+            if not low <= value <= high:
+                raise InvalidReading(REASON_OUT_OF_RANGE, f"{field}={value} outside {low}..{high}")
+        out[field] = value
+    for field in ("device", "place"):
+        if not ID_PATTERN.match(out[field]):
+            raise InvalidReading(REASON_BAD_ID, f"{field} {out[field]!r} must match {ID_PATTERN.pattern}")
+    if out["device"] != ids.device or out["place"] != ids.place:
+        raise InvalidReading(
+            REASON_TOPIC_MISMATCH,
+            f"payload {out['place']}/{out['device']} != topic {ids.place}/{ids.device}",
+        )
+    for field in ("boot", "seq"):
+        if out[field] < 0:
+            raise InvalidReading(REASON_OUT_OF_RANGE, f"{field}={out[field]} must be >= 0")
+    if out["time_valid"] and not TS_MIN_MS <= out["ts"] < TS_MAX_MS:
+        raise InvalidReading(REASON_OUT_OF_RANGE, f"ts={out['ts']} is not a plausible epoch ms")
+    if not 0 < len(out["fw"]) <= FW_MAX_LEN:
+        raise InvalidReading(REASON_OUT_OF_RANGE, f"fw must be 1..{FW_MAX_LEN} characters")
+    return out
+
+
+def reading_id(device: str, boot: int, seq: int) -> str:
+    """MongoDB `_id` of a reading, and the identity used for de-duplication."""
+    return f"{device}:{boot}:{seq}"
+
+
+def window_id(key: str, kind: str, size_s: int, start_ms: int) -> str:
+    """Deterministic `_id` of a window document; key is the device (sensor) or place id."""
+    return f"{key}:{kind}:{size_s}:{start_ms}"
+
+
+def encode(obj: Mapping[str, Any]) -> bytes:
+    """The one JSON encoding used on Kafka: compact, UTF-8, no NaN."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")

@@ -1,0 +1,60 @@
+"""Structured logs: one line per event, `event key=value ...`, secrets never printed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+_SECRET_KEYS = ("password", "secret", "token", "sasl", "key")
+
+
+def _fmt(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' ="'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def kv(event: str, **fields: Any) -> str:
+    """Render an event and its fields; values of secret-looking keys are masked."""
+    parts = [event]
+    for key, value in fields.items():
+        if any(s in key.lower() for s in _SECRET_KEYS) and value not in (None, ""):
+            value = "***"
+        parts.append(f"{key}={_fmt(value)}")
+    return " ".join(parts)
+
+
+class EventLogger:
+    """A thin wrapper so call sites read `log.info("kafka_unreachable", broker=..., action=...)`."""
+
+    def __init__(self, name: str) -> None:
+        self._log = logging.getLogger(name)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(kv(event, **fields))
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log.info(kv(event, **fields))
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log.warning(kv(event, **fields))
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log.error(kv(event, **fields))
+
+
+def get(name: str) -> EventLogger:
+    return EventLogger(name)
+
+
+def setup(level: str | None = None) -> None:
+    """Configure the root logger once: timestamp, level, component, event line, to stderr."""
+    logging.basicConfig(
+        level=(level or os.environ.get("IOT_LOG_LEVEL", "INFO")).upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )

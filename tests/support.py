@@ -1,0 +1,27 @@
+"""Helpers shared by the tests: waiting on conditions with a deadline, unique ids."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `condition` until it returns a truthy value or `timeout` seconds pass (then fail)."""
+    deadline = time.monotonic() + timeout
+    last: T = condition()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value {last!r}")
+        time.sleep(interval)
+        last = condition()
+    return last
+
+
+def unique(prefix: str) -> str:
+    """An id that matches the contract's id pattern and is unique per call."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
