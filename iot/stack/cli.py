@@ -1,0 +1,91 @@
+"""`iot stack install | up | down | status [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from iot.stack import install
+from iot.stack.config import ConfigError, StackConfig
+from iot.stack.manager import Stack, StackError
+
+_VARIABLES = """variables: IOT_MQTT_URL, IOT_KAFKA_BOOTSTRAP, IOT_MONGO_URI (ports of Mosquitto, Kafka,
+FerretDB), IOT_KAFKA_CONTROLLER_PORT (Kafka port + 1), IOT_PROMETHEUS_PORT (9090),
+IOT_NODE_EXPORTER_PORT (9100), IOT_FERRETDB_DEBUG_PORT (8088), IOT_KAFKA_HEAP (512m),
+IOT_STACK_DIR (state: data, logs, pids; default .stack/ in the checkout), IOT_CACHE_DIR (installed
+programs; default ~/.cache/iot)."""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "stack", help="the native stack: Mosquitto, Kafka, FerretDB, Prometheus, node-exporter",
+        epilog=_VARIABLES,
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("install", help="install what the stack needs (idempotent, cached)").set_defaults(
+        func=_install)
+    up = actions.add_parser("up", help="start the stack; returns when every service answers a real client")
+    up.add_argument("services", nargs="*", help="only these services (default: all)")
+    up.set_defaults(func=_up)
+    down = actions.add_parser("down", help="stop the services this stack started")
+    down.add_argument("services", nargs="*")
+    down.set_defaults(func=_down)
+    status = actions.add_parser("status", help="health of each service")
+    status.add_argument("--json", action="store_true", help="one JSON object per service, in a list")
+    status.set_defaults(func=_status)
+
+
+def _stack() -> Stack:
+    try:
+        return Stack(StackConfig.from_env())
+    except ConfigError as exc:
+        raise SystemExit(f"ConfigError: {exc}") from None
+
+
+def _install(_args: argparse.Namespace) -> int:
+    try:
+        install.ensure_all(_stack().cfg)
+    except install.InstallError as exc:
+        print(f"InstallError: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    for row in rows:
+        mark = "healthy " if row["healthy"] else "DOWN    "
+        print(f"{mark}{row['name']:<14} port {row['port']:<6} pid {row['pid'] or '-':<8} {row['detail']}")
+
+
+def _up(args: argparse.Namespace) -> int:
+    stack = _stack()
+    started = time.monotonic()
+    try:
+        statuses = stack.up(args.services or None)
+    except (StackError, install.InstallError) as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    _print_table([s.as_dict() for s in statuses])
+    print(f"stack up in {time.monotonic() - started:.1f}s; state in {stack.cfg.state_dir}")
+    return 0 if all(s.healthy for s in statuses) else 1
+
+
+def _down(args: argparse.Namespace) -> int:
+    try:
+        stopped = _stack().down(args.services or None)
+    except StackError as exc:
+        print(f"StackError: {exc}", file=sys.stderr)
+        return 1
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    statuses = [s.as_dict() for s in _stack().status()]
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+    else:
+        _print_table(statuses)
+    return 0 if all(s["healthy"] for s in statuses) else 1

@@ -1,0 +1,129 @@
+"""Where the native stack lives and listens: one frozen object built from the environment.
+
+Ports come from the contract's endpoint variables (IOT_MQTT_URL, IOT_KAFKA_BOOTSTRAP, IOT_MONGO_URI), so
+the services listen exactly where the gateway, backend and boards will look for them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from iot import contract
+
+
+class ConfigError(ValueError):
+    """A stack setting is invalid; the message names the variable."""
+
+
+KAFKA_VERSION = "4.1.1"
+FERRETDB_VERSION = "v1.24.2"
+
+
+def _repo_root() -> Path | None:
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").exists() else None
+
+
+def _port(var: str, text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"{var}: port {text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{var}: port {port} is outside 1..65535")
+    return port
+
+
+def _url_port(var: str, url: str, default: int) -> tuple[str, int]:
+    parts = urlsplit(url if "://" in url else f"tcp://{url}")
+    try:
+        port = parts.port or default
+    except ValueError:
+        raise ConfigError(f"{var}: {url!r} has an invalid port") from None
+    if not parts.hostname:
+        raise ConfigError(f"{var}: {url!r} names no host")
+    return parts.hostname, _port(var, str(port))
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    state_dir: Path
+    cache_dir: Path
+    host: str
+    mqtt_port: int
+    kafka_port: int
+    kafka_controller_port: int
+    mongo_port: int
+    prometheus_port: int
+    node_exporter_port: int
+    ferretdb_debug_port: int
+    kafka_heap: str
+    scrape_targets: Mapping[str, str]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
+        env = os.environ if env is None else env
+
+        def get(var: str, default: str) -> str:
+            return env.get(var) or default
+
+        mqtt_host, mqtt_port = _url_port(
+            "IOT_MQTT_URL", get("IOT_MQTT_URL", contract.ENV_DEFAULTS["IOT_MQTT_URL"]), 1883
+        )
+        bootstrap = get("IOT_KAFKA_BOOTSTRAP", contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]).split(",")[0]
+        _, kafka_port = _url_port("IOT_KAFKA_BOOTSTRAP", bootstrap, 9092)
+        _, mongo_port = _url_port(
+            "IOT_MONGO_URI", get("IOT_MONGO_URI", contract.ENV_DEFAULTS["IOT_MONGO_URI"]), 27017
+        )
+        root = _repo_root()
+        state_default = root / ".stack" if root else Path.home() / ".local/state/iot"
+        heap = get("IOT_KAFKA_HEAP", "512m")
+        if not heap[:-1].isdigit() or heap[-1] not in "mMgG":
+            raise ConfigError(f"IOT_KAFKA_HEAP: {heap!r} must look like 512m or 1g")
+        targets = {
+            "gateway": get("IOT_STACK_SCRAPE_GATEWAY", "127.0.0.1:9108"),
+            "backend": get("IOT_STACK_SCRAPE_BACKEND", "127.0.0.1:9109"),
+        }
+        return cls(
+            state_dir=Path(get("IOT_STACK_DIR", str(state_default))).absolute(),
+            cache_dir=Path(get("IOT_CACHE_DIR", str(Path.home() / ".cache/iot"))).absolute(),
+            host=mqtt_host,
+            mqtt_port=mqtt_port,
+            kafka_port=kafka_port,
+            kafka_controller_port=_port(
+                "IOT_KAFKA_CONTROLLER_PORT", get("IOT_KAFKA_CONTROLLER_PORT", str(kafka_port + 1))
+            ),
+            mongo_port=mongo_port,
+            prometheus_port=_port("IOT_PROMETHEUS_PORT", get("IOT_PROMETHEUS_PORT", "9090")),
+            node_exporter_port=_port("IOT_NODE_EXPORTER_PORT", get("IOT_NODE_EXPORTER_PORT", "9100")),
+            ferretdb_debug_port=_port("IOT_FERRETDB_DEBUG_PORT", get("IOT_FERRETDB_DEBUG_PORT", "8088")),
+            kafka_heap=heap,
+            scrape_targets=targets,
+        )
+
+    def with_state_dir(self, state_dir: Path) -> StackConfig:
+        return replace(self, state_dir=state_dir)
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://{self.host}:{self.mqtt_port}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def mongo_uri(self) -> str:
+        return f"mongodb://{self.host}:{self.mongo_port}/{contract.DEFAULT_DATABASE}"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.cache_dir / f"kafka-{KAFKA_VERSION}"
+
+    @property
+    def ferretdb_bin(self) -> Path:
+        return self.cache_dir / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"

@@ -1,0 +1,165 @@
+"""Bring the native stack up, down, and report it: the engine behind `iot stack`."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+from iot import log, topics
+from iot.stack import install, probes, process
+from iot.stack.config import StackConfig
+from iot.stack.probes import ProbeFailed
+from iot.stack.services import BY_NAME, KAFKA, SERVICES, Service, service_env
+
+_log = log.get("iot.stack")
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought to the asked state; the message names the service."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    name: str
+    healthy: bool
+    pid: int | None
+    port: int
+    detail: str
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+class Stack:
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One `up` or `down` at a time per state folder: two racing `up`s would start twins."""
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        with (self.cfg.state_dir / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _select(self, names: Iterable[str] | None) -> list[Service]:
+        if names is None:
+            return list(SERVICES)
+        wanted = list(names)
+        unknown = [n for n in wanted if n not in BY_NAME]
+        if unknown:
+            raise StackError(f"unknown service(s) {unknown}; known: {[s.name for s in SERVICES]}")
+        return [s for s in SERVICES if s.name in wanted]
+
+    def _probe(self, svc: Service) -> str | None:
+        """None when healthy, else why not."""
+        try:
+            probes.tcp_open(self.cfg.host, svc.ports(self.cfg)[0])
+            svc.probe(self.cfg)
+        except (ProbeFailed, OSError) as exc:
+            return str(exc)
+        return None
+
+    def status(self, names: Iterable[str] | None = None) -> list[ServiceStatus]:
+        out = []
+        for svc in self._select(names):
+            tracked = process.read(svc.folder(self.cfg) / "pid")
+            why = self._probe(svc) if tracked else "not running"
+            out.append(ServiceStatus(svc.name, tracked is not None and why is None,
+                                     tracked.pid if tracked else None, svc.ports(self.cfg)[0], why or "ok"))
+        return out
+
+    def up(self, names: Iterable[str] | None = None) -> list[ServiceStatus]:
+        """Start what is not running and wait until every service answers a real client.
+
+        On any failure, every service this call started is stopped again and StackError names
+        the service, with the tail of its log.
+        """
+        with self._locked():
+            return self._up(self._select(names))
+
+    def _up(self, selected: list[Service]) -> list[ServiceStatus]:
+        install.ensure_all(self.cfg)
+        to_start = [s for s in selected if process.read(s.folder(self.cfg) / "pid") is None]
+        for svc in to_start:
+            for port in svc.ports(self.cfg):
+                if not port_free(self.cfg.host, port):
+                    raise StackError(
+                        f"{svc.name}: port {port} on {self.cfg.host} is already in use by another program; "
+                        f"stop it or choose another port (see `iot stack --help` for the variables)"
+                    )
+        started: list[Service] = []
+        try:
+            for svc in selected:
+                if svc in to_start:
+                    self._start(svc)
+                    started.append(svc)
+                self._wait_healthy(svc)
+            if KAFKA in selected:
+                topics.ensure_topics(self.cfg.kafka_bootstrap)
+        except BaseException:
+            for svc in reversed(started):
+                process.stop(svc.folder(self.cfg) / "pid")
+            raise
+        return self.status(s.name for s in selected)
+
+    def _start(self, svc: Service) -> None:
+        folder = svc.folder(self.cfg)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            svc.prepare(self.cfg, folder)
+        except (OSError, RuntimeError) as exc:
+            raise StackError(f"{svc.name}: preparing its configuration failed: {exc}") from exc
+        tracked = process.start(svc.argv(self.cfg, folder), svc.marker, folder, env=service_env())
+        _log.info("service_started", service=svc.name, pid=tracked.pid, log=folder / "log")
+
+    def _wait_healthy(self, svc: Service) -> None:
+        folder = svc.folder(self.cfg)
+        started = time.monotonic()
+        deadline = started + svc.start_timeout
+        why: str | None = "not probed"
+        while time.monotonic() < deadline:
+            tracked = process.read(folder / "pid")
+            if tracked is None:
+                raise StackError(
+                    f"{svc.name} exited during start-up; last lines of {folder / 'log'}:\n"
+                    f"{process.tail(folder / 'log')}"
+                )
+            why = self._probe(svc)
+            if why is None:
+                _log.info("service_healthy", service=svc.name, seconds=f"{time.monotonic() - started:.1f}")
+                return
+            time.sleep(0.25)
+        raise StackError(
+            f"{svc.name} did not become healthy in {svc.start_timeout:.0f}s ({why}); last lines of "
+            f"{folder / 'log'}:\n{process.tail(folder / 'log')}"
+        )
+
+    def down(self, names: Iterable[str] | None = None) -> list[str]:
+        with self._locked():
+            return self._down(self._select(names))
+
+    def _down(self, selected: list[Service]) -> list[str]:
+        stopped = []
+        for svc in reversed(selected):
+            if process.stop(svc.folder(self.cfg) / "pid"):
+                _log.info("service_stopped", service=svc.name)
+                stopped.append(svc.name)
+        return stopped

@@ -1,0 +1,124 @@
+"""Health probes that use each service the way the product does: a real client round trip."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import urllib.request
+import uuid
+
+import paho.mqtt.client as mqtt
+import pymongo
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+PROBE_TOPIC = "iot.stack.probe"
+
+
+class ProbeFailed(RuntimeError):
+    """The service answered, but not correctly, or did not answer in time."""
+
+
+def tcp_open(host: str, port: int, timeout: float = 1.0) -> None:
+    """The cheap first check: something accepts connections on the port."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ProbeFailed(f"nothing accepts connections on {host}:{port} ({exc.strerror or exc})") from exc
+
+
+def mqtt_round_trip(host: str, port: int, timeout: float = 5.0) -> None:
+    """Subscribe, publish QoS 1, and receive the same payload back through the broker."""
+    topic = f"iot/stack/probe/{uuid.uuid4().hex}"
+    token = uuid.uuid4().bytes
+    got = threading.Event()
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.on_message = lambda _c, _u, msg: got.set() if msg.payload == token else None
+    try:
+        client.connect(host, port, keepalive=10)
+    except OSError as exc:
+        raise ProbeFailed(f"connect {host}:{port}: {exc}") from exc
+    client.loop_start()
+    try:
+        client.subscribe(topic, qos=1)
+        if not subscribed.wait(timeout):
+            raise ProbeFailed("no SUBACK")
+        client.publish(topic, token, qos=1)
+        if not got.wait(timeout):
+            raise ProbeFailed("published message did not come back")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def kafka_round_trip(bootstrap: str, timeout: float = 10.0) -> None:
+    """Create the probe topic, produce one record with acks=all, and consume exactly that record."""
+    # log_level 0: a broker still starting is an expected answer here, not something to print.
+    common: dict[str, str | int | float] = {"bootstrap.servers": bootstrap, "log_level": 0}
+    admin = AdminClient({**common, "socket.timeout.ms": int(timeout * 1000)})
+    try:
+        topics = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise ProbeFailed(f"metadata from {bootstrap}: {exc}") from exc
+    if PROBE_TOPIC not in topics:
+        future = admin.create_topics([NewTopic(PROBE_TOPIC, 1, 1)])[PROBE_TOPIC]
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise ProbeFailed(f"create topic: {exc}") from exc
+    token = uuid.uuid4().bytes
+    offsets: list[int] = []
+
+    def delivered(err: object, msg: object) -> None:
+        if err is None:
+            offsets.append(msg.offset())  # type: ignore[attr-defined]
+
+    producer = Producer({**common, "acks": "all", "message.timeout.ms": int(timeout * 1000)})
+    producer.produce(PROBE_TOPIC, token, on_delivery=delivered)
+    producer.flush(timeout)
+    if not offsets:
+        raise ProbeFailed("produce was not acknowledged")
+    consumer = Consumer({**common, "group.id": "iot-stack-probe",
+                         "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(PROBE_TOPIC, 0, offsets[0])])
+        msg = consumer.poll(timeout)
+        if msg is None or msg.error() or msg.value() != token:
+            raise ProbeFailed(f"consume did not return the produced record ({msg and msg.error()})")
+    finally:
+        consumer.close()
+
+
+def mongo_round_trip(host: str, port: int, timeout: float = 5.0) -> None:
+    """Ping, insert a document, find it, delete it."""
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+        host, port, serverSelectionTimeoutMS=int(timeout * 1000), connectTimeoutMS=int(timeout * 1000)
+    )
+    try:
+        client.admin.command("ping")
+        coll = client["iot_stack_probe"]["probe"]
+        doc_id = uuid.uuid4().hex
+        coll.insert_one({"_id": doc_id, "ok": True})
+        if coll.find_one({"_id": doc_id}) is None:
+            raise ProbeFailed("inserted document not found")
+        coll.delete_one({"_id": doc_id})
+    except pymongo.errors.PyMongoError as exc:
+        raise ProbeFailed(str(exc).splitlines()[0]) from exc
+    finally:
+        client.close()
+
+
+def http_ok(url: str, timeout: float = 3.0, expect: bytes | None = None) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = resp.read()
+            if resp.status != 200:
+                raise ProbeFailed(f"GET {url} -> {resp.status}")
+    except OSError as exc:
+        raise ProbeFailed(f"GET {url}: {exc}") from exc
+    if expect is not None and expect not in body:
+        raise ProbeFailed(f"GET {url}: body lacks {expect!r}")
+
