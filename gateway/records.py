@@ -1,0 +1,68 @@
+"""Turn one MQTT message into the one Kafka record it becomes: a reading or a dead letter.
+
+Pure logic, no I/O: `route` never raises on any input, so bad input can neither crash nor block the
+gateway; whatever it cannot accept becomes a DLQ record with a stable reason code.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Final
+
+from iot import contract
+
+__all__ = ["DLQ_PAYLOAD_CAP", "Outgoing", "dead_letter", "route"]
+
+# A payload far beyond the contract's limit is kept only in part, so the DLQ record itself stays well
+# under Kafka's default 1 MB message limit; the detail says how much was dropped.
+DLQ_PAYLOAD_CAP: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One record to produce. `reason` is None for a valid reading, else the DLQ reason."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    reason: str | None
+
+
+def route(topic: str, payload: bytes, received_at_ms: int) -> Outgoing:
+    """The record for one MQTT message received at `received_at_ms` (epoch ms)."""
+    try:
+        reading = contract.validate_reading(topic, payload)
+    except contract.InvalidReading as exc:
+        return dead_letter(topic, payload, exc.reason, exc.detail, received_at_ms)
+    # The contract: a board without a synced clock gets the gateway's receive time as ts.
+    if not reading["time_valid"]:
+        reading["ts"] = received_at_ms
+    reading["received_at"] = received_at_ms
+    return Outgoing(
+        topic=contract.TOPIC_READINGS,
+        key=reading["device"].encode("utf-8"),
+        value=contract.encode(reading),
+        reason=None,
+    )
+
+
+def dead_letter(topic: str, payload: bytes, reason: str, detail: str, received_at_ms: int) -> Outgoing:
+    """The DLQ record for a rejected message, keyed by its MQTT topic."""
+    kept = payload[:DLQ_PAYLOAD_CAP]
+    if len(kept) < len(payload):
+        detail = f"{detail} (payload_b64 holds the first {len(kept)} of {len(payload)} bytes)"
+    record = {
+        "reason": reason,
+        "detail": detail,
+        "topic": topic,
+        "payload_b64": base64.b64encode(kept).decode("ascii"),
+        "received_at": received_at_ms,
+    }
+    return Outgoing(
+        topic=contract.TOPIC_DLQ,
+        key=topic.encode("utf-8", errors="replace"),
+        value=json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode("ascii"),
+        reason=reason,
+    )
