@@ -25,3 +25,29 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
 def unique(prefix: str) -> str:
     """An id that matches the contract's id pattern and is unique per call."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on right now (the kernel picks them, so they do not collide)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True

@@ -23,10 +23,17 @@ class Tracked:
 
 
 def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    # Right after fork/exec the kernel has closed our exec pipe (so Popen returned) but may not yet
+    # have set up the new argument pages: cmdline reads empty for a moment, longer for large binaries.
+    for _ in range(40):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return ""
+        if raw:
+            return raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.025)
+    return ""
 
 
 def _is_zombie(pid: int) -> bool:

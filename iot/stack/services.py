@@ -124,7 +124,9 @@ def _kafka_prepare(cfg: StackConfig, folder: Path) -> None:
     (folder / "log4j2.properties").write_text(_LOG4J2)
     if (folder / "data" / "meta.properties").exists():
         return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = "-"
+    while not cluster_id[0].isalnum():  # an id starting with "-" would parse as an option
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     proc = subprocess.run(
         ["java", "-cp", _kafka_classpath(cfg), f"-Dlog4j2.configurationFile={folder / 'log4j2.properties'}",
          "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(folder / "server.properties")],
