@@ -73,6 +73,7 @@ class GatewaySettings:
     mqtt_username: str | None = None
     mqtt_password: Secret | None = None
     group: str = "iot-gateway"
+    topic_filter: str = contract.READING_SUBSCRIPTION
     client_id: str = "iot-gateway"
     session_expiry_s: int = 86400
     max_in_flight: int = 2000
@@ -86,7 +87,7 @@ class GatewaySettings:
 
     @property
     def subscription(self) -> str:
-        return f"$share/{self.group}/{contract.READING_SUBSCRIPTION}"
+        return f"$share/{self.group}/{self.topic_filter}"
 
     def kafka_config(self) -> dict[str, str | int | bool]:
         """The confluent-kafka producer configuration, secrets revealed (never log the result)."""
@@ -136,6 +137,11 @@ class GatewaySettings:
         group = reader.text("IOT_GATEWAY_GROUP", "iot-gateway")
         if not _GROUP_PATTERN.match(group):
             raise SettingsError("IOT_GATEWAY_GROUP", f"{group!r} must match {_GROUP_PATTERN.pattern}")
+        topic_filter = reader.text("IOT_GATEWAY_TOPIC_FILTER", contract.READING_SUBSCRIPTION)
+        if not topic_filter.startswith("sensors/"):
+            raise SettingsError(
+                "IOT_GATEWAY_TOPIC_FILTER", f"{topic_filter!r} must be a filter under sensors/"
+            )
         client_id = reader.text("IOT_GATEWAY_CLIENT_ID", _default_client_id())
         if len(client_id.encode("utf-8")) > 128:
             raise SettingsError("IOT_GATEWAY_CLIENT_ID", "at most 128 bytes")
@@ -153,6 +159,7 @@ class GatewaySettings:
             mqtt_username=username,
             mqtt_password=None if password is None else Secret(password),
             group=group,
+            topic_filter=topic_filter,
             client_id=client_id,
             session_expiry_s=reader.integer("IOT_GATEWAY_SESSION_EXPIRY_S", 86400, 0, 2**32 - 1),
             max_in_flight=reader.integer("IOT_GATEWAY_MAX_IN_FLIGHT", 2000, 1, _MAX_RECEIVE_MAXIMUM),

@@ -1,0 +1,7 @@
+"""`python -m gateway` runs the same command as `iot gateway`."""
+
+import sys
+
+from iot.cli import main
+
+sys.exit(main(["gateway", *sys.argv[1:]]))

@@ -1,0 +1,128 @@
+"""The bridge: each MQTT message becomes one Kafka record, and is acked to the broker only once Kafka
+confirmed that record (acks=all). A crash anywhere before the ack leaves the message with the broker,
+which redelivers it: at-least-once, duplicates identified downstream by (device, boot, seq).
+
+Threads: `on_message` runs in the MQTT network thread; delivery callbacks and `service` run in the
+service's main thread. Counters that both read are each written by one thread only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from iot import log
+
+from .kafka_sink import KafkaSink
+from .metrics import GatewayMetrics
+from .records import Outgoing, dead_letter, route
+
+__all__ = ["REASON_UNPROCESSABLE", "Ack", "Bridge"]
+
+# Reason for a message that broke the gateway's own code: it still goes to the DLQ, never lost.
+REASON_UNPROCESSABLE: Final = "unprocessable"
+# A record that failed to queue or deliver is sent again after this pause, not in a hot loop.
+RETRY_AFTER_S: Final = 0.5
+
+Ack = Callable[[int, int, int], bool]
+"""ack(mid, qos, session_generation): acknowledge one message to the broker; False if it was not
+sent (QoS 0, or a message of an earlier connection that the broker will redeliver)."""
+
+_log = log.get("gateway.bridge")
+
+
+@dataclass(slots=True)
+class _Pending:
+    out: Outgoing
+    mid: int
+    qos: int
+    generation: int
+    received: float
+    retry_at: float = 0.0
+
+
+class Bridge:
+    def __init__(self, sink: KafkaSink, metrics: GatewayMetrics, ack: Ack, max_in_flight: int) -> None:
+        self._sink = sink
+        self._metrics = metrics
+        self._ack = ack
+        self._max_in_flight = max_in_flight
+        self._received = 0  # written by the MQTT thread only
+        self._completed = 0  # written by the main thread only
+        self._retries: deque[_Pending] = deque()
+        self._saturated = False
+        self.accepting = True
+
+    @property
+    def in_flight(self) -> int:
+        return self._received - self._completed
+
+    def on_message(self, topic: str, payload: bytes, mid: int, qos: int, generation: int) -> None:
+        """Called for every message; never raises and never blocks."""
+        if not self.accepting:
+            # Shutting down: left un-acked, so the broker keeps it in this session and redelivers it.
+            return
+        now = time.time()
+        self._received += 1
+        self._metrics.received.inc()
+        try:
+            out = route(topic, payload, int(now * 1000))
+        except Exception as exc:  # bad input must never take the gateway down
+            _log.error("route_failed", topic=topic, error=repr(exc), action="sent to the DLQ; please report")
+            out = dead_letter(topic, payload, REASON_UNPROCESSABLE, repr(exc)[:200], int(now * 1000))
+        self._send(_Pending(out, mid, qos, generation, now))
+
+    def service(self) -> None:
+        """Main-thread housekeeping: re-send due retries, report saturation changes."""
+        now = time.time()
+        for _ in range(len(self._retries)):
+            pending = self._retries[0]
+            if pending.retry_at > now:
+                break
+            self._retries.popleft()
+            self._send(pending)
+        saturated = self.in_flight >= self._max_in_flight
+        if saturated != self._saturated:
+            self._saturated = saturated
+            if saturated:
+                _log.warning(
+                    "backpressure_on",
+                    in_flight=self.in_flight,
+                    limit=self._max_in_flight,
+                    action="broker holds further readings until Kafka confirms these",
+                )
+            else:
+                _log.info("backpressure_off", in_flight=self.in_flight)
+
+    def _send(self, pending: _Pending) -> None:
+        try:
+            self._sink.send(pending.out, lambda err, msg: self._delivered(pending, err, msg))
+        except BufferError:
+            self._retry(pending, "local_queue_full")
+        except Exception as exc:  # e.g. KafkaException (unknown topic): retried
+            self._retry(pending, type(exc).__name__)
+
+    def _retry(self, pending: _Pending, error: str) -> None:
+        self._metrics.kafka_errors.labels(error=error.lower()).inc()
+        pending.retry_at = time.time() + RETRY_AFTER_S
+        self._retries.append(pending)
+
+    def _delivered(self, pending: _Pending, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._sink.delivery_failed(err)
+            _log.warning("delivery_failed", topic=pending.out.topic, error=err.str(), action="retrying")
+            pending.retry_at = time.time() + RETRY_AFTER_S
+            self._retries.append(pending)
+            return
+        self._sink.delivered_ok()
+        self._metrics.latency.observe(time.time() - pending.received)
+        if pending.out.reason is None:
+            self._metrics.produced.inc()
+        else:
+            self._metrics.rejected.labels(reason=pending.out.reason).inc()
+        if self._ack(pending.mid, pending.qos, pending.generation):
+            self._metrics.acked.inc()
+        self._completed += 1

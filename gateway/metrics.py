@@ -1,0 +1,59 @@
+"""Prometheus metrics of one gateway process, in a registry of its own.
+
+Names are part of the product's interface: Grafana dashboards and alert rules query them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from iot import contract
+
+__all__ = ["GatewayMetrics"]
+
+# Receive → Kafka-confirmed latency; acks=all on loopback is milliseconds, an outage is minutes.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+
+
+class GatewayMetrics:
+    def __init__(self, in_flight: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.received = Counter("iot_gateway_received", "MQTT messages received", registry=r)
+        self.produced = Counter(
+            "iot_gateway_produced", "Valid readings confirmed by Kafka in iot.readings", registry=r
+        )
+        self.rejected = Counter(
+            "iot_gateway_rejected", "Rejected messages confirmed by Kafka in the DLQ", ["reason"], registry=r
+        )
+        self.acked = Counter(
+            "iot_gateway_acked", "MQTT messages acknowledged to the broker after Kafka confirmed", registry=r
+        )
+        self.in_flight = Gauge(
+            "iot_gateway_in_flight", "Messages received and not yet confirmed by Kafka", registry=r
+        )
+        self.in_flight.set_function(in_flight)
+        self.latency = Histogram(
+            "iot_gateway_produce_latency_seconds",
+            "Time from MQTT receive to Kafka delivery confirmation",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.kafka_errors = Counter(
+            "iot_gateway_kafka_errors", "Kafka client and delivery errors", ["error"], registry=r
+        )
+        self.kafka_up = Gauge(
+            "iot_gateway_kafka_up", "1 while the Kafka cluster is reachable, 0 after it was lost", registry=r
+        )
+        self.mqtt_connected = Gauge(
+            "iot_gateway_mqtt_connected", "1 while connected and subscribed to the broker", registry=r
+        )
+        # Every reason exists from the start, so a dashboard shows 0 rather than no data.
+        for reason in contract.DLQ_REASONS:
+            self.rejected.labels(reason=reason)
+        self.kafka_up.set(1)
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,160 @@
+"""The MQTT side: a persistent MQTT v5 session on the shared subscription, with manual acks.
+
+The client id is stable and the session outlives the connection (clean_start=False plus a session
+expiry), so QoS 1 readings the gateway has not acked, and those published while it is away, wait in
+the broker and are redelivered. Receive Maximum = the in-flight bound: the broker sends no more than
+that many un-acked readings, which is the gateway's backpressure.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from iot import contract, log
+
+from .errors import MqttConnectError
+from .metrics import GatewayMetrics
+from .settings import GatewaySettings
+
+__all__ = ["MessageHandler", "MqttSource"]
+
+MessageHandler = Callable[[str, bytes, int, int, int], None]
+"""handler(topic, payload, mid, qos, session_generation)"""
+
+_log = log.get("gateway.mqtt")
+_KEEPALIVE_S = 30
+
+
+class MqttSource:
+    def __init__(self, settings: GatewaySettings, handler: MessageHandler, metrics: GatewayMetrics) -> None:
+        self._settings = settings
+        self._handler = handler
+        self._metrics = metrics
+        # Bumped on every (re)connect: an ack computed for a message of an earlier connection is
+        # dropped, because its packet id may be reused by a different message in the new one.
+        self._generation = 0
+        self.subscribed = threading.Event()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if settings.mqtt_username is not None:
+            password = settings.mqtt_password.reveal() if settings.mqtt_password is not None else None
+            client.username_pw_set(settings.mqtt_username, password)
+        if settings.mqtt_tls:
+            client.tls_set(
+                ca_certs=settings.mqtt_tls_ca,
+                certfile=settings.mqtt_tls_cert,
+                keyfile=settings.mqtt_tls_key,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._client = client
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._settings.session_expiry_s
+        props.ReceiveMaximum = self._settings.max_in_flight
+        try:
+            self._client.connect_async(
+                self._settings.mqtt_host,
+                self._settings.mqtt_port,
+                keepalive=_KEEPALIVE_S,
+                clean_start=False,
+                properties=props,
+            )
+        except (OSError, ValueError) as exc:
+            raise MqttConnectError(f"cannot connect to {self._broker()}: {exc}") from None
+        # The network thread retries the first connection too, so a broker that starts later is fine.
+        self._client.loop_start()
+
+    def ack(self, mid: int, qos: int, generation: int) -> bool:
+        if qos == 0 or generation != self._generation:
+            return False
+        return self._client.ack(mid, qos) == mqtt.MQTT_ERR_SUCCESS
+
+    def stop(self) -> None:
+        """Disconnect cleanly; the session (and anything un-acked) stays with the broker."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._metrics.mqtt_connected.set(0)
+
+    def _broker(self) -> str:
+        scheme = "mqtts" if self._settings.mqtt_tls else "mqtt"
+        return f"{scheme}://{self._settings.mqtt_host}:{self._settings.mqtt_port}"
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            _log.error(
+                "mqtt_connect_refused",
+                broker=self._broker(),
+                reason=str(reason),
+                action="check IOT_MQTT_USERNAME/IOT_MQTT_PASSWORD/TLS and broker ACLs; retrying",
+            )
+            return
+        self._generation += 1
+        _log.info(
+            "mqtt_connected",
+            broker=self._broker(),
+            client_id=self._settings.client_id,
+            session_present=bool(getattr(flags, "session_present", False)),
+        )
+        # Subscribing again on a resumed session is harmless and covers a session the broker expired.
+        client.subscribe(self._settings.subscription, options=SubscribeOptions(qos=contract.READING_QOS))
+
+    def _on_subscribe(
+        self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any
+    ) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            _log.error(
+                "mqtt_subscribe_refused",
+                subscription=self._settings.subscription,
+                reason=",".join(failed),
+                action="check broker ACLs for the gateway user",
+            )
+            return
+        self._metrics.mqtt_connected.set(1)
+        self.subscribed.set()
+        _log.info("mqtt_subscribed", subscription=self._settings.subscription)
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        self._metrics.mqtt_connected.set(0)
+        self.subscribed.clear()
+        if reason.is_failure:
+            _log.warning(
+                "mqtt_disconnected",
+                broker=self._broker(),
+                reason=str(reason),
+                action="reconnecting; un-acked readings are redelivered by the broker",
+            )
+        else:
+            _log.info("mqtt_disconnected", broker=self._broker(), reason=str(reason))
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            # The broker should never deliver this; keep the bytes readable for the DLQ all the same.
+            topic = bytes(message._topic).decode("utf-8", errors="replace")
+        self._handler(topic, bytes(message.payload), message.mid, message.qos, self._generation)

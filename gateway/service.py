@@ -1,0 +1,89 @@
+"""Run one gateway process: wire settings, metrics, Kafka sink, bridge and MQTT source together.
+
+SIGTERM/SIGINT: stop taking messages, wait for Kafka to confirm what is in flight, ack it, disconnect
+(the session stays with the broker) and exit 0. Exit non-zero only when the gateway cannot go on.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from types import FrameType
+
+from iot import log
+
+from .bridge import Bridge
+from .kafka_sink import KafkaSink
+from .metrics import GatewayMetrics
+from .mqtt_source import MqttSource
+from .settings import GatewaySettings
+
+__all__ = ["run"]
+
+_log = log.get("gateway")
+_POLL_S = 0.05
+_STATS_EVERY_S = 30.0
+
+
+def run(settings: GatewaySettings) -> int:
+    _log.info("gateway_starting", **settings.describe())
+    bridge_ref: list[Bridge] = []
+    metrics = GatewayMetrics(in_flight=lambda: float(bridge_ref[0].in_flight) if bridge_ref else 0.0)
+    sink = KafkaSink(settings.kafka_config(), metrics)
+    source: MqttSource | None = None
+
+    def ack(mid: int, qos: int, generation: int) -> bool:
+        assert source is not None
+        return source.ack(mid, qos, generation)
+
+    bridge = Bridge(sink, metrics, ack, settings.max_in_flight)
+    bridge_ref.append(bridge)
+    source = MqttSource(settings, bridge.on_message, metrics)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        _log.info("gateway_stopping", signal=signal.Signals(signum).name, in_flight=bridge.in_flight)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_host, settings.metrics_port)
+        _log.info("metrics_serving", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    source.start()
+    next_stats = time.monotonic() + _STATS_EVERY_S
+    try:
+        while not stop.is_set():
+            sink.poll(_POLL_S)
+            bridge.service()
+            if time.monotonic() >= next_stats:
+                next_stats += _STATS_EVERY_S
+                _log.info(
+                    "gateway_stats",
+                    received=int(metrics.received._value.get()),
+                    produced=int(metrics.produced._value.get()),
+                    in_flight=bridge.in_flight,
+                )
+        return _drain(settings, sink, bridge, source)
+    finally:
+        source.stop()
+
+
+def _drain(settings: GatewaySettings, sink: KafkaSink, bridge: Bridge, source: MqttSource) -> int:
+    bridge.accepting = False
+    deadline = time.monotonic() + settings.drain_timeout_s
+    while bridge.in_flight > 0 and time.monotonic() < deadline:
+        sink.poll(_POLL_S)
+        bridge.service()
+    left = bridge.in_flight
+    if left:
+        _log.warning(
+            "gateway_stopped_with_unacked",
+            unacked=left,
+            action="nothing lost: the broker redelivers them when a gateway with this client id returns",
+        )
+    else:
+        _log.info("gateway_stopped", unacked=0)
+    return 0

@@ -1,0 +1,312 @@
+"""Helpers for gateway tests on the real stack: spawn `iot gateway` processes, publish readings over
+MQTT, and read back what reached Kafka — only records of this test's own ids.
+
+Isolation from other engineers' concurrent tests: every gateway gets a unique client id, shared
+subscription group and a topic filter on a unique place, so it never bridges anyone else's readings;
+its persistent session is discarded at teardown so the broker does not keep queuing for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from iot import contract
+from tests.support import unique, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+IOT = REPO / ".venv" / "bin" / "iot"
+MQTT_HOST = "127.0.0.1"
+MQTT_PORT = 1883
+KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def make_reading(place: str, device: str, seq: int, boot: int = 0, **over: Any) -> dict[str, Any]:
+    reading: dict[str, Any] = {
+        "v": 1,
+        "device": device,
+        "place": place,
+        "boot": boot,
+        "seq": seq,
+        "ts": int(time.time() * 1000),
+        "time_valid": True,
+        "temperature": 21.5,
+        "humidity": 45.0,
+        "pressure": 1012.5,
+        "luminosity": 300.0,
+        "fw": "test-1.0",
+    }
+    reading.update(over)
+    return reading
+
+
+# --- gateway processes --------------------------------------------------------------------------
+
+
+@dataclass
+class GatewayProcess:
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def client_id(self) -> str:
+        return self.env["IOT_GATEWAY_CLIENT_ID"]
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['IOT_GATEWAY_METRICS_PORT']}/metrics"
+
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
+        with self.log_path.open("ab") as logf:
+            self.proc = subprocess.Popen(
+                [str(IOT), "gateway"], env=self.env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO
+            )
+        wait_for(self._ready, timeout, f"gateway {self.client_id} to report iot_gateway_mqtt_connected 1")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {self.proc.returncode} during start:\n{self.log()}")
+        return self.metric("iot_gateway_mqtt_connected") == 1.0
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of the metrics endpoint, by `name{labels}`; empty if it does not answer."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=2) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return {}
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def metric(self, name: str) -> float | None:
+        return self.metrics().get(name)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise AssertionError(f"gateway ignored SIGTERM for {timeout}s:\n{self.log()}") from None
+        return self.proc.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+
+
+def discard_session(client_id: str) -> None:
+    """Remove a gateway's persistent session (and its shared subscription) from the broker."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0
+    client.connect(MQTT_HOST, MQTT_PORT, clean_start=True, properties=props)
+    client.loop_start()
+    wait_for(client.is_connected, 10, f"connect as {client_id} to discard its session")
+    client.disconnect()
+    client.loop_stop()
+
+
+@dataclass
+class GatewayFactory:
+    tmp: Path
+    place: str = field(default_factory=lambda: unique("gwp"))
+    group: str = field(default_factory=lambda: unique("gwg"))
+    made: list[GatewayProcess] = field(default_factory=list)
+
+    def __call__(self, client_id: str | None = None, start: bool = True, **env: str) -> GatewayProcess:
+        client_id = client_id or unique("gw")
+        full = {
+            **os.environ,
+            "IOT_MQTT_URL": f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
+            "IOT_KAFKA_BOOTSTRAP": KAFKA,
+            "IOT_GATEWAY_CLIENT_ID": client_id,
+            "IOT_GATEWAY_GROUP": self.group,
+            "IOT_GATEWAY_TOPIC_FILTER": f"sensors/{self.place}/+/reading",
+            "IOT_GATEWAY_METRICS_PORT": str(free_port()),
+            "IOT_GATEWAY_SESSION_EXPIRY_S": "600",
+            **env,
+        }
+        gateway = GatewayProcess(full, self.tmp / f"{client_id}.log")
+        self.made.append(gateway)
+        return gateway.start() if start else gateway
+
+    def close(self) -> None:
+        for gateway in self.made:
+            if gateway.proc is not None and gateway.proc.poll() is None:
+                gateway.proc.kill()
+                gateway.proc.wait(timeout=10)
+        for client_id in {g.client_id for g in self.made}:
+            discard_session(client_id)
+
+
+@pytest.fixture
+def gateways(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[GatewayFactory]:
+    factory = GatewayFactory(tmp_path)
+    yield factory
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for gateway in factory.made:
+            sys.stderr.write(f"\n--- log of {gateway.client_id} ---\n{gateway.log()[-5000:]}\n")
+    factory.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+# --- MQTT publisher -----------------------------------------------------------------------------
+
+
+class Publisher:
+    """A device-side MQTT v5 client publishing QoS 1; `publish_*` return once the broker acked."""
+
+    def __init__(self) -> None:
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"), protocol=mqtt.MQTTv5)
+        self._client.max_inflight_messages_set(500)
+        self._client.connect(MQTT_HOST, MQTT_PORT)
+        self._client.loop_start()
+        wait_for(self._client.is_connected, 10, "publisher connected")
+
+    def publish_raw(self, topic: str, payload: bytes, timeout: float = 30.0) -> None:
+        info = self._client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout)
+
+    def publish_readings(self, readings: Iterable[dict[str, Any]], timeout: float = 60.0) -> int:
+        infos = []
+        for r in readings:
+            topic = contract.reading_topic(r["place"], r["device"])
+            infos.append(self._client.publish(topic, json.dumps(r), qos=1))
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            assert info.is_published(), "broker did not acknowledge a publish in time"
+        return len(infos)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@pytest.fixture
+def publisher() -> Iterator[Publisher]:
+    pub = Publisher()
+    yield pub
+    pub.close()
+
+
+# --- Kafka reader -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str
+    value: dict[str, Any]
+    partition: int
+    offset: int
+
+
+class KafkaReader:
+    """Reads one topic from the offsets it had when created, keeping records whose key matches."""
+
+    def __init__(self, topic: str, key_pattern: str, bootstrap: str = KAFKA) -> None:
+        self._key = re.compile(key_pattern)
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": unique("gwtest"),
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
+        )
+        metadata = self._consumer.list_topics(topic, timeout=15)
+        partitions = []
+        for p in metadata.topics[topic].partitions:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+            partitions.append(TopicPartition(topic, p, high if high >= 0 else OFFSET_END))
+        self._consumer.assign(partitions)
+        self.records: list[Record] = []
+
+    def drain(self, max_wait: float = 0.2) -> list[Record]:
+        for message in self._consumer.consume(num_messages=5000, timeout=max_wait):
+            if message.error() is not None:
+                continue
+            key = (message.key() or b"").decode()
+            if self._key.search(key):
+                value = json.loads(message.value() or b"null")
+                self.records.append(Record(key, value, message.partition() or 0, message.offset() or 0))
+        return self.records
+
+    def wait_until(
+        self, condition: Callable[[list[Record]], bool], timeout: float, what: str
+    ) -> list[Record]:
+        wait_for(lambda: condition(self.drain()), timeout, what, interval=0.0)
+        return self.records
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@pytest.fixture
+def kafka_readers() -> Iterator[Callable[..., KafkaReader]]:
+    made: list[KafkaReader] = []
+
+    def make(topic: str, key_pattern: str, bootstrap: str = KAFKA) -> KafkaReader:
+        reader = KafkaReader(topic, key_pattern, bootstrap)
+        made.append(reader)
+        return reader
+
+    yield make
+    for reader in made:
+        reader.close()
+
+
+def distinct_ids(records: Iterable[Record]) -> set[tuple[str, int, int]]:
+    return {(r.value["device"], r.value["boot"], r.value["seq"]) for r in records}
