@@ -1,0 +1,93 @@
+"""The shipped broker config, run on a real Mosquitto: per-device credentials and ACLs hold."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.reasoncodes import ReasonCode
+
+from tests.support import free_ports, listening, wait_for
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "compose" / "mosquitto"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[int]:
+    (port,) = free_ports(1)
+    passwd = tmp_path / "passwd"
+    env = {**os.environ, "PASSWD_FILE": str(passwd), "MQTT_GATEWAY_PASSWORD": "gw-secret",
+           "MQTT_HEALTHCHECK_PASSWORD": "hc-secret", "MQTT_DEVICES": "kitchen-1:k1-secret,garage-1:g1-secret"}
+    subprocess.run(["sh", str(SHIPPED / "make-passwd.sh")], env=env, check=True, capture_output=True)
+    conf = (SHIPPED / "mosquitto.conf").read_text()
+    conf = (conf.replace("listener 1883", f"listener {port} 127.0.0.1")
+                .replace("/mosquitto/auth/passwd", str(passwd))
+                .replace("/mosquitto/config/acl", str(SHIPPED / "acl"))
+                .replace("persistence true", "persistence false"))
+    # Running as root, mosquitto would drop to its own user, which cannot read pytest's tmp folder.
+    conf += f"user {getpass.getuser()}\n"
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(tmp_path / "mosquitto.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: listening(port), 10, "the private mosquitto to listen")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def connect(port: int, user: str | None, password: str | None) -> tuple[mqtt.Client, ReasonCode]:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if user is not None:
+        client.username_pw_set(user, password)
+    result: list[ReasonCode] = []
+    client.on_connect = lambda _c, _u, _f, rc, _p: result.append(rc)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    wait_for(lambda: result, 5, "CONNACK")
+    return client, result[0]
+
+
+def test_anonymous_and_wrong_password_are_refused(broker: int) -> None:
+    anon, rc = connect(broker, None, None)
+    anon.loop_stop()
+    assert rc.is_failure
+    bad, rc = connect(broker, "kitchen-1", "wrong")
+    bad.loop_stop()
+    assert rc.is_failure
+
+
+def test_device_publishes_only_under_its_own_id_and_gateway_reads_all(broker: int) -> None:
+    got: list[str] = []
+    gateway, rc = connect(broker, "gateway", "gw-secret")
+    assert not rc.is_failure
+    subscribed = threading.Event()
+    gateway.on_subscribe = lambda *_a: subscribed.set()
+    gateway.on_message = lambda _c, _u, msg: got.append(msg.topic)
+    gateway.subscribe("sensors/+/+/reading", qos=1)
+    assert subscribed.wait(5)
+
+    device, rc = connect(broker, "kitchen-1", "k1-secret")
+    assert not rc.is_failure
+    acks: dict[int, ReasonCode] = {}
+    device.on_publish = lambda _c, _u, mid, reason, _p: acks.__setitem__(mid, reason)
+    forbidden = device.publish("sensors/kitchen/garage-1/reading", b"{}", qos=1)
+    allowed = device.publish("sensors/kitchen/kitchen-1/reading", b"{}", qos=1)
+    wait_for(lambda: "sensors/kitchen/kitchen-1/reading" in got, 5, "the allowed reading at the gateway")
+    wait_for(lambda: forbidden.mid in acks and allowed.mid in acks, 5, "both PUBACKs")
+    assert acks[forbidden.mid].is_failure, "publishing as another device must be refused"
+    assert not acks[allowed.mid].is_failure
+    # Same connection, QoS 1, in order: had the forbidden one been routed it would have arrived first.
+    assert got == ["sensors/kitchen/kitchen-1/reading"]
+    for client in (device, gateway):
+        client.disconnect()
+        client.loop_stop()
