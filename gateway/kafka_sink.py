@@ -36,7 +36,7 @@ class KafkaSink:
         self._lock = threading.Lock()
         try:
             self._producer = Producer(
-                {**config, "error_cb": self._on_client_error}, logger=logging.getLogger("gateway.librdkafka")
+                {**config, "error_cb": self._on_client_error}, logger=_librdkafka_logger()
             )
         except KafkaException as exc:
             raise KafkaFatalError(f"Kafka producer configuration rejected: {exc}") from None
@@ -95,7 +95,20 @@ class KafkaSink:
                     action="holding readings un-acked (the broker queues the rest); resumes by itself",
                 )
             return
+        if not self._reachable and err.code() == KafkaError._TRANSPORT:
+            # Each reconnect attempt reports again; kafka_unreachable already said what matters.
+            _log.debug("kafka_client_error", error=name, detail=err.str())
+            return
         _log.warning("kafka_client_error", error=name, detail=err.str())
+
+
+def _librdkafka_logger() -> logging.Logger:
+    # librdkafka's own lines repeat what the error callback reports as structured events; keep
+    # them for debugging only.
+    logger = logging.getLogger("gateway.librdkafka")
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.CRITICAL)
+    return logger
 
 
 def _error_name(err: Any) -> str:
