@@ -1,0 +1,39 @@
+"""`iot backend` (the stream processor) and `iot windows` (recent windows from MongoDB)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from . import settings as settings_mod
+
+
+def _run_backend(args: argparse.Namespace) -> int:
+    from .app import BackendRuntime  # faust is heavy to import; only the worker needs it
+
+    return BackendRuntime(settings_mod.load()).run()
+
+
+def _windows(args: argparse.Namespace) -> int:
+    from .query import fetch_windows, parse_duration, render
+
+    cfg = settings_mod.load()
+    docs = fetch_windows(cfg.mongo_uri, args.device, args.place, parse_duration(args.last), args.limit)
+    print(render(docs))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "backend",
+        help="run the stream processor (iot.readings -> window averages in MongoDB)",
+        description="Event-time window averages per sensor and per place. Configured by IOT_* variables.",
+    )
+    p.set_defaults(func=_run_backend)
+    w = subparsers.add_parser("windows", help="print recent windows from MongoDB as a table")
+    who = w.add_mutually_exclusive_group()
+    who.add_argument("--device", help="sensor windows of this device")
+    who.add_argument("--place", help="place windows of this place")
+    w.add_argument("--last", default="1h", help="how far back by window start: 90s, 15m, 1h, 2d (default 1h)")
+    w.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
+    w.set_defaults(func=_windows)

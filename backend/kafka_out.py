@@ -1,0 +1,60 @@
+"""What the backend produces to Kafka besides Faust's changelogs: final windows, DLQ records and the
+place repartition, through one librdkafka producer flushed before a batch is acknowledged."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from iot import contract
+
+from .errors import SinkError
+from .records import SENSOR
+
+
+class KafkaOut:
+    def __init__(self, bootstrap: str) -> None:
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+            }
+        )
+        self._errors: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}: {err}")
+
+    def _send(self, topic: str, key: str, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key.encode(), on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                # The local queue is full: let librdkafka deliver some, then retry the same message.
+                self._producer.poll(0.1)
+
+    def window(self, scope: str, doc: Mapping[str, Any]) -> None:
+        if scope == SENSOR:
+            self._send(contract.TOPIC_WINDOWS_SENSOR, doc["device"], contract.encode(doc))
+        else:
+            self._send(contract.TOPIC_WINDOWS_PLACE, doc["place"], contract.encode(doc))
+
+    def dlq(self, record: Mapping[str, Any]) -> None:
+        self._send(contract.TOPIC_DLQ, record["topic"], contract.encode(record))
+
+    def forward(self, topic: str, place: str, value: bytes) -> None:
+        self._send(topic, place, value)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything produced so far is acknowledged; raise if anything failed."""
+        left = self._producer.flush(timeout)
+        errors, self._errors = self._errors, []
+        if left:
+            raise SinkError(f"{left} Kafka message(s) undelivered after {timeout:.0f}s; is Kafka up?")
+        if errors:
+            raise SinkError(f"Kafka delivery failed: {errors[:3]}")

@@ -1,0 +1,152 @@
+"""Backend settings: one frozen object built from the environment, validated with errors naming the
+variable. Contract variables (IOT_KAFKA_BOOTSTRAP, IOT_MONGO_URI, IOT_WINDOW_*) keep the contract's
+defaults; the backend's own ones are prefixed IOT_BACKEND_."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from iot.contract import ENV_DEFAULTS, ID_PATTERN
+
+from .errors import ConfigError
+from .windows import WindowSpec, specs_from_seconds
+
+BACKEND_DEFAULTS: Final[Mapping[str, str]] = {
+    "IOT_BACKEND_APP_ID": "iot-backend",
+    "IOT_BACKEND_SOURCE_TOPIC": "iot.readings",
+    "IOT_BACKEND_METRICS_PORT": "9109",
+    "IOT_BACKEND_WEB_PORT": "0",
+    "IOT_BACKEND_IDLE_TIMEOUT_S": "30",
+    "IOT_BACKEND_DATA_DIR": ".cache/iot-backend",
+    "IOT_BACKEND_OFFSET_RESET": "earliest",
+    "IOT_BACKEND_BATCH_MAX": "2000",
+    "IOT_BACKEND_BATCH_WITHIN_MS": "200",
+    "IOT_BACKEND_TICK_S": "1",
+    "IOT_BACKEND_COMMIT_INTERVAL_S": "1",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka_bootstrap: str
+    mongo_uri: str
+    tumbling_s: int
+    hopping_s: int
+    hop_step_s: int
+    grace_s: int
+    app_id: str
+    source_topic: str
+    metrics_port: int
+    web_port: int
+    idle_timeout_s: float
+    data_dir: str
+    offset_reset: str
+    batch_max: int
+    batch_within_ms: int
+    tick_s: float
+    commit_interval_s: float
+
+    @property
+    def specs(self) -> tuple[WindowSpec, ...]:
+        return specs_from_seconds(self.tumbling_s, self.hopping_s, self.hop_step_s)
+
+    @property
+    def place_topic(self) -> str:
+        """The repartition topic (readings keyed by place) private to this app id."""
+        return f"{self.app_id}-readings-by-place"
+
+    def describe(self) -> dict[str, object]:
+        """Fields safe to log: the Mongo URI may carry a password, so only its host part is shown."""
+        host = self.mongo_uri.rsplit("@", 1)[-1]
+        return {
+            "app_id": self.app_id,
+            "source": self.source_topic,
+            "kafka": self.kafka_bootstrap,
+            "mongo": host,
+            "windows": f"tumbling={self.tumbling_s}s hopping={self.hopping_s}s/{self.hop_step_s}s",
+            "grace_s": self.grace_s,
+            "idle_timeout_s": self.idle_timeout_s,
+        }
+
+
+def _get(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name)
+    if value is None or value == "":
+        return ENV_DEFAULTS.get(name) or BACKEND_DEFAULTS[name]
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, minimum: int) -> int:
+    raw = _get(env, name)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, minimum: float) -> float:
+    raw = _get(env, name)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    app_id = _get(env, "IOT_BACKEND_APP_ID")
+    if not ID_PATTERN.match(app_id):
+        raise ConfigError(f"IOT_BACKEND_APP_ID={app_id!r} must match {ID_PATTERN.pattern}")
+    source_topic = _get(env, "IOT_BACKEND_SOURCE_TOPIC")
+    if not re.match(r"^[A-Za-z0-9._-]{1,200}$", source_topic):
+        raise ConfigError(f"IOT_BACKEND_SOURCE_TOPIC={source_topic!r} is not a valid Kafka topic name")
+    mongo_uri = _get(env, "IOT_MONGO_URI")
+    if not mongo_uri.startswith(("mongodb://", "mongodb+srv://")):
+        raise ConfigError("IOT_MONGO_URI must start with mongodb:// or mongodb+srv://")
+    offset_reset = _get(env, "IOT_BACKEND_OFFSET_RESET")
+    if offset_reset not in ("earliest", "latest"):
+        raise ConfigError(f"IOT_BACKEND_OFFSET_RESET={offset_reset!r} must be earliest or latest")
+    tumbling = _int(env, "IOT_WINDOW_TUMBLING_S", 1)
+    hopping = _int(env, "IOT_WINDOW_HOPPING_S", 1)
+    step = _int(env, "IOT_WINDOW_HOP_STEP_S", 1)
+    if step > hopping or hopping % step:
+        raise ConfigError(
+            f"IOT_WINDOW_HOP_STEP_S={step} must divide IOT_WINDOW_HOPPING_S={hopping} and not exceed it"
+        )
+    settings = Settings(
+        kafka_bootstrap=_get(env, "IOT_KAFKA_BOOTSTRAP"),
+        mongo_uri=mongo_uri,
+        tumbling_s=tumbling,
+        hopping_s=hopping,
+        hop_step_s=step,
+        grace_s=_int(env, "IOT_WINDOW_GRACE_S", 0),
+        app_id=app_id,
+        source_topic=source_topic,
+        metrics_port=_int(env, "IOT_BACKEND_METRICS_PORT", 0),
+        web_port=_int(env, "IOT_BACKEND_WEB_PORT", 0),
+        idle_timeout_s=_float(env, "IOT_BACKEND_IDLE_TIMEOUT_S", 0.1),
+        data_dir=_get(env, "IOT_BACKEND_DATA_DIR"),
+        offset_reset=offset_reset,
+        batch_max=_int(env, "IOT_BACKEND_BATCH_MAX", 1),
+        batch_within_ms=_int(env, "IOT_BACKEND_BATCH_WITHIN_MS", 1),
+        tick_s=_float(env, "IOT_BACKEND_TICK_S", 0.05),
+        commit_interval_s=_float(env, "IOT_BACKEND_COMMIT_INTERVAL_S", 0.1),
+    )
+    for name, port in (
+        ("IOT_BACKEND_METRICS_PORT", settings.metrics_port),
+        ("IOT_BACKEND_WEB_PORT", settings.web_port),
+    ):
+        if port > 65535:
+            raise ConfigError(f"{name}={port} is not a TCP port")
+    return settings

@@ -1,0 +1,326 @@
+"""Event-time window semantics, independent of any runtime: the part of the backend that must be exact.
+
+A *key* (a device, or a place) owns a `KeyState`: its watermark (the highest `ts` it has seen), its open
+windows and the (device, boot, seq) identities it has already counted. Windows are aligned to the epoch,
+start inclusive, end exclusive. A window is final once the key's watermark reaches `end + grace`; a key
+that went quiet has its watermark carried forward by wall-clock time after an idle timeout, so its last
+window is final too. A reading for a final window is *late*: it is not added, the caller reports it.
+
+Sums are kept exactly (an integer numerator over a power of two), so a mean does not depend on the
+order readings arrived in: a replay, a restart or two workers give bit-identical means.
+
+The state serialises to plain JSON-able dicts (`to_json` / `from_json`) for Faust's changelog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from iot.contract import METRICS
+
+TUMBLING: Final = "tumbling"
+HOPPING: Final = "hopping"
+# Per (device, boot): at most this many disjoint seq ranges are remembered (gaps come only from readings
+# lost upstream); past it the two oldest ranges merge, so a reading in that old gap counts as a duplicate.
+MAX_RANGES_PER_BOOT: Final = 256
+# Boots remembered per device for de-duplication; older boots' replays are judged by lateness alone.
+MAX_BOOTS_PER_DEVICE: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """One window family: tumbling when step equals size, hopping when step is smaller."""
+
+    kind: str
+    size_ms: int
+    step_ms: int
+
+    def __post_init__(self) -> None:
+        if self.size_ms <= 0 or self.step_ms <= 0 or self.step_ms > self.size_ms:
+            raise ValueError(f"window needs 0 < step <= size, got size={self.size_ms} step={self.step_ms}")
+        if self.size_ms % self.step_ms:
+            raise ValueError(f"window size {self.size_ms} ms must be a multiple of step {self.step_ms} ms")
+
+    @property
+    def size_s(self) -> int:
+        return self.size_ms // 1000
+
+    @property
+    def step_s(self) -> int:
+        return self.step_ms // 1000
+
+    def starts(self, ts: int) -> range:
+        """Starts of every window of this family that contains `ts`, oldest first."""
+        last = ts - ts % self.step_ms  # floor, also for negative ts
+        first = last - self.size_ms + self.step_ms
+        return range(first, last + 1, self.step_ms)
+
+
+def specs_from_seconds(tumbling_s: int, hopping_s: int, hop_step_s: int) -> tuple[WindowSpec, ...]:
+    return (
+        WindowSpec(TUMBLING, tumbling_s * 1000, tumbling_s * 1000),
+        WindowSpec(HOPPING, hopping_s * 1000, hop_step_s * 1000),
+    )
+
+
+class MetricAcc:
+    """count / exact sum / min / max of one metric in one window."""
+
+    __slots__ = ("count", "exp", "max", "min", "num")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.num = 0  # the sum is num / 2**exp, exactly
+        self.exp = 0
+        self.min: float | None = None
+        self.max: float | None = None
+
+    def add(self, value: float) -> None:
+        n, d = value.as_integer_ratio()
+        e = d.bit_length() - 1  # d is a power of two for every finite float
+        if e > self.exp:
+            self.num <<= e - self.exp
+            self.exp = e
+        self.num += n << (self.exp - e)
+        self.count += 1
+        if self.min is None or value < self.min:
+            self.min = value
+        if self.max is None or value > self.max:
+            self.max = value
+
+    @property
+    def mean(self) -> float | None:
+        # int / int is correctly rounded in Python, so this is the exact mean rounded once.
+        return self.num / (self.count << self.exp) if self.count else None
+
+    def summary(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean, "min": self.min, "max": self.max}
+
+    def to_json(self) -> list[Any]:
+        # The numerator can exceed 2**53: keep it as a decimal string so no JSON reader rounds it.
+        return [self.count, str(self.num), self.exp, self.min, self.max]
+
+    @classmethod
+    def from_json(cls, data: Sequence[Any]) -> MetricAcc:
+        acc = cls()
+        acc.count, acc.num, acc.exp, acc.min, acc.max = (
+            int(data[0]),
+            int(data[1]),
+            int(data[2]),
+            data[3],
+            data[4],
+        )
+        return acc
+
+
+class WindowAcc:
+    """Everything one window has accumulated: readings counted, per-metric accumulators, devices seen."""
+
+    __slots__ = ("count", "devices", "metrics")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.metrics: dict[str, MetricAcc] = {m: MetricAcc() for m in METRICS}
+        self.devices: set[str] = set()
+
+    def add(self, reading: Mapping[str, Any]) -> None:
+        self.count += 1
+        self.devices.add(reading["device"])
+        for name, acc in self.metrics.items():
+            value = reading[name]
+            if value is not None:
+                acc.add(value)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n": self.count,
+            "d": sorted(self.devices),
+            "m": {name: acc.to_json() for name, acc in self.metrics.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> WindowAcc:
+        acc = cls()
+        acc.count = int(data["n"])
+        acc.devices = set(data["d"])
+        acc.metrics = {name: MetricAcc.from_json(data["m"][name]) for name in METRICS}
+        return acc
+
+
+class SeqSet:
+    """The seq numbers of one (device, boot) already counted, as sorted disjoint closed ranges."""
+
+    __slots__ = ("ranges",)
+
+    def __init__(self, ranges: list[list[int]] | None = None) -> None:
+        self.ranges: list[list[int]] = ranges or []
+
+    def add(self, seq: int) -> bool:
+        """Record seq; return False when it was already there (a duplicate)."""
+        r = self.ranges
+        if not r or seq > r[-1][1]:  # the common case: the next seq of a live board
+            if r and seq == r[-1][1] + 1:
+                r[-1][1] = seq
+            else:
+                r.append([seq, seq])
+                self._bound()
+            return True
+        lo, hi = 0, len(r)
+        while lo < hi:  # first range whose end >= seq
+            mid = (lo + hi) // 2
+            if r[mid][1] < seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        i = lo
+        if r[i][0] <= seq:
+            return False
+        joins_prev = i > 0 and r[i - 1][1] == seq - 1
+        joins_next = r[i][0] == seq + 1
+        if joins_prev and joins_next:
+            r[i - 1][1] = r[i][1]
+            del r[i]
+        elif joins_prev:
+            r[i - 1][1] = seq
+        elif joins_next:
+            r[i][0] = seq
+        else:
+            r.insert(i, [seq, seq])
+            self._bound()
+        return True
+
+    def __contains__(self, seq: int) -> bool:
+        return any(a <= seq <= b for a, b in self.ranges)
+
+    def _bound(self) -> None:
+        if len(self.ranges) > MAX_RANGES_PER_BOOT:
+            first = self.ranges.pop(0)
+            self.ranges[0][0] = first[0]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowKey:
+    kind: str
+    size_ms: int
+    step_ms: int
+    start: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size_ms
+
+    def code(self) -> str:
+        return f"{self.kind}:{self.size_ms}:{self.step_ms}:{self.start}"
+
+    @classmethod
+    def parse(cls, code: str) -> WindowKey:
+        kind, size, step, start = code.split(":")
+        return cls(kind, int(size), int(step), int(start))
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """A window that became final, with its accumulated values."""
+
+    key: WindowKey
+    acc: WindowAcc
+
+
+@dataclass(slots=True)
+class AddOutcome:
+    """What adding one reading did: duplicate, the windows it updated, the final ones it missed."""
+
+    duplicate: bool = False
+    updated: list[WindowKey] = field(default_factory=list)
+    late: list[WindowKey] = field(default_factory=list)
+
+
+class KeyState:
+    """Window state of one key (a device or a place) and the readings it has counted."""
+
+    __slots__ = ("last_place", "partition", "seen", "watermark", "windows")
+
+    def __init__(self, partition: int = 0) -> None:
+        self.watermark: int | None = None
+        self.windows: dict[WindowKey, WindowAcc] = {}
+        self.seen: dict[str, dict[int, SeqSet]] = {}  # device -> boot -> seqs
+        self.partition = partition  # the Kafka partition this key's state belongs to
+        self.last_place = ""
+
+    def mark_seen(self, device: str, boot: int, seq: int) -> bool:
+        boots = self.seen.get(device)
+        if boots is None:
+            boots = self.seen[device] = {}
+        seqs = boots.get(boot)
+        if seqs is None:
+            if boots and boot < min(boots) and len(boots) >= MAX_BOOTS_PER_DEVICE:
+                return True  # older than every boot remembered: judged by lateness alone
+            seqs = boots[boot] = SeqSet()
+            if len(boots) > MAX_BOOTS_PER_DEVICE:
+                del boots[min(boots)]
+        return seqs.add(seq)
+
+    def add(self, reading: Mapping[str, Any], specs: Sequence[WindowSpec], grace_ms: int) -> AddOutcome:
+        """Count one validated reading into its open windows; report duplicates and final windows hit."""
+        out = AddOutcome()
+        if not self.mark_seen(reading["device"], reading["boot"], reading["seq"]):
+            out.duplicate = True
+            return out
+        ts: int = reading["ts"]
+        self.last_place = reading["place"]
+        wm = self.watermark
+        for spec in specs:
+            for start in spec.starts(ts):
+                key = WindowKey(spec.kind, spec.size_ms, spec.step_ms, start)
+                if wm is not None and start + spec.size_ms + grace_ms <= wm:
+                    out.late.append(key)
+                    continue
+                acc = self.windows.get(key)
+                if acc is None:
+                    acc = self.windows[key] = WindowAcc()
+                acc.add(reading)
+                out.updated.append(key)
+        if wm is None or ts > wm:
+            self.watermark = ts
+        return out
+
+    def close_ready(self, grace_ms: int, watermark: int | None = None) -> list[ClosedWindow]:
+        """Finalise the windows the watermark (optionally moved forward first) has passed, oldest first."""
+        if watermark is not None and (self.watermark is None or watermark > self.watermark):
+            self.watermark = watermark
+        wm = self.watermark
+        if wm is None:
+            return []
+        ready = sorted((k for k in self.windows if k.end + grace_ms <= wm), key=lambda k: (k.end, k.kind))
+        return [ClosedWindow(k, self.windows.pop(k)) for k in ready]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "wm": self.watermark,
+            "p": self.partition,
+            "pl": self.last_place,
+            "w": {k.code(): acc.to_json() for k, acc in self.windows.items()},
+            "s": {dev: {str(b): s.ranges for b, s in boots.items()} for dev, boots in self.seen.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> KeyState:
+        st = cls(int(data["p"]))
+        st.watermark = data["wm"]
+        st.last_place = data.get("pl", "")
+        st.windows = {WindowKey.parse(c): WindowAcc.from_json(a) for c, a in data["w"].items()}
+        st.seen = {
+            dev: {int(b): SeqSet([list(r) for r in ranges]) for b, ranges in boots.items()}
+            for dev, boots in data["s"].items()
+        }
+        return st
+
+
+def idle_watermark(last_ts: int, idle_for_ms: int, idle_timeout_ms: int) -> int | None:
+    """The watermark of a key quiet for `idle_for_ms` of wall time: event time resumes at wall-clock
+    speed once the idle timeout has passed, so a quiet key's windows close as if it had kept going."""
+    if idle_for_ms < idle_timeout_ms:
+        return None
+    return last_ts + idle_for_ms
