@@ -1,0 +1,112 @@
+"""The scope engine: batches in, documents and DLQ records out; results independent of batch boundaries."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from backend.engine import ScopeEngine
+from backend.records import PLACE, SENSOR
+from backend.windows import specs_from_seconds
+
+pytestmark = pytest.mark.unit
+
+SPECS = specs_from_seconds(2, 4, 2)
+
+
+def reading(device: str, seq: int, ts: int, place: str = "p1", t: float | None = 21.5) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "device": device,
+        "place": place,
+        "boot": 0,
+        "seq": seq,
+        "ts": ts,
+        "time_valid": True,
+        "temperature": t,
+        "humidity": 40.0,
+        "pressure": 1000.0,
+        "luminosity": None,
+        "fw": "1",
+        "received_at": ts,
+    }
+
+
+def engine(scope: str, store: dict[str, Any] | None = None) -> ScopeEngine:
+    store = {} if store is None else store
+    return ScopeEngine(scope, SPECS, 1000, 2000, store.get)
+
+
+def finals_after_idle(eng: ScopeEngine, batches: list[list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    docs: dict[str, dict[str, Any]] = {}
+    for batch in batches:
+        out = eng.process([(r, 0) for r in batch], now_ms=0)
+        docs.update({d["_id"]: d for d in out.final_docs})
+    out = eng.expire(now_ms=100_000, partitions={0}, keys=[])
+    docs.update({d["_id"]: d for d in out.final_docs})
+    for d in docs.values():
+        d.pop("updated_at")
+    return docs
+
+
+def test_final_documents_do_not_depend_on_batch_boundaries() -> None:
+    rng = random.Random(3)
+    rs = [reading("d1", i, 1000 + i * 97, t=rng.uniform(0, 30)) for i in range(100)]
+    whole = finals_after_idle(engine(SENSOR), [rs])
+    cuts = sorted(rng.sample(range(1, 100), 9))
+    pieces = [rs[a:b] for a, b in zip([0, *cuts], [*cuts, 100], strict=True)]
+    assert finals_after_idle(engine(SENSOR), pieces) == whole
+    assert sum(d["count"] for d in whole.values() if d["kind"] == "tumbling") == 100
+
+
+def test_replayed_batch_after_restart_from_persisted_state_is_not_double_counted() -> None:
+    rs = [reading("d1", i, 1000 + i * 50) for i in range(40)]
+    store: dict[str, Any] = {}
+    first = engine(SENSOR, store)
+    out = first.process([(r, 0) for r in rs[:30]], now_ms=0)
+    store.update({k: st.to_json() for k, st in out.changed.items()})  # persisted, offsets not committed
+    restarted = engine(SENSOR, store)
+    replay = restarted.process([(r, 0) for r in rs[20:]], now_ms=0)
+    assert replay.duplicates == 10
+    assert [r["seq"] for r in replay.readings] == list(range(30, 40))
+    expected = finals_after_idle(engine(SENSOR), [rs])
+    got = {
+        d["_id"]: d
+        for d in restarted.expire(100_000, {0}, []).final_docs + out.final_docs + replay.final_docs
+    }
+    for d in got.values():
+        d.pop("updated_at")
+    assert got == expected
+
+
+def test_place_window_lists_its_distinct_devices_and_counts_all_of_them() -> None:
+    eng = engine(PLACE)
+    docs = finals_after_idle(eng, [[reading("a", 0, 1000), reading("b", 0, 1100), reading("a", 1, 1200)]])
+    tumbling = docs["p1:tumbling:2:0"]
+    assert tumbling["devices"] == ["a", "b"] and tumbling["count"] == 3 and "device" not in tumbling
+
+
+def test_late_reading_becomes_a_dlq_record_with_reason_late() -> None:
+    eng = engine(SENSOR)
+    eng.process([(reading("d1", 0, 1000), 0), (reading("d1", 1, 9000), 0)], now_ms=0)
+    out = eng.process([(reading("d1", 2, 1500), 0)], now_ms=0)
+    assert len(out.late) == 1
+    rec = out.late[0]
+    assert (
+        rec["reason"] == "late"
+        and rec["topic"] == "sensors/p1/d1/reading"
+        and "tumbling:2s@0" in rec["detail"]
+    )
+    assert out.open_docs == [] and out.final_docs == []
+
+
+def test_idle_close_waits_for_the_timeout_and_only_touches_owned_partitions() -> None:
+    eng = engine(SENSOR)
+    eng.process([(reading("d1", 0, 1000), 4)], now_ms=0)
+    assert eng.expire(now_ms=1999, partitions={4}, keys=[]).final_docs == []
+    assert eng.expire(now_ms=50_000, partitions={1}, keys=[]).final_docs == []
+    finals = eng.expire(now_ms=50_000, partitions={4}, keys=[]).final_docs
+    assert {d["_id"] for d in finals} == {"d1:tumbling:2:0", "d1:hopping:4:-2000", "d1:hopping:4:0"}
+    assert all(d["final"] for d in finals)

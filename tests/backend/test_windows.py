@@ -1,0 +1,191 @@
+"""The window core: assignment, exact accumulation, watermark + grace, lateness, idle close, dedup."""
+
+from __future__ import annotations
+
+import random
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from backend.windows import (
+    HOPPING,
+    TUMBLING,
+    KeyState,
+    MetricAcc,
+    SeqSet,
+    WindowKey,
+    WindowSpec,
+    idle_watermark,
+    specs_from_seconds,
+)
+
+pytestmark = pytest.mark.unit
+
+SPECS = specs_from_seconds(2, 4, 2)  # tumbling 2 s, hopping 4 s every 2 s
+GRACE = 1000
+
+
+def reading(
+    seq: int, ts: int, temperature: float | None = 20.0, device: str = "d1", boot: int = 1
+) -> dict[str, Any]:
+    return {
+        "device": device,
+        "place": "p1",
+        "boot": boot,
+        "seq": seq,
+        "ts": ts,
+        "temperature": temperature,
+        "humidity": None,
+        "pressure": 1000.0,
+        "luminosity": 1.0,
+    }
+
+
+def test_tumbling_window_contains_ts_start_inclusive_end_exclusive() -> None:
+    spec = WindowSpec(TUMBLING, 2000, 2000)
+    assert list(spec.starts(4000)) == [4000]
+    assert list(spec.starts(5999)) == [4000]
+    assert list(spec.starts(6000)) == [6000]
+
+
+def test_hopping_window_assigns_ts_to_every_overlapping_window_aligned_to_epoch() -> None:
+    spec = WindowSpec(HOPPING, 300_000, 60_000)
+    starts = list(spec.starts(1_000_000_123))
+    assert len(starts) == 5
+    assert all(s % 60_000 == 0 and s <= 1_000_000_123 < s + 300_000 for s in starts)
+
+
+def test_window_spec_rejects_step_that_does_not_divide_size() -> None:
+    with pytest.raises(ValueError, match="multiple"):
+        WindowSpec(HOPPING, 300_000, 70_000)
+
+
+def test_mean_is_exact_and_independent_of_addition_order() -> None:
+    values = [random.Random(7).uniform(-40, 85) for _ in range(500)] + [0.1, 0.2, 0.3, 1e-300]
+    expected = float(sum(Fraction(v) for v in values) / len(values))
+    means = set()
+    for seed in range(5):
+        shuffled = values[:]
+        random.Random(seed).shuffle(shuffled)
+        acc = MetricAcc()
+        for v in shuffled:
+            acc.add(v)
+        means.add(acc.mean)
+        assert acc.min == min(values) and acc.max == max(values) and acc.count == len(values)
+    assert means == {expected}
+
+
+def test_metric_accumulator_survives_json_round_trip() -> None:
+    acc = MetricAcc()
+    for v in (0.1, 1e-300, 84.9):
+        acc.add(v)
+    again = MetricAcc.from_json(acc.to_json())
+    again.add(3.3)
+    acc.add(3.3)
+    assert again.summary() == acc.summary()
+
+
+def test_seq_set_detects_duplicates_in_and_out_of_order() -> None:
+    seqs = SeqSet()
+    assert [seqs.add(s) for s in (0, 1, 2, 5, 4, 3)] == [True] * 6
+    assert seqs.ranges == [[0, 5]]
+    assert not seqs.add(3)
+    assert seqs.add(9) and not seqs.add(9)
+    assert seqs.ranges == [[0, 5], [9, 9]]
+
+
+def test_duplicate_reading_is_not_counted_twice() -> None:
+    st = KeyState()
+    assert not st.add(reading(0, 1000), SPECS, GRACE).duplicate
+    assert st.add(reading(0, 1000), SPECS, GRACE).duplicate
+    assert st.windows[WindowKey(TUMBLING, 2000, 2000, 0)].count == 1
+
+
+def test_same_seq_in_another_boot_is_a_new_reading() -> None:
+    st = KeyState()
+    st.add(reading(0, 1000, boot=1), SPECS, GRACE)
+    assert not st.add(reading(0, 1500, boot=2), SPECS, GRACE).duplicate
+
+
+def test_out_of_order_reading_within_grace_is_added() -> None:
+    st = KeyState()
+    st.add(reading(0, 1000), SPECS, GRACE)
+    st.add(reading(1, 2500), SPECS, GRACE)  # watermark 2500 < end 2000 + grace 1000
+    out = st.add(reading(2, 1900), SPECS, GRACE)
+    assert not out.late
+    assert st.windows[WindowKey(TUMBLING, 2000, 2000, 0)].count == 2
+
+
+def test_reading_beyond_grace_is_late_and_leaves_final_window_unchanged() -> None:
+    st = KeyState()
+    st.add(reading(0, 1000, temperature=10.0), SPECS, GRACE)
+    st.add(reading(1, 7000), SPECS, GRACE)  # watermark 7000 >= every end+grace of windows around 1000
+    closed = {c.key: c.acc for c in st.close_ready(GRACE)}
+    before = closed[WindowKey(TUMBLING, 2000, 2000, 0)].metrics["temperature"].summary()
+    out = st.add(reading(2, 1500, temperature=80.0), SPECS, GRACE)
+    assert {(k.kind, k.start) for k in out.late} == {(TUMBLING, 0), (HOPPING, -2000), (HOPPING, 0)}
+    assert out.updated == []
+    assert WindowKey(TUMBLING, 2000, 2000, 0) not in st.windows
+    assert before == {"count": 1, "mean": 10.0, "min": 10.0, "max": 10.0}
+
+
+def test_reading_late_for_one_hopping_window_still_counts_in_the_open_one() -> None:
+    st = KeyState()
+    st.add(reading(0, 2500), SPECS, GRACE)
+    st.add(reading(1, 5200), SPECS, GRACE)  # wm 5200: [0,4000) final (4000+1000<=5200); [2000,6000) open
+    out = st.add(reading(2, 3000), SPECS, GRACE)
+    assert [(k.kind, k.start) for k in out.late] == [(TUMBLING, 2000), (HOPPING, 0)]
+    assert [(k.kind, k.start) for k in out.updated] == [(HOPPING, 2000)]
+
+
+def test_window_becomes_final_only_when_watermark_reaches_end_plus_grace() -> None:
+    st = KeyState()
+    st.add(reading(0, 500), SPECS, GRACE)
+    st.add(reading(1, 2999), SPECS, GRACE)
+    assert st.close_ready(GRACE) == []  # 2999 < 2000 + 1000
+    st.add(reading(2, 3000), SPECS, GRACE)
+    assert {c.key for c in st.close_ready(GRACE)} == {
+        WindowKey(TUMBLING, 2000, 2000, 0),
+        WindowKey(HOPPING, 4000, 2000, -2000),
+    }
+
+
+def test_null_metric_is_ignored_for_that_metric_only() -> None:
+    st = KeyState()
+    st.add(reading(0, 100, temperature=None), SPECS, GRACE)
+    st.add(reading(1, 200, temperature=30.0), SPECS, GRACE)
+    acc = st.windows[WindowKey(TUMBLING, 2000, 2000, 0)]
+    assert acc.count == 2
+    assert acc.metrics["temperature"].summary() == {"count": 1, "mean": 30.0, "min": 30.0, "max": 30.0}
+    assert acc.metrics["humidity"].summary() == {"count": 0, "mean": None, "min": None, "max": None}
+    assert acc.metrics["pressure"].count == 2
+
+
+def test_idle_watermark_moves_with_wall_clock_only_after_the_timeout() -> None:
+    assert idle_watermark(10_000, 1_999, 2_000) is None
+    assert idle_watermark(10_000, 5_000, 2_000) == 15_000
+
+
+def test_idle_key_closes_its_last_window() -> None:
+    st = KeyState()
+    st.add(reading(0, 1000), SPECS, GRACE)
+    assert st.close_ready(GRACE) == []
+    wm = idle_watermark(1000, 10_000, 2_000)
+    closed = st.close_ready(GRACE, wm)
+    assert {c.key for c in closed} == {
+        WindowKey(TUMBLING, 2000, 2000, 0),
+        WindowKey(HOPPING, 4000, 2000, -2000),
+        WindowKey(HOPPING, 4000, 2000, 0),
+    }
+    assert st.windows == {}
+
+
+def test_key_state_json_round_trip_keeps_windows_watermark_and_dedup() -> None:
+    st = KeyState(partition=3)
+    for i, ts in enumerate((100, 2100, 900, 2500)):
+        st.add(reading(i, ts), SPECS, GRACE)
+    again = KeyState.from_json(st.to_json())
+    assert again.partition == 3 and again.watermark == st.watermark
+    assert again.to_json() == st.to_json()
+    assert again.add(reading(2, 900), SPECS, GRACE).duplicate
