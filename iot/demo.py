@@ -1,42 +1,221 @@
-"""`iot demo`: the whole product on this machine. Until every part exists it brings up what does and
-says plainly what is missing."""
+"""`iot demo`: the whole product on this machine, with a live view of the windows in MongoDB.
+
+Starts the native stack (if not running), the gateway, the backend (with small demo windows) and
+virtual boards in several places, then shows the latest window per place and per sensor. Ctrl-C (or
+--duration) stops everything the demo started, in reverse order, cleanly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
+import signal
+import time
+from datetime import UTC, datetime
+from typing import Any
 
+import pymongo
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from iot import contract
 from iot.stack.config import StackConfig
 from iot.stack.manager import Stack, StackError
+from iot.supervise import ChildFailed, Supervisor, metrics_value
 
-_PARTS = {
-    "gateway.service": "the MQTT -> Kafka gateway (`iot gateway`)",
-    "backend.app": "the Faust window backend (`iot backend`)",
-    "hil.boards": "virtual boards (`iot boards`)",
-}
+GATEWAY_METRICS = 9108
+BACKEND_METRICS = 9109
+UNITS = {"temperature": "°C", "humidity": "%", "pressure": "hPa", "luminosity": "lx"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("demo", help="run the whole product locally: stack, gateway, backend, boards")
+    parser.add_argument("--boards", type=int, default=6, help="virtual boards (default 6)")
+    parser.add_argument("--places", type=int, default=3, help="places they are spread over (default 3)")
+    parser.add_argument("--window", type=int, default=10, help="tumbling window seconds (default 10)")
+    parser.add_argument("--hop-window", type=int, default=30, help="hopping window seconds (default 30)")
+    parser.add_argument("--hop-step", type=int, default=10, help="hopping step seconds (default 10)")
+    parser.add_argument("--grace", type=int, default=3, help="grace seconds for late readings (default 3)")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between a board's readings")
+    parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: Ctrl-C)")
+    parser.add_argument("--keep-stack", action="store_true", help="leave the native stack running at the end")
     parser.set_defaults(func=run)
 
 
-def run(_args: argparse.Namespace) -> int:
-    stack = Stack(StackConfig.from_env())
-    try:
-        statuses = stack.up()
-    except StackError as exc:
-        print(f"StackError: {exc}", file=sys.stderr)
-        return 1
-    for status in statuses:
-        print(f"  {status.name:<14} {'healthy' if status.healthy else 'DOWN'} on port {status.port}")
-    missing = [what for module, what in _PARTS.items() if importlib.util.find_spec(module) is None]
+def _sigterm_as_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _missing_parts() -> list[str]:
+    parts = {"gateway.cli": "gateway", "backend.cli": "backend", "hil.cli": "virtual boards (iot boards)"}
+    return [what for module, what in parts.items() if importlib.util.find_spec(module) is None]
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    missing = _missing_parts()
     if missing:
-        print("The native stack is up. Not built yet, so the demo stops here:")
-        for what in missing:
-            print(f"  - {what}")
-        print("Stop the stack with `.venv/bin/iot stack down`.")
-        return 0
-    print("All parts exist; the live demo view is not wired up yet (end-to-end issue).")
+        console.print(f"[red]not built yet[/]: {', '.join(missing)}; `iot stack up` runs the stack alone")
+        return 1
+    cfg = StackConfig.from_env()
+    stack = Stack(cfg)
+    was_running = {s.name for s in stack.status() if s.healthy}
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    supervisor = Supervisor(cfg.state_dir / "demo")
+    started = time.monotonic()
+    try:
+        with console.status("starting the native stack (first run installs it: a few minutes)…"):
+            stack.up()
+        console.print(f"[green]stack up[/] in {time.monotonic() - started:.0f}s")
+        env = {
+            "IOT_MQTT_URL": cfg.mqtt_url,
+            "IOT_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
+            "IOT_MONGO_URI": cfg.mongo_uri,
+            "IOT_WINDOW_TUMBLING_S": str(args.window),
+            "IOT_WINDOW_HOPPING_S": str(args.hop_window),
+            "IOT_WINDOW_HOP_STEP_S": str(args.hop_step),
+            "IOT_WINDOW_GRACE_S": str(args.grace),
+            "IOT_GATEWAY_METRICS_PORT": str(GATEWAY_METRICS),
+            "IOT_BACKEND_METRICS_PORT": str(BACKEND_METRICS),
+            "IOT_BACKEND_IDLE_TIMEOUT_S": str(max(args.window, 5)),
+            "IOT_BACKEND_DATA_DIR": str(cfg.state_dir / "demo" / "backend-state"),
+        }
+        with console.status("starting gateway and backend…"):
+            gateway = supervisor.start("gateway", ["gateway"], env)
+            supervisor.wait_ready(
+                gateway,
+                lambda: (
+                    metrics_value(f"http://127.0.0.1:{GATEWAY_METRICS}/metrics", "iot_gateway_mqtt_connected")
+                    == 1.0
+                ),
+                60,
+            )
+            backend = supervisor.start("backend", ["backend"], env)
+            supervisor.wait_ready(
+                backend,
+                lambda: (
+                    metrics_value(f"http://127.0.0.1:{BACKEND_METRICS}/metrics", "iot_backend_readings_total")
+                    is not None
+                ),
+                90,
+            )
+        boards = supervisor.start(
+            "boards",
+            [
+                "boards",
+                "--count",
+                str(args.boards),
+                "--places",
+                str(args.places),
+                "--interval",
+                str(args.interval),
+            ],
+            env,
+        )
+        console.print(
+            f"[green]gateway, backend and {args.boards} virtual boards running[/] "
+            f"({time.monotonic() - started:.0f}s since start); logs in {supervisor.log_dir}"
+        )
+        _live(console, cfg, supervisor, boards.name, args, started)
+    except (StackError, ChildFailed) as exc:
+        console.print(f"[red]{type(exc).__name__}[/]: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        supervisor.stop_all()
+        if not args.keep_stack and not was_running:
+            stack.down()
+            console.print("stopped the boards, the services and the stack the demo started")
+        else:
+            console.print("stopped the boards and the services; the stack keeps running (`iot stack down`)")
     return 0
+
+
+def _live(
+    console: Console,
+    cfg: StackConfig,
+    supervisor: Supervisor,
+    boards: str,
+    args: argparse.Namespace,
+    started: float,
+) -> None:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        cfg.mongo_uri, serverSelectionTimeoutMS=3000
+    )
+    db = client.get_default_database(contract.DEFAULT_DATABASE)
+    first_window: float | None = None
+    deadline = time.monotonic() + args.duration if args.duration else None
+    with Live(console=console, refresh_per_second=1, transient=False) as live:
+        while deadline is None or time.monotonic() < deadline:
+            for child in supervisor.children:
+                if not child.alive():
+                    raise ChildFailed(f"{child.name} exited ({child.proc.returncode}):\n{child.log_tail()}")
+            places = _latest(db[contract.COLL_PLACE_WINDOWS], "place")
+            sensors = _latest(db[contract.COLL_SENSOR_WINDOWS], "device")
+            if first_window is None and (places or sensors):
+                first_window = time.monotonic() - started
+            live.update(_view(cfg, places, sensors, first_window, args))
+            time.sleep(1.0)
+    client.close()
+
+
+def _latest(coll: Any, key: str) -> list[dict[str, Any]]:
+    """The latest tumbling window of each device or place."""
+    latest: dict[str, dict[str, Any]] = {}
+    for doc in coll.find({"kind": "tumbling"}).sort("start", pymongo.DESCENDING).limit(500):
+        latest.setdefault(doc[key], doc)
+    return [latest[k] for k in sorted(latest)]
+
+
+def _cell(stats: dict[str, Any] | None, metric: str) -> str:
+    if not stats or not stats.get("count"):
+        return "—"
+    return f"{stats['mean']:.2f} {UNITS[metric]} [dim]({stats['min']:.1f}…{stats['max']:.1f})[/]"
+
+
+def _table(title: str, key: str, docs: list[dict[str, Any]]) -> Table:
+    table = Table(title=title, expand=True)
+    for col in (key, "window", "n", *contract.METRICS, "state"):
+        table.add_column(col)
+    for doc in docs:
+        start = doc["start"]
+        start = start.replace(tzinfo=UTC) if isinstance(start, datetime) else start
+        when = start.strftime("%H:%M:%S") if isinstance(start, datetime) else str(start)
+        table.add_row(
+            doc[key],
+            f"{when} +{doc['size_s']}s",
+            str(doc["count"]),
+            *(_cell(doc.get(m), m) for m in contract.METRICS),
+            "[green]final[/]" if doc.get("final") else "[yellow]open[/]",
+        )
+    return table
+
+
+def _view(
+    cfg: StackConfig,
+    places: list[dict[str, Any]],
+    sensors: list[dict[str, Any]],
+    first_window: float | None,
+    args: argparse.Namespace,
+) -> Group:
+    gw = metrics_value(f"http://127.0.0.1:{GATEWAY_METRICS}/metrics", "iot_gateway_produced_total") or 0
+    rej = metrics_value(f"http://127.0.0.1:{GATEWAY_METRICS}/metrics", "iot_gateway_rejected_total") or 0
+    be = metrics_value(f"http://127.0.0.1:{BACKEND_METRICS}/metrics", "iot_backend_readings_total") or 0
+    first = f"first window after {first_window:.0f}s" if first_window is not None else "waiting for windows…"
+    header = Panel(
+        f"readings into Kafka: {gw:.0f}   rejected: {rej:.0f}   processed by backend: {be:.0f}   {first}\n"
+        f"Prometheus http://{cfg.host}:{cfg.prometheus_port}   gateway metrics http://127.0.0.1:{GATEWAY_METRICS}"
+        f"/metrics   backend metrics http://127.0.0.1:{BACKEND_METRICS}/metrics\n"
+        f"MongoDB {cfg.mongo_uri}   `iot windows --last 5m`   Grafana: the compose stack, "
+        "http://localhost:3000\nCtrl-C stops everything the demo started",
+        title=f"IoT demo — {args.boards} boards, {args.places} places, windows {args.window}s tumbling / "
+        f"{args.hop_window}s every {args.hop_step}s",
+    )
+    return Group(
+        header,
+        _table("Latest window per place", "place", places),
+        _table("Latest window per sensor", "device", sensors),
+    )

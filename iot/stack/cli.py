@@ -20,12 +20,14 @@ programs; default ~/.cache/iot)."""
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "stack", help="the native stack: Mosquitto, Kafka, FerretDB, Prometheus, node-exporter",
+        "stack",
+        help="the native stack: Mosquitto, Kafka, FerretDB, Prometheus, node-exporter",
         epilog=_VARIABLES,
     )
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("install", help="install what the stack needs (idempotent, cached)").set_defaults(
-        func=_install)
+        func=_install
+    )
     up = actions.add_parser("up", help="start the stack; returns when every service answers a real client")
     up.add_argument("services", nargs="*", help="only these services (default: all)")
     up.set_defaults(func=_up)

@@ -59,8 +59,11 @@ def ensure_apt() -> None:
             raise InstallError(f"apt: packages {missing} are missing and this machine has no apt-get")
         env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         _run("apt-get update", ["apt-get", "update", "-qq"], env=env)
-        _run("apt-get install", ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-             env=env)
+        _run(
+            "apt-get install",
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            env=env,
+        )
 
     _timed(f"apt {' '.join(missing)}", install)
 
@@ -80,8 +83,19 @@ def ensure_kafka(cfg: StackConfig) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             pom = Path(tmp) / "pom.xml"
             pom.write_text(resources.files("iot.stack").joinpath("kafka-pom.xml").read_text())
-            _run("maven kafka jars", ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-                                      f"-DoutputDirectory={libs}", "-DincludeScope=runtime"])
+            _run(
+                "maven kafka jars",
+                [
+                    "mvn",
+                    "-q",
+                    "-B",
+                    "-f",
+                    str(pom),
+                    "dependency:copy-dependencies",
+                    f"-DoutputDirectory={libs}",
+                    "-DincludeScope=runtime",
+                ],
+            )
         marker.write_text("ok\n")
 
     _timed("kafka jars (maven)", install)
@@ -96,8 +110,9 @@ def ensure_ferretdb(cfg: StackConfig) -> None:
         if shutil.which("go") is None:
             raise InstallError("ferretdb: the Go toolchain is needed to build FerretDB; install golang")
         module = f"github.com/FerretDB/FerretDB@{FERRETDB_VERSION}"
-        proc = subprocess.run(["go", "mod", "download", "-json", module], capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(
+            ["go", "mod", "download", "-json", module], capture_output=True, text=True, check=False
+        )
         if proc.returncode != 0:
             raise InstallError(f"ferretdb: `go mod download {module}` failed\n{proc.stdout}{proc.stderr}")
         source = Path(json.loads(proc.stdout)["Dir"])

@@ -82,8 +82,15 @@ class Stack:
         for svc in self._select(names):
             tracked = process.read(svc.folder(self.cfg) / "pid")
             why = self._probe(svc) if tracked else "not running"
-            out.append(ServiceStatus(svc.name, tracked is not None and why is None,
-                                     tracked.pid if tracked else None, svc.ports(self.cfg)[0], why or "ok"))
+            out.append(
+                ServiceStatus(
+                    svc.name,
+                    tracked is not None and why is None,
+                    tracked.pid if tracked else None,
+                    svc.ports(self.cfg)[0],
+                    why or "ok",
+                )
+            )
         return out
 
     def up(self, names: Iterable[str] | None = None) -> list[ServiceStatus]:

@@ -81,8 +81,7 @@ def kafka_round_trip(bootstrap: str, timeout: float = 10.0) -> None:
     producer.flush(timeout)
     if not offsets:
         raise ProbeFailed("produce was not acknowledged")
-    consumer = Consumer({**common, "group.id": "iot-stack-probe",
-                         "enable.auto.commit": False})
+    consumer = Consumer({**common, "group.id": "iot-stack-probe", "enable.auto.commit": False})
     try:
         consumer.assign([TopicPartition(PROBE_TOPIC, 0, offsets[0])])
         msg = consumer.poll(timeout)
@@ -121,4 +120,3 @@ def http_ok(url: str, timeout: float = 3.0, expect: bytes | None = None) -> None
         raise ProbeFailed(f"GET {url}: {exc}") from exc
     if expect is not None and expect not in body:
         raise ProbeFailed(f"GET {url}: body lacks {expect!r}")
-

@@ -63,7 +63,12 @@ def start(argv: list[str], marker: str, folder: Path, env: dict[str, str] | None
         logf.write(f"\n=== start {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
         logf.flush()
         proc = subprocess.Popen(
-            argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            argv,
+            cwd=folder,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     tracked = Tracked(pid=proc.pid, marker=marker)
