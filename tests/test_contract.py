@@ -19,8 +19,17 @@ TOPIC = "sensors/kitchen/node-1/reading"
 
 def reading(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "v": 1, "device": "node-1", "place": "kitchen", "boot": 3, "seq": 41, "ts": 1_795_900_000_000,
-        "time_valid": True, "temperature": 21.5, "humidity": 40, "pressure": 1013.2, "luminosity": None,
+        "v": 1,
+        "device": "node-1",
+        "place": "kitchen",
+        "boot": 3,
+        "seq": 41,
+        "ts": 1_795_900_000_000,
+        "time_valid": True,
+        "temperature": 21.5,
+        "humidity": 40,
+        "pressure": 1013.2,
+        "luminosity": None,
         "fw": "0.1.0",
     }
     base.update(overrides)
@@ -116,6 +125,12 @@ def test_topic_names_match_the_team_contract() -> None:
     if not shared.exists():
         pytest.skip("../shared/CONTRACT.md is not beside this checkout")
     text = shared.read_text()
-    for name in (contract.TOPIC_READINGS, contract.TOPIC_DLQ, contract.TOPIC_WINDOWS_SENSOR,
-                 contract.TOPIC_WINDOWS_PLACE, contract.READING_TOPIC, contract.STATUS_TOPIC):
+    for name in (
+        contract.TOPIC_READINGS,
+        contract.TOPIC_DLQ,
+        contract.TOPIC_WINDOWS_SENSOR,
+        contract.TOPIC_WINDOWS_PLACE,
+        contract.READING_TOPIC,
+        contract.STATUS_TOPIC,
+    ):
         assert f"`{name}`" in text

@@ -13,8 +13,19 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
 ONE_SHOT = {"mosquitto-auth", "kafka-topics"}
-REQUIRED = {"mosquitto", "kafka", "mongo", "mongo-express", "gateway", "backend", "prometheus", "grafana",
-            "node-exporter", "kafka-exporter", "cadvisor"}
+REQUIRED = {
+    "mosquitto",
+    "kafka",
+    "mongo",
+    "mongo-express",
+    "gateway",
+    "backend",
+    "prometheus",
+    "grafana",
+    "node-exporter",
+    "kafka-exporter",
+    "cadvisor",
+}
 
 
 def compose_config(*extra: str, env_file: Path | None) -> subprocess.CompletedProcess[str]:
@@ -22,8 +33,9 @@ def compose_config(*extra: str, env_file: Path | None) -> subprocess.CompletedPr
     if env_file is not None:
         args += ["--env-file", str(env_file)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "MONGO_", "GRAFANA_"))}
-    return subprocess.run([*args, "config", *extra], capture_output=True, text=True, env=env, check=False,
-                          cwd=ROOT / "compose")
+    return subprocess.run(
+        [*args, "config", *extra], capture_output=True, text=True, env=env, check=False, cwd=ROOT / "compose"
+    )
 
 
 def test_compose_file_validates_with_the_example_env() -> None:

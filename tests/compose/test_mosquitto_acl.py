@@ -24,19 +24,29 @@ SHIPPED = ROOT / "compose" / "mosquitto"
 def broker(tmp_path: Path) -> Iterator[int]:
     (port,) = free_ports(1)
     passwd = tmp_path / "passwd"
-    env = {**os.environ, "PASSWD_FILE": str(passwd), "MQTT_GATEWAY_PASSWORD": "gw-secret",
-           "MQTT_HEALTHCHECK_PASSWORD": "hc-secret", "MQTT_DEVICES": "kitchen-1:k1-secret,garage-1:g1-secret"}
+    env = {
+        **os.environ,
+        "PASSWD_FILE": str(passwd),
+        "MQTT_GATEWAY_PASSWORD": "gw-secret",
+        "MQTT_HEALTHCHECK_PASSWORD": "hc-secret",
+        "MQTT_DEVICES": "kitchen-1:k1-secret,garage-1:g1-secret",
+    }
     subprocess.run(["sh", str(SHIPPED / "make-passwd.sh")], env=env, check=True, capture_output=True)
     conf = (SHIPPED / "mosquitto.conf").read_text()
-    conf = (conf.replace("listener 1883", f"listener {port} 127.0.0.1")
-                .replace("/mosquitto/auth/passwd", str(passwd))
-                .replace("/mosquitto/config/acl", str(SHIPPED / "acl"))
-                .replace("persistence true", "persistence false"))
+    conf = (
+        conf.replace("listener 1883", f"listener {port} 127.0.0.1")
+        .replace("/mosquitto/auth/passwd", str(passwd))
+        .replace("/mosquitto/config/acl", str(SHIPPED / "acl"))
+        .replace("persistence true", "persistence false")
+    )
     # Running as root, mosquitto would drop to its own user, which cannot read pytest's tmp folder.
     conf += f"user {getpass.getuser()}\n"
     (tmp_path / "mosquitto.conf").write_text(conf)
-    proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(tmp_path / "mosquitto.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["/usr/sbin/mosquitto", "-c", str(tmp_path / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: listening(port), 10, "the private mosquitto to listen")
         yield port

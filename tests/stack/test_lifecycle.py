@@ -34,15 +34,21 @@ def private_env(state: Path) -> dict[str, str]:
 
 
 def ports_of(env: dict[str, str]) -> list[int]:
-    return [int(env["IOT_MQTT_URL"].rsplit(":", 1)[1]), int(env["IOT_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1]),
-            int(env["IOT_KAFKA_CONTROLLER_PORT"]), int(env["IOT_MONGO_URI"].rsplit(":", 1)[1].split("/")[0]),
-            int(env["IOT_PROMETHEUS_PORT"]), int(env["IOT_NODE_EXPORTER_PORT"]),
-            int(env["IOT_FERRETDB_DEBUG_PORT"])]
+    return [
+        int(env["IOT_MQTT_URL"].rsplit(":", 1)[1]),
+        int(env["IOT_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1]),
+        int(env["IOT_KAFKA_CONTROLLER_PORT"]),
+        int(env["IOT_MONGO_URI"].rsplit(":", 1)[1].split("/")[0]),
+        int(env["IOT_PROMETHEUS_PORT"]),
+        int(env["IOT_NODE_EXPORTER_PORT"]),
+        int(env["IOT_FERRETDB_DEBUG_PORT"]),
+    ]
 
 
 def iot(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([IOT, "stack", *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        [IOT, "stack", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.fixture

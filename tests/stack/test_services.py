@@ -66,15 +66,24 @@ def test_mosquitto_delivers_a_qos1_message_to_a_subscriber() -> None:
 def test_kafka_has_the_contract_topics_and_round_trips_a_record() -> None:
     admin = AdminClient({"bootstrap.servers": CFG.kafka_bootstrap})
     topics = admin.list_topics(timeout=10).topics
-    for name in (contract.TOPIC_READINGS, contract.TOPIC_DLQ, contract.TOPIC_WINDOWS_SENSOR,
-                 contract.TOPIC_WINDOWS_PLACE):
+    for name in (
+        contract.TOPIC_READINGS,
+        contract.TOPIC_DLQ,
+        contract.TOPIC_WINDOWS_SENSOR,
+        contract.TOPIC_WINDOWS_PLACE,
+    ):
         assert name in topics
     key = uuid.uuid4().hex.encode()
     producer = Producer({"bootstrap.servers": CFG.kafka_bootstrap, "acks": "all"})
     producer.produce("iot.stack.test", b"value", key=key)
     assert producer.flush(10) == 0
-    consumer = Consumer({"bootstrap.servers": CFG.kafka_bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": CFG.kafka_bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe(["iot.stack.test"])
     try:
         found = False
@@ -89,8 +98,9 @@ def test_kafka_has_the_contract_topics_and_round_trips_a_record() -> None:
 
 
 def test_mongodb_wire_server_inserts_and_finds_documents() -> None:
-    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(CFG.mongo_uri,
-                                                                        serverSelectionTimeoutMS=5000)
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+        CFG.mongo_uri, serverSelectionTimeoutMS=5000
+    )
     db = client[f"test_stack_{uuid.uuid4().hex[:8]}"]
     try:
         assert client.admin.command("ping")["ok"] == 1.0
