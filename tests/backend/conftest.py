@@ -1,0 +1,345 @@
+"""Helpers for backend tests on the real stack: spawn `iot backend` workers on a private source topic
+and Mongo database, produce readings the way the gateway does, read back windows, DLQ and metrics.
+
+Isolation from other engineers' concurrent tests: every test gets its own Faust app id (so its own
+consumer group, changelogs and repartition topic), its own source topic (so a fresh group reading from
+the earliest offset sees only this test's readings) and its own Mongo database; shared output topics
+(iot.windows.*, iot.readings.dlq) are read from their end at test start and filtered by our own ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from pymongo import MongoClient
+
+from iot import contract
+from iot.topics import TOPIC_PARTITIONS
+from tests.support import unique, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+IOT = REPO / ".venv" / "bin" / "iot"
+KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
+MONGO = "mongodb://127.0.0.1:27017"
+PARTITIONS = TOPIC_PARTITIONS[contract.TOPIC_READINGS]
+
+# Small windows so a test sees many of them finalise in seconds.
+TUMBLING_MS, HOPPING_MS, STEP_MS, GRACE_MS, IDLE_MS = 2000, 4000, 2000, 2000, 2000
+# A fixed event-time origin, aligned to every window: event time in these tests never depends on now.
+BASE_TS = 1_750_000_000_000 - 1_750_000_000_000 % HOPPING_MS
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def make_reading(place: str, device: str, seq: int, ts: int, boot: int = 0, **metrics: Any) -> dict[str, Any]:
+    reading: dict[str, Any] = {
+        "v": 1,
+        "device": device,
+        "place": place,
+        "boot": boot,
+        "seq": seq,
+        "ts": ts,
+        "time_valid": True,
+        "temperature": 20.0 + (seq % 7) * 0.37,
+        "humidity": 40.0 + (seq % 5) * 1.1,
+        "pressure": 1000.0 + (seq % 3) * 0.25,
+        "luminosity": 100.0 + seq * 0.5,
+        "fw": "test",
+    }
+    reading.update(metrics)
+    return reading
+
+
+@dataclass
+class Worker:
+    env: dict[str, str]
+    log_path: Path
+    metrics_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        with self.log_path.open("ab") as logf:
+            self.proc = subprocess.Popen(
+                [str(IOT), "backend"], env=self.env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO
+            )
+        wait_for(self._up, 60, f"backend worker metrics on :{self.metrics_port}")
+        return self
+
+    def _up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"backend exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+        return bool(self.metrics()) or self._answers()
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2):
+                return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample by `name{labels}`; empty when the endpoint does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return {}
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class BackendRig:
+    """One test's backend deployment: app id, source topic, database, workers, and readers of outputs."""
+
+    tmp: Path
+    app_id: str = field(default_factory=lambda: unique("bk"))
+    workers: list[Worker] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.source = f"{self.app_id}-src"
+        self.db_name = self.app_id.replace("-", "_")
+        self.mongo: MongoClient[dict[str, Any]] = MongoClient(MONGO, tz_aware=True)
+        self.db = self.mongo[self.db_name]
+        admin = AdminClient({"bootstrap.servers": KAFKA})
+        for fut in admin.create_topics([NewTopic(self.source, PARTITIONS, 1)]).values():
+            fut.result(timeout=30)
+        self.producer = Producer({"bootstrap.servers": KAFKA, "enable.idempotence": True})
+        # Positions of the shared output topics now, so we read only what this test causes.
+        self.outputs = {
+            t: self._ends(t)
+            for t in (contract.TOPIC_DLQ, contract.TOPIC_WINDOWS_SENSOR, contract.TOPIC_WINDOWS_PLACE)
+        }
+
+    def _ends(self, topic: str) -> list[TopicPartition]:
+        c = Consumer({"bootstrap.servers": KAFKA, "group.id": unique("probe"), "enable.auto.commit": False})
+        try:
+            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+            tps = []
+            for p in parts:
+                _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                tps.append(TopicPartition(topic, p, high))
+            return tps
+        finally:
+            c.close()
+
+    def env(self, index: int, metrics_port: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
+        env.update(
+            IOT_KAFKA_BOOTSTRAP=KAFKA,
+            IOT_MONGO_URI=f"{MONGO}/{self.db_name}",
+            IOT_WINDOW_TUMBLING_S=str(TUMBLING_MS // 1000),
+            IOT_WINDOW_HOPPING_S=str(HOPPING_MS // 1000),
+            IOT_WINDOW_HOP_STEP_S=str(STEP_MS // 1000),
+            IOT_WINDOW_GRACE_S=str(GRACE_MS // 1000),
+            IOT_BACKEND_APP_ID=self.app_id,
+            IOT_BACKEND_SOURCE_TOPIC=self.source,
+            IOT_BACKEND_METRICS_PORT=str(metrics_port),
+            IOT_BACKEND_IDLE_TIMEOUT_S=str(IDLE_MS / 1000),
+            IOT_BACKEND_DATA_DIR=str(self.tmp / f"data-{index}"),
+            IOT_BACKEND_TICK_S="0.2",
+            IOT_BACKEND_BATCH_WITHIN_MS="50",
+            IOT_BACKEND_COMMIT_INTERVAL_S="0.5",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def worker(self, start: bool = True) -> Worker:
+        index = len(self.workers)
+        port = free_port()
+        w = Worker(self.env(index, port), self.tmp / f"backend-{index}.log", port)
+        self.workers.append(w)
+        return w.start() if start else w
+
+    def restart(self, w: Worker) -> Worker:
+        w.metrics_port = free_port()
+        w.env["IOT_BACKEND_METRICS_PORT"] = str(w.metrics_port)
+        return w.start()
+
+    def produce(self, readings: Iterable[dict[str, Any]], partition_of: dict[str, int] | None = None) -> None:
+        """Produce as the gateway does: payload v1 plus received_at, keyed by device."""
+        for r in readings:
+            value = contract.encode({**r, "received_at": int(time.time() * 1000)})
+            if partition_of is None:
+                self.producer.produce(self.source, value, r["device"].encode())
+            else:
+                self.producer.produce(
+                    self.source, value, r["device"].encode(), partition=partition_of[r["device"]]
+                )
+        assert self.producer.flush(30) == 0
+
+    def produce_raw(self, value: bytes, key: bytes = b"junk") -> None:
+        self.producer.produce(self.source, value, key)
+        assert self.producer.flush(30) == 0
+
+    def docs(self, collection: str) -> dict[str, dict[str, Any]]:
+        return {d["_id"]: d for d in self.db[collection].find()}
+
+    def read_output(self, topic: str, timeout: float = 5.0) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) produced to a shared topic since this rig was made."""
+        c = Consumer({"bootstrap.servers": KAFKA, "group.id": unique("reader"), "enable.auto.commit": False})
+        try:
+            starts = self.outputs[topic]
+            ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in starts}
+            c.assign(starts)
+            pending = {tp.partition for tp in starts if ends[tp.partition] > tp.offset}
+            out: list[tuple[bytes, bytes]] = []
+            deadline = time.monotonic() + timeout
+            while pending and time.monotonic() < deadline:
+                msg = c.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                out.append((msg.key() or b"", msg.value() or b""))
+                part, offset = msg.partition(), msg.offset()
+                if part is not None and offset is not None and offset + 1 >= ends[part]:
+                    pending.discard(part)
+            return out
+        finally:
+            c.close()
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.producer.flush(10)
+        self.mongo.drop_database(self.db_name)
+        self.mongo.close()
+        admin = AdminClient({"bootstrap.servers": KAFKA})
+        mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.app_id)]
+        if mine:
+            for fut in admin.delete_topics(mine, operation_timeout=30).values():
+                with contextlib.suppress(Exception):  # a topic already gone is what we wanted
+                    fut.result(timeout=30)
+
+
+@pytest.fixture
+def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BackendRig]:
+    r = BackendRig(tmp_path)
+    yield r
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for i, w in enumerate(r.workers):
+            print(f"--- backend worker {i} log (tail) ---\n{w.log()[-6000:]}")
+    r.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome: Any = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+# --- the oracle: expected window documents, computed independently of backend/windows.py ---------
+def _metric(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0, "mean": None, "min": None, "max": None}
+    return {
+        "count": len(values),
+        "mean": float(sum(map(Fraction, values)) / len(values)),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def expected_windows(readings: Iterable[dict[str, Any]], scope: str) -> dict[str, dict[str, Any]]:
+    """Window documents (without updated_at, dates as ms) for counted readings, by _id."""
+    groups: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
+    for r in readings:
+        key = r["device"] if scope == "sensor" else r["place"]
+        t = r["ts"]
+        groups.setdefault((key, "tumbling", TUMBLING_MS, t - t % TUMBLING_MS), []).append(r)
+        first = t - t % STEP_MS
+        for start in range(first - HOPPING_MS + STEP_MS, first + 1, STEP_MS):
+            groups.setdefault((key, "hopping", HOPPING_MS, start), []).append(r)
+    docs = {}
+    for (key, kind, size, start), rs in groups.items():
+        doc: dict[str, Any] = {"_id": contract.window_id(key, kind, size // 1000, start)}
+        if scope == "sensor":
+            doc.update(device=key, place=rs[-1]["place"])
+        else:
+            doc.update(place=key, devices=sorted({r["device"] for r in rs}))
+        doc.update(
+            kind=kind,
+            size_s=size // 1000,
+            step_s=(size if kind == "tumbling" else STEP_MS) // 1000,
+            start=start,
+            end=start + size,
+            count=len(rs),
+        )
+        for m in contract.METRICS:
+            doc[m] = _metric([r[m] for r in rs if r[m] is not None])
+        doc["final"] = True
+        docs[doc["_id"]] = doc
+    return docs
+
+
+def as_comparable(doc: dict[str, Any]) -> dict[str, Any]:
+    """A Mongo window document with dates as epoch ms and without updated_at."""
+    out = {k: v for k, v in doc.items() if k != "updated_at"}
+    for f in ("start", "end"):
+        if not isinstance(out[f], int):
+            out[f] = int(out[f].timestamp() * 1000)
+    return out
+
+
+def wait_all_final(
+    rig: BackendRig, expected: dict[str, dict[str, Any]], collection: str, timeout: float
+) -> None:
+    def done() -> bool:
+        got = rig.docs(collection)
+        return all(i in got and got[i]["final"] for i in expected)
+
+    wait_for(done, timeout, f"{len(expected)} final documents in {collection}", interval=0.2)
+
+
+def assert_windows_equal(rig: BackendRig, expected: dict[str, dict[str, Any]], collection: str) -> None:
+    got = {i: as_comparable(d) for i, d in rig.docs(collection).items()}
+    assert set(got) == set(expected), f"extra {set(got) - set(expected)}, missing {set(expected) - set(got)}"
+    for i, doc in expected.items():
+        assert got[i] == doc, f"{collection} {i}"
