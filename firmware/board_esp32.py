@@ -1,0 +1,131 @@
+"""The ESP32 board: the only module that touches machine, network and ntptime.
+
+The virtual board (hil/virtual/vboard.py) offers the same methods on the unix port; board.py picks
+one, so every other firmware module runs unchanged on both.
+"""
+
+import gc
+import socket
+import time
+
+import machine
+import network
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Stream(Protocol):
+        def write(self, buf: bytes | bytearray | memoryview) -> int | None: ...
+        def read(self, n: int) -> bytes | None: ...
+        def readinto(self, buf: bytearray) -> int | None: ...
+        def settimeout(self, t: float | None) -> None: ...
+        def close(self) -> None: ...
+
+    class Watchdog(Protocol):
+        def feed(self) -> None: ...
+
+
+# time.time() counts from 2000-01-01 on embedded ports and from 1970 on unix.
+EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
+
+
+class Board:
+    name = "esp32"
+
+    def __init__(self) -> None:
+        self._wlan = network.WLAN(network.STA_IF)
+        self._i2c: machine.I2C | None = None
+
+    # --- time -------------------------------------------------------------------------------
+    def ticks_ms(self) -> int:
+        return time.ticks_ms()
+
+    def ticks_add(self, t: int, delta: int) -> int:
+        return time.ticks_add(t, delta)
+
+    def ticks_diff(self, a: int, b: int) -> int:
+        return time.ticks_diff(a, b)
+
+    def sleep_ms(self, ms: int) -> None:
+        time.sleep_ms(ms)
+
+    def epoch_ms(self) -> int:
+        return time.time_ns() // 1000000 + EPOCH_OFFSET_S * 1000
+
+    def ntp_sync(self, host: str) -> bool:
+        import ntptime
+
+        ntptime.host = host
+        try:
+            ntptime.settime()
+        except (OSError, OverflowError):
+            return False
+        return True
+
+    # --- buses ------------------------------------------------------------------------------
+    def i2c(self, bus_id: int, scl: int, sda: int, freq: int) -> machine.I2C:
+        if self._i2c is None:
+            self._i2c = machine.I2C(bus_id, scl=machine.Pin(scl), sda=machine.Pin(sda), freq=freq)
+        return self._i2c
+
+    # --- network ----------------------------------------------------------------------------
+    def wifi_start(self, ssid: str, password: str) -> None:
+        self._wlan.active(True)
+        if not self._wlan.isconnected():
+            # Non-blocking: the node polls wifi_up() and never waits here.
+            try:
+                self._wlan.connect(ssid, password)
+            except OSError as exc:
+                # Raised while an earlier attempt is still associating; the next retry asks again.
+                print("wifi_connect_pending error=" + str(exc))
+
+    def wifi_up(self) -> bool:
+        return bool(self._wlan.isconnected())
+
+    def rssi(self) -> int | None:
+        try:
+            return int(self._wlan.status("rssi"))
+        except (OSError, ValueError):
+            return None
+
+    def connect_tcp(self, host: str, port: int, timeout_ms: int, tls: bool, tls_verify: bool,
+                    ca_file: str) -> Stream:
+        addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+        sock = socket.socket()
+        sock.settimeout(timeout_ms / 1000)
+        try:
+            sock.connect(addr)
+            if tls:
+                import tls as tlsmod
+
+                ctx = tlsmod.SSLContext(tlsmod.PROTOCOL_TLS_CLIENT)
+                if tls_verify:
+                    ctx.verify_mode = tlsmod.CERT_REQUIRED  # type: ignore[attr-defined]
+                    if ca_file:
+                        with open(ca_file, "rb") as f:
+                            ctx.load_verify_locations(cadata=f.read())
+                else:
+                    ctx.verify_mode = tlsmod.CERT_NONE  # type: ignore[attr-defined]
+                return ctx.wrap_socket(sock, server_hostname=host)  # type: ignore[no-any-return]
+        except OSError:
+            sock.close()
+            raise
+        return sock  # type: ignore[return-value]
+
+    # --- health and reset -------------------------------------------------------------------
+    def mem_free(self) -> int:
+        gc.collect()
+        return gc.mem_free()
+
+    def watchdog(self, timeout_ms: int) -> Watchdog:
+        return machine.WDT(timeout=timeout_ms)  # type: ignore[return-value]
+
+    def reset(self) -> None:
+        machine.reset()
+
+    def halt(self, message: str) -> None:
+        """Stay up without doing anything, so the message stays readable on the serial console."""
+        while True:
+            print(message)
+            time.sleep(30)

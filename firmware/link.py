@@ -1,0 +1,129 @@
+"""Wi-Fi + MQTT link: connect when possible, back off exponentially with jitter when not.
+
+The link never blocks the node for long: one connect attempt is bounded by connect_timeout_ms, and
+between attempts the node keeps measuring into the outbox.
+"""
+
+import random
+
+import log
+from mqtt import Client, MQTTError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from board_esp32 import Board
+
+STATUS_ONLINE = b"online"
+STATUS_OFFLINE = b"offline"
+CONNECT_TIMEOUT_MS = 5000
+
+
+def backoff_delay_ms(attempt: int, min_ms: int, max_ms: int, rand16: int) -> int:
+    """Exponential backoff with 'equal jitter': half the step fixed, half random (rand16 in 0..65535)."""
+    step = min_ms << min(attempt, 20)
+    if step > max_ms:
+        step = max_ms
+    half = step // 2
+    return half + (half * rand16) // 65536
+
+
+class Link:
+    def __init__(self, board: Board, cfg: dict, host: str, port: int, tls: bool) -> None:
+        self._board = board
+        self._cfg = cfg
+        base = "sensors/" + cfg["place"] + "/" + cfg["device"] + "/"
+        self.reading_topic = base + "reading"
+        self.status_topic = base + "status"
+        self.health_topic = base + "health"
+        self.client = Client(
+            board,
+            cfg["device"],
+            host,
+            port,
+            int(cfg["keepalive_s"]),
+            cfg["mqtt_user"],
+            cfg["mqtt_password"],
+            tls,
+            cfg["tls_verify"],
+            cfg["tls_ca_file"],
+            self.status_topic,
+            STATUS_OFFLINE,
+        )
+        self._min_ms = int(cfg["backoff_min_s"] * 1000)
+        self._max_ms = int(cfg["backoff_max_s"] * 1000)
+        self._puback_ms = int(cfg["puback_timeout_s"] * 1000)
+        self._retries = cfg["publish_retries"]
+        self._attempt = 0
+        self._next_try = board.ticks_ms()
+        self.reconnects = 0
+        self.just_connected = False
+
+    @property
+    def up(self) -> bool:
+        return self.client.connected
+
+    def _schedule_retry(self, why: str) -> None:
+        delay = backoff_delay_ms(self._attempt, self._min_ms, self._max_ms, random.getrandbits(16))
+        self._attempt += 1
+        self._next_try = self._board.ticks_add(self._board.ticks_ms(), delay)
+        log.event("link_retry", reason=why, retry_in_ms=delay, attempt=self._attempt)
+
+    def _lost(self, exc: Exception) -> None:
+        self.client.close()
+        log.event("link_down", error=exc, action="measuring into the outbox; will reconnect")
+        self._schedule_retry("lost")
+
+    def service(self, wait_ms: int) -> None:
+        """Connect if due, keep the session alive; waits at most wait_ms for incoming packets."""
+        board = self._board
+        if self.client.connected:
+            try:
+                self.client.service(wait_ms)
+            except (MQTTError, OSError) as exc:
+                self._lost(exc)
+            return
+        if board.ticks_diff(board.ticks_ms(), self._next_try) < 0:
+            if wait_ms:
+                board.sleep_ms(min(wait_ms, max(0, board.ticks_diff(self._next_try, board.ticks_ms()))))
+            return
+        if not board.wifi_up():
+            board.wifi_start(self._cfg["wifi_ssid"], self._cfg["wifi_password"])
+            self._schedule_retry("wifi_down")
+            return
+        try:
+            self.client.connect(CONNECT_TIMEOUT_MS)
+            self.client.publish(self.status_topic, STATUS_ONLINE, 1, True, self._puback_ms, self._retries)
+        except (MQTTError, OSError) as exc:
+            self.client.close()
+            log.event("link_connect_failed", broker=self.client.host, port=self.client.port, error=exc)
+            self._schedule_retry("connect_failed")
+            return
+        if self._attempt or self.reconnects:
+            self.reconnects += 1
+        self._attempt = 0
+        self.just_connected = True
+        log.event("link_up", broker=self.client.host, port=self.client.port, reconnects=self.reconnects)
+
+    def publish_reading(self, payload: bytes | bytearray | memoryview) -> bool:
+        """QoS 1 publish; True once the broker acknowledged it."""
+        try:
+            self.client.publish(self.reading_topic, payload, 1, False, self._puback_ms, self._retries)
+        except (MQTTError, OSError) as exc:
+            self._lost(exc)
+            return False
+        return True
+
+    def publish_health(self, payload: bytes) -> None:
+        try:
+            self.client.publish(self.health_topic, payload, 0, True)
+        except (MQTTError, OSError) as exc:
+            self._lost(exc)
+
+    def close(self) -> None:
+        """Clean shutdown: say offline ourselves, then disconnect (so the will is not needed)."""
+        if self.client.connected:
+            try:
+                self.client.publish(self.status_topic, STATUS_OFFLINE, 1, True, self._puback_ms, 0)
+            except (MQTTError, OSError) as exc:
+                log.event("link_close_unclean", error=exc)
+        self.client.disconnect()

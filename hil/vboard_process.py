@@ -1,0 +1,179 @@
+"""One virtual board: the unmodified firmware on the MicroPython unix port, as a child process.
+
+Its flash is a directory (config.json, boot counter, outbox), its hardware spec a JSON file, and
+its fault switches are files in a control directory that the board layer checks on every access:
+`net_down` cuts the network, `fault_bme280` / `fault_bh1750` hold a sensor fault kind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from hil import paths
+from hil.errors import BoardError
+
+# The board layer and sensor models take about 26 KB of the MicroPython heap that a real ESP32
+# does not spend, so the heap is that much larger than the ~110 KB an ESP32 leaves free: the
+# firmware then starts with about the free memory it has on a board (measured in bench/).
+ESP32_FREE_HEAP_KB = 110
+VIRTUAL_LAYER_KB = 26
+DEFAULT_HEAP = f"{ESP32_FREE_HEAP_KB + VIRTUAL_LAYER_KB}K"
+
+EXIT_CONFIG = 2
+EXIT_WATCHDOG = 3
+EXIT_RESET = 4
+
+
+class VirtualBoard:
+    def __init__(
+        self,
+        root: Path,
+        config: dict[str, Any],
+        spec: dict[str, Any],
+        heap: str = DEFAULT_HEAP,
+    ) -> None:
+        self.device: str = str(config["device"])
+        self.place: str = str(config["place"])
+        self.dir = root / self.device
+        self.flash = self.dir / "flash"
+        self.control = self.dir / "control"
+        self.console_path = self.dir / "console.log"
+        self.spec_path = self.dir / "spec.json"
+        self.config = config
+        self.spec = dict(spec)
+        self.spec["control_dir"] = str(self.control)
+        self.heap = heap
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def write_files(self) -> None:
+        self.flash.mkdir(parents=True, exist_ok=True)
+        self.control.mkdir(parents=True, exist_ok=True)
+        (self.flash / "config.json").write_text(json.dumps(self.config, indent=1))
+        self.spec_path.write_text(json.dumps(self.spec))
+
+    def write_raw_config(self, text: str) -> None:
+        """Put any text as config.json (to prove how the firmware treats a broken one)."""
+        self.flash.mkdir(parents=True, exist_ok=True)
+        (self.flash / "config.json").write_text(text)
+
+    def start(self) -> None:
+        if self.running:
+            raise BoardError(f"{self.device} is already running (pid {self.pid})")
+        if not (self.flash / "config.json").exists():
+            self.write_files()
+        self.control.mkdir(parents=True, exist_ok=True)
+        if not self.spec_path.exists():
+            self.spec_path.write_text(json.dumps(self.spec))
+        env = dict(os.environ)
+        env["MICROPYPATH"] = f"{paths.FIRMWARE}:{paths.VIRTUAL}"
+        env["VBOARD_SPEC"] = str(self.spec_path)
+        console = open(self.console_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    paths.venv_tool("micropython"), "-X", f"heapsize={self.heap}",
+                    str(paths.FIRMWARE / "main.py"),
+                ],
+                cwd=self.flash,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the rig, not the terminal, decides when boards stop
+            )
+        finally:
+            console.close()
+        self.starts += 1
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    def wait(self, timeout: float) -> int:
+        if self.proc is None:
+            raise BoardError(f"{self.device} was never started")
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise BoardError(f"{self.device} still running after {timeout:.0f}s") from None
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Clean stop (SIGINT: the firmware publishes `offline` and disconnects), then SIGKILL."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """Power cut: no clean disconnect, the broker publishes the last will."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def cut_network(self) -> None:
+        (self.control / "net_down").touch()
+
+    def restore_network(self) -> None:
+        (self.control / "net_down").unlink(missing_ok=True)
+
+    def set_fault(self, sensor: str, kind: str | None) -> None:
+        path = self.control / f"fault_{sensor}"
+        if kind:
+            path.write_text(kind)
+        else:
+            path.unlink(missing_ok=True)
+
+    def console(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def rss_kb(self) -> int | None:
+        """Resident memory of the board process (the whole unix-port process, not just its heap)."""
+        if not self.running or self.pid is None:
+            return None
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            return None
+        return None
+
+    def wait_console(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.console()
+            if text in out:
+                return out
+            if not self.running and text not in self.console():
+                raise BoardError(
+                    f"{self.device} exited ({self.returncode}) before printing {text!r}:\n{out[-2000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise BoardError(
+                    f"{self.device} did not print {text!r} within {timeout:.0f}s:\n{out[-2000:]}"
+                )
+            time.sleep(0.05)

@@ -1,0 +1,304 @@
+"""The virtual board layer: what board_esp32.Board offers, on the MicroPython unix port.
+
+It supplies an I2C bus with the register-level sensor models driven by the scripted environment,
+a clock (host time as NTP, or an unsynced RTC from 2000-01-01), flash as the current directory,
+TCP sockets to the real broker, and a network that the test rig can cut: while the file
+`<control_dir>/net_down` exists every socket operation fails as if Wi-Fi were gone. Faults come from
+the spec's schedule or from `<control_dir>/fault_<sensor>` holding a fault kind.
+
+The spec is a JSON file named by the VBOARD_SPEC environment variable.
+"""
+
+import gc
+import json
+import os
+import socket
+import time
+
+ENODEV = 19
+EHOSTUNREACH = 113
+ETIMEDOUT = 110
+EAGAIN = 11
+TICKS_PERIOD = 1 << 30
+RTC_UNSYNCED_EPOCH_MS = 946684800000  # an ESP32 RTC starts at 2000-01-01 without NTP
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from hil.virtual import bh1750_model, bme280_model, env
+else:
+    # On the board these are top-level modules next to this one (MICROPYPATH).
+    import bh1750_model
+    import bme280_model
+    import env
+
+
+def _host_ms() -> int:
+    return time.time_ns() // 1000000
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class Spec:
+    def __init__(self, raw: "dict[str, Any]") -> None:
+        self.control_dir: str = raw.get("control_dir", "")
+        self.time_sync: bool = raw.get("time_sync", True)
+        self.env = env.validate(raw["env"])
+        self.faults: list[dict[str, Any]] = raw.get("faults", [])
+        self.seed: int = raw.get("seed", 1)
+        self.noise_lsb: int = raw.get("noise_lsb", 2)
+        cal = raw.get("calibration")
+        self.calibration: tuple[int, ...] = tuple(cal) if cal else bme280_model.TYPICAL
+        self.rssi: int = raw.get("rssi", -61)
+        self.bme280_addr: int = raw.get("bme280_addr", 0x76)
+        self.bh1750_addr: int = raw.get("bh1750_addr", 0x23)
+
+
+def load_spec() -> Spec:
+    path = os.getenv("VBOARD_SPEC")
+    if not path:
+        raise SystemExit("VBOARD_SPEC is not set: start virtual boards with `iot boards`")
+    with open(path) as f:
+        return Spec(json.load(f))
+
+
+class Network:
+    def __init__(self, control_dir: str) -> None:
+        self._flag = control_dir + "/net_down" if control_dir else ""
+
+    def up(self) -> bool:
+        return not (self._flag and _exists(self._flag))
+
+    def check(self) -> None:
+        if not self.up():
+            raise OSError(EHOSTUNREACH)
+
+
+class VSocket:
+    """A socket with the MicroPython stream methods the firmware uses, failing when the net is cut."""
+
+    def __init__(self, sock: socket.socket, net: Network) -> None:
+        self._sock = sock
+        self._net = net
+
+    def _guard(self) -> None:
+        if not self._net.up():
+            self._sock.close()
+            raise OSError(EHOSTUNREACH)
+
+    def settimeout(self, t: float | None) -> None:
+        self._sock.settimeout(t)
+
+    def write(self, buf: bytes | bytearray | memoryview) -> int:
+        self._guard()
+        view = memoryview(buf)
+        sent = 0
+        while sent < len(view):
+            sent += self._sock.send(view[sent:])
+        return sent
+
+    def read(self, n: int) -> bytes | None:
+        self._guard()
+        try:
+            return self._sock.recv(n)
+        except OSError as exc:
+            if exc.args and exc.args[0] in (ETIMEDOUT, EAGAIN):
+                return None
+            raise
+
+    def readinto(self, buf: bytearray) -> int | None:
+        data = self.read(len(buf))
+        if data is None:
+            return None
+        buf[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class VirtualI2C:
+    """machine.I2C's methods over the sensor models; an absent or NACKing device raises ENODEV."""
+
+    def __init__(self, board: "Board") -> None:
+        self._board = board
+        self.bme280 = bme280_model.BME280Model(board.spec.calibration, board.spec.seed, board.spec.noise_lsb)
+        self.bh1750 = bh1750_model.BH1750Model()
+        self.bme280_addr = board.spec.bme280_addr
+        self.bh1750_addr = board.spec.bh1750_addr
+
+    def _device(self, addr: int) -> object:
+        now = _host_ms()
+        if addr == self.bme280_addr:
+            self.bme280.fault = self._board.fault("bme280", now)
+            if self.bme280.fault != "nack":
+                return self.bme280
+        elif addr == self.bh1750_addr:
+            self.bh1750.fault = self._board.fault("bh1750", now)
+            if self.bh1750.fault != "nack":
+                return self.bh1750
+        raise OSError(ENODEV)
+
+    def readfrom_mem_into(self, addr: int, reg: int, buf: bytearray) -> None:
+        dev = self._device(addr)
+        if not isinstance(dev, bme280_model.BME280Model):
+            raise OSError(ENODEV)
+        buf[:] = dev.read(reg, len(buf), _host_ms())
+
+    def writeto_mem(self, addr: int, reg: int, buf: bytes | bytearray) -> None:
+        dev = self._device(addr)
+        if not isinstance(dev, bme280_model.BME280Model):
+            raise OSError(ENODEV)
+        dev.write(reg, bytes(buf), _host_ms())
+
+    def writeto(self, addr: int, buf: bytes | bytearray) -> int:
+        dev = self._device(addr)
+        if isinstance(dev, bh1750_model.BH1750Model):
+            for cmd in buf:
+                dev.command(cmd, _host_ms())
+        return 1
+
+    def readfrom_into(self, addr: int, buf: bytearray) -> None:
+        dev = self._device(addr)
+        if not isinstance(dev, bh1750_model.BH1750Model):
+            raise OSError(ENODEV)
+        buf[:] = dev.read(len(buf), _host_ms())
+
+
+class Watchdog:
+    """A watchdog that resets (exits with code 3, the launcher restarts) when fed too late."""
+
+    def __init__(self, board: "Board", timeout_ms: int) -> None:
+        self._board = board
+        self._timeout = timeout_ms
+        self._last = board.ticks_ms()
+
+    def feed(self) -> None:
+        now = self._board.ticks_ms()
+        late = self._board.ticks_diff(now, self._last)
+        if late > self._timeout:
+            print(f"watchdog_reset late_ms={late} timeout_ms={self._timeout}")
+            raise SystemExit(3)
+        self._last = now
+
+
+class Board:
+    name = "virtual"
+
+    def __init__(self, spec: Spec | None = None) -> None:
+        self.spec = spec if spec is not None else load_spec()
+        self.net = Network(self.spec.control_dir)
+        self._start_ms = _host_ms()
+        self._synced = False
+        self._i2c: VirtualI2C | None = None
+
+    # --- time -------------------------------------------------------------------------------
+    def ticks_ms(self) -> int:
+        return (_host_ms() - self._start_ms) % TICKS_PERIOD
+
+    def ticks_add(self, t: int, delta: int) -> int:
+        return (t + delta) % TICKS_PERIOD
+
+    def ticks_diff(self, a: int, b: int) -> int:
+        d = (a - b) % TICKS_PERIOD
+        return d - TICKS_PERIOD if d >= TICKS_PERIOD // 2 else d
+
+    def sleep_ms(self, ms: int) -> None:
+        if ms > 0:
+            time.sleep(ms / 1000)
+
+    def epoch_ms(self) -> int:
+        if self._synced:
+            return _host_ms()
+        return RTC_UNSYNCED_EPOCH_MS + _host_ms() - self._start_ms
+
+    def ntp_sync(self, host: str) -> bool:
+        if self.spec.time_sync and self.net.up():
+            self._synced = True
+        return self._synced
+
+    # --- sensors ----------------------------------------------------------------------------
+    def fault(self, sensor: str, now_ms: int) -> str:
+        forced = ""
+        if self.spec.control_dir:
+            forced = _read_text(self.spec.control_dir + "/fault_" + sensor)
+        if forced:
+            return forced
+        now_s = now_ms / 1000
+        for f in self.spec.faults:
+            if f.get("sensor") == sensor and f.get("start", 0) <= now_s < f.get("end", 1e18):
+                kind: str = f.get("kind", "nack")
+                return kind
+        return ""
+
+    def conditions(self, now_ms: int) -> tuple[float, float, float]:
+        v = env.values_at(self.spec.env, now_ms / 1000)
+        return v["temperature"], v["humidity"], v["pressure"] * 100
+
+    def light(self, now_ms: int) -> float:
+        lux: float = env.values_at(self.spec.env, now_ms / 1000)["luminosity"]
+        return lux
+
+    def i2c(self, bus_id: int, scl: int, sda: int, freq: int) -> VirtualI2C:
+        if self._i2c is None:
+            bus = VirtualI2C(self)
+            bus.bme280.source = self.conditions
+            bus.bh1750.source = self.light
+            self._i2c = bus
+        return self._i2c
+
+    # --- network ----------------------------------------------------------------------------
+    def wifi_start(self, ssid: str, password: str) -> None:
+        return None  # association is instant here; net_down is what takes the link away
+
+    def wifi_up(self) -> bool:
+        return self.net.up()
+
+    def rssi(self) -> int | None:
+        return self.spec.rssi if self.net.up() else None
+
+    def connect_tcp(self, host: str, port: int, timeout_ms: int, tls: bool, tls_verify: bool,
+                    ca_file: str) -> VSocket:
+        self.net.check()
+        if tls:
+            raise OSError(95)  # EOPNOTSUPP: virtual boards talk plain MQTT on loopback
+        addr = socket.getaddrinfo(host, port)[0][-1]
+        sock = socket.socket()
+        sock.settimeout(timeout_ms / 1000)
+        try:
+            sock.connect(addr)
+        except OSError:
+            sock.close()
+            raise
+        return VSocket(sock, self.net)
+
+    # --- health and reset -------------------------------------------------------------------
+    def mem_free(self) -> int:
+        gc.collect()
+        free: int = gc.mem_free()  # type: ignore[attr-defined]
+        return free
+
+    def watchdog(self, timeout_ms: int) -> Watchdog:
+        return Watchdog(self, timeout_ms)
+
+    def reset(self) -> None:
+        raise SystemExit(4)
+
+    def halt(self, message: str) -> None:
+        print(message)
+        raise SystemExit(2)
