@@ -1,0 +1,392 @@
+"""Gateway throughput, measured against raw Mosquitto QoS 1 pass-through in the same run.
+
+    .venv/bin/python bench/gateway_throughput.py [--messages 60000] [--gateways 1] [--kafka private]
+
+Prints, for ~190-byte payload v1 readings on this machine:
+  (a) raw pass-through: one publisher process → Mosquitto → one paho subscriber process, QoS 1;
+  (b) live: the same publisher → Mosquitto → `iot gateway` (N processes, one shared group) →
+      Kafka acks=all, rate = readings confirmed by Kafka per second;
+  (c) backlog drain: N readings queued in the broker for the gateways' sessions while they are down,
+      then drained → the gateway's own sustained rate, independent of the publisher;
+and the ratios (b)/(a) and (c)/(a). Every load generator runs in its own process, never inside the
+measured one. By default the gateways write to a private single-node Kafka (started through the stack
+module on free ports) so the bench never floods the shared stack's iot.readings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from iot import contract  # noqa: E402
+
+HOST, PORT = "127.0.0.1", 1883
+# Un-acked publishes a publisher keeps, below Mosquitto's receive maximum (max_inflight_messages).
+# The window is ours, not paho's: paho's own in-flight limit rescans every pending message on each
+# PUBACK (quadratic), which capped the publisher at ~5k/s.
+PUBLISH_WINDOW = 500
+
+
+def _uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- child roles (run in their own processes) ---------------------------------------------------
+
+
+def _payloads(place: str, devices: int, count: int) -> Iterator[tuple[str, bytes]]:
+    names = [f"bench{d:03d}" for d in range(devices)]
+    ts = int(time.time() * 1000)
+    for i in range(count):
+        device = names[i % devices]
+        reading = {
+            "v": 1,
+            "device": device,
+            "place": place,
+            "boot": 1,
+            "seq": i // devices,
+            "ts": ts + i,
+            "time_valid": True,
+            "temperature": 21.37,
+            "humidity": 45.12,
+            "pressure": 1012.55,
+            "luminosity": 312.5,
+            "fw": "bench-1.0.0",
+        }
+        yield contract.reading_topic(place, device), json.dumps(reading).encode()
+
+
+def child_publish(place: str, devices: int, count: int) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=_uid("bench-pub"), protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(0)
+    client.connect(HOST, PORT)
+    client.loop_start()
+    pending: deque[mqtt.MQTTMessageInfo] = deque()
+    started = time.time()
+    for topic, payload in _payloads(place, devices, count):
+        pending.append(client.publish(topic, payload, qos=1))
+        if len(pending) >= PUBLISH_WINDOW:
+            pending.popleft().wait_for_publish(60)
+    while pending:
+        pending.popleft().wait_for_publish(60)
+    finished = time.time()
+    client.disconnect()
+    client.loop_stop()
+    print(json.dumps({"count": count, "started": started, "finished": finished}), flush=True)
+
+
+def child_subscribe(place: str, count: int) -> None:
+    state = {"n": 0, "first": 0.0, "last": 0.0}
+
+    def on_message(_c: Any, _u: Any, _m: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        if state["n"] == 0:
+            state["first"] = now
+        state["n"] += 1
+        state["last"] = now
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=_uid("bench-sub"), protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: print("subscribed", flush=True)
+    client.connect(HOST, PORT)
+    client.subscribe(f"sensors/{place}/+/reading", qos=1)
+    deadline = time.time() + 300
+    while state["n"] < count and time.time() < deadline:
+        client.loop(0.5)
+    client.disconnect()
+    print(json.dumps({"count": state["n"], "first": state["first"], "last": state["last"]}), flush=True)
+
+
+# --- orchestration ------------------------------------------------------------------------------
+
+
+def _spawn_child(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def _result(proc: subprocess.Popen[str], timeout: float = 600) -> dict[str, float]:
+    out, _ = proc.communicate(timeout=timeout)
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def measure_raw(count: int, devices: int) -> float:
+    place = _uid("benchraw")
+    sub = _spawn_child("_subscribe", place, str(count))
+    assert sub.stdout is not None
+    assert sub.stdout.readline().strip() == "subscribed"
+    pub = _spawn_child("_publish", place, str(devices), str(count))
+    _result(pub)
+    got = _result(sub)
+    if got["count"] != count:
+        raise SystemExit(f"raw subscriber received {got['count']} of {count}")
+    return count / (got["last"] - got["first"])
+
+
+class Gateways:
+    def __init__(
+        self, n: int, place: str, bootstrap: str, log_dir: Path, max_in_flight: int, profile: Path | None
+    ) -> None:
+        self.place = place
+        self.profile = profile
+        self.profiled: list[Path] = []
+        group = _uid("benchgw")
+        self.envs = []
+        for i in range(n):
+            self.envs.append(
+                {
+                    **os.environ,
+                    "IOT_KAFKA_BOOTSTRAP": bootstrap,
+                    "IOT_GATEWAY_CLIENT_ID": f"{group}-{i}",
+                    "IOT_GATEWAY_GROUP": group,
+                    "IOT_GATEWAY_TOPIC_FILTER": f"sensors/{place}/+/reading",
+                    "IOT_GATEWAY_METRICS_PORT": str(_free_port()),
+                    "IOT_GATEWAY_MAX_IN_FLIGHT": str(max_in_flight),
+                    "IOT_GATEWAY_SESSION_EXPIRY_S": "900",
+                }
+            )
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> float:
+        """Start the gateways; returns when the first of them was seen subscribed (±20 ms)."""
+        for env in self.envs:
+            log = (self.log_dir / f"{env['IOT_GATEWAY_CLIENT_ID']}.log").open("ab")
+            argv = [str(REPO / ".venv/bin/iot"), "gateway"]
+            self.procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=log))
+        deadline = time.time() + 60
+        first = 0.0
+        while True:
+            up = [self._metric(env, "iot_gateway_mqtt_connected") == 1 for env in self.envs]
+            if any(up) and not first:
+                first = time.time()
+            if all(up):
+                return first
+            if time.time() > deadline:
+                raise SystemExit(f"gateways did not connect; logs in {self.log_dir}")
+            time.sleep(0.02)
+
+    def start_profilers(self) -> list[subprocess.Popen[bytes]]:
+        """py-spy on every gateway, all threads (paho's network thread does the per-message work)."""
+        if self.profile is None:
+            return []
+        self.profile.mkdir(parents=True, exist_ok=True)
+        spies = []
+        for proc in self.procs:
+            out = self.profile / f"gateway-{proc.pid}.txt"
+            self.profiled.append(out)
+            spies.append(
+                subprocess.Popen(
+                    [
+                        "py-spy",
+                        "record",
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "250",
+                        "-p",
+                        str(proc.pid),
+                        "-o",
+                        str(out),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        return spies
+
+    @staticmethod
+    def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(timeout=60)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(timeout=60)
+        self.procs = []
+
+    def discard_sessions(self) -> None:
+        for env in self.envs:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=env["IOT_GATEWAY_CLIENT_ID"], protocol=mqtt.MQTTv5
+            )
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+            client.connect(HOST, PORT, clean_start=True, properties=props)
+            client.loop(1.0)
+            client.disconnect()
+
+    def totals(self, name: str) -> float:
+        return sum(self._metric(env, name) or 0.0 for env in self.envs)
+
+    def shares(self) -> list[int]:
+        return [int(self._metric(env, "iot_gateway_produced_total") or 0) for env in self.envs]
+
+    @staticmethod
+    def _metric(env: dict[str, str], name: str) -> float | None:
+        url = f"http://127.0.0.1:{env['IOT_GATEWAY_METRICS_PORT']}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def wait_produced(self, target: float, timeout: float = 600) -> tuple[float, float]:
+        """Poll until `target` readings were confirmed; returns (first receive seen, done) times."""
+        first = 0.0
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            now = time.time()
+            if not first and self.totals("iot_gateway_received_total") > 0:
+                first = now
+            if self.totals("iot_gateway_produced_total") >= target:
+                return first, now
+            time.sleep(0.02)
+        raise SystemExit(f"gateways confirmed {self.totals('iot_gateway_produced_total')} of {target}")
+
+
+def measure_live(gws: Gateways, count: int, devices: int) -> tuple[float, float]:
+    base = gws.totals("iot_gateway_produced_total")
+    pub = _spawn_child("_publish", gws.place, str(devices), str(count))
+    first, done = gws.wait_produced(base + count)
+    published = _result(pub)
+    pub_rate = count / (published["finished"] - published["started"])
+    return count / (done - first), pub_rate
+
+
+def measure_drain(gws: Gateways, count: int, devices: int) -> float:
+    gws.stop()
+    _result(_spawn_child("_publish", gws.place, str(devices), str(count)))
+    # The backlog flows the moment a gateway subscribes: time from then, not from process start.
+    subscribed = gws.start()
+    spies = gws.start_profilers()
+    _, done = gws.wait_produced(count)
+    gws.stop_profilers(spies)
+    return count / (done - subscribed)
+
+
+def _top_self_time(path: Path, top: int = 15) -> str:
+    """Summarise a py-spy raw (collapsed) profile: the frames where samples were taken, by share."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        leaf = stack.split(";")[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(n)
+        total += int(n)
+    rows = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return "\n".join(f"  {100 * n / max(total, 1):5.1f}%  {leaf}" for leaf, n in rows)
+
+
+@contextmanager
+def kafka_for_bench(kind: str, folder: Path) -> Iterator[str]:
+    if kind == "shared":
+        yield contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
+        return
+    from iot.stack.config import StackConfig
+    from iot.stack.manager import Stack
+
+    env = {
+        "IOT_STACK_DIR": str(folder / "stack"),
+        "IOT_KAFKA_BOOTSTRAP": f"{HOST}:{_free_port()}",
+        "IOT_KAFKA_CONTROLLER_PORT": str(_free_port()),
+        "IOT_KAFKA_HEAP": "512m",
+        "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
+    }
+    stack = Stack(StackConfig.from_env(env))
+    stack.up(["kafka"])
+    try:
+        yield stack.cfg.kafka_bootstrap
+    finally:
+        stack.down(["kafka"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=60_000)
+    parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument("--gateways", type=int, default=1, help="gateway processes in one shared group")
+    parser.add_argument("--max-in-flight", type=int, default=5000)
+    parser.add_argument("--kafka", choices=("private", "shared"), default="private")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="folder for py-spy profiles of the gateways (needs py-spy)"
+    )
+    args = parser.parse_args()
+
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp,
+        kafka_for_bench(args.kafka, Path(tmp)) as bootstrap,
+    ):
+        raw = measure_raw(args.messages, args.devices)
+        print(
+            f"(a) raw Mosquitto QoS 1 pass-through : {raw:9,.0f} msg/s  ({args.messages} messages)",
+            flush=True,
+        )
+        gws = Gateways(args.gateways, _uid("benchp"), bootstrap, Path(tmp), args.max_in_flight, args.profile)
+        try:
+            gws.start()
+            live, pub_rate = measure_live(gws, args.messages, args.devices)
+            print(
+                f"(b) gateway live MQTT→Kafka acks=all : {live:9,.0f} readings/s  "
+                f"({args.gateways} process(es), publisher ran at {pub_rate:,.0f}/s, split {gws.shares()})",
+                flush=True,
+            )
+            drain = measure_drain(gws, args.messages, args.devices)
+            print(f"(c) gateway backlog drain            : {drain:9,.0f} readings/s", flush=True)
+        finally:
+            gws.stop()
+            gws.discard_sessions()
+    for path in gws.profiled:
+        print(f"profile: {path}")
+        print(_top_self_time(path))
+    print(f"ratio live/raw  = {live / raw:.2f}")
+    print(f"ratio drain/raw = {drain / raw:.2f}")
+    print("target: >= 30,000 readings/s and >= 0.50 of raw pass-through")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_publish":
+        child_publish(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_subscribe":
+        child_subscribe(sys.argv[2], int(sys.argv[3]))
+    else:
+        sys.exit(main())
