@@ -27,9 +27,9 @@ REASON_UNPROCESSABLE: Final = "unprocessable"
 # A record that failed to queue or deliver is sent again after this pause, not in a hot loop.
 RETRY_AFTER_S: Final = 0.5
 
-Ack = Callable[[int, int, int], bool]
-"""ack(mid, qos, session_generation): acknowledge one message to the broker; False if it was not
-sent (QoS 0, or a message of an earlier connection that the broker will redeliver)."""
+Ack = Callable[[list[tuple[int, int, int]]], int]
+"""ack([(mid, qos, session_generation), ...]): acknowledge messages to the broker; returns how many
+were sent (not QoS 0 ones, nor those of an earlier connection, which the broker redelivers)."""
 
 _log = log.get("gateway.bridge")
 
@@ -53,6 +53,7 @@ class Bridge:
         self._received = 0  # written by the MQTT thread only
         self._completed = 0  # written by the main thread only
         self._retries: deque[_Pending] = deque()
+        self._confirmed: list[_Pending] = []  # main thread only: delivered, not yet acked
         self._saturated = False
         self.accepting = True
 
@@ -76,7 +77,9 @@ class Bridge:
         self._send(_Pending(out, mid, qos, generation, now))
 
     def service(self) -> None:
-        """Main-thread housekeeping: re-send due retries, report saturation changes."""
+        """Main-thread work after each Kafka poll: ack what Kafka confirmed, re-send due retries,
+        report saturation changes."""
+        self._ack_confirmed()
         now = time.time()
         for _ in range(len(self._retries)):
             pending = self._retries[0]
@@ -117,12 +120,23 @@ class Bridge:
             pending.retry_at = time.time() + RETRY_AFTER_S
             self._retries.append(pending)
             return
+        self._confirmed.append(pending)
+
+    def _ack_confirmed(self) -> None:
+        confirmed = self._confirmed
+        if not confirmed:
+            return
+        self._confirmed = []
         self._sink.delivered_ok()
-        self._metrics.latency.observe(time.time() - pending.received)
-        if pending.out.reason is None:
-            self._metrics.produced.inc()
-        else:
-            self._metrics.rejected.labels(reason=pending.out.reason).inc()
-        if self._ack(pending.mid, pending.qos, pending.generation):
-            self._metrics.acked.inc()
-        self._completed += 1
+        # One batch of acks per Kafka poll: one wake-up of the MQTT thread instead of one per message.
+        self._metrics.acked.inc(self._ack([(p.mid, p.qos, p.generation) for p in confirmed]))
+        now = time.time()
+        produced = 0
+        for pending in confirmed:
+            self._metrics.latency.observe(now - pending.received)
+            if pending.out.reason is None:
+                produced += 1
+            else:
+                self._metrics.rejected.labels(reason=pending.out.reason).inc()
+        self._metrics.produced.inc(produced)
+        self._completed += len(confirmed)

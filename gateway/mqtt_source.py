@@ -24,6 +24,7 @@ from iot import contract, log
 
 from .errors import MqttConnectError
 from .metrics import GatewayMetrics
+from .paho_client import BatchingClient
 from .settings import GatewaySettings
 
 __all__ = ["MessageHandler", "MqttSource"]
@@ -44,7 +45,7 @@ class MqttSource:
         # dropped, because its packet id may be reused by a different message in the new one.
         self._generation = 0
         self.subscribed = threading.Event()
-        client = mqtt.Client(
+        client = BatchingClient(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             protocol=mqtt.MQTTv5,
@@ -84,10 +85,12 @@ class MqttSource:
         # The network thread retries the first connection too, so a broker that starts later is fine.
         self._client.loop_start()
 
-    def ack(self, mid: int, qos: int, generation: int) -> bool:
-        if qos == 0 or generation != self._generation:
-            return False
-        return self._client.ack(mid, qos) == mqtt.MQTT_ERR_SUCCESS
+    def ack(self, done: list[tuple[int, int, int]]) -> int:
+        """PUBACK each (mid, qos, generation) of the current connection; returns how many were sent."""
+        current = self._generation
+        return self._client.ack_batch(
+            mid for mid, qos, generation in done if qos == 1 and generation == current
+        )
 
     def stop(self) -> None:
         """Disconnect cleanly; the session (and anything un-acked) stays with the broker."""

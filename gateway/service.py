@@ -33,9 +33,9 @@ def run(settings: GatewaySettings) -> int:
     sink = KafkaSink(settings.kafka_config(), metrics)
     source: MqttSource | None = None
 
-    def ack(mid: int, qos: int, generation: int) -> bool:
+    def ack(done: list[tuple[int, int, int]]) -> int:
         assert source is not None
-        return source.ack(mid, qos, generation)
+        return source.ack(done)
 
     bridge = Bridge(sink, metrics, ack, settings.max_in_flight)
     bridge_ref.append(bridge)
