@@ -109,7 +109,7 @@ def parse_broker(url: str) -> tuple:
         try:
             port = int(port_text)
         except ValueError:
-            raise ConfigError("broker", "port " + repr(port_text) + " is not a number") from None
+            raise ConfigError("broker", "port " + repr(port_text) + " is not a number")
         if not 0 < port < 65536:
             raise ConfigError("broker", "port " + port_text + " is out of range")
     if not host:
@@ -156,6 +156,13 @@ def validate(raw: object) -> dict:
             raise ConfigError(key, "must be between " + str(low) + " and " + str(high) + ", got " + str(value))
     if cfg["backoff_max_s"] < cfg["backoff_min_s"]:
         raise ConfigError("backoff_max_s", "must be >= backoff_min_s")
+    # A cycle must fit both conversions (BH1750: 180 ms x MTreg/69 at most) with time left to send.
+    min_interval = (180 * cfg["bh1750_mtreg"] / 69 + 100) / 1000
+    if cfg["interval_s"] < min_interval:
+        raise ConfigError(
+            "interval_s", "must be at least %.2f s with bh1750_mtreg %d (sensor conversion time + sending)"
+            % (min_interval, cfg["bh1750_mtreg"])
+        )
     if cfg["bh1750_addr"] not in (0x23, 0x5C):
         raise ConfigError("bh1750_addr", "must be 35 (0x23, ADDR low) or 92 (0x5C, ADDR high)")
     # A publish can block for puback_timeout_s per attempt; the watchdog must outlast the worst case.
@@ -179,7 +186,7 @@ def parse(text: str) -> dict:
     try:
         raw = json.loads(text)
     except ValueError as exc:
-        raise ConfigError("(file)", "is not valid JSON: " + str(exc)) from None
+        raise ConfigError("(file)", "is not valid JSON: " + str(exc))
     return validate(raw)
 
 
@@ -188,5 +195,5 @@ def load(path: str = FILE) -> dict:
         with open(path) as f:
             text = f.read()
     except OSError:
-        raise ConfigError("(file)", path + " not found on the board; copy one with `iot flash`") from None
+        raise ConfigError("(file)", path + " not found on the board; copy one with `iot flash`")
     return parse(text)

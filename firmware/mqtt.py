@@ -174,7 +174,7 @@ class Client:
                 sock.write(body)
         except OSError as exc:
             self.close()
-            raise MQTTError("closed", "write failed: %s" % exc) from exc
+            raise MQTTError("closed", "write failed: %s" % exc)
         self._last_tx = self._board.ticks_ms()
 
     def _read_exact(self, n: int, deadline: int) -> bytes:
@@ -194,7 +194,7 @@ class Client:
                 if exc.args and exc.args[0] in (_ETIMEDOUT, _EAGAIN):
                     continue
                 self.close()
-                raise MQTTError("closed", "read failed: %s" % exc) from exc
+                raise MQTTError("closed", "read failed: %s" % exc)
             if chunk is None:
                 continue
             if not chunk:
@@ -215,7 +215,7 @@ class Client:
             if exc.args and exc.args[0] in (_ETIMEDOUT, _EAGAIN):
                 return None
             self.close()
-            raise MQTTError("closed", "read failed: %s" % exc) from exc
+            raise MQTTError("closed", "read failed: %s" % exc)
         if n is None:
             return None
         if n == 0:

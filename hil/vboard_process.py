@@ -78,7 +78,9 @@ class VirtualBoard:
         try:
             self.proc = subprocess.Popen(
                 [
-                    paths.venv_tool("micropython"), "-X", f"heapsize={self.heap}",
+                    paths.venv_tool("micropython"),
+                    "-X",
+                    f"heapsize={self.heap}",
                     str(paths.FIRMWARE / "main.py"),
                 ],
                 cwd=self.flash,

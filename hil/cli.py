@@ -1,0 +1,73 @@
+"""`iot boards` (virtual boards) and `iot flash` (a real board)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from hil import fleet
+from hil.flash import flash
+from hil.vboard_process import DEFAULT_HEAP
+from iot import contract
+
+
+def _broker() -> str:
+    return os.environ.get("IOT_MQTT_URL", contract.ENV_DEFAULTS["IOT_MQTT_URL"])
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    boards = sub.add_parser(
+        "boards", help="run virtual boards: the real firmware on the MicroPython unix port"
+    )
+    boards.add_argument("--count", type=int, default=3, help="number of boards (default 3)")
+    boards.add_argument("--places", type=int, default=1, help="places they are spread over (default 1)")
+    boards.add_argument("--interval", type=float, default=5.0, help="seconds between readings (default 5)")
+    boards.add_argument(
+        "--env",
+        choices=fleet.ENV_KINDS,
+        default="constant",
+        help="scripted environment per place: constant (default) or day cycle",
+    )
+    boards.add_argument("--unsynced", action="store_true", help="boards start without NTP (time_valid false)")
+    boards.add_argument("--prefix", default="vb", help="device id prefix (default vb)")
+    boards.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: Ctrl-C)")
+    boards.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where each board keeps its flash (default .cache/boards)",
+    )
+    boards.add_argument(
+        "--fresh", action="store_true", help="wipe the boards' flash first (boot counters, outbox)"
+    )
+    boards.add_argument(
+        "--heap", default=DEFAULT_HEAP, help=f"MicroPython heap per board (default {DEFAULT_HEAP})"
+    )
+    boards.set_defaults(func=run_boards)
+
+    fl = sub.add_parser("flash", help="copy the firmware and a board config to an ESP32 with mpremote")
+    fl.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
+    fl.add_argument("--config", required=True, type=Path, help="the board's config.json")
+    fl.add_argument(
+        "--mpy", action="store_true", help="compile the firmware to .mpy first (less RAM at import)"
+    )
+    fl.add_argument("--dry-run", action="store_true", help="list what would be copied and stop")
+    fl.add_argument(
+        "--wait", type=float, default=90.0, help="seconds to wait for the birth message (default 90)"
+    )
+    fl.set_defaults(func=run_flash)
+
+
+def run_boards(args: argparse.Namespace) -> int:
+    broker = _broker()
+    plans = fleet.plan(
+        args.count, args.places, args.interval, broker, args.prefix, args.env, not args.unsynced
+    )
+    root = args.state_dir or fleet.default_state_dir()
+    return fleet.run_fleet(plans, root, broker, args.duration, args.heap, args.fresh)
+
+
+def run_flash(args: argparse.Namespace) -> int:
+    flash(args.port, args.config, _broker(), args.mpy, args.dry_run, args.wait)
+    return 0

@@ -1,0 +1,224 @@
+"""`iot boards`: a fleet of virtual boards in several places, publishing to the real broker.
+
+Each place has a deterministic environment (hil.virtual.env), so what a board measures at time t is
+known in advance: `expected_values(place, t)` gives it, and `boards.json` in the state directory
+lists every board with its place and environment for the tools that check the windows downstream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hil.errors import RigConfigError
+from hil.probe import Probe
+from hil.vboard_process import DEFAULT_HEAP, EXIT_CONFIG, VirtualBoard
+from hil.virtual import env as envmod
+from iot import contract, log
+
+_log = log.get("hil.fleet")
+ENV_KINDS = ("constant", "day")
+MAX_RESTARTS = 5
+
+
+def place_names(count: int) -> list[str]:
+    known = list(envmod.PLACE_ORDER)
+    return known[:count] + [f"place{i}" for i in range(len(known) + 1, count + 1)]
+
+
+def environment(place: str, kind: str = "constant") -> dict[str, dict[str, object]]:
+    if kind == "constant":
+        return envmod.constant_spec(place)
+    if kind == "day":
+        return envmod.day_spec(place)
+    raise RigConfigError("env", f"unknown environment kind {kind!r}; use one of {', '.join(ENV_KINDS)}")
+
+
+def expected_values(place: str, t: float, kind: str = "constant") -> dict[str, float]:
+    """What a board in `place` measures at epoch time t (s), before sensor noise and rounding."""
+    return envmod.values_at(environment(place, kind), t)
+
+
+@dataclass(frozen=True)
+class BoardPlan:
+    device: str
+    place: str
+    config: dict[str, Any]
+    spec: dict[str, Any]
+
+
+def plan(
+    count: int,
+    places: int,
+    interval_s: float,
+    broker: str,
+    prefix: str = "vb",
+    env_kind: str = "constant",
+    time_sync: bool = True,
+    extra_config: dict[str, Any] | None = None,
+) -> list[BoardPlan]:
+    if count < 1:
+        raise RigConfigError("count", "must be at least 1")
+    if not 1 <= places <= count:
+        raise RigConfigError("places", f"must be between 1 and the board count ({count})")
+    if not contract.ID_PATTERN.match(prefix) or len(prefix) > 40:
+        raise RigConfigError("prefix", f"{prefix!r} must be 1..40 of A-Z a-z 0-9 _ -")
+    names = place_names(places)
+    boards = []
+    for i in range(count):
+        place = names[i % places]
+        device = f"{prefix}-{place}-{i // places + 1:02d}"
+        cfg: dict[str, Any] = {
+            "device": device,
+            "place": place,
+            "broker": broker,
+            "interval_s": interval_s,
+            "health_every_s": max(5, min(60, interval_s * 10)),
+        }
+        cfg.update(extra_config or {})
+        spec = {"env": environment(place, env_kind), "time_sync": time_sync, "seed": i + 1}
+        boards.append(BoardPlan(device, place, cfg, spec))
+    return boards
+
+
+@dataclass
+class Fleet:
+    root: Path
+    plans: list[BoardPlan]
+    heap: str = DEFAULT_HEAP
+    boards: list[VirtualBoard] = field(default_factory=list)
+    restarts: int = 0
+
+    def prepare(self, fresh: bool) -> None:
+        if fresh and self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.boards = [VirtualBoard(self.root, p.config, p.spec, self.heap) for p in self.plans]
+        for board in self.boards:
+            board.write_files()
+            board.restore_network()
+        manifest = [{"device": p.device, "place": p.place, "env": p.spec["env"]} for p in self.plans]
+        (self.root / "boards.json").write_text(json.dumps(manifest, indent=1))
+
+    def start(self) -> None:
+        for board in self.boards:
+            board.start()
+
+    def supervise(self) -> None:
+        """Restart boards that exited (a reset, watchdog or crash), as a real board would reboot."""
+        for board in self.boards:
+            code = board.returncode
+            if code is None or board.running:
+                continue
+            if code == EXIT_CONFIG or board.starts > MAX_RESTARTS:
+                continue
+            _log.warning(
+                "board_restarted",
+                device=board.device,
+                exit_code=code,
+                starts=board.starts,
+                console=str(board.console_path),
+            )
+            self.restarts += 1
+            board.start()
+
+    def running(self) -> int:
+        return sum(1 for b in self.boards if b.running)
+
+    def failed(self) -> list[VirtualBoard]:
+        return [b for b in self.boards if not b.running and b.returncode is not None]
+
+    def stop(self) -> None:
+        for board in self.boards:
+            if board.running and board.proc is not None:
+                board.proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 10
+        for board in self.boards:
+            if board.proc is None:
+                continue
+            try:
+                board.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                board.kill()
+
+    def rss_kb(self) -> list[int]:
+        return [kb for kb in (b.rss_kb() for b in self.boards) if kb is not None]
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_fleet(
+    plans: list[BoardPlan],
+    root: Path,
+    broker: str,
+    duration: float = 0.0,
+    heap: str = DEFAULT_HEAP,
+    fresh: bool = False,
+    progress_every: float = 10.0,
+) -> int:
+    fleet = Fleet(root, plans, heap)
+    fleet.prepare(fresh)
+    devices = {p.device for p in plans}
+    probe = Probe(broker, [contract.READING_SUBSCRIPTION], keep=lambda t: t.split("/")[2:3][0] in devices)
+    probe.start()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    started = time.monotonic()
+    fleet.start()
+    print(
+        f"boards started count={len(plans)} places={len({p.place for p in plans})} state={root} "
+        f"broker={broker}",
+        flush=True,
+    )
+    last_count, last_at = 0, started
+    try:
+        while duration <= 0 or time.monotonic() - started < duration:
+            time.sleep(0.5)
+            fleet.supervise()
+            now = time.monotonic()
+            if now - last_at >= progress_every:
+                count = probe.count()
+                online = len(
+                    {m.topic.split("/")[2] for m in probe.messages("reading") if m.at > time.time() - 30}
+                )
+                print(
+                    f"boards running={fleet.running()}/{len(plans)} publishing={online} readings={count} "
+                    f"rate={(count - last_count) / (now - last_at):.1f}/s restarts={fleet.restarts}",
+                    flush=True,
+                )
+                last_count, last_at = count, now
+            if not fleet.running() and fleet.failed():
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rss = fleet.rss_kb()
+        fleet.stop()
+        signal.signal(signal.SIGTERM, previous)
+        probe.stop()
+    elapsed = time.monotonic() - started
+    per_board = [len(probe.readings(d)) for d in sorted(devices)]
+    failed = [b.device for b in fleet.failed() if b.returncode not in (0, None)]
+    mean_rss = sum(rss) / len(rss) / 1024 if rss else 0.0
+    print(
+        f"boards stopped count={len(plans)} seconds={elapsed:.0f} readings={sum(per_board)} "
+        f"per_board_min={min(per_board)} per_board_max={max(per_board)} rss_mb_mean={mean_rss:.1f} "
+        f"restarts={fleet.restarts} failed={','.join(failed) or 'none'}",
+        flush=True,
+    )
+    for board in fleet.boards:
+        if board.returncode == EXIT_CONFIG:
+            print(f"board {board.device} halted on its config: {board.console().strip().splitlines()[-1]}")
+    return 1 if failed else 0
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("IOT_BOARDS_DIR", Path.cwd() / ".cache" / "boards"))

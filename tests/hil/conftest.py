@@ -1,0 +1,94 @@
+"""Fixtures for virtual-board tests: the real broker, an MQTT probe, boards that are always cleaned up."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil import fleet
+from hil.probe import Probe, broker_address
+from hil.vboard_process import VirtualBoard
+from iot import contract
+from tests.support import unique
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    url = os.environ.get("IOT_MQTT_URL", contract.ENV_DEFAULTS["IOT_MQTT_URL"])
+    host, port = broker_address(url)
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as exc:
+        pytest.fail(f"no MQTT broker at {url} ({exc}); start the stack with `.venv/bin/iot stack up`")
+    return url
+
+
+BoardFactory = Callable[..., VirtualBoard]
+
+
+@pytest.fixture
+def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
+    made: list[VirtualBoard] = []
+
+    def factory(place: str = "kitchen", spec: dict[str, Any] | None = None, **config: Any) -> VirtualBoard:
+        device = unique("vt")
+        cfg: dict[str, Any] = {
+            "device": device,
+            "place": place,
+            "broker": broker_url,
+            "interval_s": 0.3,
+            "health_every_s": 1,
+            "backoff_min_s": 0.1,
+            "backoff_max_s": 0.5,
+            "puback_timeout_s": 1,
+        }
+        cfg.update(config)
+        board_spec: dict[str, Any] = {"env": fleet.environment(place), "seed": len(made) + 1}
+        board_spec.update(spec or {})
+        board = VirtualBoard(tmp_path / "boards", cfg, board_spec)
+        board.write_files()
+        made.append(board)
+        return board
+
+    yield factory
+    for board in made:
+        board.kill()
+
+
+@pytest.fixture
+def probe(broker_url: str) -> Iterator[Probe]:
+    # Only our own boards' topics (vt-<uuid>): other engineers' boards share the broker.
+    with Probe(
+        broker_url,
+        ["sensors/+/+/#"],
+        keep=lambda t: t.split("/")[2:3] != [] and t.split("/")[2].startswith("vt-"),
+    ) as p:
+        yield p
+
+
+def outbox_state(board: VirtualBoard) -> tuple[int, int, int]:
+    """(first, count, dropped) straight from the board's flash."""
+    raw = (board.flash / "outbox.idx").read_bytes()
+    first, count, dropped, _slots, _size = struct.unpack("<IIIII", raw)
+    return first, count, dropped
+
+
+def outbox_entries(board: VirtualBoard) -> list[dict[str, Any]]:
+    """The readings queued in the board's flash outbox, oldest first."""
+    import json
+
+    raw = (board.flash / "outbox.idx").read_bytes()
+    first, count, _dropped, slots, size = struct.unpack("<IIIII", raw)
+    data = (board.flash / "outbox.dat").read_bytes()
+    out = []
+    for i in range(count):
+        at = ((first + i) % slots) * size
+        n = data[at] | (data[at + 1] << 8)
+        out.append(json.loads(data[at + 2 : at + 2 + n]))
+    return out

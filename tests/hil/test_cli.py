@@ -1,0 +1,149 @@
+"""`iot boards` and `iot flash`: argument parsing, the flash plan, and a real fleet run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hil import fleet
+from hil.errors import RigConfigError
+from hil.probe import Probe
+from iot.cli import build_parser, main
+from tests.support import unique, wait_for
+
+
+@pytest.mark.unit
+def test_boards_command_parses_count_places_and_interval() -> None:
+    args = build_parser().parse_args(["boards", "--count", "20", "--places", "3", "--interval", "2.5"])
+    assert (args.count, args.places, args.interval, args.env) == (20, 3, 2.5, "constant")
+    assert args.func.__name__ == "run_boards"
+
+
+@pytest.mark.unit
+def test_flash_command_requires_port_and_config() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["flash", "--port", "/dev/ttyUSB0"])
+
+
+@pytest.mark.unit
+def test_fleet_plan_spreads_boards_over_places_with_distinct_environments() -> None:
+    plans = fleet.plan(7, 3, 2.0, "mqtt://127.0.0.1:1883", prefix="t")
+    assert [p.place for p in plans] == ["kitchen", "garage", "office"] * 2 + ["kitchen"]
+    assert len({p.device for p in plans}) == 7
+    temps = {p.place: fleet.expected_values(p.place, 0)["temperature"] for p in plans}
+    assert len(set(temps.values())) == 3
+    with pytest.raises(RigConfigError, match="places"):
+        fleet.plan(2, 3, 2.0, "mqtt://127.0.0.1:1883")
+
+
+@pytest.mark.unit
+def test_day_environment_is_warmest_in_the_afternoon_and_dark_at_night() -> None:
+    midnight = 1_800_000_000 - 1_800_000_000 % 86400
+    afternoon = fleet.expected_values("office", midnight + 15 * 3600, "day")
+    night = fleet.expected_values("office", midnight + 2 * 3600, "day")
+    assert afternoon["temperature"] > night["temperature"]
+    assert night["luminosity"] == 0.0 and afternoon["luminosity"] > 0
+
+
+@pytest.mark.unit
+def test_flash_dry_run_lists_firmware_and_config_with_main_last(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "board.json"
+    config.write_text(
+        json.dumps(
+            {"device": "kitchen-1", "place": "kitchen", "mqtt_password": "pw", "mqtt_user": "kitchen-1"}
+        )
+    )
+    assert main(["flash", "--port", "/dev/ttyUSB0", "--config", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    copied = [line.split(" -> :")[1] for line in out.splitlines() if line.startswith("would copy")]
+    assert copied[-2:] == ["config.json", "main.py"]
+    assert {"bme280.py", "bh1750.py", "mqtt.py", "outbox.py", "node.py", "board.py"} <= set(copied)
+    assert "board=kitchen-1" in out and "dependencies=none" in out
+    assert "pw" not in out.replace("/dev/tty", "")
+
+
+@pytest.mark.unit
+def test_flash_dry_run_with_mpy_copies_compiled_modules_but_main_as_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "board.json"
+    config.write_text(json.dumps({"device": "kitchen-1", "place": "kitchen"}))
+    assert main(["flash", "--port", "/dev/ttyUSB0", "--config", str(config), "--dry-run", "--mpy"]) == 0
+    copied = [line.split(" -> :")[1] for line in capsys.readouterr().out.splitlines() if "would copy" in line]
+    assert "node.mpy" in copied and "main.py" in copied and "node.py" not in copied
+
+
+@pytest.mark.unit
+def test_flash_with_a_bad_config_stops_before_copying_and_names_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "board.json"
+    config.write_text(json.dumps({"device": "kitchen-1", "place": "kitchen", "broker": "http://x"}))
+    assert main(["flash", "--port", "/dev/ttyUSB0", "--config", str(config), "--dry-run"]) == 1
+    captured = capsys.readouterr()
+    assert "RigConfigError: field 'broker'" in captured.err
+    assert "would copy" not in captured.out
+
+
+@pytest.mark.hil
+@pytest.mark.integration
+def test_iot_boards_runs_a_fleet_that_publishes_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, broker_url: str
+) -> None:
+    prefix = unique("vt")
+    devices = {p.device for p in fleet.plan(3, 2, 0.5, broker_url, prefix=prefix)}
+    with Probe(broker_url, ["sensors/+/+/#"], keep=lambda t: t.split("/")[2] in devices) as probe:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "iot.cli",
+                "boards",
+                "--count",
+                "3",
+                "--places",
+                "2",
+                "--interval",
+                "0.5",
+                "--prefix",
+                prefix,
+                "--state-dir",
+                str(tmp_path / "fleet"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, IOT_MQTT_URL=broker_url),
+        )
+        try:
+            wait_for(
+                lambda: {m.topic.split("/")[2] for m in probe.messages("reading")} == devices,
+                30,
+                "readings from all 3 boards",
+            )
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out
+        assert "boards stopped count=3" in out and "failed=none" in out
+        offline = wait_for(
+            lambda: (
+                {m.topic.split("/")[2] for m in probe.messages("status") if m.payload == b"offline"}
+                == devices
+            ),
+            10,
+            "offline from every board",
+        )
+        assert offline
+    manifest = json.loads((tmp_path / "fleet" / "boards.json").read_text())
+    assert {b["device"] for b in manifest} == devices
