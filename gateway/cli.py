@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from iot import contract
-from iot.topics import ensure_topics
+from confluent_kafka import KafkaException
+
+from iot import contract, log
+from iot.topics import TopicError, ensure_topics
 
 from .service import run
 from .settings import GatewaySettings
 
 __all__ = ["register"]
+
+_log = log.get("gateway")
 
 
 def register(subparsers: Any) -> None:
@@ -32,5 +36,18 @@ def register(subparsers: Any) -> None:
 def _main(args: argparse.Namespace) -> int:
     settings = GatewaySettings.from_env()
     if not args.no_create_topics and not settings.kafka_extra:
-        ensure_topics(settings.kafka_bootstrap)
+        _ensure_topics(settings.kafka_bootstrap)
     return run(settings)
+
+
+def _ensure_topics(bootstrap: str) -> None:
+    try:
+        ensure_topics(bootstrap, timeout=10.0)
+    except (KafkaException, TopicError) as exc:
+        # Not fatal: readings wait un-acked (backpressure) until Kafka and its topics are there.
+        _log.warning(
+            "topics_unchecked",
+            bootstrap=bootstrap,
+            error=str(exc)[:200],
+            action="starting anyway; create the contract topics (iot stack up) if they are missing",
+        )

@@ -8,6 +8,7 @@ its persistent session is discarded at teardown so the broker does not keep queu
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
@@ -208,10 +209,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 class Publisher:
     """A device-side MQTT v5 client publishing QoS 1; `publish_*` return once the broker acked."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = MQTT_PORT) -> None:
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"), protocol=mqtt.MQTTv5)
         self._client.max_inflight_messages_set(500)
-        self._client.connect(MQTT_HOST, MQTT_PORT)
+        self._client.connect(MQTT_HOST, port)
         self._client.loop_start()
         wait_for(self._client.is_connected, 10, "publisher connected")
 
@@ -240,6 +241,64 @@ def publisher() -> Iterator[Publisher]:
     pub = Publisher()
     yield pub
     pub.close()
+
+
+# --- a private broker, for tests that must stop one -------------------------------------------
+
+
+class PrivateBroker:
+    """A Mosquitto of this test's own (free port, own persistence folder) that it may stop and start.
+
+    Configured like the stack's broker where it matters here: persistence and raised queue limits.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(
+            # Started as root, mosquitto would drop to its own user, which cannot write to tmp_path.
+            f"user {getpass.getuser()}\n"
+            f"listener {self.port} {MQTT_HOST}\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {folder}/\nmax_queued_messages 1000000\nmax_queued_bytes 0\n"
+            "max_inflight_messages 1000\nlog_dest stdout\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{MQTT_HOST}:{self.port}"
+
+    def start(self) -> None:
+        with (self.folder / "log").open("ab") as logf:
+            self.proc = subprocess.Popen(
+                ["/usr/sbin/mosquitto", "-c", str(self.conf)], stdout=logf, stderr=logf
+            )
+        wait_for(self._accepting, 15, f"private mosquitto on port {self.port}")
+
+    def _accepting(self) -> bool:
+        try:
+            with socket.create_connection((MQTT_HOST, self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM: Mosquitto saves sessions and queued messages to its persistence file first."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    broker = PrivateBroker(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    if broker.proc is not None and broker.proc.poll() is None:
+        broker.proc.kill()
+        broker.proc.wait(timeout=10)
 
 
 # --- Kafka reader -------------------------------------------------------------------------------

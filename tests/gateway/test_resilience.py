@@ -8,7 +8,14 @@ from collections.abc import Callable
 import pytest
 
 from iot import contract
-from tests.gateway.conftest import GatewayFactory, KafkaReader, Publisher, distinct_ids, make_reading
+from tests.gateway.conftest import (
+    GatewayFactory,
+    KafkaReader,
+    PrivateBroker,
+    Publisher,
+    distinct_ids,
+    make_reading,
+)
 from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration
@@ -66,3 +73,29 @@ def test_two_gateways_in_one_group_split_the_load_and_lose_nothing(
     assert sum(shares) == total, f"each reading bridged exactly once without failures, got {shares}"
     # Mosquitto distributes shared-subscription messages round robin: expect a fair split.
     assert min(shares) >= total * 0.3, f"load not split: {shares}"
+
+
+def test_broker_restart_resumes_the_session_and_keeps_bridging(
+    gateways: GatewayFactory, private_broker: PrivateBroker, kafka_readers: Callable[..., KafkaReader]
+) -> None:
+    device = unique("dev")
+    reader = kafka_readers(contract.TOPIC_READINGS, f"^{device}$")
+    gateway = gateways(IOT_MQTT_URL=private_broker.url)
+    before = Publisher(private_broker.port)
+    before.publish_readings(make_reading(gateways.place, device, seq) for seq in range(1000))
+    before.close()
+    reader.wait_until(lambda rs: len(distinct_ids(rs)) == 1000, 60, "the first 1000 readings")
+
+    private_broker.stop()
+    wait_for(
+        lambda: gateway.metric("iot_gateway_mqtt_connected") == 0.0, 30, "the gateway seeing the broker go"
+    )
+    private_broker.start()
+    wait_for(lambda: gateway.metric("iot_gateway_mqtt_connected") == 1.0, 30, "the gateway reconnected")
+    assert "session_present=True" in gateway.log()
+    after = Publisher(private_broker.port)
+    after.publish_readings(make_reading(gateways.place, device, seq) for seq in range(1000, 2000))
+    after.close()
+
+    records = reader.wait_until(lambda rs: len(distinct_ids(rs)) == 2000, 60, "all 2000 readings")
+    assert distinct_ids(records) == {(device, 0, s) for s in range(2000)}
