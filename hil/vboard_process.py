@@ -48,6 +48,7 @@ class VirtualBoard:
         self.config = config
         self.spec = dict(spec)
         self.spec["control_dir"] = str(self.control)
+        self.spec.setdefault("parent_pid", os.getpid())  # boards power off when their rig dies
         self.heap = heap
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0

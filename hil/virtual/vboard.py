@@ -67,6 +67,7 @@ class Spec:
         self.rssi: int = raw.get("rssi", -61)
         self.bme280_addr: int = raw.get("bme280_addr", 0x76)
         self.bh1750_addr: int = raw.get("bh1750_addr", 0x23)
+        self.parent_pid: int = raw.get("parent_pid", 0)
 
 
 def load_spec() -> Spec:
@@ -181,12 +182,18 @@ class VirtualI2C:
 
 
 class Watchdog:
-    """A watchdog that resets (exits with code 3, the launcher restarts) when fed too late."""
+    """A watchdog that resets (exits with code 3, the launcher restarts) when fed too late.
+
+    It also powers the board off when the rig that started it is gone, so a killed launcher never
+    leaves orphaned boards publishing on a shared machine.
+    """
 
     def __init__(self, board: "Board", timeout_ms: int) -> None:
         self._board = board
         self._timeout = timeout_ms
         self._last = board.ticks_ms()
+        self._rig = "/proc/" + str(board.spec.parent_pid) if board.spec.parent_pid else ""
+        self._rig_checked = self._last
 
     def feed(self) -> None:
         now = self._board.ticks_ms()
@@ -195,6 +202,11 @@ class Watchdog:
             print(f"watchdog_reset late_ms={late} timeout_ms={self._timeout}")
             raise SystemExit(3)
         self._last = now
+        if self._rig and self._board.ticks_diff(now, self._rig_checked) >= 1000:
+            self._rig_checked = now
+            if not _exists(self._rig):
+                print("rig_gone action=powering_off")
+                raise SystemExit(0)
 
 
 class Board:

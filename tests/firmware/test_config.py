@@ -95,3 +95,13 @@ except config.ConfigError as exc:
     field, message = unixport.run_json(code, tmp_path)
     assert field == "interval_s"
     assert "between" in message
+
+
+def test_firmware_metric_ranges_and_fields_follow_the_contract(tmp_path: Path) -> None:
+    """The firmware cannot import iot.contract; this keeps its copy of the ranges honest."""
+    from iot import contract
+
+    code = "import json, node, config\nprint(json.dumps([node._RANGES, config.METRICS]))"
+    ranges, metrics = unixport.run_json(code, tmp_path)
+    assert tuple(metrics) == contract.METRICS
+    assert {k: tuple(v) for k, v in ranges.items()} == dict(contract.METRIC_RANGES)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -89,13 +91,20 @@ def test_last_will_offline_is_published_when_a_board_loses_power(
 def test_network_outage_delivers_every_reading_in_order_after_reconnect(
     make_board: BoardFactory, probe: Probe
 ) -> None:
-    """The lead's 60 s broker stop, as a 6 s cut of the board's network: the same fault from the
-    board's side (socket errors, reconnect with backoff, outbox replay), 20 readings queued."""
+    """The issue's 60 s broker stop, as a cut of the board's network (the shared broker stays up):
+    the same fault from the board's side: socket errors, will, reconnect with backoff, outbox
+    replay. 6 s (20 readings at 0.3 s) by default; IOT_HIL_OUTAGE_S=60 runs the full minute."""
+    outage_s = float(os.environ.get("IOT_HIL_OUTAGE_S", "6"))
+    queued_target = max(5, int(outage_s / 0.3))
     board = make_board(interval_s=0.3)
     board.start()
     wait_for(lambda: len(probe.readings(board.device)) >= 3, 20, "3 readings before the outage")
     board.cut_network()
-    wait_for(lambda: outbox_state(board)[1] >= 20, 30, "20 readings queued while offline")
+    wait_for(
+        lambda: outbox_state(board)[1] >= queued_target,
+        outage_s * 2 + 20,
+        f"{queued_target} readings queued offline",
+    )
     queued = outbox_entries(board)
     board.restore_network()
     last = queued[-1]["seq"]
@@ -218,4 +227,16 @@ def test_board_heap_is_esp32_sized(make_board: BoardFactory) -> None:
     free = int(line.split("mem_free=")[1].split()[0])
     # The firmware sees what an ESP32 leaves after loading it: well under 110 KB, yet room to run.
     assert 40_000 < free < 110 * 1024
-    time.sleep(0)  # no synchronisation here: the value comes from the boot line above
+
+
+def test_board_powers_off_when_the_rig_that_started_it_is_gone(make_board: BoardFactory) -> None:
+    rig = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        board = make_board(spec={"parent_pid": rig.pid})
+        board.start()
+        board.wait_console("node_boot", 20)
+    finally:
+        rig.kill()
+        rig.wait()
+    assert board.wait(15) == 0
+    assert "rig_gone" in board.console()
