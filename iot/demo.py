@@ -23,7 +23,7 @@ from rich.table import Table
 from iot import contract
 from iot.stack.config import StackConfig
 from iot.stack.manager import Stack, StackError
-from iot.supervise import ChildFailed, Supervisor, metrics_value
+from iot.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
 
 GATEWAY_METRICS = 9108
 BACKEND_METRICS = 9109
@@ -94,12 +94,7 @@ def run(args: argparse.Namespace) -> int:
             )
             backend = supervisor.start("backend", ["backend"], env)
             supervisor.wait_ready(
-                backend,
-                lambda: (
-                    metrics_value(f"http://127.0.0.1:{BACKEND_METRICS}/metrics", "iot_backend_readings_total")
-                    is not None
-                ),
-                90,
+                backend, lambda: endpoint_up(f"http://127.0.0.1:{BACKEND_METRICS}/metrics"), 90
             )
         boards = supervisor.start(
             "boards",
@@ -111,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
                 str(args.places),
                 "--interval",
                 str(args.interval),
+                "--state-dir",
+                str(supervisor.log_dir / "boards"),
             ],
             env,
         )

@@ -111,6 +111,14 @@ class Supervisor:
             self.stop(child)
 
 
+def endpoint_up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 def metrics_value(url: str, name: str) -> float | None:
     """The sum of a metric's samples on a Prometheus text endpoint, None when unreachable or absent."""
     try:
