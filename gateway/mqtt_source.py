@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,8 @@ MessageHandler = Callable[[str, bytes, int, int, int], None]
 
 _log = log.get("gateway.mqtt")
 _KEEPALIVE_S = 30
+_SESSION_TAKEN_OVER = 142  # MQTT v5 DISCONNECT reason code (Mosquitto 2.0.11 just closes instead)
+_FLAP_S = 5.0
 
 
 class MqttSource:
@@ -45,6 +48,8 @@ class MqttSource:
         # dropped, because its packet id may be reused by a different message in the new one.
         self._generation = 0
         self.subscribed = threading.Event()
+        self._connected_at = 0.0
+        self._short_lived = 0
         client = BatchingClient(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
@@ -98,6 +103,14 @@ class MqttSource:
         self._client.loop_stop()
         self._metrics.mqtt_connected.set(0)
 
+    def _flapping(self) -> bool:
+        """True on the third connection in a row that lived under _FLAP_S; logged once per streak."""
+        if time.monotonic() - self._connected_at < _FLAP_S:
+            self._short_lived += 1
+        else:
+            self._short_lived = 0
+        return self._short_lived == 3
+
     def _broker(self) -> str:
         scheme = "mqtts" if self._settings.mqtt_tls else "mqtt"
         return f"{scheme}://{self._settings.mqtt_host}:{self._settings.mqtt_port}"
@@ -114,6 +127,7 @@ class MqttSource:
             )
             return
         self._generation += 1
+        self._connected_at = time.monotonic()
         _log.info(
             "mqtt_connected",
             broker=self._broker(),
@@ -144,7 +158,22 @@ class MqttSource:
     ) -> None:
         self._metrics.mqtt_connected.set(0)
         self.subscribed.clear()
-        if reason.is_failure:
+        if reason.value == _SESSION_TAKEN_OVER:
+            _log.error(
+                "mqtt_session_taken_over",
+                client_id=self._settings.client_id,
+                action="another process connected with this client id; give each gateway process its own "
+                "IOT_GATEWAY_CLIENT_ID (same IOT_GATEWAY_GROUP)",
+            )
+        elif self._flapping():
+            _log.error(
+                "mqtt_flapping",
+                client_id=self._settings.client_id,
+                reason=str(reason),
+                action="the broker keeps dropping this connection right after connect: check that no other "
+                "process uses this IOT_GATEWAY_CLIENT_ID, and the broker log and ACLs",
+            )
+        elif reason.is_failure:
             _log.warning(
                 "mqtt_disconnected",
                 broker=self._broker(),

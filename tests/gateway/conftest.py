@@ -82,12 +82,13 @@ class GatewayProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.env['IOT_GATEWAY_METRICS_PORT']}/metrics"
 
-    def start(self, timeout: float = 30.0) -> GatewayProcess:
+    def start(self, timeout: float = 30.0, wait_ready: bool = True) -> GatewayProcess:
         with self.log_path.open("ab") as logf:
             self.proc = subprocess.Popen(
                 [str(IOT), "gateway"], env=self.env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO
             )
-        wait_for(self._ready, timeout, f"gateway {self.client_id} to report iot_gateway_mqtt_connected 1")
+        if wait_ready:
+            wait_for(self._ready, timeout, f"gateway {self.client_id} to report iot_gateway_mqtt_connected 1")
         return self
 
     def _ready(self) -> bool:
@@ -209,9 +210,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 class Publisher:
     """A device-side MQTT v5 client publishing QoS 1; `publish_*` return once the broker acked."""
 
-    def __init__(self, port: int = MQTT_PORT) -> None:
+    def __init__(
+        self,
+        port: int = MQTT_PORT,
+        ca: Path | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"), protocol=mqtt.MQTTv5)
         self._client.max_inflight_messages_set(500)
+        if ca is not None:
+            self._client.tls_set(ca_certs=str(ca))
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.connect(MQTT_HOST, port)
         self._client.loop_start()
         wait_for(self._client.is_connected, 10, "publisher connected")
@@ -252,15 +263,18 @@ class PrivateBroker:
     Configured like the stack's broker where it matters here: persistence and raised queue limits.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self, folder: Path, listener_conf: str = "allow_anonymous true\n", tls: bool = False
+    ) -> None:
         self.port = free_port()
         self.folder = folder
+        self.tls = tls
         folder.mkdir(parents=True, exist_ok=True)
         self.conf = folder / "mosquitto.conf"
         self.conf.write_text(
             # Started as root, mosquitto would drop to its own user, which cannot write to tmp_path.
             f"user {getpass.getuser()}\n"
-            f"listener {self.port} {MQTT_HOST}\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} {MQTT_HOST}\n{listener_conf}persistence true\n"
             f"persistence_location {folder}/\nmax_queued_messages 1000000\nmax_queued_bytes 0\n"
             "max_inflight_messages 1000\nlog_dest stdout\n"
         )
@@ -268,7 +282,7 @@ class PrivateBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{MQTT_HOST}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{MQTT_HOST}:{self.port}"
 
     def start(self) -> None:
         with (self.folder / "log").open("ab") as logf:

@@ -99,3 +99,17 @@ def test_broker_restart_resumes_the_session_and_keeps_bridging(
 
     records = reader.wait_until(lambda rs: len(distinct_ids(rs)) == 2000, 60, "all 2000 readings")
     assert distinct_ids(records) == {(device, 0, s) for s in range(2000)}
+
+
+def test_two_processes_with_one_client_id_are_reported_not_silently_flapping(
+    gateways: GatewayFactory,
+) -> None:
+    client_id = unique("gw")
+    first = gateways(client_id=client_id)
+    second = gateways(client_id=client_id, start=False).start(wait_ready=False)
+
+    def reported() -> bool:
+        logs = first.log() + second.log()
+        return "mqtt_session_taken_over" in logs or "mqtt_flapping" in logs
+
+    wait_for(reported, 30, "the client id clash to be logged")
