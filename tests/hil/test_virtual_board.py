@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from hil import fleet
-from hil.probe import Probe
+from hil.netfault import MqttProxy
+from hil.probe import Probe, broker_address
 from iot import contract
 from tests.hil.conftest import BoardFactory, outbox_entries, outbox_state
 from tests.support import wait_for
@@ -166,36 +168,49 @@ def test_full_outbox_drops_the_oldest_and_reports_how_many(make_board: BoardFact
     )
 
 
+@pytest.mark.parametrize(
+    ("sensor", "fault", "kind"),
+    [
+        ("bme280", "nack", "i2c"),
+        ("bme280", "wrong_id", "chip_id"),
+        ("bme280", "bad_crc", "crc"),
+        ("bme280", "stuck", "stuck"),
+        ("bh1750", "nack", "i2c"),
+    ],
+)
 def test_failed_sensor_gives_null_metrics_and_an_error_count_while_the_board_keeps_going(
-    make_board: BoardFactory, probe: Probe
+    make_board: BoardFactory, probe: Probe, sensor: str, fault: str, kind: str
 ) -> None:
-    board = make_board()
+    nulled = ("temperature", "humidity", "pressure") if sensor == "bme280" else ("luminosity",)
+    kept = "luminosity" if sensor == "bme280" else "temperature"
+    board = make_board(stuck_after=3)
+    at_boot = fault in ("wrong_id", "bad_crc")  # the driver checks chip id and calibration CRC at start
+    if at_boot:
+        board.set_fault(sensor, fault)
     board.start()
     wait_for(lambda: probe.readings(board.device), 20, "a first reading")
-    board.set_fault("bme280", "nack")
+    board.set_fault(sensor, fault)
     failed = wait_for(
-        lambda: [r for r in probe.readings(board.device) if r["temperature"] is None], 20, "a null reading"
+        lambda: [r for r in probe.readings(board.device) if r[nulled[0]] is None], 20, "a null reading"
     )[0]
-    assert failed["humidity"] is None and failed["pressure"] is None
-    assert failed["luminosity"] is not None
-    board.set_fault("bme280", "bad_crc")
-    seen = len(probe.readings(board.device))
-    wait_for(lambda: len(probe.readings(board.device)) >= seen + 3, 20, "readings during the CRC fault")
-    assert all(r["temperature"] is None for r in probe.readings(board.device)[seen + 1 :])
-    board.set_fault("bme280", None)
-    wait_for(lambda: probe.readings(board.device)[-1]["temperature"] is not None, 20, "recovery")
+    assert all(failed[m] is None for m in nulled)
+    assert failed[kept] is not None
+    contract.validate_reading(f"sensors/kitchen/{board.device}/reading", json.dumps(failed).encode())
+    board.set_fault(sensor, None)
+    wait_for(lambda: probe.readings(board.device)[-1][nulled[0]] is not None, 20, "recovery")
     health = wait_for(
         lambda: [
             h
             for h in (m.json() for m in probe.messages("health", board.device))
-            if h["sensor_errors"]["bme280"] > 0
+            if h["sensor_errors"][sensor]
         ],
         20,
         "health with sensor errors",
     )[-1]
-    assert health["sensor_errors"]["bh1750"] == 0
+    other = "bh1750" if sensor == "bme280" else "bme280"
+    assert health["sensor_errors"][other] == 0
     console = board.console()
-    assert "kind=i2c" in console and "kind=crc" in console and "sensor_recovered" in console
+    assert "sensor_failed" in console and f"kind={kind}" in console and "sensor_recovered" in console
     assert board.running
 
 
@@ -240,3 +255,25 @@ def test_board_powers_off_when_the_rig_that_started_it_is_gone(make_board: Board
         rig.wait()
     assert board.wait(15) == 0
     assert "rig_gone" in board.console()
+
+
+def test_unacknowledged_publish_is_retransmitted_with_dup_and_nothing_is_lost(
+    make_board: BoardFactory, probe: Probe, broker_url: str
+) -> None:
+    host, port = broker_address(broker_url)
+    with MqttProxy(host, port) as proxy:
+        board = make_board(broker=f"mqtt://127.0.0.1:{proxy.port}", puback_timeout_s=0.5)
+        board.start()
+        wait_for(lambda: len(probe.readings(board.device)) >= 2, 20, "2 readings through the proxy")
+        proxy.drop_pubacks(1)
+        wait_for(lambda: proxy.dup_publishes >= 1, 10, "a DUP retransmission")
+        seen = len(probe.readings(board.device))
+        wait_for(
+            lambda: len(probe.readings(board.device)) >= seen + 3, 20, "readings after the retransmission"
+        )
+        console = board.console()  # before the proxy goes away and takes the link with it
+    seqs = _seqs(probe.readings(board.device))
+    assert proxy.dropped_pubacks == 1
+    assert len(seqs) - len(set(seqs)) == 1  # the broker got the reading twice: at least once, never lost
+    assert _first_occurrences(seqs) == list(range(max(seqs) + 1))
+    assert "link_down" not in console  # one lost ack is retried, not treated as a dead link

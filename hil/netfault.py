@@ -1,0 +1,117 @@
+"""A network-fault injector: a loopback TCP proxy between a board and the real MQTT broker.
+
+It frames the MQTT packets it relays, so a test can make the broker's acknowledgements vanish
+(`drop_pubacks(n)`) and see what the board does about it (`dup_publishes`: QoS 1 retransmissions
+carrying the DUP flag). Loopback only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+from hil.errors import BoardError
+
+_PUBLISH = 0x30
+_PUBACK = 0x40
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("peer closed")
+        out += chunk
+    return out
+
+
+def _read_packet(sock: socket.socket) -> bytes:
+    head = _read_exact(sock, 1)
+    length_bytes = b""
+    length, shift = 0, 0
+    while True:
+        byte = _read_exact(sock, 1)
+        length_bytes += byte
+        length |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if not byte[0] & 0x80:
+            break
+        if shift > 21:
+            raise ConnectionError("bad remaining length")
+    return head + length_bytes + _read_exact(sock, length)
+
+
+class MqttProxy:
+    def __init__(self, broker_host: str, broker_port: int) -> None:
+        self._upstream = (broker_host, broker_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._drop_pubacks = 0
+        self.dropped_pubacks = 0
+        self.dup_publishes = 0
+        self.publishes = 0
+        self._sockets: list[socket.socket] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="mqtt-proxy", daemon=True)
+
+    def start(self) -> MqttProxy:
+        self._thread.start()
+        return self
+
+    def drop_pubacks(self, n: int) -> None:
+        with self._lock:
+            self._drop_pubacks += n
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_board: bool) -> None:
+        try:
+            while True:
+                packet = _read_packet(src)
+                kind = packet[0] & 0xF0
+                with self._lock:
+                    if from_board and kind == _PUBLISH:
+                        self.publishes += 1
+                        if packet[0] & 0x08:
+                            self.dup_publishes += 1
+                    if not from_board and kind == _PUBACK and self._drop_pubacks:
+                        self._drop_pubacks -= 1
+                        self.dropped_pubacks += 1
+                        continue
+                dst.sendall(packet)
+        except (OSError, ConnectionError):
+            for s in (src, dst):
+                with contextlib.suppress(OSError):  # already closed by the other pump
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._listener.close()
+        for s in self._sockets:
+            s.close()
+        self._thread.join(5)
+        if self._thread.is_alive():
+            raise BoardError("mqtt proxy did not stop")
+
+    def __enter__(self) -> MqttProxy:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
