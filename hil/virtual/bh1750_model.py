@@ -4,6 +4,10 @@ Power on/down, one-time and continuous H-resolution modes, MTreg set by its two 
 and a conversion time that scales with MTreg; the data register holds the last result.
 """
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 POWER_DOWN = 0x00
 POWER_ON = 0x01
 RESET = 0x07
@@ -26,7 +30,7 @@ class BH1750Model:
         self.mtreg = MTREG_DEFAULT
         self.data = 0
         self.fault = ""
-        self.source: object = None  # callable(now_ms) -> lux or None
+        self.source: Callable[[int], float | None] | None = None  # now_ms -> lux
         self.conversions = 0
         self._pending: int | None = None
         self._ready_ms = 0
@@ -45,7 +49,7 @@ class BH1750Model:
             return  # measurement commands are ignored while powered down
         self.conversions += 1
         self._one_time = one_time
-        lux = self.source(now_ms) if self.source is not None else None  # type: ignore[operator]
+        lux = self.source(now_ms) if self.source is not None else None
         self._pending = raw_for(lux, self.mtreg) if lux is not None else self.data
         self._ready_ms = now_ms + TYPICAL_CONVERSION_MS * self.mtreg // MTREG_DEFAULT
 

@@ -7,6 +7,10 @@ calibration to find the raw ADC codes, adds a few LSB of deterministic noise (a 
 ADC is never perfectly still), and latches them when the conversion time has passed.
 """
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 REG_CALIB0 = 0x88
 REG_CALIB1 = 0xE1
 REG_CRC = 0xE8
@@ -116,17 +120,16 @@ def humidity_f(adc_h: float, t_fine: int, cal: tuple[int, ...]) -> float:
     return v * (1.0 - h1 * v / 524288.0)
 
 
-def _search(target: float, lo: int, hi: int, rising: bool, f: object) -> int:
-    """The code in [lo, hi] whose value f(code) is closest to target, for monotonic f."""
-    fn = f  # a callable; typed loosely so MicroPython needs no typing module
+def _search(target: float, lo: int, hi: int, rising: bool, fn: "Callable[[int], float]") -> int:
+    """The code in [lo, hi] whose value fn(code) is closest to target, for monotonic fn."""
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        value = fn(mid)  # type: ignore[operator]
+        value = fn(mid)
         if (value < target) == rising:
             lo = mid
         else:
             hi = mid
-    a, b = fn(lo), fn(hi)  # type: ignore[operator]
+    a, b = fn(lo), fn(hi)
     return lo if abs(a - target) <= abs(b - target) else hi
 
 
@@ -145,7 +148,8 @@ class BME280Model:
         self.regs = bytearray(256)
         self.fault = ""
         self.noise_lsb = noise_lsb
-        self.source: object = None  # callable(now_ms) -> (t_c, rh, p_pa) or None
+        # now_ms -> (degC, %RH, Pa) the chip is exposed to; None keeps the fixed image (set_raw).
+        self.source: Callable[[int], tuple[float, float, float] | None] | None = None
         self.conversions = 0
         self._rand = (seed * 2654435761 + 1) & 0xFFFFFFFF
         self._pending: tuple[int, int, int] | None = None
@@ -204,7 +208,7 @@ class BME280Model:
         if self.source is None:
             self._pending = self._fixed
             return
-        conditions = self.source(now_ms)  # type: ignore[operator]
+        conditions = self.source(now_ms)
         if conditions is None:
             return
         adc_t, adc_p, adc_h = raw_for(conditions[0], conditions[1], conditions[2], self.cal)
