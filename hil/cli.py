@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="constant",
         help="scripted environment per place: constant (default) or day cycle",
     )
+    boards.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help="JSON of place -> environment spec, overriding --env per place",
+    )
     boards.add_argument("--unsynced", action="store_true", help="boards start without NTP (time_valid false)")
     boards.add_argument("--prefix", default="vb", help="device id prefix (default vb)")
     boards.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: Ctrl-C)")

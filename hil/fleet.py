@@ -63,7 +63,10 @@ def plan(
     env_kind: str = "constant",
     time_sync: bool = True,
     extra_config: dict[str, Any] | None = None,
+    environments: dict[str, Any] | None = None,
 ) -> list[BoardPlan]:
+    """Boards spread round-robin over the first `places` place names; `environments` (place ->
+    env spec) overrides the built-in environment of a place."""
     if count < 1:
         raise RigConfigError("count", "must be at least 1")
     if not 1 <= places <= count:
@@ -83,7 +86,8 @@ def plan(
             "health_every_s": max(5, min(60, interval_s * 10)),
         }
         cfg.update(extra_config or {})
-        spec = {"env": environment(place, env_kind), "time_sync": time_sync, "seed": i + 1}
+        env_spec = (environments or {}).get(place) or environment(place, env_kind)
+        spec = {"env": env_spec, "time_sync": time_sync, "seed": i + 1}
         boards.append(BoardPlan(device, place, cfg, spec))
     return boards
 
@@ -218,6 +222,22 @@ def run_fleet(
         if board.returncode == EXIT_CONFIG:
             print(f"board {board.device} halted on its config: {board.console().strip().splitlines()[-1]}")
     return 1 if failed else 0
+
+
+def load_environments(path: Path) -> dict[str, Any]:
+    """A JSON file of place -> environment spec (see hil/virtual/env.py), each checked."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RigConfigError("--env-file", f"cannot read {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RigConfigError("--env-file", "must be a JSON object of place -> environment")
+    for place, spec in raw.items():
+        try:
+            envmod.validate(spec)
+        except envmod.EnvError as exc:
+            raise RigConfigError(f"{place}", str(exc)) from exc
+    return raw
 
 
 def default_state_dir() -> Path:

@@ -147,3 +147,18 @@ def test_iot_boards_runs_a_fleet_that_publishes_and_stops_cleanly_on_sigterm(
         assert offline
     manifest = json.loads((tmp_path / "fleet" / "boards.json").read_text())
     assert {b["device"] for b in manifest} == devices
+
+
+@pytest.mark.unit
+def test_env_file_overrides_a_place_environment_and_bad_profiles_are_named(tmp_path: Path) -> None:
+    ramp = {m: {"kind": "constant", "value": 1.0} for m in ("humidity", "pressure", "luminosity")}
+    ramp["temperature"] = {"kind": "ramp", "from": 10, "to": 20, "start": 1000, "duration": 100}
+    good = tmp_path / "env.json"
+    good.write_text(json.dumps({"garage": ramp}))
+    plans = fleet.plan(2, 2, 1.0, "mqtt://127.0.0.1:1883", environments=fleet.load_environments(good))
+    garage = next(p for p in plans if p.place == "garage")
+    assert garage.spec["env"]["temperature"]["kind"] == "ramp"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"garage": dict(ramp, pressure={"kind": "ramp", "from": 1})}))
+    with pytest.raises(RigConfigError, match=r"'garage'.*pressure"):
+        fleet.load_environments(bad)
