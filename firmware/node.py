@@ -102,6 +102,7 @@ class Node:
         self._next_ntp = self._started_ms
         self._next_health = self._started_ms
         self.skipped = 0
+        self._wdt_ms = int(cfg["watchdog_s"] * 1000)
 
     # --- measuring --------------------------------------------------------------------------
     def _metric(self, name: str, value: float | None) -> float | None:
@@ -199,7 +200,7 @@ class Node:
         log.event("node_boot", device=self.cfg["device"], place=self.cfg["place"], boot=self.boot,
                   fw=config.FW_VERSION, board=board.name, outbox_depth=self.outbox.count,
                   mem_free=board.mem_free())
-        wdt = board.watchdog(int(self.cfg["watchdog_s"] * 1000))
+        wdt = board.watchdog(self._wdt_ms)
         next_measure = board.ticks_ms()
         try:
             while True:
@@ -219,7 +220,9 @@ class Node:
                     self.link.just_connected = False
                     self.link.publish_health(self.health())
                     self._next_health = board.ticks_add(now, int(self.cfg["health_every_s"] * 1000))
-                self.drain(next_measure)
+                # Bounded by the watchdog too: a long interval must not starve it while draining.
+                budget = min(max(0, board.ticks_diff(next_measure, board.ticks_ms())), self._wdt_ms // 4)
+                self.drain(board.ticks_add(board.ticks_ms(), budget))
                 wait = board.ticks_diff(next_measure, board.ticks_ms())
                 self.link.service(max(0, min(wait, 1000)))
         except KeyboardInterrupt:
