@@ -100,6 +100,9 @@ class BackendRuntime:
             web_bind="127.0.0.1",
             consumer_auto_offset_reset=s.offset_reset,
             broker_commit_interval=s.commit_interval_s,
+            # A worker killed with -9 holds its partitions until its session expires: keep that short.
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=max(s.session_timeout_s / 5, 0.5),
             broker_max_poll_records=s.batch_max,
             stream_buffer_maxsize=max(4096, 2 * s.batch_max),
             table_standby_replicas=0,

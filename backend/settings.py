@@ -27,6 +27,7 @@ BACKEND_DEFAULTS: Final[Mapping[str, str]] = {
     "IOT_BACKEND_BATCH_WITHIN_MS": "200",
     "IOT_BACKEND_TICK_S": "1",
     "IOT_BACKEND_COMMIT_INTERVAL_S": "1",
+    "IOT_BACKEND_SESSION_TIMEOUT_S": "10",
 }
 
 
@@ -49,6 +50,7 @@ class Settings:
     batch_within_ms: int
     tick_s: float
     commit_interval_s: float
+    session_timeout_s: float
 
     @property
     def specs(self) -> tuple[WindowSpec, ...]:
@@ -142,6 +144,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         batch_within_ms=_int(env, "IOT_BACKEND_BATCH_WITHIN_MS", 1),
         tick_s=_float(env, "IOT_BACKEND_TICK_S", 0.05),
         commit_interval_s=_float(env, "IOT_BACKEND_COMMIT_INTERVAL_S", 0.1),
+        # Kafka refuses sessions under its group.min.session.timeout.ms (6 s by default).
+        session_timeout_s=_float(env, "IOT_BACKEND_SESSION_TIMEOUT_S", 6.0),
     )
     for name, port in (
         ("IOT_BACKEND_METRICS_PORT", settings.metrics_port),

@@ -186,6 +186,7 @@ class BackendRig:
             IOT_BACKEND_TICK_S="0.2",
             IOT_BACKEND_BATCH_WITHIN_MS="50",
             IOT_BACKEND_COMMIT_INTERVAL_S="0.5",
+            IOT_BACKEND_SESSION_TIMEOUT_S="6",
         )
         env.update(self.extra_env)
         return env
@@ -217,6 +218,19 @@ class BackendRig:
     def produce_raw(self, value: bytes, key: bytes = b"junk") -> None:
         self.producer.produce(self.source, value, key)
         assert self.producer.flush(30) == 0
+
+    def end_offsets(self, topic: str) -> int:
+        """Messages in a topic so far (sum of high watermarks); 0 if it does not exist yet."""
+        c = Consumer({"bootstrap.servers": KAFKA, "group.id": unique("probe"), "enable.auto.commit": False})
+        try:
+            meta = c.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None:
+                return 0
+            return sum(
+                c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions
+            )
+        finally:
+            c.close()
 
     def docs(self, collection: str) -> dict[str, dict[str, Any]]:
         return {d["_id"]: d for d in self.db[collection].find()}
@@ -264,6 +278,10 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BackendRig]:
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
         for i, w in enumerate(r.workers):
+            counts = {
+                k: v for k, v in w.metrics().items() if k.startswith("iot_backend_") and "_created" not in k
+            }
+            print(f"--- backend worker {i} metrics: {counts}")
             print(f"--- backend worker {i} log (tail) ---\n{w.log()[-6000:]}")
     r.close()
 
