@@ -1,0 +1,245 @@
+"""The whole chain on the real native stack: virtual boards → Mosquitto → gateway → Kafka → backend →
+MongoDB, scraped by Prometheus. The pipeline runs once per module; tests read what it produced."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pymongo
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from hil.fleet import BoardPlan, Fleet, environment
+from hil.probe import Probe
+from iot import contract
+from iot.stack.config import StackConfig
+from iot.supervise import Supervisor, endpoint_up, metrics_value
+from tests.support import wait_for
+
+CFG = StackConfig.from_env()
+# The native Prometheus scrapes these two ports (iot/stack/services.py), so the e2e services use them.
+GATEWAY_METRICS = 9108
+BACKEND_METRICS = 9109
+TUMBLING_S, HOPPING_S, STEP_S, GRACE_S = 4, 8, 4, 2
+BOARDS_PER_PLACE = 2
+READINGS_PER_BOARD = 16
+INTERVAL_S = 0.5
+
+
+@dataclass
+class Run:
+    """What one end-to-end run did and saw."""
+
+    tag: str
+    places: dict[str, str]  # place id -> scripted environment
+    devices: list[str]
+    db: Any
+    probe: Probe
+    supervisor: Supervisor
+    injected_bad_topic: str = ""
+    late_id: str = ""
+    dlq: list[dict[str, Any]] = field(default_factory=list)
+
+    def readings(self) -> list[dict[str, Any]]:
+        """Every reading the broker delivered for our boards (the test's own record, not the backend's)."""
+        out = []
+        for msg in self.probe.messages("reading"):
+            try:
+                payload = json.loads(msg.payload)
+            except ValueError:
+                continue
+            if isinstance(payload, dict) and payload.get("device") in self.devices:
+                out.append(payload)
+        return out
+
+
+def _plans(tag: str, places: dict[str, str]) -> list[BoardPlan]:
+    plans = []
+    for p_index, (place, env_name) in enumerate(places.items()):
+        for n in range(BOARDS_PER_PLACE):
+            device = f"{tag}-{env_name}-{n}"
+            config = {
+                "device": device,
+                "place": place,
+                "broker": CFG.mqtt_url,
+                "interval_s": INTERVAL_S,
+                "health_every_s": 5,
+            }
+            spec = {"env": environment(env_name), "time_sync": True, "seed": 10 * p_index + n + 1}
+            plans.append(BoardPlan(device, place, config, spec))
+    return plans
+
+
+def _dlq_start() -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": CFG.kafka_bootstrap, "group.id": "e2e-dlq-offsets"})
+    try:
+        meta = consumer.list_topics(contract.TOPIC_DLQ, timeout=10).topics[contract.TOPIC_DLQ]
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(contract.TOPIC_DLQ, p), timeout=10)[1]
+            for p in meta.partitions
+        }
+    finally:
+        consumer.close()
+
+
+def read_dlq(start: dict[int, int], keep: Any, want: int, timeout: float) -> list[dict[str, Any]]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": CFG.kafka_bootstrap,
+            "group.id": f"e2e-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(contract.TOPIC_DLQ, p, o) for p, o in start.items()])
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and len(found) < want:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            record = json.loads(msg.value())
+            if keep(record):
+                found.append(record)
+    finally:
+        consumer.close()
+    return found
+
+
+def _start_group_at_the_end(group: str, topic: str) -> None:
+    """Commit the topic's current end offsets for a new consumer group.
+
+    iot.readings on a shared stack holds other runs' history; a fresh backend would first replay all of
+    it. Committing the end first makes it start exactly here, and miss nothing produced after.
+    """
+    consumer = Consumer(
+        {"bootstrap.servers": CFG.kafka_bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = [
+            TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+            for p in parts
+        ]
+        consumer.commit(offsets=ends, asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def _publish(topic: str, payload: bytes) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect(CFG.host, CFG.mqtt_port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _forget_session(client_id: str) -> None:
+    """Drop the gateway's persistent session so the broker stops queueing readings for it."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.connect(CFG.host, CFG.mqtt_port, clean_start=True)
+    client.disconnect()
+
+
+@pytest.fixture(scope="package")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    tag = f"e2e{uuid.uuid4().hex[:6]}"
+    tmp = tmp_path_factory.mktemp(tag)
+    places = {f"{tag}-kitchen": "kitchen", f"{tag}-garage": "garage"}
+    plans = _plans(tag, places)
+    devices = [p.device for p in plans]
+    db_name = tag
+    env = {
+        "IOT_MQTT_URL": CFG.mqtt_url,
+        "IOT_KAFKA_BOOTSTRAP": CFG.kafka_bootstrap,
+        "IOT_MONGO_URI": f"mongodb://{CFG.host}:{CFG.mongo_port}/{db_name}",
+        "IOT_WINDOW_TUMBLING_S": str(TUMBLING_S),
+        "IOT_WINDOW_HOPPING_S": str(HOPPING_S),
+        "IOT_WINDOW_HOP_STEP_S": str(STEP_S),
+        "IOT_WINDOW_GRACE_S": str(GRACE_S),
+        "IOT_GATEWAY_GROUP": tag,
+        "IOT_GATEWAY_CLIENT_ID": f"{tag}-gw",
+        "IOT_GATEWAY_METRICS_PORT": str(GATEWAY_METRICS),
+        "IOT_BACKEND_APP_ID": tag,
+        "IOT_BACKEND_METRICS_PORT": str(BACKEND_METRICS),
+        "IOT_BACKEND_IDLE_TIMEOUT_S": "3",
+        "IOT_BACKEND_DATA_DIR": str(tmp / "backend"),
+    }
+    supervisor = Supervisor(tmp / "logs")
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(CFG.host, CFG.mongo_port, tz_aware=True)
+    dlq_start = _dlq_start()
+    probe = Probe(
+        CFG.mqtt_url,
+        [contract.READING_SUBSCRIPTION, contract.STATUS_SUBSCRIPTION],
+        keep=lambda topic: topic.split("/")[2] in devices,
+    )
+    fleet = Fleet(tmp / "boards", plans)
+    try:
+        gateway = supervisor.start("gateway", ["gateway"], env)
+        supervisor.wait_ready(
+            gateway,
+            lambda: (
+                metrics_value(f"http://127.0.0.1:{GATEWAY_METRICS}/metrics", "iot_gateway_mqtt_connected")
+                == 1.0
+            ),
+            60,
+        )
+        _start_group_at_the_end(tag, contract.TOPIC_READINGS)
+        backend = supervisor.start("backend", ["backend"], env)
+        supervisor.wait_ready(backend, lambda: endpoint_up(f"http://127.0.0.1:{BACKEND_METRICS}/metrics"), 90)
+        probe.start()
+        fleet.prepare(fresh=True)
+        fleet.start()
+        run = Run(tag, places, devices, client[db_name], probe, supervisor)
+
+        # A QoS 1 redelivery, as a broker or a board retransmitting after a lost PUBACK would cause.
+        first = wait_for(
+            lambda: probe.messages("reading", device=devices[0])[:2], 30, "two readings of board 0"
+        )
+        _publish(first[-1].topic, first[-1].payload)
+        # Bad input on the way: the gateway must dead-letter it and carry on.
+        run.injected_bad_topic = contract.reading_topic(plans[1].place, devices[1])
+        _publish(run.injected_bad_topic, b'{"v": 1, "device": "truncated')
+
+        wait_for(
+            lambda: all(len(probe.messages("reading", device=d)) >= READINGS_PER_BOARD for d in devices),
+            90,
+            f"{READINGS_PER_BOARD} readings from every board",
+        )
+        fleet.stop()
+
+        # A reading for a window that is already final must be refused as late, not added.
+        oldest = min(json.loads(m.payload)["ts"] for m in probe.messages("reading", device=devices[0]))
+        first_start = oldest - oldest % (TUMBLING_S * 1000)
+        first_id = contract.window_id(devices[0], "tumbling", TUMBLING_S, first_start)
+        wait_for(
+            lambda: (run.db[contract.COLL_SENSOR_WINDOWS].find_one({"_id": first_id}) or {}).get("final"),
+            60,
+            f"window {first_id} to become final",
+        )
+        late = {**json.loads(first[0].payload), "seq": 1_000_000, "ts": first_start + 1}
+        run.late_id = contract.reading_id(devices[0], late["boot"], late["seq"])
+        _publish(first[0].topic, json.dumps(late).encode())
+        run.dlq = read_dlq(
+            dlq_start,
+            lambda r: r.get("topic") in {run.injected_bad_topic, first[0].topic},
+            want=2,
+            timeout=60,
+        )
+        yield run
+    finally:
+        fleet.stop()
+        probe.stop()
+        supervisor.stop_all()
+        _forget_session(f"{tag}-gw")
+        client.drop_database(db_name)
+        client.close()
