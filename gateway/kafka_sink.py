@@ -20,7 +20,9 @@ from .errors import KafkaFatalError
 from .metrics import GatewayMetrics
 from .records import Outgoing
 
-__all__ = ["DeliveryCallback", "KafkaSink"]
+__all__ = ["GATEWAY_HEADER", "DeliveryCallback", "KafkaSink"]
+
+GATEWAY_HEADER = "iot-gateway"
 
 DeliveryCallback = Callable[[Any, Any], None]
 
@@ -31,6 +33,10 @@ class KafkaSink:
     def __init__(self, config: dict[str, str | int | bool], metrics: GatewayMetrics) -> None:
         self._metrics = metrics
         self._bootstrap = str(config.get("bootstrap.servers", ""))
+        # Provenance: which gateway bridged a record (debugging duplicates, tests telling gateways apart).
+        self._headers: list[tuple[str, str | bytes | None]] = [
+            (GATEWAY_HEADER, str(config.get("client.id", "")).encode("utf-8"))
+        ]
         self._fatal: str | None = None
         self._reachable = True
         self._lock = threading.Lock()
@@ -43,7 +49,7 @@ class KafkaSink:
 
     def send(self, out: Outgoing, on_delivery: DeliveryCallback) -> None:
         """Queue one record; raises BufferError when the local queue is full (caller retries)."""
-        self._producer.produce(out.topic, out.value, out.key, on_delivery=on_delivery)
+        self._producer.produce(out.topic, out.value, out.key, on_delivery=on_delivery, headers=self._headers)
 
     def poll(self, timeout: float) -> int:
         """Serve delivery callbacks; raises KafkaFatalError once the producer cannot go on."""

@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.kafka_sink import GATEWAY_HEADER
 from iot import contract
 from tests.support import unique, wait_for
 
@@ -176,6 +177,9 @@ class GatewayFactory:
         gateway = GatewayProcess(full, self.tmp / f"{client_id}.log")
         self.made.append(gateway)
         return gateway.start() if start else gateway
+
+    def client_ids(self) -> set[str]:
+        return {g.client_id for g in self.made}
 
     def close(self) -> None:
         for gateway in self.made:
@@ -327,10 +331,13 @@ class Record:
 
 
 class KafkaReader:
-    """Reads one topic from the offsets it had when created, keeping records whose key matches."""
+    """Reads one topic from the offsets it had when created, keeping records whose key matches and
+    that one of `via`'s gateways produced: other engineers' gateways on the shared stack subscribe to
+    every reading topic and bridge this test's messages too."""
 
-    def __init__(self, topic: str, key_pattern: str, bootstrap: str = KAFKA) -> None:
+    def __init__(self, topic: str, key_pattern: str, via: GatewayFactory, bootstrap: str = KAFKA) -> None:
         self._key = re.compile(key_pattern)
+        self._via = via
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -352,7 +359,10 @@ class KafkaReader:
             if message.error() is not None:
                 continue
             key = (message.key() or b"").decode()
-            if self._key.search(key):
+            headers = dict(message.headers() or [])
+            raw = headers.get(GATEWAY_HEADER) or b""
+            bridged_by = raw.decode() if isinstance(raw, bytes) else raw
+            if self._key.search(key) and bridged_by in self._via.client_ids():
                 value = json.loads(message.value() or b"null")
                 self.records.append(Record(key, value, message.partition() or 0, message.offset() or 0))
         return self.records
@@ -368,11 +378,11 @@ class KafkaReader:
 
 
 @pytest.fixture
-def kafka_readers() -> Iterator[Callable[..., KafkaReader]]:
+def kafka_readers(gateways: GatewayFactory) -> Iterator[Callable[..., KafkaReader]]:
     made: list[KafkaReader] = []
 
     def make(topic: str, key_pattern: str, bootstrap: str = KAFKA) -> KafkaReader:
-        reader = KafkaReader(topic, key_pattern, bootstrap)
+        reader = KafkaReader(topic, key_pattern, gateways, bootstrap)
         made.append(reader)
         return reader
 
