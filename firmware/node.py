@@ -226,7 +226,8 @@ class Node:
                 wait = board.ticks_diff(next_measure, board.ticks_ms())
                 self.link.service(max(0, min(wait, 1000)))
         except KeyboardInterrupt:
-            log.event("node_stopping", reason="interrupt", outbox_depth=self.outbox.count)
+            log.event("node_stopping", reason="interrupt", boot=self.boot, next_seq=self.seq,
+                      outbox_depth=self.outbox.count)
             self.link.close()
 
 

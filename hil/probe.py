@@ -36,14 +36,24 @@ def broker_address(url: str) -> tuple[str, int]:
 class Probe:
     """Subscribe to topic filters; messages are kept in arrival order (thread-safe)."""
 
-    def __init__(self, url: str, topics: Iterable[str], keep: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        topics: Iterable[str],
+        keep: Callable[[str], bool] | None = None,
+        session: str = "",
+    ) -> None:
+        """`session`: a client id for a persistent session, so a broker restart loses nothing for us."""
         self._host, self._port = broker_address(url)
         self._topics = list(topics)
         self._keep = keep
         self._lock = threading.Lock()
         self._messages: list[Message] = []
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", clean_session=True)
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=session, clean_session=not session
+        )
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
