@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from iot import contract
 
+from .errors import SettingsError
+
 __all__ = ["GatewayMetrics"]
 
 # Receive → Kafka-confirmed latency; acks=all on loopback is milliseconds, an outage is minutes.
@@ -56,4 +58,10 @@ class GatewayMetrics:
         self.kafka_up.set(1)
 
     def serve(self, host: str, port: int) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+        try:
+            start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise SettingsError(
+                "IOT_GATEWAY_METRICS_PORT",
+                f"cannot serve metrics on {host}:{port} ({exc.strerror}); pick a free port",
+            ) from None
