@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from hil import fleet
-from hil.probe import Probe
+from hil.probe import Probe, clear_retained
 from hil.vboard_process import DEFAULT_HEAP
 from iot import contract
 
@@ -59,6 +59,7 @@ def measure(
         rss = f.rss_kb()
         health = [m.json() for m in probe.messages("health")]
         f.stop()
+    clear_retained(broker, [(p.place, p.device) for p in plans])
     mem_free = [h["mem_free"] for h in health]
     return {
         "boards": count,

@@ -105,3 +105,22 @@ class Probe:
 
     def count(self, suffix: str = "reading") -> int:
         return len(self.messages(suffix))
+
+
+def clear_retained(url: str, devices: Iterable[tuple[str, str]]) -> None:
+    """Remove the retained status and health of (place, device) pairs, e.g. throwaway test boards."""
+    host, port = broker_address(url)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        infos = [
+            client.publish(f"sensors/{place}/{device}/{kind}", b"", qos=1, retain=True)
+            for place, device in devices
+            for kind in ("status", "health")
+        ]
+        for info in infos:
+            info.wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -9,11 +9,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from hil import fleet
-from hil.probe import Probe, broker_address
+from hil.probe import Probe, broker_address, clear_retained
 from hil.vboard_process import VirtualBoard
 from iot import contract
 from tests.support import unique
@@ -60,26 +59,7 @@ def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
     yield factory
     for board in made:
         board.kill()
-    _clear_retained(broker_url, made)
-
-
-def _clear_retained(url: str, boards: list[VirtualBoard]) -> None:
-    """Leave no retained status/health of throwaway test devices on the shared broker."""
-    if not boards:
-        return
-    host, port = broker_address(url)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    client.connect(host, port)
-    client.loop_start()
-    infos = [
-        client.publish(f"sensors/{b.place}/{b.device}/{kind}", b"", qos=1, retain=True)
-        for b in boards
-        for kind in ("status", "health")
-    ]
-    for info in infos:
-        info.wait_for_publish(5)
-    client.disconnect()
-    client.loop_stop()
+    clear_retained(broker_url, [(b.place, b.device) for b in made])
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 from hil import fleet
 from hil.errors import RigConfigError
-from hil.probe import Probe
+from hil.probe import Probe, clear_retained
 from iot.cli import build_parser, main
 from tests.support import unique, wait_for
 
@@ -145,6 +145,9 @@ def test_iot_boards_runs_a_fleet_that_publishes_and_stops_cleanly_on_sigterm(
             "offline from every board",
         )
         assert offline
+    clear_retained(
+        broker_url, [(b.place, b.device) for b in fleet.plan(3, 2, 0.5, broker_url, prefix=prefix)]
+    )
     manifest = json.loads((tmp_path / "fleet" / "boards.json").read_text())
     assert {b["device"] for b in manifest} == devices
 
