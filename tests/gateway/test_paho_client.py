@@ -1,0 +1,98 @@
+"""The buffered/batching paho client against the real broker: packets of every size, straddling its
+64 KiB read chunks, arrive whole and in order, and batched acks settle every one of them."""
+
+from __future__ import annotations
+
+import threading
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.paho_client import BatchingClient
+from tests.gateway.conftest import MQTT_HOST, MQTT_PORT, Publisher
+from tests.support import unique, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _payload(i: int) -> bytes:
+    # Sizes from 0 to ~60 KB in an irregular cycle, so packet bounds fall everywhere in a chunk.
+    size = (i * 7919) % 60_000 if i % 3 else i % 200
+    return (f"{i}:".encode() * (size // 4 + 1))[:size]
+
+
+def test_every_packet_arrives_whole_and_in_order_and_batched_acks_settle_them() -> None:
+    topic = f"sensors/{unique('pc')}/dev/reading"
+    count = 400
+    received: list[tuple[int, bytes]] = []
+    lock = threading.Lock()
+
+    def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        with lock:
+            received.append((message.mid, bytes(message.payload)))
+
+    client_id = unique("pcsub")
+    client = BatchingClient(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    client.on_message = on_message
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 60
+    props.ReceiveMaximum = 100
+    client.connect(MQTT_HOST, MQTT_PORT, clean_start=True, properties=props)
+    client.loop_start()
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.subscribe(topic, qos=1)
+    assert subscribed.wait(10)
+
+    publisher = Publisher()
+    acked = 0
+
+    def publish() -> None:
+        for i in range(count):
+            publisher.publish_raw(topic, _payload(i))
+
+    sender = threading.Thread(target=publish, daemon=True)
+    sender.start()
+
+    def all_received_and_acked() -> bool:
+        nonlocal acked
+        with lock:
+            batch = [mid for mid, _ in received[acked:]]
+        # Acking in batches is what lets the broker send past its Receive Maximum of 100.
+        acked += len(batch)
+        client.ack_batch(batch)
+        return acked == count
+
+    wait_for(all_received_and_acked, 60, f"{count} messages received and acked")
+    sender.join(timeout=30)
+    publisher.close()
+    assert [payload for _, payload in received] == [_payload(i) for i in range(count)]
+    client.disconnect()
+    client.loop_stop()
+
+    # A clean reconnect to the same session finds nothing left to redeliver: every ack reached the broker.
+    redelivered: list[bytes] = []
+    again = BatchingClient(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    again.on_message = lambda _c, _u, m: redelivered.append(bytes(m.payload))
+    connected = threading.Event()
+    again.on_connect = lambda *_a: connected.set()
+    props_again = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props_again.SessionExpiryInterval = 0
+    again.connect(MQTT_HOST, MQTT_PORT, clean_start=False, properties=props_again)
+    again.loop_start()
+    assert connected.wait(10)
+    # The broker resends un-acked messages right after CONNACK, so they would precede this SUBACK.
+    marker = threading.Event()
+    again.on_subscribe = lambda *_a: marker.set()
+    again.subscribe(f"sensors/{unique('none')}/x/reading", qos=1)
+    assert marker.wait(10)
+    again.disconnect()
+    again.loop_stop()
+    assert redelivered == []
