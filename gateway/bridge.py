@@ -26,6 +26,7 @@ __all__ = ["REASON_UNPROCESSABLE", "Ack", "Bridge"]
 REASON_UNPROCESSABLE: Final = "unprocessable"
 # A record that failed to queue or deliver is sent again after this pause, not in a hot loop.
 RETRY_AFTER_S: Final = 0.5
+BACKPRESSURE_AFTER_S: Final = 1.0
 
 Ack = Callable[[list[tuple[int, int, int]]], int]
 """ack([(mid, qos, session_generation), ...]): acknowledge messages to the broker; returns how many
@@ -55,6 +56,7 @@ class Bridge:
         self._retries: deque[_Pending] = deque()
         self._confirmed: list[_Pending] = []  # main thread only: delivered, not yet acked
         self._saturated = False
+        self._at_limit_since: float | None = None
         self.accepting = True
 
     @property
@@ -87,18 +89,28 @@ class Bridge:
                 break
             self._retries.popleft()
             self._send(pending)
-        saturated = self.in_flight >= self._max_in_flight
-        if saturated != self._saturated:
-            self._saturated = saturated
-            if saturated:
+        self._report_saturation(now)
+
+    def _report_saturation(self, now: float) -> None:
+        # Only a limit that holds (Kafka slow or away) is worth a log line: at full speed the in-flight
+        # count brushes the limit all the time.
+        in_flight = self.in_flight
+        if in_flight < self._max_in_flight:
+            self._at_limit_since = None
+        elif self._at_limit_since is None:
+            self._at_limit_since = now
+        if not self._saturated and self._at_limit_since is not None:
+            if now - self._at_limit_since >= BACKPRESSURE_AFTER_S:
+                self._saturated = True
                 _log.warning(
                     "backpressure_on",
-                    in_flight=self.in_flight,
+                    in_flight=in_flight,
                     limit=self._max_in_flight,
                     action="broker holds further readings until Kafka confirms these",
                 )
-            else:
-                _log.info("backpressure_off", in_flight=self.in_flight)
+        elif self._saturated and in_flight <= self._max_in_flight // 2:
+            self._saturated = False
+            _log.info("backpressure_off", in_flight=in_flight)
 
     def _send(self, pending: _Pending) -> None:
         try:
