@@ -166,7 +166,8 @@ def validate(raw: object) -> dict:
     if cfg["bh1750_addr"] not in (0x23, 0x5C):
         raise ConfigError("bh1750_addr", "must be 35 (0x23, ADDR low) or 92 (0x5C, ADDR high)")
     # A publish can block for puback_timeout_s per attempt; the watchdog must outlast the worst case.
-    worst = cfg["puback_timeout_s"] * (cfg["publish_retries"] + 1) + 10
+    # Plus the 5 s connect timeout and a measurement cycle.
+    worst = cfg["puback_timeout_s"] * (cfg["publish_retries"] + 1) + 6
     if cfg["watchdog_s"] < worst:
         raise ConfigError("watchdog_s", "must be at least " + str(worst) + " s (publish retries would trip it)")
     offsets = cfg["offsets"]

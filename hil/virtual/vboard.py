@@ -68,6 +68,7 @@ class Spec:
         self.bme280_addr: int = raw.get("bme280_addr", 0x76)
         self.bh1750_addr: int = raw.get("bh1750_addr", 0x23)
         self.parent_pid: int = raw.get("parent_pid", 0)
+        self.hang_s: float = raw.get("hang_s", 3600)
 
 
 def load_spec() -> Spec:
@@ -145,6 +146,15 @@ class VirtualI2C:
 
     def _device(self, addr: int) -> object:
         now = _host_ms()
+        for name in ("bme280", "bh1750"):
+            if self._board.fault(name, now) == "hang":
+                # A slave holding SDA low: the bus blocks; a hardware watchdog fires in the middle.
+                until = now + int(self._board.spec.hang_s * 1000)
+                while _host_ms() < until:
+                    time.sleep(0.05)
+                    if self._board.wdt is not None:
+                        self._board.wdt.check()
+                break
         if addr == self.bme280_addr:
             self.bme280.fault = self._board.fault("bme280", now)
             if self.bme280.fault != "nack":
@@ -195,12 +205,16 @@ class Watchdog:
         self._rig = "/proc/" + str(board.spec.parent_pid) if board.spec.parent_pid else ""
         self._rig_checked = self._last
 
-    def feed(self) -> None:
-        now = self._board.ticks_ms()
-        late = self._board.ticks_diff(now, self._last)
+    def check(self) -> None:
+        """What the hardware does on its own: reset once the timeout passed without a feed."""
+        late = self._board.ticks_diff(self._board.ticks_ms(), self._last)
         if late > self._timeout:
             print(f"watchdog_reset late_ms={late} timeout_ms={self._timeout}")
             raise SystemExit(3)
+
+    def feed(self) -> None:
+        self.check()
+        now = self._board.ticks_ms()
         self._last = now
         if self._rig and self._board.ticks_diff(now, self._rig_checked) >= 1000:
             self._rig_checked = now
@@ -218,6 +232,7 @@ class Board:
         self._start_ms = _host_ms()
         self._synced = False
         self._i2c: VirtualI2C | None = None
+        self.wdt: Watchdog | None = None
 
     # --- time -------------------------------------------------------------------------------
     def ticks_ms(self) -> int:
@@ -307,7 +322,8 @@ class Board:
         return free
 
     def watchdog(self, timeout_ms: int) -> Watchdog:
-        return Watchdog(self, timeout_ms)
+        self.wdt = Watchdog(self, timeout_ms)
+        return self.wdt
 
     def reset(self) -> None:
         raise SystemExit(4)

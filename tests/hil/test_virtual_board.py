@@ -6,16 +6,17 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hil import fleet
 from hil.netfault import MqttProxy
-from hil.probe import Probe, broker_address
+from hil.probe import Probe, broker_address, clear_retained
 from iot import contract
 from tests.hil.conftest import BoardFactory, outbox_entries, outbox_state
-from tests.support import wait_for
+from tests.support import unique, wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 
@@ -277,3 +278,32 @@ def test_unacknowledged_publish_is_retransmitted_with_dup_and_nothing_is_lost(
     assert len(seqs) - len(set(seqs)) == 1  # the broker got the reading twice: at least once, never lost
     assert _first_occurrences(seqs) == list(range(max(seqs) + 1))
     assert "link_down" not in console  # one lost ack is retried, not treated as a dead link
+
+
+def test_hung_i2c_bus_trips_the_watchdog_and_the_launcher_reboots_the_board(
+    tmp_path: Path, broker_url: str, probe: Probe
+) -> None:
+    plans = fleet.plan(
+        1,
+        1,
+        0.3,
+        broker_url,
+        prefix=unique("vt"),
+        extra_config={"watchdog_s": 7, "puback_timeout_s": 0.5, "publish_retries": 0},
+    )
+    rig = fleet.Fleet(tmp_path / "fleet", plans)
+    rig.prepare(fresh=True)
+    board = rig.boards[0]
+    rig.start()
+    try:
+        wait_for(lambda: probe.readings(board.device), 20, "a first reading")
+        board.set_fault("bme280", "hang")
+        assert board.wait(20) == 3  # the 7 s watchdog fires inside the hang
+        assert "watchdog_reset" in board.console()
+        board.set_fault("bme280", None)
+        rig.supervise()
+        wait_for(lambda: any(r["boot"] == 1 for r in probe.readings(board.device)), 20, "boot 1 readings")
+        assert rig.restarts == 1
+    finally:
+        rig.stop()
+        clear_retained(broker_url, [(board.place, board.device)])
