@@ -11,7 +11,7 @@ import argparse
 import importlib.util
 import signal
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pymongo
@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from hil.fleet import place_names
 from iot import contract
 from iot.stack.config import StackConfig
 from iot.stack.manager import Stack, StackError
@@ -27,6 +28,7 @@ from iot.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
 
 GATEWAY_METRICS = 9108
 BACKEND_METRICS = 9109
+DEMO_PREFIX = "demo"
 UNITS = {"temperature": "°C", "humidity": "%", "pressure": "hPa", "luminosity": "lx"}
 
 
@@ -106,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
                 str(args.places),
                 "--interval",
                 str(args.interval),
+                "--prefix",
+                DEMO_PREFIX,
                 "--state-dir",
                 str(supervisor.log_dir / "boards"),
             ],
@@ -150,8 +154,13 @@ def _live(
             for child in supervisor.children:
                 if not child.alive():
                     raise ChildFailed(f"{child.name} exited ({child.proc.returncode}):\n{child.log_tail()}")
-            places = _latest(db[contract.COLL_PLACE_WINDOWS], "place")
-            sensors = _latest(db[contract.COLL_SENSOR_WINDOWS], "device")
+            since = datetime.now(UTC) - timedelta(minutes=10)
+            places = _latest(
+                db[contract.COLL_PLACE_WINDOWS], {"place": {"$in": place_names(args.places)}}, since
+            )
+            sensors = _latest(
+                db[contract.COLL_SENSOR_WINDOWS], {"device": {"$regex": f"^{DEMO_PREFIX}-"}}, since
+            )
             if first_window is None and (places or sensors):
                 first_window = time.monotonic() - started
             live.update(_view(cfg, places, sensors, first_window, args))
@@ -159,10 +168,12 @@ def _live(
     client.close()
 
 
-def _latest(coll: Any, key: str) -> list[dict[str, Any]]:
-    """The latest tumbling window of each device or place."""
+def _latest(coll: Any, who: dict[str, Any], since: datetime) -> list[dict[str, Any]]:
+    """The latest tumbling window of each of the demo's devices or places."""
+    key = next(iter(who))
     latest: dict[str, dict[str, Any]] = {}
-    for doc in coll.find({"kind": "tumbling"}).sort("start", pymongo.DESCENDING).limit(500):
+    query = {**who, "kind": "tumbling", "start": {"$gte": since}}
+    for doc in coll.find(query).sort("start", pymongo.DESCENDING).limit(500):
         latest.setdefault(doc[key], doc)
     return [latest[k] for k in sorted(latest)]
 
@@ -170,13 +181,13 @@ def _latest(coll: Any, key: str) -> list[dict[str, Any]]:
 def _cell(stats: dict[str, Any] | None, metric: str) -> str:
     if not stats or not stats.get("count"):
         return "—"
-    return f"{stats['mean']:.2f} {UNITS[metric]} [dim]({stats['min']:.1f}…{stats['max']:.1f})[/]"
+    return f"{stats['mean']:.2f}"
 
 
 def _table(title: str, key: str, docs: list[dict[str, Any]]) -> Table:
     table = Table(title=title, expand=True)
-    for col in (key, "window", "n", *contract.METRICS, "state"):
-        table.add_column(col)
+    for col in (key, "window", "n", *(f"{m} {UNITS[m]}" for m in contract.METRICS), "state"):
+        table.add_column(col, no_wrap=True)
     for doc in docs:
         start = doc["start"]
         start = start.replace(tzinfo=UTC) if isinstance(start, datetime) else start
