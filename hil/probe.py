@@ -42,6 +42,8 @@ class Probe:
         topics: Iterable[str],
         keep: Callable[[str], bool] | None = None,
         session: str = "",
+        username: str = "",
+        password: str = "",
     ) -> None:
         """`session`: a client id for a persistent session, so a broker restart loses nothing for us."""
         self._host, self._port = broker_address(url)
@@ -54,6 +56,8 @@ class Probe:
             mqtt.CallbackAPIVersion.VERSION2, client_id=session, clean_session=not session
         )
         self._client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if username:
+            self._client.username_pw_set(username, password or None)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -146,6 +147,14 @@ class VirtualBoard:
             path.write_text(kind)
         else:
             path.unlink(missing_ok=True)
+
+    def outbox_depth(self) -> int:
+        """Readings waiting in the board's flash outbox (0 before the first boot)."""
+        try:
+            raw = (self.flash / "outbox.idx").read_bytes()
+        except FileNotFoundError:
+            return 0
+        return int(struct.unpack("<IIIII", raw)[1])
 
     def console(self) -> str:
         try:

@@ -4,67 +4,23 @@ shared one keeps serving everybody else)."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hil.probe import Probe
+from tests.hil.brokers import PrivateBroker
 from tests.hil.conftest import BoardFactory, outbox_entries, outbox_state
 from tests.support import unique, wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
-MOSQUITTO = "/usr/sbin/mosquitto"
-
-
-class PrivateBroker:
-    def __init__(self, workdir: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        workdir.mkdir(parents=True, exist_ok=True)
-        # Persistence, so the probe's session and its queued messages survive the restart.
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {workdir}/\nuser root\nlog_dest file {workdir}/mosquitto.log\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            except OSError:
-                return False
-            return True
-
-        wait_for(listening, 10, f"private mosquitto on {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file and exits
-            self.proc.wait(10)
 
 
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    if not os.path.exists(MOSQUITTO):
-        pytest.fail(f"{MOSQUITTO} missing: `iot stack install` installs mosquitto")
-    broker = PrivateBroker(tmp_path / "mosquitto")
-    broker.start()
-    yield broker
-    broker.stop()
+    with PrivateBroker(tmp_path / "mosquitto", persistent=True) as broker:
+        yield broker
 
 
 def test_broker_stopped_then_back_every_reading_arrives_in_order(
