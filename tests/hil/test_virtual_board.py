@@ -307,3 +307,14 @@ def test_hung_i2c_bus_trips_the_watchdog_and_the_launcher_reboots_the_board(
     finally:
         rig.stop()
         clear_retained(broker_url, [(board.place, board.device)])
+
+
+def test_longest_ids_still_give_valid_payloads_that_fit_an_outbox_slot(
+    make_board: BoardFactory, probe: Probe
+) -> None:
+    device = unique("vt").ljust(64, "x")
+    board = make_board(place="p" * 64, device=device)
+    board.start()
+    message = wait_for(lambda: probe.messages("reading", device), 20, "a reading")[0]
+    contract.validate_reading(message.topic, message.payload)
+    assert len(message.payload) <= 398  # outbox slot of 400 bytes less its 2-byte length
