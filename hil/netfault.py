@@ -27,7 +27,8 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
     return out
 
 
-def _read_packet(sock: socket.socket) -> bytes:
+def _read_packet(sock: socket.socket) -> tuple[bytes, int]:
+    """One MQTT packet and the length of its fixed header."""
     head = _read_exact(sock, 1)
     length_bytes = b""
     length, shift = 0, 0
@@ -40,7 +41,7 @@ def _read_packet(sock: socket.socket) -> bytes:
             break
         if shift > 21:
             raise ConnectionError("bad remaining length")
-    return head + length_bytes + _read_exact(sock, length)
+    return head + length_bytes + _read_exact(sock, length), 1 + len(length_bytes)
 
 
 class MqttProxy:
@@ -52,6 +53,7 @@ class MqttProxy:
         self._drop_pubacks = 0
         self.dropped_pubacks = 0
         self.dup_publishes = 0
+        self.dup_topics: list[str] = []
         self.publishes = 0
         self._sockets: list[socket.socket] = []
         self._stopped = threading.Event()
@@ -84,13 +86,15 @@ class MqttProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, from_board: bool) -> None:
         try:
             while True:
-                packet = _read_packet(src)
+                packet, header = _read_packet(src)
                 kind = packet[0] & 0xF0
                 with self._lock:
                     if from_board and kind == _PUBLISH:
                         self.publishes += 1
                         if packet[0] & 0x08:
                             self.dup_publishes += 1
+                            n = (packet[header] << 8) | packet[header + 1]
+                            self.dup_topics.append(packet[header + 2 : header + 2 + n].decode())
                     if not from_board and kind == _PUBACK and self._drop_pubacks:
                         self._drop_pubacks -= 1
                         self.dropped_pubacks += 1

@@ -275,7 +275,11 @@ def test_unacknowledged_publish_is_retransmitted_with_dup_and_nothing_is_lost(
         console = board.console()  # before the proxy goes away and takes the link with it
     seqs = _seqs(probe.readings(board.device))
     assert proxy.dropped_pubacks == 1
-    assert len(seqs) - len(set(seqs)) == 1  # the broker got the reading twice: at least once, never lost
+    # Each DUP retransmission is one more delivery (QoS 1: at least once); one lost PUBACK makes
+    # one, a slow PUBACK on a loaded machine can make another.
+    dup_readings = [t for t in proxy.dup_topics if t.endswith("/reading")]
+    assert dup_readings
+    assert len(seqs) - len(set(seqs)) == len(dup_readings)
     assert _first_occurrences(seqs) == list(range(max(seqs) + 1))
     assert "link_down" not in console  # one lost ack is retried, not treated as a dead link
 
