@@ -76,6 +76,8 @@ class Bridge:
         except Exception as exc:  # bad input must never take the gateway down
             _log.error("route_failed", topic=topic, error=repr(exc), action="sent to the DLQ; please report")
             out = dead_letter(topic, payload, REASON_UNPROCESSABLE, repr(exc)[:200], int(now * 1000))
+        if out.reason is None:
+            self._metrics.devices.reading(topic, now)
         self._send(_Pending(out, mid, qos, generation, now))
 
     def service(self) -> None:

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from iot import contract
 
+from .devices import DeviceBoard
 from .errors import SettingsError
 
 __all__ = ["GatewayMetrics"]
@@ -52,6 +53,8 @@ class GatewayMetrics:
         self.mqtt_connected = Gauge(
             "iot_gateway_mqtt_connected", "1 while connected and subscribed to the broker", registry=r
         )
+        self.devices = DeviceBoard()
+        r.register(self.devices)
         # Every reason exists from the start, so a dashboard shows 0 rather than no data.
         for reason in contract.DLQ_REASONS:
             self.rejected.labels(reason=reason)

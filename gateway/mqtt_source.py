@@ -23,6 +23,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from iot import contract, log
 
+from .devices import status_filter
 from .errors import MqttConnectError
 from .metrics import GatewayMetrics
 from .paho_client import BatchingClient
@@ -135,17 +136,31 @@ class MqttSource:
             session_present=bool(getattr(flags, "session_present", False)),
         )
         # Subscribing again on a resumed session is harmless and covers a session the broker expired.
-        client.subscribe(self._settings.subscription, options=SubscribeOptions(qos=contract.READING_QOS))
+        # Status topics: not shared (every gateway tracks every board it serves, and shared
+        # subscriptions get no retained messages), QoS 0 (the retained value is the state).
+        client.subscribe(
+            [
+                (self._settings.subscription, SubscribeOptions(qos=contract.READING_QOS)),
+                (status_filter(self._settings.topic_filter), SubscribeOptions(qos=0)),
+            ]
+        )
 
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any
     ) -> None:
-        failed = [str(r) for r in reasons if r.is_failure]
-        if failed:
+        readings, status = [*reasons, None, None][:2]
+        if status is not None and status.is_failure:
+            _log.warning(
+                "mqtt_status_subscribe_refused",
+                subscription=status_filter(self._settings.topic_filter),
+                reason=str(status),
+                action="iot_gateway_device_online stays empty; allow the gateway user to read status topics",
+            )
+        if readings is None or readings.is_failure:
             _log.error(
                 "mqtt_subscribe_refused",
                 subscription=self._settings.subscription,
-                reason=",".join(failed),
+                reason=str(readings),
                 action="check broker ACLs for the gateway user",
             )
             return
@@ -189,4 +204,7 @@ class MqttSource:
         except UnicodeDecodeError:
             # The broker should never deliver this; keep the bytes readable for the DLQ all the same.
             topic = bytes(message._topic).decode("utf-8", errors="replace")
+        if topic.endswith("/status"):
+            self._metrics.devices.status(topic, bytes(message.payload))
+            return
         self._handler(topic, bytes(message.payload), message.mid, message.qos, self._generation)

@@ -231,8 +231,8 @@ class Publisher:
         self._client.loop_start()
         wait_for(self._client.is_connected, 10, "publisher connected")
 
-    def publish_raw(self, topic: str, payload: bytes, timeout: float = 30.0) -> None:
-        info = self._client.publish(topic, payload, qos=1)
+    def publish_raw(self, topic: str, payload: bytes, timeout: float = 30.0, retain: bool = False) -> None:
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(timeout)
 
     def publish_readings(self, readings: Iterable[dict[str, Any]], timeout: float = 60.0) -> int:
