@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-CONTRACT_REVISION: Final = 1
+# Revision 2 added the health topic (retained board telemetry); nothing existing changed.
+CONTRACT_REVISION: Final = 2
 PAYLOAD_VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 1024
 
@@ -23,8 +24,15 @@ MAX_PAYLOAD_BYTES: Final = 1024
 ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 READING_TOPIC: Final = "sensors/{place}/{device}/reading"
 STATUS_TOPIC: Final = "sensors/{place}/{device}/status"
+HEALTH_TOPIC: Final = "sensors/{place}/{device}/health"
 READING_SUBSCRIPTION: Final = "sensors/+/+/reading"
 STATUS_SUBSCRIPTION: Final = "sensors/+/+/status"
+HEALTH_SUBSCRIPTION: Final = "sensors/+/+/health"
+# Fields of the retained health message a board publishes (QoS 0), all optional to readers.
+HEALTH_FIELDS: Final = (
+    "boot", "fw", "uptime_s", "rssi", "mem_free", "outbox_depth", "outbox_dropped", "sensor_errors",
+    "reconnects", "time_valid", "skipped_cycles",
+)
 STATUS_ONLINE: Final = "online"
 STATUS_OFFLINE: Final = "offline"
 READING_QOS: Final = 1
@@ -133,6 +141,10 @@ def reading_topic(place: str, device: str) -> str:
 
 def status_topic(place: str, device: str) -> str:
     return STATUS_TOPIC.format(place=place, device=device)
+
+
+def health_topic(place: str, device: str) -> str:
+    return HEALTH_TOPIC.format(place=place, device=device)
 
 
 def parse_reading_topic(topic: str) -> TopicIds:
