@@ -60,6 +60,15 @@ class Bridge:
         self.accepting = True
 
     @property
+    def received(self) -> int:
+        return self._received
+
+    @property
+    def completed(self) -> int:
+        """Messages Kafka confirmed (readings and dead letters alike)."""
+        return self._completed
+
+    @property
     def in_flight(self) -> int:
         return self._received - self._completed
 

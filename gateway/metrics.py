@@ -5,8 +5,6 @@ Names are part of the product's interface: Grafana dashboards and alert rules qu
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from iot import contract
@@ -21,7 +19,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 class GatewayMetrics:
-    def __init__(self, in_flight: Callable[[], float]) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.received = Counter("iot_gateway_received", "MQTT messages received", registry=r)
@@ -34,10 +32,10 @@ class GatewayMetrics:
         self.acked = Counter(
             "iot_gateway_acked", "MQTT messages acknowledged to the broker after Kafka confirmed", registry=r
         )
+        # The service points it at the bridge's count with set_function.
         self.in_flight = Gauge(
             "iot_gateway_in_flight", "Messages received and not yet confirmed by Kafka", registry=r
         )
-        self.in_flight.set_function(in_flight)
         self.latency = Histogram(
             "iot_gateway_produce_latency_seconds",
             "Time from MQTT receive to Kafka delivery confirmation",

@@ -41,9 +41,9 @@ _FLAP_S = 5.0
 
 
 class MqttSource:
-    def __init__(self, settings: GatewaySettings, handler: MessageHandler, metrics: GatewayMetrics) -> None:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         self._settings = settings
-        self._handler = handler
+        self._handler: MessageHandler | None = None
         self._metrics = metrics
         # Bumped on every (re)connect: an ack computed for a message of an earlier connection is
         # dropped, because its packet id may be reused by a different message in the new one.
@@ -74,7 +74,9 @@ class MqttSource:
         client.on_message = self._on_message
         self._client = client
 
-    def start(self) -> None:
+    def start(self, handler: MessageHandler) -> None:
+        """Connect and hand every reading message to `handler` (in the network thread)."""
+        self._handler = handler
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._settings.session_expiry_s
         props.ReceiveMaximum = self._settings.max_in_flight
@@ -207,4 +209,5 @@ class MqttSource:
         if topic.endswith("/status"):
             self._metrics.devices.status(topic, bytes(message.payload))
             return
+        assert self._handler is not None, "messages arrive only after start()"
         self._handler(topic, bytes(message.payload), message.mid, message.qos, self._generation)

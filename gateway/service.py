@@ -28,18 +28,11 @@ _STATS_EVERY_S = 30.0
 
 def run(settings: GatewaySettings) -> int:
     _log.info("gateway_starting", **settings.describe())
-    bridge_ref: list[Bridge] = []
-    metrics = GatewayMetrics(in_flight=lambda: float(bridge_ref[0].in_flight) if bridge_ref else 0.0)
+    metrics = GatewayMetrics()
     sink = KafkaSink(settings.kafka_config(), metrics)
-    source: MqttSource | None = None
-
-    def ack(done: list[tuple[int, int, int]]) -> int:
-        assert source is not None
-        return source.ack(done)
-
-    bridge = Bridge(sink, metrics, ack, settings.max_in_flight)
-    bridge_ref.append(bridge)
-    source = MqttSource(settings, bridge.on_message, metrics)
+    source = MqttSource(settings, metrics)
+    bridge = Bridge(sink, metrics, source.ack, settings.max_in_flight)
+    metrics.in_flight.set_function(lambda: bridge.in_flight)
 
     stop = threading.Event()
 
@@ -52,7 +45,7 @@ def run(settings: GatewaySettings) -> int:
     if settings.metrics_port:
         metrics.serve(settings.metrics_host, settings.metrics_port)
         _log.info("metrics_serving", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
-    source.start()
+    source.start(bridge.on_message)
     next_stats = time.monotonic() + _STATS_EVERY_S
     try:
         while not stop.is_set():
@@ -62,8 +55,8 @@ def run(settings: GatewaySettings) -> int:
                 next_stats += _STATS_EVERY_S
                 _log.info(
                     "gateway_stats",
-                    received=int(metrics.received._value.get()),
-                    produced=int(metrics.produced._value.get()),
+                    received=bridge.received,
+                    completed=bridge.completed,
                     in_flight=bridge.in_flight,
                 )
         return _drain(settings, sink, bridge, source)
