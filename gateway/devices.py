@@ -41,11 +41,19 @@ class DeviceBoard(Collector):
 
     def status(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
-        value = _STATUS_VALUE.get(payload.decode("utf-8", errors="replace").strip())
-        if len(parts) != 4 or value is None or not all(contract.ID_PATTERN.match(p) for p in parts[1:3]):
+        if len(parts) != 4 or not all(contract.ID_PATTERN.match(p) for p in parts[1:3]):
             _log.debug("status_ignored", topic=topic, payload=payload[:32])
             return
-        self._online[(parts[1], parts[2])] = value
+        key = (parts[1], parts[2])
+        if not payload:
+            # A cleared retained status: the board was retired, so its series goes away.
+            self._online.pop(key, None)
+            return
+        value = _STATUS_VALUE.get(payload.decode("utf-8", errors="replace").strip())
+        if value is None:
+            _log.debug("status_ignored", topic=topic, payload=payload[:32])
+            return
+        self._online[key] = value
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         online = GaugeMetricFamily(
