@@ -2,8 +2,9 @@
 
 The client id is stable and the session outlives the connection (clean_start=False plus a session
 expiry), so QoS 1 readings the gateway has not acked, and those published while it is away, wait in
-the broker and are redelivered. Receive Maximum = the in-flight bound: the broker sends no more than
-that many un-acked readings, which is the gateway's backpressure.
+the broker and are redelivered. Receive Maximum = the in-flight bound: once acks stop (Kafka away),
+the broker sends no more than that many un-acked readings, which is the gateway's backpressure
+(Mosquitto 2.0.11 overshoots it while acks flow; measured, harmless).
 """
 
 from __future__ import annotations

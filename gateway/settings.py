@@ -101,8 +101,9 @@ class GatewaySettings:
             # 0 = never give up on a reading: while Kafka is away readings wait in the producer and,
             # beyond the in-flight bound, in the MQTT broker; a timeout would only force a re-send.
             "message.timeout.ms": 0,
-            # The in-flight bound keeps the local queue far below this, so produce() never raises
-            # BufferError; DLQ records and retries share the queue, hence the margin.
+            # Far above the in-flight bound (and Mosquitto's overshoot of it, at most its own
+            # max_inflight_messages), so produce() does not raise BufferError; if it ever does, the
+            # record is retried.
             "queue.buffering.max.messages": max(100_000, 4 * self.max_in_flight),
         }
         for name, value in self.kafka_extra.items():
