@@ -24,7 +24,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from iot import contract, log
 
-from .devices import status_filter
+from .devices import health_filter, status_filter
 from .errors import MqttConnectError
 from .metrics import GatewayMetrics
 from .paho_client import BatchingClient
@@ -139,26 +139,28 @@ class MqttSource:
             session_present=bool(getattr(flags, "session_present", False)),
         )
         # Subscribing again on a resumed session is harmless and covers a session the broker expired.
-        # Status topics: not shared (every gateway tracks every board it serves, and shared
-        # subscriptions get no retained messages), QoS 0 (the retained value is the state).
+        # Status and health topics: not shared (every gateway tracks every board it serves, and
+        # shared subscriptions get no retained messages), QoS 0 (the retained value is the state).
         client.subscribe(
             [
                 (self._settings.subscription, SubscribeOptions(qos=contract.READING_QOS)),
                 (status_filter(self._settings.topic_filter), SubscribeOptions(qos=0)),
+                (health_filter(self._settings.topic_filter), SubscribeOptions(qos=0)),
             ]
         )
 
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any
     ) -> None:
-        readings, status = [*reasons, None, None][:2]
-        if status is not None and status.is_failure:
-            _log.warning(
-                "mqtt_status_subscribe_refused",
-                subscription=status_filter(self._settings.topic_filter),
-                reason=str(status),
-                action="iot_gateway_device_online stays empty; allow the gateway user to read status topics",
-            )
+        readings, *side = [*reasons, None, None, None][:3]
+        for code, kind in zip(side, ("status", "health"), strict=True):
+            if code is not None and code.is_failure:
+                _log.warning(
+                    "mqtt_side_subscribe_refused",
+                    topics=kind,
+                    reason=str(code),
+                    action=f"device {kind} metrics stay empty; allow the gateway user to read {kind} topics",
+                )
         if readings is None or readings.is_failure:
             _log.error(
                 "mqtt_subscribe_refused",
@@ -209,6 +211,9 @@ class MqttSource:
             topic = bytes(message._topic).decode("utf-8", errors="replace")
         if topic.endswith("/status"):
             self._metrics.devices.status(topic, bytes(message.payload))
+            return
+        if topic.endswith("/health"):
+            self._metrics.devices.health(topic, bytes(message.payload))
             return
         assert self._handler is not None, "messages arrive only after start()"
         self._handler(topic, bytes(message.payload), message.mid, message.qos, self._generation)

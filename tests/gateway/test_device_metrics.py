@@ -46,3 +46,17 @@ def test_valid_reading_sets_last_reading_time_and_a_rejected_one_does_not(
     assert seen is not None and before - 1 <= seen <= time.time() + 1
     wait_for(lambda: gateway.metric("iot_gateway_acked_total") == 2.0, 10, "both messages handled")
     assert gateway.metric(label.format(bad, gateways.place)) is None
+
+
+def test_retained_health_message_becomes_device_health_gauges(
+    gateways: GatewayFactory, publisher: Publisher
+) -> None:
+    device = unique("dev")
+    health = contract.health_topic(gateways.place, device)
+    label = f'iot_gateway_device_health{{device="{device}",field="outbox_depth",place="{gateways.place}"}}'
+    gateway = gateways()
+    try:
+        _retain(publisher, health, b'{"boot": 3, "outbox_depth": 17, "sensor_errors": {"bme280": 1}}')
+        wait_for(lambda: gateway.metric(label) == 17.0, 10, f"{label} == 17")
+    finally:
+        _retain(publisher, health, b"")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.devices import DeviceBoard, status_filter
+from gateway.devices import DeviceBoard, health_filter, health_numbers, status_filter
 
 pytestmark = pytest.mark.unit
 
@@ -20,6 +20,7 @@ def test_status_filter_follows_the_reading_filter() -> None:
     assert status_filter("sensors/+/+/reading") == "sensors/+/+/status"
     assert status_filter("sensors/lab/+/reading") == "sensors/lab/+/status"
     assert status_filter("sensors/#") == "sensors/+/+/status"
+    assert health_filter("sensors/lab/+/reading") == "sensors/lab/+/health"
 
 
 def test_online_and_offline_become_1_and_0() -> None:
@@ -57,3 +58,36 @@ def test_last_reading_time_is_kept_per_board() -> None:
     text = _render(board)
     assert 'iot_gateway_device_last_reading_timestamp_seconds{device="a",place="lab"} 160.5' in text
     assert 'iot_gateway_device_last_reading_timestamp_seconds{device="b",place="hall"} 120.0' in text
+
+
+def test_health_numbers_keep_numbers_booleans_and_nested_counters() -> None:
+    numbers = health_numbers(
+        {
+            "boot": 7,
+            "fw": "1.2.0",
+            "rssi": -61,
+            "time_valid": True,
+            "sensor_errors": {"bme280": 2, "bh1750": 0, "bad key": 5, "range": "x"},
+            "outbox_depth": float("nan"),
+            "unknown_field": 3,
+        }
+    )
+    assert numbers == {
+        "boot": 7.0,
+        "rssi": -61.0,
+        "time_valid": 1.0,
+        "sensor_errors_bme280": 2.0,
+        "sensor_errors_bh1750": 0.0,
+    }
+
+
+def test_health_message_is_exported_and_bad_ones_are_ignored() -> None:
+    board = DeviceBoard()
+    board.health("sensors/lab/a/health", b'{"uptime_s": 3600, "mem_free": 51200}')
+    board.health("sensors/lab/a/health", b"not json")
+    board.health("sensors/lab/b/health", b"[1, 2]")
+    board.health("sensors/lab/c/health", b"{" + b" " * 5000 + b"}")
+    text = _render(board)
+    assert 'iot_gateway_device_health{device="a",field="uptime_s",place="lab"} 3600.0' in text
+    assert 'iot_gateway_device_health{device="a",field="mem_free",place="lab"} 51200.0' in text
+    assert 'device="b"' not in text and 'device="c"' not in text
