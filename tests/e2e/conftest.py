@@ -20,7 +20,7 @@ from hil.probe import Probe
 from iot import contract
 from iot.stack.config import StackConfig
 from iot.supervise import Supervisor, endpoint_up, metrics_value
-from tests.support import wait_for
+from tests.support import free_ports, wait_for
 
 CFG = StackConfig.from_env()
 # The native Prometheus scrapes these two ports (iot/stack/services.py), so the e2e services use them.
@@ -167,8 +167,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         "IOT_WINDOW_HOP_STEP_S": str(STEP_S),
         "IOT_WINDOW_GRACE_S": str(GRACE_S),
         "IOT_GATEWAY_GROUP": tag,
-        "IOT_GATEWAY_CLIENT_ID": f"{tag}-gw",
-        "IOT_GATEWAY_METRICS_PORT": str(GATEWAY_METRICS),
         "IOT_BACKEND_APP_ID": tag,
         "IOT_BACKEND_METRICS_PORT": str(BACKEND_METRICS),
         "IOT_BACKEND_IDLE_TIMEOUT_S": "3",
@@ -184,15 +182,21 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     )
     fleet = Fleet(tmp / "boards", plans)
     try:
-        gateway = supervisor.start("gateway", ["gateway"], env)
-        supervisor.wait_ready(
-            gateway,
-            lambda: (
-                metrics_value(f"http://127.0.0.1:{GATEWAY_METRICS}/metrics", "iot_gateway_mqtt_connected")
-                == 1.0
-            ),
-            60,
-        )
+        # One gateway per place, each subscribed to its place only: the shared broker carries other
+        # runs' traffic, which this run must neither bridge nor wait behind. Prometheus scrapes the first.
+        (second_metrics,) = free_ports(1)
+        for n, (place, port) in enumerate(zip(places, (GATEWAY_METRICS, second_metrics), strict=True)):
+            gateway_env = {
+                **env,
+                "IOT_GATEWAY_CLIENT_ID": f"{tag}-gw{n}",
+                "IOT_GATEWAY_METRICS_PORT": str(port),
+                "IOT_GATEWAY_TOPIC_FILTER": contract.reading_topic(place, "+"),
+            }
+            gateway = supervisor.start(f"gateway{n}", ["gateway"], gateway_env)
+            url = f"http://127.0.0.1:{port}/metrics"
+            supervisor.wait_ready(
+                gateway, lambda url=url: metrics_value(url, "iot_gateway_mqtt_connected") == 1.0, 60
+            )
         _start_group_at_the_end(tag, contract.TOPIC_READINGS)
         backend = supervisor.start("backend", ["backend"], env)
         supervisor.wait_ready(backend, lambda: endpoint_up(f"http://127.0.0.1:{BACKEND_METRICS}/metrics"), 90)
@@ -226,7 +230,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             60,
             f"window {first_id} to become final",
         )
-        late = {**json.loads(first[0].payload), "seq": 1_000_000, "ts": first_start + 1}
+        # Just before the board's first window: every window containing it (the tumbling one and both
+        # hopping ones) ends by the end of that first window, so all of them are final by now.
+        late = {**json.loads(first[0].payload), "seq": 1_000_000, "ts": first_start - 1}
         run.late_id = contract.reading_id(devices[0], late["boot"], late["seq"])
         _publish(first[0].topic, json.dumps(late).encode())
         run.dlq = read_dlq(
@@ -240,6 +246,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         fleet.stop()
         probe.stop()
         supervisor.stop_all()
-        _forget_session(f"{tag}-gw")
+        for n in range(len(places)):
+            _forget_session(f"{tag}-gw{n}")
         client.drop_database(db_name)
         client.close()
