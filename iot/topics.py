@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from iot import contract, log
@@ -26,10 +27,25 @@ class TopicError(RuntimeError):
     """A contract topic could not be created or checked."""
 
 
-def ensure_topics(bootstrap: str, timeout: float = 30.0, replication: int = 1) -> list[str]:
-    """Create the contract topics that do not exist yet; return the names created. Idempotent."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=timeout).topics)
+def ensure_topics(
+    bootstrap: str,
+    timeout: float = 30.0,
+    replication: int = 1,
+    client_config: Mapping[str, str | int | float | bool] | None = None,
+) -> list[str]:
+    """Create the contract topics that do not exist yet; return the names created. Idempotent.
+
+    `client_config` carries security settings (SASL/SSL) of the caller's Kafka clients.
+    """
+    config: dict[str, str | int | float | bool] = {**(client_config or {}), "bootstrap.servers": bootstrap}
+    # librdkafka would print raw connection errors to stderr while the broker is away; the caller
+    # reports a failure through TopicError instead.
+    config.setdefault("log_level", 0)
+    admin = AdminClient(config)
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise TopicError(f"Kafka at {bootstrap} did not answer in {timeout:.0f}s: {exc}") from exc
     wanted = [
         NewTopic(name, num_partitions=parts, replication_factor=replication)
         for name, parts in TOPIC_PARTITIONS.items()
