@@ -177,6 +177,7 @@ class BackendRuntime:
         async with self.locks[SENSOR]:
             out = self.engines[SENSOR].process(batch, now)
             await self._emit(SENSOR, out, forwards, rejected)
+            self.engines[SENSOR].checked(out)
             self._persist(self.sensor_table, out.changed)
         self._count(SENSOR, out)
 
@@ -198,6 +199,7 @@ class BackendRuntime:
         async with self.locks[PLACE]:
             out = self.engines[PLACE].process(batch, now)
             await self._emit(PLACE, out, [], rejected)
+            self.engines[PLACE].checked(out)
             self._persist(self.place_table, out.changed)
         self._count(PLACE, out)
 
@@ -217,6 +219,7 @@ class BackendRuntime:
                 out = self.engines[scope].expire(now, partitions, list(table.data.keys()))
                 if out.changed:
                     await self._emit(scope, out, [], [])
+                    self.engines[scope].checked(out)
                     self._persist(table, out.changed)
             self._count(scope, out)
         for tp in assigned:
@@ -251,7 +254,7 @@ class BackendRuntime:
         self, scope: str, out: Outputs, forwards: list[tuple[str, bytes]], rejected: list[dict[str, Any]]
     ) -> None:
         self.sink.write_readings(out.readings)
-        self.sink.write_windows(scope, out.open_docs + out.final_docs)
+        self.sink.write_windows(scope, out.open_docs + out.final_docs, out.check_ids)
         for doc in out.final_docs:
             self.kafka.window(scope, doc)
         for record in out.late:

@@ -35,7 +35,8 @@ from tests.support import unique, wait_for
 REPO = Path(__file__).resolve().parents[2]
 IOT = REPO / ".venv" / "bin" / "iot"
 KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
-MONGO = "mongodb://127.0.0.1:27017"
+# The server of IOT_MONGO_URI (its database part is replaced by one per test).
+MONGO = os.environ.get("IOT_MONGO_URI", contract.ENV_DEFAULTS["IOT_MONGO_URI"]).rsplit("/", 1)[0]
 PARTITIONS = TOPIC_PARTITIONS[contract.TOPIC_READINGS]
 
 # Small windows so a test sees many of them finalise in seconds.

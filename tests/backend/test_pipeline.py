@@ -27,6 +27,7 @@ from tests.support import unique, wait_for
 from .conftest import (
     BASE_TS,
     IOT,
+    MONGO,
     REPO,
     BackendRig,
     Worker,
@@ -215,7 +216,7 @@ def test_metrics_expose_latest_final_window_means(run: Run) -> None:
 
 def test_iot_windows_prints_recent_windows_of_a_place(run: Run, tmp_path: Path) -> None:
     place = run.counted[0]["place"]
-    env = {"IOT_MONGO_URI": f"mongodb://127.0.0.1:27017/{run.rig.db_name}", "PATH": "/usr/bin:/bin"}
+    env = {"IOT_MONGO_URI": f"{MONGO}/{run.rig.db_name}", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
         [str(IOT), "windows", "--place", place, "--last", "100000d"],
         env=env,
