@@ -107,7 +107,7 @@ def test_two_workers_split_partitions_and_give_the_results_of_one(rig: BackendRi
             lambda c=coll, e=expected: all(  # type: ignore[misc]
                 i in (got := rig.docs(c)) and got[i]["final"] for i in e
             ),
-            90,
+            30,
             f"final {coll}",
             interval=0.2,
         )

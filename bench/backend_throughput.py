@@ -1,0 +1,225 @@
+"""Backend throughput: one `iot backend` worker vs a plain confluent-kafka loop, same input, same run.
+
+Pre-fills a private topic (6 partitions, like iot.readings; the gateway's record format) with N
+readings, then measures:
+  1. baseline: a plain confluent-kafka consumer loop doing the same decoding and window aggregation
+     (per sensor and per place, backend.windows) in memory, no outputs;
+  2. backend: one `iot backend` worker from the same topic (own app id, own Mongo database), from its
+     first processed reading until every reading went through both the sensor and the place stage
+     (MongoDB writes, repartition through Kafka, changelogs included).
+Prints readings/s of both and their ratio. Cleans up its topics and database.
+
+    .venv/bin/python bench/backend_throughput.py [--readings 50000] [--devices 100] [--places 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from pymongo import MongoClient
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from backend.records import decode_reading  # noqa: E402
+from backend.windows import KeyState, specs_from_seconds  # noqa: E402
+from iot import contract  # noqa: E402
+
+KAFKA = os.environ.get("IOT_KAFKA_BOOTSTRAP", contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"])
+MONGO = os.environ.get("IOT_MONGO_URI", contract.ENV_DEFAULTS["IOT_MONGO_URI"]).rsplit("/", 1)[0]
+PARTITIONS = 6
+BASE_TS = 1_750_000_000_000
+
+
+def prefill(topic: str, n: int, devices: int, places: int) -> None:
+    producer = Producer({"bootstrap.servers": KAFKA, "linger.ms": 20, "enable.idempotence": True})
+    per_device = n // devices
+    for seq in range(per_device):
+        for d in range(devices):
+            device = f"bench-d{d}"
+            reading = {
+                "v": 1,
+                "device": device,
+                "place": f"bench-p{d % places}",
+                "boot": 0,
+                "seq": seq,
+                "ts": BASE_TS + seq * 1000 + d,
+                "time_valid": True,
+                "temperature": 20 + (seq % 50) / 10,
+                "humidity": 40 + (d % 30),
+                "pressure": 1000.5,
+                "luminosity": 100.0 + seq % 7,
+                "fw": "bench",
+                "received_at": BASE_TS + seq * 1000 + d + 5,
+            }
+            while True:
+                try:
+                    producer.produce(topic, contract.encode(reading), device.encode())
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+    if producer.flush(60):
+        raise SystemExit("prefill: Kafka did not take every reading")
+
+
+def baseline(topic: str, n: int) -> float:
+    """Readings/s of a plain consumer loop doing the backend's decoding and aggregation in memory."""
+    specs = specs_from_seconds(60, 300, 60)
+    grace = 10_000
+    sensors: dict[str, KeyState] = {}
+    places: dict[str, KeyState] = {}
+    consumer = Consumer(
+        {
+            "bootstrap.servers": KAFKA,
+            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    seen = 0
+    start = None
+    while seen < n:
+        batch = consumer.consume(2000, timeout=1.0)
+        if start is None and batch:
+            start = time.perf_counter()
+        for msg in batch:
+            if msg.error():
+                continue
+            r = decode_reading(msg.value())
+            for table, key in ((sensors, r["device"]), (places, r["place"])):
+                st = table.get(key)
+                if st is None:
+                    st = table[key] = KeyState()
+                st.add(r, specs, grace)
+                st.close_ready(grace)
+            seen += 1
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    consumer.close()
+    return n / elapsed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            for line in resp.read().decode().splitlines():
+                sample, _, value = line.rpartition(" ")
+                if sample == name:
+                    return float(value)
+    except OSError:
+        pass
+    return 0.0
+
+
+def backend_run(topic: str, app_id: str, db: str, n: int) -> tuple[float, float]:
+    """(sensor-stage readings/s, full-pipeline readings/s) of one worker."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
+    env.update(
+        IOT_KAFKA_BOOTSTRAP=KAFKA,
+        IOT_MONGO_URI=f"{MONGO}/{db}",
+        IOT_BACKEND_APP_ID=app_id,
+        IOT_BACKEND_SOURCE_TOPIC=topic,
+        IOT_BACKEND_METRICS_PORT=str(port),
+        IOT_BACKEND_DATA_DIR=tempfile.mkdtemp(prefix="bench-backend-"),
+        IOT_LOG_LEVEL="WARNING",
+    )
+    log = open(Path(tempfile.gettempdir()) / f"{app_id}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(REPO / ".venv/bin/iot"), "backend"], env=env, stdout=log, stderr=log, cwd=REPO
+    )
+    sensor = 'iot_backend_readings_total{scope="sensor"}'
+    place = 'iot_backend_readings_total{scope="place"}'
+    try:
+        deadline = time.monotonic() + 120
+        while metric(port, sensor) == 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"backend did not start processing; see {log.name}")
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        first = metric(port, sensor)
+        t_sensor = None
+        deadline = time.monotonic() + 900
+        while True:
+            s, p = metric(port, sensor), metric(port, place)
+            now = time.perf_counter()
+            if t_sensor is None and s >= n:
+                t_sensor = now
+            if p >= n:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"backend stopped at sensor={s} place={p}; see {log.name}")
+            time.sleep(0.1)
+        assert t_sensor is not None
+        mongo = sum(
+            metric(port, f'iot_backend_mongo_write_seconds_sum{{collection="{c}"}}')
+            for c in (contract.COLL_READINGS, contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS)
+        )
+        print(f"backend: {now - t0:.1f}s wall, of which {mongo:.1f}s in MongoDB bulk writes (both stages)")
+        return (n - first) / (t_sensor - t0), (n - first) / (now - t0)
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--readings", type=int, default=50_000)
+    ap.add_argument("--devices", type=int, default=100)
+    ap.add_argument("--places", type=int, default=10)
+    args = ap.parse_args()
+    tag = uuid.uuid4().hex[:8]
+    app_id, topic, db = f"bench-{tag}", f"bench-{tag}-src", f"bench_{tag}"
+    n = (args.readings // args.devices) * args.devices
+    admin = AdminClient({"bootstrap.servers": KAFKA})
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(timeout=30)
+    try:
+        t = time.perf_counter()
+        prefill(topic, n, args.devices, args.places)
+        print(
+            f"prefilled {n} readings ({args.devices} devices, {args.places} places) in "
+            f"{time.perf_counter() - t:.1f}s"
+        )
+        base = baseline(topic, n)
+        print(f"plain confluent-kafka loop (decode + windows, in memory): {base:,.0f} readings/s")
+        sensor_rate, full_rate = backend_run(topic, app_id, db, n)
+        print(f"iot backend, one worker, sensor stage:                  {sensor_rate:,.0f} readings/s")
+        print(f"iot backend, one worker, sensor + place stages:         {full_rate:,.0f} readings/s")
+        print(f"ratio backend/plain: {full_rate / base:.2f} (sensor stage {sensor_rate / base:.2f})")
+    finally:
+        mine = [x for x in admin.list_topics(timeout=10).topics if x.startswith(app_id)]
+        for fut in admin.delete_topics(mine, operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                fut.result(timeout=30)
+        client: MongoClient[dict[str, Any]] = MongoClient(MONGO)
+        client.drop_database(db)
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
