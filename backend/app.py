@@ -80,9 +80,10 @@ class BackendRuntime:
         self.place_table = self.app.Table("place-state", partitions=READINGS_PARTITIONS)
         grace_ms = settings.grace_s * 1000
         idle_ms = int(settings.idle_timeout_s * 1000)
+        open_ms = int(settings.open_write_s * 1000)
         self.engines = {
-            SENSOR: ScopeEngine(SENSOR, settings.specs, grace_ms, idle_ms, self._loader(self.sensor_table)),
-            PLACE: ScopeEngine(PLACE, settings.specs, grace_ms, idle_ms, self._loader(self.place_table)),
+            scope: ScopeEngine(scope, settings.specs, grace_ms, idle_ms, self._loader(table), open_ms)
+            for scope, table in ((SENSOR, self.sensor_table), (PLACE, self.place_table))
         }
         self.locks = {SENSOR: asyncio.Lock(), PLACE: asyncio.Lock()}
         self.positions: dict[Any, int] = {}
@@ -217,7 +218,7 @@ class BackendRuntime:
                 continue
             async with self.locks[scope]:
                 out = self.engines[scope].expire(now, partitions, list(table.data.keys()))
-                if out.changed:
+                if out.changed or out.open_docs:
                     await self._emit(scope, out, [], [])
                     self.engines[scope].checked(out)
                     self._persist(table, out.changed)

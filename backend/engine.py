@@ -43,6 +43,7 @@ class ScopeEngine:
         grace_ms: int,
         idle_timeout_ms: int,
         load: StateLoader,
+        open_write_ms: int = 0,
     ) -> None:
         self.scope = scope
         self.specs = tuple(specs)
@@ -55,6 +56,11 @@ class ScopeEngine:
         self._last_wall: dict[str, int] = {}
         self._key_field = "device" if scope == SENSOR else "place"
         self._unchecked: set[str] = set()
+        # Open windows are progress views: each key's are rewritten at most every open_write_ms, which
+        # bounds MongoDB writes under a backlog; final documents are always written at once.
+        self.open_write_ms = open_write_ms
+        self._dirty: dict[str, set[WindowKey]] = {}
+        self._open_written: dict[str, int] = {}
 
     def state(self, key: str, partition: int) -> KeyState:
         st = self._cache.get(key)
@@ -72,6 +78,7 @@ class ScopeEngine:
     def forget(self) -> None:
         """Drop the cache (after a rebalance the persisted states are the truth again)."""
         self._cache.clear()
+        self._dirty.clear()
 
     def checked(self, out: Outputs) -> None:
         """The outputs were written: the keys they covered are in step with the sink from now on."""
@@ -99,15 +106,33 @@ class ScopeEngine:
                 touched.setdefault(key, set()).update(result.updated)
         for key, wkeys in touched.items():
             st = self._cache[key]
-            closed = {c.key for c in self._close(key, st, out, now_ms, None)}
-            for wkey in sorted(wkeys - closed, key=lambda k: (k.start, k.kind)):
-                acc = st.windows[wkey]
-                out.open_docs.append(window_doc(self.scope, key, st.last_place, wkey, acc, False, now_ms))
+            self._dirty.setdefault(key, set()).update(wkeys)
+            self._close(key, st, out, now_ms, None)
+            self._write_open(key, st, out, now_ms, force=False)
         return self.finish(out)
+
+    def _write_open(self, key: str, st: KeyState, out: Outputs, now_ms: int, force: bool) -> None:
+        dirty = self._dirty.get(key)
+        if not dirty:
+            return
+        if not force and now_ms - self._open_written.get(key, -(10**15)) < self.open_write_ms:
+            return
+        for wkey in sorted(dirty, key=lambda k: (k.start, k.kind)):
+            acc = st.windows.get(wkey)
+            if acc is not None:  # a window closed meanwhile was written as final
+                out.open_docs.append(window_doc(self.scope, key, st.last_place, wkey, acc, False, now_ms))
+        del self._dirty[key]
+        self._open_written[key] = now_ms
 
     def expire(self, now_ms: int, partitions: set[int], keys: Iterable[str]) -> Outputs:
         """Close the windows of keys gone quiet for the idle timeout (wall clock), on owned partitions."""
         out = Outputs()
+        for key in list(self._dirty):
+            st = self._cache.get(key)
+            if st is None or st.partition not in partitions:
+                self._dirty.pop(key, None)
+                continue
+            self._write_open(key, st, out, now_ms, force=False)
         for key in set(keys) | set(self._cache):
             st = self._cache.get(key)
             if st is None:
@@ -136,6 +161,9 @@ class ScopeEngine:
 
     def _close(self, key: str, st: KeyState, out: Outputs, now_ms: int, wm: int | None) -> list[Any]:
         closed = st.close_ready(self.grace_ms, wm)
+        dirty = self._dirty.get(key)
+        if dirty:
+            dirty.difference_update(c.key for c in closed)
         if closed:
             out.changed[key] = st
         for c in closed:

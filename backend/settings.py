@@ -28,6 +28,7 @@ BACKEND_DEFAULTS: Final[Mapping[str, str]] = {
     "IOT_BACKEND_TICK_S": "1",
     "IOT_BACKEND_COMMIT_INTERVAL_S": "1",
     "IOT_BACKEND_SESSION_TIMEOUT_S": "10",
+    "IOT_BACKEND_OPEN_WRITE_S": "5",
 }
 
 
@@ -51,6 +52,7 @@ class Settings:
     tick_s: float
     commit_interval_s: float
     session_timeout_s: float
+    open_write_s: float
 
     @property
     def specs(self) -> tuple[WindowSpec, ...]:
@@ -146,6 +148,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         commit_interval_s=_float(env, "IOT_BACKEND_COMMIT_INTERVAL_S", 0.1),
         # Kafka refuses sessions under its group.min.session.timeout.ms (6 s by default).
         session_timeout_s=_float(env, "IOT_BACKEND_SESSION_TIMEOUT_S", 6.0),
+        open_write_s=_float(env, "IOT_BACKEND_OPEN_WRITE_S", 0.0),
     )
     for name, port in (
         ("IOT_BACKEND_METRICS_PORT", settings.metrics_port),

@@ -188,6 +188,7 @@ class BackendRig:
             IOT_BACKEND_BATCH_WITHIN_MS="50",
             IOT_BACKEND_COMMIT_INTERVAL_S="0.5",
             IOT_BACKEND_SESSION_TIMEOUT_S="6",
+            IOT_BACKEND_OPEN_WRITE_S="0.5",
         )
         env.update(self.extra_env)
         return env

@@ -123,3 +123,16 @@ def test_documents_of_keys_restored_from_persisted_state_are_checked_against_the
     assert sorted(again.check_ids) == sorted(d["_id"] for d in again.open_docs)
     restarted.checked(again)
     assert restarted.process([(reading("d1", 2, 1200), 0)], now_ms=0).check_ids == []
+
+
+def test_open_windows_are_rewritten_at_most_once_per_interval_and_flushed_by_the_timer() -> None:
+    eng = ScopeEngine(SENSOR, SPECS, 1000, 60_000, {}.get, open_write_ms=5000)
+    assert len(eng.process([(reading("d1", 0, 1000), 0)], now_ms=0).open_docs) == 3
+    assert eng.process([(reading("d1", 1, 1100), 0)], now_ms=1000).open_docs == []  # throttled
+    assert eng.expire(now_ms=4999, partitions={0}, keys=[]).open_docs == []
+    flushed = eng.expire(now_ms=5000, partitions={0}, keys=[]).open_docs
+    assert {d["_id"]: d["count"] for d in flushed} == {
+        "d1:tumbling:2:0": 2,
+        "d1:hopping:4:-2000": 2,
+        "d1:hopping:4:0": 2,
+    }
