@@ -94,7 +94,12 @@ def kafka_round_trip(bootstrap: str, timeout: float = 10.0) -> None:
 def mongo_round_trip(host: str, port: int, timeout: float = 5.0) -> None:
     """Ping, insert a document, find it, delete it."""
     client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
-        host, port, serverSelectionTimeoutMS=int(timeout * 1000), connectTimeoutMS=int(timeout * 1000)
+        host,
+        port,
+        serverSelectionTimeoutMS=int(timeout * 1000),
+        connectTimeoutMS=int(timeout * 1000),
+        # A wedged server accepts connections but never answers: bound every reply too.
+        socketTimeoutMS=int(timeout * 1000),
     )
     try:
         client.admin.command("ping")

@@ -120,4 +120,4 @@ def test_prometheus_is_ready_and_scrapes_node_exporter() -> None:
     with urllib.request.urlopen(f"{base}/api/v1/targets", timeout=5) as resp:
         targets = json.load(resp)["data"]["activeTargets"]
     jobs = {t["labels"]["job"] for t in targets}
-    assert {"prometheus", "node", "ferretdb", "gateway", "backend"} <= jobs
+    assert {"prometheus", "node", "gateway", "backend"} <= jobs
