@@ -178,7 +178,6 @@ class BackendRuntime:
         async with self.locks[SENSOR]:
             out = self.engines[SENSOR].process(batch, now)
             await self._emit(SENSOR, out, forwards, rejected)
-            self.engines[SENSOR].checked(out)
             self._persist(self.sensor_table, out.changed)
         self._count(SENSOR, out)
 
@@ -200,7 +199,6 @@ class BackendRuntime:
         async with self.locks[PLACE]:
             out = self.engines[PLACE].process(batch, now)
             await self._emit(PLACE, out, [], rejected)
-            self.engines[PLACE].checked(out)
             self._persist(self.place_table, out.changed)
         self._count(PLACE, out)
 
@@ -220,7 +218,6 @@ class BackendRuntime:
                 out = self.engines[scope].expire(now, partitions, list(table.data.keys()))
                 if out.changed or out.open_docs:
                     await self._emit(scope, out, [], [])
-                    self.engines[scope].checked(out)
                     self._persist(table, out.changed)
             self._count(scope, out)
         for tp in assigned:
@@ -255,7 +252,7 @@ class BackendRuntime:
         self, scope: str, out: Outputs, forwards: list[tuple[str, bytes]], rejected: list[dict[str, Any]]
     ) -> None:
         self.sink.write_readings(out.readings)
-        self.sink.write_windows(scope, out.open_docs + out.final_docs, out.check_ids)
+        self.sink.write_windows(scope, out.open_docs + out.final_docs)
         for doc in out.final_docs:
             self.kafka.window(scope, doc)
         for record in out.late:

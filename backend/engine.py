@@ -28,9 +28,6 @@ class Outputs:
     duplicates: int = 0
     processed: int = 0
     changed: dict[str, KeyState] = field(default_factory=dict)  # key -> state to persist
-    # Window ids of keys restored from persisted state and not yet checked against the sink: their
-    # state may lag it after a crash, and a window the sink already holds as final must stay so.
-    check_ids: list[str] = field(default_factory=list)
 
 
 class ScopeEngine:
@@ -55,7 +52,6 @@ class ScopeEngine:
         # idle timeout again, so the readings replayed after recovery land before any idle close.
         self._last_wall: dict[str, int] = {}
         self._key_field = "device" if scope == SENSOR else "place"
-        self._unchecked: set[str] = set()
         # Open windows are progress views: each key's are rewritten at most every open_write_ms, which
         # bounds MongoDB writes under a backlog; final documents are always written at once.
         self.open_write_ms = open_write_ms
@@ -66,11 +62,7 @@ class ScopeEngine:
         st = self._cache.get(key)
         if st is None:
             data = self._load(key)
-            if data is None:
-                st = KeyState(partition)
-            else:
-                st = KeyState.from_json(data)
-                self._unchecked.add(key)
+            st = KeyState.from_json(data) if data is not None else KeyState(partition)
             self._cache[key] = st
         st.partition = partition
         return st
@@ -79,11 +71,6 @@ class ScopeEngine:
         """Drop the cache (after a rebalance the persisted states are the truth again)."""
         self._cache.clear()
         self._dirty.clear()
-
-    def checked(self, out: Outputs) -> None:
-        """The outputs were written: the keys they covered are in step with the sink from now on."""
-        for doc in out.open_docs + out.final_docs:
-            self._unchecked.discard(doc["device"] if self.scope == SENSOR else doc["place"])
 
     def process(self, batch: Iterable[tuple[Mapping[str, Any], int]], now_ms: int) -> Outputs:
         out = Outputs()
@@ -109,7 +96,7 @@ class ScopeEngine:
             self._dirty.setdefault(key, set()).update(wkeys)
             self._close(key, st, out, now_ms, None)
             self._write_open(key, st, out, now_ms, force=False)
-        return self.finish(out)
+        return out
 
     def _write_open(self, key: str, st: KeyState, out: Outputs, now_ms: int, force: bool) -> None:
         dirty = self._dirty.get(key)
@@ -140,7 +127,6 @@ class ScopeEngine:
                 if data is None:
                     continue
                 st = self._cache[key] = KeyState.from_json(data)
-                self._unchecked.add(key)
             if st.partition not in partitions or not st.windows or st.watermark is None:
                 continue
             last = self._last_wall.setdefault(key, now_ms)
@@ -148,15 +134,6 @@ class ScopeEngine:
             if wm is None or min(k.end for k in st.windows) + self.grace_ms > wm:
                 continue
             self._close(key, st, out, now_ms, wm)
-        return self.finish(out)
-
-    def finish(self, out: Outputs) -> Outputs:
-        """Name the documents that need the sink's finality check."""
-        if self._unchecked:
-            for doc in out.open_docs + out.final_docs:
-                key = doc["device"] if self.scope == SENSOR else doc["place"]
-                if key in self._unchecked:
-                    out.check_ids.append(doc["_id"])
         return out
 
     def _close(self, key: str, st: KeyState, out: Outputs, now_ms: int, wm: int | None) -> list[Any]:

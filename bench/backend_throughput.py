@@ -171,11 +171,12 @@ def backend_run(topic: str, app_id: str, db: str, n: int) -> tuple[float, float]
                 raise SystemExit(f"backend stopped at sensor={s} place={p}; see {log.name}")
             time.sleep(0.1)
         assert t_sensor is not None
-        mongo = sum(
-            metric(port, f'iot_backend_mongo_write_seconds_sum{{collection="{c}"}}')
+        per = {
+            c: metric(port, f'iot_backend_mongo_write_seconds_sum{{collection="{c}"}}')
             for c in (contract.COLL_READINGS, contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS)
-        )
-        print(f"backend: {now - t0:.1f}s wall, of which {mongo:.1f}s in MongoDB bulk writes (both stages)")
+        }
+        detail = ", ".join(f"{c} {v:.1f}s" for c, v in per.items())
+        print(f"backend: {now - t0:.1f}s wall; MongoDB bulk writes (both stages): {detail}")
         return (n - first) / (t_sensor - t0), (n - first) / (now - t0)
     finally:
         proc.terminate()

@@ -112,19 +112,6 @@ def test_idle_close_waits_for_the_timeout_and_only_touches_owned_partitions() ->
     assert all(d["final"] for d in finals)
 
 
-def test_documents_of_keys_restored_from_persisted_state_are_checked_against_the_sink_once() -> None:
-    store: dict[str, Any] = {}
-    first = engine(SENSOR, store)
-    out = first.process([(reading("d1", 0, 1000), 0)], now_ms=0)
-    assert out.check_ids == []  # a key created here cannot lag the sink
-    store.update({k: st.to_json() for k, st in out.changed.items()})
-    restarted = engine(SENSOR, store)
-    again = restarted.process([(reading("d1", 1, 1100), 0)], now_ms=0)
-    assert sorted(again.check_ids) == sorted(d["_id"] for d in again.open_docs)
-    restarted.checked(again)
-    assert restarted.process([(reading("d1", 2, 1200), 0)], now_ms=0).check_ids == []
-
-
 def test_open_windows_are_rewritten_at_most_once_per_interval_and_flushed_by_the_timer() -> None:
     eng = ScopeEngine(SENSOR, SPECS, 1000, 60_000, {}.get, open_write_ms=5000)
     assert len(eng.process([(reading("d1", 0, 1000), 0)], now_ms=0).open_docs) == 3
