@@ -86,7 +86,12 @@ def _members_with_partitions(group: str, topic: str) -> int:
 
 
 @pytest.mark.xfail(
-    reason="under investigation: after a second worker joins, the first worker's source stream can stall",
+    reason=(
+        "known defect, not fixed: when a second worker joins a running one, faust-streaming 0.15.3 on the "
+        "first worker fetches its re-assigned source partitions (aiokafka position reaches the high "
+        "watermark) but never delivers those records to the agent; the place stream on the same worker "
+        "keeps working"
+    ),
     strict=False,
 )
 def test_two_workers_split_partitions_and_give_the_results_of_one(rig: BackendRig) -> None:
