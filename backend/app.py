@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from iot import contract, log
 from iot.topics import TOPIC_PARTITIONS, ensure_topics
 
+from . import transport
 from .engine import Outputs, ScopeEngine
 from .errors import SinkError
 from .kafka_out import KafkaOut
@@ -91,7 +92,7 @@ class BackendRuntime:
 
     def _make_app(self) -> faust.App:
         s = self.settings
-        return faust.App(
+        app = faust.App(
             s.app_id,
             broker="kafka://" + s.kafka_bootstrap.replace(",", ";"),
             store="memory://",
@@ -113,6 +114,9 @@ class BackendRuntime:
             key_serializer="json",
             value_serializer="json",
         )
+        # Rewinds partitions without a committed offset too when Faust seeks after a rebalance.
+        transport.install(app)
+        return app
 
     @staticmethod
     def _loader(table: Any) -> Callable[[str], Mapping[str, Any] | None]:

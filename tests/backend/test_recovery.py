@@ -85,15 +85,6 @@ def _members_with_partitions(group: str, topic: str) -> int:
     return sum(1 for m in desc.members if any(tp.topic == topic for tp in m.assignment.topic_partitions))
 
 
-@pytest.mark.xfail(
-    reason=(
-        "known defect, not fixed: when a second worker joins a running one, faust-streaming 0.15.3 on the "
-        "first worker fetches its re-assigned source partitions (aiokafka position reaches the high "
-        "watermark) but never delivers those records to the agent; the place stream on the same worker "
-        "keeps working"
-    ),
-    strict=False,
-)
 def test_two_workers_split_partitions_and_give_the_results_of_one(rig: BackendRig) -> None:
     places = [unique("p1"), unique("p2")]
     devices = [(places[i % 2], unique(f"d{i}")) for i in range(PARTITIONS)]
