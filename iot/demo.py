@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import signal
 import time
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run)
 
 
+def _mongo_uri(cfg: StackConfig) -> str:
+    """The database named by IOT_MONGO_URI (the stack config only knows the server's port)."""
+    return os.environ.get("IOT_MONGO_URI") or cfg.mongo_uri
+
+
 def _sigterm_as_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -74,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         env = {
             "IOT_MQTT_URL": cfg.mqtt_url,
             "IOT_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
-            "IOT_MONGO_URI": cfg.mongo_uri,
+            "IOT_MONGO_URI": _mongo_uri(cfg),
             "IOT_WINDOW_TUMBLING_S": str(args.window),
             "IOT_WINDOW_HOPPING_S": str(args.hop_window),
             "IOT_WINDOW_HOP_STEP_S": str(args.hop_step),
@@ -144,7 +150,7 @@ def _live(
     started: float,
 ) -> None:
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-        cfg.mongo_uri, serverSelectionTimeoutMS=3000
+        _mongo_uri(cfg), serverSelectionTimeoutMS=3000
     )
     db = client.get_default_database(contract.DEFAULT_DATABASE)
     first_window: float | None = None
@@ -217,7 +223,7 @@ def _view(
         f"readings into Kafka: {gw:.0f}   rejected: {rej:.0f}   processed by backend: {be:.0f}   {first}\n"
         f"Prometheus http://{cfg.host}:{cfg.prometheus_port}   gateway metrics http://127.0.0.1:{GATEWAY_METRICS}"
         f"/metrics   backend metrics http://127.0.0.1:{BACKEND_METRICS}/metrics\n"
-        f"MongoDB {cfg.mongo_uri}   `iot windows --last 5m`   Grafana: the compose stack, "
+        f"MongoDB {_mongo_uri(cfg)}   `iot windows --last 5m`   Grafana: the compose stack, "
         "http://localhost:3000\nCtrl-C stops everything the demo started",
         title=f"IoT demo — {args.boards} boards, {args.places} places, windows {args.window}s tumbling / "
         f"{args.hop_window}s every {args.hop_step}s",

@@ -51,3 +51,20 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
     except OSError:
         return False
     return True
+
+
+def commit_end_offsets(bootstrap: str, group: str, topic: str) -> None:
+    """Commit a topic's current end offsets for a new consumer group, so a consumer joining it starts
+    exactly here: on the shared stack, topics hold other runs' history that a test must not replay."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = [
+            TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+            for p in parts
+        ]
+        consumer.commit(offsets=ends, asynchronous=False)
+    finally:
+        consumer.close()

@@ -20,7 +20,7 @@ from hil.probe import Probe
 from iot import contract
 from iot.stack.config import StackConfig
 from iot.supervise import Supervisor, endpoint_up, metrics_value
-from tests.support import free_ports, wait_for
+from tests.support import commit_end_offsets, free_ports, wait_for
 
 CFG = StackConfig.from_env()
 # The native Prometheus scrapes these two ports (iot/stack/services.py), so the e2e services use them.
@@ -112,26 +112,6 @@ def read_dlq(start: dict[int, int], keep: Any, want: int, timeout: float) -> lis
     return found
 
 
-def _start_group_at_the_end(group: str, topic: str) -> None:
-    """Commit the topic's current end offsets for a new consumer group.
-
-    iot.readings on a shared stack holds other runs' history; a fresh backend would first replay all of
-    it. Committing the end first makes it start exactly here, and miss nothing produced after.
-    """
-    consumer = Consumer(
-        {"bootstrap.servers": CFG.kafka_bootstrap, "group.id": group, "enable.auto.commit": False}
-    )
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = [
-            TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
-            for p in parts
-        ]
-        consumer.commit(offsets=ends, asynchronous=False)
-    finally:
-        consumer.close()
-
-
 def _publish(topic: str, payload: bytes) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.connect(CFG.host, CFG.mqtt_port)
@@ -197,7 +177,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             supervisor.wait_ready(
                 gateway, lambda url=url: metrics_value(url, "iot_gateway_mqtt_connected") == 1.0, 60
             )
-        _start_group_at_the_end(tag, contract.TOPIC_READINGS)
+        commit_end_offsets(CFG.kafka_bootstrap, tag, contract.TOPIC_READINGS)
         backend = supervisor.start("backend", ["backend"], env)
         supervisor.wait_ready(backend, lambda: endpoint_up(f"http://127.0.0.1:{BACKEND_METRICS}/metrics"), 90)
         probe.start()

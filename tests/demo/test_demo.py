@@ -1,0 +1,83 @@
+"""`iot demo` (what `make demo` runs): the whole chain comes up, windows appear, and everything it
+started stops again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pymongo
+import pytest
+
+from iot import contract
+from iot.stack.config import StackConfig
+from tests.support import commit_end_offsets, listening
+
+pytestmark = [pytest.mark.integration, pytest.mark.hil]
+IOT = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "iot")
+CFG = StackConfig.from_env()
+
+
+def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started() -> None:
+    tag = f"demo{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        # Its own consumer group, database and MQTT session, so the shared stack's history is not replayed.
+        "IOT_BACKEND_APP_ID": tag,
+        "IOT_MONGO_URI": f"mongodb://{CFG.host}:{CFG.mongo_port}/{tag}",
+        "IOT_GATEWAY_GROUP": tag,
+        "IOT_GATEWAY_CLIENT_ID": f"{tag}-gw",
+        "COLUMNS": "200",
+    }
+    commit_end_offsets(CFG.kafka_bootstrap, tag, contract.TOPIC_READINGS)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(CFG.host, CFG.mongo_port)
+    try:
+        result = subprocess.run(
+            [
+                IOT,
+                "demo",
+                "--duration",
+                "25",
+                "--boards",
+                "2",
+                "--places",
+                "2",
+                "--window",
+                "4",
+                "--hop-window",
+                "8",
+                "--hop-step",
+                "4",
+                "--grace",
+                "1",
+                "--interval",
+                "0.5",
+                "--keep-stack",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "first window after" in result.stdout
+        for child in ("boards", "backend", "gateway"):
+            assert f"child_stopped child={child} code=0" in result.stderr, f"{child} did not stop cleanly"
+        assert not listening(9108) and not listening(9109), "a demo service is still listening"
+        windows = client[tag][contract.COLL_SENSOR_WINDOWS]
+        final = list(windows.find({"device": {"$regex": "^demo-"}, "final": True}))
+        assert {w["device"] for w in final} == {"demo-kitchen-01", "demo-garage-01"}
+        assert all(w["count"] > 0 and w["temperature"]["count"] > 0 for w in final)
+        places = client[tag][contract.COLL_PLACE_WINDOWS].distinct("place")
+        assert set(places) == {"kitchen", "garage"}
+    finally:
+        client.drop_database(tag)
+        client.close()
+        forget = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{tag}-gw", protocol=mqtt.MQTTv5)
+        forget.connect(CFG.host, CFG.mqtt_port, clean_start=True)
+        forget.disconnect()
