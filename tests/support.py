@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -68,3 +68,25 @@ def commit_end_offsets(bootstrap: str, group: str, topic: str) -> None:
         consumer.commit(offsets=ends, asynchronous=False)
     finally:
         consumer.close()
+
+
+def payload_v1(
+    place: str, device: str, seq: int, ts: int | None = None, boot: int = 0, **over: Any
+) -> dict[str, Any]:
+    """A valid payload v1 reading (contract defaults), with any field overridden."""
+    reading: dict[str, Any] = {
+        "v": 1,
+        "device": device,
+        "place": place,
+        "boot": boot,
+        "seq": seq,
+        "ts": int(time.time() * 1000) if ts is None else ts,
+        "time_valid": True,
+        "temperature": 21.5,
+        "humidity": 45.0,
+        "pressure": 1012.5,
+        "luminosity": 300.0,
+        "fw": "test-1.0",
+    }
+    reading.update(over)
+    return reading

@@ -30,7 +30,7 @@ from pymongo import MongoClient
 
 from iot import contract
 from iot.topics import TOPIC_PARTITIONS
-from tests.support import unique, wait_for
+from tests.support import payload_v1, unique, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 IOT = REPO / ".venv" / "bin" / "iot"
@@ -53,22 +53,15 @@ def free_port() -> int:
 
 
 def make_reading(place: str, device: str, seq: int, ts: int, boot: int = 0, **metrics: Any) -> dict[str, Any]:
-    reading: dict[str, Any] = {
-        "v": 1,
-        "device": device,
-        "place": place,
-        "boot": boot,
-        "seq": seq,
-        "ts": ts,
-        "time_valid": True,
+    """A reading whose metrics vary with seq, so means, minima and maxima are not trivial."""
+    varied = {
         "temperature": 20.0 + (seq % 7) * 0.37,
         "humidity": 40.0 + (seq % 5) * 1.1,
         "pressure": 1000.0 + (seq % 3) * 0.25,
         "luminosity": 100.0 + seq * 0.5,
         "fw": "test",
     }
-    reading.update(metrics)
-    return reading
+    return payload_v1(place, device, seq, ts=ts, boot=boot, **{**varied, **metrics})
 
 
 @dataclass

@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.kafka_sink import GATEWAY_HEADER
 from iot import contract
-from tests.support import unique, wait_for
+from tests.support import payload_v1, unique, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 IOT = REPO / ".venv" / "bin" / "iot"
@@ -48,22 +48,7 @@ def free_port() -> int:
 
 
 def make_reading(place: str, device: str, seq: int, boot: int = 0, **over: Any) -> dict[str, Any]:
-    reading: dict[str, Any] = {
-        "v": 1,
-        "device": device,
-        "place": place,
-        "boot": boot,
-        "seq": seq,
-        "ts": int(time.time() * 1000),
-        "time_valid": True,
-        "temperature": 21.5,
-        "humidity": 45.0,
-        "pressure": 1012.5,
-        "luminosity": 300.0,
-        "fw": "test-1.0",
-    }
-    reading.update(over)
-    return reading
+    return payload_v1(place, device, seq, boot=boot, **over)
 
 
 # --- gateway processes --------------------------------------------------------------------------
