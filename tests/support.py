@@ -90,3 +90,21 @@ def payload_v1(
     }
     reading.update(over)
     return reading
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of a Prometheus text endpoint, by `name{labels}`; empty when it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return {}
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

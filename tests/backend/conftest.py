@@ -30,7 +30,7 @@ from pymongo import MongoClient
 
 from iot import contract
 from iot.topics import TOPIC_PARTITIONS
-from tests.support import payload_v1, unique, wait_for
+from tests.support import payload_v1, scrape, unique, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 IOT = REPO / ".venv" / "bin" / "iot"
@@ -94,17 +94,7 @@ class Worker:
 
     def metrics(self) -> dict[str, float]:
         """Every sample by `name{labels}`; empty when the endpoint does not answer."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
-                text = resp.read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return {}
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def kill9(self) -> None:
         assert self.proc is not None

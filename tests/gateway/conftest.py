@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.kafka_sink import GATEWAY_HEADER
 from iot import contract
-from tests.support import payload_v1, unique, wait_for
+from tests.support import payload_v1, scrape, unique, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 IOT = REPO / ".venv" / "bin" / "iot"
@@ -84,21 +84,8 @@ class GatewayProcess:
         return self.metric("iot_gateway_mqtt_connected") == 1.0
 
     def metrics(self) -> dict[str, float]:
-        """Every sample of the metrics endpoint, by `name{labels}`; empty if it does not answer."""
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(self.metrics_url, timeout=2) as response:
-                text = response.read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return {}
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        """Every sample by `name{labels}`; empty when the endpoint does not answer."""
+        return scrape(self.metrics_url)
 
     def metric(self, name: str) -> float | None:
         return self.metrics().get(name)
