@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 # Revision 2 added the health topic (retained board telemetry); nothing existing changed.
-CONTRACT_REVISION: Final = 2
+# Revision 3: window amendments within an allowed lateness (`revision`, `late_count`), and the clock
+# guard (a `ts` too far ahead is re-stamped by the gateway, the board's claim kept in `device_ts`).
+CONTRACT_REVISION: Final = 3
 PAYLOAD_VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 1024
 
@@ -58,6 +60,8 @@ ENV_DEFAULTS: Final[Mapping[str, str]] = {
     "IOT_WINDOW_HOPPING_S": "300",
     "IOT_WINDOW_HOP_STEP_S": "60",
     "IOT_WINDOW_GRACE_S": "10",
+    "IOT_WINDOW_ALLOWED_LATENESS_S": "86400",
+    "IOT_MAX_CLOCK_AHEAD_S": "300",
 }
 
 # --- Payload v1 -------------------------------------------------------------------------------
