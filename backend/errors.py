@@ -1,13 +1,13 @@
 """The backend's exceptions, one tree:
 
-BackendError (an iot.cli.IotError: the CLI prints it as `Type: message`)
+BackendError (an iot.errors.IotError: the CLI prints it as `Type: message`)
 ├── ConfigError   a setting is missing or invalid; the message names the variable
 └── SinkError     MongoDB or Kafka refused a write the backend cannot go on without
 """
 
 from __future__ import annotations
 
-from iot.cli import IotError
+from iot.errors import IotError
 
 
 class BackendError(IotError):

@@ -372,8 +372,8 @@ def kafka_for_bench(kind: str, folder: Path) -> Iterator[str]:
     if kind == "shared":
         yield contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
         return
-    from iot.stack.config import StackConfig
-    from iot.stack.manager import Stack
+    from iot.app.stack.config import StackConfig
+    from iot.app.stack.manager import Stack
 
     env = {
         "IOT_STACK_DIR": str(folder / "stack"),

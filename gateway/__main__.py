@@ -2,6 +2,6 @@
 
 import sys
 
-from iot.cli import main
+from iot.app.cli import main
 
 sys.exit(main(["gateway", *sys.argv[1:]]))

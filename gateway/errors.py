@@ -9,7 +9,7 @@ GatewayError                 anything the gateway reports as its own failure
 
 from __future__ import annotations
 
-from iot.cli import IotError
+from iot.errors import IotError
 
 __all__ = ["GatewayError", "KafkaFatalError", "MqttConnectError", "SettingsError"]
 

@@ -8,7 +8,7 @@ HilError
 
 from __future__ import annotations
 
-from iot.cli import IotError
+from iot.errors import IotError
 
 
 class HilError(IotError):

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from iot import contract, log
+from iot.errors import IotError
 
 TOPIC_PARTITIONS: Mapping[str, int] = {
     contract.TOPIC_READINGS: 6,
@@ -23,7 +24,7 @@ TOPIC_PARTITIONS: Mapping[str, int] = {
 _log = log.get("iot.topics")
 
 
-class TopicError(RuntimeError):
+class TopicError(IotError):
     """A contract topic could not be created or checked."""
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from iot.stack.config import StackConfig
-from iot.stack.services import prometheus_config
+from iot.app.stack.config import StackConfig
+from iot.app.stack.services import prometheus_config
 
 pytestmark = pytest.mark.unit
 PROM = Path(__file__).resolve().parents[2] / "compose" / "prometheus"

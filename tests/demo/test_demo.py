@@ -14,7 +14,7 @@ import pymongo
 import pytest
 
 from iot import contract
-from iot.stack.config import StackConfig
+from iot.app.stack.config import StackConfig
 from tests.support import commit_end_offsets, listening
 
 pytestmark = [pytest.mark.integration, pytest.mark.hil]

@@ -18,8 +18,8 @@ from confluent_kafka import Consumer, TopicPartition
 from hil.fleet import BoardPlan, Fleet, environment
 from hil.probe import Probe
 from iot import contract
-from iot.stack.config import StackConfig
-from iot.supervise import Supervisor, endpoint_up, metrics_value
+from iot.app.stack.config import StackConfig
+from iot.app.supervise import Supervisor, endpoint_up, metrics_value
 from tests.support import commit_end_offsets, free_ports, wait_for
 
 CFG = StackConfig.from_env()

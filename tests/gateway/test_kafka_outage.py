@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from iot import contract
-from iot.stack.config import StackConfig
-from iot.stack.manager import Stack
+from iot.app.stack.config import StackConfig
+from iot.app.stack.manager import Stack
 from tests.gateway.conftest import (
     GatewayFactory,
     KafkaReader,

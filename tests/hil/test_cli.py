@@ -14,7 +14,7 @@ import pytest
 from hil import fleet
 from hil.errors import RigConfigError
 from hil.probe import Probe, clear_retained
-from iot.cli import build_parser, main
+from iot.app.cli import build_parser, main
 from tests.support import unique, wait_for
 
 
@@ -105,7 +105,7 @@ def test_iot_boards_runs_a_fleet_that_publishes_and_stops_cleanly_on_sigterm(
             [
                 sys.executable,
                 "-m",
-                "iot.cli",
+                "iot.app.cli",
                 "boards",
                 "--count",
                 "3",

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from iot import contract
-from iot.stack.config import StackConfig
+from iot.app.stack.config import StackConfig
 
 pytestmark = pytest.mark.integration
 IOT = str(Path(__file__).resolve().parents[2] / ".venv/bin/iot")

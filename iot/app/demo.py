@@ -23,9 +23,9 @@ from rich.table import Table
 
 from hil.fleet import place_names
 from iot import contract
-from iot.stack.config import StackConfig
-from iot.stack.manager import Stack, StackError
-from iot.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
+from iot.app.stack.config import StackConfig
+from iot.app.stack.manager import Stack, StackError
+from iot.app.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
 
 GATEWAY_METRICS = 9108
 BACKEND_METRICS = 9109

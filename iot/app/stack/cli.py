@@ -7,9 +7,9 @@ import json
 import sys
 import time
 
-from iot.stack import install
-from iot.stack.config import ConfigError, StackConfig
-from iot.stack.manager import Stack, StackError
+from iot.app.stack import install
+from iot.app.stack.config import ConfigError, StackConfig
+from iot.app.stack.manager import Stack, StackError
 
 _VARIABLES = """variables: IOT_MQTT_URL, IOT_KAFKA_BOOTSTRAP, IOT_MONGO_URI (ports of Mosquitto, Kafka,
 FerretDB), IOT_KAFKA_CONTROLLER_PORT (Kafka port + 1), IOT_PROMETHEUS_PORT (9090),

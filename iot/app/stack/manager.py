@@ -11,15 +11,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 from iot import log, topics
-from iot.stack import install, probes, process
-from iot.stack.config import StackConfig
-from iot.stack.probes import ProbeFailed
-from iot.stack.services import BY_NAME, KAFKA, SERVICES, Service, service_env
+from iot.app.stack import install, probes, process
+from iot.app.stack.config import StackConfig
+from iot.app.stack.probes import ProbeFailed
+from iot.app.stack.services import BY_NAME, KAFKA, SERVICES, Service, service_env
+from iot.errors import IotError
 
 _log = log.get("iot.stack")
 
 
-class StackError(RuntimeError):
+class StackError(IotError):
     """The stack could not be brought to the asked state; the message names the service."""
 
 

@@ -12,14 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from iot import log
+from iot.errors import IotError
 
 # Areas that contribute subcommands, in help order. A module missing here is skipped, so a
 # partially built tree still gives a working CLI for what exists.
-_AREAS = ("iot.stack.cli", "gateway.cli", "backend.cli", "hil.cli", "iot.demo")
-
-
-class IotError(Exception):
-    """Base of every error the CLI reports without a traceback."""
+_AREAS = ("iot.app.stack.cli", "gateway.cli", "backend.cli", "hil.cli", "iot.app.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

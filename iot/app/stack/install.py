@@ -16,7 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 from iot import log
-from iot.stack.config import FERRETDB_VERSION, StackConfig
+from iot.app.stack.config import FERRETDB_VERSION, StackConfig
+from iot.errors import IotError
 
 _log = log.get("iot.stack.install")
 
@@ -31,7 +32,7 @@ APT_PACKAGES = {
 }
 
 
-class InstallError(RuntimeError):
+class InstallError(IotError):
     """An install step failed; the message names the step and what to do."""
 
 
@@ -82,7 +83,7 @@ def ensure_kafka(cfg: StackConfig) -> None:
         libs.mkdir(parents=True)
         with tempfile.TemporaryDirectory() as tmp:
             pom = Path(tmp) / "pom.xml"
-            pom.write_text(resources.files("iot.stack").joinpath("kafka-pom.xml").read_text())
+            pom.write_text(resources.files("iot.app.stack").joinpath("kafka-pom.xml").read_text())
             _run(
                 "maven kafka jars",
                 [

@@ -12,10 +12,12 @@ import pymongo
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from iot.errors import IotError
+
 PROBE_TOPIC = "iot.stack.probe"
 
 
-class ProbeFailed(RuntimeError):
+class ProbeFailed(IotError):
     """The service answered, but not correctly, or did not answer in time."""
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from iot import contract
+from iot.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A stack setting is invalid; the message names the variable."""
+__all__ = ["ConfigError", "StackConfig"]
 
 
 KAFKA_VERSION = "4.1.1"
@@ -24,7 +23,7 @@ FERRETDB_VERSION = "v1.24.2"
 
 
 def _repo_root() -> Path | None:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     return root if (root / "pyproject.toml").exists() else None
 
 
@@ -32,9 +31,9 @@ def _port(var: str, text: str) -> int:
     try:
         port = int(text)
     except ValueError:
-        raise ConfigError(f"{var}: port {text!r} is not a number") from None
+        raise ConfigError(var, f"port {text!r} is not a number") from None
     if not 0 < port < 65536:
-        raise ConfigError(f"{var}: port {port} is outside 1..65535")
+        raise ConfigError(var, f"port {port} is outside 1..65535")
     return port
 
 
@@ -43,9 +42,9 @@ def _url_port(var: str, url: str, default: int) -> tuple[str, int]:
     try:
         port = parts.port or default
     except ValueError:
-        raise ConfigError(f"{var}: {url!r} has an invalid port") from None
+        raise ConfigError(var, f"{url!r} has an invalid port") from None
     if not parts.hostname:
-        raise ConfigError(f"{var}: {url!r} names no host")
+        raise ConfigError(var, f"{url!r} names no host")
     return parts.hostname, _port(var, str(port))
 
 
@@ -83,7 +82,7 @@ class StackConfig:
         state_default = root / ".stack" if root else Path.home() / ".local/state/iot"
         heap = get("IOT_KAFKA_HEAP", "512m")
         if not heap[:-1].isdigit() or heap[-1] not in "mMgG":
-            raise ConfigError(f"IOT_KAFKA_HEAP: {heap!r} must look like 512m or 1g")
+            raise ConfigError("IOT_KAFKA_HEAP", f"{heap!r} must look like 512m or 1g")
         targets = {
             "gateway": get("IOT_STACK_SCRAPE_GATEWAY", "127.0.0.1:9108"),
             "backend": get("IOT_STACK_SCRAPE_BACKEND", "127.0.0.1:9109"),

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from iot.stack import probes
-from iot.stack.config import StackConfig
+from iot.app.stack import probes
+from iot.app.stack.config import StackConfig
 
-REPO_COMPOSE = Path(__file__).resolve().parents[2] / "compose"
+REPO_COMPOSE = Path(__file__).resolve().parents[3] / "compose"
 
 
 @dataclass(frozen=True)
