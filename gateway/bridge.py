@@ -2,6 +2,11 @@
 confirmed that record (acks=all). A crash anywhere before the ack leaves the message with the broker,
 which redelivers it: at-least-once, duplicates identified downstream by (device, boot, seq).
 
+End-to-end ack: in the same step that PUBACKs the broker, the bridge tells each board which of its
+readings Kafka now holds (`sensors/{place}/{device}/ack`, QoS 0, `{"boot", "ranges"}`; valid readings
+and rejected ones whose (device, boot, seq) is known alike). A board releases a reading only then, so a
+broker that PUBACKed a reading and lost it (SIGKILL before delivery) costs a re-send, never the reading.
+
 Threads: `on_message` runs in the MQTT network thread; delivery callbacks and `service` run in the
 service's main thread. Counters that both read are each written by one thread only.
 """
@@ -14,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from iot import log
+from iot import contract, log
 
 from .kafka_sink import KafkaSink
 from .metrics import GatewayMetrics
 from .records import Outgoing, dead_letter, route
 
-__all__ = ["REASON_UNPROCESSABLE", "Ack", "Bridge"]
+__all__ = ["REASON_UNPROCESSABLE", "Ack", "Bridge", "Notify"]
 
 # Reason for a message that broke the gateway's own code: it still goes to the DLQ, never lost.
 REASON_UNPROCESSABLE: Final = "unprocessable"
@@ -31,6 +36,9 @@ BACKPRESSURE_AFTER_S: Final = 1.0
 Ack = Callable[[list[tuple[int, int, int]]], int]
 """ack([(mid, qos, session_generation), ...]): acknowledge messages to the broker; returns how many
 were sent (not QoS 0 ones, nor those of an earlier connection, which the broker redelivers)."""
+
+Notify = Callable[[list[tuple[str, bytes]]], int]
+"""notify([(topic, payload), ...]): publish end-to-end acks (QoS 0); returns how many were sent."""
 
 _log = log.get("gateway.bridge")
 
@@ -46,10 +54,18 @@ class _Pending:
 
 
 class Bridge:
-    def __init__(self, sink: KafkaSink, metrics: GatewayMetrics, ack: Ack, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        sink: KafkaSink,
+        metrics: GatewayMetrics,
+        ack: Ack,
+        max_in_flight: int,
+        notify: Notify | None = None,
+    ) -> None:
         self._sink = sink
         self._metrics = metrics
         self._ack = ack
+        self._notify = notify
         self._max_in_flight = max_in_flight
         self._received = 0  # written by the MQTT thread only
         self._completed = 0  # written by the main thread only
@@ -153,6 +169,8 @@ class Bridge:
         self._sink.delivered_ok()
         # One batch of acks per Kafka poll: one wake-up of the MQTT thread instead of one per message.
         self._metrics.acked.inc(self._ack([(p.mid, p.qos, p.generation) for p in confirmed]))
+        if self._notify is not None:
+            self._notify_boards(self._notify, confirmed)
         now = time.time()
         produced = 0
         for pending in confirmed:
@@ -163,3 +181,25 @@ class Bridge:
                 self._metrics.rejected.labels(reason=pending.out.reason).inc()
         self._metrics.produced.inc(produced)
         self._completed += len(confirmed)
+
+    def _notify_boards(self, notify: Notify, confirmed: list[_Pending]) -> None:
+        # One ack message per (board, boot) per flush. Sent even for messages of an earlier MQTT
+        # connection (whose PUBACK is dropped): Kafka holds them either way, and the board may let go.
+        seqs: dict[tuple[str, str, int], list[int]] = {}
+        for pending in confirmed:
+            ident = pending.out.ident
+            if ident is not None:
+                seqs.setdefault((ident[0], ident[1], ident[2]), []).append(ident[3])
+        if not seqs:
+            return
+        messages = [
+            (contract.ack_topic(place, device), payload)
+            for (place, device, boot), board_seqs in seqs.items()
+            for payload in contract.encode_acks(boot, board_seqs)
+        ]
+        sent = notify(messages)
+        self._metrics.e2e_acks.inc(sent)
+        if sent < len(messages):
+            # QoS 0 while the broker is away: the boards re-send after their ack timeout (a duplicate
+            # downstream de-duplicates), nothing is lost.
+            self._metrics.e2e_acks_unsent.inc(len(messages) - sent)

@@ -32,6 +32,16 @@ class GatewayMetrics:
         self.acked = Counter(
             "iot_gateway_acked", "MQTT messages acknowledged to the broker after Kafka confirmed", registry=r
         )
+        self.e2e_acks = Counter(
+            "iot_gateway_e2e_acks",
+            "End-to-end ack messages published to boards (sensors/{place}/{device}/ack)",
+            registry=r,
+        )
+        self.e2e_acks_unsent = Counter(
+            "iot_gateway_e2e_acks_unsent",
+            "End-to-end ack messages not sent (MQTT disconnected); the boards re-send",
+            registry=r,
+        )
         # The service points it at the bridge's count with set_function.
         self.in_flight = Gauge(
             "iot_gateway_in_flight", "Messages received and not yet confirmed by Kafka", registry=r

@@ -101,6 +101,10 @@ class MqttSource:
             mid for mid, qos, generation in done if qos == 1 and generation == current
         )
 
+    def notify(self, messages: list[tuple[str, bytes]]) -> int:
+        """Publish end-to-end acks at QoS 0; returns how many were sent (none while disconnected)."""
+        return self._client.publish_batch(messages)
+
     def stop(self) -> None:
         """Disconnect cleanly; the session (and anything un-acked) stays with the broker."""
         self._client.disconnect()

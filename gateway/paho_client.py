@@ -6,7 +6,8 @@ packet, and per PUBACK one `send` on the socket plus one wake-up byte to its net
 subclass
   * reads the socket in 64 KiB chunks and parses every whole packet in the chunk in one pass;
   * queues a batch of PUBACKs with a single wake-up (`ack_batch`), and writes consecutive queued
-    PUBACKs with one `send`.
+    PUBACKs with one `send`;
+  * queues a batch of QoS 0 publishes (the end-to-end acks) with a single wake-up (`publish_batch`).
 It overrides paho private methods (`_sock_recv`, `loop_read`, `_packet_queue`, `_packet_write`),
 which is why pyproject pins paho-mqtt < 3 and the gateway's tests run on it end to end.
 """
@@ -23,6 +24,7 @@ __all__ = ["BatchingClient"]
 
 _READ_CHUNK = 65536
 _PUBACK = 0x40
+_PUBLISH = 0x30
 _MAX_COALESCED = 2048  # PUBACKs per send: 4 bytes each
 
 
@@ -75,6 +77,21 @@ class BatchingClient(mqtt.Client):
             self._wake()
         return count
 
+    def publish_batch(self, messages: Iterable[tuple[str, bytes]]) -> int:
+        """Publish each (topic, payload) at QoS 0 with one wake-up; returns how many were queued
+        (none while disconnected: QoS 0 is not kept)."""
+        count = 0
+        self._deferring_wake = True
+        try:
+            for topic, payload in messages:
+                if self.publish(topic, payload, qos=0).rc == mqtt.MQTT_ERR_SUCCESS:
+                    count += 1
+        finally:
+            self._deferring_wake = False
+        if count:
+            self._wake()
+        return count
+
     def _wake(self) -> None:
         sock = self._sockpairW
         if sock is not None:
@@ -87,7 +104,7 @@ class BatchingClient(mqtt.Client):
     def _packet_queue(
         self, command: int, packet: bytes | bytearray, mid: int, qos: int, info: Any = None
     ) -> mqtt.MQTTErrorCode:
-        if self._deferring_wake and command & 0xF0 == _PUBACK:
+        if self._deferring_wake and (command & 0xF0 == _PUBACK or (command & 0xF0 == _PUBLISH and qos == 0)):
             self._out_packet.append(
                 {
                     "command": command,

@@ -9,15 +9,18 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeGuard
 
 from iot import contract
 
-__all__ = ["DLQ_PAYLOAD_CAP", "Outgoing", "dead_letter", "route"]
+__all__ = ["DLQ_PAYLOAD_CAP", "Ident", "Outgoing", "dead_letter", "identify", "route"]
 
 # A payload far beyond the contract's limit is kept only in part, so the DLQ record itself stays well
 # under Kafka's default 1 MB message limit; the detail says how much was dropped.
 DLQ_PAYLOAD_CAP: Final = 64 * 1024
+
+Ident = tuple[str, str, int, int]
+"""(place, device, boot, seq) of a reading: the board the end-to-end ack goes to, and what it covers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,9 @@ class Outgoing:
     key: bytes
     value: bytes
     reason: str | None
+    ident: Ident | None = None
+    """Set when the message names its board and reading (topic place/device, payload boot/seq), rejected
+    or not: the gateway acks it to the board once Kafka holds this record."""
 
 
 def route(topic: str, payload: bytes, received_at_ms: int) -> Outgoing:
@@ -45,6 +51,7 @@ def route(topic: str, payload: bytes, received_at_ms: int) -> Outgoing:
         key=reading["device"].encode("utf-8"),
         value=contract.encode(reading),
         reason=None,
+        ident=(reading["place"], reading["device"], reading["boot"], reading["seq"]),
     )
 
 
@@ -65,4 +72,26 @@ def dead_letter(topic: str, payload: bytes, reason: str, detail: str, received_a
         key=topic.encode("utf-8", errors="replace"),
         value=json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode("ascii"),
         reason=reason,
+        ident=identify(topic, payload),
     )
+
+
+def identify(topic: str, payload: bytes) -> Ident | None:
+    """(place, device, boot, seq) of a rejected message when its topic is a reading topic and its
+    payload a JSON object with integer boot and seq >= 0; else None (nothing to ack: the board cannot
+    be told, or never numbered it). The topic's device is the one the broker let publish it."""
+    try:
+        ids = contract.parse_reading_topic(topic)
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    boot, seq = obj.get("boot"), obj.get("seq")
+    if not (_is_count(boot) and _is_count(seq)):
+        return None
+    return ids.place, ids.device, boot, seq
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -31,7 +31,8 @@ def run(settings: GatewaySettings) -> int:
     metrics = GatewayMetrics()
     sink = KafkaSink(settings.kafka_config(), metrics)
     source = MqttSource(settings, metrics)
-    bridge = Bridge(sink, metrics, source.ack, settings.max_in_flight)
+    notify = source.notify if settings.e2e_ack else None
+    bridge = Bridge(sink, metrics, source.ack, settings.max_in_flight, notify)
     metrics.in_flight.set_function(lambda: bridge.in_flight)
 
     stop = threading.Event()

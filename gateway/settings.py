@@ -84,6 +84,7 @@ class GatewaySettings:
     kafka_compression: str = "lz4"
     kafka_extra: Mapping[str, str | Secret] = field(default_factory=dict)
     drain_timeout_s: float = 15.0
+    e2e_ack: bool = True
 
     @property
     def subscription(self) -> str:
@@ -171,6 +172,7 @@ class GatewaySettings:
             kafka_compression=compression,
             kafka_extra=_kafka_passthrough(reader),
             drain_timeout_s=float(reader.integer("IOT_GATEWAY_DRAIN_TIMEOUT_S", 15, 0, 3600)),
+            e2e_ack=reader.flag("IOT_GATEWAY_E2E_ACK", True),
         )
 
 
@@ -199,6 +201,17 @@ class _Reader:
         if not low <= value <= high:
             raise SettingsError(name, f"{value} is outside {low}..{high}")
         return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        value = raw.lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(name, f"{raw!r} is not a boolean (1/0, true/false)")
 
     def path(self, name: str) -> str | None:
         value = self.optional(name)

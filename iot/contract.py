@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,6 +35,13 @@ HEALTH_FIELDS: Final = (
     "boot", "fw", "uptime_s", "rssi", "mem_free", "outbox_depth", "outbox_dropped", "sensor_errors",
     "reconnects", "time_valid", "skipped_cycles",
 )
+# End-to-end delivery acknowledgement (a project addition beside revision 3, like health was): the
+# gateway tells a board which of its readings Kafka holds, so the board's outbox releases only those.
+ACK_TOPIC: Final = "sensors/{place}/{device}/ack"
+ACK_SUBSCRIPTION: Final = "sensors/+/+/ack"
+ACK_QOS: Final = 0
+# Ranges per ack message: a board parses it on a ~110 KB heap; more ranges go in further messages.
+ACK_MAX_RANGES: Final = 64
 STATUS_ONLINE: Final = "online"
 STATUS_OFFLINE: Final = "offline"
 READING_QOS: Final = 1
@@ -151,6 +158,50 @@ def status_topic(place: str, device: str) -> str:
 
 def health_topic(place: str, device: str) -> str:
     return HEALTH_TOPIC.format(place=place, device=device)
+
+
+def ack_topic(place: str, device: str) -> str:
+    return ACK_TOPIC.format(place=place, device=device)
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Inclusive [first, last] runs of the distinct seqs, ascending."""
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(set(seqs)):
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges
+
+
+def encode_acks(boot: int, seqs: Iterable[int]) -> list[bytes]:
+    """The ack payloads `{"boot": B, "ranges": [[first, last], ...]}` covering `seqs` of boot B, at
+    most ACK_MAX_RANGES ranges each (normally exactly one message)."""
+    ranges = seq_ranges(seqs)
+    return [
+        _ENCODER.encode({"boot": boot, "ranges": ranges[i : i + ACK_MAX_RANGES]}).encode("ascii")
+        for i in range(0, len(ranges), ACK_MAX_RANGES)
+    ]
+
+
+def decode_ack(payload: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """(boot, ranges) of an ack payload; raises ValueError when it is not one."""
+    obj = _DECODER.decode(payload.decode("utf-8"))
+    ok = isinstance(obj, dict) and _type_ok(_INT, obj.get("boot")) and isinstance(obj.get("ranges"), list)
+    if not ok:
+        raise ValueError("an ack is {\"boot\": int, \"ranges\": [[first, last], ...]}")
+    ranges: list[tuple[int, int]] = []
+    for item in obj["ranges"]:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(_type_ok(_INT, x) for x in item)
+            or not 0 <= item[0] <= item[1]
+        ):
+            raise ValueError(f"ack range {item!r} is not [first, last] with 0 <= first <= last")
+        ranges.append((item[0], item[1]))
+    return int(obj["boot"]), ranges
 
 
 def parse_reading_topic(topic: str) -> TopicIds:

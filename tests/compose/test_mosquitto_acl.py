@@ -101,3 +101,41 @@ def test_device_publishes_only_under_its_own_id_and_gateway_reads_all(broker: in
     for client in (device, gateway):
         client.disconnect()
         client.loop_stop()
+
+
+def test_device_reads_only_its_own_acks_which_only_the_gateway_writes(broker: int) -> None:
+    """End-to-end acks (docs/CONTRACT.md): the gateway publishes sensors/{place}/{device}/ack; a board
+    receives its own and nobody else's, even through a wildcard, and cannot forge one."""
+    kitchen, rc = connect(broker, "kitchen-1", "k1-secret")
+    assert not rc.is_failure
+    got: list[tuple[str, bytes]] = []
+    granted: list[list[ReasonCode]] = []
+    kitchen.on_message = lambda _c, _u, msg: got.append((msg.topic, bytes(msg.payload)))
+    kitchen.on_subscribe = lambda _c, _u, _mid, reasons, _p: granted.append(list(reasons))
+    kitchen.subscribe([("sensors/kitchen/kitchen-1/ack", 0), ("sensors/+/+/ack", 0)])
+    wait_for(lambda: granted, 5, "SUBACK")
+
+    gateway, rc = connect(broker, "gateway", "gw-secret")
+    assert not rc.is_failure
+    published: dict[int, ReasonCode] = {}
+    gateway.on_publish = lambda _c, _u, mid, reason, _p: published.__setitem__(mid, reason)
+    other = gateway.publish("sensors/kitchen/garage-1/ack", b'{"boot":0,"ranges":[[0,9]]}', qos=1)
+    own = gateway.publish("sensors/kitchen/kitchen-1/ack", b'{"boot":0,"ranges":[[0,4]]}', qos=1)
+    wait_for(lambda: other.mid in published and own.mid in published, 5, "the gateway's PUBACKs")
+    assert not published[own.mid].is_failure and not published[other.mid].is_failure
+    # The device may not write acks, not even its own (a forged ack would release unsaved readings).
+    forged_acks: dict[int, ReasonCode] = {}
+    kitchen.on_publish = lambda _c, _u, mid, reason, _p: forged_acks.__setitem__(mid, reason)
+    forged = kitchen.publish("sensors/kitchen/kitchen-1/ack", b'{"boot":0,"ranges":[[0,99]]}', qos=1)
+    wait_for(lambda: forged.mid in forged_acks, 5, "the forged ack's PUBACK")
+    assert forged_acks[forged.mid].is_failure
+    marker = gateway.publish("sensors/kitchen/kitchen-1/ack", b'{"boot":0,"ranges":[[5,5]]}', qos=1)
+    wait_for(lambda: marker.mid in published, 5, "the marker's PUBACK")
+    # Same gateway connection, in order: once the last one arrived, anything routed earlier has too.
+    wait_for(lambda: any(p.endswith(b"[[5,5]]}") for _t, p in got), 5, "the marker ack at the device")
+    topics = {t for t, _p in got}
+    assert topics == {"sensors/kitchen/kitchen-1/ack"}, f"a board read another board's acks: {topics}"
+    assert b'{"boot":0,"ranges":[[0,99]]}' not in {p for _t, p in got}, "a forged ack was routed"
+    for client in (kitchen, gateway):
+        client.disconnect()
+        client.loop_stop()
