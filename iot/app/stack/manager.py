@@ -160,6 +160,22 @@ class Stack:
             f"{folder / 'log'}:\n{process.tail(folder / 'log')}"
         )
 
+    def kill(self, name: str) -> int | None:
+        """SIGKILL one service (fault tests on a private stack); `up([name])` brings it back on the
+        same data. Returns the killed pid, None when it was not running."""
+        (svc,) = self._select([name])
+        with self._locked():
+            pid = process.kill(svc.folder(self.cfg) / "pid")
+        if pid is not None:
+            _log.info("service_killed", service=svc.name, pid=pid, signal="SIGKILL")
+        return pid
+
+    def pid(self, name: str) -> int | None:
+        """The running service's pid, None when it is not running."""
+        (svc,) = self._select([name])
+        tracked = process.read(svc.folder(self.cfg) / "pid")
+        return tracked.pid if tracked else None
+
     def down(self, names: Iterable[str] | None = None) -> list[str]:
         with self._locked():
             return self._down(self._select(names))

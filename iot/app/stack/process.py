@@ -108,6 +108,24 @@ def stop(pid_file: Path, timeout: float = 30.0) -> bool:
     return True
 
 
+def kill(pid_file: Path, timeout: float = 10.0) -> int | None:
+    """SIGKILL the tracked process group at once (fault injection: no chance to save state), wait for
+    it to be gone and forget it; returns its pid, or None when nothing of ours was running."""
+    tracked = read(pid_file)
+    if tracked is None:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(tracked.pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reap(tracked.pid)
+        if exited_early(tracked):
+            break
+        time.sleep(0.02)
+    pid_file.unlink(missing_ok=True)
+    return tracked.pid
+
+
 def tail(path: Path, lines: int = 20) -> str:
     try:
         text = path.read_text(errors="replace")

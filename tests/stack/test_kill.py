@@ -1,0 +1,39 @@
+"""`Stack.kill`: SIGKILL one service of a private stack and bring it back on the same data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from iot.app.stack.config import StackConfig
+from iot.app.stack.manager import Stack
+from tests.support import free_ports
+
+pytestmark = pytest.mark.integration
+
+
+def test_kill_sigkills_one_service_and_up_brings_it_back(tmp_path: Path) -> None:
+    (mqtt,) = free_ports(1)
+    env = {
+        "IOT_STACK_DIR": str(tmp_path / "stack"),
+        "IOT_MQTT_URL": f"mqtt://127.0.0.1:{mqtt}",
+        "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
+    }
+    stack = Stack(StackConfig.from_env(env))
+    stack.up(["mosquitto"])
+    try:
+        pid = stack.pid("mosquitto")
+        assert pid is not None
+        assert stack.kill("mosquitto") == pid
+        assert not os.path.exists(f"/proc/{pid}/cmdline") or b"mosquitto" not in Path(
+            f"/proc/{pid}/cmdline"
+        ).read_bytes()
+        (status,) = stack.status(["mosquitto"])
+        assert not status.healthy and status.pid is None
+        assert stack.kill("mosquitto") is None
+        (status,) = stack.up(["mosquitto"])
+        assert status.healthy and status.pid not in (None, pid)
+    finally:
+        stack.down(["mosquitto"])
