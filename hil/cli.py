@@ -50,6 +50,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     boards.add_argument(
         "--heap", default=DEFAULT_HEAP, help=f"MicroPython heap per board (default {DEFAULT_HEAP})"
     )
+    boards.add_argument(
+        "--serial",
+        action="store_true",
+        help="each board behind a serial console (a PTY, its path in boards.json), firmware in its flash",
+    )
     boards.set_defaults(func=run_boards)
 
     fl = sub.add_parser("flash", help="copy the firmware and a board config to an ESP32 with mpremote")
@@ -62,6 +67,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fl.add_argument(
         "--wait", type=float, default=90.0, help="seconds to wait for the birth message (default 90)"
     )
+    fl.add_argument(
+        "--mpy-arch", default="xtensawin", help="mpy-cross -march for --mpy (default xtensawin: ESP32)"
+    )
     fl.set_defaults(func=run_flash)
 
 
@@ -71,9 +79,9 @@ def run_boards(args: argparse.Namespace) -> int:
         args.count, args.places, args.interval, broker, args.prefix, args.env, not args.unsynced
     )
     root = args.state_dir or fleet.default_state_dir()
-    return fleet.run_fleet(plans, root, broker, args.duration, args.heap, args.fresh)
+    return fleet.run_fleet(plans, root, broker, args.duration, args.heap, args.fresh, serial=args.serial)
 
 
 def run_flash(args: argparse.Namespace) -> int:
-    flash(args.port, args.config, _broker(), args.mpy, args.dry_run, args.wait)
+    flash(args.port, args.config, _broker(), args.mpy, args.dry_run, args.wait, mpy_arch=args.mpy_arch)
     return 0

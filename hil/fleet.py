@@ -97,6 +97,7 @@ class Fleet:
     root: Path
     plans: list[BoardPlan]
     heap: str = DEFAULT_HEAP
+    serial: bool = False
     boards: list[VirtualBoard] = field(default_factory=list)
     restarts: int = 0
 
@@ -104,11 +105,21 @@ class Fleet:
         if fresh and self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.boards = [VirtualBoard(self.root, p.config, p.spec, self.heap) for p in self.plans]
+        self.boards = [VirtualBoard(self.root, p.config, p.spec, self.heap, self.serial) for p in self.plans]
         for board in self.boards:
             board.write_files()
             board.restore_network()
-        manifest = [{"device": p.device, "place": p.place, "env": p.spec["env"]} for p in self.plans]
+            if self.serial:
+                board.install_firmware()
+        self.write_manifest()
+
+    def write_manifest(self) -> None:
+        manifest: list[dict[str, Any]] = []
+        for b in self.boards:
+            entry: dict[str, Any] = {"device": b.device, "place": b.place, "env": b.spec["env"]}
+            if b.serial:
+                entry["port"] = b.port
+            manifest.append(entry)
         (self.root / "boards.json").write_text(json.dumps(manifest, indent=1))
 
     def start(self) -> None:
@@ -168,8 +179,9 @@ def run_fleet(
     heap: str = DEFAULT_HEAP,
     fresh: bool = False,
     progress_every: float = 10.0,
+    serial: bool = False,
 ) -> int:
-    fleet = Fleet(root, plans, heap)
+    fleet = Fleet(root, plans, heap, serial)
     fleet.prepare(fresh)
     devices = {p.device for p in plans}
     probe = Probe(broker, [contract.READING_SUBSCRIPTION], keep=lambda t: t.split("/")[2:3][0] in devices)
@@ -182,6 +194,9 @@ def run_fleet(
         f"broker={broker}",
         flush=True,
     )
+    for board in fleet.boards:
+        if board.serial:
+            print(f"board {board.device} port={board.port}", flush=True)
     last_count, last_at = 0, started
     try:
         while duration <= 0 or time.monotonic() - started < duration:

@@ -24,8 +24,8 @@ def venv_tool(name: str) -> str:
     return found
 
 
-def firmware_files() -> list[Path]:
+def firmware_files(root: Path = FIRMWARE) -> list[Path]:
     """The firmware modules that go onto a board, main.py last so a half copy never boots."""
-    files = sorted(p for p in FIRMWARE.glob("*.py"))
+    files = sorted(p for p in root.glob("*.py"))
     files.sort(key=lambda p: p.name == "main.py")
     return files

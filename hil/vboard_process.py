@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,10 @@ class VirtualBoard:
         config: dict[str, Any],
         spec: dict[str, Any],
         heap: str = DEFAULT_HEAP,
+        serial: bool = False,
     ) -> None:
+        """`serial`: the board sits behind a serial console (hil/serial_board.py) and runs the firmware
+        from its own flash, as an ESP32 does; otherwise it runs firmware/ from the repository."""
         self.device: str = str(config["device"])
         self.place: str = str(config["place"])
         self.dir = root / self.device
@@ -53,6 +58,8 @@ class VirtualBoard:
         self.heap = heap
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.serial = serial
+        self.port = str(self.dir / "tty") if serial else ""
 
     def write_files(self) -> None:
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -65,6 +72,14 @@ class VirtualBoard:
         self.flash.mkdir(parents=True, exist_ok=True)
         (self.flash / "config.json").write_text(text)
 
+    def install_firmware(self) -> None:
+        """The factory image: firmware/ copied into the board's flash, if it holds no main.py yet."""
+        if (self.flash / "main.py").exists():
+            return
+        self.flash.mkdir(parents=True, exist_ok=True)
+        for source in paths.firmware_files():
+            shutil.copyfile(source, self.flash / source.name)
+
     def start(self) -> None:
         if self.running:
             raise BoardError(f"{self.device} is already running (pid {self.pid})")
@@ -73,6 +88,9 @@ class VirtualBoard:
         self.control.mkdir(parents=True, exist_ok=True)
         if not self.spec_path.exists():
             self.spec_path.write_text(json.dumps(self.spec))
+        if self.serial:
+            self._start_serial()
+            return
         env = dict(os.environ)
         env["MICROPYPATH"] = f"{paths.FIRMWARE}:{paths.VIRTUAL}"
         env["VBOARD_SPEC"] = str(self.spec_path)
@@ -95,6 +113,49 @@ class VirtualBoard:
         finally:
             console.close()
         self.starts += 1
+
+    def _start_serial(self) -> None:
+        self.install_firmware()
+        Path(self.port).unlink(missing_ok=True)
+        log = open(self.dir / "serial.log", "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hil.serial_board", str(self.dir), "--heap", self.heap],
+                cwd=paths.REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.starts += 1
+        deadline = time.monotonic() + 15
+        while not os.path.exists(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BoardError(
+                    f"{self.device}: the serial console did not come up (exit {self.proc.poll()}); "
+                    f"see {self.dir / 'serial.log'}"
+                )
+            time.sleep(0.05)
+
+    # --- power and reset of a board behind a serial console (the chip, not the firmware) -------
+    def power_off(self) -> None:
+        """Power cut: the interpreter is killed, no clean disconnect; the port stays."""
+        self._require_serial("power_off")
+        (self.control / "power_off").touch()
+
+    def power_on(self) -> None:
+        self._require_serial("power_on")
+        (self.control / "power_off").unlink(missing_ok=True)
+
+    def hard_reset(self, why: str = "rig reset") -> None:
+        self._require_serial("hard_reset")
+        (self.control / "reset").write_text(why)
+
+    def _require_serial(self, what: str) -> None:
+        if not self.serial:
+            raise BoardError(f"{self.device}: {what} needs a board behind a serial console (serial=True)")
 
     @property
     def pid(self) -> int | None:
@@ -123,7 +184,8 @@ class VirtualBoard:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout)
+                # Behind a serial console the supervisor itself waits for the firmware's clean stop.
+                self.proc.wait(timeout + 5 if self.serial else timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)

@@ -36,7 +36,9 @@ BoardFactory = Callable[..., VirtualBoard]
 def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
     made: list[VirtualBoard] = []
 
-    def factory(place: str = "kitchen", spec: dict[str, Any] | None = None, **config: Any) -> VirtualBoard:
+    def factory(
+        place: str = "kitchen", spec: dict[str, Any] | None = None, serial: bool = False, **config: Any
+    ) -> VirtualBoard:
         device = unique("vt")
         cfg: dict[str, Any] = {
             "device": device,
@@ -51,7 +53,7 @@ def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
         cfg.update(config)
         board_spec: dict[str, Any] = {"env": fleet.environment(place), "seed": len(made) + 1}
         board_spec.update(spec or {})
-        board = VirtualBoard(tmp_path / "boards", cfg, board_spec)
+        board = VirtualBoard(tmp_path / "boards", cfg, board_spec, serial=serial)
         board.write_files()
         made.append(board)
         return board

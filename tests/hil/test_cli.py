@@ -165,3 +165,15 @@ def test_env_file_overrides_a_place_environment_and_bad_profiles_are_named(tmp_p
     bad.write_text(json.dumps({"garage": dict(ramp, pressure={"kind": "ramp", "from": 1})}))
     with pytest.raises(RigConfigError, match=r"'garage'.*pressure"):
         fleet.load_environments(bad)
+
+
+@pytest.mark.unit
+def test_boards_serial_flag_gives_each_board_a_port_in_the_manifest(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["boards", "--serial", "--count", "2"])
+    assert args.serial is True
+    plans = fleet.plan(2, 1, 1.0, "mqtt://127.0.0.1:1883", prefix="t")
+    f = fleet.Fleet(tmp_path / "b", plans, serial=True)
+    f.prepare(fresh=True)
+    manifest = json.loads((tmp_path / "b" / "boards.json").read_text())
+    assert [m["port"] for m in manifest] == [str(tmp_path / "b" / p.device / "tty") for p in plans]
+    assert all((tmp_path / "b" / p.device / "flash" / "main.py").exists() for p in plans)
