@@ -28,7 +28,7 @@ from iot import contract, log
 from iot.topics import TOPIC_PARTITIONS, ensure_topics
 
 from . import transport
-from .engine import Outputs, ScopeEngine
+from .engine import Item, Outputs, ScopeEngine
 from .errors import SinkError
 from .kafka_out import KafkaOut
 from .metrics import BackendMetrics
@@ -83,7 +83,16 @@ class BackendRuntime:
         idle_ms = int(settings.idle_timeout_s * 1000)
         open_ms = int(settings.open_write_s * 1000)
         self.engines = {
-            scope: ScopeEngine(scope, settings.specs, grace_ms, idle_ms, self._loader(table), open_ms)
+            scope: ScopeEngine(
+                scope,
+                settings.specs,
+                grace_ms,
+                idle_ms,
+                self._loader(table),
+                open_ms,
+                allowed_lateness_ms=settings.allowed_lateness_s * 1000,
+                max_clock_ahead_ms=settings.max_clock_ahead_s * 1000,
+            )
             for scope, table in ((SENSOR, self.sensor_table), (PLACE, self.place_table))
         }
         self.locks = {SENSOR: asyncio.Lock(), PLACE: asyncio.Lock()}
@@ -154,7 +163,7 @@ class BackendRuntime:
     # --- batches -------------------------------------------------------------------------------
     async def _sensor_batch(self, events: Sequence[Any]) -> None:
         now = now_ms()
-        batch: list[tuple[Mapping[str, Any], int]] = []
+        batch: list[Item] = []
         rejected: list[dict[str, Any]] = []
         forwards: list[tuple[str, bytes]] = []
         for event in events:
@@ -175,19 +184,20 @@ class BackendRuntime:
                 )
                 rejected.append(dlq_record(exc.reason, exc.detail, exc.topic, value or b"", now))
                 continue
-            batch.append((reading, msg.partition))
+            batch.append((reading, msg.partition, msg.offset))
             # Every valid reading goes on, duplicates too: the place scope de-duplicates on its own, and
             # this keeps the forward independent of what the sensor state already holds after a crash.
             forwards.append((reading["place"], value))
         async with self.locks[SENSOR]:
             out = self.engines[SENSOR].process(batch, now)
+            await self._amend(SENSOR, out, now)
             await self._emit(SENSOR, out, forwards, rejected)
             self._persist(self.sensor_table, out.changed)
         self._count(SENSOR, out)
 
     async def _place_batch(self, events: Sequence[Any]) -> None:
         now = now_ms()
-        batch: list[tuple[Mapping[str, Any], int]] = []
+        batch: list[Item] = []
         rejected: list[dict[str, Any]] = []
         for event in events:
             msg = event.message
@@ -199,9 +209,10 @@ class BackendRuntime:
                 self.metrics.rejected.labels(exc.reason).inc()
                 rejected.append(dlq_record(exc.reason, exc.detail, exc.topic, event.value or b"", now))
                 continue
-            batch.append((reading, msg.partition))
+            batch.append((reading, msg.partition, msg.offset))
         async with self.locks[PLACE]:
             out = self.engines[PLACE].process(batch, now)
+            await self._amend(PLACE, out, now)
             await self._emit(PLACE, out, [], rejected)
             self._persist(self.place_table, out.changed)
         self._count(PLACE, out)
@@ -232,6 +243,37 @@ class BackendRuntime:
                     self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(high - pos - 1, 0))
 
     # --- outputs -------------------------------------------------------------------------------
+    async def _amend(self, scope: str, out: Outputs, now: int) -> None:
+        """Load the closed windows the batch amends and apply the late readings to them. Closed windows
+        live in MongoDB only (bounded memory), so this read is part of the batch; it is retried like a
+        write, since skipping it would drop the readings."""
+        if not out.amends:
+            return
+        delay = 0.5
+        while True:
+            try:
+                stored = await asyncio.to_thread(self.sink.load_windows, scope, list(out.amends))
+                break
+            except SinkError as exc:
+                _log.error(
+                    "amendment_read_failed",
+                    scope=scope,
+                    error=str(exc)[:300],
+                    retry_in_s=delay,
+                    action="check MongoDB (iot stack status); the batch waits, nothing is lost",
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        self.engines[scope].amend(out, stored, now)
+        if out.amended_docs:
+            _log.info(
+                "windows_amended",
+                scope=scope,
+                windows=len(out.amended_docs),
+                created=sum(1 for d in out.amended_docs if d["revision"] == 0),
+                readings=out.amended_readings,
+            )
+
     async def _emit(
         self, scope: str, out: Outputs, forwards: list[tuple[str, bytes]], rejected: list[dict[str, Any]]
     ) -> None:
@@ -257,7 +299,8 @@ class BackendRuntime:
     ) -> None:
         self.sink.write_readings(out.readings)
         self.sink.write_windows(scope, out.open_docs + out.final_docs)
-        for doc in out.final_docs:
+        self.sink.write_amended(scope, out.amended_docs)
+        for doc in out.final_docs + out.amended_docs:
             self.kafka.window(scope, doc)
         for record in out.late:
             self.kafka.dlq(record)
@@ -282,6 +325,10 @@ class BackendRuntime:
             m.duplicates.labels(scope).inc(out.duplicates)
         if out.late:
             m.late.labels(scope).inc(len(out.late))
+        for doc in out.amended_docs:
+            m.amended.labels(scope, doc["place"]).inc()
+        if out.amended_readings:
+            m.amended_readings.labels(scope).inc(out.amended_readings)
         for doc in out.final_docs:
             m.finalized.labels(scope, doc["kind"]).inc()
             window = f"{doc['kind']}_{doc['size_s']}s"

@@ -1,10 +1,16 @@
 """One aggregation scope (per sensor or per place) driven batch by batch, independent of Faust.
 
-The runtime hands a batch of validated readings (with the Kafka partition each came from) to
-`ScopeEngine.process`, and calls `expire` on a timer; both return an `Outputs` describing what to write
-(window documents, new distinct readings, late readings for the DLQ) and which key states changed.
+The runtime hands a batch of validated readings (with the Kafka partition and offset each came from)
+to `ScopeEngine.process`, and calls `expire` on a timer; both return an `Outputs` describing what to
+write (window documents, new distinct readings, late readings for the DLQ) and which key states changed.
 The runtime writes the outputs first and the changed states after, so a crash between the two replays
 into states that do not yet hold the batch, and the idempotent writes absorb the repetition.
+
+Amendments (readings for windows already closed, within the allowed lateness) are not applied from
+memory: `process` lists them in `Outputs.amends`, the runtime loads those window documents from the
+store, and `amend` adds the readings to them (`revision` + 1, `late_count` + n). The document's
+`offset` (highest input offset counted) makes that read-modify-write idempotent: a key's readings come
+from one partition in offset order, so after a crash a replayed reading at or below it is already in.
 """
 
 from __future__ import annotations
@@ -13,16 +19,33 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from iot import contract
+
 from .records import SENSOR, late_record, window_doc
-from .windows import KeyState, WindowKey, WindowSpec, idle_watermark
+from .windows import KeyState, WindowAcc, WindowKey, WindowSpec, idle_watermark
 
 StateLoader = Callable[[str], Mapping[str, Any] | None]
+# One input item: a validated reading, its Kafka partition and its offset there.
+Item = tuple[Mapping[str, Any], int, int]
+
+
+@dataclass(slots=True)
+class Amendment:
+    """Late readings (with their input offsets) to add to one closed window's stored document."""
+
+    key: str
+    place: str
+    wkey: WindowKey
+    readings: list[tuple[Mapping[str, Any], int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class Outputs:
     open_docs: list[dict[str, Any]] = field(default_factory=list)
     final_docs: list[dict[str, Any]] = field(default_factory=list)
+    amends: dict[str, Amendment] = field(default_factory=dict)  # window _id -> what to add
+    amended_docs: list[dict[str, Any]] = field(default_factory=list)  # filled by ScopeEngine.amend
+    amended_readings: int = 0  # readings counted into closed windows (once per window)
     readings: list[dict[str, Any]] = field(default_factory=list)  # distinct, first time seen
     late: list[dict[str, Any]] = field(default_factory=list)  # DLQ records
     duplicates: int = 0
@@ -41,10 +64,15 @@ class ScopeEngine:
         idle_timeout_ms: int,
         load: StateLoader,
         open_write_ms: int = 0,
+        allowed_lateness_ms: int = 0,
+        max_clock_ahead_ms: int | None = None,
     ) -> None:
         self.scope = scope
         self.specs = tuple(specs)
         self.grace_ms = grace_ms
+        self.allowed_lateness_ms = allowed_lateness_ms
+        # None: no cap (unit tests with event time far from the wall clock).
+        self.max_clock_ahead_ms = max_clock_ahead_ms
         self.idle_timeout_ms = idle_timeout_ms
         self._load = load
         self._cache: dict[str, KeyState] = {}
@@ -72,15 +100,20 @@ class ScopeEngine:
         self._cache.clear()
         self._dirty.clear()
 
-    def process(self, batch: Iterable[tuple[Mapping[str, Any], int]], now_ms: int) -> Outputs:
+    def _cap(self, now_ms: int) -> int | None:
+        return None if self.max_clock_ahead_ms is None else now_ms + self.max_clock_ahead_ms
+
+    def process(self, batch: Iterable[Item], now_ms: int) -> Outputs:
         out = Outputs()
         touched: dict[str, set[WindowKey]] = {}
-        for reading, partition in batch:
+        cap = self._cap(now_ms)
+        for reading, partition, offset in batch:
             out.processed += 1
             key = reading[self._key_field]
             st = self.state(key, partition)
             self._last_wall[key] = now_ms
-            result = st.add(reading, self.specs, self.grace_ms)
+            wm_before = st.watermark
+            result = st.add(reading, self.specs, self.grace_ms, self.allowed_lateness_ms, cap, offset)
             if result.duplicate:
                 out.duplicates += 1
                 continue
@@ -89,14 +122,64 @@ class ScopeEngine:
                 out.readings.append(dict(reading))
             if result.late:
                 out.late.append(late_record(self.scope, reading, result.late))
+            for wkey in result.amend:
+                wid = contract.window_id(key, wkey.kind, wkey.size_ms // 1000, wkey.start)
+                amendment = out.amends.get(wid)
+                if amendment is None:
+                    amendment = out.amends[wid] = Amendment(key, st.last_place, wkey)
+                amendment.readings.append((reading, offset))
             if result.updated:
                 touched.setdefault(key, set()).update(result.updated)
+            if st.watermark != wm_before:
+                # Close at once, not at the end of the batch: whether a reading is on time or an
+                # amendment then depends on the order of the input only, never on where batches
+                # happened to be cut (a replay after a crash cuts them elsewhere).
+                self._close(key, st, out, now_ms, None)
         for key, wkeys in touched.items():
             st = self._cache[key]
             self._dirty.setdefault(key, set()).update(wkeys)
-            self._close(key, st, out, now_ms, None)
             self._write_open(key, st, out, now_ms, force=False)
         return out
+
+    def amend(self, out: Outputs, stored: Mapping[str, Mapping[str, Any]], now_ms: int) -> None:
+        """Apply `out.amends` to the stored documents (by `_id`; a window absent from `stored` never
+        opened and is created, directly final), filling `out.amended_docs`."""
+        # A window can close and take a late reading within one batch: its final document is then
+        # still in this batch's outputs, not yet stored. Of the two, the one with the higher fence
+        # is the more advanced (after a crash the stored one can be ahead of the replay).
+        batch_finals = {d["_id"]: d for d in out.final_docs}
+        for wid, amendment in out.amends.items():
+            bases = [d for d in (batch_finals.get(wid), stored.get(wid)) if d is not None]
+            doc = max(bases, key=lambda d: int(d.get("offset", -1))) if bases else None
+            if doc is None:
+                acc, revision, late_count = WindowAcc(), -1, 0
+            else:
+                acc = WindowAcc.from_doc(doc)
+                revision, late_count = int(doc.get("revision", 0)), int(doc.get("late_count", 0))
+            fence = acc.offset
+            added = 0
+            for reading, offset in amendment.readings:
+                if 0 <= offset <= fence:
+                    continue  # counted before a crash: the document already holds it
+                acc.add(reading, offset)
+                added += 1
+            if not added:
+                continue
+            out.amended_readings += added
+            place = doc["place"] if doc is not None and self.scope == SENSOR else amendment.place
+            out.amended_docs.append(
+                window_doc(
+                    self.scope,
+                    amendment.key,
+                    place,
+                    amendment.wkey,
+                    acc,
+                    True,
+                    now_ms,
+                    revision=revision + 1,
+                    late_count=late_count + added,
+                )
+            )
 
     def _write_open(self, key: str, st: KeyState, out: Outputs, now_ms: int, force: bool) -> None:
         dirty = self._dirty.get(key)
@@ -131,6 +214,9 @@ class ScopeEngine:
                 continue
             last = self._last_wall.setdefault(key, now_ms)
             wm = idle_watermark(st.watermark, now_ms - last, self.idle_timeout_ms)
+            cap = self._cap(now_ms)
+            if wm is not None and cap is not None:
+                wm = min(wm, cap)
             if wm is None or min(k.end for k in st.windows) + self.grace_ms > wm:
                 continue
             self._close(key, st, out, now_ms, wm)

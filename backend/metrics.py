@@ -23,7 +23,19 @@ class BackendMetrics:
         )
         self.late = Counter(
             "iot_backend_late_total",
-            "Readings not counted because a window was already final (sent to DLQ)",
+            "Readings not counted: window final and further behind than the allowed lateness (sent to DLQ)",
+            ["scope"],
+            registry=r,
+        )
+        self.amended = Counter(
+            "iot_backend_windows_amended_total",
+            "Final window documents amended (or created) by readings within the allowed lateness",
+            ["scope", "place"],
+            registry=r,
+        )
+        self.amended_readings = Counter(
+            "iot_backend_amended_readings_total",
+            "Readings counted into windows already final (within the allowed lateness)",
             ["scope"],
             registry=r,
         )

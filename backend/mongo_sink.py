@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bson.datetime_ms import DatetimeMS
-from pymongo import ASCENDING, MongoClient
+from pymongo import ASCENDING, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from iot import contract, log
@@ -30,6 +30,7 @@ from .records import SENSOR
 
 DUPLICATE_KEY = 11000
 CHUNK = 500
+UPDATE_CHUNK = 50
 _log = log.get("backend.mongo")
 
 
@@ -74,6 +75,38 @@ class MongoSink:
             self._bulk(coll, lambda q=query: self.db[coll].delete_many(q))
             self._bulk(coll, lambda c=chunk: self.db[coll].insert_many(c, ordered=False))
         return len(ids)
+
+    def load_windows(self, scope: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Stored window documents by `_id` (dates as epoch ms), for amendments; absent ids are absent."""
+        coll = contract.COLL_SENSOR_WINDOWS if scope == SENSOR else contract.COLL_PLACE_WINDOWS
+        wanted = list(ids)
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            for i in range(0, len(wanted), CHUNK):
+                for doc in self.db[coll].find({"_id": {"$in": wanted[i : i + CHUNK]}}):
+                    for name in ("start", "end", "updated_at"):
+                        doc[name] = int(doc[name].timestamp() * 1000)
+                    found[doc["_id"]] = doc
+        except PyMongoError as exc:
+            raise SinkError(f"reading {coll} for amendments failed: {exc}") from exc
+        return found
+
+    def write_amended(self, scope: str, docs: Iterable[Mapping[str, Any]]) -> int:
+        """Replace amended (final) window documents whole, creating the ones that never existed.
+
+        Replace-with-upsert, not delete + insert as for open windows: a crash between a delete and its
+        insert would lose the document, and an amendment is computed from that very document."""
+        coll = contract.COLL_SENSOR_WINDOWS if scope == SENSOR else contract.COLL_PLACE_WINDOWS
+        latest = {doc["_id"]: doc for doc in docs}
+        ops = [
+            ReplaceOne({"_id": i}, _dates(d, ("start", "end", "updated_at")), upsert=True)
+            for i, d in latest.items()
+        ]
+        # FerretDB deadlocks on update commands of more than about 100 statements (FACTS.md).
+        for i in range(0, len(ops), UPDATE_CHUNK):
+            chunk = ops[i : i + UPDATE_CHUNK]
+            self._bulk(coll, lambda c=chunk: self.db[coll].bulk_write(c, ordered=False))
+        return len(ops)
 
     def write_readings(self, readings: Iterable[Mapping[str, Any]]) -> int:
         docs = []

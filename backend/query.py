@@ -50,16 +50,34 @@ def _num(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _state(doc: dict[str, Any]) -> str:
+    """`open`, `final`, or `amended` for a final window that took readings after it was final
+    (contract revision 3: `revision` > 0, or a window an outage replay created)."""
+    if not doc["final"]:
+        return "open"
+    return "amended" if doc.get("revision", 0) or doc.get("late_count", 0) else "final"
+
+
 def render(docs: list[dict[str, Any]]) -> str:
     """A plain-text table (one row per window) that also reads well in a pipe."""
-    headers = ["key", "kind", "size", "start (UTC)", "n", *contract.METRICS, "final"]
+    headers = ["key", "kind", "size", "start (UTC)", "n", *contract.METRICS, "state", "rev", "late"]
     rows = []
     for d in docs:
         key = d.get("device") or d.get("place", "?")
         start = d["start"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
         means = [_num(d.get(m, {}).get("mean")) for m in contract.METRICS]
         rows.append(
-            [key, d["kind"], f"{d['size_s']}s", start, str(d["count"]), *means, "yes" if d["final"] else "no"]
+            [
+                key,
+                d["kind"],
+                f"{d['size_s']}s",
+                start,
+                str(d["count"]),
+                *means,
+                _state(d),
+                str(d.get("revision", 0)),
+                str(d.get("late_count", 0)),
+            ]
         )
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]

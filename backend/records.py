@@ -54,6 +54,10 @@ def decode_reading(value: bytes | None) -> dict[str, Any]:
     received_at = obj.pop("received_at", None)
     if not isinstance(received_at, int) or isinstance(received_at, bool):
         raise RejectedRecord(contract.REASON_SCHEMA, "field 'received_at' must be int epoch ms", topic)
+    # Set by the gateway's clock guard (contract revision 3): the board's own, re-stamped, ts.
+    device_ts = obj.pop("device_ts", None)
+    if device_ts is not None and (not isinstance(device_ts, int) or isinstance(device_ts, bool)):
+        raise RejectedRecord(contract.REASON_SCHEMA, "field 'device_ts' must be int epoch ms", topic)
     try:
         reading = contract.validate_reading(topic, contract.encode(obj))
     except contract.InvalidReading as exc:
@@ -61,6 +65,8 @@ def decode_reading(value: bytes | None) -> dict[str, Any]:
     except ValueError as exc:  # encode refuses what cannot be re-encoded
         raise RejectedRecord(contract.REASON_SCHEMA, str(exc)[:200], topic) from None
     reading["received_at"] = received_at
+    if device_ts is not None:
+        reading["device_ts"] = device_ts
     return reading
 
 
@@ -79,7 +85,8 @@ def late_record(scope: str, reading: Mapping[str, Any], windows: list[WindowKey]
     missed = ",".join(f"{w.kind}:{w.size_ms // 1000}s@{w.start}" for w in windows)
     return dlq_record(
         contract.REASON_LATE,
-        f"{scope} window(s) already final, reading not counted: {missed}",
+        f"{scope} window(s) final and the reading is further behind the watermark than the allowed"
+        f" lateness, not counted: {missed}",
         contract.reading_topic(reading["place"], reading["device"]),
         contract.encode(payload),
         reading["received_at"],
@@ -87,9 +94,21 @@ def late_record(scope: str, reading: Mapping[str, Any], windows: list[WindowKey]
 
 
 def window_doc(
-    scope: str, key: str, place: str, wkey: WindowKey, acc: WindowAcc, final: bool, now_ms: int
+    scope: str,
+    key: str,
+    place: str,
+    wkey: WindowKey,
+    acc: WindowAcc,
+    final: bool,
+    now_ms: int,
+    revision: int = 0,
+    late_count: int = 0,
 ) -> dict[str, Any]:
-    """A window document with dates as epoch ms (the Kafka form of the contract's document)."""
+    """A window document with dates as epoch ms (the Kafka form of the contract's document).
+
+    Besides the contract's fields it carries what an amendment needs to go on from the document alone
+    (so no closed window stays in memory): `sums` (the exact sum of each metric, a decimal numerator
+    over 2**exp) and `offset` (the highest input offset counted, the replay fence)."""
     doc: dict[str, Any] = {"_id": contract.window_id(key, wkey.kind, wkey.size_ms // 1000, wkey.start)}
     if scope == SENSOR:
         doc["device"] = key
@@ -108,5 +127,9 @@ def window_doc(
     for name, macc in acc.metrics.items():
         doc[name] = macc.summary()
     doc["final"] = final
+    doc["revision"] = revision
+    doc["late_count"] = late_count
     doc["updated_at"] = now_ms
+    doc["sums"] = {name: macc.exact() for name, macc in acc.metrics.items()}
+    doc["offset"] = acc.offset
     return doc

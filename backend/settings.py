@@ -53,6 +53,8 @@ class Settings:
     commit_interval_s: float
     session_timeout_s: float
     open_write_s: float
+    allowed_lateness_s: int = int(ENV_DEFAULTS["IOT_WINDOW_ALLOWED_LATENESS_S"])
+    max_clock_ahead_s: int = int(ENV_DEFAULTS["IOT_MAX_CLOCK_AHEAD_S"])
 
     @property
     def specs(self) -> tuple[WindowSpec, ...]:
@@ -73,6 +75,8 @@ class Settings:
             "mongo": host,
             "windows": f"tumbling={self.tumbling_s}s hopping={self.hopping_s}s/{self.hop_step_s}s",
             "grace_s": self.grace_s,
+            "allowed_lateness_s": self.allowed_lateness_s,
+            "max_clock_ahead_s": self.max_clock_ahead_s,
             "idle_timeout_s": self.idle_timeout_s,
         }
 
@@ -149,6 +153,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         # Kafka refuses sessions under its group.min.session.timeout.ms (6 s by default).
         session_timeout_s=_float(env, "IOT_BACKEND_SESSION_TIMEOUT_S", 6.0),
         open_write_s=_float(env, "IOT_BACKEND_OPEN_WRITE_S", 0.0),
+        allowed_lateness_s=_int(env, "IOT_WINDOW_ALLOWED_LATENESS_S", 0),
+        max_clock_ahead_s=_int(env, "IOT_MAX_CLOCK_AHEAD_S", 0),
     )
     for name, port in (
         ("IOT_BACKEND_METRICS_PORT", settings.metrics_port),

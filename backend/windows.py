@@ -4,7 +4,13 @@ A *key* (a device, or a place) owns a `KeyState`: its watermark (the highest `ts
 windows and the (device, boot, seq) identities it has already counted. Windows are aligned to the epoch,
 start inclusive, end exclusive. A window is final once the key's watermark reaches `end + grace`; a key
 that went quiet has its watermark carried forward by wall-clock time after an idle timeout, so its last
-window is final too. A reading for a final window is *late*: it is not added, the caller reports it.
+window is final too. A closed window leaves memory: a reading for it that lies within the allowed
+lateness of the watermark is an *amendment*, which the caller applies to the stored window document
+(it keeps the exact sums, `WindowAcc.from_doc`), so memory per key does not grow with the allowed
+lateness. A reading further behind is *late*: it is not added, the caller reports it.
+
+The watermark never passes the caller's wall clock + the clock-ahead bound: one reading from a board
+whose clock is years ahead must not make every following reading of its key late.
 
 Sums are kept exactly (an integer numerator over a power of two), so a mean does not depend on the
 order readings arrived in: a replay, a restart or two workers give bit-identical means.
@@ -102,6 +108,24 @@ class MetricAcc:
         # The numerator can exceed 2**53: keep it as a decimal string so no JSON reader rounds it.
         return [self.count, str(self.num), self.exp, self.min, self.max]
 
+    def exact(self) -> dict[str, Any]:
+        """The exact sum, for the window document: what an amendment needs beyond the summary."""
+        return {"num": str(self.num), "exp": self.exp}
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any], exact: Mapping[str, Any] | None) -> MetricAcc:
+        acc = cls()
+        acc.count = int(summary["count"])
+        if exact is not None:
+            acc.num, acc.exp = int(exact["num"]), int(exact["exp"])
+        elif acc.count:
+            # A document from before contract revision 3 has no exact sum: mean x count is the best
+            # left (off by rounding only); such a window is older than any replay in practice.
+            n, d = (summary["mean"] * acc.count).as_integer_ratio()
+            acc.num, acc.exp = n, d.bit_length() - 1
+        acc.min, acc.max = summary["min"], summary["max"]
+        return acc
+
     @classmethod
     def from_json(cls, data: Sequence[Any]) -> MetricAcc:
         acc = cls()
@@ -116,17 +140,22 @@ class MetricAcc:
 
 
 class WindowAcc:
-    """Everything one window has accumulated: readings counted, per-metric accumulators, devices seen."""
+    """Everything one window has accumulated: readings counted, per-metric accumulators, devices seen,
+    and the highest input offset counted (the fence that makes an amendment replayed after a crash
+    idempotent: a reading at or below it is already in)."""
 
-    __slots__ = ("count", "devices", "metrics")
+    __slots__ = ("count", "devices", "metrics", "offset")
 
     def __init__(self) -> None:
         self.count = 0
         self.metrics: dict[str, MetricAcc] = {m: MetricAcc() for m in METRICS}
         self.devices: set[str] = set()
+        self.offset = -1
 
-    def add(self, reading: Mapping[str, Any]) -> None:
+    def add(self, reading: Mapping[str, Any], offset: int = -1) -> None:
         self.count += 1
+        if offset > self.offset:
+            self.offset = offset
         self.devices.add(reading["device"])
         for name, acc in self.metrics.items():
             value = reading[name]
@@ -138,6 +167,7 @@ class WindowAcc:
             "n": self.count,
             "d": sorted(self.devices),
             "m": {name: acc.to_json() for name, acc in self.metrics.items()},
+            "o": self.offset,
         }
 
     @classmethod
@@ -146,6 +176,18 @@ class WindowAcc:
         acc.count = int(data["n"])
         acc.devices = set(data["d"])
         acc.metrics = {name: MetricAcc.from_json(data["m"][name]) for name in METRICS}
+        acc.offset = int(data.get("o", -1))
+        return acc
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> WindowAcc:
+        """The accumulator a stored window document describes (its `sums` keep the exact sums)."""
+        acc = cls()
+        acc.count = int(doc["count"])
+        acc.devices = set(doc["devices"]) if "devices" in doc else {doc["device"]}
+        sums = doc.get("sums", {})
+        acc.metrics = {name: MetricAcc.from_summary(doc[name], sums.get(name)) for name in METRICS}
+        acc.offset = int(doc.get("offset", -1))
         return acc
 
 
@@ -230,10 +272,13 @@ class ClosedWindow:
 
 @dataclass(slots=True)
 class AddOutcome:
-    """What adding one reading did: duplicate, the windows it updated, the final ones it missed."""
+    """What adding one reading did: duplicate, the open windows it updated, the closed ones it is to
+    amend (within allowed lateness; the caller applies them to the stored documents), and the closed
+    ones it missed (late: further behind the watermark than the allowed lateness)."""
 
     duplicate: bool = False
     updated: list[WindowKey] = field(default_factory=list)
+    amend: list[WindowKey] = field(default_factory=list)
     late: list[WindowKey] = field(default_factory=list)
 
 
@@ -262,8 +307,18 @@ class KeyState:
                 del boots[min(boots)]
         return seqs.add(seq)
 
-    def add(self, reading: Mapping[str, Any], specs: Sequence[WindowSpec], grace_ms: int) -> AddOutcome:
-        """Count one validated reading into its open windows; report duplicates and final windows hit."""
+    def add(
+        self,
+        reading: Mapping[str, Any],
+        specs: Sequence[WindowSpec],
+        grace_ms: int,
+        allowed_lateness_ms: int = 0,
+        watermark_cap: int | None = None,
+        offset: int = -1,
+    ) -> AddOutcome:
+        """Count one validated reading into its open windows; report duplicates, the closed windows it
+        amends and the ones it is too late for. `watermark_cap` (wall clock + clock-ahead bound) is the
+        furthest the watermark may move; `offset` is the reading's input offset (the amendment fence)."""
         out = AddOutcome()
         if not self.mark_seen(reading["device"], reading["boot"], reading["seq"]):
             out.duplicate = True
@@ -271,23 +326,31 @@ class KeyState:
         ts: int = reading["ts"]
         self.last_place = reading["place"]
         wm = self.watermark
+        # Per reading, not per window: a reading is either within the allowed lateness for all its
+        # closed windows or for none, so a replay never leaves a reading in half of its hopping windows.
+        amendable = wm is None or wm - ts <= allowed_lateness_ms
         for spec in specs:
             for start in spec.starts(ts):
                 key = WindowKey(spec.kind, spec.size_ms, spec.step_ms, start)
-                if wm is not None and start + spec.size_ms + grace_ms <= wm:
-                    out.late.append(key)
-                    continue
                 acc = self.windows.get(key)
                 if acc is None:
+                    if wm is not None and start + spec.size_ms + grace_ms <= wm:
+                        # Closed (or never opened while event time passed it): not in memory any more.
+                        (out.amend if amendable else out.late).append(key)
+                        continue
                     acc = self.windows[key] = WindowAcc()
-                acc.add(reading)
+                # Still open, also when this batch's watermark has passed it: it closes after the batch.
+                acc.add(reading, offset)
                 out.updated.append(key)
+        if watermark_cap is not None and ts > watermark_cap:
+            ts = watermark_cap
         if wm is None or ts > wm:
             self.watermark = ts
         return out
 
     def close_ready(self, grace_ms: int, watermark: int | None = None) -> list[ClosedWindow]:
-        """Finalise the windows the watermark (optionally moved forward first) has passed, oldest first."""
+        """Finalise the windows the watermark (optionally moved forward first, e.g. by the idle
+        timeout) has passed, oldest first."""
         if watermark is not None and (self.watermark is None or watermark > self.watermark):
             self.watermark = watermark
         wm = self.watermark
@@ -302,7 +365,13 @@ class KeyState:
             "p": self.partition,
             "pl": self.last_place,
             "w": {k.code(): acc.to_json() for k, acc in self.windows.items()},
-            "s": {dev: {str(b): s.ranges for b, s in boots.items()} for dev, boots in self.seen.items()},
+            # Copies, not the live lists: the runtime hands this value to Faust's producer, which
+            # serialises it later; a range extended by the next batch meanwhile would put readings
+            # in the changelog whose outputs were never written (lost after a kill -9).
+            "s": {
+                dev: {str(b): [[a, z] for a, z in s.ranges] for b, s in boots.items()}
+                for dev, boots in self.seen.items()
+            },
         }
 
     @classmethod

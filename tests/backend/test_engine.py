@@ -42,7 +42,7 @@ def engine(scope: str, store: dict[str, Any] | None = None) -> ScopeEngine:
 def finals_after_idle(eng: ScopeEngine, batches: list[list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     docs: dict[str, dict[str, Any]] = {}
     for batch in batches:
-        out = eng.process([(r, 0) for r in batch], now_ms=0)
+        out = eng.process([(r, 0, -1) for r in batch], now_ms=0)
         docs.update({d["_id"]: d for d in out.final_docs})
     out = eng.expire(now_ms=100_000, partitions={0}, keys=[])
     docs.update({d["_id"]: d for d in out.final_docs})
@@ -65,10 +65,10 @@ def test_replayed_batch_after_restart_from_persisted_state_is_not_double_counted
     rs = [reading("d1", i, 1000 + i * 50) for i in range(40)]
     store: dict[str, Any] = {}
     first = engine(SENSOR, store)
-    out = first.process([(r, 0) for r in rs[:30]], now_ms=0)
+    out = first.process([(r, 0, -1) for r in rs[:30]], now_ms=0)
     store.update({k: st.to_json() for k, st in out.changed.items()})  # persisted, offsets not committed
     restarted = engine(SENSOR, store)
-    replay = restarted.process([(r, 0) for r in rs[20:]], now_ms=0)
+    replay = restarted.process([(r, 0, -1) for r in rs[20:]], now_ms=0)
     assert replay.duplicates == 10
     assert [r["seq"] for r in replay.readings] == list(range(30, 40))
     expected = finals_after_idle(engine(SENSOR), [rs])
@@ -90,8 +90,8 @@ def test_place_window_lists_its_distinct_devices_and_counts_all_of_them() -> Non
 
 def test_late_reading_becomes_a_dlq_record_with_reason_late() -> None:
     eng = engine(SENSOR)
-    eng.process([(reading("d1", 0, 1000), 0), (reading("d1", 1, 9000), 0)], now_ms=0)
-    out = eng.process([(reading("d1", 2, 1500), 0)], now_ms=0)
+    eng.process([(reading("d1", 0, 1000), 0, -1), (reading("d1", 1, 9000), 0, -1)], now_ms=0)
+    out = eng.process([(reading("d1", 2, 1500), 0, -1)], now_ms=0)
     assert len(out.late) == 1
     rec = out.late[0]
     assert (
@@ -104,7 +104,7 @@ def test_late_reading_becomes_a_dlq_record_with_reason_late() -> None:
 
 def test_idle_close_waits_for_the_timeout_and_only_touches_owned_partitions() -> None:
     eng = engine(SENSOR)
-    eng.process([(reading("d1", 0, 1000), 4)], now_ms=0)
+    eng.process([(reading("d1", 0, 1000), 4, -1)], now_ms=0)
     assert eng.expire(now_ms=1999, partitions={4}, keys=[]).final_docs == []
     assert eng.expire(now_ms=50_000, partitions={1}, keys=[]).final_docs == []
     finals = eng.expire(now_ms=50_000, partitions={4}, keys=[]).final_docs
@@ -114,8 +114,8 @@ def test_idle_close_waits_for_the_timeout_and_only_touches_owned_partitions() ->
 
 def test_open_windows_are_rewritten_at_most_once_per_interval_and_flushed_by_the_timer() -> None:
     eng = ScopeEngine(SENSOR, SPECS, 1000, 60_000, {}.get, open_write_ms=5000)
-    assert len(eng.process([(reading("d1", 0, 1000), 0)], now_ms=0).open_docs) == 3
-    assert eng.process([(reading("d1", 1, 1100), 0)], now_ms=1000).open_docs == []  # throttled
+    assert len(eng.process([(reading("d1", 0, 1000), 0, -1)], now_ms=0).open_docs) == 3
+    assert eng.process([(reading("d1", 1, 1100), 0, -1)], now_ms=1000).open_docs == []  # throttled
     assert eng.expire(now_ms=4999, partitions={0}, keys=[]).open_docs == []
     flushed = eng.expire(now_ms=5000, partitions={0}, keys=[]).open_docs
     assert {d["_id"]: d["count"] for d in flushed} == {

@@ -134,6 +134,7 @@ def test_reading_late_for_one_hopping_window_still_counts_in_the_open_one() -> N
     st = KeyState()
     st.add(reading(0, 2500), SPECS, GRACE)
     st.add(reading(1, 5200), SPECS, GRACE)  # wm 5200: [0,4000) final (4000+1000<=5200); [2000,6000) open
+    st.close_ready(GRACE)
     out = st.add(reading(2, 3000), SPECS, GRACE)
     assert [(k.kind, k.start) for k in out.late] == [(TUMBLING, 2000), (HOPPING, 0)]
     assert [(k.kind, k.start) for k in out.updated] == [(HOPPING, 2000)]

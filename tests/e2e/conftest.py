@@ -201,7 +201,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         )
         fleet.stop()
 
-        # A reading for a window that is already final must be refused as late, not added.
+        # A reading for a window long final must be refused as late, not added.
         oldest = min(json.loads(m.payload)["ts"] for m in probe.messages("reading", device=devices[0]))
         first_start = oldest - oldest % (TUMBLING_S * 1000)
         first_id = contract.window_id(devices[0], "tumbling", TUMBLING_S, first_start)
@@ -210,9 +210,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             60,
             f"window {first_id} to become final",
         )
-        # Just before the board's first window: every window containing it (the tumbling one and both
-        # hopping ones) ends by the end of that first window, so all of them are final by now.
-        late = {**json.loads(first[0].payload), "seq": 1_000_000, "ts": first_start - 1}
+        # Two days before the board's first window: its windows are final and it lies further behind
+        # the watermark than the allowed lateness (IOT_WINDOW_ALLOWED_LATENESS_S, a day): late, not
+        # an amendment. (Amendments: tests/e2e/test_time_truth.py.)
+        late = {**json.loads(first[0].payload), "seq": 1_000_000, "ts": first_start - 2 * 86_400_000}
         run.late_id = contract.reading_id(devices[0], late["boot"], late["seq"])
         _publish(first[0].topic, json.dumps(late).encode())
         run.dlq = read_dlq(
