@@ -23,7 +23,7 @@ from iot import contract, log
 
 from .kafka_sink import KafkaSink
 from .metrics import GatewayMetrics
-from .records import Outgoing, dead_letter, route
+from .records import MAX_CLOCK_AHEAD_MS, Outgoing, dead_letter, route
 
 __all__ = ["REASON_UNPROCESSABLE", "Ack", "Bridge", "Notify"]
 
@@ -61,8 +61,10 @@ class Bridge:
         ack: Ack,
         max_in_flight: int,
         notify: Notify | None = None,
+        max_clock_ahead_ms: int = MAX_CLOCK_AHEAD_MS,
     ) -> None:
         self._sink = sink
+        self._max_clock_ahead_ms = max_clock_ahead_ms
         self._metrics = metrics
         self._ack = ack
         self._notify = notify
@@ -97,12 +99,14 @@ class Bridge:
         self._received += 1
         self._metrics.received.inc()
         try:
-            out = route(topic, payload, int(now * 1000))
+            out = route(topic, payload, int(now * 1000), self._max_clock_ahead_ms)
         except Exception as exc:  # bad input must never take the gateway down
             _log.error("route_failed", topic=topic, error=repr(exc), action="sent to the DLQ; please report")
             out = dead_letter(topic, payload, REASON_UNPROCESSABLE, repr(exc)[:200], int(now * 1000))
         if out.reason is None:
             self._metrics.devices.reading(topic, now)
+            if out.restamped:
+                self._metrics.restamped(topic)
         self._send(_Pending(out, mid, qos, generation, now))
 
     def service(self) -> None:

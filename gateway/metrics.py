@@ -61,12 +61,24 @@ class GatewayMetrics:
         self.mqtt_connected = Gauge(
             "iot_gateway_mqtt_connected", "1 while connected and subscribed to the broker", registry=r
         )
+        self.clock_ahead = Counter(
+            "iot_gateway_clock_ahead",
+            "Readings re-stamped with the receive time: the board's ts was more than"
+            " IOT_MAX_CLOCK_AHEAD_S ahead of it (its claim kept in device_ts)",
+            ["place", "device"],
+            registry=r,
+        )
         self.devices = DeviceBoard()
         r.register(self.devices)
         # Every reason exists from the start, so a dashboard shows 0 rather than no data.
         for reason in contract.DLQ_REASONS:
             self.rejected.labels(reason=reason)
         self.kafka_up.set(1)
+
+    def restamped(self, reading_topic: str) -> None:
+        """Count a re-stamped reading (`reading_topic`'s ids are already validated)."""
+        parts = reading_topic.split("/")
+        self.clock_ahead.labels(place=parts[1], device=parts[2]).inc()
 
     def serve(self, host: str, port: int) -> None:
         try:

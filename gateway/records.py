@@ -13,7 +13,7 @@ from typing import Final, TypeGuard
 
 from iot import contract
 
-__all__ = ["DLQ_PAYLOAD_CAP", "Ident", "Outgoing", "dead_letter", "identify", "route"]
+__all__ = ["DLQ_PAYLOAD_CAP", "MAX_CLOCK_AHEAD_MS", "Ident", "Outgoing", "dead_letter", "identify", "route"]
 
 # A payload far beyond the contract's limit is kept only in part, so the DLQ record itself stays well
 # under Kafka's default 1 MB message limit; the detail says how much was dropped.
@@ -23,9 +23,14 @@ Ident = tuple[str, str, int, int]
 """(place, device, boot, seq) of a reading: the board the end-to-end ack goes to, and what it covers."""
 
 
+# The contract's default for IOT_MAX_CLOCK_AHEAD_S, in ms.
+MAX_CLOCK_AHEAD_MS: Final = int(contract.ENV_DEFAULTS["IOT_MAX_CLOCK_AHEAD_S"]) * 1000
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One record to produce. `reason` is None for a valid reading, else the DLQ reason."""
+    """One record to produce. `reason` is None for a valid reading, else the DLQ reason.
+    `restamped`: the board's clock was too far ahead and the reading got the receive time."""
 
     topic: str
     key: bytes
@@ -34,17 +39,29 @@ class Outgoing:
     ident: Ident | None = None
     """Set when the message names its board and reading (topic place/device, payload boot/seq), rejected
     or not: the gateway acks it to the board once Kafka holds this record."""
+    restamped: bool = False
 
 
-def route(topic: str, payload: bytes, received_at_ms: int) -> Outgoing:
+def route(
+    topic: str, payload: bytes, received_at_ms: int, max_clock_ahead_ms: int = MAX_CLOCK_AHEAD_MS
+) -> Outgoing:
     """The record for one MQTT message received at `received_at_ms` (epoch ms)."""
     try:
         reading = contract.validate_reading(topic, payload)
     except contract.InvalidReading as exc:
         return dead_letter(topic, payload, exc.reason, exc.detail, received_at_ms)
-    # The contract: a board without a synced clock gets the gateway's receive time as ts.
+    restamped = False
     if not reading["time_valid"]:
+        # The contract: a board without a synced clock gets the gateway's receive time as ts.
         reading["ts"] = received_at_ms
+    elif reading["ts"] > received_at_ms + max_clock_ahead_ms:
+        # Clock guard (contract revision 3): a reading cannot be measured after it arrived, so this
+        # clock is wrong (bad NTP answer, RTC reset to a future date). Left as is, it would drag its
+        # windows' event time years ahead; the board's claim stays in device_ts for diagnosis.
+        reading["device_ts"] = reading["ts"]
+        reading["ts"] = received_at_ms
+        reading["time_valid"] = False
+        restamped = True
     reading["received_at"] = received_at_ms
     return Outgoing(
         topic=contract.TOPIC_READINGS,
@@ -52,6 +69,7 @@ def route(topic: str, payload: bytes, received_at_ms: int) -> Outgoing:
         value=contract.encode(reading),
         reason=None,
         ident=(reading["place"], reading["device"], reading["boot"], reading["seq"]),
+        restamped=restamped,
     )
 
 

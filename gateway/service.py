@@ -32,7 +32,9 @@ def run(settings: GatewaySettings) -> int:
     sink = KafkaSink(settings.kafka_config(), metrics)
     source = MqttSource(settings, metrics)
     notify = source.notify if settings.e2e_ack else None
-    bridge = Bridge(sink, metrics, source.ack, settings.max_in_flight, notify)
+    bridge = Bridge(
+        sink, metrics, source.ack, settings.max_in_flight, notify, settings.max_clock_ahead_s * 1000
+    )
     metrics.in_flight.set_function(lambda: bridge.in_flight)
 
     stop = threading.Event()

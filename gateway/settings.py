@@ -36,6 +36,7 @@ _SECURITY_PROTOCOLS: Final = frozenset({"plaintext", "ssl", "sasl_plaintext", "s
 _COMPRESSIONS: Final = frozenset({"none", "gzip", "snappy", "lz4", "zstd"})
 # MQTT v5 Receive Maximum is a two-byte integer.
 _MAX_RECEIVE_MAXIMUM: Final = 65535
+_MAX_CLOCK_AHEAD_S: Final = int(contract.ENV_DEFAULTS["IOT_MAX_CLOCK_AHEAD_S"])
 _GROUP_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -85,6 +86,7 @@ class GatewaySettings:
     kafka_extra: Mapping[str, str | Secret] = field(default_factory=dict)
     drain_timeout_s: float = 15.0
     e2e_ack: bool = True
+    max_clock_ahead_s: int = _MAX_CLOCK_AHEAD_S
 
     @property
     def subscription(self) -> str:
@@ -173,6 +175,7 @@ class GatewaySettings:
             kafka_extra=_kafka_passthrough(reader),
             drain_timeout_s=float(reader.integer("IOT_GATEWAY_DRAIN_TIMEOUT_S", 15, 0, 3600)),
             e2e_ack=reader.flag("IOT_GATEWAY_E2E_ACK", True),
+            max_clock_ahead_s=reader.integer("IOT_MAX_CLOCK_AHEAD_S", _MAX_CLOCK_AHEAD_S, 0, 2**31 - 1),
         )
 
 

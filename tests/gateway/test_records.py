@@ -54,6 +54,29 @@ def test_valid_reading_goes_to_readings_keyed_by_device_with_received_at() -> No
     assert value["humidity"] == 40.0
 
 
+def test_clock_ten_years_ahead_is_restamped_with_receive_time_and_keeps_its_claim() -> None:
+    ahead = RECEIVED + 10 * 365 * 86_400_000
+    out = route(TOPIC, payload(reading(ts=ahead)), RECEIVED)
+    value = json.loads(out.value)
+    assert out.reason is None and out.restamped
+    assert (value["ts"], value["time_valid"], value["device_ts"]) == (RECEIVED, False, ahead)
+
+
+def test_clock_ahead_bound_is_inclusive_and_configurable() -> None:
+    at_bound = json.loads(route(TOPIC, payload(reading(ts=RECEIVED + 300_000)), RECEIVED).value)
+    assert at_bound["ts"] == RECEIVED + 300_000 and at_bound["time_valid"] and "device_ts" not in at_bound
+    out = route(TOPIC, payload(reading(ts=RECEIVED + 300_001)), RECEIVED)
+    assert out.restamped and json.loads(out.value)["device_ts"] == RECEIVED + 300_001
+    assert not route(TOPIC, payload(reading(ts=RECEIVED + 300_001)), RECEIVED, 600_000).restamped
+
+
+def test_clock_behind_is_left_alone_and_a_board_without_time_is_not_counted_as_ahead() -> None:
+    behind = route(TOPIC, payload(reading(ts=RECEIVED - 7 * 86_400_000)), RECEIVED)
+    assert not behind.restamped and json.loads(behind.value)["ts"] == RECEIVED - 7 * 86_400_000
+    unsynced = route(TOPIC, payload(reading(time_valid=False, ts=RECEIVED + 10**12)), RECEIVED)
+    assert not unsynced.restamped and "device_ts" not in json.loads(unsynced.value)
+
+
 def test_reading_without_valid_time_gets_receive_time_as_ts() -> None:
     value = json.loads(route(TOPIC, payload(reading(time_valid=False, ts=5)), RECEIVED).value)
     assert value["ts"] == RECEIVED
