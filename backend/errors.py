@@ -7,6 +7,7 @@ BackendError (an iot.errors.IotError: the CLI prints it as `Type: message`)
 
 from __future__ import annotations
 
+from iot import errors as _kernel
 from iot.errors import IotError
 
 
@@ -14,8 +15,11 @@ class BackendError(IotError):
     """Base of the backend's own errors."""
 
 
-class ConfigError(BackendError):
-    """An IOT_* setting is invalid."""
+class ConfigError(BackendError, _kernel.ConfigError):
+    """An IOT_* setting (or a command option) is invalid; `field` names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        _kernel.ConfigError.__init__(self, field, problem)
 
 
 class SinkError(BackendError):

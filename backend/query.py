@@ -21,7 +21,7 @@ def parse_duration(text: str) -> timedelta:
     """`90s`, `15m`, `1h`, `2d` → timedelta."""
     match = _DURATION.match(text.strip())
     if not match:
-        raise ConfigError(f"--last {text!r}: expected a number and a unit s|m|h|d, e.g. 1h")
+        raise ConfigError("--last", f"{text!r}: expected a number and a unit s|m|h|d, e.g. 1h")
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 

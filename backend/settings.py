@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from iot.contract import ENV_DEFAULTS, ID_PATTERN
+from iot.contract import BACKEND_METRICS_PORT, ENV_DEFAULTS, ID_PATTERN
+from iot.env import EnvReader
 
 from .errors import ConfigError
 from .windows import WindowSpec, specs_from_seconds
@@ -18,7 +19,7 @@ from .windows import WindowSpec, specs_from_seconds
 BACKEND_DEFAULTS: Final[Mapping[str, str]] = {
     "IOT_BACKEND_APP_ID": "iot-backend",
     "IOT_BACKEND_SOURCE_TOPIC": "iot.readings",
-    "IOT_BACKEND_METRICS_PORT": "9109",
+    "IOT_BACKEND_METRICS_PORT": str(BACKEND_METRICS_PORT),
     "IOT_BACKEND_WEB_PORT": "0",
     "IOT_BACKEND_IDLE_TIMEOUT_S": "30",
     "IOT_BACKEND_DATA_DIR": ".cache/iot-backend",
@@ -81,85 +82,70 @@ class Settings:
         }
 
 
-def _get(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name)
-    if value is None or value == "":
-        return ENV_DEFAULTS.get(name) or BACKEND_DEFAULTS[name]
-    return value
+class _Env:
+    """The contract's defaults, then the backend's own (BACKEND_DEFAULTS), over one EnvReader."""
 
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.reader = EnvReader(env, ConfigError)
 
-def _int(env: Mapping[str, str], name: str, minimum: int) -> int:
-    raw = _get(env, name)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}")
-    return value
+    @staticmethod
+    def default(name: str) -> str:
+        return BACKEND_DEFAULTS.get(name) or ENV_DEFAULTS[name]
 
+    def text(self, name: str) -> str:
+        return self.reader.text(name, self.default(name))
 
-def _float(env: Mapping[str, str], name: str, minimum: float) -> float:
-    raw = _get(env, name)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not value >= minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}")
-    return value
+    def integer(self, name: str, minimum: int, maximum: int | None = None) -> int:
+        return self.reader.integer(name, int(self.default(name)), minimum, maximum)
+
+    def number(self, name: str, minimum: float) -> float:
+        return self.reader.number(name, float(self.default(name)), minimum)
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from `env` (default: the process environment)."""
-    env = os.environ if env is None else env
-    app_id = _get(env, "IOT_BACKEND_APP_ID")
+    e = _Env(os.environ if env is None else env)
+    app_id = e.text("IOT_BACKEND_APP_ID")
     if not ID_PATTERN.match(app_id):
-        raise ConfigError(f"IOT_BACKEND_APP_ID={app_id!r} must match {ID_PATTERN.pattern}")
-    source_topic = _get(env, "IOT_BACKEND_SOURCE_TOPIC")
+        raise ConfigError("IOT_BACKEND_APP_ID", f"{app_id!r} must match {ID_PATTERN.pattern}")
+    source_topic = e.text("IOT_BACKEND_SOURCE_TOPIC")
     if not re.match(r"^[A-Za-z0-9._-]{1,200}$", source_topic):
-        raise ConfigError(f"IOT_BACKEND_SOURCE_TOPIC={source_topic!r} is not a valid Kafka topic name")
-    mongo_uri = _get(env, "IOT_MONGO_URI")
+        raise ConfigError("IOT_BACKEND_SOURCE_TOPIC", f"{source_topic!r} is not a valid Kafka topic name")
+    mongo_uri = e.text("IOT_MONGO_URI")
     if not mongo_uri.startswith(("mongodb://", "mongodb+srv://")):
-        raise ConfigError("IOT_MONGO_URI must start with mongodb:// or mongodb+srv://")
-    offset_reset = _get(env, "IOT_BACKEND_OFFSET_RESET")
+        raise ConfigError("IOT_MONGO_URI", "must start with mongodb:// or mongodb+srv://")
+    offset_reset = e.text("IOT_BACKEND_OFFSET_RESET")
     if offset_reset not in ("earliest", "latest"):
-        raise ConfigError(f"IOT_BACKEND_OFFSET_RESET={offset_reset!r} must be earliest or latest")
-    tumbling = _int(env, "IOT_WINDOW_TUMBLING_S", 1)
-    hopping = _int(env, "IOT_WINDOW_HOPPING_S", 1)
-    step = _int(env, "IOT_WINDOW_HOP_STEP_S", 1)
+        raise ConfigError("IOT_BACKEND_OFFSET_RESET", f"{offset_reset!r} must be earliest or latest")
+    tumbling = e.integer("IOT_WINDOW_TUMBLING_S", 1)
+    hopping = e.integer("IOT_WINDOW_HOPPING_S", 1)
+    step = e.integer("IOT_WINDOW_HOP_STEP_S", 1)
     if step > hopping or hopping % step:
         raise ConfigError(
-            f"IOT_WINDOW_HOP_STEP_S={step} must divide IOT_WINDOW_HOPPING_S={hopping} and not exceed it"
+            "IOT_WINDOW_HOP_STEP_S", f"{step} must divide IOT_WINDOW_HOPPING_S={hopping} and not exceed it"
         )
     settings = Settings(
-        kafka_bootstrap=_get(env, "IOT_KAFKA_BOOTSTRAP"),
+        kafka_bootstrap=e.text("IOT_KAFKA_BOOTSTRAP"),
         mongo_uri=mongo_uri,
         tumbling_s=tumbling,
         hopping_s=hopping,
         hop_step_s=step,
-        grace_s=_int(env, "IOT_WINDOW_GRACE_S", 0),
+        grace_s=e.integer("IOT_WINDOW_GRACE_S", 0),
         app_id=app_id,
         source_topic=source_topic,
-        metrics_port=_int(env, "IOT_BACKEND_METRICS_PORT", 0),
-        web_port=_int(env, "IOT_BACKEND_WEB_PORT", 0),
-        idle_timeout_s=_float(env, "IOT_BACKEND_IDLE_TIMEOUT_S", 0.1),
-        data_dir=_get(env, "IOT_BACKEND_DATA_DIR"),
+        metrics_port=e.integer("IOT_BACKEND_METRICS_PORT", 0, 65535),
+        web_port=e.integer("IOT_BACKEND_WEB_PORT", 0, 65535),
+        idle_timeout_s=e.number("IOT_BACKEND_IDLE_TIMEOUT_S", 0.1),
+        data_dir=e.text("IOT_BACKEND_DATA_DIR"),
         offset_reset=offset_reset,
-        batch_max=_int(env, "IOT_BACKEND_BATCH_MAX", 1),
-        batch_within_ms=_int(env, "IOT_BACKEND_BATCH_WITHIN_MS", 1),
-        tick_s=_float(env, "IOT_BACKEND_TICK_S", 0.05),
-        commit_interval_s=_float(env, "IOT_BACKEND_COMMIT_INTERVAL_S", 0.1),
+        batch_max=e.integer("IOT_BACKEND_BATCH_MAX", 1),
+        batch_within_ms=e.integer("IOT_BACKEND_BATCH_WITHIN_MS", 1),
+        tick_s=e.number("IOT_BACKEND_TICK_S", 0.05),
+        commit_interval_s=e.number("IOT_BACKEND_COMMIT_INTERVAL_S", 0.1),
         # Kafka refuses sessions under its group.min.session.timeout.ms (6 s by default).
-        session_timeout_s=_float(env, "IOT_BACKEND_SESSION_TIMEOUT_S", 6.0),
-        open_write_s=_float(env, "IOT_BACKEND_OPEN_WRITE_S", 0.0),
-        allowed_lateness_s=_int(env, "IOT_WINDOW_ALLOWED_LATENESS_S", 0),
-        max_clock_ahead_s=_int(env, "IOT_MAX_CLOCK_AHEAD_S", 0),
+        session_timeout_s=e.number("IOT_BACKEND_SESSION_TIMEOUT_S", 6.0),
+        open_write_s=e.number("IOT_BACKEND_OPEN_WRITE_S", 0.0),
+        allowed_lateness_s=e.integer("IOT_WINDOW_ALLOWED_LATENESS_S", 0),
+        max_clock_ahead_s=e.integer("IOT_MAX_CLOCK_AHEAD_S", 0),
     )
-    for name, port in (
-        ("IOT_BACKEND_METRICS_PORT", settings.metrics_port),
-        ("IOT_BACKEND_WEB_PORT", settings.web_port),
-    ):
-        if port > 65535:
-            raise ConfigError(f"{name}={port} is not a TCP port")
     return settings

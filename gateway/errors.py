@@ -9,7 +9,7 @@ GatewayError                 anything the gateway reports as its own failure
 
 from __future__ import annotations
 
-from iot.errors import IotError
+from iot.errors import ConfigError, IotError
 
 __all__ = ["GatewayError", "KafkaFatalError", "MqttConnectError", "SettingsError"]
 
@@ -18,11 +18,11 @@ class GatewayError(IotError):
     """Base of every error the gateway raises on purpose."""
 
 
-class SettingsError(GatewayError):
+class SettingsError(GatewayError, ConfigError):
     """A configuration variable is missing or invalid; the message names it."""
 
     def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
+        ConfigError.__init__(self, variable, problem)
         self.variable = variable
 
 

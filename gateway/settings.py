@@ -15,6 +15,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from iot import contract
+from iot.env import EnvReader
 
 from .errors import SettingsError
 
@@ -79,7 +80,7 @@ class GatewaySettings:
     session_expiry_s: int = 86400
     max_in_flight: int = 2000
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9108
+    metrics_port: int = contract.GATEWAY_METRICS_PORT
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_linger_ms: int = 5
     kafka_compression: str = "lz4"
@@ -126,8 +127,8 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
         env = os.environ if env is None else env
-        reader = _Reader(env)
-        url = reader.text("IOT_MQTT_URL", contract.ENV_DEFAULTS["IOT_MQTT_URL"])
+        reader = EnvReader(env, SettingsError)
+        url = reader.text("IOT_MQTT_URL")
         host, port, tls_scheme = _parse_mqtt_url(url)
         tls_ca = reader.path("IOT_MQTT_TLS_CA")
         tls_cert = reader.path("IOT_MQTT_TLS_CERT")
@@ -152,7 +153,7 @@ class GatewaySettings:
         compression = reader.text("IOT_GATEWAY_KAFKA_COMPRESSION", "lz4").lower()
         if compression not in _COMPRESSIONS:
             raise SettingsError("IOT_GATEWAY_KAFKA_COMPRESSION", f"one of {', '.join(sorted(_COMPRESSIONS))}")
-        bootstrap = reader.text("IOT_KAFKA_BOOTSTRAP", contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"])
+        bootstrap = reader.text("IOT_KAFKA_BOOTSTRAP")
         return cls(
             mqtt_host=host,
             mqtt_port=port,
@@ -168,59 +169,15 @@ class GatewaySettings:
             session_expiry_s=reader.integer("IOT_GATEWAY_SESSION_EXPIRY_S", 86400, 0, 2**32 - 1),
             max_in_flight=reader.integer("IOT_GATEWAY_MAX_IN_FLIGHT", 2000, 1, _MAX_RECEIVE_MAXIMUM),
             metrics_host=reader.text("IOT_GATEWAY_METRICS_HOST", "127.0.0.1"),
-            metrics_port=reader.integer("IOT_GATEWAY_METRICS_PORT", 9108, 0, 65535),
+            metrics_port=reader.port("IOT_GATEWAY_METRICS_PORT", contract.GATEWAY_METRICS_PORT),
             kafka_bootstrap=bootstrap,
             kafka_linger_ms=reader.integer("IOT_GATEWAY_KAFKA_LINGER_MS", 5, 0, 10_000),
             kafka_compression=compression,
             kafka_extra=_kafka_passthrough(reader),
             drain_timeout_s=float(reader.integer("IOT_GATEWAY_DRAIN_TIMEOUT_S", 15, 0, 3600)),
-            e2e_ack=reader.flag("IOT_GATEWAY_E2E_ACK", True),
+            e2e_ack=reader.boolean("IOT_GATEWAY_E2E_ACK", True),
             max_clock_ahead_s=reader.integer("IOT_MAX_CLOCK_AHEAD_S", _MAX_CLOCK_AHEAD_S, 0, 2**31 - 1),
         )
-
-
-class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def optional(self, name: str) -> str | None:
-        value = self._env.get(name)
-        if value is None or value.strip() == "":
-            return None
-        return value.strip()
-
-    def text(self, name: str, default: str) -> str:
-        value = self.optional(name)
-        return default if value is None else value
-
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.optional(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(name, f"{raw!r} is not an integer") from None
-        if not low <= value <= high:
-            raise SettingsError(name, f"{value} is outside {low}..{high}")
-        return value
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self.optional(name)
-        if raw is None:
-            return default
-        value = raw.lower()
-        if value in ("1", "true", "yes", "on"):
-            return True
-        if value in ("0", "false", "no", "off"):
-            return False
-        raise SettingsError(name, f"{raw!r} is not a boolean (1/0, true/false)")
-
-    def path(self, name: str) -> str | None:
-        value = self.optional(name)
-        if value is not None and not os.path.isfile(value):
-            raise SettingsError(name, f"file {value!r} does not exist")
-        return value
 
 
 def _parse_mqtt_url(url: str) -> tuple[str, int, bool]:
@@ -240,7 +197,7 @@ def _parse_mqtt_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port or (8883 if tls else 1883), tls
 
 
-def _kafka_passthrough(reader: _Reader) -> dict[str, str | Secret]:
+def _kafka_passthrough(reader: EnvReader) -> dict[str, str | Secret]:
     extra: dict[str, str | Secret] = {}
     for variable, name in KAFKA_PASSTHROUGH.items():
         value = reader.optional(variable)

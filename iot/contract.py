@@ -71,6 +71,11 @@ ENV_DEFAULTS: Final[Mapping[str, str]] = {
     "IOT_MAX_CLOCK_AHEAD_S": "300",
 }
 
+# Default Prometheus endpoints of the two services (deployment defaults, not wire contract); the
+# native stack's Prometheus, the compose file, the demo and the tests take them from here.
+GATEWAY_METRICS_PORT: Final = 9108
+BACKEND_METRICS_PORT: Final = 9109
+
 # --- Payload v1 -------------------------------------------------------------------------------
 METRICS: Final = ("temperature", "humidity", "pressure", "luminosity")
 # Inclusive physical ranges of the sensors (BME280 / BH1750 datasheets).

@@ -84,8 +84,8 @@ class StackConfig:
         if not heap[:-1].isdigit() or heap[-1] not in "mMgG":
             raise ConfigError("IOT_KAFKA_HEAP", f"{heap!r} must look like 512m or 1g")
         targets = {
-            "gateway": get("IOT_STACK_SCRAPE_GATEWAY", "127.0.0.1:9108"),
-            "backend": get("IOT_STACK_SCRAPE_BACKEND", "127.0.0.1:9109"),
+            "gateway": get("IOT_STACK_SCRAPE_GATEWAY", f"127.0.0.1:{contract.GATEWAY_METRICS_PORT}"),
+            "backend": get("IOT_STACK_SCRAPE_BACKEND", f"127.0.0.1:{contract.BACKEND_METRICS_PORT}"),
         }
         return cls(
             state_dir=Path(get("IOT_STACK_DIR", str(state_default))).absolute(),
