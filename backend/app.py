@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -101,6 +102,8 @@ class BackendRuntime:
 
     def _make_app(self) -> faust.App:
         s = self.settings
+        # Faust creates its data dir without parents: on a fresh clone `.cache/` does not exist yet.
+        Path(s.data_dir).mkdir(parents=True, exist_ok=True)
         app = faust.App(
             s.app_id,
             broker="kafka://" + s.kafka_bootstrap.replace(",", ";"),

@@ -75,8 +75,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_boards(args: argparse.Namespace) -> int:
     broker = _broker()
+    environments = fleet.load_environments(args.env_file) if args.env_file else None
     plans = fleet.plan(
-        args.count, args.places, args.interval, broker, args.prefix, args.env, not args.unsynced
+        args.count,
+        args.places,
+        args.interval,
+        broker,
+        args.prefix,
+        args.env,
+        not args.unsynced,
+        environments=environments,
     )
     root = args.state_dir or fleet.default_state_dir()
     return fleet.run_fleet(plans, root, broker, args.duration, args.heap, args.fresh, serial=args.serial)

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import signal
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,9 +27,8 @@ from iot import contract
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack, StackError
 from iot.app.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
+from iot.env import EnvReader
 
-GATEWAY_METRICS = 9108
-BACKEND_METRICS = 9109
 DEMO_PREFIX = "demo"
 UNITS = {"temperature": "°C", "humidity": "%", "pressure": "hPa", "luminosity": "lx"}
 
@@ -45,6 +45,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: Ctrl-C)")
     parser.add_argument("--keep-stack", action="store_true", help="leave the native stack running at the end")
     parser.set_defaults(func=run)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsPorts:
+    """Where the demo's gateway and backend serve metrics: the contract's defaults (what the stack's
+    Prometheus scrapes) unless IOT_GATEWAY_METRICS_PORT / IOT_BACKEND_METRICS_PORT say otherwise."""
+
+    gateway: int
+    backend: int
+
+    @classmethod
+    def from_env(cls) -> MetricsPorts:
+        reader = EnvReader()
+        return cls(
+            reader.port("IOT_GATEWAY_METRICS_PORT", contract.GATEWAY_METRICS_PORT),
+            reader.port("IOT_BACKEND_METRICS_PORT", contract.BACKEND_METRICS_PORT),
+        )
 
 
 def _mongo_uri(cfg: StackConfig) -> str:
@@ -77,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         with console.status("starting the native stack (first run installs it: a few minutes)…"):
             stack.up()
         console.print(f"[green]stack up[/] in {time.monotonic() - started:.0f}s")
+        ports = MetricsPorts.from_env()
         env = {
             "IOT_MQTT_URL": cfg.mqtt_url,
             "IOT_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
@@ -85,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
             "IOT_WINDOW_HOPPING_S": str(args.hop_window),
             "IOT_WINDOW_HOP_STEP_S": str(args.hop_step),
             "IOT_WINDOW_GRACE_S": str(args.grace),
-            "IOT_GATEWAY_METRICS_PORT": str(GATEWAY_METRICS),
-            "IOT_BACKEND_METRICS_PORT": str(BACKEND_METRICS),
+            "IOT_GATEWAY_METRICS_PORT": str(ports.gateway),
+            "IOT_BACKEND_METRICS_PORT": str(ports.backend),
             "IOT_BACKEND_IDLE_TIMEOUT_S": str(max(args.window, 5)),
             "IOT_BACKEND_DATA_DIR": str(cfg.state_dir / "demo" / "backend-state"),
         }
@@ -95,14 +113,14 @@ def run(args: argparse.Namespace) -> int:
             supervisor.wait_ready(
                 gateway,
                 lambda: (
-                    metrics_value(f"http://127.0.0.1:{GATEWAY_METRICS}/metrics", "iot_gateway_mqtt_connected")
+                    metrics_value(f"http://127.0.0.1:{ports.gateway}/metrics", "iot_gateway_mqtt_connected")
                     == 1.0
                 ),
                 60,
             )
             backend = supervisor.start("backend", ["backend"], env)
             supervisor.wait_ready(
-                backend, lambda: endpoint_up(f"http://127.0.0.1:{BACKEND_METRICS}/metrics"), 90
+                backend, lambda: endpoint_up(f"http://127.0.0.1:{ports.backend}/metrics"), 90
             )
         boards = supervisor.start(
             "boards",
@@ -125,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
             f"[green]gateway, backend and {args.boards} virtual boards running[/] "
             f"({time.monotonic() - started:.0f}s since start); logs in {supervisor.log_dir}"
         )
-        _live(console, cfg, supervisor, boards.name, args, started)
+        _live(console, cfg, ports, supervisor, boards.name, args, started)
     except (StackError, ChildFailed) as exc:
         console.print(f"[red]{type(exc).__name__}[/]: {exc}")
         return 1
@@ -144,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
 def _live(
     console: Console,
     cfg: StackConfig,
+    ports: MetricsPorts,
     supervisor: Supervisor,
     boards: str,
     args: argparse.Namespace,
@@ -169,7 +188,7 @@ def _live(
             )
             if first_window is None and (places or sensors):
                 first_window = time.monotonic() - started
-            live.update(_view(cfg, places, sensors, first_window, args))
+            live.update(_view(cfg, ports, places, sensors, first_window, args))
             time.sleep(1.0)
     client.close()
 
@@ -210,19 +229,20 @@ def _table(title: str, key: str, docs: list[dict[str, Any]]) -> Table:
 
 def _view(
     cfg: StackConfig,
+    ports: MetricsPorts,
     places: list[dict[str, Any]],
     sensors: list[dict[str, Any]],
     first_window: float | None,
     args: argparse.Namespace,
 ) -> Group:
-    gw = metrics_value(f"http://127.0.0.1:{GATEWAY_METRICS}/metrics", "iot_gateway_produced_total") or 0
-    rej = metrics_value(f"http://127.0.0.1:{GATEWAY_METRICS}/metrics", "iot_gateway_rejected_total") or 0
-    be = metrics_value(f"http://127.0.0.1:{BACKEND_METRICS}/metrics", "iot_backend_readings_total") or 0
+    gw = metrics_value(f"http://127.0.0.1:{ports.gateway}/metrics", "iot_gateway_produced_total") or 0
+    rej = metrics_value(f"http://127.0.0.1:{ports.gateway}/metrics", "iot_gateway_rejected_total") or 0
+    be = metrics_value(f"http://127.0.0.1:{ports.backend}/metrics", "iot_backend_readings_total") or 0
     first = f"first window after {first_window:.0f}s" if first_window is not None else "waiting for windows…"
     header = Panel(
         f"readings into Kafka: {gw:.0f}   rejected: {rej:.0f}   processed by backend: {be:.0f}   {first}\n"
-        f"Prometheus http://{cfg.host}:{cfg.prometheus_port}   gateway metrics http://127.0.0.1:{GATEWAY_METRICS}"
-        f"/metrics   backend metrics http://127.0.0.1:{BACKEND_METRICS}/metrics\n"
+        f"Prometheus http://{cfg.host}:{cfg.prometheus_port}   gateway metrics http://127.0.0.1:{ports.gateway}"
+        f"/metrics   backend metrics http://127.0.0.1:{ports.backend}/metrics\n"
         f"MongoDB {_mongo_uri(cfg)}   `iot windows --last 5m`   Grafana: the compose stack, "
         "http://localhost:3000\nCtrl-C stops everything the demo started",
         title=f"IoT demo — {args.boards} boards, {args.places} places, windows {args.window}s tumbling / "

@@ -15,15 +15,16 @@ import pytest
 
 from iot import contract
 from iot.app.stack.config import StackConfig
-from tests.support import commit_end_offsets, listening
+from tests.support import commit_end_offsets, free_ports, listening
 
 pytestmark = [pytest.mark.integration, pytest.mark.hil]
 IOT = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "iot")
 CFG = StackConfig.from_env()
 
 
-def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started() -> None:
+def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started(tmp_path: Path) -> None:
     tag = f"demo{uuid.uuid4().hex[:8]}"
+    gateway_port, backend_port = free_ports(2)
     env = {
         **os.environ,
         # Its own consumer group, database and MQTT session, so the shared stack's history is not replayed.
@@ -31,6 +32,8 @@ def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started() -> N
         "IOT_MONGO_URI": f"mongodb://{CFG.host}:{CFG.mongo_port}/{tag}",
         "IOT_GATEWAY_GROUP": tag,
         "IOT_GATEWAY_CLIENT_ID": f"{tag}-gw",
+        "IOT_GATEWAY_METRICS_PORT": str(gateway_port),
+        "IOT_BACKEND_METRICS_PORT": str(backend_port),
         "COLUMNS": "200",
     }
     commit_end_offsets(CFG.kafka_bootstrap, tag, contract.TOPIC_READINGS)
@@ -59,6 +62,8 @@ def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started() -> N
                 "--keep-stack",
             ],
             env=env,
+            # From an empty directory, as on a fresh clone: nothing it needs may be assumed to exist.
+            cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=240,
@@ -68,7 +73,7 @@ def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started() -> N
         assert "first window after" in result.stdout
         for child in ("boards", "backend", "gateway"):
             assert f"child_stopped child={child} code=0" in result.stderr, f"{child} did not stop cleanly"
-        assert not listening(9108) and not listening(9109), "a demo service is still listening"
+        assert not listening(gateway_port) and not listening(backend_port), "a demo service still listens"
         windows = client[tag][contract.COLL_SENSOR_WINDOWS]
         final = list(windows.find({"device": {"$regex": "^demo-"}, "final": True}))
         assert {w["device"] for w in final} == {"demo-kitchen-01", "demo-garage-01"}

@@ -24,8 +24,10 @@ from tests.support import commit_end_offsets, free_ports, wait_for
 
 CFG = StackConfig.from_env()
 # The native Prometheus scrapes these two ports (iot/stack/services.py), so the e2e services use them.
-GATEWAY_METRICS = 9108
-BACKEND_METRICS = 9109
+# The default ports on purpose: the shared native Prometheus scrapes exactly these, and the live
+# dashboard test evaluates the panels' queries on what it scraped.
+GATEWAY_METRICS = contract.GATEWAY_METRICS_PORT
+BACKEND_METRICS = contract.BACKEND_METRICS_PORT
 TUMBLING_S, HOPPING_S, STEP_S, GRACE_S = 4, 8, 4, 2
 BOARDS_PER_PLACE = 2
 READINGS_PER_BOARD = 16
