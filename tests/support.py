@@ -22,6 +22,12 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
     return last
 
 
+def failed(request: Any) -> bool:
+    """True when the test behind a fixture's `request` failed (phase reports from tests/conftest.py)."""
+    report = getattr(request.node, "rep_call", None)
+    return report is not None and bool(report.failed)
+
+
 def unique(prefix: str) -> str:
     """An id that matches the contract's id pattern and is unique per call."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"

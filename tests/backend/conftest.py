@@ -30,7 +30,7 @@ from pymongo import MongoClient
 
 from iot import contract
 from iot.topics import TOPIC_PARTITIONS
-from tests.support import payload_v1, scrape, unique, wait_for
+from tests.support import failed, payload_v1, scrape, unique, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 IOT = REPO / ".venv" / "bin" / "iot"
@@ -263,8 +263,7 @@ class BackendRig:
 def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BackendRig]:
     r = BackendRig(tmp_path)
     yield r
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
+    if failed(request):
         for i, w in enumerate(r.workers):
             counts = {
                 k: v for k, v in w.metrics().items() if k.startswith("iot_backend_") and "_created" not in k
@@ -272,13 +271,6 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BackendRig]:
             print(f"--- backend worker {i} metrics: {counts}")
             print(f"--- backend worker {i} log (tail) ---\n{w.log()[-6000:]}")
     r.close()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome: Any = yield
-    rep = outcome.get_result()
-    setattr(item, "rep_" + rep.when, rep)
 
 
 # --- the oracle: expected window documents, computed independently of backend/windows.py ---------

@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.kafka_sink import GATEWAY_HEADER
 from iot import contract
-from tests.support import payload_v1, scrape, unique, wait_for
+from tests.support import failed, payload_v1, scrape, unique, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 IOT = REPO / ".venv" / "bin" / "iot"
@@ -166,18 +166,10 @@ class GatewayFactory:
 def gateways(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[GatewayFactory]:
     factory = GatewayFactory(tmp_path)
     yield factory
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
+    if failed(request):
         for gateway in factory.made:
             sys.stderr.write(f"\n--- log of {gateway.client_id} ---\n{gateway.log()[-5000:]}\n")
     factory.close()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    setattr(item, f"rep_{report.when}", report)
-    return report
 
 
 # --- MQTT publisher -----------------------------------------------------------------------------
