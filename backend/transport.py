@@ -19,7 +19,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import aiokafka
+from faust.tables.base import Collection
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from iot import pins
+
+# The Faust internals the backend relies on: this transport's overrides, and the tables' in-memory
+# `data` and `send_changelog` that backend/app.py uses to keep one KeyState per key.
+pins.require(
+    "faust-streaming",
+    "0.15",
+    [
+        (faust_aiokafka.AIOKafkaConsumerThread, "seek_to_committed"),
+        (faust_aiokafka.AIOKafkaConsumerThread, "call_thread"),
+        (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
+        (faust_aiokafka.Consumer, "_new_consumer_thread"),
+        (Collection, "data"),
+        (Collection, "send_changelog"),
+    ],
+    "backend/transport.py and backend/app.py",
+)
+# What the corrected seek calls on aiokafka's consumer (whose 0-offset skip it works around).
+pins.require(
+    "aiokafka",
+    "0.14",
+    [(aiokafka.AIOKafkaConsumer, name) for name in ("seek_to_committed", "seek_to_beginning", "seek_to_end")],
+    "backend/transport.py",
+)
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

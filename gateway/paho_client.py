@@ -20,7 +20,18 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from iot import pins
+
 __all__ = ["BatchingClient"]
+
+# The private paho methods this client overrides, and the instance attributes it reads.
+pins.require(
+    "paho-mqtt",
+    "2.2",
+    [(mqtt.Client, name) for name in ("_sock_recv", "loop_read", "_packet_queue", "_packet_write")],
+    "gateway/paho_client.py (BatchingClient)",
+)
+_INSTANCE_HOOKS = ("_sock", "_sockpairW", "_out_packet")
 
 _READ_CHUNK = 65536
 _PUBACK = 0x40
@@ -31,6 +42,9 @@ _MAX_COALESCED = 2048  # PUBACKs per send: 4 bytes each
 class BatchingClient(mqtt.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        missing = [name for name in _INSTANCE_HOOKS if not hasattr(self, name)]
+        if missing:
+            raise pins.PinError(f"paho-mqtt Client objects lack {missing}: re-check BatchingClient")
         self._rbuf = b""
         self._rpos = 0
         self._rsock: object = None
