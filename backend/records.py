@@ -3,7 +3,6 @@ DLQ records. Pure functions; dates stay epoch ms here and become BSON dates in t
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from typing import Any, Final
@@ -70,14 +69,7 @@ def decode_reading(value: bytes | None) -> dict[str, Any]:
     return reading
 
 
-def dlq_record(reason: str, detail: str, topic: str, payload: bytes, received_at: int) -> dict[str, Any]:
-    return {
-        "reason": reason,
-        "detail": detail,
-        "topic": topic,
-        "payload_b64": base64.b64encode(payload).decode("ascii"),
-        "received_at": received_at,
-    }
+dlq_record = contract.dlq_record
 
 
 def late_record(scope: str, reading: Mapping[str, Any], windows: list[WindowKey]) -> dict[str, Any]:

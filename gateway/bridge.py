@@ -28,7 +28,7 @@ from .records import MAX_CLOCK_AHEAD_MS, Outgoing, dead_letter, route
 __all__ = ["REASON_UNPROCESSABLE", "Ack", "Bridge", "Notify"]
 
 # Reason for a message that broke the gateway's own code: it still goes to the DLQ, never lost.
-REASON_UNPROCESSABLE: Final = "unprocessable"
+REASON_UNPROCESSABLE: Final = contract.REASON_UNPROCESSABLE
 # A record that failed to queue or deliver is sent again after this pause, not in a hot loop.
 RETRY_AFTER_S: Final = 0.5
 BACKPRESSURE_AFTER_S: Final = 1.0

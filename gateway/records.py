@@ -6,7 +6,6 @@ gateway; whatever it cannot accept becomes a DLQ record with a stable reason cod
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from typing import Final, TypeGuard
@@ -17,7 +16,7 @@ __all__ = ["DLQ_PAYLOAD_CAP", "MAX_CLOCK_AHEAD_MS", "Ident", "Outgoing", "dead_l
 
 # A payload far beyond the contract's limit is kept only in part, so the DLQ record itself stays well
 # under Kafka's default 1 MB message limit; the detail says how much was dropped.
-DLQ_PAYLOAD_CAP: Final = 64 * 1024
+DLQ_PAYLOAD_CAP: Final = contract.DLQ_PAYLOAD_CAP
 
 Ident = tuple[str, str, int, int]
 """(place, device, boot, seq) of a reading: the board the end-to-end ack goes to, and what it covers."""
@@ -75,20 +74,10 @@ def route(
 
 def dead_letter(topic: str, payload: bytes, reason: str, detail: str, received_at_ms: int) -> Outgoing:
     """The DLQ record for a rejected message, keyed by its MQTT topic."""
-    kept = payload[:DLQ_PAYLOAD_CAP]
-    if len(kept) < len(payload):
-        detail = f"{detail} (payload_b64 holds the first {len(kept)} of {len(payload)} bytes)"
-    record = {
-        "reason": reason,
-        "detail": detail,
-        "topic": topic,
-        "payload_b64": base64.b64encode(kept).decode("ascii"),
-        "received_at": received_at_ms,
-    }
     return Outgoing(
         topic=contract.TOPIC_DLQ,
         key=topic.encode("utf-8", errors="replace"),
-        value=json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode("ascii"),
+        value=contract.encode(contract.dlq_record(reason, detail, topic, payload, received_at_ms)),
         reason=reason,
         ident=identify(topic, payload),
     )

@@ -8,6 +8,7 @@ versioned, deliberate change (bump PAYLOAD_VERSION or CONTRACT_REVISION), never 
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -301,6 +302,26 @@ def reading_id(device: str, boot: int, seq: int) -> str:
 def window_id(key: str, kind: str, size_s: int, start_ms: int) -> str:
     """Deterministic `_id` of a window document; key is the device (sensor) or place id."""
     return f"{key}:{kind}:{size_s}:{start_ms}"
+
+
+# A DLQ record keeps at most this much of the rejected payload (a reading is <= 1 KiB; anything
+# bigger is junk whose head is enough to diagnose it).
+DLQ_PAYLOAD_CAP: Final = 64 * 1024
+
+
+def dlq_record(reason: str, detail: str, topic: str, payload: bytes, received_at_ms: int) -> dict[str, Any]:
+    """The `iot.readings.dlq` value for a rejected message (keyed by its MQTT `topic`), as the gateway
+    and the backend both write it; produce it with `encode`."""
+    kept = payload[:DLQ_PAYLOAD_CAP]
+    if len(kept) < len(payload):
+        detail = f"{detail} (payload_b64 holds the first {len(kept)} of {len(payload)} bytes)"
+    return {
+        "reason": reason,
+        "detail": detail,
+        "topic": topic,
+        "payload_b64": base64.b64encode(kept).decode("ascii"),
+        "received_at": received_at_ms,
+    }
 
 
 def encode(obj: Mapping[str, Any]) -> bytes:
