@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from iot.app.stack.config import StackConfig
 from iot.app.stack.services import prometheus_config
@@ -27,6 +28,19 @@ def test_alert_rules_are_valid() -> None:
 def test_alert_rules_fire_exactly_as_specified() -> None:
     result = promtool("test", "rules", "alerts.test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_rule_has_cases_that_must_fire_and_that_must_not() -> None:
+    rules = yaml.safe_load((PROM / "alerts.yml").read_text())
+    names = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    cases = yaml.safe_load((PROM / "alerts.test.yml").read_text())["tests"]
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for case in cases:
+        for check in case.get("alert_rule_test", []):
+            (fires if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert names - fires == set(), "rules without a case that must fire"
+    assert names - quiet == set(), "rules without a case that must stay quiet"
 
 
 def test_compose_prometheus_config_is_valid(tmp_path: Path) -> None:
