@@ -285,16 +285,27 @@ def _metric(values: list[float]) -> dict[str, Any]:
     }
 
 
-def expected_windows(readings: Iterable[dict[str, Any]], scope: str) -> dict[str, dict[str, Any]]:
-    """Window documents (without updated_at, dates as ms) for counted readings, by _id."""
+def expected_windows(
+    readings: Iterable[dict[str, Any]],
+    scope: str,
+    tumbling_ms: int = TUMBLING_MS,
+    hopping_ms: int = HOPPING_MS,
+    step_ms: int = STEP_MS,
+) -> dict[str, dict[str, Any]]:
+    """Window documents (without bookkeeping, dates as ms) over the distinct readings, by _id."""
     groups: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
+    seen: set[tuple[str, int, int]] = set()
     for r in readings:
+        ident = (r["device"], r["boot"], r["seq"])
+        if ident in seen:
+            continue
+        seen.add(ident)
         key = r["device"] if scope == "sensor" else r["place"]
         t = r["ts"]
-        groups.setdefault((key, "tumbling", TUMBLING_MS, t - t % TUMBLING_MS), []).append(r)
-        first = t - t % STEP_MS
-        for start in range(first - HOPPING_MS + STEP_MS, first + 1, STEP_MS):
-            groups.setdefault((key, "hopping", HOPPING_MS, start), []).append(r)
+        groups.setdefault((key, "tumbling", tumbling_ms, t - t % tumbling_ms), []).append(r)
+        first = t - t % step_ms
+        for start in range(first - hopping_ms + step_ms, first + 1, step_ms):
+            groups.setdefault((key, "hopping", hopping_ms, start), []).append(r)
     docs = {}
     for (key, kind, size, start), rs in groups.items():
         doc: dict[str, Any] = {"_id": contract.window_id(key, kind, size // 1000, start)}
@@ -305,7 +316,7 @@ def expected_windows(readings: Iterable[dict[str, Any]], scope: str) -> dict[str
         doc.update(
             kind=kind,
             size_s=size // 1000,
-            step_s=(size if kind == "tumbling" else STEP_MS) // 1000,
+            step_s=(size if kind == "tumbling" else step_ms) // 1000,
             start=start,
             end=start + size,
             count=len(rs),

@@ -1,0 +1,288 @@
+"""Outage replays on the real stack (Kafka + the MongoDB-wire server): a board offline for a while keeps
+its readings in its outbox and replays them in order on reconnect, in a place whose other boards stayed
+online. Afterwards every sensor and place window, tumbling and hopping, must equal the oracle over all
+distinct readings (tests/backend/conftest.py); the windows the replay reached are amendments.
+
+Timestamps are scripted (a fixed event-time origin), so six hours of outage take seconds; the readings
+are produced in the order the broker would deliver them: the online boards as they go, the offline
+board's outbox at its reconnect.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from iot import contract
+from tests.support import unique, wait_for
+
+from .conftest import (
+    BASE_TS,
+    BOOKKEEPING,
+    BackendRig,
+    assert_windows_equal,
+    expected_windows,
+    make_reading,
+)
+
+pytestmark = pytest.mark.integration
+HOUR_MS = 3_600_000
+
+
+@dataclass
+class Script:
+    place: str
+    online: list[str]
+    offline: str
+    order: list[dict[str, Any]]  # as produced, duplicates included
+    outage: list[dict[str, Any]]  # the offline board's readings taken while offline
+    reconnect: int  # index in `order` where the offline board comes back
+
+    @property
+    def devices(self) -> list[str]:
+        return [*self.online, self.offline]
+
+
+def outage_script(
+    period_ms: int,
+    before_ms: int,
+    outage_ms: int,
+    after_ms: int,
+    reboot: bool = False,
+    live_first: bool = False,
+    resend: int = 0,
+) -> Script:
+    """Two online boards and one offline for `outage_ms`, one reading per `period_ms` each.
+    reboot: the offline board restarts halfway through the outage (boot + 1, seq from 0, outbox kept).
+    live_first: on reconnect it publishes its current reading before draining the outbox.
+    resend: the first `resend` outbox readings are sent twice (an ack lost: de-duplicated downstream)."""
+    place = unique("pl")
+    online = [unique("on0"), unique("on1")]
+    x = unique("off")
+    n = (before_ms + outage_ms + after_ms) // period_ms
+    down, up = before_ms // period_ms, (before_ms + outage_ms) // period_ms
+    boot, seq = 0, 0
+    xs = []
+    for k in range(n):
+        if reboot and boot == 0 and k >= (down + up) // 2:
+            boot, seq = 1, 0
+        xs.append(make_reading(place, x, seq, BASE_TS + k * period_ms, boot=boot))
+        seq += 1
+    order: list[dict[str, Any]] = []
+    reconnect = 0
+    for k in range(n):
+        order += [make_reading(place, d, k, BASE_TS + k * period_ms) for d in online]
+        if k < down:
+            order.append(xs[k])
+        elif k == up:
+            reconnect = len(order)
+            outbox = xs[down:up]
+            order += [xs[k], *outbox] if live_first else [*outbox, xs[k]]
+            order += outbox[:resend]
+        elif k > up:
+            order.append(xs[k])
+    return Script(place, online, x, order, xs[down:up], reconnect)
+
+
+def produce(rig: BackendRig, s: Script) -> None:
+    """Produce as the fleet would deliver it in real time: what came before the reconnect has been
+    processed by the time the outbox arrives (Kafka orders nothing across partitions, so producing
+    all at once would let the backend see the outbox before the online boards' readings)."""
+    before = s.order[: s.reconnect]
+    rig.produce(before)
+
+    def processed() -> bool:
+        docs = rig.db[contract.COLL_PLACE_WINDOWS].find({"place": s.place, "kind": "tumbling"}, {"count": 1})
+        return sum(d["count"] for d in docs) == len(before)
+
+    wait_for(
+        processed, 120, f"the {len(before)} readings before the reconnect in the place windows", interval=0.3
+    )
+    rig.produce(s.order[s.reconnect :])
+
+
+def settle(rig: BackendRig, s: Script, **sizes: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """Wait until MongoDB holds every distinct reading and every oracle window final; return both
+    scopes' oracles."""
+    distinct = {contract.reading_id(r["device"], r["boot"], r["seq"]) for r in s.order}
+    wait_for(
+        lambda: (
+            rig.db[contract.COLL_READINGS].count_documents({"device": {"$in": s.devices}}) == len(distinct)
+        ),
+        180,
+        f"{len(distinct)} distinct readings in MongoDB",
+        interval=0.5,
+    )
+    expected = {}
+    for scope, coll in (("sensor", contract.COLL_SENSOR_WINDOWS), ("place", contract.COLL_PLACE_WINDOWS)):
+        want = expected[coll] = expected_windows(s.order, scope, **sizes)
+
+        def final(c: str = coll, w: dict[str, Any] = want) -> bool:
+            ids = list(w)
+            n = 0
+            for i in range(0, len(ids), 500):
+                n += rig.db[c].count_documents({"_id": {"$in": ids[i : i + 500]}, "final": True})
+            return n == len(ids)
+
+        wait_for(final, 240, f"{len(want)} final documents in {coll}", interval=0.5)
+    return expected
+
+
+def late_records(rig: BackendRig, s: Script) -> list[dict[str, Any]]:
+    topics = {contract.reading_topic(s.place, d) for d in s.devices}
+    records = [json.loads(v) for _, v in rig.read_output(contract.TOPIC_DLQ, timeout=10)]
+    return [r for r in records if r["topic"] in topics and r["reason"] == contract.REASON_LATE]
+
+
+def figures(rig: BackendRig, s: Script, label: str) -> dict[str, Any]:
+    """What the run did, for the issue's closing note (printed; -s shows it)."""
+    out: dict[str, Any] = {"case": label, "produced": len(s.order), "outage_readings": len(s.outage)}
+    out["distinct"] = rig.db[contract.COLL_READINGS].count_documents({"device": {"$in": s.devices}})
+    for coll in (contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS):
+        docs = list(rig.db[coll].find({}, {"count": 1, "revision": 1, "late_count": 1}))
+        out[coll] = {
+            "windows": len(docs),
+            "amended": sum(1 for d in docs if d["revision"] > 0),
+            "created_by_replay": sum(1 for d in docs if d["late_count"] == d["count"] > 0),
+            "late_readings_counted": sum(d["late_count"] for d in docs),
+            "max_revision": max((d["revision"] for d in docs), default=0),
+        }
+    out["dlq_late"] = len(late_records(rig, s))
+    print(f"\nFIGURES {json.dumps(out)}")
+    return out
+
+
+def check_bookkeeping(rig: BackendRig) -> None:
+    """revision counts amendments; late_count counts readings that came after the window was final."""
+    for coll in (contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS):
+        for d in rig.db[coll].find():
+            assert 0 <= d["late_count"] <= d["count"], d["_id"]
+            if d["late_count"] == 0:
+                assert d["revision"] == 0, d["_id"]
+            elif d["late_count"] < d["count"]:
+                assert d["revision"] >= 1, f"{d['_id']} took late readings but was not amended"
+
+
+# --- one board offline for 60 s; then a reading past the allowed lateness -----------------------------
+@dataclass
+class Run60:
+    rig: BackendRig
+    script: Script
+    expected: dict[str, dict[str, dict[str, Any]]]
+    figures: dict[str, Any]
+    before_late: dict[str, dict[str, dict[str, Any]]]
+    late: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def run60(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run60]:
+    rig = BackendRig(tmp_path_factory.mktemp("replay60"))
+    try:
+        s = outage_script(1000, 30_000, 60_000, 30_000, resend=10)
+        worker = rig.worker()
+        produce(rig, s)
+        expected = settle(rig, s)
+        stats = figures(rig, s, "offline 60 s, 1 Hz, windows 2 s / 4 s every 2 s")
+        assert worker.metrics().get('iot_backend_amended_readings_total{scope="place"}', 0) > 0
+        # Two days before the first window: further behind every watermark than the allowed lateness.
+        before = {c: rig.docs(c) for c in (contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS)}
+        late = make_reading(s.place, s.offline, 10_000, BASE_TS - 2 * 24 * HOUR_MS)
+        rig.produce([late])
+        wait_for(lambda: len(late_records(rig, s)) >= 2, 60, "the late reading in the DLQ for both scopes")
+        yield Run60(rig, s, expected, stats, before, late)
+    finally:
+        rig.close()
+
+
+def test_offline_60s_every_sensor_window_equals_the_oracle(run60: Run60) -> None:
+    assert_windows_equal(
+        run60.rig, run60.expected[contract.COLL_SENSOR_WINDOWS], contract.COLL_SENSOR_WINDOWS
+    )
+
+
+def test_offline_60s_every_place_window_equals_the_oracle_and_was_amended(run60: Run60) -> None:
+    assert_windows_equal(run60.rig, run60.expected[contract.COLL_PLACE_WINDOWS], contract.COLL_PLACE_WINDOWS)
+    check_bookkeeping(run60.rig)
+    place = run60.figures[contract.COLL_PLACE_WINDOWS]
+    outage = len(run60.script.outage)
+    # The whole outage but its last seconds (whose windows the grace still held open) came late, in
+    # 1 tumbling + 2 hopping windows each. (After the reconnect the rest is produced at once, and Kafka
+    # orders nothing across the boards' partitions, so a few more can arrive after their window.)
+    assert place["late_readings_counted"] >= 3 * (outage - 4)
+    assert place["amended"] >= outage // 2
+
+
+def test_offline_60s_amendments_are_produced_again_with_the_same_id(run60: Run60) -> None:
+    stored = run60.rig.docs(contract.COLL_PLACE_WINDOWS)
+    latest: dict[str, dict[str, Any]] = {}
+    revisions: dict[str, set[int]] = {}
+    for _, v in run60.rig.read_output(contract.TOPIC_WINDOWS_PLACE, timeout=10):
+        doc = json.loads(v)
+        if doc["_id"] in stored:
+            revisions.setdefault(doc["_id"], set()).add(doc["revision"])
+            if doc["_id"] not in latest or doc["revision"] >= latest[doc["_id"]]["revision"]:
+                latest[doc["_id"]] = doc
+    assert set(latest) == set(stored)
+    for i, doc in latest.items():
+        mine = {k: v for k, v in stored[i].items() if k not in BOOKKEEPING | {"start", "end"}}
+        assert {k: v for k, v in doc.items() if k in mine} == mine, i
+        assert doc["revision"] == stored[i]["revision"]
+    assert any(len(r) > 1 for r in revisions.values()), "no window was produced in two revisions"
+
+
+def test_reading_past_allowed_lateness_goes_to_dlq_late_and_changes_no_window(run60: Run60) -> None:
+    late = late_records(run60.rig, run60.script)
+    payloads = [json.loads(base64.b64decode(r["payload_b64"])) for r in late]
+    assert sorted(p["seq"] for p in payloads) == [10_000, 10_000]  # once per scope, nothing else
+    assert run60.figures["dlq_late"] == 0
+    for coll, before in run60.before_late.items():
+        after = run60.rig.docs(coll)
+        assert after == before, f"{coll} changed"
+    stored = run60.rig.db[contract.COLL_READINGS].find_one(
+        {"_id": contract.reading_id(run60.late["device"], 0, 10_000)}
+    )
+    assert stored is not None  # kept in readings, as the contract says
+
+
+# --- six hours, a reboot while offline, and a board that publishes live before its outbox -----------
+def test_offline_six_hours_every_window_equals_the_oracle(rig: BackendRig) -> None:
+    # Production-like windows (60 s; 300 s every 60 s), a reading every 30 s: 6 h = 720 outbox readings.
+    sizes = {"tumbling_ms": 60_000, "hopping_ms": 300_000, "step_ms": 60_000}
+    rig.extra_env.update(
+        IOT_WINDOW_TUMBLING_S="60",
+        IOT_WINDOW_HOPPING_S="300",
+        IOT_WINDOW_HOP_STEP_S="60",
+        IOT_WINDOW_GRACE_S="10",
+    )
+    s = outage_script(30_000, 10 * 60_000, 6 * HOUR_MS, 10 * 60_000, live_first=True)
+    rig.worker()
+    produce(rig, s)
+    expected = settle(rig, s, **sizes)
+    for coll, want in expected.items():
+        assert_windows_equal(rig, want, coll)
+    check_bookkeeping(rig)
+    stats = figures(rig, s, "offline 6 h, every 30 s, windows 60 s / 300 s every 60 s, live reading first")
+    assert stats["dlq_late"] == 0
+    # Its live reading moved the board's own event time 6 h on: the outbox created its sensor windows.
+    assert stats[contract.COLL_SENSOR_WINDOWS]["created_by_replay"] >= 6 * 60 - 5
+    assert stats[contract.COLL_PLACE_WINDOWS]["amended"] >= 6 * 60
+
+
+def test_board_rebooting_while_offline_replays_both_boots_into_the_oracle(rig: BackendRig) -> None:
+    s = outage_script(1000, 20_000, 40_000, 20_000, reboot=True, live_first=True, resend=15)
+    assert {r["boot"] for r in s.outage} == {0, 1}
+    worker = rig.worker()
+    produce(rig, s)
+    expected = settle(rig, s)
+    for coll, want in expected.items():
+        assert_windows_equal(rig, want, coll)
+    check_bookkeeping(rig)
+    m = worker.metrics()
+    assert m.get('iot_backend_duplicates_total{scope="place"}', 0) == 15
+    assert m.get('iot_backend_duplicates_total{scope="sensor"}', 0) == 15
+    assert late_records(rig, s) == []
