@@ -71,6 +71,7 @@ class Bridge:
         self._max_in_flight = max_in_flight
         self._received = 0  # written by the MQTT thread only
         self._completed = 0  # written by the main thread only
+        self._acked = 0  # main thread only: acks handed to the MQTT client after Kafka confirmed
         self._retries: deque[_Pending] = deque()
         self._confirmed: list[_Pending] = []  # main thread only: delivered, not yet acked
         self._saturated = False
@@ -85,6 +86,11 @@ class Bridge:
     def completed(self) -> int:
         """Messages Kafka confirmed (readings and dead letters alike)."""
         return self._completed
+
+    @property
+    def acked(self) -> int:
+        """Messages acknowledged to the broker (each after Kafka confirmed it)."""
+        return self._acked
 
     @property
     def in_flight(self) -> int:
@@ -172,7 +178,9 @@ class Bridge:
         self._confirmed = []
         self._sink.delivered_ok()
         # One batch of acks per Kafka poll: one wake-up of the MQTT thread instead of one per message.
-        self._metrics.acked.inc(self._ack([(p.mid, p.qos, p.generation) for p in confirmed]))
+        acked = self._ack([(p.mid, p.qos, p.generation) for p in confirmed])
+        self._acked += acked
+        self._metrics.acked.inc(acked)
         if self._notify is not None:
             self._notify_boards(self._notify, confirmed)
         now = time.time()

@@ -74,12 +74,15 @@ def _drain(settings: GatewaySettings, sink: KafkaSink, bridge: Bridge, source: M
         sink.poll(_POLL_S)
         bridge.service()
     left = bridge.in_flight
+    counts = {"received": bridge.received, "completed": bridge.completed, "acked": bridge.acked}
     if left:
         _log.warning(
             "gateway_stopped_with_unacked",
             unacked=left,
+            drain_timeout_s=settings.drain_timeout_s,
+            **counts,
             action="nothing lost: the broker redelivers them when a gateway with this client id returns",
         )
     else:
-        _log.info("gateway_stopped", unacked=0)
+        _log.info("gateway_stopped", unacked=0, **counts)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -9,7 +10,7 @@ import pytest
 
 from iot import contract
 from tests.gateway.conftest import GatewayFactory, KafkaReader, Publisher, distinct_ids, make_reading
-from tests.support import unique, wait_for
+from tests.support import free_ports, unique, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +74,12 @@ def test_reading_without_synced_clock_gets_gateway_receive_time(
     assert record.value["ts"] > 1000
 
 
+def stopped_counts(log: str, event: str) -> dict[str, int]:
+    """The counters of the gateway's last `event` log line (`event key=value ...`)."""
+    [line] = [ln for ln in log.splitlines() if f" {event} " in f"{ln} "][-1:]
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)\b", line.split(event, 1)[1])}
+
+
 def test_sigterm_drains_in_flight_and_exits_zero_losing_nothing(
     gateways: GatewayFactory, publisher: Publisher, kafka_readers: Callable[..., KafkaReader]
 ) -> None:
@@ -84,7 +91,34 @@ def test_sigterm_drains_in_flight_and_exits_zero_losing_nothing(
     publisher.publish_readings(make_reading(gateways.place, device, seq) for seq in range(total))
     wait_for(lambda: (first.metric("iot_gateway_received_total") or 0) > 0, 30, "the gateway receiving")
     assert first.terminate() == 0
-    assert "gateway_stopped" in first.log()
+    # Drained: everything it took was confirmed by Kafka and acked to the broker before it exited.
+    counts = stopped_counts(first.log(), "gateway_stopped")
+    assert counts["unacked"] == 0 and counts["received"] > 0, counts
+    assert counts["received"] == counts["completed"] == counts["acked"], counts
     # Whatever the first gateway did not take stays in its session and goes to its successor.
+    gateways(client_id=client_id)
+    reader.wait_until(lambda rs: len(distinct_ids(rs)) == total, 60, f"all {total} readings in Kafka")
+    assert len(distinct_ids(reader.drain())) <= total
+
+
+def test_drain_timeout_bounds_a_stop_while_kafka_is_away_and_loses_nothing(
+    gateways: GatewayFactory, publisher: Publisher, kafka_readers: Callable[..., KafkaReader]
+) -> None:
+    device = unique("dev")
+    total = 50
+    reader = kafka_readers(contract.TOPIC_READINGS, f"^{device}$")
+    client_id = unique("gw")
+    (nowhere,) = free_ports(1)
+    # Kafka unreachable: nothing it takes can be confirmed, so the drain can only end by its timeout
+    # (IOT_GATEWAY_DRAIN_TIMEOUT_S, 1 s here; the default 15 s would outlast terminate's 10 s below).
+    stuck = gateways(
+        client_id=client_id, IOT_KAFKA_BOOTSTRAP=f"127.0.0.1:{nowhere}", IOT_GATEWAY_DRAIN_TIMEOUT_S="1"
+    )
+    publisher.publish_readings(make_reading(gateways.place, device, seq) for seq in range(total))
+    wait_for(lambda: (stuck.metric("iot_gateway_in_flight") or 0) > 0, 30, "readings in flight")
+    assert stuck.terminate(timeout=10) == 0
+    counts = stopped_counts(stuck.log(), "gateway_stopped_with_unacked")
+    assert counts["unacked"] > 0 and counts["acked"] == 0, counts
+    # Un-acked readings stayed with the broker: the next gateway of this client id delivers them all.
     gateways(client_id=client_id)
     reader.wait_until(lambda rs: len(distinct_ids(rs)) == total, 60, f"all {total} readings in Kafka")
