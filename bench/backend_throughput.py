@@ -10,6 +10,10 @@ readings, then measures:
 Prints readings/s of both and their ratio. Cleans up its topics and database.
 
     .venv/bin/python bench/backend_throughput.py [--readings 50000] [--devices 100] [--places 10]
+        [--profile out.txt]   # py-spy (pip install py-spy) samples the worker while it is measured
+
+With --profile, py-spy records the worker (every thread, idle ones included, so time waiting on MongoDB
+shows) from its first processed reading to the last, and a summary by activity is printed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -131,7 +136,39 @@ def metric(port: int, name: str) -> float:
     return 0.0
 
 
-def backend_run(topic: str, app_id: str, db: str, n: int) -> tuple[float, float]:
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    spy = Path(sys.executable).parent / "py-spy"
+    return subprocess.Popen(
+        [
+            str(spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--idle",
+            "--threads",
+            "--rate",
+            "50",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(spy: subprocess.Popen[bytes]) -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    try:
+        spy.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+
+
+def backend_run(topic: str, app_id: str, db: str, n: int, profile: Path | None = None) -> tuple[float, float]:
     """(sensor-stage readings/s, full-pipeline readings/s) of one worker."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
@@ -150,12 +187,15 @@ def backend_run(topic: str, app_id: str, db: str, n: int) -> tuple[float, float]
     )
     sensor = 'iot_backend_readings_total{scope="sensor"}'
     place = 'iot_backend_readings_total{scope="place"}'
+    spy: subprocess.Popen[bytes] | None = None
     try:
         deadline = time.monotonic() + 120
         while metric(port, sensor) == 0:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"backend did not start processing; see {log.name}")
             time.sleep(0.05)
+        if profile is not None:
+            spy = start_profiler(proc.pid, profile)
         t0 = time.perf_counter()
         first = metric(port, sensor)
         t_sensor = None
@@ -171,6 +211,9 @@ def backend_run(topic: str, app_id: str, db: str, n: int) -> tuple[float, float]
                 raise SystemExit(f"backend stopped at sensor={s} place={p}; see {log.name}")
             time.sleep(0.1)
         assert t_sensor is not None
+        if spy is not None:
+            stop_profiler(spy)
+            spy = None
         per = {
             c: metric(port, f'iot_backend_mongo_write_seconds_sum{{collection="{c}"}}')
             for c in (contract.COLL_READINGS, contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS)
@@ -179,6 +222,8 @@ def backend_run(topic: str, app_id: str, db: str, n: int) -> tuple[float, float]
         print(f"backend: {now - t0:.1f}s wall; MongoDB bulk writes (both stages): {detail}")
         return (n - first) / (t_sensor - t0), (n - first) / (now - t0)
     finally:
+        if spy is not None:
+            stop_profiler(spy)
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
@@ -192,6 +237,7 @@ def main() -> int:
     ap.add_argument("--readings", type=int, default=50_000)
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--places", type=int, default=10)
+    ap.add_argument("--profile", type=Path, help="py-spy raw profile of the worker (needs py-spy)")
     args = ap.parse_args()
     tag = uuid.uuid4().hex[:8]
     app_id, topic, db = f"bench-{tag}", f"bench-{tag}-src", f"bench_{tag}"
@@ -207,9 +253,11 @@ def main() -> int:
         )
         base = baseline(topic, n)
         print(f"plain confluent-kafka loop (decode + windows, in memory): {base:,.0f} readings/s")
-        sensor_rate, full_rate = backend_run(topic, app_id, db, n)
+        sensor_rate, full_rate = backend_run(topic, app_id, db, n, args.profile)
         print(f"iot backend, one worker, sensor stage:                  {sensor_rate:,.0f} readings/s")
         print(f"iot backend, one worker, sensor + place stages:         {full_rate:,.0f} readings/s")
+        if args.profile is not None:
+            print(f"profile: {args.profile}; summary: bench/profile_summary.py {args.profile}")
         print(f"ratio backend/plain: {full_rate / base:.2f} (sensor stage {sensor_rate / base:.2f})")
     finally:
         mine = [x for x in admin.list_topics(timeout=10).topics if x.startswith(app_id)]

@@ -1,0 +1,76 @@
+"""Summarise a py-spy raw profile of an `iot backend` worker (bench/backend_throughput.py --profile).
+
+Each sample of each thread is put in one activity by the frames on its stack (our code first, then the
+libraries'), and the share of that thread's samples is printed. Sampled with --idle, so a thread that
+waits (the event loop in select, a writer thread on FerretDB's socket) is counted too: shares are of
+wall time, not of CPU.
+
+    .venv/bin/python bench/profile_summary.py /tmp/profile.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+# (activity, frame substrings that put a sample in it); the first match, innermost frame first, wins.
+MAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("decode + validate", ("decode_reading", "decode_trusted", "validate_reading")),
+    ("window docs (shape)", ("window_doc",)),
+    ("changelog state (to_json + send)", ("_persist", "KeyState.to_json", "send_changelog")),
+    ("windows + dedup (engine)", ("ScopeEngine.", "KeyState.", "WindowAcc.", "MetricAcc.", "SeqSet.")),
+    ("metrics", ("_count",)),
+    ("batch glue (our agents)", ("_sensor_batch", "_place_batch", "_tick")),
+    ("idle (event loop select)", ("EpollSelector.select",)),
+    ("aiokafka (protocol, fetch, produce)", ("aiokafka",)),
+    ("faust/mode (streams, acks, commits)", ("faust", "mode/", "Stream.", "Consumer.", "Conductor", "Agent")),
+)
+WRITER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("mongo readings", ("write_readings",)),
+    ("mongo windows", ("write_windows",)),
+    ("kafka produce + flush", ("KafkaOut.",)),
+    ("idle (waiting for work)", ("_worker", "queue", "Queue.get")),
+)
+
+
+def activity(frames: list[str], rules: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    for frame in reversed(frames):
+        for name, needles in rules:
+            if any(n in frame for n in needles):
+                return name
+    return "other"
+
+
+def summarise(path: Path) -> dict[str, Counter[str]]:
+    groups: dict[str, Counter[str]] = defaultdict(Counter)
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not frames or not count.isdigit():
+            continue
+        thread = re.sub(r"^thread \(\d+\):\s*", "", frames[0])
+        if thread.startswith("MainThread"):
+            groups["event loop (MainThread)"][activity(frames, MAIN_RULES)] += int(count)
+        elif thread.startswith("asyncio_"):
+            # asyncio.to_thread: the sink and Kafka writes of the sensor and place batches.
+            groups["writer threads (to_thread, all)"][activity(frames, WRITER_RULES)] += int(count)
+    return groups
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("profile", type=Path)
+    args = ap.parse_args()
+    for group, counts in summarise(args.profile).items():
+        total = sum(counts.values())
+        print(f"{group}: {total} samples")
+        for name, n in counts.most_common():
+            print(f"  {100 * n / total:5.1f}%  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
