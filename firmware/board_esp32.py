@@ -5,6 +5,7 @@ one, so every other firmware module runs unchanged on both.
 """
 
 import gc
+import select
 import socket
 import time
 
@@ -18,12 +19,29 @@ if TYPE_CHECKING:
     class Stream(Protocol):
         def write(self, buf: bytes | bytearray | memoryview) -> int | None: ...
         def read(self, n: int) -> bytes | None: ...
-        def readinto(self, buf: bytearray) -> int | None: ...
-        def settimeout(self, t: float | None) -> None: ...
+        def readinto(self, buf: bytearray | memoryview) -> int | None: ...
         def close(self) -> None: ...
 
     class Watchdog(Protocol):
         def feed(self) -> None: ...
+
+
+# Per-call timeout of a connected socket: a read only starts once poll said readable, so this
+# bounds how long one write can block before the caller's loop checks its deadline again.
+IO_TIMEOUT_S = 1
+
+
+class Poller:
+    """select.poll over one stream; `ipoll` reuses its result tuple, so polling allocates nothing."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._poll = select.poll()
+        self._poll.register(stream, select.POLLIN)
+
+    def readable(self, timeout_ms: int) -> bool:
+        for _obj, _ev in self._poll.ipoll(timeout_ms):
+            return True  # data, EOF or an error: the read that follows tells which
+        return False
 
 
 # time.time() counts from 2000-01-01 on embedded ports and from 1970 on unix.
@@ -36,6 +54,7 @@ class Board:
     def __init__(self) -> None:
         self._wlan = network.WLAN(network.STA_IF)
         self._i2c: machine.I2C | None = None
+        self._wdt: Watchdog | None = None
 
     # --- time -------------------------------------------------------------------------------
     def ticks_ms(self) -> int:
@@ -96,6 +115,7 @@ class Board:
         sock.settimeout(timeout_ms / 1000)
         try:
             sock.connect(addr)
+            sock.settimeout(IO_TIMEOUT_S)
             if tls:
                 import tls as tlsmod
 
@@ -113,13 +133,22 @@ class Board:
             raise
         return sock  # type: ignore[return-value]
 
+    def poller(self, stream: Stream) -> Poller:
+        return Poller(stream)
+
     # --- health and reset -------------------------------------------------------------------
     def mem_free(self) -> int:
         gc.collect()
         return gc.mem_free()
 
     def watchdog(self, timeout_ms: int) -> Watchdog:
-        return machine.WDT(timeout=timeout_ms)  # type: ignore[return-value]
+        self._wdt = machine.WDT(timeout=timeout_ms)  # type: ignore[assignment]
+        return self._wdt  # type: ignore[return-value]
+
+    def feed(self) -> None:
+        """Feed the watchdog from inside a bounded wait (a no-op before it is started)."""
+        if self._wdt is not None:
+            self._wdt.feed()
 
     def reset(self) -> None:
         machine.reset()

@@ -32,9 +32,10 @@ class Link:
         self._board = board
         self._cfg = cfg
         base = "sensors/" + cfg["place"] + "/" + cfg["device"] + "/"
-        self.reading_topic = base + "reading"
-        self.status_topic = base + "status"
-        self.health_topic = base + "health"
+        # Encoded once: publish copies them into its packet buffer as they are.
+        self.reading_topic = (base + "reading").encode()
+        self.status_topic = (base + "status").encode()
+        self.health_topic = (base + "health").encode()
         self.client = Client(
             board,
             cfg["device"],
@@ -46,7 +47,7 @@ class Link:
             tls,
             cfg["tls_verify"],
             cfg["tls_ca_file"],
-            self.status_topic,
+            base + "status",
             STATUS_OFFLINE,
         )
         self._min_ms = int(cfg["backoff_min_s"] * 1000)

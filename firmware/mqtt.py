@@ -1,25 +1,44 @@
-"""A small MQTT 3.1.1 client for publishing: QoS 0/1, last will, credentials, keepalive.
+"""A small MQTT 3.1.1 client: publish QoS 0/1, subscribe QoS 0, last will, credentials, keepalive.
 
-Every wait has a deadline: CONNACK and PUBACK waits end with MQTTError, and an unacknowledged
-QoS 1 publish is retransmitted with DUP set before giving up. It never subscribes, so the only
-packets it expects back are CONNACK, PUBACK and PINGRESP.
+Written against the ESP32 port's socket semantics (read from its 1.22-1.24 sources, the same
+facts mqtt_as is built on):
+- errno values come from the `errno` module: the port uses newlib's (ETIMEDOUT is 116, not 110);
+- the stream keeps the timeout the board set on the raw socket at connect (a TLS socket has no
+  `settimeout` before 1.24), so this module never sets one; it polls before every read, and a read
+  only starts once the socket is readable;
+- a write may be short: every packet is written in a loop until complete or its deadline;
+- an incoming packet longer than MAX_PACKET_IN is read through and dropped (counted), never
+  allocated, so a broker cannot make the board run out of heap.
+Every wait has a deadline and feeds the watchdog (`board.feed()`) in slices of at most _SLICE_MS.
+The hot path (publish, PUBACK, PINGREQ) writes from and reads into preallocated buffers.
 """
+
+import errno
 
 from micropython import const
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Callable
+
     from board_esp32 import Board, Stream
 
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
 _PUBLISH = const(0x30)
 _PUBACK = const(0x40)
+_SUBSCRIBE = const(0x82)
+_SUBACK = const(0x90)
 _PINGREQ = const(0xC0)
 _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
-_ETIMEDOUT = const(110)
-_EAGAIN = const(11)
+
+MAX_PACKET_IN = const(512)  # an ack for a few dozen ranges; anything longer is dropped unread
+_TX_SIZE = const(640)  # header + longest topic (2 ids of 64) + pid + an outbox record's payload
+_SLICE_MS = const(1000)  # longest wait between two watchdog feeds
+_PACKET_MS = const(2000)  # a packet that has started must be complete within this
+# A write that times out on a socket with a timeout is busy, not dead: retry until the deadline.
+_BUSY = (errno.EAGAIN, errno.ETIMEDOUT)
 
 _CONNACK_REASONS = {
     1: "unacceptable protocol version",
@@ -38,6 +57,10 @@ class MQTTError(Exception):
         self.kind = kind
 
 
+def _errno(exc: OSError) -> int:
+    return exc.args[0] if exc.args else 0
+
+
 def _encode_str(out: bytearray, text: str | bytes) -> None:
     data = text.encode() if isinstance(text, str) else text
     out.append(len(data) >> 8)
@@ -45,13 +68,15 @@ def _encode_str(out: bytearray, text: str | bytes) -> None:
     out.extend(data)
 
 
-def _encode_len(out: bytearray, n: int) -> None:
+def _put_len(buf: bytearray, at: int, n: int) -> int:
+    """Remaining length at buf[at:], returns the index after it."""
     while True:
         byte = n & 0x7F
         n >>= 7
-        out.append(byte | 0x80 if n else byte)
+        buf[at] = byte | 0x80 if n else byte
+        at += 1
         if not n:
-            return
+            return at
 
 
 class Client:
@@ -69,6 +94,7 @@ class Client:
         ca_file: str = "",
         will_topic: str = "",
         will_payload: bytes = b"",
+        on_message: Callable[[memoryview, memoryview], None] | None = None,
     ) -> None:
         self._board = board
         self.client_id = client_id
@@ -82,24 +108,37 @@ class Client:
         self._ca_file = ca_file
         self._will_topic = will_topic
         self._will_payload = will_payload
+        self._on_message = on_message
         self._sock: Stream | None = None
+        self._poller: object = None
         self._pid = 0
         self._acked = -1
+        self._suback = -1
         self._last_tx = 0
         self._ping_sent = 0
         self._ping_pending = False
         self._hdr = bytearray(1)
+        self._small = bytearray(4)  # PUBACK/PINGREQ/DISCONNECT going out
+        self._tx = bytearray(_TX_SIZE)
+        self._txv = memoryview(self._tx)
+        self._rx = bytearray(MAX_PACKET_IN)
+        self._rxv = memoryview(self._rx)
+        self._rx_len = 0
+        self.oversized = 0  # incoming packets dropped for length
 
     @property
     def connected(self) -> bool:
         return self._sock is not None
 
+    # --- connection -------------------------------------------------------------------------
     def connect(self, timeout_ms: int) -> None:
         self.close()
-        sock = self._board.connect_tcp(
-            self.host, self.port, timeout_ms, self._tls, self._tls_verify, self._ca_file
-        )
+        board = self._board
+        deadline = board.ticks_add(board.ticks_ms(), timeout_ms)
+        sock = board.connect_tcp(self.host, self.port, timeout_ms, self._tls, self._tls_verify, self._ca_file)
         self._sock = sock
+        self._poller = board.poller(sock)
+        # CONNECT is built once per connection: allocating here is off the hot path.
         body = bytearray()
         _encode_str(body, "MQTT")
         flags = 0x02  # clean session: the board keeps its own outbox, the broker need not
@@ -121,29 +160,32 @@ class Client:
             _encode_str(body, self._user)
             if self._password:
                 _encode_str(body, self._password)
-        self._send(_CONNECT, body)
-        deadline = self._board.ticks_add(self._board.ticks_ms(), timeout_ms)
+        head = bytearray(5)
+        head[0] = _CONNECT
+        n = _put_len(head, 1, len(body))
+        self._write(memoryview(head)[:n], deadline)
+        self._write(memoryview(body), deadline)
         while True:
-            remaining = self._board.ticks_diff(deadline, self._board.ticks_ms())
+            remaining = board.ticks_diff(deadline, board.ticks_ms())
             if remaining <= 0:
                 self.close()
                 raise MQTTError("timeout", "no CONNACK from %s:%d" % (self.host, self.port))
-            packet = self._read_packet(remaining)
-            if packet is None:
+            kind = self._read_packet(remaining)
+            if not kind:
                 continue
-            kind, payload = packet
-            if kind != _CONNACK or len(payload) != 2:
+            if kind != _CONNACK or self._rx_len != 2:
                 self.close()
                 raise MQTTError("protocol", "expected CONNACK, got packet type 0x%02x" % kind)
-            if payload[1]:
+            if self._rx[1]:
                 self.close()
-                reason = _CONNACK_REASONS.get(payload[1], "code %d" % payload[1])
+                reason = _CONNACK_REASONS.get(self._rx[1], "code %d" % self._rx[1])
                 raise MQTTError("connect_refused", reason)
             self._ping_pending = False
             return
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
+        self._poller = None
         if sock is not None:
             try:
                 sock.close()
@@ -153,79 +195,99 @@ class Client:
     def disconnect(self) -> None:
         """Clean disconnect: the broker then does not publish the will."""
         if self._sock is not None:
+            self._small[0] = _DISCONNECT
+            self._small[1] = 0
             try:
-                self._send(_DISCONNECT, b"")
+                self._write(memoryview(self._small)[:2], self._board.ticks_add(self._board.ticks_ms(), _PACKET_MS))
             except MQTTError:
                 pass  # already gone; close below is all that is left to do
         self.close()
 
-    def _send(self, first: int, body: bytes | bytearray | memoryview) -> None:
+    # --- bytes on the wire ------------------------------------------------------------------
+    def _write(self, buf: memoryview, deadline: int) -> None:
+        """Write all of buf (looping over short writes) before deadline, else MQTTError."""
+        board = self._board
         sock = self._sock
         if sock is None:
             raise MQTTError("closed", "not connected")
-        head = bytearray(5)
-        head[0] = first
-        tmp = bytearray()
-        _encode_len(tmp, len(body))
-        head[1 : 1 + len(tmp)] = tmp
-        try:
-            sock.write(memoryview(head)[: 1 + len(tmp)])
-            if len(body):
-                sock.write(body)
-        except OSError as exc:
-            self.close()
-            raise MQTTError("closed", "write failed: %s" % exc)
-        self._last_tx = self._board.ticks_ms()
-
-    def _read_exact(self, n: int, deadline: int) -> bytes:
-        sock = self._sock
-        if sock is None:
-            raise MQTTError("closed", "not connected")
-        out = b""
-        while len(out) < n:
-            remaining = self._board.ticks_diff(deadline, self._board.ticks_ms())
-            if remaining <= 0:
-                self.close()
-                raise MQTTError("timeout", "packet body incomplete")
-            sock.settimeout(remaining / 1000)
+        off = 0
+        n = len(buf)
+        while off < n:
             try:
-                chunk = sock.read(n - len(out))
+                sent = sock.write(buf[off:])
             except OSError as exc:
-                if exc.args and exc.args[0] in (_ETIMEDOUT, _EAGAIN):
-                    continue
+                if _errno(exc) not in _BUSY:
+                    self.close()
+                    raise MQTTError("closed", "write failed: errno %d" % _errno(exc))
+                sent = 0
+            if sent:
+                off += sent
+            elif board.ticks_diff(deadline, board.ticks_ms()) <= 0:
                 self.close()
-                raise MQTTError("closed", "read failed: %s" % exc)
-            if chunk is None:
+                raise MQTTError("timeout", "write stalled with %d of %d bytes sent" % (off, n))
+            else:
+                board.feed()
+        self._last_tx = board.ticks_ms()
+
+    def _readable(self, wait_ms: int) -> bool:
+        """Poll until readable or wait_ms passed, feeding the watchdog in slices."""
+        board = self._board
+        poller = self._poller
+        if poller is None:
+            raise MQTTError("closed", "not connected")
+        deadline = board.ticks_add(board.ticks_ms(), wait_ms)
+        while True:
+            left = board.ticks_diff(deadline, board.ticks_ms())
+            if poller.readable(max(0, min(left, _SLICE_MS))):  # type: ignore[attr-defined]
+                return True
+            if left <= _SLICE_MS:
+                return False
+            board.feed()
+
+    def _read_into(self, buf: memoryview, deadline: int) -> None:
+        """Fill buf completely before deadline, else MQTTError."""
+        board = self._board
+        got = 0
+        n = len(buf)
+        while got < n:
+            left = board.ticks_diff(deadline, board.ticks_ms())
+            if left <= 0:
+                self.close()
+                raise MQTTError("timeout", "packet incomplete after %d of %d bytes" % (got, n))
+            if not self._readable(left):
                 continue
-            if not chunk:
+            sock = self._sock
+            if sock is None:
+                raise MQTTError("closed", "not connected")
+            try:
+                k = sock.readinto(buf[got:])
+            except OSError as exc:
+                if _errno(exc) in _BUSY:
+                    continue  # readable was a false alarm (TLS record not complete yet)
+                self.close()
+                raise MQTTError("closed", "read failed: errno %d" % _errno(exc))
+            if k is None:
+                continue
+            if k == 0:
                 self.close()
                 raise MQTTError("closed", "broker closed the connection")
-            out += chunk
-        return out
+            got += k
 
-    def _read_packet(self, wait_ms: int) -> tuple | None:
-        """One packet if it starts within wait_ms; (type, body) or None."""
-        sock = self._sock
-        if sock is None:
+    def _read_packet(self, wait_ms: int) -> int:
+        """One packet if one starts within wait_ms: its type (body in self._rx[:self._rx_len]), else 0."""
+        if self._sock is None:
             raise MQTTError("closed", "not connected")
-        sock.settimeout(max(wait_ms, 1) / 1000)
-        try:
-            n = sock.readinto(self._hdr)
-        except OSError as exc:
-            if exc.args and exc.args[0] in (_ETIMEDOUT, _EAGAIN):
-                return None
-            self.close()
-            raise MQTTError("closed", "read failed: %s" % exc)
-        if n is None:
-            return None
-        if n == 0:
-            self.close()
-            raise MQTTError("closed", "broker closed the connection")
-        kind = self._hdr[0] & 0xF0
-        deadline = self._board.ticks_add(self._board.ticks_ms(), 2000)
+        if not self._readable(wait_ms):
+            return 0
+        board = self._board
+        deadline = board.ticks_add(board.ticks_ms(), _PACKET_MS)
+        hdr = memoryview(self._hdr)
+        self._read_into(hdr, deadline)
+        first = self._hdr[0]
         length, shift = 0, 0
         while True:
-            byte = self._read_exact(1, deadline)[0]
+            self._read_into(hdr, deadline)
+            byte = self._hdr[0]
             length |= (byte & 0x7F) << shift
             shift += 7
             if not byte & 0x80:
@@ -233,34 +295,119 @@ class Client:
             if shift > 21:
                 self.close()
                 raise MQTTError("protocol", "bad remaining length")
-        body = self._read_exact(length, deadline) if length else b""
-        if kind == _PUBACK and len(body) == 2:
-            self._acked = (body[0] << 8) | body[1]
+        kind = first & 0xF0
+        if length > MAX_PACKET_IN:
+            # Read it through in buffer-sized pieces and forget it: the stream stays in sync.
+            while length:
+                chunk = min(length, MAX_PACKET_IN)
+                self._read_into(self._rxv[:chunk], deadline)
+                length -= chunk
+            self.oversized += 1
+            self._rx_len = 0
+            return 0
+        if length:
+            self._read_into(self._rxv[:length], deadline)
+        self._rx_len = length
+        rx = self._rx
+        if kind == _PUBACK and length == 2:
+            self._acked = (rx[0] << 8) | rx[1]
         elif kind == _PINGRESP:
             self._ping_pending = False
-        return kind, body
+        elif kind == _SUBACK and length >= 3:
+            self._suback = rx[2]
+        elif kind == _PUBLISH:
+            self._incoming(first, length)
+        return kind
 
-    def publish(self, topic: str, payload: bytes | bytearray | memoryview, qos: int, retain: bool,
+    def _incoming(self, first: int, length: int) -> None:
+        rx = self._rx
+        if length < 2:
+            return
+        tlen = (rx[0] << 8) | rx[1]
+        at = 2 + tlen
+        qos = (first >> 1) & 3
+        pid = 0
+        if qos:
+            pid = (rx[at] << 8) | rx[at + 1]
+            at += 2
+        if at > length:
+            return  # malformed; nothing sensible to acknowledge
+        if self._on_message is not None:
+            self._on_message(self._rxv[2 : 2 + tlen], self._rxv[at:length])
+        if qos == 1:
+            small = self._small
+            small[0] = _PUBACK
+            small[1] = 2
+            small[2] = pid >> 8
+            small[3] = pid & 0xFF
+            self._write(memoryview(small), self._board.ticks_add(self._board.ticks_ms(), _PACKET_MS))
+
+    # --- operations -------------------------------------------------------------------------
+    def subscribe(self, topic: bytes, timeout_ms: int) -> bool:
+        """Subscribe at QoS 0; True once the broker granted it, False if it refused (ACL)."""
+        board = self._board
+        self._pid = self._pid % 65535 + 1
+        pid = self._pid
+        body = bytearray()
+        body.append(pid >> 8)
+        body.append(pid & 0xFF)
+        _encode_str(body, topic)
+        body.append(0)
+        head = bytearray(5)
+        head[0] = _SUBSCRIBE
+        n = _put_len(head, 1, len(body))
+        deadline = board.ticks_add(board.ticks_ms(), timeout_ms)
+        self._suback = -1
+        self._write(memoryview(head)[:n], deadline)
+        self._write(memoryview(body), deadline)
+        while self._suback < 0:
+            remaining = board.ticks_diff(deadline, board.ticks_ms())
+            if remaining <= 0:
+                self.close()
+                raise MQTTError("timeout", "no SUBACK for " + topic.decode())
+            self._read_packet(remaining)
+        return self._suback != 0x80
+
+    def publish(self, topic: bytes, payload: bytes | bytearray | memoryview, qos: int, retain: bool,
                 timeout_ms: int = 5000, retries: int = 3) -> None:
         """Publish; for QoS 1 return only once the broker acknowledged (PUBACK), else MQTTError."""
-        body = bytearray()
-        _encode_str(body, topic)
-        first = _PUBLISH | (qos << 1) | (1 if retain else 0)
+        board = self._board
+        tx = self._tx
+        tlen = len(topic)
+        plen = len(payload)
+        length = 2 + tlen + (2 if qos else 0) + plen
+        tx[0] = _PUBLISH | (qos << 1) | (1 if retain else 0)
+        at = _put_len(tx, 1, length)
+        tx[at] = tlen >> 8
+        tx[at + 1] = tlen & 0xFF
+        at += 2
+        if at + tlen + 2 > _TX_SIZE:
+            raise MQTTError("protocol", "topic of %d bytes does not fit the packet buffer" % tlen)
+        tx[at : at + tlen] = topic
+        at += tlen
         if qos:
             self._pid = self._pid % 65535 + 1
-            body.append(self._pid >> 8)
-            body.append(self._pid & 0xFF)
-        body.extend(payload)
-        self._send(first, body)
-        if not qos:
-            return
+            tx[at] = self._pid >> 8
+            tx[at + 1] = self._pid & 0xFF
+            at += 2
+        # One write for the whole packet when it fits the buffer (the usual case), else two.
+        inline = at + plen <= _TX_SIZE
+        if inline:
+            tx[at : at + plen] = payload
         pid = self._pid
-        for attempt in range(retries + 1):
+        for attempt in range(retries + 1 if qos else 1):
             if attempt:
-                self._send(first | 0x08, body)  # DUP: the broker may have it already
-            deadline = self._board.ticks_add(self._board.ticks_ms(), timeout_ms)
+                tx[0] |= 0x08  # DUP: the broker may have it already
+            deadline = board.ticks_add(board.ticks_ms(), timeout_ms)
+            if inline:
+                self._write(self._txv[: at + plen], deadline)
+            else:
+                self._write(self._txv[:at], deadline)
+                self._write(memoryview(payload), deadline)
+            if not qos:
+                return
             while self._acked != pid:
-                remaining = self._board.ticks_diff(deadline, self._board.ticks_ms())
+                remaining = board.ticks_diff(deadline, board.ticks_ms())
                 if remaining <= 0:
                     break
                 self._read_packet(remaining)
@@ -274,12 +421,15 @@ class Client:
         if self._sock is None:
             return
         self._read_packet(wait_ms)
-        now = self._board.ticks_ms()
+        board = self._board
+        now = board.ticks_ms()
         if self._ping_pending:
-            if self._board.ticks_diff(now, self._ping_sent) > self.keepalive_s * 500:
+            if board.ticks_diff(now, self._ping_sent) > self.keepalive_s * 500:
                 self.close()
                 raise MQTTError("timeout", "no PINGRESP within %d s" % (self.keepalive_s // 2))
-        elif self._board.ticks_diff(now, self._last_tx) >= self.keepalive_s * 500:
-            self._send(_PINGREQ, b"")
+        elif board.ticks_diff(now, self._last_tx) >= self.keepalive_s * 500:
+            self._small[0] = _PINGREQ
+            self._small[1] = 0
+            self._write(memoryview(self._small)[:2], board.ticks_add(now, _PACKET_MS))
             self._ping_sent = now
             self._ping_pending = True

@@ -15,43 +15,43 @@ import os
 import socket
 import time
 
-ENODEV = 19
-EHOSTUNREACH = 113
-ETIMEDOUT = 110
-EAGAIN = 11
-TICKS_PERIOD = 1 << 30
+TICKS_MAX_DELTA = 1 << 29  # time.ticks_add raises OverflowError at or beyond this (py/modtime)
 RTC_UNSYNCED_EPOCH_MS = 946684800000  # an ESP32 RTC starts at 2000-01-01 without NTP
-
+ENODEV = 19
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
     from hil.virtual import bh1750_model, bme280_model, env
+    from hil.virtual.vnet import (
+        EHOSTUNREACH,
+        IO_TIMEOUT_S,
+        SLICE_REAL_MS,
+        TICKS_PERIOD,
+        Clock,
+        Poller,
+        VSocket,
+        exists,
+        host_ms,
+        read_text,
+    )
 else:
     # On the board these are top-level modules next to this one (MICROPYPATH).
     import bh1750_model
     import bme280_model
     import env
-
-
-def _host_ms() -> int:
-    return time.time_ns() // 1000000
-
-
-def _exists(path: str) -> bool:
-    try:
-        os.stat(path)
-    except OSError:
-        return False
-    return True
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+    from vnet import (
+        EHOSTUNREACH,
+        IO_TIMEOUT_S,
+        SLICE_REAL_MS,
+        TICKS_PERIOD,
+        Clock,
+        Poller,
+        VSocket,
+        exists,
+        host_ms,
+        read_text,
+    )
 
 
 class Spec:
@@ -69,6 +69,12 @@ class Spec:
         self.bh1750_addr: int = raw.get("bh1750_addr", 0x23)
         self.parent_pid: int = raw.get("parent_pid", 0)
         self.hang_s: float = raw.get("hang_s", 3600)
+        # Virtual time: `clock_speed` virtual ms per real ms; ticks start at `ticks_start_ms` (a test
+        # can start a board just before the 2^30 ms wrap).
+        self.clock_speed: float = raw.get("clock_speed", 1)
+        self.ticks_start_ms: int = raw.get("ticks_start_ms", 0)
+        # Writes return at most this many bytes per call once in `short_write_every` (0: never).
+        self.short_write_every: int = raw.get("short_write_every", 3)
 
 
 def load_spec() -> Spec:
@@ -84,54 +90,11 @@ class Network:
         self._flag = control_dir + "/net_down" if control_dir else ""
 
     def up(self) -> bool:
-        return not (self._flag and _exists(self._flag))
+        return not (self._flag and exists(self._flag))
 
     def check(self) -> None:
         if not self.up():
             raise OSError(EHOSTUNREACH)
-
-
-class VSocket:
-    """A socket with the MicroPython stream methods the firmware uses, failing when the net is cut."""
-
-    def __init__(self, sock: socket.socket, net: Network) -> None:
-        self._sock = sock
-        self._net = net
-
-    def _guard(self) -> None:
-        if not self._net.up():
-            self._sock.close()
-            raise OSError(EHOSTUNREACH)
-
-    def settimeout(self, t: float | None) -> None:
-        self._sock.settimeout(t)
-
-    def write(self, buf: bytes | bytearray | memoryview) -> int:
-        self._guard()
-        view = memoryview(buf)
-        sent = 0
-        while sent < len(view):
-            sent += self._sock.send(view[sent:])
-        return sent
-
-    def read(self, n: int) -> bytes | None:
-        self._guard()
-        try:
-            return self._sock.recv(n)
-        except OSError as exc:
-            if exc.args and exc.args[0] in (ETIMEDOUT, EAGAIN):
-                return None
-            raise
-
-    def readinto(self, buf: bytearray) -> int | None:
-        data = self.read(len(buf))
-        if data is None:
-            return None
-        buf[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 class VirtualI2C:
@@ -145,15 +108,11 @@ class VirtualI2C:
         self.bh1750_addr = board.spec.bh1750_addr
 
     def _device(self, addr: int) -> object:
-        now = _host_ms()
+        now = host_ms()
         for name in ("bme280", "bh1750"):
             if self._board.fault(name, now) == "hang":
                 # A slave holding SDA low: the bus blocks; a hardware watchdog fires in the middle.
-                until = now + int(self._board.spec.hang_s * 1000)
-                while _host_ms() < until:
-                    time.sleep(0.05)
-                    if self._board.wdt is not None:
-                        self._board.wdt.check()
+                self._board.block_ms(int(self._board.spec.hang_s * 1000))
                 break
         if addr == self.bme280_addr:
             self.bme280.fault = self._board.fault("bme280", now)
@@ -169,30 +128,32 @@ class VirtualI2C:
         dev = self._device(addr)
         if not isinstance(dev, bme280_model.BME280Model):
             raise OSError(ENODEV)
-        buf[:] = dev.read(reg, len(buf), _host_ms())
+        buf[:] = dev.read(reg, len(buf), host_ms())
 
     def writeto_mem(self, addr: int, reg: int, buf: bytes | bytearray) -> None:
         dev = self._device(addr)
         if not isinstance(dev, bme280_model.BME280Model):
             raise OSError(ENODEV)
-        dev.write(reg, bytes(buf), _host_ms())
+        dev.write(reg, bytes(buf), host_ms())
 
     def writeto(self, addr: int, buf: bytes | bytearray) -> int:
         dev = self._device(addr)
         if isinstance(dev, bh1750_model.BH1750Model):
             for cmd in buf:
-                dev.command(cmd, _host_ms())
+                dev.command(cmd, host_ms())
         return 1
 
     def readfrom_into(self, addr: int, buf: bytearray) -> None:
         dev = self._device(addr)
         if not isinstance(dev, bh1750_model.BH1750Model):
             raise OSError(ENODEV)
-        buf[:] = dev.read(len(buf), _host_ms())
+        buf[:] = dev.read(len(buf), host_ms())
 
 
 class Watchdog:
-    """A watchdog that resets (exits with code 3, the launcher restarts) when fed too late.
+    """machine.WDT on its own timer: it resets the board (exit 3, the launcher restarts it) once
+    `timeout_ms` of virtual run time passed without a feed, checked inside every board call,
+    whether the firmware feeds or not (a hang in DNS or on the bus trips it mid-call).
 
     It also powers the board off when the rig that started it is gone, so a killed launcher never
     leaves orphaned boards publishing on a shared machine.
@@ -201,26 +162,28 @@ class Watchdog:
     def __init__(self, board: "Board", timeout_ms: int) -> None:
         self._board = board
         self._timeout = timeout_ms
-        self._last = board.ticks_ms()
+        self._last = board.clock.run_ms()
         self._rig = "/proc/" + str(board.spec.parent_pid) if board.spec.parent_pid else ""
         self._rig_checked = self._last
+        self.feeds = 0
 
     def check(self) -> None:
         """What the hardware does on its own: reset once the timeout passed without a feed."""
-        late = self._board.ticks_diff(self._board.ticks_ms(), self._last)
+        now = self._board.clock.run_ms()
+        late = now - self._last
         if late > self._timeout:
-            print(f"watchdog_reset late_ms={late} timeout_ms={self._timeout}")
+            print("watchdog_reset late_ms=" + str(late) + " timeout_ms=" + str(self._timeout))
             raise SystemExit(3)
+        if self._rig and now - self._rig_checked >= 1000:
+            self._rig_checked = now
+            if not exists(self._rig):
+                print("rig_gone action=powering_off")
+                raise SystemExit(0)
 
     def feed(self) -> None:
         self.check()
-        now = self._board.ticks_ms()
-        self._last = now
-        if self._rig and self._board.ticks_diff(now, self._rig_checked) >= 1000:
-            self._rig_checked = now
-            if not _exists(self._rig):
-                print("rig_gone action=powering_off")
-                raise SystemExit(0)
+        self._last = self._board.clock.run_ms()
+        self.feeds += 1
 
 
 class Board:
@@ -229,16 +192,34 @@ class Board:
     def __init__(self, spec: Spec | None = None) -> None:
         self.spec = spec if spec is not None else load_spec()
         self.net = Network(self.spec.control_dir)
-        self._start_ms = _host_ms()
+        self.clock = Clock(self.spec.clock_speed, self.spec.ticks_start_ms, self.spec.control_dir)
+        self._host_at_boot = host_ms()
         self._synced = False
         self._i2c: VirtualI2C | None = None
         self.wdt: Watchdog | None = None
 
+    def check_watchdog(self) -> None:
+        if self.wdt is not None:
+            self.wdt.check()
+
+    def block_ms(self, ms: int) -> None:
+        """Spend `ms` of virtual time stuck, as a hung call does (the watchdog may fire meanwhile)."""
+        until = self.clock.run_ms() + ms
+        while True:
+            self.check_watchdog()
+            left = until - self.clock.run_ms()
+            if left <= 0:
+                return
+            time.sleep(min(SLICE_REAL_MS / 1000, self.clock.real_s(left)))
+
     # --- time -------------------------------------------------------------------------------
     def ticks_ms(self) -> int:
-        return (_host_ms() - self._start_ms) % TICKS_PERIOD
+        self.check_watchdog()
+        return self.clock.ticks_ms()
 
     def ticks_add(self, t: int, delta: int) -> int:
+        if not -TICKS_MAX_DELTA <= delta < TICKS_MAX_DELTA:
+            raise OverflowError("ticks interval overflow")  # as time.ticks_add on the port
         return (t + delta) % TICKS_PERIOD
 
     def ticks_diff(self, a: int, b: int) -> int:
@@ -247,14 +228,14 @@ class Board:
 
     def sleep_ms(self, ms: int) -> None:
         if ms > 0:
-            time.sleep(ms / 1000)
+            self.block_ms(ms)
 
     def epoch_ms(self) -> int:
-        if self._synced:
-            return _host_ms()
-        return RTC_UNSYNCED_EPOCH_MS + _host_ms() - self._start_ms
+        base = self._host_at_boot if self._synced else RTC_UNSYNCED_EPOCH_MS
+        return base + self.clock.now_ms()
 
     def ntp_sync(self, host: str) -> bool:
+        self.check_watchdog()
         if self.spec.time_sync and self.net.up():
             self._synced = True
         return self._synced
@@ -263,7 +244,7 @@ class Board:
     def fault(self, sensor: str, now_ms: int) -> str:
         forced = ""
         if self.spec.control_dir:
-            forced = _read_text(self.spec.control_dir + "/fault_" + sensor)
+            forced = read_text(self.spec.control_dir + "/fault_" + sensor)
         if forced:
             return forced
         now_s = now_ms / 1000
@@ -302,18 +283,28 @@ class Board:
     def connect_tcp(
         self, host: str, port: int, timeout_ms: int, tls: bool, tls_verify: bool, ca_file: str
     ) -> VSocket:
+        self.check_watchdog()
         self.net.check()
         if tls:
             raise OSError(95)  # EOPNOTSUPP: virtual boards talk plain MQTT on loopback
         addr = socket.getaddrinfo(host, port)[0][-1]
-        sock = socket.socket()
-        sock.settimeout(timeout_ms / 1000)
+        raw = socket.socket()
+        stream = VSocket(raw, self)
+        stream.settimeout(timeout_ms / 1000)
         try:
-            sock.connect(addr)
-        except OSError:
-            sock.close()
-            raise
-        return VSocket(sock, self.net)
+            raw.connect(addr)
+        except OSError as exc:
+            raw.close()
+            raise stream._error(exc) from None
+        stream.settimeout(IO_TIMEOUT_S)  # as board_esp32: reads start only after poll said readable
+        return stream
+
+    def poller(self, stream: VSocket) -> Poller:
+        return Poller(self, stream)
+
+    def feed(self) -> None:
+        if self.wdt is not None:
+            self.wdt.feed()
 
     # --- health and reset -------------------------------------------------------------------
     def mem_free(self) -> int:

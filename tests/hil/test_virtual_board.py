@@ -322,3 +322,26 @@ def test_longest_ids_still_give_valid_payloads_that_fit_an_outbox_slot(
     message = wait_for(lambda: probe.messages("reading", device), 20, "a reading")[0]
     contract.validate_reading(message.topic, message.payload)
     assert len(message.payload) <= 398  # outbox slot of 400 bytes less its 2-byte length
+
+
+def test_healthy_board_keeps_one_connection_for_minutes_of_virtual_time(
+    make_board: BoardFactory, probe: Probe
+) -> None:
+    """ESP32 sockets raise OSError(116) when an idle read times out and writes can be short: a
+    client that takes 116 for a dead link (110 is Linux's ETIMEDOUT) reconnects every few seconds.
+    The clock runs 10x, so ~30 s of real time are 5 minutes on the board, with a ping every
+    2.5 s (keepalive 5 s) between readings."""
+    board = make_board(interval_s=10, keepalive_s=5, health_every_s=60, spec={"clock_speed": 10})
+    board.start()
+    wait_for(
+        lambda: [m for m in probe.messages("health", board.device) if m.json()["uptime_s"] >= 300],
+        90,
+        "health after 5 virtual minutes",
+    )
+    health = [m.json() for m in probe.messages("health", board.device)]
+    assert all(h["reconnects"] == 0 for h in health)
+    assert [m.payload for m in probe.messages("status", board.device)] == [b"online"]
+    seqs = _seqs(probe.readings(board.device))
+    assert seqs == list(range(len(seqs)))  # no gap and no repeat: nothing was retransmitted
+    console = board.console()
+    assert "link_down" not in console and "link_connect_failed" not in console
