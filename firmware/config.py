@@ -31,6 +31,8 @@ DEFAULTS: dict = {
     "bh1750_mtreg": 69,
     "offsets": {},
     "outbox_slots": 512,
+    "e2e_ack": True,
+    "ack_timeout_s": 30,
     "keepalive_s": 60,
     "puback_timeout_s": 5,
     "publish_retries": 3,
@@ -56,6 +58,7 @@ _RANGES = {
     "bh1750_addr": (0x23, 0x5C),
     "bh1750_mtreg": (31, 254),
     "outbox_slots": (4, 100000),
+    "ack_timeout_s": (1, 3600),
     "keepalive_s": (5, 3600),
     "puback_timeout_s": (0.1, 60),
     "publish_retries": (0, 10),
@@ -142,8 +145,9 @@ def validate(raw: object) -> dict:
     if not isinstance(cfg["broker"], str):
         raise ConfigError("broker", "must be a string URL")
     parse_broker(cfg["broker"])
-    if not isinstance(cfg["tls_verify"], bool):
-        raise ConfigError("tls_verify", "must be true or false")
+    for key in ("tls_verify", "e2e_ack"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(key, "must be true or false")
     for key in _RANGES:
         value = cfg[key]
         low, high = _RANGES[key]

@@ -11,6 +11,8 @@ from mqtt import Client, MQTTError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Callable
+
     from board_esp32 import Board
 
 STATUS_ONLINE = b"online"
@@ -28,7 +30,8 @@ def backoff_delay_ms(attempt: int, min_ms: int, max_ms: int, rand16: int) -> int
 
 
 class Link:
-    def __init__(self, board: Board, cfg: dict, host: str, port: int, tls: bool) -> None:
+    def __init__(self, board: Board, cfg: dict, host: str, port: int, tls: bool,
+                 on_ack: Callable[[memoryview, memoryview], None] | None = None) -> None:
         self._board = board
         self._cfg = cfg
         base = "sensors/" + cfg["place"] + "/" + cfg["device"] + "/"
@@ -36,6 +39,8 @@ class Link:
         self.reading_topic = (base + "reading").encode()
         self.status_topic = (base + "status").encode()
         self.health_topic = (base + "health").encode()
+        self.ack_topic = (base + "ack").encode()
+        self._on_ack = on_ack
         self.client = Client(
             board,
             cfg["device"],
@@ -49,6 +54,7 @@ class Link:
             cfg["tls_ca_file"],
             base + "status",
             STATUS_OFFLINE,
+            self._message if on_ack is not None else None,
         )
         self._min_ms = int(cfg["backoff_min_s"] * 1000)
         self._max_ms = int(cfg["backoff_max_s"] * 1000)
@@ -58,6 +64,10 @@ class Link:
         self._next_try = board.ticks_ms()
         self.reconnects = 0
         self.just_connected = False
+
+    def _message(self, topic: memoryview, payload: memoryview) -> None:
+        if self._on_ack is not None and bytes(topic) == self.ack_topic:  # memoryview has no ==
+            self._on_ack(topic, payload)
 
     @property
     def up(self) -> bool:
@@ -93,6 +103,9 @@ class Link:
             return
         try:
             self.client.connect(CONNECT_TIMEOUT_MS)
+            if self._on_ack is not None and not self.client.subscribe(self.ack_topic, self._puback_ms):
+                log.event("ack_subscribe_refused", topic=self.ack_topic.decode(),
+                          action="readings are re-sent every ack_timeout_s; let the board read its ack topic")
             self.client.publish(self.status_topic, STATUS_ONLINE, 1, True, self._puback_ms, self._retries)
         except (MQTTError, OSError) as exc:
             self.client.close()

@@ -1,4 +1,6 @@
-# Runs at boot on the ESP32, and as the entry point of a virtual board on the unix port.
-import node
+# Boot entry. The board layer is imported first: compiling it needs the largest contiguous blocks,
+# which a fresh heap still has (on the unix port the virtual layer is larger than board_esp32).
+import board  # noqa: F401
+from node import main
 
-node.main()
+main()

@@ -1,8 +1,10 @@
 """The sensor node: measure every interval into the outbox, drain it in order while the link is up.
 
-Every reading goes through the flash outbox before it is published, so a reading exists in flash
-from the moment it is measured until the broker acknowledged it (PUBACK): an outage or a reboot
-delays readings but does not lose them. Only a full outbox loses data, oldest first, and counts it.
+A reading stays in the outbox until the gateway says Kafka holds it (end-to-end ack on
+`sensors/{place}/{device}/ack`; with `e2e_ack` off, the broker's PUBACK). It is kept in RAM while
+it can be delivered and written to flash only when it cannot (see outbox.py): an outage or a
+reboot delays readings but does not lose them. Only a full outbox loses data, oldest first, and
+counts it.
 """
 
 import gc
@@ -92,10 +94,13 @@ class Node:
         self.bh = Sensor("bh1750", BH1750(i2c, cfg["bh1750_addr"], board, cfg["bh1750_mtreg"]))
         self.range_errors = 0
         self.outbox = Outbox(cfg["outbox_slots"])
-        if self.outbox.kept_geometry:
-            log.event("outbox_geometry_kept", slots=self.outbox.slots,
-                      action="outbox_slots applies once the queued readings are sent")
-        self.link = Link(board, cfg, host, port, tls)
+        if self.outbox.torn:
+            log.event("outbox_torn_records", torn=self.outbox.torn, kept=self.outbox.flash_count,
+                      action="skipped: a power cut interrupted a flash write")
+        self.e2e_ack = cfg["e2e_ack"]
+        self._ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
+        self.acks = 0
+        self.link = Link(board, cfg, host, port, tls, self.on_ack if self.e2e_ack else None)
         self.time_valid = False
         self._started_ms = board.ticks_ms()
         self._interval_ms = max(1, int(cfg["interval_s"] * 1000))
@@ -143,28 +148,52 @@ class Node:
         return json.dumps(reading).encode()
 
     def enqueue(self, payload: bytes) -> None:
-        if not self.outbox.push(payload):
-            log.event("outbox_full_dropped_oldest", dropped=self.outbox.dropped, slots=self.outbox.slots)
+        dropped = self.outbox.dropped
+        # Not deliverable now (link down): straight to flash, so a power cut does not lose it.
+        self.outbox.push(self.boot, self.seq - 1, payload, not self.link.up)
+        if self.outbox.dropped != dropped:
+            log.event("outbox_full_dropped_oldest", dropped=self.outbox.dropped,
+                      capacity=self.outbox.max_records)
+
+    def on_ack(self, topic: memoryview, payload: memoryview) -> None:
+        """An end-to-end ack from the gateway: release the readings Kafka holds."""
+        try:
+            ack = json.loads(bytes(payload))
+            released = self.outbox.ack(int(ack["boot"]), ack["ranges"])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            log.event("ack_invalid", error=exc, action="ignored; unacked readings are re-sent")
+            return
+        self.acks += released
 
     # --- sending ----------------------------------------------------------------------------
     def drain(self, until_ms: int) -> None:
-        """Publish queued readings oldest first until empty, the link drops, or until_ms."""
+        """Publish queued readings oldest first until all are in flight, the link drops, or until_ms."""
         board = self.board
+        box = self.outbox
+        if not self.link.up:
+            if box.ram_count:
+                box.spill()  # could not be delivered: keep them through a power cut
+            return
+        if self.e2e_ack:
+            oldest = box.oldest_unacked_ms()
+            if oldest is not None and board.ticks_diff(board.ticks_ms(), oldest) > self._ack_timeout_ms:
+                log.event("ack_timeout", in_flight=box.in_flight, queued=box.count,
+                          action="kept in flash and re-sent; is the gateway running?")
+                box.spill()
         sent = 0
         # At least one entry per cycle even when running late, so a backlog always shrinks.
-        while self.outbox.count and self.link.up:
+        while self.link.up:
             if sent and board.ticks_diff(until_ms, board.ticks_ms()) <= 0:
                 return
-            try:
-                entry = self.outbox.peek()
-            except OutboxError as exc:
-                log.event("outbox_corrupt_entry", error=exc, action="skipped and counted as dropped")
-                self.outbox.dropped += 1
-                self.outbox.pop()
-                continue
-            if entry is None or not self.link.publish_reading(entry):
+            entry = box.next_entry()
+            if entry is None:
                 return
-            self.outbox.pop()
+            if not self.link.publish_reading(entry):
+                box.spill()
+                return
+            box.sent(board.ticks_ms())
+            if not self.e2e_ack:
+                box.delivered()
             sent += 1
 
     def health(self) -> bytes:
@@ -178,6 +207,8 @@ class Node:
             "mem_free": self.board.mem_free(),
             "outbox_depth": self.outbox.count,
             "outbox_dropped": self.outbox.dropped,
+            "outbox_flash": self.outbox.flash_count,
+            "outbox_torn": self.outbox.torn,
             "sensor_errors": {"bme280": self.bme.errors, "bh1750": self.bh.errors, "range": self.range_errors},
             "reconnects": self.link.reconnects,
             "time_valid": self.time_valid,
@@ -216,6 +247,8 @@ class Node:
                         self.skipped += behind // self._interval_ms
                         next_measure = board.ticks_add(board.ticks_ms(), self._interval_ms)
                     gc.collect()
+                if self.link.just_connected:
+                    self.outbox.rewind()  # re-send what was in flight when the link broke
                 if self.link.up and (self.link.just_connected or board.ticks_diff(now, self._next_health) >= 0):
                     self.link.just_connected = False
                     self.link.publish_health(self.health())
@@ -226,6 +259,7 @@ class Node:
                 wait = board.ticks_diff(next_measure, board.ticks_ms())
                 self.link.service(max(0, min(wait, 1000)))
         except KeyboardInterrupt:
+            self.outbox.spill()  # what RAM holds survives a clean stop (a re-flash, a power-off)
             log.event("node_stopping", reason="interrupt", boot=self.boot, next_seq=self.seq,
                       outbox_depth=self.outbox.count)
             self.link.close()

@@ -1,114 +1,296 @@
-"""A bounded, persistent FIFO of encoded readings in flash that survives a reboot.
+"""Readings not yet delivered: RAM first, flash only for those that could not be delivered.
 
-Layout: `outbox.dat` holds `slots` fixed-size slots (2-byte length + payload); `outbox.idx` holds
-the ring state (first, count, dropped, slots, slot_size). The slot is written before the index, and
-the index is replaced by rename (atomic on LittleFS and POSIX), so a power cut leaves either the old
-or the new state, never a torn one. When full, a push overwrites the oldest entry and counts it.
-Nothing is kept in RAM beyond one slot buffer, so depth is bounded by flash, not by the heap.
+Why: littlefs rewrites everything after the write point of a file written in the middle (littlefs
+issues 27 and 515), so the old fixed-slot ring in one 200 KB file cost ~26 block erases per reading
+(~7 months of flash life at a 10 s interval). Here, while the link is up and the gateway acks, a
+reading lives in RAM from measurement to ack and flash is never written. A reading is written to
+flash ("spilled") only when it could not be delivered: the link is down, a publish failed, no ack
+came within ack_timeout_s, or RAM is full. Flash writes are appends only.
+
+Order: one queue, flash records (older) first, then RAM (newer). `next_entry` walks it from the
+front; what was sent waits in `_sent` (at most `window`) until an ack covers it; acked entries leave
+from the front. A spill moves all of RAM to flash and rewinds: everything unacked is sent again
+(the same boot and seq, so downstream de-duplicates).
+
+Flash: `outbox.d/NNNNNNNN.seg`, append-only segment files of at most `_seg_records` records, each
+`<BBHIII` magic, 0, length, boot, seq, crc32(header[:12] + payload), then the payload. A segment is
+deleted once every record in it is acked, so a power cut re-sends at most one segment's acked
+records (same ids). Boot scans every segment: a record with a bad magic, length or CRC (a write
+the power cut tore) ends that segment's valid part and is counted in `torn`; appends after a boot
+always start a new segment, never after a torn tail. Capacity: at most `max_records` in flash and
+never less than _RESERVE_BLOCKS of free space; beyond that the oldest segment is dropped and its
+records counted in `dropped` (persisted in `outbox.d/dropped`).
+Not kept across a power cut: readings still in RAM (at most `ram_slots`, normally 0-1 awaiting an
+ack); that is the price of not writing flash for every reading.
 """
 
+import binascii
 import os
 import struct
 
 from micropython import const
 
-SLOT_SIZE = const(400)
-_IDX_FMT = "<IIIII"  # first, count, dropped, slots, slot_size
-_IDX_LEN = const(20)
+DIR = "outbox.d"  # not "outbox": a directory named like a module shadows outbox.py on import
+_MAGIC = const(0xB5)
+_HDR = "<BBHIII"
+HDR_LEN = const(16)
+MAX_PAYLOAD = const(398)  # as the old 400-byte slot less its length: longest ids still fit
+_RESERVE_BLOCKS = const(8)  # left free for littlefs metadata, config and the boot counter
 
 
 class OutboxError(Exception):
     pass
 
 
+def _crc(hdr: bytearray | memoryview, payload: bytes | bytearray | memoryview) -> int:
+    return binascii.crc32(payload, binascii.crc32(memoryview(hdr)[:12])) & 0xFFFFFFFF
+
+
 class Outbox:
-    def __init__(self, slots: int, prefix: str = "outbox") -> None:
-        self._dat = prefix + ".dat"
-        self._idx = prefix + ".idx"
-        self._tmp = prefix + ".idx.tmp"
-        self._buf = bytearray(SLOT_SIZE)
+    def __init__(self, max_records: int, ram_slots: int = 16, window: int = 16, root: str = DIR) -> None:
+        self._dir = root
+        self.max_records = max_records
+        self.ram_slots = ram_slots
+        self.window = window
+        self._seg_records = max(1, min(16, max_records // 8))
+        self._buf = bytearray(HDR_LEN + MAX_PAYLOAD)
         self._mv = memoryview(self._buf)
-        self.first = 0
-        self.count = 0
+        self._ram: list = []  # [boot, seq, payload] oldest first
+        # Segments oldest first: [id, size, records, popped, floor]: floor is the offset of the
+        # first record not yet acked, popped how many records before it were acked.
+        self._segs: list = []
+        self._head_open = False  # appends go to the last segment only if this boot created it
+        self._sent: list = []  # [boot, seq, acked, sent_ms, length or -1 for RAM] in queue order
+        self._rseg = 0  # read position in flash of the next entry to send: segment index, offset
+        self._roff = 0
+        self.flash_count = 0
         self.dropped = 0
-        self.slots = slots
-        self.slot_size = SLOT_SIZE
-        self.kept_geometry = False
-        if not self._load_index(slots):
-            self._create(slots)
+        self.torn = 0
+        self.spills = 0
+        self._pending: list = []
+        self._load()
 
-    def _load_index(self, slots: int) -> bool:
+    # --- boot ---------------------------------------------------------------------------------
+    def _path(self, seg_id: int) -> str:
+        return self._dir + "/%08d.seg" % seg_id
+
+    def _load(self) -> None:
         try:
-            with open(self._idx, "rb") as f:
-                raw = f.read()
-            first, count, dropped, have_slots, slot_size = struct.unpack(_IDX_FMT, raw)
-            size = os.stat(self._dat)[6]
+            names = os.listdir(self._dir)
+        except OSError:
+            os.mkdir(self._dir)
+            names = []
+        try:
+            with open(self._dir + "/dropped") as f:
+                self.dropped = int(f.read())
         except (OSError, ValueError):
-            return False
-        if slot_size != SLOT_SIZE or size != have_slots * slot_size or count > have_slots:
-            return False
-        self.first, self.count, self.dropped = first, count, dropped
-        if have_slots != slots:
-            if count:
-                # Keep what is queued rather than lose readings to a config change.
-                self.kept_geometry = True
-                self.slots = have_slots
-                return True
-            return False
-        return True
+            self.dropped = 0
+        ids = sorted(int(n[:-4]) for n in names if n.endswith(".seg") and n[:-4].isdigit())
+        for seg_id in ids:
+            records, size = self._scan(seg_id)
+            if records:
+                self._segs.append([seg_id, size, records, 0, 0])
+                self.flash_count += records
+            else:
+                os.remove(self._path(seg_id))
 
-    def _create(self, slots: int) -> None:
-        zero = bytes(SLOT_SIZE)
-        with open(self._dat, "wb") as f:
-            for _ in range(slots):
-                f.write(zero)
-        self.slots = slots
-        self.first = 0
-        self.count = 0
-        self._save_index()
+    def _scan(self, seg_id: int) -> tuple:
+        """(valid records, bytes they take) of one segment; a torn or corrupt tail is counted."""
+        records = 0
+        at = 0
+        with open(self._path(seg_id), "rb") as f:
+            while True:
+                hdr = self._mv[:HDR_LEN]
+                n = f.readinto(hdr)
+                if not n:
+                    break
+                ok = n == HDR_LEN and self._buf[0] == _MAGIC
+                length = self._buf[2] | (self._buf[3] << 8)
+                if ok and length <= MAX_PAYLOAD:
+                    body = self._mv[HDR_LEN : HDR_LEN + length]
+                    ok = f.readinto(body) == length and _crc(self._buf, body) == struct.unpack_from("<I", self._buf, 12)[0]
+                else:
+                    ok = False
+                if not ok:
+                    self.torn += 1
+                    break
+                records += 1
+                at += HDR_LEN + length
+        return records, at
 
-    def _save_index(self) -> None:
-        with open(self._tmp, "wb") as f:
-            f.write(struct.pack(_IDX_FMT, self.first, self.count, self.dropped, self.slots, SLOT_SIZE))
-        os.rename(self._tmp, self._idx)
+    # --- state ------------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        """Readings not yet acked (RAM and flash)."""
+        return self.flash_count + len(self._ram)
 
-    def push(self, payload: bytes) -> bool:
-        """Append; returns False when the oldest entry had to be dropped to make room."""
-        n = len(payload)
-        if n > SLOT_SIZE - 2:
-            raise OutboxError("payload of %d bytes exceeds the %d-byte slot" % (n, SLOT_SIZE - 2))
-        full = self.count == self.slots
-        slot = (self.first + self.count) % self.slots
-        self._buf[0] = n & 0xFF
-        self._buf[1] = n >> 8
-        self._buf[2 : 2 + n] = payload
-        with open(self._dat, "r+b") as f:
-            f.seek(slot * SLOT_SIZE)
-            f.write(self._mv[: 2 + n])
-        if full:
-            self.first = (self.first + 1) % self.slots
-            self.dropped += 1
-        else:
-            self.count += 1
-        self._save_index()
-        return not full
+    @property
+    def in_flight(self) -> int:
+        return len(self._sent)
 
-    def peek(self) -> memoryview | None:
-        """The oldest entry (a view into an internal buffer, valid until the next call), or None."""
-        if not self.count:
-            return None
-        with open(self._dat, "rb") as f:
-            f.seek(self.first * SLOT_SIZE)
-            f.readinto(self._buf)
-        n = self._buf[0] | (self._buf[1] << 8)
-        if n > SLOT_SIZE - 2:
-            raise OutboxError("slot %d is corrupt (length %d)" % (self.first, n))
-        return self._mv[2 : 2 + n]
+    def oldest_unacked_ms(self) -> int | None:
+        """sent_ms of the oldest sent, unacked entry (for the ack timeout), or None."""
+        for e in self._sent:
+            if not e[2]:
+                return e[3]  # type: ignore[no-any-return]
+        return None
 
-    def pop(self) -> None:
-        """Forget the oldest entry (after the broker acknowledged it)."""
-        if not self.count:
+    # --- writing ----------------------------------------------------------------------------
+    def push(self, boot: int, seq: int, payload: bytes, spill: bool = False) -> None:
+        """Queue a reading; spill=True (link down) writes it, and all of RAM, to flash now."""
+        if len(payload) > MAX_PAYLOAD:
+            raise OutboxError("payload of %d bytes exceeds %d" % (len(payload), MAX_PAYLOAD))
+        self._ram.append([boot, seq, payload])
+        if spill or len(self._ram) > self.ram_slots:
+            self.spill()
+
+    def spill(self) -> None:
+        """Write every reading in RAM to flash (they could not be delivered) and rewind."""
+        self.rewind()
+        if not self._ram:
             return
-        self.first = (self.first + 1) % self.slots
-        self.count -= 1
-        self._save_index()
+        self.spills += 1
+        for boot, seq, payload in self._ram:
+            try:
+                self._append(boot, seq, payload)
+            except OSError as exc:
+                # Flash full or failing: this reading is lost, and counted as such.
+                print("outbox_write_failed errno=%d action=counted as dropped" % (exc.args[0] if exc.args else 0))
+                self.dropped += 1
+        self._ram = []
+
+    def _append(self, boot: int, seq: int, payload: bytes) -> None:
+        while self.flash_count >= self.max_records or (self._segs and self._free_blocks() < _RESERVE_BLOCKS):
+            self._drop_oldest()
+        head = self._segs[-1] if self._segs else None
+        if head is None or not self._head_open or head[2] >= self._seg_records:
+            seg_id = head[0] + 1 if head is not None else 0
+            head = [seg_id, 0, 0, 0, 0]
+            self._segs.append(head)
+            self._head_open = True
+        n = len(payload)
+        struct.pack_into(_HDR, self._buf, 0, _MAGIC, 0, n, boot, seq, 0)
+        self._buf[HDR_LEN : HDR_LEN + n] = payload
+        struct.pack_into("<I", self._buf, 12, _crc(self._buf, self._mv[HDR_LEN : HDR_LEN + n]))
+        # One write of header and payload, appended: littlefs then programs the file's last block
+        # and commits metadata; nothing before the write point is rewritten.
+        with open(self._path(head[0]), "ab") as f:
+            f.write(self._mv[: HDR_LEN + n])
+        head[1] += HDR_LEN + n
+        head[2] += 1
+        self.flash_count += 1
+
+    def _free_blocks(self) -> int:
+        st = os.statvfs(self._dir)
+        return st[3]  # type: ignore[no-any-return]
+
+    def _drop_oldest(self) -> None:
+        self._discard(0)
+
+    def _discard(self, index: int) -> None:
+        """Delete segment `index` with its unacked readings, counted as dropped (persisted)."""
+        seg = self._segs.pop(index)
+        lost = seg[2] - seg[3]
+        self.flash_count -= lost
+        self.dropped += lost
+        # Count first, delete second: a power cut in between over-counts (the readings are still
+        # there and get delivered), it never loses readings without counting them.
+        with open(self._dir + "/dropped.tmp", "w") as f:
+            f.write(str(self.dropped))
+        os.rename(self._dir + "/dropped.tmp", self._dir + "/dropped")
+        os.remove(self._path(seg[0]))
+        if index == len(self._segs):
+            self._head_open = False  # never append to a segment that is gone
+
+    # --- sending ----------------------------------------------------------------------------
+    def rewind(self) -> None:
+        """Forget what is in flight: it is sent again from the front (after a reconnect, a failed
+        publish or an ack timeout)."""
+        self._sent = []
+        self._rseg = 0
+        self._roff = self._segs[0][4] if self._segs else 0
+
+    def next_entry(self) -> memoryview | bytes | None:
+        """The payload of the next entry to send (valid until the next call), or None when all is in
+        flight or the window is full. Call `sent` after publishing it."""
+        if len(self._sent) >= self.window:
+            return None
+        k = len(self._sent)
+        if k < self.flash_count:
+            while self._roff >= self._segs[self._rseg][1]:
+                self._rseg += 1
+                self._roff = 0
+            seg = self._segs[self._rseg]
+            with open(self._path(seg[0]), "rb") as f:
+                f.seek(self._roff)
+                f.readinto(self._mv[:HDR_LEN])
+                _m, _z, n, boot, seq, crc = struct.unpack_from(_HDR, self._buf, 0)
+                body = self._mv[HDR_LEN : HDR_LEN + n]
+                f.readinto(body)
+            if _crc(self._buf, body) != crc:
+                # Changed since boot (a bit flip): nothing after it in the segment can be trusted.
+                self.torn += 1
+                self._discard(self._rseg)
+                self.rewind()
+                return None
+            self._pending = [boot, seq, False, 0, n]
+            return body
+        k -= self.flash_count
+        if k >= len(self._ram):
+            return None
+        e = self._ram[k]
+        self._pending = [e[0], e[1], False, 0, -1]
+        return e[2]  # type: ignore[no-any-return]
+
+    def sent(self, now_ms: int) -> None:
+        """The entry from next_entry was published (PUBACKed)."""
+        e = self._pending
+        e[3] = now_ms
+        if e[4] >= 0:
+            self._roff += HDR_LEN + e[4]
+        self._sent.append(e)
+
+    def delivered(self) -> None:
+        """The entry just `sent` needs no further ack (e2e_ack off: the PUBACK is the ack)."""
+        e = self._sent[-1]
+        self.ack(e[0], [(e[1], e[1])])
+
+    @property
+    def ram_count(self) -> int:
+        return len(self._ram)
+
+    def ack(self, boot: int, ranges: list) -> int:
+        """Mark in-flight entries of `boot` whose seq is in an inclusive [first, last] range as
+        delivered; release acked entries from the front. Returns how many were released."""
+        for e in self._sent:
+            if e[0] == boot and not e[2]:
+                s = e[1]
+                for r in ranges:
+                    if r[0] <= s <= r[1]:
+                        e[2] = True
+                        break
+        released = 0
+        while self._sent and self._sent[0][2]:
+            e = self._sent.pop(0)
+            self._release_front(e)
+            released += 1
+        return released
+
+    def _release_front(self, e: list) -> None:
+        if self.flash_count:
+            seg = self._segs[0]
+            seg[3] += 1
+            seg[4] += HDR_LEN + e[4]
+            self.flash_count -= 1
+            if seg[3] >= seg[2]:
+                # Every record acked: the only flash write on the happy path after an outage.
+                os.remove(self._path(seg[0]))
+                self._segs.pop(0)
+                if self._rseg:
+                    self._rseg -= 1
+                else:
+                    self._roff = self._segs[0][4] if self._segs else 0
+                if not self._segs:
+                    self._head_open = False
+        else:
+            self._ram.pop(0)

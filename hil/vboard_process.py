@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -211,12 +210,11 @@ class VirtualBoard:
             path.unlink(missing_ok=True)
 
     def outbox_depth(self) -> int:
-        """Readings waiting in the board's flash outbox (0 before the first boot)."""
-        try:
-            raw = (self.flash / "outbox.idx").read_bytes()
-        except FileNotFoundError:
-            return 0
-        return int(struct.unpack("<IIIII", raw)[1])
+        """Readings kept in the board's flash outbox (0 before the first boot; readings the board
+        holds in RAM while it can deliver them are not counted: see firmware/outbox.py)."""
+        from hil.virtual import outbox_reader
+
+        return len(outbox_reader.read(self.flash).entries)
 
     def console(self) -> str:
         try:

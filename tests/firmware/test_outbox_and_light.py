@@ -1,4 +1,4 @@
-"""Outbox ring semantics, BH1750 maths and link backoff, on the MicroPython unix port."""
+"""BH1750 maths and link backoff, on the MicroPython unix port (the outbox: test_outbox.py)."""
 
 from __future__ import annotations
 
@@ -9,70 +9,6 @@ import pytest
 from tests.firmware import unixport
 
 pytestmark = pytest.mark.unit
-
-
-def test_outbox_returns_entries_in_order_and_survives_reopening(tmp_path: Path) -> None:
-    code = """
-import json
-from outbox import Outbox
-box = Outbox(8)
-for i in range(5):
-    box.push(b"r%d" % i)
-box.pop()
-again = Outbox(8)
-out = []
-while again.count:
-    out.append(bytes(again.peek()).decode())
-    again.pop()
-print(json.dumps(out))
-"""
-    assert unixport.run_json(code, tmp_path) == ["r1", "r2", "r3", "r4"]
-
-
-def test_full_outbox_drops_the_oldest_and_counts_them_persistently(tmp_path: Path) -> None:
-    code = """
-import json
-from outbox import Outbox
-box = Outbox(4)
-kept = [box.push(b"r%d" % i) for i in range(7)]
-again = Outbox(4)
-out = []
-while again.count:
-    out.append(bytes(again.peek()).decode())
-    again.pop()
-print(json.dumps([kept, again.dropped, out]))
-"""
-    kept, dropped, out = unixport.run_json(code, tmp_path)
-    assert kept == [True] * 4 + [False] * 3
-    assert dropped == 3
-    assert out == ["r3", "r4", "r5", "r6"]
-
-
-def test_outbox_keeps_queued_readings_when_the_configured_size_changes(tmp_path: Path) -> None:
-    code = """
-import json
-from outbox import Outbox
-box = Outbox(4)
-box.push(b"a")
-box.push(b"b")
-bigger = Outbox(16)
-print(json.dumps([bigger.kept_geometry, bigger.slots, bigger.count, bytes(bigger.peek()).decode()]))
-"""
-    assert unixport.run_json(code, tmp_path) == [True, 4, 2, "a"]
-
-
-def test_outbox_rejects_a_payload_larger_than_a_slot(tmp_path: Path) -> None:
-    code = """
-import json
-from outbox import Outbox, OutboxError, SLOT_SIZE
-box = Outbox(4)
-try:
-    box.push(bytes(SLOT_SIZE))
-    print(json.dumps("accepted"))
-except OutboxError:
-    print(json.dumps([box.count, box.dropped]))
-"""
-    assert unixport.run_json(code, tmp_path) == [0, 0]
 
 
 def test_bh1750_lux_is_raw_over_1_2_times_69_over_mtreg(tmp_path: Path) -> None:

@@ -25,6 +25,10 @@ def _seqs(readings: list[dict[str, Any]], boot: int = 0) -> list[int]:
     return [r["seq"] for r in readings if r["boot"] == boot]
 
 
+def _health(probe: Probe, device: str) -> list[dict[str, Any]]:
+    return [m.json() for m in probe.messages("health", device)]
+
+
 def _first_occurrences(seqs: list[int]) -> list[int]:
     seen: set[int] = set()
     out = []
@@ -293,7 +297,7 @@ def test_hung_i2c_bus_trips_the_watchdog_and_the_launcher_reboots_the_board(
         0.3,
         broker_url,
         prefix=unique("vt"),
-        extra_config={"watchdog_s": 7, "puback_timeout_s": 0.5, "publish_retries": 0},
+        extra_config={"watchdog_s": 7, "puback_timeout_s": 0.5, "publish_retries": 0, "e2e_ack": False},
     )
     rig = fleet.Fleet(tmp_path / "fleet", plans)
     rig.prepare(fresh=True)
@@ -345,3 +349,49 @@ def test_healthy_board_keeps_one_connection_for_minutes_of_virtual_time(
     assert seqs == list(range(len(seqs)))  # no gap and no repeat: nothing was retransmitted
     console = board.console()
     assert "link_down" not in console and "link_connect_failed" not in console
+
+
+def test_readings_leave_the_outbox_only_on_gateway_acks_and_online_never_touch_flash(
+    make_board: BoardFactory, probe: Probe, tmp_path: Path
+) -> None:
+    """The real gateway (Kafka confirmed, then `sensors/{place}/{device}/ack`) releases readings."""
+    from tests.gateway.conftest import GatewayFactory
+
+    gateways = GatewayFactory(tmp_path)
+    try:
+        gateways()
+        board = make_board(place=gateways.place, e2e_ack=True, ack_timeout_s=5, interval_s=0.3)
+        board.start()
+        wait_for(lambda: len(probe.readings(board.device)) >= 30, 40, "30 readings")
+        health = wait_for(
+            lambda: [h for h in _health(probe, board.device) if h["outbox_depth"] <= 2],
+            20,
+            "health with the outbox empty but for the readings in flight",
+        )[-1]
+        assert health["outbox_flash"] == 0 and health["outbox_dropped"] == 0
+        assert list((board.flash / "outbox.d").glob("*.seg")) == []  # not one flash write for a reading
+        console = board.console()
+        assert "ack_timeout" not in console and "ack_subscribe_refused" not in console
+    finally:
+        gateways.close()
+
+
+def test_unacked_readings_go_to_flash_are_resent_and_released_once_a_gateway_acks(
+    make_board: BoardFactory, probe: Probe, tmp_path: Path
+) -> None:
+    from tests.gateway.conftest import GatewayFactory
+
+    gateways = GatewayFactory(tmp_path)
+    try:
+        board = make_board(place=gateways.place, e2e_ack=True, ack_timeout_s=1, interval_s=0.3)
+        board.start()
+        board.wait_console("ack_timeout", 20)
+        wait_for(lambda: outbox_state(board)[1] >= 5, 20, "unacked readings kept in flash")
+        # Re-sent with the same ids: the subscriber sees seq 0 more than once.
+        wait_for(lambda: _seqs(probe.readings(board.device)).count(0) >= 2, 20, "seq 0 re-sent")
+        gateways()
+        wait_for(lambda: outbox_state(board)[1] == 0, 40, "flash outbox released by the gateway's acks")
+        seqs = set(_seqs(probe.readings(board.device)))
+        assert seqs == set(range(max(seqs) + 1))  # nothing lost on the way
+    finally:
+        gateways.close()
