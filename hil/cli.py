@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hil import fleet
 from hil.flash import flash
+from hil.rig import cli as rig_cli
 from hil.vboard_process import DEFAULT_HEAP
 from iot import contract
 
@@ -71,6 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--mpy-arch", default="xtensawin", help="mpy-cross -march for --mpy (default xtensawin: ESP32)"
     )
     fl.set_defaults(func=run_flash)
+    rig_cli.register(sub)
 
 
 def run_boards(args: argparse.Namespace) -> int:

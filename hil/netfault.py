@@ -2,7 +2,9 @@
 
 It frames the MQTT packets it relays, so a test can make the broker's acknowledgements vanish
 (`drop_pubacks(n)`) and see what the board does about it (`dup_publishes`: QoS 1 retransmissions
-carrying the DUP flag). Loopback only.
+carrying the DUP flag). `cut()` takes the network away (open connections are closed, new ones are
+refused until `restore()`), for a virtual board and for a real one that connects through it: the rig
+listens on the bench's address (`listen_host`) and boards get the proxy as their broker.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ def _read_packet(sock: socket.socket) -> tuple[bytes, int]:
 
 
 class MqttProxy:
-    def __init__(self, broker_host: str, broker_port: int) -> None:
+    def __init__(self, broker_host: str, broker_port: int, listen_host: str = "127.0.0.1") -> None:
         self._upstream = (broker_host, broker_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server((listen_host, 0))
+        self._cut = False
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._drop_pubacks = 0
@@ -63,6 +66,24 @@ class MqttProxy:
         self._thread.start()
         return self
 
+    def cut(self) -> None:
+        """The network is gone: every relayed connection closes, new ones are closed at once."""
+        with self._lock:
+            self._cut = True
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    @property
+    def is_cut(self) -> bool:
+        return self._cut
+
     def drop_pubacks(self, n: int) -> None:
         with self._lock:
             self._drop_pubacks += n
@@ -73,13 +94,17 @@ class MqttProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._cut:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self._upstream, timeout=5)
             except OSError:
                 client.close()
                 continue
             upstream.settimeout(None)
-            self._sockets += [client, upstream]
+            with self._lock:
+                self._sockets += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
@@ -107,6 +132,8 @@ class MqttProxy:
 
     def stop(self) -> None:
         self._stopped.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
         self._listener.close()
         for s in self._sockets:
             s.close()

@@ -30,6 +30,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,7 +138,7 @@ class SerialBoard:
         if mode == MAIN:
             command.append("main.py")
         env = dict(os.environ)
-        env["MICROPYPATH"] = f"{VSERIAL}:{paths.VIRTUAL}"
+        env["MICROPYPATH"] = str(self.hardware())
         env["VBOARD_SPEC"] = str(self.dir / "spec.json")
         env["VBOARD_CONTROL"] = str(self.control)
         env["VBOARD_DEVICE"] = self.dir.name
@@ -152,6 +153,17 @@ class SerialBoard:
             stderr=self.board_slave,
             preexec_fn=_child_setup,  # the supervisor is single-threaded
         )
+
+    def hardware(self) -> Path:
+        """The modules of the chip around the firmware, fresh at every boot: the board model
+        (hil/virtual) with hil/vserial's `machine` and climate-chamber `env` over it."""
+        hw = self.dir / "hw"
+        hw.mkdir(exist_ok=True)
+        for name in paths.VIRTUAL_MODULES:
+            shutil.copyfile(paths.VIRTUAL / name, hw / ("env_model.py" if name == "env.py" else name))
+        for source in VSERIAL.glob("*.py"):
+            shutil.copyfile(source, hw / source.name)
+        return hw
 
     def kill_board(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

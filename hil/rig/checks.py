@@ -1,0 +1,184 @@
+"""Expectations checked end to end for one board over one scenario.
+
+- delivered: every (device, boot, seq) the board published (seen by the rig's MQTT probe) reached
+  Kafka `iot.readings` and MongoDB `readings` exactly once, and no seq is missing inside a boot;
+- windows: every final tumbling window of the board matches the scripted environment (virtual) or
+  the board's own readings (real) within the sensors' noise;
+- latency: the 95th percentile of Kafka time - measurement time, readings measured during a fault
+  left out (they wait in the outbox by design).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from hil.rig.boards import RigBoard
+from hil.rig.record import Measurement
+from hil.rig.stack import RigStack
+from iot import contract
+
+ReadingId = tuple[str, int, int]
+
+
+def _published(stack: RigStack, board: RigBoard, since: float) -> dict[ReadingId, dict[str, Any]]:
+    assert stack.probe is not None
+    out: dict[ReadingId, dict[str, Any]] = {}
+    for m in stack.probe.messages("reading", board.device):
+        if m.at < since:
+            continue
+        try:
+            r = m.json()
+            out[(str(r["device"]), int(r["boot"]), int(r["seq"]))] = r
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def _gaps(ids: set[ReadingId]) -> int:
+    by_boot: dict[int, list[int]] = {}
+    for _device, boot, seq in ids:
+        by_boot.setdefault(boot, []).append(seq)
+    return sum(max(s) - min(s) + 1 - len(set(s)) for s in by_boot.values())
+
+
+def _mongo_counts(db: Any, device: str, ids: set[ReadingId]) -> dict[ReadingId, int]:
+    counts: dict[ReadingId, int] = {}
+    by_boot: dict[int, list[int]] = {}
+    for _d, boot, seq in ids:
+        by_boot.setdefault(boot, []).append(seq)
+    for boot, seqs in by_boot.items():
+        for doc in db[contract.COLL_READINGS].find(
+            {"device": device, "boot": boot, "seq": {"$in": seqs}}, {"boot": 1, "seq": 1}
+        ):
+            key = (device, int(doc["boot"]), int(doc["seq"]))
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _ms(value: Any) -> int:
+    return int(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)
+
+
+# A reading measured during a fault waits in the outbox by design; so does one measured in the
+# seconds after, while the board's backoff and the gateway's reconnect run out.
+AFTER_FAULT_S = 5.0
+
+
+def _in_fault(ts_s: float, faults: list[tuple[float, float]]) -> bool:
+    return any(start - 1.0 <= ts_s <= end + AFTER_FAULT_S for start, end in faults)
+
+
+def delivered(
+    stack: RigStack, board: RigBoard, since: float, timeout_s: float
+) -> tuple[list[Measurement], dict[ReadingId, dict[str, Any]], dict[ReadingId, list[int]]]:
+    """Polls until Kafka and MongoDB hold every published reading, or the deadline."""
+    assert stack.kafka is not None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        published = _published(stack, board, since)
+        ids = set(published)
+        kafka = stack.kafka.snapshot()
+        mongo = _mongo_counts(stack.db, board.device, ids)
+        missing_kafka = [i for i in ids if i not in kafka]
+        missing_mongo = [i for i in ids if i not in mongo]
+        if (ids and not missing_kafka and not missing_mongo) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    measurements = [
+        Measurement.check("readings_published", len(ids), None, "readings", low=1),
+        Measurement.check("seq_gaps", _gaps(ids), 0, "readings"),
+        Measurement.check("missing_in_kafka", len(missing_kafka), 0, "readings"),
+        Measurement.check("missing_in_mongo", len(missing_mongo), 0, "readings"),
+        Measurement.check("mongo_copies_max", max(mongo.values(), default=0), 1, "copies"),
+        Measurement.check(
+            "kafka_duplicates", sum(len(kafka.get(i, [])) - 1 for i in ids if i in kafka), None, "records"
+        ),
+    ]
+    return measurements, published, kafka
+
+
+def latency(
+    published: dict[ReadingId, dict[str, Any]],
+    kafka: dict[ReadingId, list[int]],
+    faults: list[tuple[float, float]],
+    limit_s: float,
+) -> list[Measurement]:
+    lags = sorted(
+        (min(kafka[i]) - int(r["ts"])) / 1000
+        for i, r in published.items()
+        if i in kafka and r.get("time_valid") and not _in_fault(int(r["ts"]) / 1000, faults)
+    )
+    if not lags:  # every reading of the scenario was measured during or just after a fault
+        return [Measurement.check("latency_samples", 0, None, "readings")]
+    p95 = lags[min(len(lags) - 1, int(len(lags) * 0.95))]
+    return [
+        Measurement.check("latency_samples", len(lags), None, "readings"),
+        Measurement.check("latency_p95_s", round(p95, 3), limit_s, "s"),
+        Measurement.check("latency_max_s", round(lags[-1], 3), None, "s"),
+    ]
+
+
+def windows(
+    stack: RigStack,
+    board: RigBoard,
+    since: float,
+    until: float,
+    faults: list[tuple[float, float]],
+    timeout_s: float,
+) -> list[Measurement]:
+    """Final tumbling windows wholly inside [since, until], each metric's mean against the truth.
+
+    A window clear of every fault must be there; one that a fault touched is checked if the backend
+    made it (readings that arrive after a window closed do not reopen it)."""
+    size_ms = stack.rig.stack.tumbling_s * 1000
+    first = (int(since * 1000) // size_ms + 1) * size_ms
+    last_end = int(until * 1000) // size_ms * size_ms
+    clear = [
+        s
+        for s in range(first, last_end, size_ms)
+        if not any(s / 1000 - AFTER_FAULT_S <= end and start <= (s + size_ms) / 1000 for start, end in faults)
+    ]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        docs = [
+            d
+            for d in stack.db[contract.COLL_SENSOR_WINDOWS].find({"device": board.device, "kind": "tumbling"})
+            if first <= _ms(d["start"]) and _ms(d["end"]) <= last_end and d.get("final")
+        ]
+        have = {_ms(d["start"]) for d in docs}
+        if all(s in have for s in clear) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    missing = [s for s in clear if s not in have]
+    out = [
+        Measurement.check("final_windows", len(docs), None, "windows"),
+        Measurement.check("fault_free_windows_missing", len(missing), 0, "windows"),
+    ]
+    errors: dict[str, float] = {}
+    for doc in docs:
+        readings = list(
+            stack.db[contract.COLL_READINGS].find(
+                {"device": board.device, "ts": {"$gte": doc["start"], "$lt": doc["end"]}}
+            )
+        )
+        if not readings or any(board.near_env_change(_ms(r["ts"]) / 1000) for r in readings):
+            continue
+        for metric in contract.METRICS:
+            summary = doc.get(metric)
+            values = []
+            for r in readings:
+                if r.get(metric) is None:
+                    continue
+                truth = board.expected(_ms(r["ts"]) / 1000)
+                values.append(truth[metric] if truth is not None else float(r[metric]))
+            if not summary or not values or summary.get("mean") is None:
+                continue
+            err = abs(float(summary["mean"]) - sum(values) / len(values))
+            errors[metric] = max(errors.get(metric, 0.0), err)
+    for metric, err in sorted(errors.items()):
+        out.append(
+            Measurement.check(f"window_mean_error_{metric}", round(err, 4), board.spec.tolerance.get(metric))
+        )
+    return out

@@ -1,0 +1,81 @@
+"""`iot hil check RIG` and `iot hil run RIG [--board ID] [--scenario NAME] [--junit FILE] [--report DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from hil.errors import HilError
+from hil.rig import report, spec
+from hil.rig.boards import RigBoard
+from hil.rig.record import FAILED, RunRecord
+from hil.rig.runner import Runner
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    hil = sub.add_parser("hil", help="hardware-in-the-loop rig: flash boards, drive scenarios, report")
+    hsub = hil.add_subparsers(dest="hil_command", required=True, metavar="ACTION")
+    check = hsub.add_parser("check", help="validate a rig file, probe its ports, read each board's firmware")
+    check.add_argument("rig", type=Path)
+    check.set_defaults(func=run_check)
+    run = hsub.add_parser("run", help="run a rig's scenarios on its boards against the stack")
+    run.add_argument("rig", type=Path)
+    run.add_argument("--board", default=None, help="only this board id")
+    run.add_argument("--scenario", default=None, help="only this scenario")
+    run.add_argument("--junit", type=Path, default=None, help="write JUnit XML here")
+    run.add_argument("--report", type=Path, default=None, help="directory for run.json and report.html")
+    run.set_defaults(func=run_run)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    rig = spec.load(args.rig)
+    print(
+        f"rig {rig.name}: {len(rig.boards)} boards, {len(rig.scenarios)} scenarios, "
+        f"firmware {rig.firmware.dir} version {rig.firmware.version or '(any)'}; "
+        f"stack broker={rig.stack.broker} services={rig.stack.services}"
+    )
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="hil-check-") as tmp:
+        for b in rig.boards:
+            # An unreachable broker: the board only needs to boot for its version to be read.
+            board = RigBoard(b, Path(tmp), ("127.0.0.1", 9), "127.0.0.1", "127.0.0.1")
+            try:
+                board.power_up()
+                version = board.read_version()
+                print(f"board {b.id} {b.kind} device={b.device} port={board.port} firmware={version} ok")
+            except HilError as exc:
+                failed += 1
+                print(f"board {b.id} {b.kind} port={board.port} FAILED: {exc}")
+            finally:
+                board.shutdown()
+    return 1 if failed else 0
+
+
+def run_run(args: argparse.Namespace) -> int:
+    run_id = uuid.uuid4().hex[:6]
+    rig = spec.load(args.rig, run_id)
+    workdir = (args.report or Path.cwd() / ".cache" / "hil" / run_id).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"hil run {run_id} rig={rig.name} boards={len(rig.boards)} scenarios={len(rig.scenarios)} "
+        f"dir={workdir}"
+    )
+    record = Runner(rig, workdir, board=args.board, scenario=args.scenario).run()
+    paths = report.write(record, args.report or workdir, args.junit)
+    print(summary(record))
+    for p in paths:
+        print(f"wrote {p}")
+    return 1 if record.summary()[FAILED] or not record.cases else 0
+
+
+def summary(record: RunRecord) -> str:
+    s = record.summary()
+    return (
+        f"hil run {record.run_id} rig={record.rig} boards={len(record.boards)} "
+        f"scenarios={len({c.scenario for c in record.cases})} cases={len(record.cases)} passed={s['passed']} "
+        f"failed={s['failed']} skipped={s['skipped']} seconds={record.ended - record.started:.0f} "
+        f"at={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(record.ended))}"
+    )

@@ -1,0 +1,213 @@
+"""The strategy: runs a rig's scenarios over its boards and keeps the record.
+
+Per board a small state machine (labgrid's strategy): off -> online (powered, publishing) ->
+broken. A board that fails a step is broken: the rest of that scenario and its later scenarios are
+skipped for it, not cascaded. Steps run in lockstep over the boards of a scenario (each board in
+its own thread, so a 60 s outage costs 60 s however many boards), rig-wide steps (broker_restart,
+wait) once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from hil.errors import HilError
+from hil.rig.boards import RigBoard
+from hil.rig.record import FAILED, PASSED, SKIPPED, BoardEvent, CaseRecord, RunRecord, StepRecord
+from hil.rig.spec import VIRTUAL_ONLY, Rig, Scenario, Step
+from hil.rig.stack import RigStack
+from hil.rig.steps import BOARD_STEPS, GLOBAL_STEPS, Context, StepFailed, StepFailedWith, run_global
+from iot import log
+
+_log = log.get("hil.rig")
+CONSOLE_KEEP = 20_000
+
+
+@dataclass
+class Strategy:
+    board: RigBoard
+    state: str = "off"
+    broken: str = ""
+
+
+class Runner:
+    def __init__(
+        self,
+        rig: Rig,
+        workdir: Path,
+        say: Callable[[str], None] = print,
+        board: str | None = None,
+        scenario: str | None = None,
+    ) -> None:
+        self.rig = rig
+        self.workdir = workdir
+        self.started = time.monotonic()
+        self._say = say
+        self.boards = [b for b in rig.boards if board is None or b.id == board]
+        self.scenarios = [s for s in rig.scenarios if scenario is None or s.name == scenario]
+        if not self.boards:
+            raise HilError(f"no board {board!r} in {rig.path}; boards: {', '.join(b.id for b in rig.boards)}")
+        if not self.scenarios:
+            raise HilError(
+                f"no scenario {scenario!r} in {rig.path}; "
+                f"scenarios: {', '.join(s.name for s in rig.scenarios)}"
+            )
+
+    def say(self, line: str) -> None:
+        self._say(f"[{time.monotonic() - self.started:6.1f}s] {line}")
+
+    def run(self) -> RunRecord:
+        record = RunRecord(self.rig.name, self.rig.run_id, time.time())
+        stack = RigStack(self.rig, self.workdir, self.say)
+        ctx = Context(self.rig, stack, self.say, record.events)
+        strategies: list[Strategy] = []
+        try:
+            stack.up({b.device for b in self.boards})
+            host, port = stack.broker_host_port
+            for spec in self.boards:
+                board = RigBoard(
+                    spec, self.workdir, (host, port), self.rig.stack.proxy_host, self.rig.stack.advertise_host
+                )
+                strategy = Strategy(board)
+                strategies.append(strategy)
+                try:
+                    board.power_up()
+                    strategy.state = "online"
+                    self.say(f"board {spec.id} ({spec.kind}) device={spec.device} port={board.port} up")
+                except HilError as exc:
+                    strategy.state, strategy.broken = "broken", f"power up failed: {exc}"
+                    self.say(f"board {spec.id} BROKEN: {strategy.broken}")
+            for n, scenario in enumerate(self.scenarios, 1):
+                self.say(f"scenario {n}/{len(self.scenarios)} {scenario.name}: {len(scenario.steps)} steps")
+                record.cases += self._scenario(ctx, scenario, strategies)
+        finally:
+            for s in strategies:
+                self._collect_events(ctx, s.board, record)
+                record.boards.append(
+                    {
+                        "id": s.board.id,
+                        "device": s.board.device,
+                        "kind": s.board.spec.kind,
+                        "port": s.board.port,
+                        "place": s.board.place,
+                        "state": s.state,
+                        "broken": s.broken,
+                        "firmware": ctx.firmware.get(s.board.id, ""),
+                    }
+                )
+                try:
+                    s.board.shutdown()
+                except HilError as exc:
+                    self.say(f"board {s.board.id} did not shut down cleanly: {exc}")
+            stack.down()
+            record.ended = time.time()
+        return record
+
+    def _scenario(self, ctx: Context, scenario: Scenario, strategies: list[Strategy]) -> list[CaseRecord]:
+        targets = [s for s in strategies if not scenario.boards or s.board.id in scenario.boards]
+        ctx.scenario_start = time.time()
+        ctx.faults.clear()
+        cases: dict[str, CaseRecord] = {}
+        offsets: dict[str, int] = {}
+        for s in targets:
+            b = s.board
+            cases[b.id] = CaseRecord(scenario.name, b.id, b.device, b.spec.kind, b.port, ctx.scenario_start)
+            offsets[b.id] = len(b.console())
+            if s.broken:
+                cases[b.id].outcome, cases[b.id].detail = SKIPPED, f"board broken earlier: {s.broken}"
+        for step in scenario.steps:
+            active = [s for s in targets if not s.broken]
+            if not active:
+                break
+            if step.name in GLOBAL_STEPS:
+                self._global(ctx, step, active, cases)
+                continue
+            with ThreadPoolExecutor(max_workers=len(active)) as pool:
+                list(pool.map(lambda s, st=step: self._board_step(ctx, st, s, cases[s.board.id]), active))
+        for s in targets:
+            case = cases[s.board.id]
+            case.ended = time.time()
+            case.firmware = ctx.firmware.get(s.board.id, "")
+            case.console = s.board.console()[offsets[s.board.id] :][-CONSOLE_KEEP:]
+            if case.outcome != SKIPPED:
+                self.say(f"  {case.outcome.upper()} {scenario.name} on {s.board.id} ({case.seconds:.0f}s)")
+        return list(cases.values())
+
+    def _global(self, ctx: Context, step: Step, active: list[Strategy], cases: dict[str, CaseRecord]) -> None:
+        started = time.time()
+        self.say(f"  {step.name} {_args(step)}")
+        outcome, detail = PASSED, ""
+        try:
+            run_global(ctx, step, [s.board for s in active])
+        except (HilError, StepFailed) as exc:
+            outcome, detail = FAILED, f"{type(exc).__name__}: {exc}"
+        for s in active:
+            rec = StepRecord(step.name, step.where, started, time.time(), outcome, detail)
+            cases[s.board.id].steps.append(rec)
+            if outcome == FAILED:
+                self._break(s, cases[s.board.id], rec)
+
+    def _board_step(self, ctx: Context, step: Step, strategy: Strategy, case: CaseRecord) -> None:
+        board = strategy.board
+        rec = StepRecord(step.name, step.where, time.time())
+        case.steps.append(rec)
+        if step.name in VIRTUAL_ONLY and not board.spec.virtual:
+            rec.ended, rec.outcome, rec.detail = time.time(), SKIPPED, "virtual boards only"
+            return
+        try:
+            rec.measurements = BOARD_STEPS[step.name](ctx, board, step)
+        except StepFailedWith as exc:
+            rec.measurements, rec.outcome, rec.detail = exc.measurements, FAILED, str(exc)
+        except (HilError, StepFailed) as exc:
+            rec.outcome, rec.detail = FAILED, f"{type(exc).__name__}: {exc}"
+        rec.ended = time.time()
+        ctx.events.append(BoardEvent(board.id, "step", rec.started, rec.ended, f"{step.name} {rec.outcome}"))
+        shown = " ".join(f"{m.name}={m.value:g}" for m in rec.measurements)
+        self.say(f"  {board.id} {step.name} {rec.outcome} ({rec.seconds:.1f}s) {shown}".rstrip())
+        if rec.outcome == FAILED:
+            self._break(strategy, case, rec)
+
+    def _break(self, strategy: Strategy, case: CaseRecord, rec: StepRecord) -> None:
+        strategy.state = "broken"
+        strategy.broken = f"{rec.where} failed: {rec.detail}"
+        case.outcome, case.detail = FAILED, strategy.broken
+        self.say(
+            f"  board {strategy.board.id} BROKEN at {rec.where}: {rec.detail}; "
+            "its later scenarios are skipped"
+        )
+
+    def _collect_events(self, ctx: Context, board: RigBoard, record: RunRecord) -> None:
+        """Readings and final windows onto the board's timeline, for the HTML report."""
+        probe = ctx.stack.probe
+        if probe is not None:
+            for m in probe.messages("reading", board.device):
+                try:
+                    r = m.json()
+                    ts = int(r["ts"]) / 1000
+                except (ValueError, KeyError, TypeError):
+                    continue
+                label = f"boot {r.get('boot')} seq {r.get('seq')} t={r.get('temperature')}"
+                record.events.append(BoardEvent(board.id, "reading", ts, m.at, label))
+        if ctx.stack.db is not None:
+            try:
+                for d in ctx.stack.db["sensor_windows"].find({"device": board.device, "kind": "tumbling"}):
+                    mean = (d.get("temperature") or {}).get("mean")
+                    record.events.append(
+                        BoardEvent(
+                            board.id,
+                            "window",
+                            d["start"].timestamp(),
+                            d["end"].timestamp(),
+                            f"count {d.get('count')} t_mean={mean} final={d.get('final')}",
+                        )
+                    )
+            except Exception as exc:
+                self.say(f"could not read windows of {board.id} for the report: {exc}")
+
+
+def _args(step: Step) -> str:
+    return " ".join(f"{k}={v}" for k, v in step.args.items() if v is not None)

@@ -1,0 +1,80 @@
+"""The rig file: the shipped rigs load, and a broken one gives an error that names the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hil import paths
+from hil.errors import RigConfigError
+from hil.rig import spec
+from iot.app.cli import main
+
+pytestmark = pytest.mark.unit
+RIGS = paths.REPO / "hil" / "rigs"
+
+GOOD = """
+rig: t
+firmware: {version: 0.1.0}
+boards:
+  - {id: a, place: kitchen, count: 2}
+scenarios:
+  - name: s
+    steps: [flash, {wait: 3}, {cut_network: 5}, {expect: {latency_s: 2}}]
+"""
+
+
+def _load(tmp_path: Path, text: str) -> spec.Rig:
+    path = tmp_path / "rig.yaml"
+    path.write_text(text)
+    return spec.load(path, "r1")
+
+
+def test_shipped_rigs_load() -> None:
+    virtual = spec.load(RIGS / "virtual.yaml")
+    assert {b.kind for b in virtual.boards} == {"virtual"} and len(virtual.scenarios) >= 5
+    steps = {s.name for sc in virtual.scenarios for s in sc.steps}
+    assert {"flash", "verify_version", "cut_network", "power_cut", "sensor_fault", "broker_restart"} <= steps
+    bench = spec.load(RIGS / "esp32-bench.yaml")
+    assert {b.kind for b in bench.boards} == {"esp32"} and all(b.port for b in bench.boards)
+
+
+def test_a_good_rig_expands_counts_and_fills_step_defaults(tmp_path: Path) -> None:
+    rig = _load(tmp_path, GOOD)
+    assert [b.id for b in rig.boards] == ["a-1", "a-2"]
+    assert [b.device for b in rig.boards] == ["hil-r1-a-1", "hil-r1-a-2"]
+    steps = rig.scenarios[0].steps
+    assert steps[1].args == {"seconds": 3} and steps[2].args == {"seconds": 5}
+    assert steps[3].args["latency_s"] == 2 and steps[3].args["delivered"] is True
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (("{cut_network: 5}", "{cut_network: {secs: 5}}"), "scenarios[0].steps[2].cut_network.secs"),
+        (("{wait: 3}", "{wait: -3}"), "scenarios[0].steps[1].wait.seconds"),
+        (("flash,", "flsh,"), "scenarios[0].steps[0].flsh"),
+        (("place: kitchen", "place: kitchen, colour: red"), "boards[0].colour"),
+        (("rig: t", "rig: t\nstack: {broker: amqp://x}"), "stack.broker"),
+        (("rig: t", "rig: t\nboard_config: {interval: 1}"), "board_config.interval"),
+        (("{id: a,", "{id: 'a b',"), "boards[0].id"),
+        (("{id: a, place: kitchen, count: 2}", "{id: e, kind: esp32, device: d1}"), "boards[0].port"),
+    ],
+)
+def test_a_broken_rig_file_names_the_key(tmp_path: Path, change: tuple[str, str], key: str) -> None:
+    old, new = change
+    assert old in GOOD
+    with pytest.raises(RigConfigError) as err:
+        _load(tmp_path, GOOD.replace(old, new, 1))
+    assert err.value.field == key
+    assert key in str(err.value)
+
+
+def test_iot_hil_check_reports_the_bad_key_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "rig.yaml"
+    path.write_text(GOOD.replace("{wait: 3}", "{wait: soon}"))
+    assert main(["hil", "check", str(path)]) == 1
+    assert "RigConfigError: field 'scenarios[0].steps[1].wait.seconds'" in capsys.readouterr().err
