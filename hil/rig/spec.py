@@ -147,6 +147,11 @@ def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     return value
 
 
+def parse_step(raw: Any, where: str) -> Step:
+    """One step as a rig file writes it (`"flash"`, `{"wait": 5}`), checked, defaults filled in."""
+    return _step(raw, where)
+
+
 def _step(raw: Any, where: str) -> Step:
     args: Any
     if isinstance(raw, str):

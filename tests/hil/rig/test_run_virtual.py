@@ -27,7 +27,7 @@ def _short_cut(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     for scenario in raw["scenarios"]:
         for i, step in enumerate(scenario["steps"]):
             if isinstance(step, dict):
-                (name, arg), = step.items()
+                ((name, arg),) = step.items()
                 if name in SHORTER and isinstance(arg, (int, float)) and arg > 0:
                     scenario["steps"][i] = {name: min(arg, SHORTER[name])}
     path = tmp_path / "virtual-short.yaml"

@@ -1,0 +1,90 @@
+"""`pytest --hil-rig RIG`: a test written once with the `rig` and `board` fixtures runs on every board."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hil import paths
+
+pytestmark = [pytest.mark.hil, pytest.mark.integration]
+
+BOARD_TEST = """
+def test_readings_arrive_through_a_network_cut(rig, board):
+    rig.step(None, "wait", seconds=3)
+    rig.step(board, "cut_network", seconds=3)
+    rig.step(None, "wait", seconds=8)
+    measured = rig.step(board, "expect", windows=False, latency_s=5, timeout_s=30)
+    failed = [(m.name, m.value) for m in measured if m.outcome != "passed"]
+    assert not failed
+    assert {m.name for m in measured} >= {"missing_in_kafka", "missing_in_mongo", "latency_p95_s"}
+"""
+
+
+def test_board_fixture_runs_a_test_on_every_board_of_the_rig(tmp_path: Path) -> None:
+    rig = tmp_path / "rig.yaml"
+    rig.write_text(
+        yaml.safe_dump(
+            {
+                "rig": "plugin",
+                "stack": {"broker": "private", "services": "start"},
+                "board_config": {"interval_s": 1, "backoff_min_s": 0.2, "backoff_max_s": 2},
+                "boards": [{"id": "kitchen", "place": "kitchen"}, {"id": "office", "place": "office"}],
+                "scenarios": [{"name": "unused", "steps": [{"wait": 1}]}],
+            }
+        )
+    )
+    (tmp_path / "test_on_boards.py").write_text(BOARD_TEST)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "hil.rig.pytest_plugin",
+            "--hil-rig",
+            str(rig),
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            "test_on_boards.py",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(paths.REPO)),
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "test_readings_arrive_through_a_network_cut[kitchen] PASSED" in out
+    assert "test_readings_arrive_through_a_network_cut[office] PASSED" in out
+
+
+def test_without_a_rig_board_tests_are_skipped(tmp_path: Path) -> None:
+    (tmp_path / "test_on_boards.py").write_text(BOARD_TEST)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "hil.rig.pytest_plugin",
+            "-p",
+            "no:cacheprovider",
+            "-rs",
+            "test_on_boards.py",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0 and "no rig: run with --hil-rig RIG" in proc.stdout, proc.stdout
