@@ -185,6 +185,8 @@ def flash(
     say: Callable[[str], None] = print,
     mpy_arch: str = "xtensawin",
     firmware: Path = paths.FIRMWARE,
+    username: str = "",
+    password: str = "",
 ) -> FlashResult | None:
     """Replace the firmware and config of the board on `port`, reset it, wait for its birth message.
     `firmware`: the directory of firmware modules (default firmware/ of this repository)."""
@@ -205,7 +207,8 @@ def flash(
         compile_mpy(build_dir, mpy_arch, firmware)
     device, place = str(cfg["device"]), str(cfg["place"])
     started = time.monotonic()
-    with Probe(broker, [f"sensors/{place}/{device}/status", f"sensors/{place}/{device}/health"]) as probe:
+    topics = [f"sensors/{place}/{device}/status", f"sensors/{place}/{device}/health"]
+    with Probe(broker, topics, username=username, password=password) as probe:
         say(f"stopping the firmware and copying {len(copies)} files to :{STAGE}/ on {port}")
         _run(flash_commands(mpremote, port, copies), f"flashing {port}", timeout=STEP_TIMEOUT_S * 3)
         copied = time.monotonic() - started

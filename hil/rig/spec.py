@@ -100,6 +100,8 @@ class StackSpec:
     advertise_host: str
     tumbling_s: int
     grace_s: int
+    mqtt_user: str = ""  # the rig's own MQTT client (probe) on a broker with ACLs, e.g. `gateway`
+    mqtt_password: str = ""  # read from the environment variable named by stack.mqtt_password_env
 
 
 @dataclass(frozen=True)
@@ -294,7 +296,18 @@ def _stack(raw: Any) -> StackSpec:
     s = _mapping(
         raw,
         "stack",
-        {"broker", "kafka", "mongo", "services", "proxy_host", "advertise_host", "tumbling_s", "grace_s"},
+        {
+            "broker",
+            "kafka",
+            "mongo",
+            "services",
+            "proxy_host",
+            "advertise_host",
+            "tumbling_s",
+            "grace_s",
+            "mqtt_user",
+            "mqtt_password_env",
+        },
     )
     broker = str(s.get("broker", "private"))
     if broker != "private" and not broker.startswith("mqtt://"):
@@ -315,7 +328,18 @@ def _stack(raw: Any) -> StackSpec:
         advertise_host=str(s.get("advertise_host", "127.0.0.1")),
         tumbling_s=int(_typed(s.get("tumbling_s", 10), int, "stack.tumbling_s")),
         grace_s=int(_typed(s.get("grace_s", 2), int, "stack.grace_s")),
+        mqtt_user=str(s.get("mqtt_user", "")),
+        mqtt_password=_secret(s.get("mqtt_password_env"), "stack.mqtt_password_env"),
     )
+
+
+def _secret(env_name: Any, where: str) -> str:
+    if env_name is None:
+        return ""
+    value = os.environ.get(str(env_name))
+    if value is None:
+        raise RigConfigError(where, f"environment variable {env_name} is not set")
+    return value
 
 
 def _firmware(raw: Any, base: Path) -> FirmwareSpec:

@@ -195,6 +195,8 @@ class RigStack:
             ["sensors/+/+/#"],
             keep=lambda t: t.split("/")[2:3] != [] and t.split("/")[2] in devices,
             session=f"{self.tag}-probe",
+            username=spec.mqtt_user,
+            password=spec.mqtt_password,
         ).start()
         if spec.services == "start":
             self._start_services(mongo_uri)

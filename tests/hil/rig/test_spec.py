@@ -31,13 +31,17 @@ def _load(tmp_path: Path, text: str) -> spec.Rig:
     return spec.load(path, "r1")
 
 
-def test_shipped_rigs_load() -> None:
+def test_shipped_rigs_load(monkeypatch: pytest.MonkeyPatch) -> None:
     virtual = spec.load(RIGS / "virtual.yaml")
     assert {b.kind for b in virtual.boards} == {"virtual"} and len(virtual.scenarios) >= 5
     steps = {s.name for sc in virtual.scenarios for s in sc.steps}
     assert {"flash", "verify_version", "cut_network", "power_cut", "sensor_fault", "broker_restart"} <= steps
+    with pytest.raises(RigConfigError, match="IOT_GATEWAY_MQTT_PASSWORD"):
+        spec.load(RIGS / "esp32-bench.yaml")  # the broker password comes from the environment
+    monkeypatch.setenv("IOT_GATEWAY_MQTT_PASSWORD", "pw")
     bench = spec.load(RIGS / "esp32-bench.yaml")
     assert {b.kind for b in bench.boards} == {"esp32"} and all(b.port for b in bench.boards)
+    assert bench.stack.mqtt_password == "pw" and bench.boards[0].power.off.startswith("usbrelay")
 
 
 def test_a_good_rig_expands_counts_and_fills_step_defaults(tmp_path: Path) -> None:
