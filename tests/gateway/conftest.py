@@ -8,7 +8,6 @@ its persistent session is discarded at teardown so the broker does not keep queu
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.kafka_sink import GATEWAY_HEADER
 from iot import contract
+from tests.brokers import PrivateBroker
 from tests.support import failed, payload_v1, scrape, unique, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -225,62 +225,12 @@ def publisher() -> Iterator[Publisher]:
 # --- a private broker, for tests that must stop one -------------------------------------------
 
 
-class PrivateBroker:
-    """A Mosquitto of this test's own (free port, own persistence folder) that it may stop and start.
-
-    Configured like the stack's broker where it matters here: persistence and raised queue limits.
-    """
-
-    def __init__(
-        self, folder: Path, listener_conf: str = "allow_anonymous true\n", tls: bool = False
-    ) -> None:
-        self.port = free_port()
-        self.folder = folder
-        self.tls = tls
-        folder.mkdir(parents=True, exist_ok=True)
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(
-            # Started as root, mosquitto would drop to its own user, which cannot write to tmp_path.
-            f"user {getpass.getuser()}\n"
-            f"listener {self.port} {MQTT_HOST}\n{listener_conf}persistence true\n"
-            f"persistence_location {folder}/\nmax_queued_messages 1000000\nmax_queued_bytes 0\n"
-            "max_inflight_messages 1000\nlog_dest stdout\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{MQTT_HOST}:{self.port}"
-
-    def start(self) -> None:
-        with (self.folder / "log").open("ab") as logf:
-            self.proc = subprocess.Popen(
-                ["/usr/sbin/mosquitto", "-c", str(self.conf)], stdout=logf, stderr=logf
-            )
-        wait_for(self._accepting, 15, f"private mosquitto on port {self.port}")
-
-    def _accepting(self) -> bool:
-        try:
-            with socket.create_connection((MQTT_HOST, self.port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM: Mosquitto saves sessions and queued messages to its persistence file first."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
-
-
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
     broker = PrivateBroker(tmp_path / "mosquitto")
     broker.start()
     yield broker
-    if broker.proc is not None and broker.proc.poll() is None:
-        broker.proc.kill()
-        broker.proc.wait(timeout=10)
+    broker.kill()
 
 
 # --- Kafka reader -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from hil import paths
 from hil.probe import Probe
-from tests.hil.brokers import PrivateBroker
+from tests.brokers import PrivateBroker
 from tests.hil.conftest import BoardFactory
 from tests.support import unique, wait_for
 
@@ -33,7 +33,7 @@ def auth_broker(tmp_path: Path, users: dict[str, str]) -> Iterator[PrivateBroker
             ["mosquitto_passwd", "-b", str(passwd), user, password], check=True, capture_output=True
         )
     extra = f"allow_anonymous false\npassword_file {passwd}\nacl_file {SHIPPED_ACL}\n"
-    with PrivateBroker(tmp_path / "mosquitto", extra=extra) as broker:
+    with PrivateBroker(tmp_path / "mosquitto", listener_conf=extra, persistent=False) as broker:
         yield broker
 
 
