@@ -108,9 +108,15 @@ class Board:
         except (OSError, ValueError):
             return None
 
+    def resolve(self, host: str, port: int) -> tuple:
+        """DNS. getaddrinfo has no timeout on the port (lwIP's own retries bound it, ~15 s): the
+        caller feeds the watchdog before, caches the answer, and config validation counts it."""
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]  # type: ignore[no-any-return]
+
     def connect_tcp(self, host: str, port: int, timeout_ms: int, tls: bool, tls_verify: bool,
-                    ca_file: str) -> Stream:
-        addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+                    ca_file: str, addr: tuple | None = None) -> Stream:
+        if addr is None:
+            addr = self.resolve(host, port)
         sock = socket.socket()
         sock.settimeout(timeout_ms / 1000)
         try:

@@ -33,10 +33,13 @@ _PINGREQ = const(0xC0)
 _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
 
-MAX_PACKET_IN = const(512)  # an ack for a few dozen ranges; anything longer is dropped unread
+# The longest packet expected: a gateway ack of 64 ranges (iot.contract.ACK_MAX_RANGES) of 10-digit
+# seqs is ~1.6 KB plus its topic. Anything longer is read through and dropped, never allocated.
+MAX_PACKET_IN = const(1800)
 _TX_SIZE = const(640)  # header + longest topic (2 ids of 64) + pid + an outbox record's payload
 _SLICE_MS = const(1000)  # longest wait between two watchdog feeds
-_PACKET_MS = const(2000)  # a packet that has started must be complete within this
+_PACKET_MS = const(2000)
+_RESOLVE_AFTER_FAILURES = const(5)  # look the broker up again: its address may have changed  # a packet that has started must be complete within this
 # A write that times out on a socket with a timeout is busy, not dead: retry until the deadline.
 _BUSY = (errno.EAGAIN, errno.ETIMEDOUT)
 
@@ -125,6 +128,8 @@ class Client:
         self._rxv = memoryview(self._rx)
         self._rx_len = 0
         self.oversized = 0  # incoming packets dropped for length
+        self._addr: tuple | None = None  # cached DNS answer
+        self._failures = 0  # connects without CONNACK since the last lookup
 
     @property
     def connected(self) -> bool:
@@ -134,8 +139,19 @@ class Client:
     def connect(self, timeout_ms: int) -> None:
         self.close()
         board = self._board
+        if self._addr is None or self._failures >= _RESOLVE_AFTER_FAILURES:
+            # getaddrinfo has no timeout: feed first, and cache the answer so that a reconnect
+            # (every outage) does not pay for it again.
+            board.feed()
+            self._addr = board.resolve(self.host, self.port)
+            self._failures = 0
+        board.feed()
         deadline = board.ticks_add(board.ticks_ms(), timeout_ms)
-        sock = board.connect_tcp(self.host, self.port, timeout_ms, self._tls, self._tls_verify, self._ca_file)
+        self._failures += 1  # until a CONNACK says this address works
+        sock = board.connect_tcp(
+            self.host, self.port, timeout_ms, self._tls, self._tls_verify, self._ca_file, self._addr
+        )
+        board.feed()  # the TCP connect (and a TLS handshake) took up to timeout_ms
         self._sock = sock
         self._poller = board.poller(sock)
         # CONNECT is built once per connection: allocating here is off the hot path.
@@ -181,6 +197,7 @@ class Client:
                 reason = _CONNACK_REASONS.get(self._rx[1], "code %d" % self._rx[1])
                 raise MQTTError("connect_refused", reason)
             self._ping_pending = False
+            self._failures = 0
             return
 
     def close(self) -> None:

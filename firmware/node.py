@@ -102,10 +102,14 @@ class Node:
         self.acks = 0
         self.link = Link(board, cfg, host, port, tls, self.on_ack if self.e2e_ack else None)
         self.time_valid = False
-        self._started_ms = board.ticks_ms()
+        # Uptime as an unbounded int, summed from tick differences each pass (a pass is far shorter
+        # than 2^29 ms): ticks wrap at 2^30 ms (12.4 days) and a difference of ticks is only valid
+        # within half of that, so neither uptime nor schedules longer than 6.2 days may use ticks.
+        self._last_ticks = board.ticks_ms()
+        self.uptime_ms = 0
         self._interval_ms = max(1, int(cfg["interval_s"] * 1000))
-        self._next_ntp = self._started_ms
-        self._next_health = self._started_ms
+        self._next_ntp = 0  # in uptime ms, not ticks: ntp_every_s may be a week (> 2^29 ms)
+        self._next_health = 0
         self.skipped = 0
         self._wdt_ms = int(cfg["watchdog_s"] * 1000)
 
@@ -202,7 +206,7 @@ class Node:
             "place": self.cfg["place"],
             "boot": self.boot,
             "fw": config.FW_VERSION,
-            "uptime_s": self.board.ticks_diff(self.board.ticks_ms(), self._started_ms) // 1000,
+            "uptime_s": self.uptime_ms // 1000,
             "rssi": self.board.rssi(),
             "mem_free": self.board.mem_free(),
             "outbox_depth": self.outbox.count,
@@ -211,16 +215,19 @@ class Node:
             "outbox_torn": self.outbox.torn,
             "sensor_errors": {"bme280": self.bme.errors, "bh1750": self.bh.errors, "range": self.range_errors},
             "reconnects": self.link.reconnects,
+            "oversized_in": self.link.client.oversized,
             "time_valid": self.time_valid,
             "skipped_cycles": self.skipped,
         }).encode()
 
     def _sync_clock(self, now: int) -> None:
-        if self.board.ticks_diff(now, self._next_ntp) < 0 or not self.board.wifi_up():
+        if self.uptime_ms < self._next_ntp or not self.board.wifi_up():
             return
+        self.board.feed()  # ntptime resolves the host (no timeout) and waits up to 1 s for the answer
         ok = self.board.ntp_sync(self.cfg["ntp_host"])
+        self.board.feed()
         retry_s = self.cfg["ntp_every_s"] if ok else 60
-        self._next_ntp = self.board.ticks_add(now, retry_s * 1000)
+        self._next_ntp = self.uptime_ms + retry_s * 1000
         if ok and not self.time_valid:
             log.event("clock_synced", host=self.cfg["ntp_host"])
         self.time_valid = self.time_valid or ok
@@ -237,6 +244,8 @@ class Node:
             while True:
                 wdt.feed()
                 now = board.ticks_ms()
+                self.uptime_ms += board.ticks_diff(now, self._last_ticks)
+                self._last_ticks = now
                 self._sync_clock(now)
                 if board.ticks_diff(now, next_measure) >= 0:
                     self.enqueue(self.measure())
@@ -249,10 +258,10 @@ class Node:
                     gc.collect()
                 if self.link.just_connected:
                     self.outbox.rewind()  # re-send what was in flight when the link broke
-                if self.link.up and (self.link.just_connected or board.ticks_diff(now, self._next_health) >= 0):
+                if self.link.up and (self.link.just_connected or self.uptime_ms >= self._next_health):
                     self.link.just_connected = False
                     self.link.publish_health(self.health())
-                    self._next_health = board.ticks_add(now, int(self.cfg["health_every_s"] * 1000))
+                    self._next_health = self.uptime_ms + int(self.cfg["health_every_s"] * 1000)
                 # Bounded by the watchdog too: a long interval must not starve it while draining.
                 budget = min(max(0, board.ticks_diff(next_measure, board.ticks_ms())), self._wdt_ms // 4)
                 self.drain(board.ticks_add(board.ticks_ms(), budget))

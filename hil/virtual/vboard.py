@@ -75,6 +75,7 @@ class Spec:
         self.ticks_start_ms: int = raw.get("ticks_start_ms", 0)
         # Writes return at most this many bytes per call once in `short_write_every` (0: never).
         self.short_write_every: int = raw.get("short_write_every", 3)
+        self.dns_delay_ms: int = raw.get("dns_delay_ms", 0)
 
 
 def load_spec() -> Spec:
@@ -280,14 +281,29 @@ class Board:
     def rssi(self) -> int | None:
         return self.spec.rssi if self.net.up() else None
 
+    def resolve(self, host: str, port: int) -> "Any":
+        """DNS, which takes `dns_delay_ms` of virtual time (spec, or control/dns_delay_ms) with no
+        timeout of its own, as getaddrinfo on the port: the watchdog may fire inside it."""
+        self.check_watchdog()
+        self.net.check()
+        delay = read_text(self.spec.control_dir + "/dns_delay_ms") if self.spec.control_dir else ""
+        ms = int(delay) if delay else self.spec.dns_delay_ms
+        print("dns_lookup host=" + host + " delay_ms=" + str(ms))
+        self.block_ms(ms)
+        self.net.check()
+        found: Any = socket.getaddrinfo(host, port)[0][-1]
+        return found
+
     def connect_tcp(
-        self, host: str, port: int, timeout_ms: int, tls: bool, tls_verify: bool, ca_file: str
+        self, host: str, port: int, timeout_ms: int, tls: bool, tls_verify: bool, ca_file: str,
+        addr: "Any" = None,
     ) -> VSocket:
         self.check_watchdog()
         self.net.check()
         if tls:
             raise OSError(95)  # EOPNOTSUPP: virtual boards talk plain MQTT on loopback
-        addr = socket.getaddrinfo(host, port)[0][-1]
+        if addr is None:
+            addr = self.resolve(host, port)
         raw = socket.socket()
         stream = VSocket(raw, self)
         stream.settimeout(timeout_ms / 1000)

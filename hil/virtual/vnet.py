@@ -32,6 +32,7 @@ SLICE_REAL_MS = 50  # longest real wait between watchdog checks inside a board c
 
 
 TICKS_PERIOD = 1 << 30
+JUMP_STEP_MS = 600_000  # 10 min: far inside the 2^29 ms a tick difference can span
 
 
 def read_text(path: str) -> str:
@@ -58,9 +59,11 @@ class Clock:
     """Virtual time: real elapsed time x `speed`, plus jumps a test asks for.
 
     A jump (`<control_dir>/clock_jump_ms` holding a number of ms; the board deletes the file once
-    applied) moves what the firmware sees (ticks, RTC) forward, as if the board had been up that much
-    longer; `run_ms` leaves jumps out, so the watchdog, which runs on its own timer, is not tripped by
-    time the firmware never spent.
+    read) moves what the firmware sees (ticks, RTC) forward, as if the board had been up that much
+    longer. It is fed in by at most JUMP_STEP_MS per clock read, so the firmware's loop sees time
+    racing by (a board that really ran for days saw every tick) rather than one leap past the
+    2^29 ms range of a tick difference. `run_ms` leaves jumps out, so the watchdog, which runs on
+    its own timer, is not tripped by time the firmware never spent.
     """
 
     def __init__(self, speed: float, ticks_start_ms: int, control_dir: str) -> None:
@@ -68,6 +71,7 @@ class Clock:
         self._host0 = host_ms()
         self._ticks0 = ticks_start_ms
         self.jumped_ms = 0
+        self._pending_ms = 0
         self._jump_file = control_dir + "/clock_jump_ms" if control_dir else ""
         self._next_look = 0
 
@@ -83,9 +87,15 @@ class Clock:
                 self._next_look = host + 100
                 text = read_text(self._jump_file)
                 if text:
-                    self.jumped_ms += int(text)
+                    self._pending_ms += int(text)
                     os.remove(self._jump_file)
-                    print("clock_jumped by_ms=" + text + " total_ms=" + str(self.jumped_ms))
+                    print("clock_jump by_ms=" + text)
+        if self._pending_ms:
+            step = min(self._pending_ms, JUMP_STEP_MS)
+            self._pending_ms -= step
+            self.jumped_ms += step
+            if not self._pending_ms:
+                print("clock_jumped total_ms=" + str(self.jumped_ms))
         return self.run_ms() + self.jumped_ms
 
     def ticks_ms(self) -> int:

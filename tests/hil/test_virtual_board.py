@@ -395,3 +395,83 @@ def test_unacked_readings_go_to_flash_are_resent_and_released_once_a_gateway_ack
         assert seqs == set(range(max(seqs) + 1))  # nothing lost on the way
     finally:
         gateways.close()
+
+
+def _publish(broker_url: str, topic: str, payload: bytes) -> None:
+    """One QoS 1 message from a separate client, returning once the broker has it."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    host, port = broker_address(broker_url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"))
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_oversized_incoming_packet_is_dropped_unread_and_the_session_survives(
+    make_board: BoardFactory, probe: Probe, broker_url: str
+) -> None:
+    """A 60 KB message (the shared broker takes up to 64 KB) on the board's ack topic: more than the
+    board has free, so allocating it would be a MemoryError; the board reads it through in
+    buffer-sized pieces, counts it, and goes on."""
+    board = make_board(e2e_ack=True, ack_timeout_s=60)
+    board.start()
+    wait_for(lambda: len(probe.readings(board.device)) >= 3, 20, "3 readings")
+    ack_topic = f"sensors/{board.place}/{board.device}/ack"
+    _publish(broker_url, ack_topic, b"[" + b" " * 60_000 + b"]")
+    wait_for(lambda: [h for h in _health(probe, board.device) if h["oversized_in"] == 1], 20, "1 oversized")
+    # A real ack afterwards still releases readings: the stream stayed in sync.
+    _publish(broker_url, ack_topic, json.dumps({"boot": 0, "ranges": [[0, 10_000]]}).encode())
+    wait_for(lambda: [h for h in _health(probe, board.device) if h["outbox_depth"] <= 2], 20, "acked")
+    assert all(h["reconnects"] == 0 for h in _health(probe, board.device))
+    assert board.running and "link_down" not in board.console()
+
+
+def test_uptime_and_ntp_schedule_hold_past_6_2_days_and_a_week_long_ntp_period(
+    make_board: BoardFactory, probe: Probe
+) -> None:
+    """ntp_every_s 604800 (the config maximum) is 2^29 ms and more: time.ticks_add raises
+    OverflowError for it on the port. Ticks start just before their 2^30 wrap and the clock then
+    races 7.5 days ahead (in steps of 10 min): uptime must count all of it."""
+    board = make_board(
+        interval_s=5, ntp_every_s=604800, health_every_s=3600, spec={"ticks_start_ms": (1 << 30) - 20_000}
+    )
+    board.start()
+    wait_for(lambda: probe.readings(board.device), 20, "a first reading")
+    days = 7.5
+    (board.control / "clock_jump_ms").write_text(str(int(days * 86400_000)))
+    board.wait_console("clock_jumped", 120)
+    health = wait_for(
+        lambda: [h for h in _health(probe, board.device) if h["uptime_s"] >= days * 86400],
+        30,
+        f"health with uptime past {days} days",
+    )[-1]
+    assert health["uptime_s"] < days * 86400 + 3600
+    count = len(probe.readings(board.device))
+    wait_for(lambda: len(probe.readings(board.device)) > count + 2, 30, "readings after the jump")
+    assert board.running and "Traceback" not in board.console()
+
+
+def test_slow_dns_is_looked_up_once_and_fed_around_so_the_watchdog_holds_across_reconnects(
+    make_board: BoardFactory, probe: Probe
+) -> None:
+    """getaddrinfo has no timeout on the port: here each lookup takes 5 of the watchdog's 7 s. The
+    firmware feeds right before it and caches the answer, so outages (reconnects) do not repeat it."""
+    board = make_board(
+        interval_s=0.3, watchdog_s=7, puback_timeout_s=0.5, publish_retries=0, spec={"dns_delay_ms": 5000}
+    )
+    board.start()
+    wait_for(lambda: probe.readings(board.device), 30, "a first reading")
+    for n in range(2):
+        board.cut_network()
+        wait_for(lambda n=n: board.console().count("link_down") > n, 20, "the link lost")
+        board.restore_network()
+        wait_for(lambda n=n: board.console().count("link_up") > n + 1, 30, "the link back")
+    console = board.console()
+    assert console.count("dns_lookup") == 1
+    assert "watchdog_reset" not in console and board.running
