@@ -19,7 +19,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,8 @@ from pymongo import MongoClient
 
 from iot import contract
 from iot.topics import TOPIC_PARTITIONS
+from tests import oracle
+from tests.oracle import as_comparable
 from tests.support import failed, payload_v1, scrape, unique, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -273,18 +274,7 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BackendRig]:
     r.close()
 
 
-# --- the oracle: expected window documents, computed independently of backend/windows.py ---------
-def _metric(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"count": 0, "mean": None, "min": None, "max": None}
-    return {
-        "count": len(values),
-        "mean": float(sum(map(Fraction, values)) / len(values)),
-        "min": min(values),
-        "max": max(values),
-    }
-
-
+# --- the oracle (tests/oracle.py) with this suite's window sizes ----------------------------------
 def expected_windows(
     readings: Iterable[dict[str, Any]],
     scope: str,
@@ -292,55 +282,7 @@ def expected_windows(
     hopping_ms: int = HOPPING_MS,
     step_ms: int = STEP_MS,
 ) -> dict[str, dict[str, Any]]:
-    """Window documents (without bookkeeping, dates as ms) over the distinct readings, by _id."""
-    groups: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
-    seen: set[tuple[str, int, int]] = set()
-    for r in readings:
-        ident = (r["device"], r["boot"], r["seq"])
-        if ident in seen:
-            continue
-        seen.add(ident)
-        key = r["device"] if scope == "sensor" else r["place"]
-        t = r["ts"]
-        groups.setdefault((key, "tumbling", tumbling_ms, t - t % tumbling_ms), []).append(r)
-        first = t - t % step_ms
-        for start in range(first - hopping_ms + step_ms, first + 1, step_ms):
-            groups.setdefault((key, "hopping", hopping_ms, start), []).append(r)
-    docs = {}
-    for (key, kind, size, start), rs in groups.items():
-        doc: dict[str, Any] = {"_id": contract.window_id(key, kind, size // 1000, start)}
-        if scope == "sensor":
-            doc.update(device=key, place=rs[-1]["place"])
-        else:
-            doc.update(place=key, devices=sorted({r["device"] for r in rs}))
-        doc.update(
-            kind=kind,
-            size_s=size // 1000,
-            step_s=(size if kind == "tumbling" else step_ms) // 1000,
-            start=start,
-            end=start + size,
-            count=len(rs),
-        )
-        for m in contract.METRICS:
-            doc[m] = _metric([r[m] for r in rs if r[m] is not None])
-        doc["final"] = True
-        docs[doc["_id"]] = doc
-    return docs
-
-
-# Bookkeeping fields of a window document that the oracle does not model: when it was written, how it
-# got there (revision, late_count: checked by the tests that make amendments), the exact sums and the
-# replay fence (internal to amendments; the means they give are compared).
-BOOKKEEPING = frozenset({"updated_at", "revision", "late_count", "sums", "offset"})
-
-
-def as_comparable(doc: dict[str, Any]) -> dict[str, Any]:
-    """A Mongo window document with dates as epoch ms and without its bookkeeping fields."""
-    out = {k: v for k, v in doc.items() if k not in BOOKKEEPING}
-    for f in ("start", "end"):
-        if not isinstance(out[f], int):
-            out[f] = int(out[f].timestamp() * 1000)
-    return out
+    return oracle.expected_windows(readings, scope, tumbling_ms, hopping_ms, step_ms)
 
 
 def wait_all_final(
