@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from iot import contract
+from tests.oracle import BOOKKEEPING
 from tests.support import unique, wait_for
 
 from .conftest import (
     BASE_TS,
-    BOOKKEEPING,
     BackendRig,
     as_comparable,
     assert_windows_equal,
