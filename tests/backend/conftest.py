@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +27,9 @@ from iot import contract
 from iot.topics import TOPIC_PARTITIONS
 from tests import oracle
 from tests.oracle import as_comparable
-from tests.support import failed, payload_v1, scrape, unique, wait_for
+from tests.services import ServiceProcess
+from tests.support import failed, payload_v1, unique, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
-IOT = REPO / ".venv" / "bin" / "iot"
 KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
 # The server of IOT_MONGO_URI (its database part is replaced by one per test).
 MONGO = os.environ.get("IOT_MONGO_URI", contract.ENV_DEFAULTS["IOT_MONGO_URI"]).rsplit("/", 1)[0]
@@ -65,57 +60,20 @@ def make_reading(place: str, device: str, seq: int, ts: int, boot: int = 0, **me
     return payload_v1(place, device, seq, ts=ts, boot=boot, **{**varied, **metrics})
 
 
-@dataclass
-class Worker:
-    env: dict[str, str]
-    log_path: Path
-    metrics_port: int
-    proc: subprocess.Popen[bytes] | None = None
+class Worker(ServiceProcess):
+    """One `iot backend` worker; ready once its metrics endpoint answers."""
+
+    command = "backend"
+    port_variable = "IOT_BACKEND_METRICS_PORT"
+
+    def __init__(self, env: dict[str, str], log_path: Path, metrics_port: int) -> None:
+        super().__init__(env, log_path)
+        self.metrics_port = metrics_port
 
     def start(self) -> Worker:
-        with self.log_path.open("ab") as logf:
-            self.proc = subprocess.Popen(
-                [str(IOT), "backend"], env=self.env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO
-            )
-        wait_for(self._up, 60, f"backend worker metrics on :{self.metrics_port}")
+        self.launch()
+        self.wait_ready(self.answers, 60, f"backend worker metrics on :{self.metrics_port}")
         return self
-
-    def _up(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"backend exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-        return bool(self.metrics()) or self._answers()
-
-    def _answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2):
-                return True
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-
-    def metrics(self) -> dict[str, float]:
-        """Every sample by `name{labels}`; empty when the endpoint does not answer."""
-        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
 
 
 @dataclass
@@ -189,7 +147,6 @@ class BackendRig:
 
     def restart(self, w: Worker) -> Worker:
         w.metrics_port = free_port()
-        w.env["IOT_BACKEND_METRICS_PORT"] = str(w.metrics_port)
         return w.start()
 
     def produce(self, readings: Iterable[dict[str, Any]], partition_of: dict[str, int] | None = None) -> None:

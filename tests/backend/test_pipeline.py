@@ -22,13 +22,12 @@ from typing import Any
 import pytest
 
 from iot import contract
+from tests.services import IOT, REPO
 from tests.support import unique, wait_for
 
 from .conftest import (
     BASE_TS,
-    IOT,
     MONGO,
-    REPO,
     BackendRig,
     Worker,
     as_comparable,

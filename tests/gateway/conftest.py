@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +21,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -31,10 +29,9 @@ from paho.mqtt.properties import Properties
 from gateway.kafka_sink import GATEWAY_HEADER
 from iot import contract
 from tests.brokers import PrivateBroker
-from tests.support import failed, payload_v1, scrape, unique, wait_for
+from tests.services import ServiceProcess
+from tests.support import failed, payload_v1, unique, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
-IOT = REPO / ".venv" / "bin" / "iot"
 MQTT_HOST = "127.0.0.1"
 MQTT_PORT = 1883
 KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
@@ -54,64 +51,25 @@ def make_reading(place: str, device: str, seq: int, boot: int = 0, **over: Any) 
 # --- gateway processes --------------------------------------------------------------------------
 
 
-@dataclass
-class GatewayProcess:
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+class GatewayProcess(ServiceProcess):
+    """One `iot gateway`; ready once it reports its MQTT connection up."""
+
+    command = "gateway"
+    port_variable = "IOT_GATEWAY_METRICS_PORT"
 
     @property
     def client_id(self) -> str:
         return self.env["IOT_GATEWAY_CLIENT_ID"]
 
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.env['IOT_GATEWAY_METRICS_PORT']}/metrics"
-
     def start(self, timeout: float = 30.0, wait_ready: bool = True) -> GatewayProcess:
-        with self.log_path.open("ab") as logf:
-            self.proc = subprocess.Popen(
-                [str(IOT), "gateway"], env=self.env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO
-            )
+        self.launch()
         if wait_ready:
-            wait_for(self._ready, timeout, f"gateway {self.client_id} to report iot_gateway_mqtt_connected 1")
+            self.wait_ready(
+                lambda: self.metric("iot_gateway_mqtt_connected") == 1.0,
+                timeout,
+                f"gateway {self.client_id} to report iot_gateway_mqtt_connected 1",
+            )
         return self
-
-    def _ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"gateway exited with {self.proc.returncode} during start:\n{self.log()}")
-        return self.metric("iot_gateway_mqtt_connected") == 1.0
-
-    def metrics(self) -> dict[str, float]:
-        """Every sample by `name{labels}`; empty when the endpoint does not answer."""
-        return scrape(self.metrics_url)
-
-    def metric(self, name: str) -> float | None:
-        return self.metrics().get(name)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-                raise AssertionError(f"gateway ignored SIGTERM for {timeout}s:\n{self.log()}") from None
-        return self.proc.returncode
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
 
 
 def discard_session(client_id: str) -> None:
@@ -263,10 +221,21 @@ class KafkaReader:
         metadata = self._consumer.list_topics(topic, timeout=15)
         partitions = []
         for p in metadata.topics[topic].partitions:
-            _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+            (high,) = wait_for(lambda p=p: self._high(topic, p), 30, f"a leader of {topic}[{p}]", 0.2)
             partitions.append(TopicPartition(topic, p, high if high >= 0 else OFFSET_END))
         self._consumer.assign(partitions)
         self.records: list[Record] = []
+
+    def _high(self, topic: str, partition: int) -> tuple[int] | None:
+        """The partition's end offset; None while it has no leader yet (a Kafka that just started
+        answers NOT_LEADER_FOR_PARTITION for a moment after creating its topics)."""
+        try:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                raise
+            return None
+        return (int(high),)
 
     def drain(self, max_wait: float = 0.2) -> list[Record]:
         for message in self._consumer.consume(num_messages=5000, timeout=max_wait):

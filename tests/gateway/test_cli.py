@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.gateway.conftest import IOT, REPO, GatewayFactory
+from tests.gateway.conftest import GatewayFactory
+from tests.services import IOT, REPO
 
 
 def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
