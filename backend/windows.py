@@ -53,10 +53,6 @@ class WindowSpec:
     def size_s(self) -> int:
         return self.size_ms // 1000
 
-    @property
-    def step_s(self) -> int:
-        return self.step_ms // 1000
-
     def starts(self, ts: int) -> range:
         """Starts of every window of this family that contains `ts`, oldest first."""
         last = ts - ts % self.step_ms  # floor, also for negative ts

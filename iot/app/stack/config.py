@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -103,9 +103,6 @@ class StackConfig:
             kafka_heap=heap,
             scrape_targets=targets,
         )
-
-    def with_state_dir(self, state_dir: Path) -> StackConfig:
-        return replace(self, state_dir=state_dir)
 
     @property
     def mqtt_url(self) -> str:
