@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +21,12 @@ import pytest
 
 from iot import contract
 from tests.oracle import BOOKKEEPING
+from tests.services import IOT, REPO
 from tests.support import unique, wait_for
 
 from .conftest import (
     BASE_TS,
+    MONGO,
     BackendRig,
     as_comparable,
     assert_windows_equal,
@@ -235,6 +238,27 @@ def test_offline_60s_amendments_are_produced_again_with_the_same_id(run60: Run60
         assert {k: v for k, v in doc.items() if k in mine} == mine, i
         assert doc["revision"] == stored[i]["revision"]
     assert any(len(r) > 1 for r in revisions.values()), "no window was produced in two revisions"
+
+
+def test_iot_windows_marks_amended_windows(run60: Run60) -> None:
+    env = {"IOT_MONGO_URI": f"{MONGO}/{run60.rig.db_name}", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [str(IOT), "windows", "--place", run60.script.place, "--last", "100000d"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split()[-3:] == ["state", "rev", "late"]
+    stored = run60.rig.docs(contract.COLL_PLACE_WINDOWS)
+    amended = sum(1 for d in stored.values() if d["revision"] > 0 or d["late_count"] > 0)
+    marked = [r.split() for r in rows if r.split()[-3] == "amended"]
+    assert amended > 0 and len(marked) == min(amended, 200)  # iot windows shows the newest 200
+    assert all(int(r[-2]) + int(r[-1]) > 0 for r in marked)
+    assert all(r.split()[-3] == "final" for r in rows if r.split()[-3] != "amended")
 
 
 def test_reading_past_allowed_lateness_goes_to_dlq_late_and_changes_no_window(run60: Run60) -> None:
