@@ -44,6 +44,25 @@ class Poller:
         return False
 
 
+def _wrap_tls(sock: socket.socket, host: str, verify: bool, ca_file: str) -> Stream:
+    """TLS client over a connected socket. The module is `tls` from 1.23 and `ssl` on 1.22; no CA
+    bundle is built in, so verifying needs the CA file (config validation insists); mbedTLS checks
+    the certificate dates, so the caller connects only after NTP. A bad CA raises ValueError."""
+    try:
+        import tls as tlsmod
+    except ImportError:
+        import ssl as tlsmod  # type: ignore[no-redef]
+    ctx = tlsmod.SSLContext(tlsmod.PROTOCOL_TLS_CLIENT)
+    if verify:
+        with open(ca_file, "rb") as f:
+            # Positional: the port's SSLContext (C, 1.22 ssl and 1.23+ tls) takes no keyword here.
+            ctx.load_verify_locations(f.read())
+        ctx.verify_mode = tlsmod.CERT_REQUIRED  # type: ignore[attr-defined]
+    else:
+        ctx.verify_mode = tlsmod.CERT_NONE  # type: ignore[attr-defined]
+    return ctx.wrap_socket(sock, server_hostname=host)  # type: ignore[no-any-return]
+
+
 # time.time() counts from 2000-01-01 on embedded ports and from 1970 on unix.
 EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
@@ -118,23 +137,15 @@ class Board:
         if addr is None:
             addr = self.resolve(host, port)
         sock = socket.socket()
+        # The timeout goes on the raw socket, before any TLS wrap: a TLS socket has no settimeout
+        # before 1.24 (AttributeError), and the raw socket's timeout bounds the handshake too.
         sock.settimeout(timeout_ms / 1000)
         try:
             sock.connect(addr)
             sock.settimeout(IO_TIMEOUT_S)
             if tls:
-                import tls as tlsmod
-
-                ctx = tlsmod.SSLContext(tlsmod.PROTOCOL_TLS_CLIENT)
-                if tls_verify:
-                    ctx.verify_mode = tlsmod.CERT_REQUIRED  # type: ignore[attr-defined]
-                    if ca_file:
-                        with open(ca_file, "rb") as f:
-                            ctx.load_verify_locations(cadata=f.read())
-                else:
-                    ctx.verify_mode = tlsmod.CERT_NONE  # type: ignore[attr-defined]
-                return ctx.wrap_socket(sock, server_hostname=host)  # type: ignore[no-any-return]
-        except OSError:
+                return _wrap_tls(sock, host, tls_verify, ca_file)
+        except (OSError, ValueError):
             sock.close()
             raise
         return sock  # type: ignore[return-value]

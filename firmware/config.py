@@ -144,7 +144,11 @@ def validate(raw: object) -> dict:
             raise ConfigError(key, "must be a string")
     if not isinstance(cfg["broker"], str):
         raise ConfigError("broker", "must be a string URL")
-    parse_broker(cfg["broker"])
+    _host, _port, tls = parse_broker(cfg["broker"])
+    if tls and cfg["tls_verify"] and not cfg["tls_ca_file"]:
+        raise ConfigError(
+            "tls_ca_file", "is required for mqtts:// with tls_verify (the ESP32 image has no CA bundle)"
+        )
     for key in ("tls_verify", "e2e_ack"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(key, "must be true or false")
@@ -196,9 +200,20 @@ def parse(text: str) -> dict:
 
 
 def load(path: str = FILE) -> dict:
+    """The board's config, checked also against the board's files (the CA file must be there)."""
     try:
         with open(path) as f:
             text = f.read()
     except OSError:
         raise ConfigError("(file)", path + " not found on the board; copy one with `iot flash`")
-    return parse(text)
+    cfg = parse(text)
+    ca = cfg["tls_ca_file"]
+    if ca and cfg["broker"].startswith("mqtts://") and cfg["tls_verify"]:
+        try:
+            with open(ca, "rb") as f:
+                head = f.read(64)
+        except OSError:
+            raise ConfigError("tls_ca_file", repr(ca) + " is not on the board; copy it with `iot flash`")
+        if not (head.startswith(b"-----BEGIN CERTIFICATE-----") or head[:1] == b"\x30"):
+            raise ConfigError("tls_ca_file", repr(ca) + " is neither a PEM nor a DER certificate")
+    return cfg

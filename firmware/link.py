@@ -64,6 +64,9 @@ class Link:
         self._next_try = board.ticks_ms()
         self.reconnects = 0
         self.just_connected = False
+        # mbedTLS checks certificate dates against the RTC: a verified TLS connect waits for NTP.
+        self.clock_ok = not (tls and cfg["tls_verify"])
+        self._said_waiting = False
 
     def _message(self, topic: memoryview, payload: memoryview) -> None:
         if self._on_ack is not None and bytes(topic) == self.ack_topic:  # memoryview has no ==
@@ -101,13 +104,20 @@ class Link:
             board.wifi_start(self._cfg["wifi_ssid"], self._cfg["wifi_password"])
             self._schedule_retry("wifi_down")
             return
+        if not self.clock_ok:
+            if not self._said_waiting:
+                self._said_waiting = True
+                log.event("link_waiting_for_ntp", action="TLS verifies certificate dates; connecting after NTP")
+            self._next_try = board.ticks_add(board.ticks_ms(), 1000)
+            return
         try:
             self.client.connect(CONNECT_TIMEOUT_MS)
             if self._on_ack is not None and not self.client.subscribe(self.ack_topic, self._puback_ms):
                 log.event("ack_subscribe_refused", topic=self.ack_topic.decode(),
                           action="readings are re-sent every ack_timeout_s; let the board read its ack topic")
             self.client.publish(self.status_topic, STATUS_ONLINE, 1, True, self._puback_ms, self._retries)
-        except (MQTTError, OSError) as exc:
+        except (MQTTError, OSError, ValueError) as exc:
+            # ValueError: the TLS CA file is not a certificate (mbedTLS refused it).
             self.client.close()
             log.event("link_connect_failed", broker=self.client.host, port=self.client.port, error=exc)
             self._schedule_retry("connect_failed")

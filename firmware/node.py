@@ -231,6 +231,7 @@ class Node:
         if ok and not self.time_valid:
             log.event("clock_synced", host=self.cfg["ntp_host"])
         self.time_valid = self.time_valid or ok
+        self.link.clock_ok = self.link.clock_ok or ok
 
     # --- main loop --------------------------------------------------------------------------
     def run(self) -> None:

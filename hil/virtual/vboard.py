@@ -18,6 +18,7 @@ import time
 TICKS_MAX_DELTA = 1 << 29  # time.ticks_add raises OverflowError at or beyond this (py/modtime)
 RTC_UNSYNCED_EPOCH_MS = 946684800000  # an ESP32 RTC starts at 2000-01-01 without NTP
 ENODEV = 19
+MBEDTLS_X509_VERIFY_FAILED = -9984  # -0x2700, as the port raises it from the handshake
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from hil.virtual import bh1750_model, bme280_model, env
     from hil.virtual.vnet import (
         EHOSTUNREACH,
+        ETIMEDOUT,
         IO_TIMEOUT_S,
         SLICE_REAL_MS,
         TICKS_PERIOD,
@@ -42,6 +44,7 @@ else:
     import env
     from vnet import (
         EHOSTUNREACH,
+        ETIMEDOUT,
         IO_TIMEOUT_S,
         SLICE_REAL_MS,
         TICKS_PERIOD,
@@ -52,6 +55,19 @@ else:
         host_ms,
         read_text,
     )
+
+
+def _pem_to_der(data: bytes) -> bytes:
+    begin = b"-----BEGIN CERTIFICATE-----"
+    if not data.startswith(begin):
+        return data
+    import binascii
+
+    end = data.find(b"-----END CERTIFICATE-----")
+    try:
+        return binascii.a2b_base64(data[len(begin) : end].replace(b"\n", b""))
+    except ValueError:
+        return data  # not base64: mbedTLS says what the ESP32 would say about it
 
 
 class Spec:
@@ -109,7 +125,7 @@ class VirtualI2C:
         self.bh1750_addr = board.spec.bh1750_addr
 
     def _device(self, addr: int) -> object:
-        now = host_ms()
+        now = self._board.world_ms()
         for name in ("bme280", "bh1750"):
             if self._board.fault(name, now) == "hang":
                 # A slave holding SDA low: the bus blocks; a hardware watchdog fires in the middle.
@@ -129,26 +145,26 @@ class VirtualI2C:
         dev = self._device(addr)
         if not isinstance(dev, bme280_model.BME280Model):
             raise OSError(ENODEV)
-        buf[:] = dev.read(reg, len(buf), host_ms())
+        buf[:] = dev.read(reg, len(buf), self._board.world_ms())
 
     def writeto_mem(self, addr: int, reg: int, buf: bytes | bytearray) -> None:
         dev = self._device(addr)
         if not isinstance(dev, bme280_model.BME280Model):
             raise OSError(ENODEV)
-        dev.write(reg, bytes(buf), host_ms())
+        dev.write(reg, bytes(buf), self._board.world_ms())
 
     def writeto(self, addr: int, buf: bytes | bytearray) -> int:
         dev = self._device(addr)
         if isinstance(dev, bh1750_model.BH1750Model):
             for cmd in buf:
-                dev.command(cmd, host_ms())
+                dev.command(cmd, self._board.world_ms())
         return 1
 
     def readfrom_into(self, addr: int, buf: bytearray) -> None:
         dev = self._device(addr)
         if not isinstance(dev, bh1750_model.BH1750Model):
             raise OSError(ENODEV)
-        buf[:] = dev.read(len(buf), host_ms())
+        buf[:] = dev.read(len(buf), self._board.world_ms())
 
 
 class Watchdog:
@@ -198,6 +214,11 @@ class Board:
         self._synced = False
         self._i2c: VirtualI2C | None = None
         self.wdt: Watchdog | None = None
+
+    def world_ms(self) -> int:
+        """Physical time (epoch ms) in the board's world: what the sensors convert in and measure.
+        Equal to host time at clock_speed 1; with a faster clock, conversions take virtual time."""
+        return self._host_at_boot + self.clock.now_ms()
 
     def check_watchdog(self) -> None:
         if self.wdt is not None:
@@ -300,20 +321,50 @@ class Board:
     ) -> VSocket:
         self.check_watchdog()
         self.net.check()
-        if tls:
-            raise OSError(95)  # EOPNOTSUPP: virtual boards talk plain MQTT on loopback
         if addr is None:
             addr = self.resolve(host, port)
         raw = socket.socket()
         stream = VSocket(raw, self)
-        stream.settimeout(timeout_ms / 1000)
+        stream.raw_settimeout(timeout_ms / 1000)
         try:
             raw.connect(addr)
         except OSError as exc:
             raw.close()
             raise stream._error(exc) from None
-        stream.settimeout(IO_TIMEOUT_S)  # as board_esp32: reads start only after poll said readable
-        return stream
+        stream.raw_settimeout(IO_TIMEOUT_S)  # as board_esp32: reads start only after poll said readable
+        if not tls:
+            return stream
+        try:
+            return VSocket(raw, self, self._wrap_tls(raw, host, tls_verify, ca_file))
+        except (OSError, ValueError):
+            raw.close()
+            raise
+
+    def _wrap_tls(self, raw: socket.socket, host: str, verify: bool, ca_file: str) -> object:
+        """Real TLS (the unix port's mbedTLS), with the port's failure modes: no CA bundle (verifying
+        without a CA fails the handshake), a bad CA is a ValueError, and certificate dates are checked
+        against the board's RTC, which reads 2000-01-01 until NTP."""
+        import tls as tlsmod  # type: ignore[import-not-found]
+
+        ctx = tlsmod.SSLContext(tlsmod.PROTOCOL_TLS_CLIENT)
+        if verify:
+            if not ca_file:
+                raise OSError(MBEDTLS_X509_VERIFY_FAILED)
+            with open(ca_file, "rb") as f:
+                cadata = f.read()
+            # Positional: tls.SSLContext takes no keywords. The unix port build's mbedTLS refuses
+            # PEM ("invalid cert") where the ESP32's takes it, so a PEM CA is handed over as DER.
+            ctx.load_verify_locations(_pem_to_der(cadata))
+            ctx.verify_mode = tlsmod.CERT_REQUIRED
+            if not self._synced:
+                raise OSError(MBEDTLS_X509_VERIFY_FAILED)  # "certificate not yet valid" in 2000
+        else:
+            ctx.verify_mode = tlsmod.CERT_NONE
+        try:
+            return ctx.wrap_socket(raw, server_hostname=host)
+        except OSError as exc:
+            code = exc.args[0] if exc.args else 0
+            raise OSError(ETIMEDOUT if code in (110, 11) else code) from None
 
     def poller(self, stream: VSocket) -> Poller:
         return Poller(self, stream)

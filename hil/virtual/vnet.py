@@ -11,6 +11,8 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from hil.virtual.vboard import Board
 
 # The ESP32 port uses newlib's errno values (MICROPY_USE_INTERNAL_ERRNO 0), not Linux's: a board
@@ -132,8 +134,10 @@ class VSocket(io.IOBase):
     Timeouts are virtual: they pass `clock_speed` times faster in real time.
     """
 
-    def __init__(self, sock: socket.socket, board: "Board") -> None:
+    def __init__(self, sock: socket.socket, board: "Board", tls: object = None) -> None:
         self._sock = sock
+        self._tls = tls  # the unix port's mbedTLS socket over sock, or None
+        self._io: Any = tls if tls is not None else sock
         self._board = board
         self._timeout: float | None = None
         self._rand = _Rand(board.spec.seed)
@@ -150,7 +154,17 @@ class VSocket(io.IOBase):
             self.is_closed = True
             raise OSError(EHOSTUNREACH)
 
+    def pollable(self) -> object:
+        """What select.poll should watch: the TLS object knows about decrypted bytes it holds."""
+        return self._tls if self._tls is not None else self
+
     def settimeout(self, t: float | None) -> None:
+        if self._tls is not None:
+            # As on the port before 1.24: a TLS socket has no settimeout (set it on the raw one).
+            raise AttributeError("'SSLSocket' object has no attribute 'settimeout'")
+        self.raw_settimeout(t)
+
+    def raw_settimeout(self, t: float | None) -> None:
         self._timeout = t
         self._sock.settimeout(None if t is None else self._board.clock.real_s(t * 1000))
 
@@ -178,7 +192,8 @@ class VSocket(io.IOBase):
         sent = 0
         try:
             while sent < n:
-                sent += self._sock.send(view[sent:n])
+                k = self._io.write(view[sent:n]) if self._tls is not None else self._sock.send(view[sent:n])
+                sent += k or 0
         except OSError as exc:
             if sent:
                 return sent
@@ -191,7 +206,9 @@ class VSocket(io.IOBase):
     def read(self, n: int) -> bytes | None:
         self._guard()
         try:
-            data: bytes = self._sock.recv(n)
+            data: bytes = self._io.read(n) if self._tls is not None else self._sock.recv(n)
+            if data is None:
+                raise OSError(ETIMEDOUT if self._timeout else EAGAIN)
         except OSError as exc:
             err = self._error(exc)
             if err.args[0] == EAGAIN:
@@ -209,6 +226,11 @@ class VSocket(io.IOBase):
 
     def close(self) -> None:
         self.is_closed = True
+        if self._tls is not None:
+            try:
+                self._io.close()
+            except OSError as exc:
+                print("tls_close_failed error=" + str(exc))
         self._sock.close()
 
 
@@ -219,7 +241,7 @@ class Poller:
         self._board = board
         self._stream = stream
         self._poll = select.poll()
-        self._poll.register(stream, select.POLLIN)
+        self._poll.register(stream.pollable(), select.POLLIN)  # type: ignore[arg-type]
 
     def readable(self, timeout_ms: int) -> bool:
         """True when a read would not block (data, EOF or an error to report), within timeout_ms."""
