@@ -1,0 +1,422 @@
+"""The fleet side of bench/soak.py: many firmware-like boards in one asyncio process.
+
+Each board has its own MQTT 3.1.1 connection (clean session, like the firmware), publishes payload v1
+readings at QoS 1 with (device, boot, seq) ids, subscribes to its own `sensors/{place}/{device}/ack`
+and keeps every reading in its outbox until an end-to-end ack covers it (docs/CONTRACT.md). Unacked
+readings are re-sent after every reconnect and, while connected, once `ack_timeout_s` passed without an
+ack, oldest first, at most RESEND_BATCH per board per second. Everything a board queues is bounded:
+PUBLISH_WINDOW un-PUBACKed publishes, OUTBOX_MAX readings (beyond that the oldest is dropped and
+counted, as the firmware's ring does; a drop is a loss the soak reports).
+
+The protocol is written out here (asyncio.Protocol, a few packet types) rather than one paho client
+per board: 2,000 paho clients means 2,000 threads, and paho in one process with many messages in
+flight collapses (shared/FACTS.md). This process runs apart from every measured one.
+
+    python bench/soak_fleet.py CONFIG.json      # started by bench/soak.py; commands on stdin:
+        stop            stop measuring new readings (keep re-sending until everything is acked)
+        outage SECONDS  drop every connection and stay offline that long (a Wi-Fi/broker outage)
+        quit            write the final report to config["out"] and exit
+Every second it prints one JSON line of counters on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import struct
+import sys
+import time
+from array import array
+from collections import deque
+from typing import Any
+
+PUBLISH_WINDOW = 16
+RESEND_BATCH = 100
+OUTBOX_MAX = 20_000
+KEEPALIVE_S = 30
+CONNECT_TIMEOUT_S = 10.0
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 5.0
+
+CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP = 2, 3, 4, 9, 13
+_PINGREQ = b"\xc0\x00"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _utf8(data: bytes) -> bytes:
+    return struct.pack("!H", len(data)) + data
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Link(asyncio.Protocol):
+    """One board's TCP connection: frames MQTT packets and hands them to the board."""
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        pos = 0
+        while len(buf) - pos >= 2:
+            length, mult, i = 0, 1, pos + 1
+            while True:
+                if i >= len(buf):
+                    del buf[:pos]
+                    return
+                byte = buf[i]
+                length += (byte & 0x7F) * mult
+                mult *= 128
+                i += 1
+                if not byte & 0x80:
+                    break
+                if i - pos > 5:
+                    self.close()
+                    return
+            if len(buf) < i + length:
+                break
+            self.board.on_packet(buf[pos] >> 4, bytes(buf[i : i + length]))
+            pos = i + length
+        del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.board.on_lost(self)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Board:
+    def __init__(self, fleet: Fleet, place: str, device: str, boot: int, index: int) -> None:
+        self.fleet = fleet
+        self.place, self.device, self.boot, self.index = place, device, boot, index
+        self.topic = _utf8(f"sensors/{place}/{device}/reading".encode())
+        self.ack_topic = f"sensors/{place}/{device}/ack"
+        self.outbox: dict[int, list[Any]] = {}  # seq -> [payload, ts_ms, last_sent_monotonic (0 = never)]
+        self.queue: deque[int] = deque()
+        self.queued: set[int] = set()
+        self.inflight: dict[int, int] = {}  # packet id -> seq
+        self.link: Link | None = None
+        self.ready = False
+        self.connect_started = 0.0
+        self.last_tx = 0.0
+        self.next_seq = 0
+        self.next_pid = 0
+        self.dropped: list[int] = []
+        self.lost = asyncio.Event()
+        self.ready_once = False
+
+    # --- readings -----------------------------------------------------------------------------
+
+    def measure(self) -> None:
+        seq = self.next_seq
+        self.next_seq += 1
+        d = self.index
+        reading = {
+            "v": 1,
+            "device": self.device,
+            "place": self.place,
+            "boot": self.boot,
+            "seq": seq,
+            "ts": now_ms(),
+            "time_valid": True,
+            # Multiples of 1/64: exact in binary, so a window's mean has one right answer.
+            "temperature": 15 + ((seq * 7 + d) % 640) / 64,
+            "humidity": 40 + ((seq * 3 + d) % 1280) / 64,
+            "pressure": 1000 + ((seq + d) % 640) / 64,
+            "luminosity": None if seq % 97 == 5 else ((seq * 11 + d) % 64000) / 64,
+            "fw": "soak-1.0",
+        }
+        self.outbox[seq] = [json.dumps(reading, separators=(",", ":")).encode(), reading["ts"], 0.0]
+        self.fleet.published += 1
+        if len(self.outbox) > OUTBOX_MAX:
+            oldest = next(iter(self.outbox))
+            del self.outbox[oldest]
+            self.dropped.append(oldest)
+        self._enqueue(seq)
+        self.pump()
+
+    def _enqueue(self, seq: int) -> None:
+        if seq not in self.queued:
+            self.queued.add(seq)
+            self.queue.append(seq)
+
+    def pump(self) -> None:
+        link = self.link
+        if link is None or not self.ready:
+            return
+        now = time.monotonic()
+        while self.queue and len(self.inflight) < PUBLISH_WINDOW:
+            seq = self.queue.popleft()
+            self.queued.discard(seq)
+            entry = self.outbox.get(seq)
+            if entry is None:
+                continue
+            pid = self._packet_id()
+            body = self.topic + struct.pack("!H", pid) + entry[0]
+            link.write(b"\x32" + _varint(len(body)) + body)
+            if entry[2]:
+                self.fleet.resent += 1
+            entry[2] = now
+            self.inflight[pid] = seq
+            self.fleet.sent += 1
+            self.last_tx = now
+
+    def _packet_id(self) -> int:
+        for _ in range(65536):
+            self.next_pid = self.next_pid % 65535 + 1
+            if self.next_pid not in self.inflight:
+                return self.next_pid
+        raise RuntimeError("no free packet id")
+
+    def housekeeping(self, now: float) -> None:
+        """Once a second: connect timeout, keepalive, ack timeout re-sends."""
+        link = self.link
+        if link is None:
+            return
+        if not self.ready:
+            if now - self.connect_started > CONNECT_TIMEOUT_S:
+                link.close()
+            return
+        if now - self.last_tx > KEEPALIVE_S / 2:
+            link.write(_PINGREQ)
+            self.last_tx = now
+        if not self.outbox:
+            return
+        timeout = self.fleet.ack_timeout_s
+        waiting = set(self.inflight.values())
+        added = 0
+        for seq, entry in self.outbox.items():
+            if added >= RESEND_BATCH:
+                break
+            if entry[2] and now - entry[2] >= timeout and seq not in self.queued and seq not in waiting:
+                self._enqueue(seq)
+                added += 1
+        if added:
+            self.pump()
+
+    # --- MQTT ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = BACKOFF_MIN_S
+        fleet = self.fleet
+        while not fleet.quitting:
+            wait = fleet.outage_until - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait + random.uniform(0, 1.0))
+                continue
+            try:
+                _t, link = await asyncio.wait_for(
+                    loop.create_connection(lambda: Link(self), fleet.host, fleet.port), CONNECT_TIMEOUT_S
+                )
+            except (OSError, TimeoutError):
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+                continue
+            self.lost.clear()
+            self.link = link
+            self.connect_started = self.last_tx = time.monotonic()
+            client_id = _utf8(f"soak-{self.device}".encode())
+            body = _utf8(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", KEEPALIVE_S) + client_id
+            link.write(b"\x10" + _varint(len(body)) + body)
+            await self.lost.wait()
+            if self.ready_once:
+                backoff = BACKOFF_MIN_S
+            self.ready_once = False
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    def on_packet(self, kind: int, body: bytes) -> None:
+        if kind == PUBACK:
+            seq = self.inflight.pop(struct.unpack_from("!H", body)[0], None)
+            if seq is not None:
+                self.pump()
+        elif kind == PUBLISH:
+            (n,) = struct.unpack_from("!H", body)
+            self.on_ack(body[2 + n :])
+        elif kind == CONNACK:
+            if len(body) < 2 or body[1] != 0:
+                self.fleet.refused += 1
+                if self.link is not None:
+                    self.link.close()
+                return
+            sub = struct.pack("!H", self._packet_id()) + _utf8(self.ack_topic.encode()) + b"\x00"
+            assert self.link is not None
+            self.link.write(b"\x82" + _varint(len(sub)) + sub)
+        elif kind == SUBACK:
+            self.ready = self.ready_once = True
+            self.fleet.connects += 1
+            # Everything unacked goes again after a (re)connect, oldest first.
+            self.queue.clear()
+            self.queued.clear()
+            for seq in self.outbox:
+                self._enqueue(seq)
+            self.pump()
+
+    def on_ack(self, payload: bytes) -> None:
+        try:
+            ack = json.loads(payload)
+            boot, ranges = ack["boot"], ack["ranges"]
+        except (ValueError, KeyError, TypeError):
+            self.fleet.bad_acks += 1
+            return
+        self.fleet.acks += 1
+        if boot != self.boot:
+            return
+        now = now_ms()
+        outbox = self.outbox
+        for first, last in ranges:
+            if last - first + 1 > len(outbox):
+                seqs = [s for s in outbox if first <= s <= last]
+            else:
+                seqs = [s for s in range(first, last + 1) if s in outbox]
+            for seq in seqs:
+                entry = outbox.pop(seq)
+                self.fleet.latency.append(now - entry[1])
+                self.fleet.released += 1
+
+    def on_lost(self, link: Link) -> None:
+        if link is not self.link:
+            return
+        self.link = None
+        self.ready = False
+        self.inflight.clear()
+        self.queue.clear()
+        self.queued.clear()
+        self.lost.set()
+
+
+class Fleet:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.host: str = config["host"]
+        self.port: int = config["port"]
+        self.rate_hz: float = config["rate_hz"]
+        self.ack_timeout_s: float = config["ack_timeout_s"]
+        self.out: str = config["out"]
+        self.boards = [
+            Board(self, place, device, config["boot"], index)
+            for index, (place, device) in enumerate(config["boards"])
+        ]
+        self.measuring = True
+        self.quitting = False
+        self.outage_until = 0.0
+        self.published = self.sent = self.resent = self.released = 0
+        self.acks = self.bad_acks = self.connects = self.refused = 0
+        self.latency = array("q")
+
+    async def main(self) -> None:
+        tasks = [asyncio.create_task(b.run()) for b in self.boards]
+        producer = asyncio.create_task(self.produce())
+        keeper = asyncio.create_task(self.keep())
+        await self.commands()
+        self.quitting = True
+        for board in self.boards:
+            if board.link is not None:
+                board.link.close()
+            board.lost.set()
+        for task in (*tasks, producer, keeper):
+            task.cancel()
+        await asyncio.gather(*tasks, producer, keeper, return_exceptions=True)
+        self.report()
+
+    async def produce(self) -> None:
+        period = 1.0 / self.rate_hz
+        start = time.monotonic()
+        # Phases spread evenly over one period; one shared period keeps the deque sorted by due time.
+        due: deque[tuple[float, Board]] = deque(
+            (start + period * i / len(self.boards), b) for i, b in enumerate(self.boards)
+        )
+        while self.measuring:
+            now = time.monotonic()
+            while due and due[0][0] <= now:
+                when, board = due.popleft()
+                board.measure()
+                due.append((when + period, board))
+            await asyncio.sleep(max(0.0, min(0.05, due[0][0] - time.monotonic())) if due else 0.05)
+
+    async def keep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for board in self.boards:
+                board.housekeeping(now)
+            self.stats()
+
+    def stats(self) -> None:
+        line = {
+            "t": time.time(),
+            "published": self.published,
+            "sent": self.sent,
+            "resent": self.resent,
+            "released": self.released,
+            "outbox": sum(len(b.outbox) for b in self.boards),
+            "connected": sum(1 for b in self.boards if b.ready),
+            "dropped": sum(len(b.dropped) for b in self.boards),
+            "acks": self.acks,
+            "bad_acks": self.bad_acks,
+            "connects": self.connects,
+            "refused": self.refused,
+        }
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+
+    async def commands(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while True:
+            line = (await reader.readline()).decode().split()
+            if not line or line[0] == "quit":
+                return
+            if line[0] == "stop":
+                self.measuring = False
+            elif line[0] == "outage":
+                self.outage_until = time.monotonic() + float(line[1])
+                for board in self.boards:
+                    if board.link is not None:
+                        board.link.close()
+
+    def report(self) -> None:
+        boards = {
+            b.device: {
+                "place": b.place,
+                "boot": b.boot,
+                "next_seq": b.next_seq,
+                "unacked": sorted(b.outbox),
+                "dropped": b.dropped,
+            }
+            for b in self.boards
+        }
+        with open(self.out, "w") as f:
+            json.dump({"boards": boards, "ack_latency_ms": self.latency.tolist()}, f)
+        self.stats()
+        sys.stdout.write(json.dumps({"final": True}) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as f:
+        asyncio.run(Fleet(json.load(f)).main())
