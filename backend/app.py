@@ -156,6 +156,7 @@ class BackendRuntime:
         def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
             for engine in self.engines.values():
                 engine.forget()
+            self.sink.forget()
 
         self.app.agent(self.readings_topic, name="sensor-windows")(sensor_windows)
         self.app.agent(self.place_topic, name="place-windows")(place_windows)

@@ -1,20 +1,35 @@
 """Idempotent bulk writes of window and reading documents into MongoDB (FerretDB speaks the wire).
 
 Window documents are replaced whole (never `$inc`) by deterministic `_id`, so replays and restarts
-converge on the same content. A batch's documents are replaced as one `delete_many` of those ids that
-are not final, then one unordered `insert_many`: a document that is already final is neither deleted
-nor overwritten (its re-insert is a duplicate-key error, ignored), so a final window never changes.
-Readings are inserted by their deterministic `_id`; a replayed one is a duplicate-key error, ignored.
+converge on the same content, and a document already final is never overwritten by an open or final
+write (only an amendment replaces it). Readings are inserted by their deterministic `_id`; a replayed
+one is a duplicate-key error, ignored.
 
-Why not upserts: FerretDB 1.24 (SQLite) scans the collection for each update statement (~76 ms per
-upsert at 20k documents, against ~1.4 ms per document for delete+insert), and deadlocks for every
-client on one update command of more than ~100 statements. The price: a reader can miss a window
-document for the few milliseconds between the delete and the insert.
+How, on FerretDB 1.24 (SQLite): only a filter of exactly `{_id: value}` is pushed down to SQLite;
+anything else (`$in`, `{_id, final}`, every delete) reads and decodes the whole collection, so its cost
+grows with the collection, not with the batch. Measured at 20k window documents: `{_id, final: {$ne:
+true}}` replace 214 ms, `delete_one({_id})` 46 ms, `find({_id: {$in: 100 ids}})` 760 ms, against
+`{_id}`-only find or replace ~1-4 ms (one statement: a query plus a one-row write in its own
+transaction) and `insert_many` 0.1-0.35 ms per document (100 per transaction). So every window write
+here is an insert or an `{_id}`-only statement:
+  - a window this sink has not written open yet is inserted (in a backlog most windows are final
+    before their first open write: one insert each, batched);
+  - a duplicate key on that insert means the document exists (written before a restart or a
+    rebalance): it is read by `_id` and replaced only if it is not final;
+  - a window this sink itself wrote open (and nobody else writes: a key's partition has one owner,
+    and `forget` drops this memory at every rebalance) is replaced by `_id` without reading it first.
+    (A worker that stalls past its session timeout and resumes without seeing the rebalance could
+    still rewrite such a window open after the new owner wrote it final; it would also write stale
+    changelog states then, so that case is not covered by the rest of the design either.)
+Update commands carry at most UPDATE_CHUNK statements: FerretDB keeps one SQLite connection per
+statement of a command until it ends and wedges on about 100 (a 100-statement replace hung the server's
+database for good in a test here).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,11 +41,12 @@ from iot import contract, log
 
 from .errors import SinkError
 from .metrics import BackendMetrics
-from .records import SENSOR
+from .records import PLACE, SENSOR
 
 DUPLICATE_KEY = 11000
-CHUNK = 500
 UPDATE_CHUNK = 50
+WINDOW_DATES = ("start", "end", "updated_at")
+FINAL_CACHE = 20_000  # per scope, ~1 KB each
 _log = log.get("backend.mongo")
 
 
@@ -41,6 +57,10 @@ def _dates(doc: Mapping[str, Any], fields: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def _collection(scope: str) -> str:
+    return contract.COLL_SENSOR_WINDOWS if scope == SENSOR else contract.COLL_PLACE_WINDOWS
+
+
 class MongoSink:
     def __init__(self, uri: str, metrics: BackendMetrics | None = None, timeout_ms: int = 10_000) -> None:
         self.client: MongoClient[dict[str, Any]] = MongoClient(
@@ -48,6 +68,14 @@ class MongoSink:
         )
         self.db = self.client.get_default_database(default=contract.DEFAULT_DATABASE)
         self.metrics = metrics
+        # Window ids this sink wrote open and not final since, per scope (module doc).
+        self._open: dict[str, set[str]] = {SENSOR: set(), PLACE: set()}
+        # The final documents this sink wrote last, as written (epoch ms), per scope: the base of the
+        # next amendment of that window without a read. Bounded; a miss reads MongoDB.
+        self._finals: dict[str, OrderedDict[str, dict[str, Any]]] = {
+            SENSOR: OrderedDict(),
+            PLACE: OrderedDict(),
+        }
 
     def ensure_indexes(self) -> None:
         try:
@@ -57,36 +85,71 @@ class MongoSink:
         except PyMongoError as exc:
             raise SinkError(f"creating MongoDB indexes failed: {exc}") from exc
 
+    def forget(self) -> None:
+        """Forget which windows this sink wrote (after a rebalance a key may have had another owner
+        meanwhile): their next write or amendment reads the stored document first."""
+        for ids in self._open.values():
+            ids.clear()
+        for cache in self._finals.values():
+            cache.clear()
+
     def write_windows(self, scope: str, docs: Iterable[Mapping[str, Any]]) -> int:
-        """Replace window documents (dates as epoch ms) whole; the last document per `_id` wins and a
-        document already final in MongoDB is never touched."""
+        """Write open and final window documents (dates as epoch ms) whole; the last document per `_id`
+        wins and a document already final in MongoDB is never touched."""
         latest: dict[str, Mapping[str, Any]] = {}
         for doc in docs:
             latest[doc["_id"]] = doc
         if not latest:
             return 0
-        coll = contract.COLL_SENSOR_WINDOWS if scope == SENSOR else contract.COLL_PLACE_WINDOWS
-        ids = list(latest)
-        bodies = [_dates(d, ("start", "end", "updated_at")) for d in latest.values()]
-        for i in range(0, len(ids), CHUNK):
-            chunk_ids, chunk = ids[i : i + CHUNK], bodies[i : i + CHUNK]
-            # Only non-final documents go; re-inserting one that stayed (final) is a duplicate key.
-            query = {"_id": {"$in": chunk_ids}, "final": {"$ne": True}}
-            self._bulk(coll, lambda q=query: self.db[coll].delete_many(q))
-            self._bulk(coll, lambda c=chunk: self.db[coll].insert_many(c, ordered=False))
-        return len(ids)
+        coll = _collection(scope)
+        mine = self._open[scope]
+        fresh = [_dates(d, WINDOW_DATES) for i, d in latest.items() if i not in mine]
+        replace = [i for i in latest if i in mine]
+        kept: set[str] = set()  # final in MongoDB already: left as it is
+        for wid in self._insert(coll, fresh):
+            # Written before a restart or by another owner: look before replacing.
+            if self._stored_final(coll, wid):
+                kept.add(wid)
+            else:
+                replace.append(wid)
+        self._replace(coll, [(i, _dates(latest[i], WINDOW_DATES)) for i in replace])
+        for wid, doc in latest.items():
+            if wid in kept:
+                continue
+            if doc["final"]:
+                mine.discard(wid)
+                self._remember_final(scope, doc)
+            else:
+                mine.add(wid)
+        return len(latest)
+
+    def _remember_final(self, scope: str, doc: Mapping[str, Any]) -> None:
+        cache = self._finals[scope]
+        cache[doc["_id"]] = dict(doc)
+        cache.move_to_end(doc["_id"])
+        while len(cache) > FINAL_CACHE:
+            cache.popitem(last=False)
 
     def load_windows(self, scope: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Stored window documents by `_id` (dates as epoch ms), for amendments; absent ids are absent."""
-        coll = contract.COLL_SENSOR_WINDOWS if scope == SENSOR else contract.COLL_PLACE_WINDOWS
-        wanted = list(ids)
+        """Stored window documents by `_id` (dates as epoch ms), for amendments; absent ids are absent.
+
+        The final documents this sink wrote itself are answered from memory (a backlog amends the
+        same windows batch after batch); the others with one `{_id}` find each (a `$in` find reads
+        the whole collection on FerretDB, module doc)."""
+        coll = _collection(scope)
+        cache = self._finals[scope]
         found: dict[str, dict[str, Any]] = {}
         try:
-            for i in range(0, len(wanted), CHUNK):
-                for doc in self.db[coll].find({"_id": {"$in": wanted[i : i + CHUNK]}}):
-                    for name in ("start", "end", "updated_at"):
+            for wid in ids:
+                cached = cache.get(wid)
+                if cached is not None:
+                    found[wid] = dict(cached)
+                    continue
+                doc = self.db[coll].find_one({"_id": wid})
+                if doc is not None:
+                    for name in WINDOW_DATES:
                         doc[name] = int(doc[name].timestamp() * 1000)
-                    found[doc["_id"]] = doc
+                    found[wid] = doc
         except PyMongoError as exc:
             raise SinkError(f"reading {coll} for amendments failed: {exc}") from exc
         return found
@@ -94,19 +157,15 @@ class MongoSink:
     def write_amended(self, scope: str, docs: Iterable[Mapping[str, Any]]) -> int:
         """Replace amended (final) window documents whole, creating the ones that never existed.
 
-        Replace-with-upsert, not delete + insert as for open windows: a crash between a delete and its
-        insert would lose the document, and an amendment is computed from that very document."""
-        coll = contract.COLL_SENSOR_WINDOWS if scope == SENSOR else contract.COLL_PLACE_WINDOWS
+        Replace-with-upsert, not delete + insert: a crash between a delete and its insert would lose
+        the document, and an amendment is computed from that very document."""
+        coll = _collection(scope)
         latest = {doc["_id"]: doc for doc in docs}
-        ops = [
-            ReplaceOne({"_id": i}, _dates(d, ("start", "end", "updated_at")), upsert=True)
-            for i, d in latest.items()
-        ]
-        # FerretDB deadlocks on update commands of more than about 100 statements (FACTS.md).
-        for i in range(0, len(ops), UPDATE_CHUNK):
-            chunk = ops[i : i + UPDATE_CHUNK]
-            self._bulk(coll, lambda c=chunk: self.db[coll].bulk_write(c, ordered=False))
-        return len(ops)
+        self._replace(coll, [(i, _dates(d, WINDOW_DATES)) for i, d in latest.items()])
+        for wid, doc in latest.items():
+            self._open[scope].discard(wid)
+            self._remember_final(scope, doc)
+        return len(latest)
 
     def write_readings(self, readings: Iterable[Mapping[str, Any]]) -> int:
         docs = []
@@ -114,25 +173,56 @@ class MongoSink:
             doc = _dates(r, ("ts", "received_at"))
             doc["_id"] = contract.reading_id(r["device"], r["boot"], r["seq"])
             docs.append(doc)
-        if docs:
-            coll = contract.COLL_READINGS
-            self._bulk(coll, lambda: self.db[coll].insert_many(docs, ordered=False))
+        # A duplicate is a replayed reading, stored already: nothing more to do for it.
+        self._insert(contract.COLL_READINGS, docs)
         return len(docs)
 
-    def _bulk(self, coll: str, write: Any) -> None:
+    def _insert(self, coll: str, docs: list[dict[str, Any]]) -> list[Any]:
+        """One unordered `insert_many` (pymongo splits it by size, FerretDB commits 100 per
+        transaction); returns the `_id`s that already existed."""
+        if not docs:
+            return []
+        existing: list[Any] = []
         start = time.perf_counter()
         try:
-            write()
+            self.db[coll].insert_many(docs, ordered=False)
         except BulkWriteError as exc:
-            # A duplicate key is a replayed reading or a window already final: the write is done.
-            errors = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
-            if errors or exc.details.get("writeConcernErrors"):
-                raise SinkError(f"bulk write to {coll} failed: {errors[:3]}") from exc
+            errors = exc.details.get("writeErrors", [])
+            failed = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+            if failed or exc.details.get("writeConcernErrors"):
+                raise SinkError(f"bulk write to {coll} failed: {failed[:3]}") from exc
+            existing = [docs[e["index"]]["_id"] for e in errors]
         except PyMongoError as exc:
             raise SinkError(f"bulk write to {coll} failed: {exc}") from exc
         finally:
-            if self.metrics is not None:
-                self.metrics.mongo_write.labels(coll).observe(time.perf_counter() - start)
+            self._observe(coll, start)
+        return existing
+
+    def _replace(self, coll: str, docs: list[tuple[str, dict[str, Any]]]) -> None:
+        """Replace documents whole by `_id` (upsert), UPDATE_CHUNK statements per command."""
+        ops = [ReplaceOne({"_id": i}, d, upsert=True) for i, d in docs]
+        for n in range(0, len(ops), UPDATE_CHUNK):
+            start = time.perf_counter()
+            try:
+                self.db[coll].bulk_write(ops[n : n + UPDATE_CHUNK], ordered=False)
+            except PyMongoError as exc:
+                raise SinkError(f"replacing documents in {coll} failed: {str(exc)[:300]}") from exc
+            finally:
+                self._observe(coll, start)
+
+    def _stored_final(self, coll: str, wid: str) -> bool:
+        start = time.perf_counter()
+        try:
+            doc = self.db[coll].find_one({"_id": wid}, {"final": 1})
+        except PyMongoError as exc:
+            raise SinkError(f"reading {coll} failed: {exc}") from exc
+        finally:
+            self._observe(coll, start)
+        return doc is not None and bool(doc.get("final"))
+
+    def _observe(self, coll: str, start: float) -> None:
+        if self.metrics is not None:
+            self.metrics.mongo_write.labels(coll).observe(time.perf_counter() - start)
 
     def close(self) -> None:
         self.client.close()

@@ -1,0 +1,127 @@
+"""The Mongo sink on the real MongoDB-wire server: window writes go by insert and `{_id}`-only statements,
+and still a final document is never overwritten by an open or a replayed final write, whichever sink
+(a restarted worker's, a new owner's) writes it; amendments read back what was stored."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from backend.engine import ScopeEngine
+from backend.mongo_sink import MongoSink
+from backend.records import SENSOR
+from backend.windows import specs_from_seconds
+from iot import contract
+from tests.support import unique
+
+from .conftest import MONGO
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_750_000_000_000
+
+
+def doc(start: int, count: int, final: bool, device: str = "d1") -> dict[str, Any]:
+    return {
+        "_id": contract.window_id(device, "tumbling", 2, start),
+        "device": device,
+        "place": "p1",
+        "kind": "tumbling",
+        "size_s": 2,
+        "step_s": 2,
+        "start": start,
+        "end": start + 2000,
+        "count": count,
+        "final": final,
+        "updated_at": T0,
+    }
+
+
+@pytest.fixture
+def db_uri() -> Iterator[str]:
+    name = unique("sink").replace("-", "_")
+    yield f"{MONGO}/{name}"
+    client: MongoClient[dict[str, Any]] = MongoClient(MONGO)
+    client.drop_database(name)
+    client.close()
+
+
+def stored(uri: str) -> dict[str, dict[str, Any]]:
+    client: MongoClient[dict[str, Any]] = MongoClient(uri)
+    try:
+        coll = client.get_default_database()[contract.COLL_SENSOR_WINDOWS]
+        return {d["_id"]: d for d in coll.find()}
+    finally:
+        client.close()
+
+
+def test_open_then_final_then_stale_writes_from_any_sink_leave_the_final_document(db_uri: str) -> None:
+    a, b = MongoSink(db_uri), MongoSink(db_uri)
+    try:
+        a.write_windows(SENSOR, [doc(T0, 1, False), doc(T0 + 2000, 1, False)])
+        a.write_windows(SENSOR, [doc(T0, 2, False)])  # rewritten by the sink that wrote it open
+        a.write_windows(SENSOR, [doc(T0, 3, True)])
+        # A restarted worker (fresh sink) replays: an open and a final write of a window already final.
+        b.write_windows(SENSOR, [doc(T0, 2, False), doc(T0 + 2000, 5, False)])
+        b.write_windows(SENSOR, [doc(T0, 9, True)])
+        got = stored(db_uri)
+        assert (got[doc(T0, 0, True)["_id"]]["count"], got[doc(T0, 0, True)["_id"]]["final"]) == (3, True)
+        # The open document the other sink wrote is not final: the new writer replaces it.
+        assert got[doc(T0 + 2000, 0, False)["_id"]]["count"] == 5
+        # A rebalance: the window goes back to a, and b, which wrote it open, is told to forget.
+        a.forget()
+        b.forget()
+        a.write_windows(SENSOR, [doc(T0 + 2000, 4, True)])
+        b.write_windows(SENSOR, [doc(T0 + 2000, 1, False)])  # b's stale batch, after the rebalance
+        got = stored(db_uri)
+        assert got[doc(T0 + 2000, 0, False)["_id"]]["final"] is True
+    finally:
+        a.close()
+        b.close()
+
+
+def test_amendment_base_is_the_stored_document_from_memory_or_from_mongodb(db_uri: str) -> None:
+    writer = MongoSink(db_uri)
+    try:
+        final = doc(T0, 3, True)
+        writer.write_windows(SENSOR, [final])
+        amended = {**doc(T0, 4, True), "revision": 1, "late_count": 1}
+        writer.write_amended(SENSOR, [amended])
+        ids = [final["_id"], doc(T0 + 2000, 0, True)["_id"]]
+        from_memory = writer.load_windows(SENSOR, ids)
+        fresh = MongoSink(db_uri)
+        try:
+            from_mongo = fresh.load_windows(SENSOR, ids)
+        finally:
+            fresh.close()
+        assert set(from_memory) == set(from_mongo) == {final["_id"]}
+        assert from_memory[final["_id"]] == from_mongo[final["_id"]] == amended
+    finally:
+        writer.close()
+
+
+def test_open_windows_are_not_rewritten_while_the_input_is_a_backlog() -> None:
+    eng = ScopeEngine(SENSOR, specs_from_seconds(2, 4, 2), 1000, 60_000, {}.get, open_write_ms=500)
+    old = {
+        "v": 1,
+        "device": "d1",
+        "place": "p1",
+        "boot": 0,
+        "seq": 0,
+        "ts": T0,
+        "time_valid": True,
+        "temperature": 20.0,
+        "humidity": None,
+        "pressure": None,
+        "luminosity": None,
+        "fw": "1",
+        "received_at": T0,
+    }
+    now = T0 + 3_600_000  # an hour behind
+    assert eng.process([(old, 0, 0)], now).open_docs == []
+    assert eng.expire(now + 1000, {0}, []).open_docs == []
+    live = {**old, "seq": 1, "ts": T0 + 100, "received_at": now + 2000}
+    assert {d["count"] for d in eng.process([(live, 0, 1)], now + 2000).open_docs} == {2}
