@@ -34,7 +34,7 @@ from .errors import SinkError
 from .kafka_out import KafkaOut
 from .metrics import BackendMetrics
 from .mongo_sink import MongoSink
-from .records import PLACE, SENSOR, RejectedRecord, decode_reading, dlq_record
+from .records import PLACE, SENSOR, RejectedRecord, decode_forward, decode_reading, dlq_record, encode_forward
 from .settings import Settings
 from .windows import KeyState
 
@@ -191,7 +191,8 @@ class BackendRuntime:
             batch.append((reading, msg.partition, msg.offset))
             # Every valid reading goes on, duplicates too: the place scope de-duplicates on its own, and
             # this keeps the forward independent of what the sensor state already holds after a crash.
-            forwards.append((reading["place"], value))
+            # Forwarded normalised, so the place stage parses it once without validating it again.
+            forwards.append((reading["place"], encode_forward(reading)))
         async with self.locks[SENSOR]:
             out = self.engines[SENSOR].process(batch, now)
             await self._amend(SENSOR, out, now)
@@ -208,7 +209,7 @@ class BackendRuntime:
             self.positions[msg.tp] = msg.offset
             try:
                 # Written by our own sensor agent after validation: only decoding is left to do.
-                reading = decode_reading(event.value)
+                reading = decode_forward(event.value)
             except RejectedRecord as exc:
                 self.metrics.rejected.labels(exc.reason).inc()
                 rejected.append(dlq_record(exc.reason, exc.detail, exc.topic, event.value or b"", now))

@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+import orjson
+
 from iot import contract
 
 from .windows import WindowAcc, WindowKey
@@ -30,12 +32,23 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _parse(value: bytes) -> Any:
+    """One JSON parse. orjson (~0.5 us for a reading, json 2.7 us); a value orjson refuses is parsed
+    again by json so that what is rejected, and why, stays as it was (json also reads 1e400 as inf,
+    lone surrogates and UTF-16; orjson reads an integer beyond 64 bits as a float, which validation
+    then rejects instead of letting pymongo fail on it)."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return json.loads(value, parse_constant=_reject_constant)
+
+
 def decode_reading(value: bytes | None) -> dict[str, Any]:
     """Validate one iot.readings value (payload v1 plus `received_at`) and return the reading."""
     if value is None:
         raise RejectedRecord(contract.REASON_MALFORMED_JSON, "record has no value", UNKNOWN_TOPIC)
     try:
-        obj = json.loads(value, parse_constant=_reject_constant)
+        obj = _parse(value)
     except (UnicodeDecodeError, ValueError) as exc:
         raise RejectedRecord(contract.REASON_MALFORMED_JSON, str(exc)[:200], UNKNOWN_TOPIC) from None
     if not isinstance(obj, dict):
@@ -58,7 +71,8 @@ def decode_reading(value: bytes | None) -> dict[str, Any]:
     if device_ts is not None and (not isinstance(device_ts, int) or isinstance(device_ts, bool)):
         raise RejectedRecord(contract.REASON_SCHEMA, "field 'device_ts' must be int epoch ms", topic)
     try:
-        reading = contract.validate_reading(topic, contract.encode(obj))
+        # The size limit is the contract's, on the payload as the contract encodes it.
+        reading = contract.validate_reading_object(topic, obj, len(contract.encode(obj)))
     except contract.InvalidReading as exc:
         raise RejectedRecord(exc.reason, exc.detail, topic) from None
     except ValueError as exc:  # encode refuses what cannot be re-encoded
@@ -67,6 +81,37 @@ def decode_reading(value: bytes | None) -> dict[str, Any]:
     if device_ts is not None:
         reading["device_ts"] = device_ts
     return reading
+
+
+# The keys of a reading `decode_reading` returns, without and with the optional device_ts.
+_FORWARD_KEYS: Final = frozenset(contract.FIELDS) | {"received_at"}
+_FORWARD_KEYS_TS: Final = _FORWARD_KEYS | {"device_ts"}
+
+
+def encode_forward(reading: Mapping[str, Any]) -> bytes:
+    """A validated reading as the sensor stage forwards it to the place stage: its normalised form, so
+    the place stage decodes it without validating it again (`decode_forward`)."""
+    return orjson.dumps(reading)
+
+
+def decode_forward(value: bytes | None) -> dict[str, Any]:
+    """Decode a record of the place repartition topic (private to the app, written by our sensor
+    stage after validation). A normalised reading (every metric a float or null, exactly the keys of
+    `decode_reading`'s result) is taken as it is: one parse, ~1 us against ~8 us to validate. Anything
+    else (a record forwarded by a version that forwarded the original value, with integer metrics or
+    extra fields) is validated in full, so both give the same reading."""
+    if value is not None:
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            obj = None
+        if (
+            isinstance(obj, dict)
+            and (obj.keys() == _FORWARD_KEYS or obj.keys() == _FORWARD_KEYS_TS)
+            and all(type(obj[m]) is float or obj[m] is None for m in contract.METRICS)
+        ):
+            return obj
+    return decode_reading(value)
 
 
 dlq_record = contract.dlq_record

@@ -33,8 +33,17 @@ STATUS_SUBSCRIPTION: Final = "sensors/+/+/status"
 HEALTH_SUBSCRIPTION: Final = "sensors/+/+/health"
 # Fields of the retained health message a board publishes (QoS 0), all optional to readers.
 HEALTH_FIELDS: Final = (
-    "boot", "fw", "uptime_s", "rssi", "mem_free", "outbox_depth", "outbox_dropped", "sensor_errors",
-    "reconnects", "time_valid", "skipped_cycles",
+    "boot",
+    "fw",
+    "uptime_s",
+    "rssi",
+    "mem_free",
+    "outbox_depth",
+    "outbox_dropped",
+    "sensor_errors",
+    "reconnects",
+    "time_valid",
+    "skipped_cycles",
 )
 # End-to-end delivery acknowledgement (a project addition beside revision 3, like health was): the
 # gateway tells a board which of its readings Kafka holds, so the board's outbox releases only those.
@@ -196,7 +205,7 @@ def decode_ack(payload: bytes) -> tuple[int, list[tuple[int, int]]]:
     obj = _DECODER.decode(payload.decode("utf-8"))
     ok = isinstance(obj, dict) and _type_ok(_INT, obj.get("boot")) and isinstance(obj.get("ranges"), list)
     if not ok:
-        raise ValueError("an ack is {\"boot\": int, \"ranges\": [[first, last], ...]}")
+        raise ValueError('an ack is {"boot": int, "ranges": [[first, last], ...]}')
     ranges: list[tuple[int, int]] = []
     for item in obj["ranges"]:
         if (
@@ -259,6 +268,18 @@ def validate_reading(topic: str, payload: bytes) -> dict[str, Any]:
         raise InvalidReading(REASON_MALFORMED_JSON, str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise InvalidReading(REASON_NOT_OBJECT, f"payload is a JSON {type(obj).__name__}, not an object")
+    return _validate_fields(ids, obj)
+
+
+def validate_reading_object(topic: str, obj: Mapping[str, Any], size: int) -> dict[str, Any]:
+    """`validate_reading` for a payload already parsed into an object whose encoding is `size` bytes
+    (the backend parses each Kafka record once and validates the object it got)."""
+    if size > MAX_PAYLOAD_BYTES:
+        raise InvalidReading(REASON_TOO_LARGE, f"{size} bytes > {MAX_PAYLOAD_BYTES}")
+    return _validate_fields(parse_reading_topic(topic), obj)
+
+
+def _validate_fields(ids: TopicIds, obj: Mapping[str, Any]) -> dict[str, Any]:
     if "v" in obj and _type_ok(_INT, obj["v"]) and obj["v"] != PAYLOAD_VERSION:
         raise InvalidReading(REASON_UNKNOWN_VERSION, f"v={obj['v']}, this gateway speaks v{PAYLOAD_VERSION}")
     out: dict[str, Any] = {}
