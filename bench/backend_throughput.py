@@ -168,19 +168,28 @@ def stop_profiler(spy: subprocess.Popen[bytes]) -> None:
         spy.wait()
 
 
-def backend_run(topic: str, app_id: str, db: str, n: int, profile: Path | None = None) -> tuple[float, float]:
+def backend_run(
+    topic: str,
+    app_id: str,
+    db: str,
+    n: int,
+    profile: Path | None = None,
+    extra: dict[str, str] | None = None,
+    mongo: str = MONGO,
+) -> tuple[float, float]:
     """(sensor-stage readings/s, full-pipeline readings/s) of one worker."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
     env.update(
         IOT_KAFKA_BOOTSTRAP=KAFKA,
-        IOT_MONGO_URI=f"{MONGO}/{db}",
+        IOT_MONGO_URI=f"{mongo}/{db}",
         IOT_BACKEND_APP_ID=app_id,
         IOT_BACKEND_SOURCE_TOPIC=topic,
         IOT_BACKEND_METRICS_PORT=str(port),
         IOT_BACKEND_DATA_DIR=tempfile.mkdtemp(prefix="bench-backend-"),
         IOT_LOG_LEVEL="WARNING",
     )
+    env.update(extra or {})
     log = open(Path(tempfile.gettempdir()) / f"{app_id}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [str(REPO / ".venv/bin/iot"), "backend"], env=env, stdout=log, stderr=log, cwd=REPO
@@ -248,6 +257,8 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--places", type=int, default=10)
     ap.add_argument("--profile", type=Path, help="py-spy raw profile of the worker (needs py-spy)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="worker setting")
+    ap.add_argument("--mongo", default=MONGO, help="MongoDB server for the worker (default: IOT_MONGO_URI's)")
     args = ap.parse_args()
     tag = uuid.uuid4().hex[:8]
     app_id, topic, db = f"bench-{tag}", f"bench-{tag}-src", f"bench_{tag}"
@@ -263,7 +274,8 @@ def main() -> int:
         )
         base = baseline(topic, n)
         print(f"plain confluent-kafka loop (decode + windows, in memory): {base:,.0f} readings/s")
-        sensor_rate, full_rate = backend_run(topic, app_id, db, n, args.profile)
+        extra = dict(e.split("=", 1) for e in args.env)
+        sensor_rate, full_rate = backend_run(topic, app_id, db, n, args.profile, extra, args.mongo)
         print(f"iot backend, one worker, sensor stage:                  {sensor_rate:,.0f} readings/s")
         print(f"iot backend, one worker, sensor + place stages:         {full_rate:,.0f} readings/s")
         if args.profile is not None:
@@ -274,7 +286,7 @@ def main() -> int:
         for fut in admin.delete_topics(mine, operation_timeout=30).values():
             with contextlib.suppress(Exception):
                 fut.result(timeout=30)
-        client: MongoClient[dict[str, Any]] = MongoClient(MONGO)
+        client: MongoClient[dict[str, Any]] = MongoClient(args.mongo)
         client.drop_database(db)
         client.close()
     return 0
