@@ -63,6 +63,14 @@ def _wrap_tls(sock: socket.socket, host: str, verify: bool, ca_file: str) -> Str
     return ctx.wrap_socket(sock, server_hostname=host)  # type: ignore[no-any-return]
 
 
+_RESET_CAUSES = {
+    machine.PWRON_RESET: "power_on",
+    machine.HARD_RESET: "hard",
+    machine.WDT_RESET: "watchdog",
+    machine.DEEPSLEEP_RESET: "deepsleep",
+    machine.SOFT_RESET: "soft",
+}
+
 # time.time() counts from 2000-01-01 on embedded ports and from 1970 on unix.
 EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
@@ -152,6 +160,25 @@ class Board:
 
     def poller(self, stream: Stream) -> Poller:
         return Poller(stream)
+
+    # --- NVS and reset cause ----------------------------------------------------------------
+    def nvs_get(self, key: str) -> int | None:
+        import esp32
+
+        try:
+            return esp32.NVS("iot").get_i32(key)  # type: ignore[no-any-return]
+        except OSError:
+            return None  # never set (ESP_ERR_NVS_NOT_FOUND)
+
+    def nvs_set(self, key: str, value: int) -> None:
+        import esp32
+
+        nvs = esp32.NVS("iot")
+        nvs.set_i32(key, value)
+        nvs.commit()
+
+    def reset_cause(self) -> str:
+        return _RESET_CAUSES.get(machine.reset_cause(), "unknown")
 
     # --- health and reset -------------------------------------------------------------------
     def mem_free(self) -> int:

@@ -53,7 +53,7 @@ _RANGES = {
     "i2c_id": (0, 1),
     "i2c_scl": (0, 48),
     "i2c_sda": (0, 48),
-    "i2c_freq": (10000, 1000000),
+    "i2c_freq": (10000, 400000),  # fast mode: the fastest both the BME280 and the BH1750 take
     "bme280_addr": (0x76, 0x77),
     "bh1750_addr": (0x23, 0x5C),
     "bh1750_mtreg": (31, 254),
@@ -120,6 +120,40 @@ def parse_broker(url: str) -> tuple:
     return host, port, tls
 
 
+# ESP32 (classic) GPIOs: 6-11 drive the SPI flash, 20/24/28-31 do not exist, 34-39 are inputs only
+# (no open-drain output, so no I2C).
+_NOT_I2C_PINS = (6, 7, 8, 9, 10, 11, 20, 24, 28, 29, 30, 31, 34, 35, 36, 37, 38, 39)
+
+
+def _check_wifi_and_pins(cfg: dict) -> None:
+    ssid = cfg["wifi_ssid"]
+    if len(ssid.encode()) > 32:
+        raise ConfigError("wifi_ssid", "is longer than 32 bytes (802.11 limit)")
+    password = cfg["wifi_password"]
+    if password and not 8 <= len(password.encode()) <= 63:
+        raise ConfigError("wifi_password", "must be empty (open network) or 8..63 characters (WPA2)")
+    if password and not ssid:
+        raise ConfigError("wifi_password", "given without wifi_ssid")
+    for key in ("i2c_scl", "i2c_sda"):
+        if cfg[key] in _NOT_I2C_PINS or cfg[key] > 39:
+            raise ConfigError(key, "GPIO %d cannot drive I2C on an ESP32 (flash pins 6-11, "
+                              "inputs-only 34-39, absent pins)" % cfg[key])
+    if cfg["i2c_scl"] == cfg["i2c_sda"]:
+        raise ConfigError("i2c_sda", "is the same pin as i2c_scl")
+
+
+# Flash a record takes at most: header + the longest payload (outbox.py), rounded up.
+OUTBOX_RECORD_MAX = 416
+
+
+def check_outbox_fits(cfg: dict, fs_bytes: int) -> None:
+    """On the board: outbox_slots full records must fit in half of the file system."""
+    need = cfg["outbox_slots"] * OUTBOX_RECORD_MAX
+    if need > fs_bytes // 2:
+        raise ConfigError("outbox_slots", "needs up to %d KB of flash, more than half of the %d KB "
+                          "file system; lower it" % (need // 1024, fs_bytes // 1024))
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -162,6 +196,7 @@ def validate(raw: object) -> dict:
             raise ConfigError(key, "must be a number, got " + repr(value))
         if not low <= value <= high:
             raise ConfigError(key, "must be between " + str(low) + " and " + str(high) + ", got " + str(value))
+    _check_wifi_and_pins(cfg)
     if cfg["backoff_max_s"] < cfg["backoff_min_s"]:
         raise ConfigError("backoff_max_s", "must be >= backoff_min_s")
     # A cycle must fit both conversions (BH1750: 180 ms x MTreg/69 at most) with time left to send.
@@ -207,6 +242,10 @@ def load(path: str = FILE) -> dict:
     except OSError:
         raise ConfigError("(file)", path + " not found on the board; copy one with `iot flash`")
     cfg = parse(text)
+    import os
+
+    st = os.statvfs(".")
+    check_outbox_fits(cfg, st[0] * st[2])
     ca = cfg["tls_ca_file"]
     if ca and cfg["broker"].startswith("mqtts://") and cfg["tls_verify"]:
         try:

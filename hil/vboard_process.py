@@ -20,11 +20,11 @@ from typing import Any
 from hil import paths
 from hil.errors import BoardError
 
-# The board layer, its network and the sensor models take about 34 KB of the MicroPython heap that
+# The board layer, its network and the sensor models take about 40 KB of the MicroPython heap that
 # a real ESP32 does not spend, so the heap is that much larger than the ~110 KB an ESP32 leaves free: the
 # firmware then starts with about the free memory it has on a board (measured in bench/).
 ESP32_FREE_HEAP_KB = 110
-VIRTUAL_LAYER_KB = 34
+VIRTUAL_LAYER_KB = 40
 DEFAULT_HEAP = f"{ESP32_FREE_HEAP_KB + VIRTUAL_LAYER_KB}K"
 
 EXIT_CONFIG = 2

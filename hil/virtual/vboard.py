@@ -92,6 +92,9 @@ class Spec:
         # Writes return at most this many bytes per call once in `short_write_every` (0: never).
         self.short_write_every: int = raw.get("short_write_every", 3)
         self.dns_delay_ms: int = raw.get("dns_delay_ms", 0)
+        # NVS lives outside the flash directory: a re-flash or a wiped file system keeps it.
+        default_nvs = self.control_dir.rsplit("/", 1)[0] + "/nvs.json" if self.control_dir else ""
+        self.nvs_path: str = raw.get("nvs_path", default_nvs)
 
 
 def load_spec() -> Spec:
@@ -190,6 +193,7 @@ class Watchdog:
         late = now - self._last
         if late > self._timeout:
             print("watchdog_reset late_ms=" + str(late) + " timeout_ms=" + str(self._timeout))
+            self._board._leave_cause("watchdog")
             raise SystemExit(3)
         if self._rig and now - self._rig_checked >= 1000:
             self._rig_checked = now
@@ -214,6 +218,7 @@ class Board:
         self._synced = False
         self._i2c: VirtualI2C | None = None
         self.wdt: Watchdog | None = None
+        self._reset_cause = ""
 
     def world_ms(self) -> int:
         """Physical time (epoch ms) in the board's world: what the sensors convert in and measure.
@@ -300,7 +305,46 @@ class Board:
         return self.net.up()
 
     def rssi(self) -> int | None:
+        if self.spec.control_dir and exists(self.spec.control_dir + "/crash"):
+            raise RuntimeError("injected fault (control/crash)")  # a bug the firmware did not expect
         return self.spec.rssi if self.net.up() else None
+
+    # --- NVS and reset cause ----------------------------------------------------------------
+    def _nvs(self) -> "dict[str, int]":
+        if not self.spec.nvs_path:
+            return {}
+        try:
+            with open(self.spec.nvs_path) as f:
+                data: dict[str, int] = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def nvs_get(self, key: str) -> int | None:
+        return self._nvs().get(key)
+
+    def nvs_set(self, key: str, value: int) -> None:
+        if not self.spec.nvs_path:
+            return
+        data = self._nvs()
+        data[key] = value
+        with open(self.spec.nvs_path + ".tmp", "w") as f:
+            json.dump(data, f)
+        os.rename(self.spec.nvs_path + ".tmp", self.spec.nvs_path)
+
+    def reset_cause(self) -> str:
+        """What the last exit left in control/reset_cause (watchdog, hard), else power_on."""
+        if not self._reset_cause:
+            path = self.spec.control_dir + "/reset_cause" if self.spec.control_dir else ""
+            self._reset_cause = (read_text(path) if path else "") or "power_on"
+            if path and exists(path):
+                os.remove(path)
+        return self._reset_cause
+
+    def _leave_cause(self, cause: str) -> None:
+        if self.spec.control_dir:
+            with open(self.spec.control_dir + "/reset_cause", "w") as f:
+                f.write(cause)
 
     def resolve(self, host: str, port: int) -> "Any":
         """DNS, which takes `dns_delay_ms` of virtual time (spec, or control/dns_delay_ms) with no
@@ -384,6 +428,7 @@ class Board:
         return self.wdt
 
     def reset(self) -> None:
+        self._leave_cause("hard")  # machine.reset()
         raise SystemExit(4)
 
     def halt(self, message: str) -> None:

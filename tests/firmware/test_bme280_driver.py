@@ -195,7 +195,7 @@ def test_driver_matches_datasheet_double_formulas_for_calibrations_with_nonzero_
 
 @pytest.mark.parametrize(
     ("fault", "kind"),
-    [("wrong_id", "chip_id"), ("bad_crc", "crc"), ("nack", "i2c")],
+    [("wrong_id", "chip_id"), ("nack", "i2c")],
 )
 def test_driver_start_rejects_a_faulty_sensor_with_a_named_error(
     tmp_path: Path, fault: str, kind: str
@@ -253,3 +253,21 @@ print(json.dumps(sensor.read()))
     assert t == pytest.approx(-12.34, abs=0.01)
     assert h == pytest.approx(81.5, abs=0.01)
     assert p == pytest.approx(954.321, abs=0.01)
+
+
+def test_driver_starts_with_a_warning_when_only_the_calibration_crc_byte_is_wrong(tmp_path: Path) -> None:
+    """Clone parts: calibration read the same twice but a CRC byte that does not match. Bosch's
+    driver warns and goes on; before, the driver refused the part and it read null forever."""
+    code = (
+        _HARNESS
+        + """
+model = bme280_model.BME280Model()
+model.fault = "bad_crc"
+model.source = lambda now: (21.5, 40.0, 100000.0)
+sensor = BME280(Bus(model), 0x76, Clock())
+sensor.start()
+t, h, p = sensor.read()
+print(json.dumps([sensor.crc_warning, round(t, 1), round(h), round(p)]))
+"""
+    )
+    assert unixport.run_json(code, tmp_path) == [True, 21.5, 40, 1000]

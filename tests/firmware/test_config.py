@@ -52,6 +52,13 @@ def test_mqtts_url_selects_tls_and_port_8883() -> None:
         ({"bh1750_mtreg": 300}, "bh1750_mtreg"),
         ({"bh1750_addr": 0x30}, "bh1750_addr"),
         ({"i2c_sda": 3.5}, "i2c_sda"),
+        ({"i2c_freq": 1000000}, "i2c_freq"),
+        ({"i2c_scl": 6}, "i2c_scl"),
+        ({"i2c_sda": 36}, "i2c_sda"),
+        ({"i2c_sda": 22}, "i2c_sda"),
+        ({"wifi_ssid": "x" * 33}, "wifi_ssid"),
+        ({"wifi_ssid": "home", "wifi_password": "short"}, "wifi_password"),
+        ({"broker": "mqtts://broker.example"}, "tls_ca_file"),
         ({"offsets": {"temprature": 1}}, "offsets.temprature"),
         ({"offsets": {"humidity": "x"}}, "offsets.humidity"),
         ({"wifi_pasword": "x"}, "wifi_pasword"),
@@ -105,3 +112,11 @@ def test_firmware_metric_ranges_and_fields_follow_the_contract(tmp_path: Path) -
     ranges, metrics = unixport.run_json(code, tmp_path)
     assert tuple(metrics) == contract.METRICS
     assert {k: tuple(v) for k, v in ranges.items()} == dict(contract.METRIC_RANGES)
+
+
+def test_outbox_that_would_not_fit_the_file_system_is_refused() -> None:
+    cfg = config.validate({**GOOD, "outbox_slots": 5000})
+    config.check_outbox_fits(cfg, 4 * 1024 * 1024)
+    with pytest.raises(config.ConfigError) as err:
+        config.check_outbox_fits(cfg, 2 * 1024 * 1024)  # the ESP32 generic image's 2 MB
+    assert err.value.field == "outbox_slots"
