@@ -18,8 +18,8 @@ from pathlib import Path
 from hil.errors import HilError
 from hil.rig.boards import RigBoard
 from hil.rig.record import FAILED, PASSED, SKIPPED, BoardEvent, CaseRecord, RunRecord, StepRecord
+from hil.rig.session import RigSession
 from hil.rig.spec import VIRTUAL_ONLY, Rig, Scenario, Step
-from hil.rig.stack import RigStack
 from hil.rig.steps import BOARD_STEPS, GLOBAL_STEPS, Context, StepFailed, StepFailedWith, run_global
 from iot import log
 
@@ -62,16 +62,13 @@ class Runner:
 
     def run(self) -> RunRecord:
         record = RunRecord(self.rig.name, self.rig.run_id, time.time())
-        stack = RigStack(self.rig, self.workdir, self.say)
-        ctx = Context(self.rig, stack, self.say, record.events)
+        session = RigSession(self.rig, self.workdir, self.say, self.boards, record.events)
+        ctx = session.ctx
         strategies: list[Strategy] = []
         try:
-            stack.up({b.device for b in self.boards})
-            host, port = stack.broker_host_port
+            session.start_stack()
             for spec in self.boards:
-                board = RigBoard(
-                    spec, self.workdir, (host, port), self.rig.stack.proxy_host, self.rig.stack.advertise_host
-                )
+                board = session.make_board(spec)
                 strategy = Strategy(board)
                 strategies.append(strategy)
                 try:
@@ -99,11 +96,7 @@ class Runner:
                         "firmware": ctx.firmware.get(s.board.id, ""),
                     }
                 )
-                try:
-                    s.board.shutdown()
-                except HilError as exc:
-                    self.say(f"board {s.board.id} did not shut down cleanly: {exc}")
-            stack.down()
+            session.down()
             record.ended = time.time()
         return record
 

@@ -1,4 +1,5 @@
-"""A rig held up for hand-written tests (the pytest plugin): stack up, boards powered, steps on call.
+"""A rig held up for hand-written tests (the pytest plugin) and for the runner: stack up, boards
+powered, steps on call.
 
     rig.step(board, "cut_network", seconds=5)
     measurements = rig.step(board, "expect", windows=False, latency_s=5)
@@ -9,36 +10,51 @@ A step is the same code and the same arguments (with their defaults and checks) 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hil.errors import HilError
 from hil.rig.boards import RigBoard
-from hil.rig.record import Measurement
-from hil.rig.spec import Rig, parse_step
+from hil.rig.record import BoardEvent, Measurement
+from hil.rig.spec import BoardSpec, Rig, parse_step
 from hil.rig.stack import RigStack
 from hil.rig.steps import BOARD_STEPS, GLOBAL_STEPS, Context, run_global
 
 
 class RigSession:
-    def __init__(self, rig: Rig, workdir: Path, say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        rig: Rig,
+        workdir: Path,
+        say: Callable[[str], None] = print,
+        boards: Sequence[BoardSpec] | None = None,
+        events: list[BoardEvent] | None = None,
+    ) -> None:
         self.rig = rig
         self.workdir = workdir
+        self.say = say
+        self.specs = list(rig.boards if boards is None else boards)
         self.stack = RigStack(rig, workdir, say)
-        self.ctx = Context(rig, self.stack, say)
+        self.ctx = Context(rig, self.stack, say, events if events is not None else [])
         self.boards: dict[str, RigBoard] = {}
 
-    def up(self) -> RigSession:
-        self.stack.up({b.device for b in self.rig.boards})
+    def start_stack(self) -> None:
+        self.stack.up({b.device for b in self.specs})
+
+    def make_board(self, spec: BoardSpec) -> RigBoard:
+        """The board's driver, with its fault proxy to the rig's broker (not powered yet)."""
         host, port = self.stack.broker_host_port
-        for spec in self.rig.boards:
-            board = RigBoard(
-                spec, self.workdir, (host, port), self.rig.stack.proxy_host, self.rig.stack.advertise_host
-            )
-            self.boards[spec.id] = board
-            board.power_up()
-        self.ctx.scenario_start = time.time()
+        stack = self.rig.stack
+        board = RigBoard(spec, self.workdir, (host, port), stack.proxy_host, stack.advertise_host)
+        self.boards[spec.id] = board
+        return board
+
+    def up(self) -> RigSession:
+        self.start_stack()
+        for spec in self.specs:
+            self.make_board(spec).power_up()
+        self.begin()
         return self
 
     def begin(self) -> None:
@@ -56,6 +72,13 @@ class RigSession:
         return BOARD_STEPS[step.name](self.ctx, board, step)
 
     def down(self) -> None:
-        for board in self.boards.values():
-            board.shutdown()
-        self.stack.down()
+        """Every board off and its proxy closed, then the stack; a board that will not stop is
+        reported and the rest still go down."""
+        try:
+            for board in self.boards.values():
+                try:
+                    board.shutdown()
+                except HilError as exc:
+                    self.say(f"board {board.id} did not shut down cleanly: {exc}")
+        finally:
+            self.stack.down()

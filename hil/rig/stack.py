@@ -5,6 +5,7 @@ expectations use: an MQTT probe, a Kafka reader of `iot.readings`, the MongoDB d
 
 from __future__ import annotations
 
+import getpass
 import socket
 import subprocess
 import threading
@@ -13,7 +14,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pymongo
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -47,27 +47,25 @@ def _listening(host: str, port: int) -> bool:
 
 
 class PrivateBroker:
-    """A Mosquitto of the rig's own, persistent, so a restart keeps the gateway's session."""
+    """A Mosquitto of the rig's (or a test's) own on a free port. `persistent`: sessions and their
+    queued messages survive a restart (SIGTERM saves them), as the gateway's must. `extra`: more
+    configuration (default anonymous access), e.g. a password file and an ACL."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = True, extra: str = "allow_anonymous true\n") -> None:
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} 127.0.0.1",
-                    "allow_anonymous true",
-                    "persistence true",
-                    f"persistence_location {workdir}/",
-                    # The gateway's session must hold a whole outage's readings (FACTS.md: the default
-                    # 1000 drops the rest).
-                    "max_queued_messages 100000",
-                    f"log_dest file {workdir}/mosquitto.log",
-                ]
-            )
-            + "\n"
-        )
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            # Our own user: started as root, mosquitto would drop to one that cannot write workdir.
+            f"user {getpass.getuser()}",
+            f"log_dest file {workdir}/mosquitto.log",
+            # A session must hold a whole outage's readings (FACTS.md: the default 1000 drops the rest).
+            "max_queued_messages 100000",
+        ]
+        if persistent:
+            lines += ["persistence true", f"persistence_location {workdir}/"]
+        self.conf.write_text("\n".join(lines) + "\n" + extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,6 +86,13 @@ class PrivateBroker:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file and exits
             self.proc.wait(10)
+
+    def __enter__(self) -> PrivateBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
 
 def commit_end_offsets(bootstrap: str, group: str, topic: str) -> None:
@@ -257,6 +262,3 @@ class RigStack:
         if self.mongo is not None:
             self.mongo.close()
 
-
-def mongo_host(uri: str) -> str:
-    return urlsplit(uri).hostname or "127.0.0.1"
