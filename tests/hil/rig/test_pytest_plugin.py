@@ -26,6 +26,7 @@ def test_readings_arrive_through_a_network_cut(rig, board):
 """
 
 
+@pytest.mark.timeout(600)
 def test_board_fixture_runs_a_test_on_every_board_of_the_rig(tmp_path: Path) -> None:
     rig = tmp_path / "rig.yaml"
     rig.write_text(
@@ -56,7 +57,7 @@ def test_board_fixture_runs_a_test_on_every_board_of_the_rig(tmp_path: Path) -> 
         ],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=540,
         cwd=tmp_path,
         env=dict(os.environ, PYTHONPATH=str(paths.REPO)),
         check=False,

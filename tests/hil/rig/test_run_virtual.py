@@ -47,10 +47,11 @@ def _iot_hil(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.timeout(900)  # ~4 min alone; the whole suite on 2 shared cores measured past the 300 s default
 def test_virtual_rig_passes_every_scenario_on_every_board_and_reports_it(tmp_path: Path) -> None:
     rig, raw = _short_cut(tmp_path)
     junit, report = tmp_path / "junit.xml", tmp_path / "report"
-    proc = _iot_hil("run", str(rig), "--junit", str(junit), "--report", str(report), timeout=400)
+    proc = _iot_hil("run", str(rig), "--junit", str(junit), "--report", str(report), timeout=840)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "scenario 1/5 flash_and_verify" in out and "hil run " in out  # progress as it goes
@@ -89,6 +90,7 @@ def test_virtual_rig_passes_every_scenario_on_every_board_and_reports_it(tmp_pat
     assert "<svg" in (report / "report.html").read_text()
 
 
+@pytest.mark.timeout(400)
 def test_a_board_failing_a_step_is_broken_and_its_later_scenarios_are_skipped(tmp_path: Path) -> None:
     rig = tmp_path / "rig.yaml"
     rig.write_text(
@@ -106,7 +108,7 @@ def test_a_board_failing_a_step_is_broken_and_its_later_scenarios_are_skipped(tm
             }
         )
     )
-    proc = _iot_hil("run", str(rig), "--report", str(tmp_path / "r"), timeout=200)
+    proc = _iot_hil("run", str(rig), "--report", str(tmp_path / "r"), timeout=360)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     cases = {c["scenario"]: c for c in json.loads((tmp_path / "r" / "run.json").read_text())["cases"]}
     assert cases["verify"]["outcome"] == "failed"
