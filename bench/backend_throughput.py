@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,15 @@ def stop_profiler(spy: subprocess.Popen[bytes]) -> None:
         spy.wait()
 
 
+def group_members_with(admin: AdminClient, group: str, topic: str) -> int:
+    """Members of a consumer group that own partitions of `topic`."""
+    try:
+        desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    except Exception:
+        return 0
+    return sum(1 for m in desc.members if any(tp.topic == topic for tp in m.assignment.topic_partitions))
+
+
 def backend_run(
     topic: str,
     app_id: str,
@@ -176,55 +186,79 @@ def backend_run(
     profile: Path | None = None,
     extra: dict[str, str] | None = None,
     mongo: str = MONGO,
+    workers: int = 1,
+    fill: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
-    """(sensor-stage readings/s, full-pipeline readings/s) of one worker."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    env.update(
-        IOT_KAFKA_BOOTSTRAP=KAFKA,
-        IOT_MONGO_URI=f"{mongo}/{db}",
-        IOT_BACKEND_APP_ID=app_id,
-        IOT_BACKEND_SOURCE_TOPIC=topic,
-        IOT_BACKEND_METRICS_PORT=str(port),
-        IOT_BACKEND_DATA_DIR=tempfile.mkdtemp(prefix="bench-backend-"),
-        IOT_LOG_LEVEL="WARNING",
-    )
-    env.update(extra or {})
-    log = open(Path(tempfile.gettempdir()) / f"{app_id}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(REPO / ".venv/bin/iot"), "backend"], env=env, stdout=log, stderr=log, cwd=REPO
-    )
+    """(sensor-stage readings/s, full-pipeline readings/s) of `workers` workers of one app.
+
+    With `fill`, the workers start on an empty topic and `fill` produces the readings once every
+    worker owns partitions: no rebalance (and no reprocessing) inside the measured span."""
+    ports = [free_port() for _ in range(workers)]
+    data_dir = tempfile.mkdtemp(prefix="bench-backend-")
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    for i, port in enumerate(ports):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
+        env.update(
+            IOT_KAFKA_BOOTSTRAP=KAFKA,
+            IOT_MONGO_URI=f"{mongo}/{db}",
+            IOT_BACKEND_APP_ID=app_id,
+            IOT_BACKEND_SOURCE_TOPIC=topic,
+            IOT_BACKEND_METRICS_PORT=str(port),
+            IOT_BACKEND_DATA_DIR=f"{data_dir}/{i}",
+            IOT_LOG_LEVEL="WARNING",
+        )
+        env.update(extra or {})
+        log = open(Path(tempfile.gettempdir()) / f"{app_id}-{i}.log", "wb")  # noqa: SIM115
+        logs.append(log)
+        procs.append(
+            subprocess.Popen(
+                [str(REPO / ".venv/bin/iot"), "backend"], env=env, stdout=log, stderr=log, cwd=REPO
+            )
+        )
+
+    def total(name: str) -> float:
+        return sum(metric(port, name) for port in ports)
+
+    def check(deadline: float, what: str) -> None:
+        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            raise SystemExit(f"backend {what}; see {logs[0].name}")
+
     sensor = 'iot_backend_readings_total{scope="sensor"}'
     place = 'iot_backend_readings_total{scope="place"}'
     spy: subprocess.Popen[bytes] | None = None
     try:
         deadline = time.monotonic() + 120
-        while metric(port, sensor) == 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"backend did not start processing; see {log.name}")
+        if fill is not None:
+            admin = AdminClient({"bootstrap.servers": KAFKA})
+            while group_members_with(admin, app_id, topic) < workers:
+                check(deadline, "workers did not all join")
+                time.sleep(0.2)
+            fill()
+        while total(sensor) == 0:
+            check(deadline, "did not start processing")
             time.sleep(0.05)
         if profile is not None:
-            spy = start_profiler(proc.pid, profile)
+            spy = start_profiler(procs[0].pid, profile)
         t0 = time.perf_counter()
-        first = metric(port, sensor)
+        first = total(sensor)
         t_sensor = None
         deadline = time.monotonic() + 900
         while True:
-            s, p = metric(port, sensor), metric(port, place)
+            s, p = total(sensor), total(place)
             now = time.perf_counter()
             if t_sensor is None and s >= n:
                 t_sensor = now
             if p >= n:
                 break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"backend stopped at sensor={s} place={p}; see {log.name}")
+            check(deadline, f"stopped at sensor={s} place={p}")
             time.sleep(0.1)
         assert t_sensor is not None
         if spy is not None:
             stop_profiler(spy)
             spy = None
         per = {
-            c: metric(port, f'iot_backend_mongo_write_seconds_sum{{collection="{c}"}}')
+            c: total(f'iot_backend_mongo_write_seconds_sum{{collection="{c}"}}')
             for c in (contract.COLL_READINGS, contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS)
         }
         detail = ", ".join(f"{c} {v:.1f}s" for c, v in per.items())
@@ -232,7 +266,7 @@ def backend_run(
         # Readings arriving behind a place's watermark (partitions consumed unevenly in a backlog)
         # amend final place windows: a read and a rewrite of the window, work the plain loop skips.
         counts = {
-            name: {s: metric(port, f'iot_backend_{name}_total{{scope="{s}"}}') for s in ("sensor", "place")}
+            name: {s: total(f'iot_backend_{name}_total{{scope="{s}"}}') for s in ("sensor", "place")}
             for name in ("amended_readings", "late", "duplicates")
         }
         print(
@@ -243,12 +277,15 @@ def backend_run(
     finally:
         if spy is not None:
             stop_profiler(spy)
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+            if proc.poll() is None:
+                proc.kill()
+        for log in logs:
+            log.close()
 
 
 def main() -> int:
@@ -257,6 +294,7 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--places", type=int, default=10)
     ap.add_argument("--profile", type=Path, help="py-spy raw profile of the worker (needs py-spy)")
+    ap.add_argument("--workers", type=int, default=1, help="also measure this many workers of one app")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="worker setting")
     ap.add_argument("--mongo", default=MONGO, help="MongoDB server for the worker (default: IOT_MONGO_URI's)")
     args = ap.parse_args()
@@ -278,6 +316,25 @@ def main() -> int:
         sensor_rate, full_rate = backend_run(topic, app_id, db, n, args.profile, extra, args.mongo)
         print(f"iot backend, one worker, sensor stage:                  {sensor_rate:,.0f} readings/s")
         print(f"iot backend, one worker, sensor + place stages:         {full_rate:,.0f} readings/s")
+        if args.workers > 1:
+            # Same readings on a second topic, produced once every worker owns partitions.
+            topic2 = f"{app_id}-w{args.workers}-src"
+            admin.create_topics([NewTopic(topic2, PARTITIONS, 1)])[topic2].result(timeout=30)
+            _, multi = backend_run(
+                topic2,
+                f"{app_id}-w{args.workers}",
+                f"{db}_w{args.workers}",
+                n,
+                None,
+                extra,
+                args.mongo,
+                args.workers,
+                lambda: prefill(topic2, n, args.devices, args.places),
+            )
+            print(
+                f"iot backend, {args.workers} workers, sensor + place stages:        {multi:,.0f} readings/s"
+            )
+            print(f"ratio {args.workers} workers/1 worker: {multi / full_rate:.2f}")
         if args.profile is not None:
             print(f"profile: {args.profile}; summary: bench/profile_summary.py {args.profile}")
         print(f"ratio backend/plain: {full_rate / base:.2f} (sensor stage {sensor_rate / base:.2f})")
@@ -288,6 +345,8 @@ def main() -> int:
                 fut.result(timeout=30)
         client: MongoClient[dict[str, Any]] = MongoClient(args.mongo)
         client.drop_database(db)
+        if args.workers > 1:
+            client.drop_database(f"{db}_w{args.workers}")
         client.close()
     return 0
 
