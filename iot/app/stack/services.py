@@ -189,7 +189,11 @@ FERRETDB = Service(
     argv=lambda c, f: [
         str(c.ferretdb_bin),
         "--handler=sqlite",
-        f"--sqlite-url=file:{f / 'data'}/",
+        # synchronous=NORMAL (FerretDB adds journal_mode=WAL itself): a commit no longer waits for an
+        # fsync, only a WAL checkpoint does. Cannot corrupt the database; a power cut or OS crash can
+        # lose the last commits (a FerretDB or backend kill -9 cannot). Measured: inserts 8.9k -> 14.8k
+        # docs/s, one-statement writes (replace, upsert) ~30% cheaper. See README, "MongoDB durability".
+        f"--sqlite-url=file:{f / 'data'}/?_pragma=synchronous(normal)",
         f"--state-dir={f}",
         f"--listen-addr={c.host}:{c.mongo_port}",
         f"--debug-addr={c.host}:{c.ferretdb_debug_port}",
