@@ -65,5 +65,9 @@ def board(request: pytest.FixtureRequest, rig: RigSession) -> RigBoard:
 
 @pytest.fixture(autouse=True)
 def _hil_test_start(request: pytest.FixtureRequest) -> None:
-    if "rig" in request.fixturenames:
-        request.getfixturevalue("rig").begin()
+    # The plugin is loaded in every pytest session (an entry point); only a session run with
+    # --hil-rig owns the `rig` fixture. Elsewhere a suite's own `rig` (tests/backend) is not ours.
+    if request.config.stash.get(_RIG, None) is not None and "rig" in request.fixturenames:
+        rig = request.getfixturevalue("rig")
+        if isinstance(rig, RigSession):
+            rig.begin()
