@@ -98,6 +98,14 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def _die_with_parent() -> None:
+    """In a child before exec: SIGKILL it when the soak dies, so a killed soak leaves no gateway,
+    backend or fleet behind (the stack's own services it stops in its `finally`)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def rss_kb(pid: int | None) -> int | None:
     if pid is None:
         return None
@@ -146,7 +154,12 @@ class Service:
     def start(self, timeout: float = 120.0) -> bool:
         with self.log_path.open("ab") as logf:
             self.proc = subprocess.Popen(
-                [IOT, *self.args], env=self.env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO
+                [IOT, *self.args],
+                env=self.env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                preexec_fn=_die_with_parent,
             )
         self.starts += 1
         ok = poll_until(
@@ -192,6 +205,7 @@ class FleetProc:
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
+            preexec_fn=_die_with_parent,
         )
         self.stats: dict[str, Any] = {}
         self.final = threading.Event()
@@ -392,6 +406,7 @@ class Soak:
             "IOT_BACKEND_APP_ID": BACKEND_APP,
             "IOT_BACKEND_METRICS_PORT": str(port),
             "IOT_BACKEND_IDLE_TIMEOUT_S": str(self.args.idle),
+            **({"IOT_BACKEND_OPEN_WRITE_S": str(self.args.open_write_s)} if self.args.open_write_s else {}),
             "IOT_BACKEND_DATA_DIR": str(self.folder / "backend"),
         }
         url = f"http://{HOST}:{port}/metrics"
@@ -686,6 +701,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hop-step", type=int, default=60)
     p.add_argument("--grace", type=int, default=10)
     p.add_argument("--idle", type=float, default=10.0, help="IOT_BACKEND_IDLE_TIMEOUT_S")
+    p.add_argument(
+        "--open-write-s",
+        type=float,
+        default=0.0,
+        help="IOT_BACKEND_OPEN_WRITE_S (default: the backend's own): how often an open window is rewritten",
+    )
     p.add_argument("--sample-s", type=float, default=2.0)
     p.add_argument("--kafka-heap", default="512m")
     p.add_argument("--json", type=Path, default=None, help="write the JSON summary here")
