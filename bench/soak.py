@@ -579,7 +579,9 @@ class Soak:
             except pymongo.errors.PyMongoError:
                 return False
 
-        timings["readings_stored"] = poll_until(stored_all, 600, "every reading in MongoDB", interval=2.0)
+        timings["readings_stored"] = poll_until(
+            stored_all, a.drain_timeout, "every reading in MongoDB", interval=2.0
+        )
         timings["readings_stored_s"] = round(time.time() - t0, 1)
 
         def all_final() -> bool:
@@ -706,6 +708,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="IOT_BACKEND_OPEN_WRITE_S (default: the backend's own): how often an open window is rewritten",
+    )
+    p.add_argument(
+        "--drain-timeout", type=float, default=600.0, help="seconds to wait for the backend to store all"
     )
     p.add_argument("--sample-s", type=float, default=2.0)
     p.add_argument("--kafka-heap", default="512m")
