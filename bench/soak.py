@@ -597,9 +597,18 @@ class Soak:
         timings["windows_final_s"] = round(time.time() - t0, 1)
         self.rss_end = {name: (pid, rss_kb(pid)) for name, pid in self.pids().items()}
         finals = [f.finish() for f in self.fleets]
-        counters = {
-            k: self.fleet_sum(k) for k in ("sent", "resent", "acks", "bad_acks", "connects", "refused")
-        }
+        names = (
+            "sent",
+            "resent",
+            "acks",
+            "bad_acks",
+            "connects",
+            "refused",
+            "puback_timeouts",
+            "keepalive_timeouts",
+            "not_ready_with_outbox",
+        )
+        counters = {k: self.fleet_sum(k) for k in names}
         self.fleets = []
         log("accounting")
         result = soak_report.account(db, finals, self.watch, self.faults, self.args)

@@ -36,6 +36,9 @@ RESEND_BATCH = 100
 OUTBOX_MAX = 20_000
 KEEPALIVE_S = 30
 CONNECT_TIMEOUT_S = 10.0
+# Like the firmware's puback_timeout_s: a PUBACK this late means the link is bad, so reconnect (and
+# re-send everything unacked) instead of waiting on it forever.
+PUBACK_TIMEOUT_S = 10.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 5.0
 
 CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP = 2, 3, 4, 9, 13
@@ -118,10 +121,12 @@ class Board:
         self.queue: deque[int] = deque()
         self.queued: set[int] = set()
         self.inflight: dict[int, int] = {}  # packet id -> seq
+        self.inflight_since: dict[int, float] = {}  # packet id -> when sent
         self.link: Link | None = None
         self.ready = False
         self.connect_started = 0.0
         self.last_tx = 0.0
+        self.last_rx = 0.0
         self.next_seq = 0
         self.next_pid = 0
         self.dropped: list[int] = []
@@ -181,6 +186,7 @@ class Board:
                 self.fleet.resent += 1
             entry[2] = now
             self.inflight[pid] = seq
+            self.inflight_since[pid] = now
             self.fleet.sent += 1
             self.last_tx = now
 
@@ -199,6 +205,15 @@ class Board:
         if not self.ready:
             if now - self.connect_started > CONNECT_TIMEOUT_S:
                 link.close()
+            return
+        if now - self.last_rx > KEEPALIVE_S * 1.5:
+            # The broker answers every PINGREQ: this long without a packet is a dead link.
+            self.fleet.keepalive_timeouts += 1
+            link.close()
+            return
+        if self.inflight_since and now - min(self.inflight_since.values()) > PUBACK_TIMEOUT_S:
+            self.fleet.puback_timeouts += 1
+            link.close()
             return
         if now - self.last_tx > KEEPALIVE_S / 2:
             link.write(_PINGREQ)
@@ -238,7 +253,7 @@ class Board:
                 continue
             self.lost.clear()
             self.link = link
-            self.connect_started = self.last_tx = time.monotonic()
+            self.connect_started = self.last_tx = self.last_rx = time.monotonic()
             client_id = _utf8(f"soak-{self.device}".encode())
             body = _utf8(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", KEEPALIVE_S) + client_id
             link.write(b"\x10" + _varint(len(body)) + body)
@@ -250,8 +265,11 @@ class Board:
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
     def on_packet(self, kind: int, body: bytes) -> None:
+        self.last_rx = time.monotonic()
         if kind == PUBACK:
-            seq = self.inflight.pop(struct.unpack_from("!H", body)[0], None)
+            pid = struct.unpack_from("!H", body)[0]
+            seq = self.inflight.pop(pid, None)
+            self.inflight_since.pop(pid, None)
             if seq is not None:
                 self.pump()
         elif kind == PUBLISH:
@@ -304,6 +322,7 @@ class Board:
         self.link = None
         self.ready = False
         self.inflight.clear()
+        self.inflight_since.clear()
         self.queue.clear()
         self.queued.clear()
         self.lost.set()
@@ -325,6 +344,7 @@ class Fleet:
         self.outage_until = 0.0
         self.published = self.sent = self.resent = self.released = 0
         self.acks = self.bad_acks = self.connects = self.refused = 0
+        self.puback_timeouts = self.keepalive_timeouts = 0
         self.latency = array("q")
 
     async def main(self) -> None:
@@ -379,6 +399,9 @@ class Fleet:
             "bad_acks": self.bad_acks,
             "connects": self.connects,
             "refused": self.refused,
+            "puback_timeouts": self.puback_timeouts,
+            "keepalive_timeouts": self.keepalive_timeouts,
+            "not_ready_with_outbox": sum(1 for b in self.boards if b.outbox and not b.ready),
         }
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
@@ -407,6 +430,10 @@ class Fleet:
                 "next_seq": b.next_seq,
                 "unacked": sorted(b.outbox),
                 "dropped": b.dropped,
+                "ready": b.ready,
+                "linked": b.link is not None,
+                "inflight": len(b.inflight),
+                "queued": len(b.queue),
             }
             for b in self.boards
         }

@@ -189,6 +189,16 @@ def account(
         "phantom_examples": phantom[:SAMPLES],
         "board_dropped": dropped,
         "board_unacked_at_end": unacked,
+        "boards_unacked_examples": [
+            {
+                "device": d,
+                **{k: b.get(k) for k in ("ready", "linked", "inflight", "queued")},
+                "unacked": len(b["unacked"]),
+                "first": b["unacked"][:3],
+            }
+            for d, b in boards.items()
+            if b["unacked"]
+        ][:SAMPLES],
         "kafka": {
             "records": watch.records if watch else 0,
             "distinct": watch.distinct() if watch else 0,
@@ -288,7 +298,8 @@ def table(r: dict[str, Any]) -> str:
     lines.append(
         f"  boards                    sent {b['sent']:,}, re-sent {b['resent']:,}, "
         f"ack messages {b['acks']:,}, "
-        f"connects {b['connects']:,}"
+        f"connects {b['connects']:,}, PUBACK timeouts {b.get('puback_timeouts', 0)}, "
+        f"keepalive timeouts {b.get('keepalive_timeouts', 0)}"
     )
     for coll, w in r["windows"].items():
         lines.append(
