@@ -29,7 +29,7 @@ def soak_dir() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(1800)
 def test_every_component_sigkilled_once_under_load_loses_and_doubles_nothing(soak_dir: Path) -> None:
     summary = soak_dir / "soak.json"
     argv = [
@@ -47,14 +47,17 @@ def test_every_component_sigkilled_once_under_load_loses_and_doubles_nothing(soa
         "--hop-step", "30",
         "--grace", "5",
         "--idle", "30",
+        # The backend is the slow part on a shared 2-core machine: give it time to catch up before a
+        # reading that never reached MongoDB counts as lost.
+        "--drain-timeout", "900",
         "--json", str(summary),
         "--keep", str(soak_dir / "run"),
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out, err = proc.communicate(timeout=1200)
+        out, err = proc.communicate(timeout=1500)
     except subprocess.TimeoutExpired:
-        pytest.fail("the soak did not finish in 1200 s")
+        pytest.fail("the soak did not finish in 1500 s")
     finally:
         if proc.poll() is None:
             # SIGTERM, never SIGKILL: the soak then stops its private stack and services itself.
