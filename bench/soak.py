@@ -606,6 +606,7 @@ class Soak:
             "refused",
             "puback_timeouts",
             "keepalive_timeouts",
+            "revived",
             "not_ready_with_outbox",
         )
         counters = {k: self.fleet_sum(k) for k in names}

@@ -247,7 +247,9 @@ class Board:
                 _t, link = await asyncio.wait_for(
                     loop.create_connection(lambda: Link(self), fleet.host, fleet.port), CONNECT_TIMEOUT_S
                 )
-            except (OSError, TimeoutError):
+            except (OSError, TimeoutError, asyncio.CancelledError):
+                if fleet.quitting:
+                    raise
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
                 continue
@@ -344,11 +346,12 @@ class Fleet:
         self.outage_until = 0.0
         self.published = self.sent = self.resent = self.released = 0
         self.acks = self.bad_acks = self.connects = self.refused = 0
-        self.puback_timeouts = self.keepalive_timeouts = 0
+        self.puback_timeouts = self.keepalive_timeouts = self.revived = 0
+        self.tasks: list[asyncio.Task[None]] = []
         self.latency = array("q")
 
     async def main(self) -> None:
-        tasks = [asyncio.create_task(b.run()) for b in self.boards]
+        self.tasks = tasks = [asyncio.create_task(b.run()) for b in self.boards]
         producer = asyncio.create_task(self.produce())
         keeper = asyncio.create_task(self.keep())
         await self.commands()
@@ -383,7 +386,24 @@ class Fleet:
             now = time.monotonic()
             for board in self.boards:
                 board.housekeeping(now)
+            self.revive()
             self.stats()
+
+    def revive(self) -> None:
+        """A board's connection task must never end while the fleet runs (one did, once, in a 2,000-board
+        soak, and its readings then sat on it forever): report how and start it again."""
+        if self.quitting:
+            return
+        for i, task in enumerate(self.tasks):
+            if not task.done():
+                continue
+            board = self.boards[i]
+            error = "cancelled" if task.cancelled() else repr(task.exception())
+            sys.stderr.write(f"board_task_ended device={board.device} error={error} action=restarted\n")
+            sys.stderr.flush()
+            self.revived += 1
+            board.lost.set()
+            self.tasks[i] = asyncio.create_task(board.run())
 
     def stats(self) -> None:
         line = {
@@ -401,6 +421,7 @@ class Fleet:
             "refused": self.refused,
             "puback_timeouts": self.puback_timeouts,
             "keepalive_timeouts": self.keepalive_timeouts,
+            "revived": self.revived,
             "not_ready_with_outbox": sum(1 for b in self.boards if b.outbox and not b.ready),
         }
         sys.stdout.write(json.dumps(line) + "\n")
