@@ -619,16 +619,20 @@ class Soak:
         return result
 
     def close(self) -> None:
-        self.stop_sampling.set()
-        if self.watch is not None:
-            self.watch.stop_event.set()
-            self.watch.join(10)
-        for f in self.fleets:
-            f.kill()
-        for svc in self.services.values():
-            with self.lock:
-                svc.stop()
-        self.stack.down(list(STACK_SERVICES))
+        """Stop everything this soak started; the stack's services in any case, whatever failed before."""
+        try:
+            self.stop_sampling.set()
+            if self.watch is not None:
+                self.watch.stop_event.set()
+                self.watch.join(10)
+            for f in self.fleets:
+                with contextlib.suppress(Exception):
+                    f.kill()
+            for svc in self.services.values():
+                with self.lock, contextlib.suppress(Exception):
+                    svc.stop()
+        finally:
+            self.stack.down(list(STACK_SERVICES))
 
 
 def _endpoint(url: str) -> bool:
