@@ -57,7 +57,7 @@ VSERIAL = Path(__file__).resolve().parent / "vserial"
 MAIN, REPL, RAW = "main", "repl", "raw"
 
 
-def _die_with_parent(sig: int = signal.SIGKILL) -> None:
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
@@ -66,7 +66,7 @@ def _child_setup() -> None:
     """In the board process: a session of its own with the board terminal as controlling tty."""
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    _die_with_parent()
+    die_with_parent()
 
 
 def _raw_with_signals(fd: int) -> None:
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("board_dir", type=Path)
     parser.add_argument("--heap", default="136K")
     args = parser.parse_args(argv)
-    _die_with_parent(signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     board = SerialBoard(args.board_dir, args.heap)
     signal.signal(signal.SIGTERM, _stop_on)
     try:

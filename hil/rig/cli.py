@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import tempfile
 import time
 import uuid
@@ -63,12 +64,21 @@ def run_run(args: argparse.Namespace) -> int:
         f"hil run {run_id} rig={rig.name} boards={len(rig.boards)} scenarios={len(rig.scenarios)} "
         f"dir={workdir}"
     )
-    record = Runner(rig, workdir, board=args.board, scenario=args.scenario).run()
+    # SIGTERM (a CI job cancelled) stops the run like Ctrl-C: boards, services and broker go down.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        record = Runner(rig, workdir, board=args.board, scenario=args.scenario).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     paths = report.write(record, args.report or workdir, args.junit)
     print(summary(record))
     for p in paths:
         print(f"wrote {p}")
     return 1 if record.summary()[FAILED] or not record.cases else 0
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def summary(record: RunRecord) -> str:

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from hil.errors import HilError
 from hil.probe import Probe, broker_address
 from hil.rig.spec import Rig
+from hil.serial_board import die_with_parent
 from iot import contract, log
 from iot.app.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
 
@@ -74,7 +75,10 @@ class PrivateBroker:
 
     def start(self, timeout: float = 10.0) -> None:
         self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [MOSQUITTO, "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # a killed rig leaves no broker behind
         )
         deadline = time.monotonic() + timeout
         while not _listening("127.0.0.1", self.port):

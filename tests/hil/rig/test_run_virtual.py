@@ -36,15 +36,23 @@ def _short_cut(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def _iot_hil(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "iot.app.cli", "hil", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=paths.REPO,
-        env=dict(os.environ),
+    """`iot hil ...`; stopped with SIGTERM if the test ends first, so the rig stops its boards,
+    gateway, backend and broker (SIGKILL would leave them running)."""
+    argv = [sys.executable, "-m", "iot.app.cli", "hil", *args]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=paths.REPO, env=dict(os.environ)
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 @pytest.mark.timeout(900)  # ~4 min alone; the whole suite on 2 shared cores measured past the 300 s default
