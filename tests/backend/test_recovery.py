@@ -36,6 +36,9 @@ def test_kill_9_mid_window_then_restart_gives_the_uninterrupted_results(rig: Bac
     # No offset commit before the kill: the restarted worker must replay everything into the state it
     # recovers from the changelog, which already holds those readings. Dedup is what keeps it exact.
     rig.extra_env["IOT_BACKEND_COMMIT_INTERVAL_S"] = "60"
+    # The kill must land while the windows are open: only the idle timeout (wall clock) closes them
+    # here, so give it more than the waits before the kill take on a loaded machine.
+    rig.extra_env["IOT_BACKEND_IDLE_TIMEOUT_S"] = "15"
     p1, p2 = unique("p1"), unique("p2")
     devices = [(p1, unique("d1")), (p1, unique("d2")), (p2, unique("d3"))]
     names = [d for _, d in devices]
