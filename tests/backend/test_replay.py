@@ -105,7 +105,7 @@ def produce(rig: BackendRig, s: Script, partition_of: dict[str, int] | None = No
         return sum(d["count"] for d in docs) == len(before)
 
     wait_for(
-        processed, 120, f"the {len(before)} readings before the reconnect in the place windows", interval=0.3
+        processed, 600, f"the {len(before)} readings before the reconnect in the place windows", interval=0.3
     )
     rig.produce(s.order[s.reconnect :], partition_of)
 
@@ -119,7 +119,7 @@ def settle(rig: BackendRig, s: Script, extra: int = 0, **sizes: int) -> dict[str
             rig.db[contract.COLL_READINGS].count_documents({"device": {"$in": s.devices}})
             == len(distinct) + extra
         ),
-        180,
+        600,  # generous: the 6 h replay's amendments are upserts, slow on FerretDB under load
         f"{len(distinct)} distinct readings in MongoDB",
         interval=0.5,
     )
@@ -134,7 +134,7 @@ def settle(rig: BackendRig, s: Script, extra: int = 0, **sizes: int) -> dict[str
                 n += rig.db[c].count_documents({"_id": {"$in": ids[i : i + 500]}, "final": True})
             return n == len(ids)
 
-        wait_for(final, 240, f"{len(want)} final documents in {coll}", interval=0.5)
+        wait_for(final, 600, f"{len(want)} final documents in {coll}", interval=0.5)
     return expected
 
 
