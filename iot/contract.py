@@ -99,6 +99,7 @@ METRIC_RANGES: Final[Mapping[str, tuple[float, float]]] = {
 TS_MIN_MS: Final = 0
 TS_MAX_MS: Final = 4_102_444_800_000  # 2100-01-01
 FW_MAX_LEN: Final = 64
+INT64_LIMIT: Final = 2**63
 
 # Stable DLQ reason codes; tests and dashboards key on them.
 REASON_MALFORMED_JSON: Final = "malformed_json"
@@ -305,6 +306,10 @@ def _validate_fields(ids: TopicIds, obj: Mapping[str, Any]) -> dict[str, Any]:
             REASON_TOPIC_MISMATCH,
             f"payload {out['place']}/{out['device']} != topic {ids.place}/{ids.device}",
         )
+    for field in ("boot", "seq", "ts"):
+        # MongoDB stores integers as int64: a bigger one would make the backend's write fail on it.
+        if not -INT64_LIMIT <= out[field] < INT64_LIMIT:
+            raise InvalidReading(REASON_OUT_OF_RANGE, f"{field}={out[field]} does not fit 64 bits")
     for field in ("boot", "seq"):
         if out[field] < 0:
             raise InvalidReading(REASON_OUT_OF_RANGE, f"{field}={out[field]} must be >= 0")
