@@ -195,7 +195,9 @@ def validate(raw: object) -> dict:
         elif not _is_number(value):
             raise ConfigError(key, "must be a number, got " + repr(value))
         if not low <= value <= high:
-            raise ConfigError(key, "must be between " + str(low) + " and " + str(high) + ", got " + str(value))
+            raise ConfigError(
+                key, "must be between " + str(low) + " and " + str(high) + ", got " + str(value)
+            )
     _check_wifi_and_pins(cfg)
     if cfg["backoff_max_s"] < cfg["backoff_min_s"]:
         raise ConfigError("backoff_max_s", "must be >= backoff_min_s")
@@ -212,7 +214,9 @@ def validate(raw: object) -> dict:
     # Plus the 5 s connect timeout and a measurement cycle.
     worst = cfg["puback_timeout_s"] * (cfg["publish_retries"] + 1) + 6
     if cfg["watchdog_s"] < worst:
-        raise ConfigError("watchdog_s", "must be at least " + str(worst) + " s (publish retries would trip it)")
+        raise ConfigError(
+            "watchdog_s", "must be at least " + str(worst) + " s (publish retries would trip it)"
+        )
     offsets = cfg["offsets"]
     if not isinstance(offsets, dict):
         raise ConfigError("offsets", "must be an object of metric -> number")

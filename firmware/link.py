@@ -107,7 +107,9 @@ class Link:
         if not self.clock_ok:
             if not self._said_waiting:
                 self._said_waiting = True
-                log.event("link_waiting_for_ntp", action="TLS verifies certificate dates; connecting after NTP")
+                log.event(
+                    "link_waiting_for_ntp", action="TLS verifies certificate dates; connecting after NTP"
+                )
             self._next_try = board.ticks_add(board.ticks_ms(), 1000)
             return
         try:

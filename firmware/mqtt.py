@@ -39,7 +39,8 @@ MAX_PACKET_IN = const(1800)
 _TX_SIZE = const(640)  # header + longest topic (2 ids of 64) + pid + an outbox record's payload
 _SLICE_MS = const(1000)  # longest wait between two watchdog feeds
 _PACKET_MS = const(2000)
-_RESOLVE_AFTER_FAILURES = const(5)  # look the broker up again: its address may have changed  # a packet that has started must be complete within this
+# A packet that has started must be complete within _PACKET_MS.
+_RESOLVE_AFTER_FAILURES = const(5)  # look the broker up again: its address may have changed
 # A write that times out on a socket with a timeout is busy, not dead: retry until the deadline.
 _BUSY = (errno.EAGAIN, errno.ETIMEDOUT)
 
@@ -215,7 +216,8 @@ class Client:
             self._small[0] = _DISCONNECT
             self._small[1] = 0
             try:
-                self._write(memoryview(self._small)[:2], self._board.ticks_add(self._board.ticks_ms(), _PACKET_MS))
+                deadline = self._board.ticks_add(self._board.ticks_ms(), _PACKET_MS)
+                self._write(memoryview(self._small)[:2], deadline)
             except MQTTError:
                 pass  # already gone; close below is all that is left to do
         self.close()

@@ -17,7 +17,7 @@ import os
 from link import Link
 
 gc.collect()
-from outbox import Outbox, OutboxError  # noqa: E402
+from outbox import Outbox  # noqa: E402
 
 gc.collect()
 import config  # noqa: E402
@@ -272,7 +272,11 @@ class Node:
             "outbox_dropped": self.outbox.dropped,
             "outbox_flash": self.outbox.flash_count,
             "outbox_torn": self.outbox.torn,
-            "sensor_errors": {"bme280": self.bme.errors, "bh1750": self.bh.errors, "range": self.range_errors},
+            "sensor_errors": {
+                "bme280": self.bme.errors,
+                "bh1750": self.bh.errors,
+                "range": self.range_errors,
+            },
             "sensor_warnings": {"bme280_crc": self.bme.driver.crc_warning},  # type: ignore[union-attr]
             "reconnects": self.link.reconnects,
             "oversized_in": self.link.client.oversized,

@@ -108,7 +108,8 @@ class Outbox:
                 length = self._buf[2] | (self._buf[3] << 8)
                 if ok and length <= MAX_PAYLOAD:
                     body = self._mv[HDR_LEN : HDR_LEN + length]
-                    ok = f.readinto(body) == length and _crc(self._buf, body) == struct.unpack_from("<I", self._buf, 12)[0]
+                    stored = struct.unpack_from("<I", self._buf, 12)[0]
+                    ok = f.readinto(body) == length and _crc(self._buf, body) == stored
                 else:
                     ok = False
                 if not ok:
@@ -155,7 +156,8 @@ class Outbox:
                 self._append(boot, seq, payload)
             except OSError as exc:
                 # Flash full or failing: this reading is lost, and counted as such.
-                print("outbox_write_failed errno=%d action=counted as dropped" % (exc.args[0] if exc.args else 0))
+                code = exc.args[0] if exc.args else 0
+                print("outbox_write_failed errno=%d action=counted as dropped" % code)
                 self.dropped += 1
         self._ram = []
 

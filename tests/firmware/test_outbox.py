@@ -71,7 +71,7 @@ box.spill()  # the node's ack timeout
 resent = deliver_all(box)
 print(json.dumps([in_ram, after_gap, box.flash_count, resent, box.count]))
 """
-    in_ram, after_gap, flash, resent, left = _run(tmp_path, code)
+    in_ram, after_gap, _flash, resent, left = _run(tmp_path, code)
     assert in_ram == [5, 0, 0]
     assert after_gap == 5
     assert resent == [[0, s] for s in range(5)]  # re-sent oldest first, same ids

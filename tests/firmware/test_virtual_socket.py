@@ -87,7 +87,7 @@ print(json.dumps(out))
 def test_writes_are_sometimes_short_and_say_how_much_they_sent(
     tmp_path: Path, listener: tuple[int, list[bytes]]
 ) -> None:
-    port, got = listener
+    port, _got = listener
     code = f"""
 import json
 from vboard import Board
