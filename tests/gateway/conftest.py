@@ -28,6 +28,8 @@ from paho.mqtt.properties import Properties
 
 from gateway.kafka_sink import GATEWAY_HEADER
 from iot import contract
+from iot.app.stack.config import StackConfig
+from iot.app.stack.manager import Stack
 from tests.brokers import PrivateBroker
 from tests.services import ServiceProcess
 from tests.support import failed, payload_v1, unique, wait_for
@@ -178,6 +180,27 @@ def publisher() -> Iterator[Publisher]:
     pub = Publisher()
     yield pub
     pub.close()
+
+
+# --- a private Kafka, for tests that must stop it ------------------------------------------------
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[Stack]:
+    """A single-node Kafka of the test's own (free ports, own state dir) that it may stop and start."""
+    env = {
+        "IOT_STACK_DIR": str(tmp_path / "stack"),
+        "IOT_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "IOT_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "IOT_KAFKA_HEAP": "256m",
+        "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
+    }
+    stack = Stack(StackConfig.from_env(env))
+    stack.up(["kafka"])
+    try:
+        yield stack
+    finally:
+        stack.down(["kafka"])
 
 
 # --- a private broker, for tests that must stop one -------------------------------------------

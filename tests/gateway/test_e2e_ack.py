@@ -4,11 +4,9 @@ on `sensors/{place}/{device}/ack`, and only after Kafka confirmed them."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -17,7 +15,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.records import dead_letter, identify, route
 from iot import contract
-from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
 from tests.gateway.conftest import (
     MQTT_HOST,
@@ -27,7 +24,6 @@ from tests.gateway.conftest import (
     PrivateBroker,
     Publisher,
     distinct_ids,
-    free_port,
     make_reading,
 )
 from tests.support import unique, wait_for
@@ -147,23 +143,6 @@ def test_acks_cover_exactly_the_readings_kafka_holds_valid_and_rejected(
     wait_for(lambda: gateway.metric("iot_gateway_in_flight") == 0.0, 30, "nothing left in flight")
     sent = gateway.metric("iot_gateway_e2e_acks_total")
     assert sent is not None and 1 <= sent <= 302
-
-
-@pytest.fixture
-def private_kafka(tmp_path: Path) -> Iterator[Stack]:
-    env = {
-        "IOT_STACK_DIR": str(tmp_path / "stack"),
-        "IOT_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-        "IOT_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "IOT_KAFKA_HEAP": "256m",
-        "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
-    }
-    stack = Stack(StackConfig.from_env(env))
-    stack.up(["kafka"])
-    try:
-        yield stack
-    finally:
-        stack.down(["kafka"])
 
 
 def read_all_ids(bootstrap: str, timeout: float, want: int) -> set[tuple[str, int, int]]:

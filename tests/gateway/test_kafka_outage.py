@@ -9,21 +9,17 @@ state folder), stops it for real and starts it again on the same data.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from iot import contract
-from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
 from tests.gateway.conftest import (
     GatewayFactory,
     KafkaReader,
     Publisher,
     distinct_ids,
-    free_port,
     make_reading,
 )
 from tests.support import unique, wait_for
@@ -31,23 +27,6 @@ from tests.support import unique, wait_for
 pytestmark = pytest.mark.integration
 
 MAX_IN_FLIGHT = 100
-
-
-@pytest.fixture
-def private_kafka(tmp_path: Path) -> Iterator[Stack]:
-    env = {
-        "IOT_STACK_DIR": str(tmp_path / "stack"),
-        "IOT_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-        "IOT_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "IOT_KAFKA_HEAP": "256m",
-        "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
-    }
-    stack = Stack(StackConfig.from_env(env))
-    stack.up(["kafka"])
-    try:
-        yield stack
-    finally:
-        stack.down(["kafka"])
 
 
 def test_kafka_outage_holds_readings_back_and_loses_nothing_once_it_returns(
