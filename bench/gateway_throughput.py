@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from iot import contract  # noqa: E402
+from iot.app.stack.private import free_ports, private_kafka  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 1883
 # Un-acked publishes a publisher keeps, below Mosquitto's receive maximum (max_inflight_messages).
@@ -56,10 +56,8 @@ def _uid(prefix: str) -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    (port,) = free_ports(1)
+    return port
 
 
 # --- child roles (run in their own processes) ---------------------------------------------------
@@ -372,22 +370,8 @@ def kafka_for_bench(kind: str, folder: Path) -> Iterator[str]:
     if kind == "shared":
         yield contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
         return
-    from iot.app.stack.config import StackConfig
-    from iot.app.stack.manager import Stack
-
-    env = {
-        "IOT_STACK_DIR": str(folder / "stack"),
-        "IOT_KAFKA_BOOTSTRAP": f"{HOST}:{_free_port()}",
-        "IOT_KAFKA_CONTROLLER_PORT": str(_free_port()),
-        "IOT_KAFKA_HEAP": "512m",
-        "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
-    }
-    stack = Stack(StackConfig.from_env(env))
-    stack.up(["kafka"])
-    try:
+    with private_kafka(folder / "stack", heap="512m") as stack:
         yield stack.cfg.kafka_bootstrap
-    finally:
-        stack.down(["kafka"])
 
 
 def main() -> int:

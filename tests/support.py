@@ -7,7 +7,21 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from iot.app.stack.private import commit_end_offsets, free_ports, listening
+
 T = TypeVar("T")
+
+# Re-exported: the tests' names for the product's private-service helpers.
+__all__ = [
+    "commit_end_offsets",
+    "failed",
+    "free_ports",
+    "listening",
+    "payload_v1",
+    "scrape",
+    "unique",
+    "wait_for",
+]
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
@@ -31,49 +45,6 @@ def failed(request: Any) -> bool:
 def unique(prefix: str) -> str:
     """An id that matches the contract's id pattern and is unique per call."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on right now (the kernel picks them, so they do not collide)."""
-    import socket
-
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def listening(port: int, host: str = "127.0.0.1") -> bool:
-    import socket
-
-    try:
-        socket.create_connection((host, port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
-
-
-def commit_end_offsets(bootstrap: str, group: str, topic: str) -> None:
-    """Commit a topic's current end offsets for a new consumer group, so a consumer joining it starts
-    exactly here: on the shared stack, topics hold other runs' history that a test must not replay."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = [
-            TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
-            for p in parts
-        ]
-        consumer.commit(offsets=ends, asynchronous=False)
-    finally:
-        consumer.close()
 
 
 def payload_v1(

@@ -102,6 +102,9 @@ class StackSpec:
     grace_s: int
     mqtt_user: str = ""  # the rig's own MQTT client (probe) on a broker with ACLs, e.g. `gateway`
     mqtt_password: str = ""  # read from the environment variable named by stack.mqtt_password_env
+    # With services: start, the run's database (hil_<run>) is dropped at the end unless kept; the
+    # report already holds what the run measured.
+    keep_database: bool = False
 
 
 @dataclass(frozen=True)
@@ -307,6 +310,7 @@ def _stack(raw: Any) -> StackSpec:
             "grace_s",
             "mqtt_user",
             "mqtt_password_env",
+            "keep_database",
         },
     )
     broker = str(s.get("broker", "private"))
@@ -330,6 +334,7 @@ def _stack(raw: Any) -> StackSpec:
         grace_s=int(_typed(s.get("grace_s", 2), int, "stack.grace_s")),
         mqtt_user=str(s.get("mqtt_user", "")),
         mqtt_password=_secret(s.get("mqtt_password_env"), "stack.mqtt_password_env"),
+        keep_database=bool(_typed(s.get("keep_database", False), bool, "stack.keep_database")),
     )
 
 

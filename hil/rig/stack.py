@@ -5,9 +5,6 @@ expectations use: an MQTT probe, a Kafka reader of `iot.readings`, the MongoDB d
 
 from __future__ import annotations
 
-import getpass
-import socket
-import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -23,10 +20,10 @@ from hil.probe import Probe, broker_address
 from hil.rig.spec import Rig
 from hil.serial_board import die_with_parent
 from iot import contract, log
+from iot.app.stack.private import PrivateBroker, commit_end_offsets, free_ports
 from iot.app.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
 
 _log = log.get("hil.rig.stack")
-MOSQUITTO = "/usr/sbin/mosquitto"
 
 
 class StackError(HilError):
@@ -34,83 +31,8 @@ class StackError(HilError):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
-
-
-class PrivateBroker:
-    """A Mosquitto of the rig's (or a test's) own on a free port. `persistent`: sessions and their
-    queued messages survive a restart (SIGTERM saves them), as the gateway's must. `extra`: more
-    configuration (default anonymous access), e.g. a password file and an ACL."""
-
-    def __init__(self, workdir: Path, persistent: bool = True, extra: str = "allow_anonymous true\n") -> None:
-        self.port = free_port()
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            # Our own user: started as root, mosquitto would drop to one that cannot write workdir.
-            f"user {getpass.getuser()}",
-            f"log_dest file {workdir}/mosquitto.log",
-            # A session must hold a whole outage's readings (FACTS.md: the default 1000 drops the rest).
-            "max_queued_messages 100000",
-        ]
-        if persistent:
-            lines += ["persistence true", f"persistence_location {workdir}/"]
-        self.conf.write_text("\n".join(lines) + "\n" + extra)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,  # a killed rig leaves no broker behind
-        )
-        deadline = time.monotonic() + timeout
-        while not _listening("127.0.0.1", self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise StackError(f"private mosquitto did not listen on {self.port}; see {self.conf.parent}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file and exits
-            self.proc.wait(10)
-
-    def __enter__(self) -> PrivateBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-
-def commit_end_offsets(bootstrap: str, group: str, topic: str) -> None:
-    """A new consumer group starts at the topic's end: the shared topic's history is not ours."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = [
-            TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
-            for p in parts
-        ]
-        consumer.commit(offsets=ends, asynchronous=False)
-    finally:
-        consumer.close()
+    (port,) = free_ports(1)
+    return port
 
 
 class KafkaReadings:
@@ -182,6 +104,7 @@ class RigStack:
         self.kafka: KafkaReadings | None = None
         self.mongo: pymongo.MongoClient[dict[str, Any]] | None = None
         self.db: Any = None
+        self.own_database = ""  # the run's database, created for it (services: start)
 
     @property
     def broker_host_port(self) -> tuple[str, int]:
@@ -190,11 +113,13 @@ class RigStack:
     def up(self, devices: set[str]) -> None:
         spec = self.rig.stack
         if spec.broker == "private":
-            self.broker = PrivateBroker(self.workdir / "mosquitto")
+            # A killed rig leaves no broker behind.
+            self.broker = PrivateBroker(self.workdir / "mosquitto", preexec_fn=die_with_parent)
             self.broker.start()
             self.broker_url = self.broker.url
             self.say(f"stack private mosquitto on {self.broker_url}")
         db_name = f"hil_{self.rig.run_id}" if spec.services == "start" else ""
+        self.own_database = db_name
         mongo_uri = spec.mongo.rstrip("/") + (f"/{db_name}" if db_name else "")
         self.mongo = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
         self.db = self.mongo.get_default_database(default=contract.DEFAULT_DATABASE)
@@ -264,5 +189,22 @@ class RigStack:
         if self.broker is not None:
             self.broker.stop()
         if self.mongo is not None:
+            self._drop_own_database()
             self.mongo.close()
 
+    def _drop_own_database(self) -> None:
+        """The run's database would otherwise outlive it: one per run, forever, on the user's server."""
+        assert self.mongo is not None
+        if not self.own_database:
+            return
+        if self.rig.stack.keep_database:
+            self.say(
+                f"stack kept database {self.own_database} (stack.keep_database: true); drop it when done"
+            )
+            return
+        try:
+            self.mongo.drop_database(self.own_database)
+        except pymongo.errors.PyMongoError as exc:
+            self.say(f"stack could not drop database {self.own_database}: {exc}; drop it by hand")
+            return
+        self.say(f"stack dropped database {self.own_database}")

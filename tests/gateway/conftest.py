@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,11 +27,11 @@ from paho.mqtt.properties import Properties
 
 from gateway.kafka_sink import GATEWAY_HEADER
 from iot import contract
-from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
+from iot.app.stack.private import private_kafka as kafka_of_its_own
 from tests.brokers import PrivateBroker
 from tests.services import ServiceProcess
-from tests.support import failed, payload_v1, unique, wait_for
+from tests.support import failed, free_ports, payload_v1, unique, wait_for
 
 MQTT_HOST = "127.0.0.1"
 MQTT_PORT = 1883
@@ -40,10 +39,8 @@ KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    (port,) = free_ports(1)
+    return port
 
 
 def make_reading(place: str, device: str, seq: int, boot: int = 0, **over: Any) -> dict[str, Any]:
@@ -188,19 +185,8 @@ def publisher() -> Iterator[Publisher]:
 @pytest.fixture
 def private_kafka(tmp_path: Path) -> Iterator[Stack]:
     """A single-node Kafka of the test's own (free ports, own state dir) that it may stop and start."""
-    env = {
-        "IOT_STACK_DIR": str(tmp_path / "stack"),
-        "IOT_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-        "IOT_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "IOT_KAFKA_HEAP": "256m",
-        "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
-    }
-    stack = Stack(StackConfig.from_env(env))
-    stack.up(["kafka"])
-    try:
+    with kafka_of_its_own(tmp_path / "stack") as stack:
         yield stack
-    finally:
-        stack.down(["kafka"])
 
 
 # --- a private broker, for tests that must stop one -------------------------------------------

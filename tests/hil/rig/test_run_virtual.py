@@ -11,15 +11,18 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import pymongo
 import pytest
 import yaml
 
 from hil import paths
+from iot import contract
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 RIG = paths.REPO / "hil" / "rigs" / "virtual.yaml"
 # The short cut: the same scenarios and steps, the 60 s outage and the waits shorter.
 SHORTER = {"cut_network": 10}
+MONGO_URI = os.environ.get("IOT_MONGO_URI", contract.ENV_DEFAULTS["IOT_MONGO_URI"])
 
 
 def _short_cut(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
@@ -124,3 +127,8 @@ def test_a_board_failing_a_step_is_broken_and_its_later_scenarios_are_skipped(tm
     assert cases["later"]["outcome"] == "skipped" and "broken earlier" in cases["later"]["detail"]
     junit = ET.parse(tmp_path / "r" / "junit.xml").getroot()
     assert junit.get("failures") == "1" and junit.get("skipped") == "1"
+    # The run's own database is gone with it (a failed run too: the report holds what it measured).
+    run_id = json.loads((tmp_path / "r" / "run.json").read_text())["run_id"]
+    assert f"stack dropped database hil_{run_id}" in proc.stdout + proc.stderr
+    with pymongo.MongoClient(MONGO_URI, serverSelectionTimeoutMS=10_000) as mongo:
+        assert f"hil_{run_id}" not in mongo.list_database_names()
