@@ -22,7 +22,8 @@ from iot import contract, log
 __all__ = ["DeviceBoard", "health_filter", "health_numbers", "status_filter"]
 
 _log = log.get("gateway.devices")
-_STATUS_VALUE = {contract.STATUS_ONLINE: 1.0, contract.STATUS_OFFLINE: 0.0}
+# A board in safe mode is connected only long enough to say so and measures nothing: not online.
+_STATUS_VALUE = {contract.STATUS_ONLINE: 1.0, contract.STATUS_OFFLINE: 0.0, contract.STATUS_SAFE_MODE: 0.0}
 
 
 # A health message is a small JSON object; anything bigger is not one and is not parsed.

@@ -31,7 +31,11 @@ HEALTH_TOPIC: Final = "sensors/{place}/{device}/health"
 READING_SUBSCRIPTION: Final = "sensors/+/+/reading"
 STATUS_SUBSCRIPTION: Final = "sensors/+/+/status"
 HEALTH_SUBSCRIPTION: Final = "sensors/+/+/health"
-# Fields of the retained health message a board publishes (QoS 0), all optional to readers.
+# Fields of the retained health message a board publishes (QoS 0), all optional to readers. The
+# message also carries `device` and `place` (equal to the topic's). Revision 2 defined the first
+# eleven; the rest are a project addition beside revision 3 (firmware crash handling, the flash
+# outbox, bounded incoming packets, clone BME280 parts, safe mode), additive like the ack: readers
+# that do not know a field ignore it. Types: docs/CONTRACT.md, "Health".
 HEALTH_FIELDS: Final = (
     "boot",
     "fw",
@@ -44,6 +48,14 @@ HEALTH_FIELDS: Final = (
     "reconnects",
     "time_valid",
     "skipped_cycles",
+    "outbox_flash",
+    "outbox_torn",
+    "oversized_in",
+    "sensor_warnings",
+    "reset_cause",
+    "last_crash",
+    "crashes",
+    "safe_mode",
 )
 # End-to-end delivery acknowledgement (a project addition beside revision 3, like health was): the
 # gateway tells a board which of its readings Kafka holds, so the board's outbox releases only those.
@@ -54,6 +66,9 @@ ACK_QOS: Final = 0
 ACK_MAX_RANGES: Final = 64
 STATUS_ONLINE: Final = "online"
 STATUS_OFFLINE: Final = "offline"
+# Retained by a board that crashed SAFE_MODE_AFTER times in a row and did not start its firmware
+# (project addition beside revision 3): it is not measuring, its REPL is free for a re-flash.
+STATUS_SAFE_MODE: Final = "safe_mode"
 READING_QOS: Final = 1
 
 # --- Kafka ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -138,3 +139,37 @@ def test_topic_names_match_the_team_contract() -> None:
         contract.STATUS_TOPIC,
     ):
         assert f"`{name}`" in text
+
+
+def _firmware_health_keys() -> dict[str, set[str]]:
+    """Keys of the health objects firmware/node.py publishes: `Node.health` and `safe_mode`."""
+    tree = ast.parse((ROOT / "firmware" / "node.py").read_text())
+    found: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name in ("health", "safe_mode"):
+            keys = {
+                key.value
+                for d in ast.walk(node)
+                if isinstance(d, ast.Dict)
+                for key in d.keys
+                if isinstance(key, ast.Constant) and isinstance(key.value, str)
+            }
+            found[node.name] = keys
+    return found
+
+
+def test_health_fields_are_exactly_what_the_firmware_publishes_and_are_documented() -> None:
+    published = _firmware_health_keys()
+    assert set(published) == {"health", "safe_mode"}, "firmware/node.py builds health elsewhere now"
+    identity = {"device", "place"}
+    # Nested keys (sensor_errors' bme280, ...) are not top-level fields; drop them before comparing.
+    nested = {"bme280", "bh1750", "range", "bme280_crc"}
+    top = (published["health"] | published["safe_mode"]) - identity - nested
+    fields = set(contract.HEALTH_FIELDS)
+    assert top == fields, f"firmware only: {top - fields}; contract only: {fields - top}"
+    doc = (ROOT / "docs" / "CONTRACT.md").read_text()
+    for name in contract.HEALTH_FIELDS:
+        assert f"| `{name}` |" in doc, f"health field {name} is not in docs/CONTRACT.md's health table"
+    assert f"`{contract.STATUS_SAFE_MODE}`" in doc
+    # ...and it is the status the firmware retains in safe mode.
+    assert f'status_topic, b"{contract.STATUS_SAFE_MODE}"' in (ROOT / "firmware" / "node.py").read_text()

@@ -91,3 +91,33 @@ def test_health_message_is_exported_and_bad_ones_are_ignored() -> None:
     assert 'iot_gateway_device_health{device="a",field="uptime_s",place="lab"} 3600.0' in text
     assert 'iot_gateway_device_health{device="a",field="mem_free",place="lab"} 51200.0' in text
     assert 'device="b"' not in text and 'device="c"' not in text
+
+
+def test_safe_mode_status_counts_as_not_online() -> None:
+    board = DeviceBoard()
+    board.status("sensors/lab/a/status", b"online")
+    board.status("sensors/lab/a/status", b"safe_mode")
+    assert 'iot_gateway_device_online{device="a",place="lab"} 0.0' in _render(board)
+
+
+def test_health_fields_the_firmware_added_are_exported() -> None:
+    """Crash handling, the flash outbox, bounded packets, clone sensors and safe mode (docs/CONTRACT.md,
+    "Health message"): numbers and booleans become series, strings are not numbers and are left out."""
+    board = DeviceBoard()
+    board.health(
+        "sensors/lab/a/health",
+        b'{"device": "a", "place": "lab", "outbox_flash": 4, "outbox_torn": 1, "oversized_in": 2,'
+        b' "sensor_warnings": {"bme280_crc": true}, "reset_cause": "watchdog",'
+        b' "last_crash": "Traceback ...", "crashes": 3, "safe_mode": true}',
+    )
+    text = _render(board)
+    for field, value in (
+        ("outbox_flash", 4.0),
+        ("outbox_torn", 1.0),
+        ("oversized_in", 2.0),
+        ("sensor_warnings_bme280_crc", 1.0),
+        ("crashes", 3.0),
+        ("safe_mode", 1.0),
+    ):
+        assert f'iot_gateway_device_health{{device="a",field="{field}",place="lab"}} {value}' in text
+    assert "reset_cause" not in text and "last_crash" not in text
