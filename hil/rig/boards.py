@@ -16,6 +16,7 @@ from typing import Any
 from hil import paths
 from hil.errors import BoardError
 from hil.netfault import MqttProxy
+from hil.rig.operator import NoAnswer, Operator
 from hil.rig.spec import BoardSpec
 from hil.vboard_process import VirtualBoard
 from hil.virtual import env as envmod
@@ -23,9 +24,16 @@ from hil.virtual import env as envmod
 
 class RigBoard:
     def __init__(
-        self, spec: BoardSpec, workdir: Path, broker: tuple[str, int], listen: str, advertise: str
+        self,
+        spec: BoardSpec,
+        workdir: Path,
+        broker: tuple[str, int],
+        listen: str,
+        advertise: str,
+        operator: Operator | None = None,
     ) -> None:
         self.spec = spec
+        self.operator = operator  # who switches a `power: manual` board; None when unattended
         self.id = spec.id
         self.device = spec.device
         self.place = spec.place
@@ -78,11 +86,18 @@ class RigBoard:
             self.vboard.power_on() if on else self.vboard.power_off()
             return
         command = self.spec.power.on if on else self.spec.power.off
+        if not command and self.spec.power.manual and self.operator is not None:
+            action = "plug it back in (power on)" if on else "unplug its power (USB cable or supply)"
+            try:
+                self.operator(f"board {self.id} on {self.spec.port}: {action}")
+            except NoAnswer as exc:
+                raise BoardError(f"{self.id}: {exc}") from exc
+            return
         if not command:
             raise BoardError(
                 f"{self.id}: no power {'on' if on else 'off'} command in the rig file "
                 "(boards[].power.on_command/off_command, e.g. a USB relay); "
-                "manual power cannot run unattended"
+                "manual power needs an operator: run `iot hil run` at a terminal"
             )
         run(["sh", "-c", command], f"power {'on' if on else 'off'} {self.id}")
 

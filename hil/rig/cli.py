@@ -12,6 +12,7 @@ from pathlib import Path
 from hil.errors import HilError
 from hil.rig import report, spec
 from hil.rig.boards import RigBoard
+from hil.rig.operator import console_operator
 from hil.rig.record import FAILED, RunRecord
 from hil.rig.runner import Runner
 
@@ -67,7 +68,9 @@ def run_run(args: argparse.Namespace) -> int:
     # SIGTERM (a CI job cancelled) stops the run like Ctrl-C: boards, services and broker go down.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        record = Runner(rig, workdir, board=args.board, scenario=args.scenario).run()
+        # At a terminal, boards with `power: manual` are switched by the operator when a step asks.
+        runner = Runner(rig, workdir, board=args.board, scenario=args.scenario, operator=console_operator())
+        record = runner.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
     paths = report.write(record, args.report or workdir, args.junit)

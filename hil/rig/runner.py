@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hil.errors import HilError
 from hil.rig.boards import RigBoard
+from hil.rig.operator import Operator
 from hil.rig.record import FAILED, PASSED, SKIPPED, BoardEvent, CaseRecord, RunRecord, StepRecord
 from hil.rig.session import RigSession
 from hil.rig.spec import VIRTUAL_ONLY, Rig, Scenario, Step
@@ -42,8 +43,10 @@ class Runner:
         say: Callable[[str], None] = print,
         board: str | None = None,
         scenario: str | None = None,
+        operator: Operator | None = None,
     ) -> None:
         self.rig = rig
+        self.operator = operator
         self.workdir = workdir
         self.started = time.monotonic()
         self._say = say
@@ -62,7 +65,7 @@ class Runner:
 
     def run(self) -> RunRecord:
         record = RunRecord(self.rig.name, self.rig.run_id, time.time())
-        session = RigSession(self.rig, self.workdir, self.say, self.boards, record.events)
+        session = RigSession(self.rig, self.workdir, self.say, self.boards, record.events, self.operator)
         ctx = session.ctx
         strategies: list[Strategy] = []
         try:

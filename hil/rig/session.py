@@ -16,6 +16,7 @@ from typing import Any
 
 from hil.errors import HilError
 from hil.rig.boards import RigBoard
+from hil.rig.operator import Operator
 from hil.rig.record import BoardEvent, Measurement
 from hil.rig.spec import BoardSpec, Rig, parse_step
 from hil.rig.stack import RigStack
@@ -30,8 +31,10 @@ class RigSession:
         say: Callable[[str], None] = print,
         boards: Sequence[BoardSpec] | None = None,
         events: list[BoardEvent] | None = None,
+        operator: Operator | None = None,
     ) -> None:
         self.rig = rig
+        self.operator = operator
         self.workdir = workdir
         self.say = say
         self.specs = list(rig.boards if boards is None else boards)
@@ -46,7 +49,9 @@ class RigSession:
         """The board's driver, with its fault proxy to the rig's broker (not powered yet)."""
         host, port = self.stack.broker_host_port
         stack = self.rig.stack
-        board = RigBoard(spec, self.workdir, (host, port), stack.proxy_host, stack.advertise_host)
+        board = RigBoard(
+            spec, self.workdir, (host, port), stack.proxy_host, stack.advertise_host, self.operator
+        )
         self.boards[spec.id] = board
         return board
 

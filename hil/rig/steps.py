@@ -135,8 +135,8 @@ def _power_cut(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
     start = time.time()
     board.power(False)
     time.sleep(float(step.arg("seconds")))
-    back = time.time()
     board.power(True)
+    back = time.time()  # after power(True): an operator may take a while to plug the board back in
     ctx.fault(board.id, "fault", start, back, f"power cut {step.arg('seconds'):g}s")
     if not step.arg("wait_online"):
         return []
