@@ -85,3 +85,23 @@ def outbox_state(board: VirtualBoard) -> tuple[int, int, int]:
 def outbox_entries(board: VirtualBoard) -> list[dict[str, Any]]:
     """The readings kept in the board's flash outbox, oldest first."""
     return outbox_reader.read(board.flash).entries
+
+
+def seqs_of(readings: list[dict[str, Any]], boot: int = 0) -> list[int]:
+    """The seqs of one boot's readings, in arrival order (repeats included)."""
+    return [r["seq"] for r in readings if r["boot"] == boot]
+
+
+def health_of(probe: Probe, device: str) -> list[dict[str, Any]]:
+    return [m.json() for m in probe.messages("health", device)]
+
+
+def first_occurrences(seqs: list[int]) -> list[int]:
+    """seqs without repeats, each where it first arrived."""
+    seen: set[int] = set()
+    out = []
+    for s in seqs:
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
