@@ -336,15 +336,8 @@ class BackendRuntime:
             m.amended_readings.labels(scope).inc(out.amended_readings)
         for doc in out.final_docs:
             m.finalized.labels(scope, doc["kind"]).inc()
-            window = f"{doc['kind']}_{doc['size_s']}s"
-            for metric in contract.METRICS:
-                mean = doc[metric]["mean"]
-                if mean is None:
-                    continue
-                if scope == SENSOR:
-                    m.sensor_mean.labels(doc["device"], doc["place"], metric, window).set(mean)
-                else:
-                    m.place_mean.labels(doc["place"], metric, window).set(mean)
+        for doc in out.final_docs + out.amended_docs:
+            m.show_window(scope, doc)
 
     def run(self) -> int:
         """Run the worker until SIGTERM/SIGINT."""

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from backend.records import SENSOR
+from iot import contract
 
 
 class BackendMetrics:
@@ -73,6 +79,26 @@ class BackendMetrics:
             ["place", "metric", "window"],
             registry=r,
         )
+
+        # Per mean series: the start of the window it shows, so that the latest window wins whatever
+        # order final and amended documents come in (an amendment of an older window must not show).
+        self._shown: dict[tuple[str, ...], int] = {}
+
+    def show_window(self, scope: str, doc: Mapping[str, Any]) -> None:
+        """Set the mean gauges from a final or amended window document if it is the latest window of
+        its series: an amendment of the shown window moves the gauge to the amended mean."""
+        window = f"{doc['kind']}_{doc['size_s']}s"
+        owner = (doc["device"], doc["place"]) if scope == SENSOR else (doc["place"],)
+        series = (scope, *owner, window)
+        start = int(doc["start"])
+        if start < self._shown.get(series, start):
+            return
+        self._shown[series] = start
+        gauge = self.sensor_mean if scope == SENSOR else self.place_mean
+        for metric in contract.METRICS:
+            mean = doc[metric]["mean"]
+            if mean is not None:
+                gauge.labels(*owner, metric, window).set(mean)
 
     def serve(self, port: int) -> None:
         if port:
