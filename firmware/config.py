@@ -154,6 +154,74 @@ def check_outbox_fits(cfg: dict, fs_bytes: int) -> None:
                           "file system; lower it" % (need // 1024, fs_bytes // 1024))
 
 
+# --- the watchdog's worst case -------------------------------------------------------------------
+# Every wait of the firmware is one of two kinds. Sliced: socket polls, write loops, the CONNACK,
+# SUBACK and PUBACK waits, flash writes record by record; they feed the watchdog at least every
+# WAIT_SLICE_MS, so puback_timeout_s or publish_retries never starve it. Unsliced: one call the
+# firmware cannot interrupt; it is fed right before and right after, so each alone must fit in
+# watchdog_s. Bounds of the unsliced ones on the ESP32 port, in ms:
+# getaddrinfo has no timeout: lwIP asks each of up to 3 DNS servers 4 times, 1+1+2+3 s apart, on
+# its 1 s timer (lwIP dns.c, DNS_MAX_RETRIES 4, ESP-IDF DNS_MAX_SERVERS 3). A numeric host needs none.
+DNS_MS = 22000
+NTP_ANSWER_MS = 1000  # ntptime: getaddrinfo, then one UDP answer within its 1 s socket timeout
+CONNECT_MS = 5000  # the TCP connect (link.py; the port emulates the connect timeout with select)
+# The handshake runs inside wrap_socket on the raw socket's 1 s per-call timeout: ~6 reads and
+# writes of the network plus ECDHE and RSA-2048 in mbedTLS (about 1 s on a 240 MHz ESP32).
+TLS_HANDSHAKE_MS = 10000
+WAIT_SLICE_MS = 2000  # a poll of at most 1 s, then one socket call on the board's 1 s timeout
+# One flash operation (an append, a rename or a delete) on littlefs: at most 4 block erases (a new
+# data block, a metadata pair compacted) at the SPI NOR datasheet maximum of 400 ms per 4 KB
+# sector (typically 45 ms), plus page programs.
+FLASH_OP_MS = 1700
+IDLE_SLEEP_MS = 1000  # the loop waits at most 1 s in one sleep (link.service)
+# A measurement cycle, sensors in turn: BME280 reset (20 ms) and conversion (40 ms) deadlines, the
+# BH1750 conversion (180 ms x MTreg / 69), one transaction per sensor that times out (the port
+# waits 100 ms x (1 + bytes): 300 ms) followed by a bus recovery and re-init, ~40 transactions.
+I2C_TIMEOUT_MS = 300
+I2C_RECOVERY_MS = 50
+I2C_TRAFFIC_MS = 200
+WATCHDOG_MARGIN_MS = 1000  # the loop's own work between feeds: JSON, a garbage collection
+
+
+def _numeric_host(host: str) -> bool:
+    parts = host.split(".")
+    if len(parts) != 4:
+        return False
+    for p in parts:
+        if not p.isdigit() or int(p) > 255:
+            return False
+    return True
+
+
+def unfed_waits(cfg: dict) -> list:
+    """[(ms, what)] of every stretch of the firmware between two watchdog feeds, at its bound."""
+    host, _port, tls = parse_broker(cfg["broker"])
+    dns = 0 if _numeric_host(host) else DNS_MS
+    ntp_dns = 0 if _numeric_host(cfg["ntp_host"]) else DNS_MS
+    bh1750 = (180 * cfg["bh1750_mtreg"] + 68) // 69
+    cycle = 20 + 40 + bh1750 + 2 * (I2C_TIMEOUT_MS + I2C_RECOVERY_MS) + I2C_TRAFFIC_MS
+    connect = CONNECT_MS + (TLS_HANDSHAKE_MS if tls else 0)
+    return [
+        (dns, "the DNS lookup of the broker (getaddrinfo has no timeout; give an IP address)"),
+        (ntp_dns + NTP_ANSWER_MS, "the NTP sync (its DNS lookup has no timeout; give ntp_host as an IP)"),
+        (connect, "the TCP connect" + (" and TLS handshake" if tls else "")),
+        (cycle + FLASH_OP_MS, "a measurement cycle with a failing I2C bus and an outbox write"),
+        (FLASH_OP_MS + IDLE_SLEEP_MS, "an outbox write and the loop's idle sleep"),
+        (WAIT_SLICE_MS, "a slice of a socket wait"),
+    ]
+
+
+def check_watchdog(cfg: dict) -> None:
+    """The watchdog must outlast the longest stretch between two feeds, with a margin."""
+    worst, what = max(unfed_waits(cfg))
+    need_ms = worst + WATCHDOG_MARGIN_MS
+    if cfg["watchdog_s"] * 1000 <= need_ms:
+        raise ConfigError(
+            "watchdog_s", "must be more than %d s: %s can take %.1f s without a feed"
+            % (need_ms // 1000, what, worst / 1000)
+        )
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -210,13 +278,7 @@ def validate(raw: object) -> dict:
         )
     if cfg["bh1750_addr"] not in (0x23, 0x5C):
         raise ConfigError("bh1750_addr", "must be 35 (0x23, ADDR low) or 92 (0x5C, ADDR high)")
-    # A publish can block for puback_timeout_s per attempt; the watchdog must outlast the worst case.
-    # Plus the 5 s connect timeout and a measurement cycle.
-    worst = cfg["puback_timeout_s"] * (cfg["publish_retries"] + 1) + 6
-    if cfg["watchdog_s"] < worst:
-        raise ConfigError(
-            "watchdog_s", "must be at least " + str(worst) + " s (publish retries would trip it)"
-        )
+    check_watchdog(cfg)
     offsets = cfg["offsets"]
     if not isinstance(offsets, dict):
         raise ConfigError("offsets", "must be an object of metric -> number")

@@ -7,6 +7,7 @@ between attempts the node keeps measuring into the outbox.
 import random
 
 import log
+from config import CONNECT_MS as CONNECT_TIMEOUT_MS  # one bound, counted by config.check_watchdog
 from mqtt import Client, MQTTError
 
 TYPE_CHECKING = False
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
 
 STATUS_ONLINE = b"online"
 STATUS_OFFLINE = b"offline"
-CONNECT_TIMEOUT_MS = 5000
 
 
 def backoff_delay_ms(attempt: int, min_ms: int, max_ms: int, rand16: int) -> int:

@@ -239,13 +239,14 @@ class Client:
                     self.close()
                     raise MQTTError("closed", "write failed: errno %d" % _errno(exc))
                 sent = 0
+            # Each call may block for the socket's 1 s: feed after every one, progress or not (a
+            # peer taking a byte a second would otherwise hold a 640-byte packet for minutes).
+            board.feed()
             if sent:
                 off += sent
-            elif board.ticks_diff(deadline, board.ticks_ms()) <= 0:
+            if off < n and board.ticks_diff(deadline, board.ticks_ms()) <= 0:
                 self.close()
                 raise MQTTError("timeout", "write stalled with %d of %d bytes sent" % (off, n))
-            else:
-                board.feed()
         self._last_tx = board.ticks_ms()
 
     def _readable(self, wait_ms: int) -> bool:
@@ -275,6 +276,7 @@ class Client:
                 raise MQTTError("timeout", "packet incomplete after %d of %d bytes" % (got, n))
             if not self._readable(left):
                 continue
+            board.feed()  # readable again and again with nothing to read (TLS) must not starve it
             sock = self._sock
             if sock is None:
                 raise MQTTError("closed", "not connected")

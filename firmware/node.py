@@ -152,7 +152,7 @@ class Node:
         self.bme = Sensor("bme280", BME280(i2c, cfg["bme280_addr"], board, cfg["stuck_after"]))
         self.bh = Sensor("bh1750", BH1750(i2c, cfg["bh1750_addr"], board, cfg["bh1750_mtreg"]))
         self.range_errors = 0
-        self.outbox = Outbox(cfg["outbox_slots"])
+        self.outbox = Outbox(cfg["outbox_slots"], feed=board.feed)
         if self.outbox.torn:
             log.event("outbox_torn_records", torn=self.outbox.torn, kept=self.outbox.flash_count,
                       action="skipped: a power cut interrupted a flash write")
@@ -320,6 +320,7 @@ class Node:
                 self._sync_clock(now)
                 if board.ticks_diff(now, next_measure) >= 0:
                     self.enqueue(self.measure())
+                    wdt.feed()  # the cycle and its outbox write are one stretch (config.unfed_waits)
                     next_measure = board.ticks_add(next_measure, self._interval_ms)
                     behind = board.ticks_diff(board.ticks_ms(), next_measure)
                     if behind > self._interval_ms:

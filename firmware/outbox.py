@@ -30,6 +30,10 @@ import struct
 
 from micropython import const
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
 DIR = "outbox.d"  # not "outbox": a directory named like a module shadows outbox.py on import
 _MAGIC = const(0xB5)
 _HDR = "<BBHIII"
@@ -42,13 +46,21 @@ class OutboxError(Exception):
     pass
 
 
+def _no_watchdog() -> None:
+    return None
+
+
 def _crc(hdr: bytearray | memoryview, payload: bytes | bytearray | memoryview) -> int:
     return binascii.crc32(payload, binascii.crc32(memoryview(hdr)[:12])) & 0xFFFFFFFF
 
 
 class Outbox:
-    def __init__(self, max_records: int, ram_slots: int = 16, window: int = 16, root: str = DIR) -> None:
+    def __init__(self, max_records: int, ram_slots: int = 16, window: int = 16, root: str = DIR,
+                 feed: Callable[[], None] = _no_watchdog) -> None:
         self._dir = root
+        # Called before every flash operation: a spill is up to ram_slots + 1 appends, each of which
+        # may erase blocks (config.FLASH_OP_MS), too long together for a short watchdog.
+        self._feed = feed
         self.max_records = max_records
         self.ram_slots = ram_slots
         self.window = window
@@ -152,6 +164,7 @@ class Outbox:
             return
         self.spills += 1
         for boot, seq, payload in self._ram:
+            self._feed()
             try:
                 self._append(boot, seq, payload)
             except OSError as exc:
@@ -191,6 +204,7 @@ class Outbox:
 
     def _discard(self, index: int) -> None:
         """Delete segment `index` with its unacked readings, counted as dropped (persisted)."""
+        self._feed()
         seg = self._segs.pop(index)
         lost = seg[2] - seg[3]
         self.flash_count -= lost
@@ -286,6 +300,7 @@ class Outbox:
             self.flash_count -= 1
             if seg[3] >= seg[2]:
                 # Every record acked: the only flash write on the happy path after an outage.
+                self._feed()
                 os.remove(self._path(seg[0]))
                 self._segs.pop(0)
                 if self._rseg:

@@ -114,6 +114,52 @@ def test_firmware_metric_ranges_and_fields_follow_the_contract(tmp_path: Path) -
     assert {k: tuple(v) for k, v in ranges.items()} == dict(contract.METRIC_RANGES)
 
 
+# Broker and NTP server by IP address: no DNS lookup (unbounded on the port) in the way.
+BY_IP: dict[str, Any] = {**GOOD, "ntp_host": "10.0.0.3"}
+
+
+@pytest.mark.parametrize(
+    ("change", "watchdog_s", "wait"),
+    [
+        # The default ntp_host is a name: getaddrinfo up to 22 s, then 1 s for the answer.
+        ({"ntp_host": "pool.ntp.org"}, 24, "NTP sync"),
+        ({"broker": "mqtt://broker.example:1883"}, 23, "DNS lookup of the broker"),
+        ({"broker": "mqtts://10.0.0.2", "tls_ca_file": "ca.pem"}, 16, "TLS handshake"),
+        ({}, 6, "TCP connect"),
+    ],
+)
+def test_watchdog_shorter_than_the_longest_wait_between_feeds_is_refused_naming_the_wait(
+    change: dict[str, Any], watchdog_s: int, wait: str
+) -> None:
+    """Before: the check counted only puback_timeout_s x (publish_retries + 1) + 6 s, so a 22 s
+    watchdog passed with a DNS lookup (no timeout on the port, ~22 s in lwIP) between two feeds."""
+    raw = {**BY_IP, "puback_timeout_s": 1, "publish_retries": 0, **change}
+    with pytest.raises(config.ConfigError) as err:
+        config.validate({**raw, "watchdog_s": watchdog_s})
+    assert err.value.field == "watchdog_s"
+    assert wait in err.value.problem
+    config.validate({**raw, "watchdog_s": watchdog_s + 1})  # one second more is enough
+
+
+def test_long_puback_waits_are_fed_through_and_need_no_longer_watchdog() -> None:
+    """Before: 10 s x 4 attempts + 6 demanded a 46 s watchdog, though every PUBACK wait feeds it."""
+    cfg = config.validate({**BY_IP, "puback_timeout_s": 10, "publish_retries": 3, "watchdog_s": 30})
+    assert cfg["watchdog_s"] == 30
+
+
+def test_every_wait_between_feeds_is_counted_with_the_ports_bounds() -> None:
+    cfg = config.validate({**GOOD, "broker": "mqtts://broker.example", "tls_ca_file": "ca.pem",
+                           "bh1750_mtreg": 254})
+    waits = {what.split(" (")[0]: ms for ms, what in config.unfed_waits(cfg)}
+    assert waits["the DNS lookup of the broker"] == config.DNS_MS
+    assert waits["the NTP sync"] == config.DNS_MS + config.NTP_ANSWER_MS
+    assert waits["the TCP connect and TLS handshake"] == config.CONNECT_MS + config.TLS_HANDSHAKE_MS
+    # BH1750 at MTreg 254: 663 ms of conversion inside the measurement cycle.
+    cycle = waits["a measurement cycle with a failing I2C bus and an outbox write"]
+    assert cycle == 20 + 40 + 663 + 2 * (config.I2C_TIMEOUT_MS + config.I2C_RECOVERY_MS) + (
+        config.I2C_TRAFFIC_MS + config.FLASH_OP_MS)
+
+
 def test_outbox_that_would_not_fit_the_file_system_is_refused() -> None:
     cfg = config.validate({**GOOD, "outbox_slots": 5000})
     config.check_outbox_fits(cfg, 4 * 1024 * 1024)

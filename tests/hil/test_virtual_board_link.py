@@ -239,7 +239,8 @@ def test_slow_dns_is_looked_up_once_and_fed_around_so_the_watchdog_holds_across_
     """getaddrinfo has no timeout on the port: here each lookup takes 5 of the watchdog's 7 s. The
     firmware feeds right before it and caches the answer, so outages (reconnects) do not repeat it."""
     board = make_board(
-        interval_s=0.3, watchdog_s=7, puback_timeout_s=0.5, publish_retries=0, spec={"dns_delay_ms": 5000}
+        interval_s=0.3, watchdog_s=7, puback_timeout_s=0.5, publish_retries=0, spec={"dns_delay_ms": 5000},
+        ntp_host="127.0.0.1",  # a 7 s watchdog is too short for the NTP sync's own lookup of a name
     )
     board.start()
     wait_for(lambda: probe.readings(board.device), 30, "a first reading")

@@ -73,7 +73,9 @@ def test_hung_i2c_bus_trips_the_watchdog_and_the_launcher_reboots_the_board(
         0.3,
         broker_url,
         prefix=unique("vt"),
-        extra_config={"watchdog_s": 7, "puback_timeout_s": 0.5, "publish_retries": 0, "e2e_ack": False},
+        # NTP server by IP: a 7 s watchdog is too short for a DNS lookup (config.check_watchdog).
+        extra_config={"watchdog_s": 7, "puback_timeout_s": 0.5, "publish_retries": 0, "e2e_ack": False,
+                      "ntp_host": "127.0.0.1"},
     )
     rig = fleet.Fleet(tmp_path / "fleet", plans)
     rig.prepare(fresh=True)
