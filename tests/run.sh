@@ -11,9 +11,13 @@ echo "==> lint: ruff and mypy"
 
 started_here=0
 if ! $IOT stack status >/dev/null 2>&1; then
+  # Stopped again at the end only if nothing of it ran before: `up` also completes a running stack
+  # (a service that died, a broker started before its TLS listener existed), which stays up.
+  if ! $IOT stack status --json 2>/dev/null | grep -q '"pid": [0-9]'; then
+    started_here=1
+  fi
   echo "==> native stack up"
   $IOT stack up || exit 1
-  started_here=1
 fi
 
 echo "==> tests"

@@ -1,8 +1,11 @@
-"""Virtual boards over real TLS (the unix port's mbedTLS) against a private TLS Mosquitto."""
+"""Virtual boards over TLS to the native stack's own TLS listener (`iot stack up`, IOT_MQTT_TLS_PORT),
+verifying the broker with the CA the stack generated (`<stack>/tls/ca.crt`), as a real board would
+with that file in its flash. Real TLS: the unix port's mbedTLS. (These ran against a private TLS
+Mosquitto with certificates made by the test; now they prove the stack's own listener and CA.)"""
 
 from __future__ import annotations
 
-import subprocess
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,96 +13,130 @@ from typing import Any
 import pytest
 
 from hil.probe import Probe
-from tests.brokers import PrivateBroker
-from tests.hil.conftest import (
-    BoardFactory,
-    health_of,
-    seqs_of,
-)
+from iot import contract
+from iot.app.stack import probes, tls
+from iot.app.stack.config import StackConfig
+from iot.app.stack.manager import Stack
+from tests.gateway.conftest import GatewayFactory, KafkaReader
+from tests.hil.conftest import BoardFactory, health_of, seqs_of
 from tests.support import free_ports, wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
+    """The stack the tests run on (IOT_STACK_DIR, IOT_MQTT_URL, IOT_MQTT_TLS_PORT), its TLS listener
+    answering a verified handshake and an MQTT round trip.
 
-
-@pytest.fixture
-def tls_broker(tmp_path: Path) -> Iterator[tuple[PrivateBroker, Path, str]]:
-    """A private Mosquitto with a TLS listener (certificate for `localhost`, signed by a CA made
-    here) and a plain one on another port for the probe: (broker, CA file, plain URL)."""
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", "2", "-subj", "/CN=iot-vboard-test-ca", cwd=pki)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=localhost", cwd=pki)
-    (pki / "san.ext").write_text("subjectAltName=DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=pki)
-    (plain,) = free_ports(1)
-    broker = PrivateBroker(
-        tmp_path / "mosquitto",
-        listener_conf=(
-            f"cafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\nkeyfile {pki / 'server.key'}\n"
-            f"allow_anonymous true\nlistener {plain} 127.0.0.1\n"
-        ),
-        tls=True,
-        persistent=False,
+    A shared stack whose Mosquitto an older `iot stack up` started has no TLS listener until the next
+    `iot stack up` restarts it (tests must not restart a shared service): then these tests run on the
+    same stack broker (`iot stack up mosquitto`: its config, listener and CA) brought up privately on
+    free ports, and say so."""
+    cfg = StackConfig.from_env()
+    if not cfg.mqtt_tls_port:
+        pytest.fail("IOT_MQTT_TLS_PORT is 0: the stack has no TLS listener to test against")
+    try:
+        probes.mqtt_round_trip(cfg.host, cfg.mqtt_tls_port, tls_ca=cfg.mqtt_tls_ca)
+    except probes.ProbeFailed as exc:
+        print(f"\nthe stack's TLS listener {cfg.mqtt_tls_url} does not answer: {exc}")
+    else:
+        yield cfg
+        return
+    plain, secure = free_ports(2)
+    own = StackConfig.from_env(
+        {
+            **os.environ,
+            "IOT_STACK_DIR": str(tmp_path_factory.mktemp("stack")),
+            "IOT_MQTT_URL": f"mqtt://127.0.0.1:{plain}",
+            "IOT_MQTT_TLS_PORT": str(secure),
+            "IOT_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
+        }
     )
-    with broker:
-        yield broker, pki / "ca.pem", f"mqtt://127.0.0.1:{plain}"
+    private = Stack(own)
+    private.up(["mosquitto"])
+    print(f"meanwhile: the stack's Mosquitto on its own, TLS on {own.mqtt_tls_url}")
+    try:
+        yield own
+    finally:
+        private.down(["mosquitto"])
 
 
-def _tls_board(make_board: BoardFactory, tls: tuple[PrivateBroker, Path, str], **config: Any) -> Any:
-    broker, ca, _plain = tls
-    cfg: dict[str, Any] = {"broker": f"mqtts://localhost:{broker.port}", "tls_ca_file": "ca.pem"}
+def _tls_board(make_board: BoardFactory, stack: StackConfig, **config: Any) -> Any:
+    """A board on the TLS listener by name (`localhost` is in the certificate), the stack's CA on its
+    flash as `ca.pem`."""
+    cfg: dict[str, Any] = {"broker": f"mqtts://localhost:{stack.mqtt_tls_port}", "tls_ca_file": "ca.pem"}
     cfg.update(config)
     board = make_board(**cfg)
-    board.write_files()
-    (board.flash / "ca.pem").write_bytes(ca.read_bytes())
+    (board.flash / "ca.pem").write_bytes(stack.mqtt_tls_ca.read_bytes())
     return board
 
 
-def test_healthy_board_over_tls_keeps_one_connection_for_10_virtual_minutes(
-    make_board: BoardFactory, tls_broker: tuple[PrivateBroker, Path, str]
+@pytest.fixture
+def gateways(tmp_path: Path) -> Iterator[GatewayFactory]:
+    factory = GatewayFactory(tmp_path)
+    yield factory
+    factory.close()
+
+
+def test_board_over_the_stacks_tls_listener_keeps_one_connection_for_10_virtual_minutes_into_kafka(
+    make_board: BoardFactory, stack: StackConfig, gateways: GatewayFactory
 ) -> None:
-    """Real TLS (the unix port's mbedTLS, certificate verified against the CA on the board's flash):
-    the stream has no settimeout, as on the port before 1.24, reads time out with 116, writes are
-    short. Clock at 20x: 10 virtual minutes in about 30 s."""
-    _broker, _ca, plain = tls_broker
+    """A healthy board: one TLS connection for 10 virtual minutes (health `reconnects` 0, a single
+    `online`), every reading in order into Kafka through a gateway that is itself on the TLS listener
+    (IOT_MQTT_URL mqtts://, IOT_MQTT_TLS_CA), and the gateway's end-to-end acks back to the board over
+    TLS release its outbox. The stream has no settimeout (as on the port before 1.24), reads time out
+    with 116, writes are short. Clock at 20x: 10 virtual minutes in about 30 s."""
     board = _tls_board(
         make_board,
-        tls_broker,
+        stack,
         interval_s=10,
         keepalive_s=5,
         health_every_s=60,
         # Timeouts shrink with the clock: a 1 s PUBACK wait would be 50 ms of a loaded machine.
         puback_timeout_s=20,
         watchdog_s=120,
+        e2e_ack=True,
+        ack_timeout_s=600,
         spec={"clock_speed": 20},
     )
-    with Probe(plain, [f"sensors/+/{board.device}/#"]) as probe:
+    gateways(
+        IOT_MQTT_URL=stack.mqtt_tls_url,
+        IOT_MQTT_TLS_CA=str(stack.mqtt_tls_ca),
+        IOT_KAFKA_BOOTSTRAP=stack.kafka_bootstrap,
+        IOT_GATEWAY_TOPIC_FILTER=contract.reading_topic(board.place, board.device),
+        IOT_GATEWAY_SESSION_EXPIRY_S="0",
+    )
+    kafka = KafkaReader(contract.TOPIC_READINGS, f"^{board.device}$", gateways, stack.kafka_bootstrap)
+    with Probe(stack.mqtt_url, [f"sensors/+/{board.device}/#"]) as probe:
         board.start()
         wait_for(
             lambda: [h for h in health_of(probe, board.device) if h["uptime_s"] >= 600], 90, "10 minutes"
         )
-        assert all(h["reconnects"] == 0 for h in health_of(probe, board.device))
+        health = health_of(probe, board.device)
+        assert [h["reconnects"] for h in health] == [0] * len(health)
         assert [m.payload for m in probe.messages("status", board.device)] == [b"online"]
         seqs = seqs_of(probe.readings(board.device))
         assert len(seqs) >= 55 and seqs == list(range(len(seqs)))
+        # Every field the board publishes in health is one the contract names (docs/CONTRACT.md).
+        assert set(health[-1]) - {"device", "place"} <= set(contract.HEALTH_FIELDS)
+        # Acked end to end: what the board still holds is at most the last few readings in flight.
+        assert health[-1]["outbox_depth"] <= 3, health[-1]
+        in_kafka = wait_for(
+            lambda: {r.value["seq"] for r in kafka.drain()} >= set(seqs) or None, 30, "the readings in Kafka"
+        )
+        assert in_kafka
     console = board.console()
-    assert "link_down" not in console and "link_connect_failed" not in console
+    assert "link_down" not in console and "link_connect_failed" not in console, console[-2000:]
 
 
 def test_tls_waits_for_ntp_and_a_bad_ca_fails_the_connect_not_the_board(
-    make_board: BoardFactory, tls_broker: tuple[PrivateBroker, Path, str]
+    make_board: BoardFactory, stack: StackConfig
 ) -> None:
-    unsynced = _tls_board(make_board, tls_broker, spec={"time_sync": False})
+    unsynced = _tls_board(make_board, stack, spec={"time_sync": False})
     unsynced.start()
     unsynced.wait_console("link_waiting_for_ntp", 20)
-    bad = _tls_board(make_board, tls_broker)
+    bad = _tls_board(make_board, stack)
     bogus = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
     (bad.flash / "ca.pem").write_text(bogus)
     bad.start()
@@ -107,6 +144,19 @@ def test_tls_waits_for_ntp_and_a_bad_ca_fails_the_connect_not_the_board(
     assert unsynced.running and bad.running
     assert "Traceback" not in unsynced.console() + bad.console()
     assert "link_up" not in unsynced.console() + bad.console()
+
+
+def test_a_ca_that_did_not_sign_the_stacks_certificate_is_refused(
+    make_board: BoardFactory, stack: StackConfig, tmp_path: Path
+) -> None:
+    """Verification is real: a well-formed CA of someone else fails the handshake, the board retries."""
+    other = tmp_path / "other-ca"
+    tls.ensure(other, ["localhost"])
+    board = _tls_board(make_board, stack)
+    (board.flash / "ca.pem").write_bytes((other / "ca.crt").read_bytes())
+    board.start()
+    wait_for(lambda: board.console().count("link_connect_failed") >= 2, 20, "connects refused")
+    assert board.running and "link_up" not in board.console()
 
 
 def test_tls_without_a_ca_file_halts_at_boot_naming_the_field(make_board: BoardFactory) -> None:

@@ -15,10 +15,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_kill_sigkills_one_service_and_up_brings_it_back(tmp_path: Path) -> None:
-    (mqtt,) = free_ports(1)
+    mqtt, mqtts = free_ports(2)
     env = {
         "IOT_STACK_DIR": str(tmp_path / "stack"),
         "IOT_MQTT_URL": f"mqtt://127.0.0.1:{mqtt}",
+        "IOT_MQTT_TLS_PORT": str(mqtts),
         "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
     }
     stack = Stack(StackConfig.from_env(env))
@@ -30,10 +31,12 @@ def test_kill_sigkills_one_service_and_up_brings_it_back(tmp_path: Path) -> None
         assert not os.path.exists(f"/proc/{pid}/cmdline") or b"mosquitto" not in Path(
             f"/proc/{pid}/cmdline"
         ).read_bytes()
-        (status,) = stack.status(["mosquitto"])
+        status, tls_listener = stack.status(["mosquitto"])
         assert not status.healthy and status.pid is None
+        assert not tls_listener.healthy and tls_listener.detail == "not running"
         assert stack.kill("mosquitto") is None
-        (status,) = stack.up(["mosquitto"])
+        status, tls_listener = stack.up(["mosquitto"])
         assert status.healthy and status.pid not in (None, pid)
+        assert tls_listener.healthy and tls_listener.pid == status.pid
     finally:
         stack.down(["mosquitto"])

@@ -19,11 +19,12 @@ IOT = str(Path(__file__).resolve().parents[2] / ".venv/bin/iot")
 
 
 def private_env(state: Path) -> dict[str, str]:
-    mqtt, kafka, ctrl, mongo, prom, node, fdbg = free_ports(7)
+    mqtt, mqtts, kafka, ctrl, mongo, prom, node, fdbg = free_ports(8)
     return {
         **os.environ,
         "IOT_STACK_DIR": str(state),
         "IOT_MQTT_URL": f"mqtt://127.0.0.1:{mqtt}",
+        "IOT_MQTT_TLS_PORT": str(mqtts),
         "IOT_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka}",
         "IOT_KAFKA_CONTROLLER_PORT": str(ctrl),
         "IOT_MONGO_URI": f"mongodb://127.0.0.1:{mongo}/iot",
@@ -36,6 +37,7 @@ def private_env(state: Path) -> dict[str, str]:
 def ports_of(env: dict[str, str]) -> list[int]:
     return [
         int(env["IOT_MQTT_URL"].rsplit(":", 1)[1]),
+        int(env["IOT_MQTT_TLS_PORT"]),
         int(env["IOT_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1]),
         int(env["IOT_KAFKA_CONTROLLER_PORT"]),
         int(env["IOT_MONGO_URI"].rsplit(":", 1)[1].split("/")[0]),
@@ -64,13 +66,15 @@ def test_up_from_nothing_is_healthy_idempotent_and_down_frees_every_port(private
     status = iot(private, "status", "--json")
     rows = json.loads(status.stdout)
     assert status.returncode == 0
-    assert len(rows) == 5 and all(r["healthy"] for r in rows), rows
-    pids = {r["name"]: r["pid"] for r in rows}
+    assert len(rows) == 6 and all(r["healthy"] for r in rows), rows
+    assert [r["name"] for r in rows][:2] == ["mosquitto", "mosquitto-tls"]
+    pids = {r["name"]: r["pid"] for r in rows if r["name"] != "mosquitto-tls"}
 
     second = iot(private, "up")
     assert second.returncode == 0, second.stderr
     assert "service_started" not in second.stderr, "a second up must not start anything"
-    assert {r["name"]: r["pid"] for r in json.loads(iot(private, "status", "--json").stdout)} == pids
+    again = json.loads(iot(private, "status", "--json").stdout)
+    assert {r["name"]: r["pid"] for r in again if r["name"] != "mosquitto-tls"} == pids
 
     down = iot(private, "down")
     assert down.returncode == 0, down.stderr

@@ -23,10 +23,18 @@ IOT = str(Path(__file__).resolve().parents[2] / ".venv/bin/iot")
 CFG = StackConfig.from_env()
 
 
-def test_status_json_lists_five_healthy_services() -> None:
-    out = subprocess.run([IOT, "stack", "status", "--json"], capture_output=True, text=True, check=True)
+def test_status_json_lists_five_healthy_services_and_the_tls_listener() -> None:
+    out = subprocess.run([IOT, "stack", "status", "--json"], capture_output=True, text=True, check=False)
     rows = json.loads(out.stdout)
-    assert {r["name"] for r in rows} == {"mosquitto", "kafka", "ferretdb", "prometheus", "node-exporter"}
+    assert out.returncode == 0, rows
+    assert {r["name"] for r in rows} == {
+        "mosquitto",
+        "mosquitto-tls",
+        "kafka",
+        "ferretdb",
+        "prometheus",
+        "node-exporter",
+    }
     for row in rows:
         assert row["healthy"] is True, row
         assert isinstance(row["pid"], int) and row["pid"] > 0

@@ -12,7 +12,9 @@ from iot.app.stack.config import ConfigError, StackConfig
 from iot.app.stack.manager import Stack, StackError
 
 _VARIABLES = """variables: IOT_MQTT_URL, IOT_KAFKA_BOOTSTRAP, IOT_MONGO_URI (ports of Mosquitto, Kafka,
-FerretDB), IOT_KAFKA_CONTROLLER_PORT (Kafka port + 1), IOT_PROMETHEUS_PORT (9090),
+FerretDB), IOT_MQTT_TLS_PORT (Mosquitto's TLS listener: 8883, or the MQTT port + 1 beside a port other
+than 1883; 0 = none; its CA is <state>/tls/ca.crt), IOT_MQTT_TLS_HOSTS (extra names in the broker's
+certificate, comma separated), IOT_KAFKA_CONTROLLER_PORT (Kafka port + 1), IOT_PROMETHEUS_PORT (9090),
 IOT_NODE_EXPORTER_PORT (9100), IOT_FERRETDB_DEBUG_PORT (8088), IOT_KAFKA_HEAP (512m),
 IOT_STACK_DIR (state: data, logs, pids; default .stack/ in the checkout), IOT_CACHE_DIR (installed
 programs; default ~/.cache/iot)."""
@@ -21,7 +23,7 @@ programs; default ~/.cache/iot)."""
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "stack",
-        help="the native stack: Mosquitto, Kafka, FerretDB, Prometheus, node-exporter",
+        help="the native stack: Mosquitto (plain and TLS), Kafka, FerretDB, Prometheus, node-exporter",
         epilog=_VARIABLES,
     )
     actions = parser.add_subparsers(dest="action", required=True)

@@ -7,12 +7,14 @@ the services listen exactly where the gateway, backend and boards will look for 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from iot import contract
+from iot.env import EnvReader
 from iot.errors import ConfigError
 
 __all__ = ["ConfigError", "StackConfig"]
@@ -48,12 +50,34 @@ def _url_port(var: str, url: str, default: int) -> tuple[str, int]:
     return parts.hostname, _port(var, str(port))
 
 
+DEFAULT_MQTT_TLS_PORT = 8883
+_HOST_NAME = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
+
+
+def _tls_hosts(listen_host: str, extra: str | None) -> tuple[str, ...]:
+    """localhost, 127.0.0.1, the listen address (unless a wildcard), then IOT_MQTT_TLS_HOSTS
+    (comma separated: the names or addresses boards on the network use to reach this machine)."""
+    hosts = ["localhost", "127.0.0.1"]
+    if listen_host not in ("0.0.0.0", "::"):
+        hosts.append(listen_host)
+    for item in (extra or "").split(","):
+        name = item.strip()
+        if not name:
+            continue
+        if not _HOST_NAME.match(name):
+            raise ConfigError("IOT_MQTT_TLS_HOSTS", f"{name!r} is not a host name or IP address")
+        hosts.append(name)
+    return tuple(dict.fromkeys(hosts))
+
+
 @dataclass(frozen=True, slots=True)
 class StackConfig:
     state_dir: Path
     cache_dir: Path
     host: str
     mqtt_port: int
+    mqtt_tls_port: int  # 0: no TLS listener
+    tls_hosts: tuple[str, ...]  # names and addresses in the broker's certificate (first = CN)
     kafka_port: int
     kafka_controller_port: int
     mongo_port: int
@@ -78,6 +102,14 @@ class StackConfig:
         _, mongo_port = _url_port(
             "IOT_MONGO_URI", get("IOT_MONGO_URI", contract.ENV_DEFAULTS["IOT_MONGO_URI"]), 27017
         )
+        reader = EnvReader(env)
+        # 8883 beside the default 1883; beside any other MQTT port (a private stack on free ports)
+        # that port + 1, as Kafka's controller port follows Kafka's, so stacks never share it.
+        tls_default = DEFAULT_MQTT_TLS_PORT if mqtt_port == 1883 else mqtt_port + 1
+        mqtt_tls_port = reader.port("IOT_MQTT_TLS_PORT", tls_default)
+        if mqtt_tls_port == mqtt_port:
+            raise ConfigError("IOT_MQTT_TLS_PORT", f"{mqtt_tls_port} is already the plain MQTT port")
+        tls_hosts = _tls_hosts(mqtt_host, reader.optional("IOT_MQTT_TLS_HOSTS"))
         root = _repo_root()
         state_default = root / ".stack" if root else Path.home() / ".local/state/iot"
         heap = get("IOT_KAFKA_HEAP", "512m")
@@ -92,6 +124,8 @@ class StackConfig:
             cache_dir=Path(get("IOT_CACHE_DIR", str(Path.home() / ".cache/iot"))).absolute(),
             host=mqtt_host,
             mqtt_port=mqtt_port,
+            mqtt_tls_port=mqtt_tls_port,
+            tls_hosts=tls_hosts,
             kafka_port=kafka_port,
             kafka_controller_port=_port(
                 "IOT_KAFKA_CONTROLLER_PORT", get("IOT_KAFKA_CONTROLLER_PORT", str(kafka_port + 1))
@@ -107,6 +141,19 @@ class StackConfig:
     @property
     def mqtt_url(self) -> str:
         return f"mqtt://{self.host}:{self.mqtt_port}"
+
+    @property
+    def mqtt_tls_url(self) -> str:
+        return f"mqtts://{self.host}:{self.mqtt_tls_port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The broker's CA and certificate (iot/app/stack/tls.py); `ca.crt` is what boards verify."""
+        return self.state_dir / "tls"
+
+    @property
+    def mqtt_tls_ca(self) -> Path:
+        return self.tls_dir / "ca.crt"
 
     @property
     def kafka_bootstrap(self) -> str:

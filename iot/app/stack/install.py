@@ -29,6 +29,8 @@ APT_PACKAGES = {
     "/usr/bin/promtool": "prometheus",
     "/usr/bin/prometheus-node-exporter": "prometheus-node-exporter",
     "/usr/bin/docker-compose": "docker-compose",
+    # makes the broker's TLS CA and certificate (iot/app/stack/tls.py)
+    "/usr/bin/openssl": "openssl",
 }
 
 

@@ -14,7 +14,7 @@ from iot import log, topics
 from iot.app.stack import install, probes, process
 from iot.app.stack.config import StackConfig
 from iot.app.stack.probes import ProbeFailed
-from iot.app.stack.services import BY_NAME, KAFKA, SERVICES, Service, service_env
+from iot.app.stack.services import BY_NAME, KAFKA, SERVICES, Listener, Service, service_env
 from iot.errors import IotError
 
 _log = log.get("iot.stack")
@@ -78,20 +78,26 @@ class Stack:
             return str(exc)
         return None
 
+    def _probe_listener(self, listener: Listener) -> tuple[str | None, str]:
+        """(None, detail) when healthy, else (why not, why not)."""
+        try:
+            return None, listener.probe(self.cfg)
+        except (ProbeFailed, OSError) as exc:
+            return str(exc), str(exc)
+
     def status(self, names: Iterable[str] | None = None) -> list[ServiceStatus]:
+        """One row per service, then one per further listener of it (the broker's TLS port)."""
         out = []
         for svc in self._select(names):
             tracked = process.read(svc.folder(self.cfg) / "pid")
+            pid = tracked.pid if tracked else None
             why = self._probe(svc) if tracked else "not running"
-            out.append(
-                ServiceStatus(
-                    svc.name,
-                    tracked is not None and why is None,
-                    tracked.pid if tracked else None,
-                    svc.ports(self.cfg)[0],
-                    why or "ok",
-                )
-            )
+            healthy = tracked is not None and why is None
+            out.append(ServiceStatus(svc.name, healthy, pid, svc.ports(self.cfg)[0], why or "ok"))
+            for listener in svc.listeners(self.cfg):
+                failed, detail = self._probe_listener(listener) if tracked else ("not running", "not running")
+                healthy = tracked is not None and failed is None
+                out.append(ServiceStatus(listener.name, healthy, pid, listener.port, detail))
         return out
 
     def up(self, names: Iterable[str] | None = None) -> list[ServiceStatus]:
@@ -105,6 +111,7 @@ class Stack:
 
     def _up(self, selected: list[Service]) -> list[ServiceStatus]:
         install.ensure_all(self.cfg)
+        self._restart_outdated(selected)
         to_start = [s for s in selected if process.read(s.folder(self.cfg) / "pid") is None]
         for svc in to_start:
             for port in svc.ports(self.cfg):
@@ -128,12 +135,28 @@ class Stack:
             raise
         return self.status(s.name for s in selected)
 
+    def _restart_outdated(self, selected: list[Service]) -> None:
+        """Stop a running service that no longer matches this stack's configuration (SIGTERM: the
+        broker saves its sessions first), so `_up` starts it again as configured now. A broker
+        started before the TLS listener existed gains it this way, on the next `up`."""
+        for svc in selected:
+            folder = svc.folder(self.cfg)
+            if process.read(folder / "pid") is None:
+                continue
+            try:
+                why = svc.outdated(self.cfg, folder)
+            except (OSError, IotError) as exc:
+                raise StackError(f"{svc.name}: checking its configuration failed: {exc}") from exc
+            if why is not None:
+                _log.info("service_restarting", service=svc.name, reason=why)
+                process.stop(folder / "pid")
+
     def _start(self, svc: Service) -> None:
         folder = svc.folder(self.cfg)
         folder.mkdir(parents=True, exist_ok=True)
         try:
             svc.prepare(self.cfg, folder)
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, IotError) as exc:
             raise StackError(f"{svc.name}: preparing its configuration failed: {exc}") from exc
         tracked = process.start(svc.argv(self.cfg, folder), svc.marker, folder, env=service_env())
         _log.info("service_started", service=svc.name, pid=tracked.pid, log=folder / "log")
@@ -151,6 +174,11 @@ class Stack:
                     f"{process.tail(folder / 'log')}"
                 )
             why = self._probe(svc)
+            for listener in svc.listeners(self.cfg) if why is None else []:
+                why, _detail = self._probe_listener(listener)
+                if why is not None:
+                    why = f"{listener.name}: {why}"
+                    break
             if why is None:
                 _log.info("service_healthy", service=svc.name, seconds=f"{time.monotonic() - started:.1f}")
                 return

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import urllib.request
 import uuid
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pymongo
@@ -29,8 +31,9 @@ def tcp_open(host: str, port: int, timeout: float = 1.0) -> None:
         raise ProbeFailed(f"nothing accepts connections on {host}:{port} ({exc.strerror or exc})") from exc
 
 
-def mqtt_round_trip(host: str, port: int, timeout: float = 5.0) -> None:
-    """Subscribe, publish QoS 1, and receive the same payload back through the broker."""
+def mqtt_round_trip(host: str, port: int, timeout: float = 5.0, tls_ca: Path | None = None) -> None:
+    """Subscribe, publish QoS 1, and receive the same payload back through the broker. With `tls_ca`,
+    over TLS: the handshake must verify the broker's certificate against that CA and host name."""
     topic = f"iot/stack/probe/{uuid.uuid4().hex}"
     token = uuid.uuid4().bytes
     got = threading.Event()
@@ -38,10 +41,17 @@ def mqtt_round_trip(host: str, port: int, timeout: float = 5.0) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.on_subscribe = lambda *_a: subscribed.set()
     client.on_message = lambda _c, _u, msg: got.set() if msg.payload == token else None
+    if tls_ca is not None:
+        if not tls_ca.is_file():
+            raise ProbeFailed(f"no CA file {tls_ca}")
+        try:
+            client.tls_set_context(ssl.create_default_context(cafile=str(tls_ca)))
+        except (OSError, ssl.SSLError) as exc:
+            raise ProbeFailed(f"CA file {tls_ca}: {exc}") from exc
     try:
         client.connect(host, port, keepalive=10)
-    except OSError as exc:
-        raise ProbeFailed(f"connect {host}:{port}: {exc}") from exc
+    except (OSError, ssl.SSLError) as exc:
+        raise ProbeFailed(f"connect {'mqtts' if tls_ca else 'mqtt'}://{host}:{port}: {exc}") from exc
     client.loop_start()
     try:
         client.subscribe(topic, qos=1)
