@@ -34,7 +34,18 @@ from .errors import SinkError
 from .kafka_out import KafkaOut
 from .metrics import BackendMetrics
 from .mongo_sink import MongoSink
-from .records import PLACE, SENSOR, RejectedRecord, decode_forward, decode_reading, dlq_record, encode_forward
+from .records import (
+    BUNDLE_MAX,
+    FORWARD_SLOTS,
+    PLACE,
+    SENSOR,
+    RejectedRecord,
+    decode_forwarded,
+    decode_reading,
+    dlq_record,
+    encode_bundle,
+    encode_forward,
+)
 from .settings import Settings
 from .windows import KeyState
 
@@ -93,6 +104,7 @@ class BackendRuntime:
                 open_ms,
                 allowed_lateness_ms=settings.allowed_lateness_s * 1000,
                 max_clock_ahead_ms=settings.max_clock_ahead_s * 1000,
+                offset_slots=FORWARD_SLOTS if scope == PLACE else 1,
             )
             for scope, table in ((SENSOR, self.sensor_table), (PLACE, self.place_table))
         }
@@ -169,7 +181,7 @@ class BackendRuntime:
         now = now_ms()
         batch: list[Item] = []
         rejected: list[dict[str, Any]] = []
-        forwards: list[tuple[str, bytes]] = []
+        by_place: dict[str, list[bytes]] = {}
         for event in events:
             msg = event.message
             self.positions[msg.tp] = msg.offset
@@ -191,8 +203,14 @@ class BackendRuntime:
             batch.append((reading, msg.partition, msg.offset))
             # Every valid reading goes on, duplicates too: the place scope de-duplicates on its own, and
             # this keeps the forward independent of what the sensor state already holds after a crash.
-            # Forwarded normalised, so the place stage parses it once without validating it again.
-            forwards.append((reading["place"], encode_forward(reading)))
+            # Forwarded normalised, so the place stage parses it once without validating it again;
+            # in bundles, one record per place (in input order) per batch (records.BUNDLE_MAX).
+            by_place.setdefault(reading["place"], []).append(encode_forward(reading))
+        forwards = [
+            (place, encode_bundle(encoded[i : i + BUNDLE_MAX]))
+            for place, encoded in by_place.items()
+            for i in range(0, len(encoded), BUNDLE_MAX)
+        ]
         async with self.locks[SENSOR]:
             out = self.engines[SENSOR].process(batch, now)
             await self._amend(SENSOR, out, now)
@@ -207,14 +225,15 @@ class BackendRuntime:
         for event in events:
             msg = event.message
             self.positions[msg.tp] = msg.offset
-            try:
-                # Written by our own sensor agent after validation: only decoding is left to do.
-                reading = decode_forward(event.value)
-            except RejectedRecord as exc:
-                self.metrics.rejected.labels(exc.reason).inc()
-                rejected.append(dlq_record(exc.reason, exc.detail, exc.topic, event.value or b"", now))
-                continue
-            batch.append((reading, msg.partition, msg.offset))
+            # Written by our own sensor agent after validation: only decoding is left to do. A bundle's
+            # readings get consecutive input offsets of their own (records.FORWARD_SLOTS).
+            base = msg.offset * FORWARD_SLOTS
+            for index, item in enumerate(decode_forwarded(event.value)):
+                if isinstance(item, RejectedRecord):
+                    self.metrics.rejected.labels(item.reason).inc()
+                    rejected.append(dlq_record(item.reason, item.detail, item.topic, event.value or b"", now))
+                    continue
+                batch.append((item, msg.partition, base + index))
         async with self.locks[PLACE]:
             out = self.engines[PLACE].process(batch, now)
             await self._amend(PLACE, out, now)

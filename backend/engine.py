@@ -22,7 +22,7 @@ from typing import Any
 from iot import contract
 
 from .records import SENSOR, late_record, window_doc
-from .windows import KeyState, WindowAcc, WindowKey, WindowSpec, idle_watermark
+from .windows import KeyState, WindowAcc, WindowKey, WindowSpec, idle_watermark, scaled_fence
 
 # Input older than this (received_at against the wall clock) means the worker is working off a backlog.
 BEHIND_MS = 60_000
@@ -68,8 +68,12 @@ class ScopeEngine:
         open_write_ms: int = 0,
         allowed_lateness_ms: int = 0,
         max_clock_ahead_ms: int | None = None,
+        offset_slots: int = 1,
     ) -> None:
         self.scope = scope
+        # How the input offsets of this scope are counted (KeyState.offset_slots): the place scope
+        # reads bundles of forwarded readings, FORWARD_SLOTS offsets per record.
+        self.offset_slots = offset_slots
         self.specs = tuple(specs)
         self.grace_ms = grace_ms
         self.allowed_lateness_ms = allowed_lateness_ms
@@ -98,10 +102,26 @@ class ScopeEngine:
         st = self._cache.get(key)
         if st is None:
             data = self._load(key)
-            st = KeyState.from_json(data) if data is not None else KeyState(partition)
+            st = self._restore(data) if data is not None else KeyState(partition, self.offset_slots)
             self._cache[key] = st
         st.partition = partition
         return st
+
+    def _restore(self, data: Mapping[str, Any]) -> KeyState:
+        st = KeyState.from_json(data)
+        st.rescale_offsets(self.offset_slots)  # a state persisted before bundles
+        return st
+
+    def _fence(self, doc: Mapping[str, Any]) -> int:
+        """A stored window document's fence in this scope's offsets (documents written before bundles
+        carry plain record offsets and no `offset_slots`)."""
+        fence = int(doc.get("offset", -1))
+        slots = int(doc.get("offset_slots", 1))
+        if slots == self.offset_slots:
+            return fence
+        if slots != 1:
+            raise ValueError(f"window {doc.get('_id')}: {slots} offsets per record, not {self.offset_slots}")
+        return scaled_fence(fence, self.offset_slots)
 
     def forget(self) -> None:
         """Drop the cache (after a rebalance the persisted states are the truth again)."""
@@ -159,11 +179,12 @@ class ScopeEngine:
         batch_finals = {d["_id"]: d for d in out.final_docs}
         for wid, amendment in out.amends.items():
             bases = [d for d in (batch_finals.get(wid), stored.get(wid)) if d is not None]
-            doc = max(bases, key=lambda d: int(d.get("offset", -1))) if bases else None
+            doc = max(bases, key=self._fence) if bases else None
             if doc is None:
                 acc, revision, late_count = WindowAcc(), -1, 0
             else:
                 acc = WindowAcc.from_doc(doc)
+                acc.offset = self._fence(doc)
                 revision, late_count = int(doc.get("revision", 0)), int(doc.get("late_count", 0))
             fence = acc.offset
             added = 0
@@ -187,6 +208,7 @@ class ScopeEngine:
                     now_ms,
                     revision=revision + 1,
                     late_count=late_count + added,
+                    offset_slots=self.offset_slots,
                 )
             )
 
@@ -201,7 +223,18 @@ class ScopeEngine:
         for wkey in sorted(dirty, key=lambda k: (k.start, k.kind)):
             acc = st.windows.get(wkey)
             if acc is not None:  # a window closed meanwhile was written as final
-                out.open_docs.append(window_doc(self.scope, key, st.last_place, wkey, acc, False, now_ms))
+                out.open_docs.append(
+                    window_doc(
+                        self.scope,
+                        key,
+                        st.last_place,
+                        wkey,
+                        acc,
+                        False,
+                        now_ms,
+                        offset_slots=self.offset_slots,
+                    )
+                )
         del self._dirty[key]
         self._open_written[key] = now_ms
 
@@ -220,7 +253,7 @@ class ScopeEngine:
                 data = self._load(key)
                 if data is None:
                     continue
-                st = self._cache[key] = KeyState.from_json(data)
+                st = self._cache[key] = self._restore(data)
             if st.partition not in partitions or not st.windows or st.watermark is None:
                 continue
             last = self._last_wall.setdefault(key, now_ms)
@@ -241,5 +274,9 @@ class ScopeEngine:
         if closed:
             out.changed[key] = st
         for c in closed:
-            out.final_docs.append(window_doc(self.scope, key, st.last_place, c.key, c.acc, True, now_ms))
+            out.final_docs.append(
+                window_doc(
+                    self.scope, key, st.last_place, c.key, c.acc, True, now_ms, offset_slots=self.offset_slots
+                )
+            )
         return closed

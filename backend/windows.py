@@ -281,14 +281,28 @@ class AddOutcome:
 class KeyState:
     """Window state of one key (a device or a place) and the readings it has counted."""
 
-    __slots__ = ("last_place", "partition", "seen", "watermark", "windows")
+    __slots__ = ("last_place", "offset_slots", "partition", "seen", "watermark", "windows")
 
-    def __init__(self, partition: int = 0) -> None:
+    def __init__(self, partition: int = 0, offset_slots: int = 1) -> None:
         self.watermark: int | None = None
         self.windows: dict[WindowKey, WindowAcc] = {}
         self.seen: dict[str, dict[int, SeqSet]] = {}  # device -> boot -> seqs
         self.partition = partition  # the Kafka partition this key's state belongs to
         self.last_place = ""
+        # Input offsets of this key are `record offset * offset_slots + index in the record` (place
+        # scope: bundles of forwarded readings); 1 is a plain record offset.
+        self.offset_slots = offset_slots
+
+    def rescale_offsets(self, slots: int) -> None:
+        """Move the windows' fences from plain record offsets to `slots` per record (a state written
+        before bundles): a fence o covered every reading of record o, i.e. up to o * slots + slots - 1."""
+        if self.offset_slots == slots:
+            return
+        if self.offset_slots != 1:
+            raise ValueError(f"cannot rescale offsets from {self.offset_slots} to {slots} slots")
+        for acc in self.windows.values():
+            acc.offset = scaled_fence(acc.offset, slots)
+        self.offset_slots = slots
 
     def mark_seen(self, device: str, boot: int, seq: int) -> bool:
         boots = self.seen.get(device)
@@ -356,7 +370,7 @@ class KeyState:
         return [ClosedWindow(k, self.windows.pop(k)) for k in ready]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "wm": self.watermark,
             "p": self.partition,
             "pl": self.last_place,
@@ -369,10 +383,13 @@ class KeyState:
                 for dev, boots in self.seen.items()
             },
         }
+        if self.offset_slots != 1:
+            data["os"] = self.offset_slots
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> KeyState:
-        st = cls(int(data["p"]))
+        st = cls(int(data["p"]), int(data.get("os", 1)))
         st.watermark = data["wm"]
         st.last_place = data.get("pl", "")
         st.windows = {WindowKey.parse(c): WindowAcc.from_json(a) for c, a in data["w"].items()}
@@ -381,6 +398,11 @@ class KeyState:
             for dev, boots in data["s"].items()
         }
         return st
+
+
+def scaled_fence(offset: int, slots: int) -> int:
+    """A fence in plain record offsets as a fence in `slots` per record (see KeyState.offset_slots)."""
+    return offset * slots + slots - 1 if offset >= 0 else offset
 
 
 def idle_watermark(last_ts: int, idle_for_ms: int, idle_timeout_ms: int) -> int | None:
