@@ -35,298 +35,33 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from array import array
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import soak_report  # noqa: E402
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
-from confluent_kafka.admin import AdminClient  # noqa: E402
+import soak_accounting
+import soak_drain
+import soak_report
+from soak_common import BACKEND_APP, DATABASE, HOST, endpoint_up, free_ports, log, metric, poll_until, rss_kb
+from soak_faults import FAULTS, STACK_SERVICES, FaultInjector
+from soak_kafka import KafkaWatch
+from soak_procs import FleetProc, Service
+from soak_sampling import Sampler
 
-from iot import contract  # noqa: E402
-from iot.app.stack.config import StackConfig  # noqa: E402
-from iot.app.stack.manager import Stack  # noqa: E402
-
-HOST = "127.0.0.1"
-IOT = str(REPO / ".venv" / "bin" / "iot")
-PYTHON = sys.executable
-FAULTS = ("gateway", "backend", "kafka", "mosquitto", "ferretdb", "boards")
-STACK_SERVICES = ("mosquitto", "kafka", "ferretdb")
-BACKEND_APP = "soak-backend"
-DATABASE = "soak"
-
-
-def log(event: str, **fields: Any) -> None:
-    parts = " ".join(f"{k}={v}" for k, v in fields.items())
-    sys.stderr.write(f"{time.strftime('%H:%M:%S')} soak {event} {parts}\n")
-    sys.stderr.flush()
-
-
-def poll_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.25) -> bool:
-    """Poll with a deadline; False (logged) when it passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    log("timeout", waiting_for=what.replace(" ", "_"), seconds=timeout)
-    return False
-
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _die_with_parent() -> None:
-    """In a child before exec: SIGKILL it when the soak dies, so a killed soak leaves no gateway,
-    backend or fleet behind (the stack's own services it stops in its `finally`)."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def rss_kb(pid: int | None) -> int | None:
-    if pid is None:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def metric(url: str, name: str) -> float | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-# --- the product's services as child processes -------------------------------------------------
-
-
-@dataclass
-class Service:
-    """`iot gateway` / `iot backend`, restartable, with its log in the soak folder."""
-
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    ready: Callable[[Service], bool]
-    proc: subprocess.Popen[bytes] | None = None
-    planned_down: bool = False
-    starts: int = 0
-    unplanned: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
-
-    def start(self, timeout: float = 120.0) -> bool:
-        with self.log_path.open("ab") as logf:
-            self.proc = subprocess.Popen(
-                [IOT, *self.args],
-                env=self.env,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                preexec_fn=_die_with_parent,
-            )
-        self.starts += 1
-        ok = poll_until(
-            lambda: self.proc is not None and self.proc.poll() is None and self.ready(self),
-            timeout,
-            f"{self.name} ready",
-        )
-        self.planned_down = False
-        return ok
-
-    def kill9(self) -> None:
-        self.planned_down = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        self.planned_down = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-# --- fleet processes -------------------------------------------------------------------------------
-
-
-class FleetProc:
-    def __init__(self, index: int, boards: list[tuple[str, str]], cfg: dict[str, Any], folder: Path) -> None:
-        self.index = index
-        self.boards = boards
-        self.out = folder / f"fleet{index}.json"
-        config = {**cfg, "boards": boards, "out": str(self.out)}
-        conf_path = folder / f"fleet{index}.conf.json"
-        conf_path.write_text(json.dumps(config))
-        self.log = (folder / f"fleet{index}.log").open("ab")
-        self.proc = subprocess.Popen(
-            [PYTHON, str(REPO / "bench" / "soak_fleet.py"), str(conf_path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            preexec_fn=_die_with_parent,
-        )
-        self.stats: dict[str, Any] = {}
-        self.final = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue
-            if data.get("final"):
-                self.final.set()
-            else:
-                self.stats = data
-
-    def command(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self.proc.stdin.write(text + "\n")
-            self.proc.stdin.flush()
-
-    def finish(self, timeout: float = 60.0) -> dict[str, Any]:
-        self.command("quit")
-        self.final.wait(timeout)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
-        data: dict[str, Any] = json.loads(self.out.read_text())
-        return data
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
-
-
-# --- what Kafka holds, as seen by a consumer of our own ------------------------------------------
-
-
-class KafkaWatch(threading.Thread):
-    """Reads iot.readings and the DLQ from the beginning: first-copy latency ts → Kafka, duplicates."""
-
-    def __init__(self, bootstrap: str) -> None:
-        super().__init__(daemon=True)
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": "soak-watch",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-                # The latency measured here includes this consumer's fetch wait: keep it small.
-                "fetch.wait.max.ms": 20,
-                "log_level": 0,
-            }
-        )
-        self.stop_event = threading.Event()
-        self.seen: dict[str, bytearray] = {}
-        self.records = 0
-        self.duplicates = 0
-        self.dlq = 0
-        self.ts = array("q")
-        self.latency = array("q")
-        self.per_second: dict[int, int] = {}
-
-    def run(self) -> None:
-        parts: list[TopicPartition] = []
-        for topic in (contract.TOPIC_READINGS, contract.TOPIC_DLQ):
-            meta = self.consumer.list_topics(topic, timeout=30).topics[topic]
-            parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-        self.consumer.assign(parts)
-        while not self.stop_event.is_set():
-            messages = self.consumer.consume(num_messages=5000, timeout=0.2)
-            now = time.time_ns() // 1_000_000
-            for msg in messages:
-                if msg.error() is not None:
-                    continue
-                if msg.topic() == contract.TOPIC_DLQ:
-                    self.dlq += 1
-                    continue
-                value = json.loads(msg.value())
-                self.records += 1
-                seqs = self.seen.get(value["device"])
-                if seqs is None:
-                    seqs = self.seen[value["device"]] = bytearray()
-                seq = value["seq"]
-                if seq >= len(seqs):
-                    seqs.extend(bytes(seq + 1024 - len(seqs)))
-                if seqs[seq]:
-                    self.duplicates += 1
-                    continue
-                seqs[seq] = 1
-                self.ts.append(value["ts"])
-                self.latency.append(now - value["ts"])
-                second = now // 1000
-                self.per_second[second] = self.per_second.get(second, 0) + 1
-        self.consumer.close()
-
-    def distinct(self) -> int:
-        return len(self.ts)
-
-
-# --- the soak ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Fault:
-    name: str
-    target: str
-    killed_at: float = 0.0
-    back_at: float = 0.0
-    ok: bool = True
+from iot.app.stack.config import StackConfig
+from iot.app.stack.manager import Stack
 
 
 class Soak:
+    """The private stack, the services and fleets on it, and what the run observed."""
+
     def __init__(self, args: argparse.Namespace, folder: Path) -> None:
         self.args = args
         self.folder = folder
@@ -345,17 +80,24 @@ class Soak:
         }
         self.stack = Stack(StackConfig.from_env(self.stack_env))
         self.cfg = self.stack.cfg
+        self.specs = soak_accounting.window_specs(args)
         self.services: dict[str, Service] = {}
         self.fleets: list[FleetProc] = []
-        self.faults: list[Fault] = []
-        self.samples: list[dict[str, Any]] = []
-        self.rss_start: dict[str, tuple[int | None, int | None]] = {}
-        self.watch: KafkaWatch | None = None
-        self.stop_sampling = threading.Event()
         self.lock = threading.Lock()
-        self.load_started = 0.0
-        self.load_ended = 0.0
+        self.watch: KafkaWatch | None = None
+        self.sampler = Sampler(
+            args.sample_s,
+            self.cfg.kafka_bootstrap,
+            self.pids,
+            self.fleet_sum,
+            self.services,
+            self.lock,
+            lambda: self.watch,
+        )
+        self.faults = FaultInjector(args, self.services, self.stack, self.fleets, self.lock, self.fleet_sum)
+        self.rss_start: dict[str, tuple[int | None, int | None]] = {}
         self.rss_end: dict[str, tuple[int | None, int | None]] = {}
+        self.load_started = self.load_ended = self.warm_at = 0.0
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -372,13 +114,7 @@ class Soak:
         }
 
     def start_services(self) -> None:
-        log(
-            "stack_up",
-            folder=self.folder,
-            mqtt=self.cfg.mqtt_port,
-            kafka=self.cfg.kafka_port,
-            mongo=self.cfg.mongo_port,
-        )
+        log("stack_up", folder=self.folder, mqtt=self.cfg.mqtt_port, kafka=self.cfg.kafka_port)
         self.stack.up(list(STACK_SERVICES))
         for i in range(self.args.gateways):
             port = free_ports(1)[0]
@@ -401,20 +137,23 @@ class Soak:
             if not svc.start():
                 raise SystemExit(f"gateway{i} did not start; see {svc.log_path}")
         port = free_ports(1)[0]
+        a = self.args
         env = {
             **self.common_env(),
             "IOT_BACKEND_APP_ID": BACKEND_APP,
             "IOT_BACKEND_METRICS_PORT": str(port),
-            "IOT_BACKEND_IDLE_TIMEOUT_S": str(self.args.idle),
-            **({"IOT_BACKEND_OPEN_WRITE_S": str(self.args.open_write_s)} if self.args.open_write_s else {}),
+            "IOT_BACKEND_IDLE_TIMEOUT_S": str(a.idle),
+            **({"IOT_BACKEND_OPEN_WRITE_S": str(a.open_write_s)} if a.open_write_s else {}),
             "IOT_BACKEND_DATA_DIR": str(self.folder / "backend"),
         }
         url = f"http://{HOST}:{port}/metrics"
-        backend = Service("backend", ["backend"], env, self.folder / "backend.log", lambda _s: _endpoint(url))
+        backend = Service(
+            "backend", ["backend"], env, self.folder / "backend.log", lambda _s: endpoint_up(url)
+        )
         self.services["backend"] = backend
         if not backend.start(180):
             raise SystemExit(f"backend did not start; see {backend.log_path}")
-        self.watch = KafkaWatch(self.cfg.kafka_bootstrap)
+        self.watch = KafkaWatch(self.cfg.kafka_bootstrap, soak_accounting.slot_ms(self.specs))
         self.watch.start()
 
     def start_fleets(self) -> None:
@@ -446,173 +185,52 @@ class Soak:
         out: dict[str, int | None] = {name: svc.pid for name, svc in self.services.items()}
         for name in STACK_SERVICES:
             out[name] = self.stack.pid(name)
+        for f in self.fleets:
+            out[f"fleet{f.index}"] = f.pid
         return out
 
-    def sample_forever(self) -> None:
-        lagger = LagProbe(self.cfg.kafka_bootstrap)
-        while not self.stop_sampling.wait(self.args.sample_s):
-            sample: dict[str, Any] = {"t": round(time.time(), 3)}
-            sample["rss_kb"] = {name: rss_kb(pid) for name, pid in self.pids().items()}
-            sample["lag"] = lagger.lag()
-            sample["outbox"] = self.fleet_sum("outbox")
-            sample["connected"] = self.fleet_sum("connected")
-            sample["published"] = self.fleet_sum("published")
-            sample["kafka_distinct"] = self.watch.distinct() if self.watch else 0
-            self.samples.append(sample)
-            self.supervise()
-        lagger.close()
-
-    def supervise(self) -> None:
-        """Restart a gateway/backend that exited on its own (systemd's Restart=always)."""
-        for svc in self.services.values():
-            with self.lock:
-                if svc.planned_down or svc.proc is None or svc.proc.poll() is None:
-                    continue
-                code = svc.proc.returncode
-                log("unplanned_exit", service=svc.name, code=code, action="restarting")
-                svc.unplanned.append({"t": round(time.time(), 3), "code": code})
-                svc.start()
-
-    # --- faults ---------------------------------------------------------------------------------
-
-    def run_faults(self) -> None:
-        a = self.args
-        names = [f for f in FAULTS if f in a.faults]
-        load_s = a.minutes * 60
-        spacing = max(a.pause + 5.0, (load_s - a.warmup - a.tail) / max(1, len(names)))
-        start = self.load_started + a.warmup
-        self.record_rss_start()
-        for i, name in enumerate(names):
-            at = start + i * spacing
-            with contextlib.suppress(ValueError):
-                time.sleep(max(0.0, at - time.time()))  # the schedule, not synchronisation
-            fault = self.inject(name)
-            self.faults.append(fault)
-            log(
-                "fault_done",
-                fault=name,
-                target=fault.target,
-                down_s=round(fault.back_at - fault.killed_at, 1),
-                ok=fault.ok,
-            )
-        end = max(self.load_started + load_s, (self.faults[-1].back_at + a.tail) if self.faults else 0)
-        time.sleep(max(0.0, end - time.time()))  # the schedule: load continues to its end
-
-    def record_rss_start(self) -> None:
+    def warm(self) -> None:
+        self.warm_at = time.time()
         self.rss_start = {name: (pid, rss_kb(pid)) for name, pid in self.pids().items()}
 
-    def inject(self, name: str) -> Fault:
-        a = self.args
-        if name == "gateway":
-            svc = self.services["gateway0"]
-            fault = Fault(name, svc.name, killed_at=time.time())
-            with self.lock:
-                svc.kill9()
-            log("fault", kill=svc.name, signal="SIGKILL")
-            time.sleep(a.pause)  # the outage itself
-            with self.lock:
-                fault.ok = svc.start()
-        elif name == "backend":
-            svc = self.services["backend"]
-            fault = Fault(name, svc.name, killed_at=time.time())
-            with self.lock:
-                svc.kill9()
-            log("fault", kill=svc.name, signal="SIGKILL")
-            time.sleep(a.pause)
-            with self.lock:
-                fault.ok = svc.start(180)
-        elif name in STACK_SERVICES:
-            fault = Fault(name, name, killed_at=time.time())
-            pid = self.stack.kill(name)
-            log("fault", kill=name, pid=pid, signal="SIGKILL")
-            time.sleep(a.pause)
-            try:
-                self.stack.up([name])
-            except Exception as exc:  # report it; the accounting shows the consequence
-                log("restart_failed", service=name, error=repr(exc)[:300])
-                fault.ok = False
-        elif name == "boards":
-            fault = Fault(name, "all boards", killed_at=time.time())
-            for f in self.fleets:
-                f.command(f"outage {a.pause}")
-            log("fault", outage="boards", seconds=a.pause)
-            total = sum(len(f.boards) for f in self.fleets)
-            poll_until(lambda: self.fleet_sum("connected") == 0, 10, "boards offline")
-            fault.ok = poll_until(
-                lambda: self.fleet_sum("connected") == total, a.pause + 120, "boards back online"
-            )
-        else:
-            raise ValueError(name)
-        fault.back_at = time.time()
-        return fault
+    # --- the run and its end --------------------------------------------------------------------
 
-    # --- the end ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.faults.run(self.load_started, self.warm)
 
     def drain(self) -> dict[str, Any]:
-        a = self.args
         for f in self.fleets:
             f.command("stop")
         self.load_ended = time.time()
-        published = lambda: self.fleet_sum("published")  # noqa: E731
-        log("load_stopped", published=published())
-        timings: dict[str, Any] = {}
-        t0 = time.time()
-        # Stats lines are one second old at most: wait until they show the stop, then an empty outbox.
+        log("load_stopped", published=self.fleet_sum("published"))
+        # Stats lines are one second old at most: wait until they show the stop.
         poll_until(
             lambda: all(f.stats.get("t", 0) > self.load_ended + 1 for f in self.fleets), 30, "fleet stats"
         )
-        timings["outboxes_empty"] = poll_until(
-            lambda: self.fleet_sum("outbox") == 0, a.ack_timeout * 4 + 180, "every outbox empty"
-        )
-        timings["outboxes_empty_s"] = round(time.time() - t0, 1)
         import pymongo
 
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
             HOST, self.cfg.mongo_port, serverSelectionTimeoutMS=10_000, datetime_conversion="DATETIME_MS"
         )
         db = client[DATABASE]
-        total = published()
-
-        def stored_all() -> bool:
-            try:
-                return bool(db[contract.COLL_READINGS].count_documents({}) >= total)
-            except pymongo.errors.PyMongoError:
-                return False
-
-        timings["readings_stored"] = poll_until(
-            stored_all, a.drain_timeout, "every reading in MongoDB", interval=2.0
+        timings = soak_drain.wait_for_the_end(
+            self.args,
+            db,
+            lambda: self.fleet_sum("published"),
+            lambda: self.fleet_sum("outbox"),
+            self.watch,
+            self.specs,
         )
-        timings["readings_stored_s"] = round(time.time() - t0, 1)
-
-        def all_final() -> bool:
-            try:
-                return all(
-                    db[c].count_documents({"final": {"$ne": True}}) == 0
-                    for c in (contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS)
-                )
-            except pymongo.errors.PyMongoError:
-                return False
-
-        timings["windows_final"] = poll_until(all_final, a.idle + a.grace + 300, "every window final", 2.0)
-        timings["windows_final_s"] = round(time.time() - t0, 1)
         self.rss_end = {name: (pid, rss_kb(pid)) for name, pid in self.pids().items()}
-        finals = [f.finish() for f in self.fleets]
         names = (
-            "sent",
-            "resent",
-            "acks",
-            "bad_acks",
-            "connects",
-            "refused",
-            "puback_timeouts",
-            "keepalive_timeouts",
-            "revived",
-            "not_ready_with_outbox",
-        )
+            "sent", "resent", "acks", "bad_acks", "connects", "refused", "puback_timeouts",
+            "keepalive_timeouts", "revived", "not_ready_with_outbox",
+        )  # fmt: skip
         counters = {k: self.fleet_sum(k) for k in names}
-        self.fleets = []
+        finals = [f.finish() for f in self.fleets]
+        self.fleets.clear()
         log("accounting")
-        result = soak_report.account(db, finals, self.watch, self.faults, self.args)
+        result = soak_accounting.account(db, finals, self.watch, self.faults.faults, self.args)
         client.close()
         result["drain"] = timings
         result["boards"] = counters
@@ -621,7 +239,7 @@ class Soak:
     def close(self) -> None:
         """Stop everything this soak started; the stack's services in any case, whatever failed before."""
         try:
-            self.stop_sampling.set()
+            self.sampler.stop_event.set()
             if self.watch is not None:
                 self.watch.stop_event.set()
                 self.watch.join(10)
@@ -634,52 +252,27 @@ class Soak:
         finally:
             self.stack.down(list(STACK_SERVICES))
 
-
-def _endpoint(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
-class LagProbe:
-    """The backend group's lag on iot.readings; its clients are made again after a failure (Kafka
-    SIGKILLed and back)."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-        self.admin: AdminClient | None = None
-        self.consumer: Consumer | None = None
-
-    def lag(self) -> int | None:
-        from confluent_kafka import ConsumerGroupTopicPartitions
-
-        try:
-            if self.admin is None or self.consumer is None:
-                self.admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
-                self.consumer = Consumer(
-                    {"bootstrap.servers": self.bootstrap, "group.id": "soak-lag", "log_level": 0}
-                )
-            future = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(BACKEND_APP)])
-            committed = future[BACKEND_APP].result(timeout=3).topic_partitions
-            total = 0
-            for tp in committed:
-                if tp.topic != contract.TOPIC_READINGS:
-                    continue
-                part = TopicPartition(tp.topic, tp.partition)
-                _low, high = self.consumer.get_watermark_offsets(part, timeout=3)
-                total += max(0, high - max(tp.offset, 0))
-            return total
-        except Exception:  # Kafka away (a fault) or the group not formed yet: no sample, fresh clients
-            self.close()
-            return None
-
-    def close(self) -> None:
-        if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                self.consumer.close()
-        self.admin = self.consumer = None
+    def summary(self, result: dict[str, Any], started: float) -> None:
+        result.update(
+            config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()},
+            load_started=self.load_started,
+            load_ended=self.load_ended,
+            warm_at=self.warm_at,
+            load_s=round(self.load_ended - self.load_started, 1),
+            wall_s=round(time.time() - started, 1),
+            samples=self.sampler.samples,
+            rss={
+                name: {
+                    "start_kb": self.rss_start.get(name, (None, None))[1],
+                    "end_kb": self.rss_end.get(name, (None, None))[1],
+                    "restarted": self.rss_start.get(name, (None, None))[0]
+                    != self.rss_end.get(name, (None, None))[0],
+                }
+                for name in self.rss_end
+            },
+            unplanned_exits={n: s.unplanned for n, s in self.services.items() if s.unplanned},
+            machine={"cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
+        )
 
 
 @contextlib.contextmanager
@@ -759,12 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with soak_folder(args.keep) as folder:
         soak = Soak(args, folder)
-        sampler = threading.Thread(target=soak.sample_forever, daemon=True)
         try:
             soak.start_services()
-            sampler.start()
+            soak.sampler.start()
             soak.start_fleets()
-            soak.run_faults()
+            soak.run()
             result = soak.drain()
         except Terminated:
             log("terminated", action="stopping the private stack and services")
@@ -772,23 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             soak.close()
-        result.update(
-            config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            load_s=round(soak.load_ended - soak.load_started, 1),
-            wall_s=round(time.time() - started, 1),
-            samples=soak.samples,
-            rss={
-                name: {
-                    "start_kb": soak.rss_start.get(name, (None, None))[1],
-                    "end_kb": soak.rss_end.get(name, (None, None))[1],
-                    "restarted": soak.rss_start.get(name, (None, None))[0]
-                    != soak.rss_end.get(name, (None, None))[0],
-                }
-                for name in soak.rss_end
-            },
-            unplanned_exits={n: s.unplanned for n, s in soak.services.items() if s.unplanned},
-            machine={"cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
-        )
+        soak.summary(result, started)
         soak_report.finish(result)
         text = soak_report.table(result)
         print(text)

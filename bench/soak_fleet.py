@@ -184,6 +184,11 @@ class Board:
             link.write(b"\x32" + _varint(len(body)) + body)
             if entry[2]:
                 self.fleet.resent += 1
+            else:
+                # The generator's own part of ts -> Kafka: a reading measured while its board was
+                # offline or its publish window full waits here, like on a board.
+                self.fleet.send_ts.append(entry[1])
+                self.fleet.send_lag.append(now_ms() - entry[1])
             entry[2] = now
             self.inflight[pid] = seq
             self.inflight_since[pid] = now
@@ -349,6 +354,9 @@ class Fleet:
         self.puback_timeouts = self.keepalive_timeouts = self.revived = 0
         self.tasks: list[asyncio.Task[None]] = []
         self.latency = array("q")
+        self.send_ts = array("q")  # ts of each reading, in order of first PUBLISH
+        self.send_lag = array("q")  # ms from a reading's ts to its first PUBLISH
+        self.loop_lag = array("q")  # ms a reading was measured after it was due (a starved process)
 
     async def main(self) -> None:
         self.tasks = tasks = [asyncio.create_task(b.run()) for b in self.boards]
@@ -376,6 +384,7 @@ class Fleet:
             now = time.monotonic()
             while due and due[0][0] <= now:
                 when, board = due.popleft()
+                self.loop_lag.append(int((now - when) * 1000))
                 board.measure()
                 due.append((when + period, board))
             await asyncio.sleep(max(0.0, min(0.05, due[0][0] - time.monotonic())) if due else 0.05)
@@ -459,7 +468,16 @@ class Fleet:
             for b in self.boards
         }
         with open(self.out, "w") as f:
-            json.dump({"boards": boards, "ack_latency_ms": self.latency.tolist()}, f)
+            json.dump(
+                {
+                    "boards": boards,
+                    "ack_latency_ms": self.latency.tolist(),
+                    "send_ts": self.send_ts.tolist(),
+                    "send_lag_ms": self.send_lag.tolist(),
+                    "loop_lag_ms": self.loop_lag.tolist(),
+                },
+                f,
+            )
         self.stats()
         sys.stdout.write(json.dumps({"final": True}) + "\n")
         sys.stdout.flush()

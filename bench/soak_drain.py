@@ -1,0 +1,84 @@
+"""The end of bench/soak.py's load: the boards stop measuring and re-send until everything is acked,
+the backend stores every reading, and every window that must exist is there and final. Only then is
+there anything to account for.
+
+"Every window final" alone is not the end: the backend stores a key's readings before it writes the
+windows they fall in (open windows are not rewritten while the key's input is a backlog, and go out
+final at the idle close), so right after the last readings are stored their windows may not exist
+yet and every window that does is final. Accounting then reported 600 sensor windows "absent" (200
+boards x 1 tumbling + 2 hopping: each board's last windows). So the drain waits until the windows
+the readings Kafka holds must have (soak_accounting.expected_windows) are all there and final.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from soak_accounting import expected_windows
+from soak_common import log, poll_until
+
+from iot import contract
+
+
+def windows_complete(counts: Callable[[str, dict[str, Any]], int], expected: Mapping[str, int]) -> bool:
+    """True once every collection has no window that is not final and at least its expected number of
+    final windows. `counts(collection, filter)` counts documents."""
+    return all(
+        counts(coll, {"final": {"$ne": True}}) == 0 and counts(coll, {"final": True}) >= want
+        for coll, want in expected.items()
+    )
+
+
+def expected_counts(watch: Any, specs: Any) -> dict[str, int]:
+    slot = watch.slot_ms
+    return {
+        contract.COLL_SENSOR_WINDOWS: len(expected_windows(watch.device_slots, slot, specs)),
+        contract.COLL_PLACE_WINDOWS: len(expected_windows(watch.place_slots, slot, specs)),
+    }
+
+
+def wait_for_the_end(
+    args: Any, db: Any, published: Callable[[], int], outbox: Callable[[], int], watch: Any, specs: Any
+) -> dict[str, Any]:
+    """Wait (each step with its deadline) for empty outboxes, every reading stored, every expected
+    window final; the timings say how long each took, False where a deadline passed."""
+    import pymongo
+
+    timings: dict[str, Any] = {}
+    t0 = time.time()
+    timings["outboxes_empty"] = poll_until(
+        lambda: outbox() == 0, args.ack_timeout * 4 + 180, "every outbox empty"
+    )
+    timings["outboxes_empty_s"] = round(time.time() - t0, 1)
+    total = published()
+
+    def count(coll: str, flt: dict[str, Any]) -> int:
+        return int(db[coll].count_documents(flt))
+
+    def stored_all() -> bool:
+        try:
+            return count(contract.COLL_READINGS, {}) >= total
+        except pymongo.errors.PyMongoError:
+            return False
+
+    timings["readings_stored"] = poll_until(stored_all, args.drain_timeout, "every reading in MongoDB", 2.0)
+    timings["readings_stored_s"] = round(time.time() - t0, 1)
+    # Kafka holds every distinct reading by now (they are stored): the watch knows their windows.
+    poll_until(lambda: watch.distinct() >= total, 60, "the watch read every reading")
+    expected = expected_counts(watch, specs)
+    log("waiting_for_windows", **expected)
+
+    def complete() -> bool:
+        try:
+            return windows_complete(count, expected)
+        except pymongo.errors.PyMongoError:
+            return False
+
+    timings["windows_final"] = poll_until(
+        complete, args.idle + args.grace + 300, "every expected window final", 2.0
+    )
+    timings["windows_final_s"] = round(time.time() - t0, 1)
+    timings["windows_expected"] = expected
+    return timings
