@@ -6,7 +6,7 @@ measurement, so every read powers it on first.
 
 from micropython import const
 
-from sensor import SensorError
+from sensor import SensorError, errno_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class BH1750:
             self._command(_MT_HIGH | (self.mtreg >> 5))
             self._command(_MT_LOW | (self.mtreg & 0x1F))
         except OSError as exc:
-            raise SensorError("i2c", "bh1750 at 0x%02x: %s" % (self._addr, exc))
+            raise SensorError("i2c", "bh1750 at 0x%02x: %s" % (self._addr, exc), errno_of(exc))
 
     def read_raw(self) -> int:
         try:
@@ -64,7 +64,7 @@ class BH1750:
             self._board.sleep_ms(conversion_ms(self.mtreg))
             self._i2c.readfrom_into(self._addr, self._data)
         except OSError as exc:
-            raise SensorError("i2c", "bh1750 at 0x%02x: %s" % (self._addr, exc))
+            raise SensorError("i2c", "bh1750 at 0x%02x: %s" % (self._addr, exc), errno_of(exc))
         return (self._data[0] << 8) | self._data[1]
 
     def read(self) -> float:

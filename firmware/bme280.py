@@ -8,7 +8,7 @@ formulas give the datasheet's exact results on the board and on the unix port al
 from micropython import const
 
 import crc8
-from sensor import SensorError
+from sensor import SensorError, errno_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class BME280:
             self._write_reg(_REG_CONFIG, 0)  # filter off
             self._write_reg(_REG_CTRL_MEAS, 0)  # sleep until a forced measurement
         except OSError as exc:
-            raise SensorError("i2c", "bme280 at 0x%02x: %s" % (self._addr, exc))
+            raise SensorError("i2c", "bme280 at 0x%02x: %s" % (self._addr, exc), errno_of(exc))
 
     def read_raw(self) -> tuple:
         """One forced conversion; returns (adc_t, adc_p, adc_h)."""
@@ -202,7 +202,7 @@ class BME280:
                 board.sleep_ms(1)
             self._i2c.readfrom_mem_into(self._addr, _REG_DATA, self._data)
         except OSError as exc:
-            raise SensorError("i2c", "bme280 at 0x%02x: %s" % (self._addr, exc))
+            raise SensorError("i2c", "bme280 at 0x%02x: %s" % (self._addr, exc), errno_of(exc))
         d = self._data
         if d == self._last:
             self._same += 1

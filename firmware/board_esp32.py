@@ -81,6 +81,7 @@ class Board:
     def __init__(self) -> None:
         self._wlan = network.WLAN(network.STA_IF)
         self._i2c: machine.I2C | None = None
+        self._i2c_args = (0, 0, 0, 0)
         self._wdt: Watchdog | None = None
 
     # --- time -------------------------------------------------------------------------------
@@ -112,8 +113,25 @@ class Board:
     # --- buses ------------------------------------------------------------------------------
     def i2c(self, bus_id: int, scl: int, sda: int, freq: int) -> machine.I2C:
         if self._i2c is None:
+            self._i2c_args = (bus_id, scl, sda, freq)
             self._i2c = machine.I2C(bus_id, scl=machine.Pin(scl), sda=machine.Pin(sda), freq=freq)
         return self._i2c
+
+    def i2c_pins(self) -> tuple:
+        """SCL and SDA as open-drain GPIOs, released: constructing a Pin routes the pad to the GPIO
+        function, away from the I2C peripheral (for a bus clear, i2cbus.py)."""
+        _bus, scl, sda, _freq = self._i2c_args
+        od = machine.Pin.OPEN_DRAIN
+        return machine.Pin(scl, od, value=1), machine.Pin(sda, od, value=1)
+
+    def i2c_reinit(self) -> None:
+        """The peripheral back on its pads. machine.I2C(id, ...) re-initialises the port's one static
+        object for that id (machine_i2c.c), the same object the drivers hold."""
+        bus_id, scl, sda, freq = self._i2c_args
+        self._i2c = machine.I2C(bus_id, scl=machine.Pin(scl), sda=machine.Pin(sda), freq=freq)
+
+    def sleep_us(self, us: int) -> None:
+        time.sleep_us(us)
 
     # --- network ----------------------------------------------------------------------------
     def wifi_start(self, ssid: str, password: str) -> None:

@@ -24,6 +24,7 @@ import config  # noqa: E402
 import log  # noqa: E402
 from bh1750 import BH1750  # noqa: E402
 from bme280 import BME280  # noqa: E402
+import i2cbus  # noqa: E402
 from sensor import SensorError  # noqa: E402
 
 TYPE_CHECKING = False
@@ -107,9 +108,12 @@ class Sensor:
         self.started = False
         self.errors = 0
         self.last_error = ""
+        # The last read failed on the bus other than by a NACK: a slave may be holding SDA low.
+        self.bus_suspect = False
 
     def fail(self, exc: SensorError) -> None:
         self.errors += 1
+        self.bus_suspect = exc.kind == "i2c" and exc.code != i2cbus.ENODEV
         if exc.kind != self.last_error:
             log.event("sensor_failed", sensor=self.name, kind=exc.kind, detail=exc.detail,
                       action="metrics are null until it recovers; check wiring if it persists")
@@ -152,6 +156,7 @@ class Node:
         self.bme = Sensor("bme280", BME280(i2c, cfg["bme280_addr"], board, cfg["stuck_after"]))
         self.bh = Sensor("bh1750", BH1750(i2c, cfg["bh1750_addr"], board, cfg["bh1750_mtreg"]))
         self.range_errors = 0
+        self.bus_clears = 0
         self.outbox = Outbox(cfg["outbox_slots"], feed=board.feed)
         if self.outbox.torn:
             log.event("outbox_torn_records", torn=self.outbox.torn, kept=self.outbox.flash_count,
@@ -193,6 +198,8 @@ class Node:
         light = self.bh.read()
         if isinstance(light, float):
             lux = light
+        if self.bme.bus_suspect or self.bh.bus_suspect:
+            self.bus_clears += i2cbus.recover(self.board, self.bme, self.bh, self.bus_clears)
         reading = {
             "v": 1,
             "device": self.cfg["device"],
@@ -276,6 +283,7 @@ class Node:
                 "bme280": self.bme.errors,
                 "bh1750": self.bh.errors,
                 "range": self.range_errors,
+                "i2c_bus": self.bus_clears,  # bus clears the firmware ran (a slave held SDA low)
             },
             "sensor_warnings": {"bme280_crc": self.bme.driver.crc_warning},  # type: ignore[union-attr]
             "reconnects": self.link.reconnects,

@@ -44,7 +44,7 @@ STEPS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
 }
 VIRTUAL_ONLY = {"set_environment", "sensor_fault"}
 SENSORS = ("bme280", "bh1750")
-FAULT_KINDS = ("nack", "wrong_id", "bad_crc", "stuck", "hang")
+FAULT_KINDS = ("nack", "wrong_id", "bad_crc", "stuck", "hang", "stuck_sda")
 # Sensor noise + rounding of a virtual board (hil/README.md), the default window tolerance.
 VIRTUAL_TOLERANCE = {"temperature": 0.05, "humidity": 0.1, "pressure": 0.1, "luminosity": 1.5}
 

@@ -17,13 +17,13 @@ import time
 
 TICKS_MAX_DELTA = 1 << 29  # time.ticks_add raises OverflowError at or beyond this (py/modtime)
 RTC_UNSYNCED_EPOCH_MS = 946684800000  # an ESP32 RTC starts at 2000-01-01 without NTP
-ENODEV = 19
 MBEDTLS_X509_VERIFY_FAILED = -9984  # -0x2700, as the port raises it from the handshake
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from hil.virtual import bh1750_model, bme280_model, env
+    from hil.virtual import bme280_model, env
+    from hil.virtual.vi2c import Pin, VirtualI2C
     from hil.virtual.vnet import (
         EHOSTUNREACH,
         ETIMEDOUT,
@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     )
 else:
     # On the board these are top-level modules next to this one (MICROPYPATH).
-    import bh1750_model
     import bme280_model
     import env
+    from vi2c import Pin, VirtualI2C
     from vnet import (
         EHOSTUNREACH,
         ETIMEDOUT,
@@ -85,6 +85,11 @@ class Spec:
         self.bh1750_addr: int = raw.get("bh1750_addr", 0x23)
         self.parent_pid: int = raw.get("parent_pid", 0)
         self.hang_s: float = raw.get("hang_s", 3600)
+        # The stuck_sda fault: SCL pulses the slave needs before it lets SDA go (vi2c.py), and
+        # whether the I2C driver clears a stuck bus itself on a timeout (ESP-IDF's legacy driver
+        # under the 1.22-1.24 port does).
+        self.stuck_clocks: int = raw.get("stuck_clocks", 7)
+        self.i2c_driver_clears_bus: bool = raw.get("i2c_driver_clears_bus", True)
         # Virtual time: `clock_speed` virtual ms per real ms; ticks start at `ticks_start_ms` (a test
         # can start a board just before the 2^30 ms wrap).
         self.clock_speed: float = raw.get("clock_speed", 1)
@@ -115,59 +120,6 @@ class Network:
     def check(self) -> None:
         if not self.up():
             raise OSError(EHOSTUNREACH)
-
-
-class VirtualI2C:
-    """machine.I2C's methods over the sensor models; an absent or NACKing device raises ENODEV."""
-
-    def __init__(self, board: "Board") -> None:
-        self._board = board
-        self.bme280 = bme280_model.BME280Model(board.spec.calibration, board.spec.seed, board.spec.noise_lsb)
-        self.bh1750 = bh1750_model.BH1750Model()
-        self.bme280_addr = board.spec.bme280_addr
-        self.bh1750_addr = board.spec.bh1750_addr
-
-    def _device(self, addr: int) -> object:
-        now = self._board.world_ms()
-        for name in ("bme280", "bh1750"):
-            if self._board.fault(name, now) == "hang":
-                # A slave holding SDA low: the bus blocks; a hardware watchdog fires in the middle.
-                self._board.block_ms(int(self._board.spec.hang_s * 1000))
-                break
-        if addr == self.bme280_addr:
-            self.bme280.fault = self._board.fault("bme280", now)
-            if self.bme280.fault != "nack":
-                return self.bme280
-        elif addr == self.bh1750_addr:
-            self.bh1750.fault = self._board.fault("bh1750", now)
-            if self.bh1750.fault != "nack":
-                return self.bh1750
-        raise OSError(ENODEV)
-
-    def readfrom_mem_into(self, addr: int, reg: int, buf: bytearray) -> None:
-        dev = self._device(addr)
-        if not isinstance(dev, bme280_model.BME280Model):
-            raise OSError(ENODEV)
-        buf[:] = dev.read(reg, len(buf), self._board.world_ms())
-
-    def writeto_mem(self, addr: int, reg: int, buf: bytes | bytearray) -> None:
-        dev = self._device(addr)
-        if not isinstance(dev, bme280_model.BME280Model):
-            raise OSError(ENODEV)
-        dev.write(reg, bytes(buf), self._board.world_ms())
-
-    def writeto(self, addr: int, buf: bytes | bytearray) -> int:
-        dev = self._device(addr)
-        if isinstance(dev, bh1750_model.BH1750Model):
-            for cmd in buf:
-                dev.command(cmd, self._board.world_ms())
-        return 1
-
-    def readfrom_into(self, addr: int, buf: bytearray) -> None:
-        dev = self._device(addr)
-        if not isinstance(dev, bh1750_model.BH1750Model):
-            raise OSError(ENODEV)
-        buf[:] = dev.read(len(buf), self._board.world_ms())
 
 
 class Watchdog:
@@ -296,6 +248,23 @@ class Board:
             bus.bh1750.source = self.light
             self._i2c = bus
         return self._i2c
+
+    def i2c_pins(self) -> tuple[Pin, Pin]:
+        """SCL and SDA as open-drain GPIOs, released (for a bus clear)."""
+        bus = self._i2c
+        if bus is None:
+            raise OSError(19)  # no bus configured (ENODEV)
+        scl, sda = Pin(bus.wires, "scl", self), Pin(bus.wires, "sda", self)
+        scl.value(1)
+        sda.value(1)
+        return scl, sda
+
+    def i2c_reinit(self) -> None:
+        if self._i2c is not None:
+            self._i2c.reinit()
+
+    def sleep_us(self, us: int) -> None:
+        self.check_watchdog()  # microseconds: nothing a test could see pass
 
     # --- network ----------------------------------------------------------------------------
     def wifi_start(self, ssid: str, password: str) -> None:

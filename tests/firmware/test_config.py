@@ -160,6 +160,11 @@ def test_every_wait_between_feeds_is_counted_with_the_ports_bounds() -> None:
         config.I2C_TRAFFIC_MS + config.FLASH_OP_MS)
 
 
+def test_watchdog_bounds_are_the_ones_the_firmware_uses(tmp_path: Path) -> None:
+    code = "import json, link, config\nprint(json.dumps([link.CONNECT_TIMEOUT_MS, config.CONNECT_MS]))"
+    assert unixport.run_json(code, tmp_path) == [config.CONNECT_MS, config.CONNECT_MS]
+
+
 def test_outbox_that_would_not_fit_the_file_system_is_refused() -> None:
     cfg = config.validate({**GOOD, "outbox_slots": 5000})
     config.check_outbox_fits(cfg, 4 * 1024 * 1024)

@@ -44,7 +44,7 @@ def test_board_publishes_valid_payload_v1_readings_that_match_its_environment(
     health = wait_for(lambda: probe.messages("health", board.device), 10, "a health message")[-1].json()
     assert health["boot"] == 0 and health["outbox_dropped"] == 0
     assert 0 < health["mem_free"] < 110 * 1024
-    assert health["sensor_errors"] == {"bme280": 0, "bh1750": 0, "range": 0}
+    assert health["sensor_errors"] == {"bme280": 0, "bh1750": 0, "range": 0, "i2c_bus": 0}
 
 
 def test_clean_stop_publishes_offline_and_board_exits_zero(make_board: BoardFactory, probe: Probe) -> None:
