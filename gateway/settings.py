@@ -12,7 +12,6 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Final
-from urllib.parse import urlsplit
 
 from iot import contract
 from iot.env import EnvReader
@@ -128,8 +127,7 @@ class GatewaySettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
         env = os.environ if env is None else env
         reader = EnvReader(env, SettingsError)
-        url = reader.text("IOT_MQTT_URL")
-        host, port, tls_scheme = _parse_mqtt_url(url)
+        broker = reader.mqtt_url("IOT_MQTT_URL")
         tls_ca = reader.path("IOT_MQTT_TLS_CA")
         tls_cert = reader.path("IOT_MQTT_TLS_CERT")
         tls_key = reader.path("IOT_MQTT_TLS_KEY")
@@ -155,9 +153,9 @@ class GatewaySettings:
             raise SettingsError("IOT_GATEWAY_KAFKA_COMPRESSION", f"one of {', '.join(sorted(_COMPRESSIONS))}")
         bootstrap = reader.text("IOT_KAFKA_BOOTSTRAP")
         return cls(
-            mqtt_host=host,
-            mqtt_port=port,
-            mqtt_tls=tls_scheme or tls_ca is not None,
+            mqtt_host=broker.host,
+            mqtt_port=broker.port,
+            mqtt_tls=broker.tls or tls_ca is not None,
             mqtt_tls_ca=tls_ca,
             mqtt_tls_cert=tls_cert,
             mqtt_tls_key=tls_key,
@@ -178,23 +176,6 @@ class GatewaySettings:
             e2e_ack=reader.boolean("IOT_GATEWAY_E2E_ACK", True),
             max_clock_ahead_s=reader.integer("IOT_MAX_CLOCK_AHEAD_S", _MAX_CLOCK_AHEAD_S, 0, 2**31 - 1),
         )
-
-
-def _parse_mqtt_url(url: str) -> tuple[str, int, bool]:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise SettingsError("IOT_MQTT_URL", f"{url!r} is not a URL: {exc}") from None
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise SettingsError("IOT_MQTT_URL", f"scheme must be mqtt:// or mqtts://, got {parts.scheme!r}")
-    if parts.username or parts.password:
-        # Credentials in a URL end up in process listings and logs.
-        raise SettingsError("IOT_MQTT_URL", "put credentials in IOT_MQTT_USERNAME/IOT_MQTT_PASSWORD")
-    if not parts.hostname:
-        raise SettingsError("IOT_MQTT_URL", f"{url!r} has no host")
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, port or (8883 if tls else 1883), tls
 
 
 def _kafka_passthrough(reader: EnvReader) -> dict[str, str | Secret]:

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from hil import fleet
 from hil.flash import flash
 from hil.rig import cli as rig_cli
 from hil.vboard_process import DEFAULT_HEAP
-from iot import contract
-
-
-def _broker() -> str:
-    return os.environ.get("IOT_MQTT_URL", contract.ENV_DEFAULTS["IOT_MQTT_URL"])
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,22 +70,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_boards(args: argparse.Namespace) -> int:
-    broker = _broker()
+    broker = fleet.Broker.from_env()
     environments = fleet.load_environments(args.env_file) if args.env_file else None
     plans = fleet.plan(
         args.count,
         args.places,
         args.interval,
-        broker,
+        broker.url,
         args.prefix,
         args.env,
         not args.unsynced,
+        extra_config=broker.tls_config(),
         environments=environments,
     )
     root = args.state_dir or fleet.default_state_dir()
-    return fleet.run_fleet(plans, root, broker, args.duration, args.heap, args.fresh, serial=args.serial)
+    return fleet.run_fleet(
+        plans, root, broker.url, args.duration, args.heap, args.fresh, serial=args.serial, tls_ca=broker.ca
+    )
 
 
 def run_flash(args: argparse.Namespace) -> int:
-    flash(args.port, args.config, _broker(), args.mpy, args.dry_run, args.wait, mpy_arch=args.mpy_arch)
+    broker = fleet.Broker.from_env()
+    flash(
+        args.port,
+        args.config,
+        broker.url,
+        args.mpy,
+        args.dry_run,
+        args.wait,
+        mpy_arch=args.mpy_arch,
+        tls_ca=broker.ca,
+    )
     return 0

@@ -57,7 +57,14 @@ def load_board_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def plan_copies(config_path: Path, mpy: bool, build_dir: Path, firmware: Path = paths.FIRMWARE) -> list[Copy]:
+def plan_copies(
+    config_path: Path,
+    mpy: bool,
+    build_dir: Path,
+    firmware: Path = paths.FIRMWARE,
+    ca: tuple[Path, str] | None = None,
+) -> list[Copy]:
+    """Every file for the board, main.py last; `ca`: (the broker's CA here, its name on the board)."""
     copies = []
     for source in paths.firmware_files(firmware):
         if mpy and source.name != "main.py":
@@ -66,6 +73,8 @@ def plan_copies(config_path: Path, mpy: bool, build_dir: Path, firmware: Path = 
             copies.append(Copy(source, source.name))
     # Config before main.py: a board that resets mid-copy must not boot without one.
     copies.insert(len(copies) - 1, Copy(config_path, "config.json"))
+    if ca is not None:  # before its config: config validation at boot checks that the file is there
+        copies.insert(len(copies) - 2, Copy(ca[0], ca[1]))
     return copies
 
 
@@ -187,12 +196,21 @@ def flash(
     firmware: Path = paths.FIRMWARE,
     username: str = "",
     password: str = "",
+    tls_ca: Path | None = None,
 ) -> FlashResult | None:
     """Replace the firmware and config of the board on `port`, reset it, wait for its birth message.
-    `firmware`: the directory of firmware modules (default firmware/ of this repository)."""
+    `firmware`: the directory of firmware modules (default firmware/ of this repository). `tls_ca`:
+    the broker's CA (IOT_MQTT_TLS_CA): the probe verifies the broker with it, and a board whose config
+    names a `tls_ca_file` for an mqtts:// broker gets a copy under that name."""
     cfg = load_board_config(config_path)
     build_dir = Path.cwd() / ".cache" / "flash-build"
-    copies = plan_copies(config_path, mpy, build_dir, firmware)
+    board_ca = None
+    if tls_ca is not None and str(cfg["broker"]).startswith("mqtts://") and cfg.get("tls_ca_file"):
+        name = str(cfg["tls_ca_file"]).lstrip("/")
+        if "/" in name:
+            raise RigConfigError("tls_ca_file", f"{name!r}: iot flash puts the CA in the board's root")
+        board_ca = (tls_ca, name)
+    copies = plan_copies(config_path, mpy, build_dir, firmware, board_ca)
     mpremote = paths.venv_tool("mpremote")
     say(
         f"flash board={cfg['device']} place={cfg['place']} port={port} files={len(copies)} "
@@ -208,7 +226,8 @@ def flash(
     device, place = str(cfg["device"]), str(cfg["place"])
     started = time.monotonic()
     topics = [f"sensors/{place}/{device}/status", f"sensors/{place}/{device}/health"]
-    with Probe(broker, topics, username=username, password=password) as probe:
+    probe_ca = str(tls_ca) if tls_ca is not None else None
+    with Probe(broker, topics, username=username, password=password, tls_ca=probe_ca) as probe:
         say(f"stopping the firmware and copying {len(copies)} files to :{STAGE}/ on {port}")
         _run(flash_commands(mpremote, port, copies), f"flashing {port}", timeout=STEP_TIMEOUT_S * 3)
         copied = time.monotonic() - started

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from hil.probe import Probe
 from hil.vboard_process import DEFAULT_HEAP, EXIT_CONFIG, VirtualBoard
 from hil.virtual import env as envmod
 from iot import contract, log
+from iot.env import EnvReader, MqttEndpoint
+from iot.errors import ConfigError
 
 _log = log.get("hil.fleet")
 ENV_KINDS = ("constant", "day")
@@ -44,6 +47,48 @@ def environment(place: str, kind: str = "constant") -> dict[str, dict[str, objec
 def expected_values(place: str, t: float, kind: str = "constant") -> dict[str, float]:
     """What a board in `place` measures at epoch time t (s), before sensor noise and rounding."""
     return envmod.values_at(environment(place, kind), t)
+
+
+# Where a board keeps the broker's CA on its flash (config `tls_ca_file`).
+TLS_CA_NAME = "ca.crt"
+
+
+@dataclass(frozen=True)
+class Broker:
+    """The broker the boards use, read from the environment as the gateway reads it: IOT_MQTT_URL
+    (`mqtt://host:port`, `mqtts://host:port` for TLS) and IOT_MQTT_TLS_CA (the CA the boards verify it
+    with; setting it turns TLS on, as for the gateway). A board has no CA bundle, so TLS needs the
+    CA file; each board gets a copy on its flash."""
+
+    endpoint: MqttEndpoint
+    ca: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Broker:
+        reader = EnvReader(env)
+        endpoint = reader.mqtt_url("IOT_MQTT_URL")
+        ca_text = reader.path("IOT_MQTT_TLS_CA")
+        ca = Path(ca_text) if ca_text else None
+        if ca is None and endpoint.tls:
+            raise ConfigError(
+                "IOT_MQTT_TLS_CA",
+                f"is required for {endpoint.url}: a board has no CA bundle and verifies the broker with "
+                "this file (the native stack's is .stack/tls/ca.crt)",
+            )
+        if ca is not None:
+            head = ca.read_bytes()[:64]
+            if b"-----BEGIN CERTIFICATE-----" not in head and not head.startswith(b"\x30\x82"):
+                raise ConfigError("IOT_MQTT_TLS_CA", f"{ca} is neither a PEM nor a DER certificate")
+            endpoint = MqttEndpoint(endpoint.host, endpoint.port, True)
+        return cls(endpoint, ca)
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
+
+    def tls_config(self) -> dict[str, Any]:
+        """What a board's config needs beyond `broker` for this broker: its CA file, over TLS."""
+        return {"tls_ca_file": TLS_CA_NAME} if self.ca is not None else {}
 
 
 @dataclass(frozen=True)
@@ -98,6 +143,7 @@ class Fleet:
     plans: list[BoardPlan]
     heap: str = DEFAULT_HEAP
     serial: bool = False
+    tls_ca: Path | None = None  # copied onto every board's flash as TLS_CA_NAME
     boards: list[VirtualBoard] = field(default_factory=list)
     restarts: int = 0
 
@@ -106,8 +152,11 @@ class Fleet:
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.boards = [VirtualBoard(self.root, p.config, p.spec, self.heap, self.serial) for p in self.plans]
+        ca = self.tls_ca.read_bytes() if self.tls_ca is not None else None
         for board in self.boards:
             board.write_files()
+            if ca is not None:
+                (board.flash / TLS_CA_NAME).write_bytes(ca)
             board.restore_network()
             if self.serial:
                 board.install_firmware()
@@ -180,11 +229,19 @@ def run_fleet(
     fresh: bool = False,
     progress_every: float = 10.0,
     serial: bool = False,
+    tls_ca: Path | None = None,
 ) -> int:
-    fleet = Fleet(root, plans, heap, serial)
+    """Run the boards until `duration` (0: until interrupted); `broker` is also where the fleet's
+    probe counts their readings, verifying an mqtts:// broker with `tls_ca`."""
+    fleet = Fleet(root, plans, heap, serial, tls_ca)
     fleet.prepare(fresh)
     devices = {p.device for p in plans}
-    probe = Probe(broker, [contract.READING_SUBSCRIPTION], keep=lambda t: t.split("/")[2:3][0] in devices)
+    probe = Probe(
+        broker,
+        [contract.READING_SUBSCRIPTION],
+        keep=lambda t: t.split("/")[2:3][0] in devices,
+        tls_ca=str(tls_ca) if tls_ca else None,
+    )
     probe.start()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()

@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
 from hil.errors import BoardError
+from iot.env import MqttEndpoint, parse_mqtt_url
+from iot.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,25 @@ class Message:
         return json.loads(self.payload)
 
 
+def broker_endpoint(url: str) -> MqttEndpoint:
+    try:
+        return parse_mqtt_url(url, "broker URL")
+    except ConfigError as exc:
+        raise BoardError(f"{exc} (mqtt://host:port, or mqtts://host:port for TLS)") from None
+
+
 def broker_address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise BoardError(f"broker URL {url!r} must look like mqtt://host:port")
-    return parts.hostname, parts.port or 1883
+    endpoint = broker_endpoint(url)
+    return endpoint.host, endpoint.port
+
+
+def _client(endpoint: MqttEndpoint, tls_ca: str | None, **kwargs: Any) -> mqtt.Client:
+    """A paho client for the broker; over TLS it verifies the broker with `tls_ca` (None: the
+    system's CAs), as the boards do with theirs."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+    if endpoint.tls or tls_ca:
+        client.tls_set(ca_certs=tls_ca)
+    return client
 
 
 class Probe:
@@ -44,17 +59,18 @@ class Probe:
         session: str = "",
         username: str = "",
         password: str = "",
+        tls_ca: str | None = None,
     ) -> None:
-        """`session`: a client id for a persistent session, so a broker restart loses nothing for us."""
-        self._host, self._port = broker_address(url)
+        """`session`: a client id for a persistent session, so a broker restart loses nothing for us.
+        `tls_ca`: the CA to verify an mqtts:// broker with (the boards' IOT_MQTT_TLS_CA)."""
+        endpoint = broker_endpoint(url)
+        self._host, self._port = endpoint.host, endpoint.port
         self._topics = list(topics)
         self._keep = keep
         self._lock = threading.Lock()
         self._messages: list[Message] = []
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=session, clean_session=not session
-        )
+        self._client = _client(endpoint, tls_ca, client_id=session, clean_session=not session)
         self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         if username:
             self._client.username_pw_set(username, password or None)
@@ -111,11 +127,11 @@ class Probe:
         return len(self.messages(suffix))
 
 
-def clear_retained(url: str, devices: Iterable[tuple[str, str]]) -> None:
+def clear_retained(url: str, devices: Iterable[tuple[str, str]], tls_ca: str | None = None) -> None:
     """Remove the retained status and health of (place, device) pairs, e.g. throwaway test boards."""
-    host, port = broker_address(url)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    client.connect(host, port)
+    endpoint = broker_endpoint(url)
+    client = _client(endpoint, tls_ca)
+    client.connect(endpoint.host, endpoint.port)
     client.loop_start()
     try:
         infos = [

@@ -9,11 +9,49 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from iot import contract
 from iot.errors import ConfigError
 
-__all__ = ["EnvReader"]
+__all__ = ["EnvReader", "MqttEndpoint", "parse_mqtt_url"]
+
+MQTT_PORT = 1883
+MQTTS_PORT = 8883
+
+
+@dataclass(frozen=True, slots=True)
+class MqttEndpoint:
+    """Where an MQTT broker is: `mqtt://host[:1883]` or, with TLS, `mqtts://host[:8883]`."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_mqtt_url(
+    url: str, name: str = "IOT_MQTT_URL", error: type[ConfigError] = ConfigError
+) -> MqttEndpoint:
+    """The one parser of broker URLs (gateway, boards, probes); `error(name, ...)` on a bad one."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise error(name, f"{url!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise error(name, f"scheme must be mqtt:// or mqtts://, got {parts.scheme!r}")
+    if parts.username or parts.password:
+        # Credentials in a URL end up in process listings and logs.
+        raise error(name, "put credentials in IOT_MQTT_USERNAME/IOT_MQTT_PASSWORD")
+    if not parts.hostname:
+        raise error(name, f"{url!r} has no host")
+    tls = parts.scheme == "mqtts"
+    return MqttEndpoint(parts.hostname, port or (MQTTS_PORT if tls else MQTT_PORT), tls)
 
 
 class EnvReader:
@@ -93,6 +131,10 @@ class EnvReader:
         if value is not None and not os.path.isfile(value):
             raise self.fail(name, f"file {value!r} does not exist")
         return value
+
+    def mqtt_url(self, name: str = "IOT_MQTT_URL") -> MqttEndpoint:
+        """A broker URL (default from the contract): host, port and whether it is TLS."""
+        return parse_mqtt_url(self.text(name), name, self._error)
 
     def port(self, name: str, default: int) -> int:
         """A TCP port; 0 means "off" (or "any free port" where the caller says so)."""

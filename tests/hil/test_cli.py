@@ -15,6 +15,8 @@ from hil import fleet
 from hil.errors import RigConfigError
 from hil.probe import Probe, clear_retained
 from iot.app.cli import build_parser, main
+from iot.app.stack import tls
+from iot.errors import ConfigError
 from tests.support import unique, wait_for
 
 
@@ -177,3 +179,99 @@ def test_boards_serial_flag_gives_each_board_a_port_in_the_manifest(tmp_path: Pa
     manifest = json.loads((tmp_path / "b" / "boards.json").read_text())
     assert [m["port"] for m in manifest] == [str(tmp_path / "b" / p.device / "tty") for p in plans]
     assert all((tmp_path / "b" / p.device / "flash" / "main.py").exists() for p in plans)
+
+
+# --- the broker of `iot boards` and `iot flash`: IOT_MQTT_URL and IOT_MQTT_TLS_CA, as the gateway -----
+
+
+def _ca(tmp_path: Path) -> Path:
+    return tls.ensure(tmp_path / "tls", ["localhost"]).ca
+
+
+@pytest.mark.unit
+def test_boards_broker_is_plain_by_default_and_tls_with_mqtts_and_a_ca(tmp_path: Path) -> None:
+    plain = fleet.Broker.from_env({})
+    assert (plain.url, plain.ca, plain.tls_config()) == ("mqtt://127.0.0.1:1883", None, {})
+    ca = _ca(tmp_path)
+    secure = fleet.Broker.from_env({"IOT_MQTT_URL": "mqtts://localhost", "IOT_MQTT_TLS_CA": str(ca)})
+    assert secure.url == "mqtts://localhost:8883" and secure.ca == ca
+    assert secure.tls_config() == {"tls_ca_file": fleet.TLS_CA_NAME}
+    # As for the gateway, a CA turns TLS on even with an mqtt:// URL.
+    with_ca = fleet.Broker.from_env({"IOT_MQTT_URL": "mqtt://h:9000", "IOT_MQTT_TLS_CA": str(ca)})
+    assert with_ca.url == "mqtts://h:9000"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"IOT_MQTT_URL": "mqtts://localhost:8883"}, "IOT_MQTT_TLS_CA"),
+        ({"IOT_MQTT_URL": "mqtts://localhost", "IOT_MQTT_TLS_CA": "/nonexistent/ca.crt"}, "IOT_MQTT_TLS_CA"),
+        ({"IOT_MQTT_URL": "http://localhost:1883"}, "IOT_MQTT_URL"),
+        ({"IOT_MQTT_URL": "mqtt://localhost:99999"}, "IOT_MQTT_URL"),
+        ({"IOT_MQTT_URL": "mqtt://user:secret@localhost"}, "IOT_MQTT_URL"),
+    ],
+)
+def test_bad_boards_broker_settings_name_the_variable(env: dict[str, str], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        fleet.Broker.from_env(env)
+    assert info.value.field == field
+    assert "secret" not in str(info.value)
+
+
+@pytest.mark.unit
+def test_a_ca_file_that_is_no_certificate_is_refused_by_name(tmp_path: Path) -> None:
+    junk = tmp_path / "ca.crt"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="neither a PEM nor a DER") as info:
+        fleet.Broker.from_env({"IOT_MQTT_URL": "mqtts://localhost", "IOT_MQTT_TLS_CA": str(junk)})
+    assert info.value.field == "IOT_MQTT_TLS_CA"
+
+
+@pytest.mark.unit
+def test_iot_boards_with_mqtts_and_no_ca_stops_naming_the_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IOT_MQTT_URL", "mqtts://localhost:8883")
+    monkeypatch.delenv("IOT_MQTT_TLS_CA", raising=False)
+    assert main(["boards", "--count", "1", "--state-dir", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ConfigError: IOT_MQTT_TLS_CA: is required for mqtts://localhost:8883")
+    assert not (tmp_path / "b").exists(), "no board may be prepared with a config that cannot work"
+
+
+@pytest.mark.unit
+def test_fleet_over_tls_puts_the_ca_on_every_boards_flash_and_names_it_in_the_config(tmp_path: Path) -> None:
+    ca = _ca(tmp_path)
+    broker = fleet.Broker.from_env({"IOT_MQTT_URL": "mqtts://localhost:8883", "IOT_MQTT_TLS_CA": str(ca)})
+    plans = fleet.plan(2, 1, 1.0, broker.url, prefix="t", extra_config=broker.tls_config())
+    f = fleet.Fleet(tmp_path / "b", plans, tls_ca=broker.ca)
+    f.prepare(fresh=True)
+    for board in f.boards:
+        assert (board.flash / "ca.crt").read_bytes() == ca.read_bytes()
+        config = json.loads((board.flash / "config.json").read_text())
+        assert config["broker"] == "mqtts://localhost:8883" and config["tls_ca_file"] == "ca.crt"
+
+
+@pytest.mark.unit
+def test_flash_copies_the_brokers_ca_under_the_configs_name_before_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = _ca(tmp_path)
+    config = tmp_path / "board.json"
+    config.write_text(
+        json.dumps(
+            {
+                "device": "kitchen-1",
+                "place": "kitchen",
+                "broker": "mqtts://gw.lan:8883",
+                "tls_ca_file": "ca.crt",
+            }
+        )
+    )
+    monkeypatch.setenv("IOT_MQTT_URL", "mqtts://localhost:8883")
+    monkeypatch.setenv("IOT_MQTT_TLS_CA", str(ca))
+    assert main(["flash", "--port", "/dev/ttyUSB0", "--config", str(config), "--dry-run"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("would copy")]
+    assert [line.split(" -> :")[1] for line in lines][-3:] == ["ca.crt", "config.json", "main.py"]
+    assert lines[-3].startswith(f"would copy {ca} ")

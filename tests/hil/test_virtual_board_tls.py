@@ -5,21 +5,26 @@ Mosquitto with certificates made by the test; now they prove the stack's own lis
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hil.probe import Probe
+from hil import fleet
+from hil.probe import Probe, clear_retained
 from iot import contract
 from iot.app.stack import probes, tls
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
 from tests.gateway.conftest import GatewayFactory, KafkaReader
 from tests.hil.conftest import BoardFactory, health_of, seqs_of
-from tests.support import free_ports, wait_for
+from tests.support import free_ports, unique, wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 
@@ -164,3 +169,36 @@ def test_tls_without_a_ca_file_halts_at_boot_naming_the_field(make_board: BoardF
     board.start()
     assert board.wait(20) == 2
     assert "field=tls_ca_file" in board.console()
+
+
+def test_iot_boards_takes_an_mqtts_url_and_the_stacks_ca_from_the_environment(
+    stack: StackConfig, tmp_path: Path
+) -> None:
+    """`iot boards` as the gateway is configured: IOT_MQTT_URL mqtts:// and IOT_MQTT_TLS_CA; every
+    board verifies the broker with the CA it got on its flash, and the fleet counts over TLS."""
+    prefix = unique("vt")
+    devices = {p.device for p in fleet.plan(2, 1, 0.5, stack.mqtt_url, prefix=prefix)}
+    env = {
+        **os.environ,
+        "IOT_MQTT_URL": f"mqtts://localhost:{stack.mqtt_tls_port}",
+        "IOT_MQTT_TLS_CA": str(stack.mqtt_tls_ca),
+    }
+    command = [sys.executable, "-m", "iot.app.cli", "boards", "--count", "2", "--interval", "0.5"]
+    command += ["--prefix", prefix, "--state-dir", str(tmp_path / "fleet")]
+    with Probe(stack.mqtt_url, ["sensors/+/+/reading"], keep=lambda t: t.split("/")[2] in devices) as probe:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            wait_for(lambda: {m.topic.split("/")[2] for m in probe.messages()} == devices, 30, "both boards")
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, out
+    assert f"broker=mqtts://localhost:{stack.mqtt_tls_port}" in out
+    counted = int(out.split("boards stopped ")[1].split("readings=")[1].split()[0])
+    assert counted > 0 and "failed=none" in out, out
+    for device in devices:
+        config = json.loads((tmp_path / "fleet" / device / "flash" / "config.json").read_text())
+        assert config["tls_ca_file"] == "ca.crt"
+    clear_retained(stack.mqtt_url, [(p.place, p.device) for p in fleet.plan(2, 1, 0.5, "", prefix=prefix)])
