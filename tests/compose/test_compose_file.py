@@ -12,7 +12,7 @@ import yaml
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
-ONE_SHOT = {"mosquitto-auth", "kafka-topics"}
+ONE_SHOT = {"mosquitto-auth", "mosquitto-certs", "kafka-topics"}
 REQUIRED = {
     "mosquitto",
     "kafka",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from iot.app.cli import main
 from iot.app.stack import probes, tls
 from iot.app.stack.config import ConfigError, StackConfig
 from iot.app.stack.manager import Stack
@@ -134,3 +135,14 @@ def test_up_adds_the_tls_listener_to_a_broker_started_without_it_and_status_chec
     other = tls.ensure(tmp_path / "other", HOSTS)
     with pytest.raises(probes.ProbeFailed, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         probes.mqtt_round_trip(cfg.host, cfg.mqtt_tls_port, tls_ca=other.ca)
+
+
+@pytest.mark.unit
+def test_iot_stack_certs_makes_files_for_the_compose_broker_and_names_a_bad_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["stack", "certs", "--dir", str(tmp_path), "--hosts", "mqtt.example.org,10.0.0.5"]) == 0
+    assert {"mqtt.example.org", "10.0.0.5", "localhost"} <= tls.san_hosts(tmp_path / "server.crt")
+    assert f"CA {tmp_path / 'ca.crt'}" in capsys.readouterr().out
+    assert main(["stack", "certs", "--dir", str(tmp_path), "--hosts", "no such host"]) == 1
+    assert "ConfigError: --hosts: 'no such host' is not a host name" in capsys.readouterr().err

@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
-from iot.app.stack import install
-from iot.app.stack.config import ConfigError, StackConfig
+from iot.app.stack import install, tls
+from iot.app.stack.config import ConfigError, StackConfig, tls_hosts
 from iot.app.stack.manager import Stack, StackError
 
 _VARIABLES = """variables: IOT_MQTT_URL, IOT_KAFKA_BOOTSTRAP, IOT_MONGO_URI (ports of Mosquitto, Kafka,
@@ -36,6 +37,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     down = actions.add_parser("down", help="stop the services this stack started")
     down.add_argument("services", nargs="*")
     down.set_defaults(func=_down)
+    certs = actions.add_parser(
+        "certs",
+        help="make (or renew) a broker CA and certificate; `up` does it for the native broker",
+        description="Writes ca.crt, ca.key, server.crt and server.key into DIR, reusing valid ones "
+        "(the same files `up` keeps in <state>/tls/). For the compose broker: "
+        "--dir compose/mosquitto/certs --hosts <the names boards connect to>.",
+    )
+    certs.add_argument("--dir", type=Path, default=None, help="where (default: <state>/tls)")
+    certs.add_argument(
+        "--hosts",
+        default="",
+        help="comma-separated names and addresses for the certificate, besides localhost and 127.0.0.1",
+    )
+    certs.set_defaults(func=_certs)
     status = actions.add_parser("status", help="health of each service")
     status.add_argument("--json", action="store_true", help="one JSON object per service, in a list")
     status.set_defaults(func=_status)
@@ -83,6 +98,21 @@ def _down(args: argparse.Namespace) -> int:
         print(f"StackError: {exc}", file=sys.stderr)
         return 1
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    cfg = _stack().cfg
+    try:
+        hosts = list(dict.fromkeys([*cfg.tls_hosts, *tls_hosts(cfg.host, args.hosts, "--hosts")]))
+        files = tls.ensure(args.dir or cfg.tls_dir, hosts)
+        until = tls.expiry(files.cert)
+    except (ConfigError, tls.CertificateError) as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"CA {files.ca} (the file boards and the gateway verify the broker with)")
+    names = ", ".join(sorted(tls.san_hosts(files.cert)))
+    print(f"server certificate {files.cert} for {names}, valid until {until:%Y-%m-%d}")
     return 0
 
 

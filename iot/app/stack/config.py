@@ -54,7 +54,7 @@ DEFAULT_MQTT_TLS_PORT = 8883
 _HOST_NAME = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
 
 
-def _tls_hosts(listen_host: str, extra: str | None) -> tuple[str, ...]:
+def tls_hosts(listen_host: str, extra: str | None, field: str = "IOT_MQTT_TLS_HOSTS") -> tuple[str, ...]:
     """localhost, 127.0.0.1, the listen address (unless a wildcard), then IOT_MQTT_TLS_HOSTS
     (comma separated: the names or addresses boards on the network use to reach this machine)."""
     hosts = ["localhost", "127.0.0.1"]
@@ -65,7 +65,7 @@ def _tls_hosts(listen_host: str, extra: str | None) -> tuple[str, ...]:
         if not name:
             continue
         if not _HOST_NAME.match(name):
-            raise ConfigError("IOT_MQTT_TLS_HOSTS", f"{name!r} is not a host name or IP address")
+            raise ConfigError(field, f"{name!r} is not a host name or IP address")
         hosts.append(name)
     return tuple(dict.fromkeys(hosts))
 
@@ -109,7 +109,7 @@ class StackConfig:
         mqtt_tls_port = reader.port("IOT_MQTT_TLS_PORT", tls_default)
         if mqtt_tls_port == mqtt_port:
             raise ConfigError("IOT_MQTT_TLS_PORT", f"{mqtt_tls_port} is already the plain MQTT port")
-        tls_hosts = _tls_hosts(mqtt_host, reader.optional("IOT_MQTT_TLS_HOSTS"))
+        cert_hosts = tls_hosts(mqtt_host, reader.optional("IOT_MQTT_TLS_HOSTS"))
         root = _repo_root()
         state_default = root / ".stack" if root else Path.home() / ".local/state/iot"
         heap = get("IOT_KAFKA_HEAP", "512m")
@@ -125,7 +125,7 @@ class StackConfig:
             host=mqtt_host,
             mqtt_port=mqtt_port,
             mqtt_tls_port=mqtt_tls_port,
-            tls_hosts=tls_hosts,
+            tls_hosts=cert_hosts,
             kafka_port=kafka_port,
             kafka_controller_port=_port(
                 "IOT_KAFKA_CONTROLLER_PORT", get("IOT_KAFKA_CONTROLLER_PORT", str(kafka_port + 1))
