@@ -40,9 +40,12 @@ class VirtualBoard:
         spec: dict[str, Any],
         heap: str = DEFAULT_HEAP,
         serial: bool = False,
+        firmware_dir: Path = paths.FIRMWARE,
     ) -> None:
         """`serial`: the board sits behind a serial console (hil/serial_board.py) and runs the firmware
-        from its own flash, as an ESP32 does; otherwise it runs firmware/ from the repository."""
+        from its own flash, as an ESP32 does; otherwise it runs the firmware in `firmware_dir`
+        (firmware/ from the repository, or a build of it: `iot flash --mpy`'s .mpy files and
+        main.py)."""
         self.device: str = str(config["device"])
         self.place: str = str(config["place"])
         self.dir = root / self.device
@@ -58,6 +61,7 @@ class VirtualBoard:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.serial = serial
+        self.firmware_dir = firmware_dir
         self.port = str(self.dir / "tty") if serial else ""
 
     def write_files(self) -> None:
@@ -91,7 +95,7 @@ class VirtualBoard:
             self._start_serial()
             return
         env = dict(os.environ)
-        env["MICROPYPATH"] = f"{paths.FIRMWARE}:{paths.VIRTUAL}"
+        env["MICROPYPATH"] = f"{self.firmware_dir}:{paths.VIRTUAL}"
         env["VBOARD_SPEC"] = str(self.spec_path)
         console = open(self.console_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
@@ -100,7 +104,7 @@ class VirtualBoard:
                     paths.venv_tool("micropython"),
                     "-X",
                     f"heapsize={self.heap}",
-                    str(paths.FIRMWARE / "main.py"),
+                    str(self.firmware_dir / "main.py"),
                 ],
                 cwd=self.flash,
                 env=env,

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from hil import fleet
+from hil import fleet, paths
 from hil.probe import Probe, broker_address, clear_retained
-from hil.vboard_process import VirtualBoard
+from hil.vboard_process import DEFAULT_HEAP, VirtualBoard
 from hil.virtual import outbox_reader
 from iot import contract
 from tests.support import unique
@@ -37,7 +37,12 @@ def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
     made: list[VirtualBoard] = []
 
     def factory(
-        place: str = "kitchen", spec: dict[str, Any] | None = None, serial: bool = False, **config: Any
+        place: str = "kitchen",
+        spec: dict[str, Any] | None = None,
+        serial: bool = False,
+        firmware_dir: Path = paths.FIRMWARE,
+        heap: str = DEFAULT_HEAP,
+        **config: Any,
     ) -> VirtualBoard:
         device = unique("vt")
         cfg: dict[str, Any] = {
@@ -54,7 +59,8 @@ def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
         cfg.update(config)
         board_spec: dict[str, Any] = {"env": fleet.environment(place), "seed": len(made) + 1}
         board_spec.update(spec or {})
-        board = VirtualBoard(tmp_path / "boards", cfg, board_spec, serial=serial)
+        board = VirtualBoard(tmp_path / "boards", cfg, board_spec, serial=serial, firmware_dir=firmware_dir,
+                             heap=heap)
         board.write_files()
         made.append(board)
         return board
@@ -105,3 +111,19 @@ def first_occurrences(seqs: list[int]) -> list[int]:
             seen.add(s)
             out.append(s)
     return out
+
+
+def publish_once(broker_url: str, topic: str, payload: bytes) -> None:
+    """One QoS 1 message from a separate client, returning once the broker has it."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    host, port = broker_address(broker_url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"))
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -16,9 +16,10 @@ from tests.hil.conftest import (
     health_of,
     outbox_entries,
     outbox_state,
+    publish_once,
     seqs_of,
 )
-from tests.support import unique, wait_for
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 
@@ -198,22 +199,6 @@ def test_unacked_readings_go_to_flash_are_resent_and_released_once_a_gateway_ack
         gateways.close()
 
 
-def _publish(broker_url: str, topic: str, payload: bytes) -> None:
-    """One QoS 1 message from a separate client, returning once the broker has it."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    host, port = broker_address(broker_url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"))
-    client.connect(host, port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 def test_oversized_incoming_packet_is_dropped_unread_and_the_session_survives(
     make_board: BoardFactory, probe: Probe, broker_url: str
 ) -> None:
@@ -224,10 +209,10 @@ def test_oversized_incoming_packet_is_dropped_unread_and_the_session_survives(
     board.start()
     wait_for(lambda: len(probe.readings(board.device)) >= 3, 20, "3 readings")
     ack_topic = f"sensors/{board.place}/{board.device}/ack"
-    _publish(broker_url, ack_topic, b"[" + b" " * 60_000 + b"]")
+    publish_once(broker_url, ack_topic, b"[" + b" " * 60_000 + b"]")
     wait_for(lambda: [h for h in health_of(probe, board.device) if h["oversized_in"] == 1], 20, "1 oversized")
     # A real ack afterwards still releases readings: the stream stayed in sync.
-    _publish(broker_url, ack_topic, json.dumps({"boot": 0, "ranges": [[0, 10_000]]}).encode())
+    publish_once(broker_url, ack_topic, json.dumps({"boot": 0, "ranges": [[0, 10_000]]}).encode())
     wait_for(lambda: [h for h in health_of(probe, board.device) if h["outbox_depth"] <= 2], 20, "acked")
     assert all(h["reconnects"] == 0 for h in health_of(probe, board.device))
     assert board.running and "link_down" not in board.console()
