@@ -24,8 +24,12 @@ def venv_tool(name: str) -> str:
     return found
 
 
+# In firmware/ but not firmware: the build description for a frozen image (MicroPython manifest).
+MANIFEST = "manifest.py"
+
+
 def firmware_files(root: Path = FIRMWARE) -> list[Path]:
     """The firmware modules that go onto a board, main.py last so a half copy never boots."""
-    files = sorted(p for p in root.glob("*.py"))
+    files = sorted(p for p in root.glob("*.py") if p.name != MANIFEST)
     files.sort(key=lambda p: p.name == "main.py")
     return files
