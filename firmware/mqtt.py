@@ -122,9 +122,9 @@ class Client:
         self._ping_sent = 0
         self._ping_pending = False
         self._hdr = bytearray(1)
+        self._hdrv = memoryview(self._hdr)
         self._small = bytearray(4)  # PUBACK/PINGREQ/DISCONNECT going out
         self._tx = bytearray(_TX_SIZE)
-        self._txv = memoryview(self._tx)
         self._rx = bytearray(MAX_PACKET_IN)
         self._rxv = memoryview(self._rx)
         self._rx_len = 0
@@ -180,8 +180,8 @@ class Client:
         head = bytearray(5)
         head[0] = _CONNECT
         n = _put_len(head, 1, len(body))
-        self._write(memoryview(head)[:n], deadline)
-        self._write(memoryview(body), deadline)
+        self._write(head, n, deadline)
+        self._write(body, len(body), deadline)
         while True:
             remaining = board.ticks_diff(deadline, board.ticks_ms())
             if remaining <= 0:
@@ -217,23 +217,23 @@ class Client:
             self._small[1] = 0
             try:
                 deadline = self._board.ticks_add(self._board.ticks_ms(), _PACKET_MS)
-                self._write(memoryview(self._small)[:2], deadline)
+                self._write(self._small, 2, deadline)
             except MQTTError:
                 pass  # already gone; close below is all that is left to do
         self.close()
 
     # --- bytes on the wire ------------------------------------------------------------------
-    def _write(self, buf: memoryview, deadline: int) -> None:
-        """Write all of buf (looping over short writes) before deadline, else MQTTError."""
+    def _write(self, buf: bytes | bytearray | memoryview, n: int, deadline: int) -> None:
+        """Write buf[:n] (looping over short writes) before deadline, else MQTTError. The port's
+        stream write takes (buf, off, max_len): the rest of a short write goes without a slice."""
         board = self._board
         sock = self._sock
         if sock is None:
             raise MQTTError("closed", "not connected")
         off = 0
-        n = len(buf)
         while off < n:
             try:
-                sent = sock.write(buf[off:])
+                sent = sock.write(buf, off, n - off)
             except OSError as exc:
                 if _errno(exc) not in _BUSY:
                     self.close()
@@ -264,11 +264,11 @@ class Client:
                 return False
             board.feed()
 
-    def _read_into(self, buf: memoryview, deadline: int) -> None:
-        """Fill buf completely before deadline, else MQTTError."""
+    def _read_into(self, buf: memoryview, n: int, deadline: int) -> None:
+        """Fill buf[:n] before deadline, else MQTTError. readinto(buf, n) has no offset: only the
+        rest of a short read needs a slice (an allocation), the usual whole read none."""
         board = self._board
         got = 0
-        n = len(buf)
         while got < n:
             left = board.ticks_diff(deadline, board.ticks_ms())
             if left <= 0:
@@ -281,7 +281,7 @@ class Client:
             if sock is None:
                 raise MQTTError("closed", "not connected")
             try:
-                k = sock.readinto(buf[got:])
+                k = sock.readinto(buf, n) if not got else sock.readinto(buf[got:], n - got)
             except OSError as exc:
                 if _errno(exc) in _BUSY:
                     continue  # readable was a false alarm (TLS record not complete yet)
@@ -302,12 +302,12 @@ class Client:
             return 0
         board = self._board
         deadline = board.ticks_add(board.ticks_ms(), _PACKET_MS)
-        hdr = memoryview(self._hdr)
-        self._read_into(hdr, deadline)
+        hdr = self._hdrv
+        self._read_into(hdr, 1, deadline)
         first = self._hdr[0]
         length, shift = 0, 0
         while True:
-            self._read_into(hdr, deadline)
+            self._read_into(hdr, 1, deadline)
             byte = self._hdr[0]
             length |= (byte & 0x7F) << shift
             shift += 7
@@ -321,13 +321,13 @@ class Client:
             # Read it through in buffer-sized pieces and forget it: the stream stays in sync.
             while length:
                 chunk = min(length, MAX_PACKET_IN)
-                self._read_into(self._rxv[:chunk], deadline)
+                self._read_into(self._rxv, chunk, deadline)
                 length -= chunk
             self.oversized += 1
             self._rx_len = 0
             return 0
         if length:
-            self._read_into(self._rxv[:length], deadline)
+            self._read_into(self._rxv, length, deadline)
         self._rx_len = length
         rx = self._rx
         if kind == _PUBACK and length == 2:
@@ -361,7 +361,7 @@ class Client:
             small[1] = 2
             small[2] = pid >> 8
             small[3] = pid & 0xFF
-            self._write(memoryview(small), self._board.ticks_add(self._board.ticks_ms(), _PACKET_MS))
+            self._write(small, 4, self._board.ticks_add(self._board.ticks_ms(), _PACKET_MS))
 
     # --- operations -------------------------------------------------------------------------
     def subscribe(self, topic: bytes, timeout_ms: int) -> bool:
@@ -379,8 +379,8 @@ class Client:
         n = _put_len(head, 1, len(body))
         deadline = board.ticks_add(board.ticks_ms(), timeout_ms)
         self._suback = -1
-        self._write(memoryview(head)[:n], deadline)
-        self._write(memoryview(body), deadline)
+        self._write(head, n, deadline)
+        self._write(body, len(body), deadline)
         while self._suback < 0:
             remaining = board.ticks_diff(deadline, board.ticks_ms())
             if remaining <= 0:
@@ -416,15 +416,18 @@ class Client:
         if inline:
             tx[at : at + plen] = payload
         pid = self._pid
-        for attempt in range(retries + 1 if qos else 1):
+        attempts = retries + 1 if qos else 1
+        attempt = 0
+        while attempt < attempts:  # not `for ... in range()`: a range object per publish
             if attempt:
                 tx[0] |= 0x08  # DUP: the broker may have it already
+            attempt += 1
             deadline = board.ticks_add(board.ticks_ms(), timeout_ms)
             if inline:
-                self._write(self._txv[: at + plen], deadline)
+                self._write(tx, at + plen, deadline)
             else:
-                self._write(self._txv[:at], deadline)
-                self._write(memoryview(payload), deadline)
+                self._write(tx, at, deadline)
+                self._write(payload, plen, deadline)
             if not qos:
                 return
             while self._acked != pid:
@@ -451,6 +454,6 @@ class Client:
         elif board.ticks_diff(now, self._last_tx) >= self.keepalive_s * 500:
             self._small[0] = _PINGREQ
             self._small[1] = 0
-            self._write(memoryview(self._small)[:2], board.ticks_add(now, _PACKET_MS))
+            self._write(self._small, 2, board.ticks_add(now, _PACKET_MS))
             self._ping_sent = now
             self._ping_pending = True

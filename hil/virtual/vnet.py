@@ -182,9 +182,14 @@ class VSocket(io.IOBase):
             return OSError(ETIMEDOUT if self._timeout else EAGAIN)
         return OSError(_HOST_TO_NEWLIB.get(code, code))
 
-    def write(self, buf: "bytes | bytearray | memoryview") -> int | None:
+    def write(self, buf: "bytes | bytearray | memoryview", *args: int) -> int | None:
+        """The port's stream write (py/stream.c): write(buf), write(buf, max_len) or write(buf, off,
+        max_len), off clamped to the buffer."""
         self._guard()
         view = memoryview(buf)
+        if args:
+            off, max_len = (0, args[0]) if len(args) == 1 else (min(args[0], len(view)), args[1])
+            view = view[off : off + max_len]
         n = len(view)
         if self._short_every and n > 1 and self._rand.next() % self._short_every == 0:
             n = 1 + self._rand.next() % (n - 1)  # lwIP took only part of it
