@@ -79,7 +79,13 @@ class Outbox:
         self.dropped = 0
         self.torn = 0
         self.spills = 0
-        self._pending: list = []
+        # Records are preallocated and reused, so a reading costs the outbox no allocation: RAM
+        # entries from _ram_free (at most ram_slots + 1 exist: push spills beyond ram_slots),
+        # in-flight records from _sent_free (at most `window`), the next entry's in _pending.
+        self._ram_free: list = [[0, 0, b""] for _ in range(ram_slots + 1)]
+        self._sent_free: list = [[0, 0, False, 0, 0] for _ in range(window)]
+        self._pending: list = [0, 0, False, 0, 0]
+        self._one: list = [[0, 0]]  # the range `delivered` acks
         self._load()
 
     # --- boot ---------------------------------------------------------------------------------
@@ -153,7 +159,11 @@ class Outbox:
         """Queue a reading; spill=True (link down) writes it, and all of RAM, to flash now."""
         if len(payload) > MAX_PAYLOAD:
             raise OutboxError("payload of %d bytes exceeds %d" % (len(payload), MAX_PAYLOAD))
-        self._ram.append([boot, seq, payload])
+        e = self._ram_free.pop() if self._ram_free else [0, 0, b""]
+        e[0] = boot
+        e[1] = seq
+        e[2] = payload
+        self._ram.append(e)
         if spill or len(self._ram) > self.ram_slots:
             self.spill()
 
@@ -172,7 +182,12 @@ class Outbox:
                 code = exc.args[0] if exc.args else 0
                 print("outbox_write_failed errno=%d action=counted as dropped" % code)
                 self.dropped += 1
-        self._ram = []
+        while self._ram:
+            self._free_ram(self._ram.pop())
+
+    def _free_ram(self, e: list) -> None:
+        e[2] = b""  # the payload may go
+        self._ram_free.append(e)
 
     def _append(self, boot: int, seq: int, payload: bytes) -> None:
         while self.flash_count >= self.max_records or (self._segs and self._free_blocks() < _RESERVE_BLOCKS):
@@ -222,7 +237,8 @@ class Outbox:
     def rewind(self) -> None:
         """Forget what is in flight: it is sent again from the front (after a reconnect, a failed
         publish or an ack timeout)."""
-        self._sent = []
+        while self._sent:
+            self._sent_free.append(self._sent.pop())
         self._rseg = 0
         self._roff = self._segs[0][4] if self._segs else 0
 
@@ -249,19 +265,30 @@ class Outbox:
                 self._discard(self._rseg)
                 self.rewind()
                 return None
-            self._pending = [boot, seq, False, 0, n]
+            self._pend(boot, seq, n)
             return body
         k -= self.flash_count
         if k >= len(self._ram):
             return None
         e = self._ram[k]
-        self._pending = [e[0], e[1], False, 0, -1]
+        self._pend(e[0], e[1], -1)
         return e[2]  # type: ignore[no-any-return]
+
+    def _pend(self, boot: int, seq: int, length: int) -> None:
+        p = self._pending
+        p[0] = boot
+        p[1] = seq
+        p[4] = length
 
     def sent(self, now_ms: int) -> None:
         """The entry from next_entry was published (PUBACKed)."""
-        e = self._pending
+        p = self._pending
+        e = self._sent_free.pop()  # next_entry returns None while `window` are in flight
+        e[0] = p[0]
+        e[1] = p[1]
+        e[2] = False
         e[3] = now_ms
+        e[4] = p[4]
         if e[4] >= 0:
             self._roff += HDR_LEN + e[4]
         self._sent.append(e)
@@ -269,7 +296,9 @@ class Outbox:
     def delivered(self) -> None:
         """The entry just `sent` needs no further ack (e2e_ack off: the PUBACK is the ack)."""
         e = self._sent[-1]
-        self.ack(e[0], [(e[1], e[1])])
+        r = self._one[0]
+        r[0] = r[1] = e[1]
+        self.ack(e[0], self._one)
 
     @property
     def ram_count(self) -> int:
@@ -289,6 +318,7 @@ class Outbox:
         while self._sent and self._sent[0][2]:
             e = self._sent.pop(0)
             self._release_front(e)
+            self._sent_free.append(e)
             released += 1
         return released
 
@@ -310,4 +340,4 @@ class Outbox:
                 if not self._segs:
                     self._head_open = False
         else:
-            self._ram.pop(0)
+            self._free_ram(self._ram.pop(0))
