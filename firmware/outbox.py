@@ -79,11 +79,12 @@ class Outbox:
         self.dropped = 0
         self.torn = 0
         self.spills = 0
-        # Records are preallocated and reused, so a reading costs the outbox no allocation: RAM
-        # entries from _ram_free (at most ram_slots + 1 exist: push spills beyond ram_slots),
-        # in-flight records from _sent_free (at most `window`), the next entry's in _pending.
-        self._ram_free: list = [[0, 0, b""] for _ in range(ram_slots + 1)]
-        self._sent_free: list = [[0, 0, False, 0, 0] for _ in range(window)]
+        # Records are reused, so a reading costs the outbox no allocation once running: RAM
+        # entries return to _ram_free (at most ram_slots + 1 ever exist: push spills beyond
+        # ram_slots), in-flight records to _sent_free (at most `window`), the next entry's is
+        # _pending. The pools fill as records are first needed, not at boot (heap is scarcest then).
+        self._ram_free: list = []
+        self._sent_free: list = []
         self._pending: list = [0, 0, False, 0, 0]
         self._one: list = [[0, 0]]  # the range `delivered` acks
         self._load()
@@ -283,7 +284,7 @@ class Outbox:
     def sent(self, now_ms: int) -> None:
         """The entry from next_entry was published (PUBACKed)."""
         p = self._pending
-        e = self._sent_free.pop()  # next_entry returns None while `window` are in flight
+        e = self._sent_free.pop() if self._sent_free else [0, 0, False, 0, 0]
         e[0] = p[0]
         e[1] = p[1]
         e[2] = False
