@@ -49,12 +49,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import soak_accounting
 import soak_drain
 import soak_report
-from soak_common import BACKEND_APP, DATABASE, HOST, endpoint_up, free_ports, log, metric, poll_until, rss_kb
+from soak_common import (
+    BACKEND_APP,
+    DATABASE,
+    HOST,
+    PYTHON,
+    endpoint_up,
+    free_ports,
+    log,
+    metric,
+    poll_until,
+    rss_kb,
+)
 from soak_faults import FAULTS, STACK_SERVICES, FaultInjector
-from soak_kafka import KafkaWatch
+from soak_kafka import PLACE_TOPIC, KafkaWatch, LagProbe
 from soak_procs import FleetProc, Service
 from soak_sampling import Sampler
 
+from iot import contract
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
 
@@ -69,6 +81,7 @@ class Soak:
         self.stack_env = {
             "IOT_STACK_DIR": str(folder / "stack"),
             "IOT_MQTT_URL": f"mqtt://{HOST}:{mqtt}",
+            "IOT_MQTT_TLS_PORT": "0",  # no TLS listener: its default (MQTT port + 1) was not checked free
             "IOT_KAFKA_BOOTSTRAP": f"{HOST}:{kafka}",
             "IOT_KAFKA_CONTROLLER_PORT": str(ctrl),
             "IOT_MONGO_URI": f"mongodb://{HOST}:{mongo}/{DATABASE}",
@@ -113,6 +126,13 @@ class Soak:
             "IOT_WINDOW_GRACE_S": str(a.grace),
         }
 
+    def traced(self, name: str, service: str) -> list[str] | None:
+        """The command that runs `service` under tracemalloc (--tracemalloc), else None."""
+        if not self.args.tracemalloc:
+            return None
+        out = self.folder / f"{name}.tracemalloc.jsonl"
+        return [PYTHON, str(Path(__file__).resolve().parent / "soak_traced.py"), str(out), "30", service]
+
     def start_services(self) -> None:
         log("stack_up", folder=self.folder, mqtt=self.cfg.mqtt_port, kafka=self.cfg.kafka_port)
         self.stack.up(list(STACK_SERVICES))
@@ -132,6 +152,7 @@ class Soak:
                 env,
                 self.folder / f"gateway{i}.log",
                 lambda _s, url=url: metric(url, "iot_gateway_mqtt_connected") == 1.0,
+                command=self.traced(f"gateway{i}", "gateway"),
             )
             self.services[svc.name] = svc
             if not svc.start():
@@ -148,7 +169,12 @@ class Soak:
         }
         url = f"http://{HOST}:{port}/metrics"
         backend = Service(
-            "backend", ["backend"], env, self.folder / "backend.log", lambda _s: endpoint_up(url)
+            "backend",
+            ["backend"],
+            env,
+            self.folder / "backend.log",
+            lambda _s: endpoint_up(url),
+            command=self.traced("backend", "backend"),
         )
         self.services["backend"] = backend
         if not backend.start(180):
@@ -213,6 +239,7 @@ class Soak:
             HOST, self.cfg.mongo_port, serverSelectionTimeoutMS=10_000, datetime_conversion="DATETIME_MS"
         )
         db = client[DATABASE]
+        lag = LagProbe(self.cfg.kafka_bootstrap, (contract.TOPIC_READINGS, PLACE_TOPIC))
         timings = soak_drain.wait_for_the_end(
             self.args,
             db,
@@ -220,7 +247,9 @@ class Soak:
             lambda: self.fleet_sum("outbox"),
             self.watch,
             self.specs,
+            lag.lag,
         )
+        lag.close()
         self.rss_end = {name: (pid, rss_kb(pid)) for name, pid in self.pids().items()}
         names = (
             "sent", "resent", "acks", "bad_acks", "connects", "refused", "puback_timeouts",
@@ -321,6 +350,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--sample-s", type=float, default=2.0)
     p.add_argument("--kafka-heap", default="512m")
+    p.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="run the gateways and the backend under tracemalloc (bench/soak_traced.py; slower): "
+        "NAME.tracemalloc.jsonl in the soak folder (use --keep)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the JSON summary here")
     p.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it (logs, data)")
     args = p.parse_args(argv)

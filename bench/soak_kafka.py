@@ -101,12 +101,16 @@ class KafkaWatch(threading.Thread):
         return len(self.ts)
 
 
-class LagProbe:
-    """The backend group's lag on iot.readings; its clients are made again after a failure (Kafka
-    SIGKILLed and back)."""
+PLACE_TOPIC = f"{BACKEND_APP}-readings-by-place"  # the backend's repartition topic (its settings)
 
-    def __init__(self, bootstrap: str) -> None:
+
+class LagProbe:
+    """The backend group's lag on `topics` (iot.readings by default); its clients are made again
+    after a failure (Kafka SIGKILLed and back)."""
+
+    def __init__(self, bootstrap: str, topics: tuple[str, ...] = (contract.TOPIC_READINGS,)) -> None:
         self.bootstrap = bootstrap
+        self.topics = topics
         self.admin: AdminClient | None = None
         self.consumer: Consumer | None = None
 
@@ -121,7 +125,7 @@ class LagProbe:
             committed = future[BACKEND_APP].result(timeout=3).topic_partitions
             total = 0
             for tp in committed:
-                if tp.topic != contract.TOPIC_READINGS:
+                if tp.topic not in self.topics:
                     continue
                 part = TopicPartition(tp.topic, tp.partition)
                 _low, high = self.consumer.get_watermark_offsets(part, timeout=3)

@@ -29,6 +29,7 @@ class Service:
     planned_down: bool = False
     starts: int = 0
     unplanned: list[dict[str, Any]] = field(default_factory=list)
+    command: list[str] | None = None  # instead of `iot <args>` (bench/soak_traced.py)
 
     @property
     def pid(self) -> int | None:
@@ -37,7 +38,7 @@ class Service:
     def start(self, timeout: float = 120.0) -> bool:
         with self.log_path.open("ab") as logf:
             self.proc = subprocess.Popen(
-                [IOT, *self.args],
+                self.command or [IOT, *self.args],
                 env=self.env,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
