@@ -96,3 +96,42 @@ def test_every_packet_arrives_whole_and_in_order_and_batched_acks_settle_them() 
     again.disconnect()
     again.loop_stop()
     assert redelivered == []
+
+
+def test_published_batches_arrive_whole_and_in_order_and_nothing_is_queued_while_disconnected() -> None:
+    # The end-to-end acks: QoS 0 publishes built as bytes by the client and written in coalesced sends.
+    place = unique("pb")
+    topics = [f"sensors/{place}/dev{i}/ack" for i in range(7)]
+    received: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+    listener = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pblisten"), protocol=mqtt.MQTTv5)
+
+    def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        with lock:
+            received.append((message.topic, bytes(message.payload)))
+
+    listener.on_message = on_message
+    subscribed = threading.Event()
+    listener.on_subscribe = lambda *_a: subscribed.set()
+    listener.connect(MQTT_HOST, MQTT_PORT)
+    listener.loop_start()
+    listener.subscribe(f"sensors/{place}/+/ack", qos=0)
+    assert subscribed.wait(10)
+
+    sender = BatchingClient(CallbackAPIVersion.VERSION2, client_id=unique("pbsend"), protocol=mqtt.MQTTv5)
+    assert sender.publish_batch([(topics[0], b"x")]) == 0, "queued while never connected"
+    connected = threading.Event()
+    sender.on_connect = lambda *_a: connected.set()
+    sender.connect(MQTT_HOST, MQTT_PORT)
+    sender.loop_start()
+    assert connected.wait(10)
+    # Payload sizes across the one- to three-byte remaining-length encodings.
+    sent = [(topics[i % 7], _payload(i)[:20_000]) for i in range(600)]
+    for n in range(0, len(sent), 50):
+        assert sender.publish_batch(sent[n : n + 50]) == 50
+    wait_for(lambda: len(received) >= len(sent), 30, f"{len(sent)} published messages")
+    assert received == sent
+    sender.disconnect()
+    sender.loop_stop()
+    listener.disconnect()
+    listener.loop_stop()
