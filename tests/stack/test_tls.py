@@ -46,9 +46,13 @@ def test_server_certificate_is_issued_again_by_the_same_ca_for_new_hosts_or_near
     made = tls.ensure(tmp_path, HOSTS)
     ca = made.ca.read_bytes()
     first = made.cert.read_bytes()
-    tls.ensure(tmp_path, [*HOSTS, "gateway.lan", "192.168.1.20"])
+    tls.ensure(tmp_path, [*HOSTS, "gateway.lan", "192.168.1.20", "::1"])
     assert made.cert.read_bytes() != first and made.ca.read_bytes() == ca
-    assert tls.san_hosts(made.cert) == {*HOSTS, "gateway.lan", "192.168.1.20"}
+    assert tls.san_hosts(made.cert) == {*HOSTS, "gateway.lan", "192.168.1.20", "::1"}
+    # The same names again (an IPv6 address as openssl does not print it): kept as it is.
+    renewed = made.cert.read_bytes()
+    tls.ensure(tmp_path, [*HOSTS, "Gateway.lan", "192.168.1.20", "0:0:0:0:0:0:0:1"])
+    assert made.cert.read_bytes() == renewed
     # A server certificate of the same CA that expires tomorrow: renewed, the CA kept (boards keep it).
     _openssl("req", "-new", "-key", "server.key", "-subj", "/CN=localhost", "-out", "s.csr", cwd=tmp_path)
     (tmp_path / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")

@@ -119,8 +119,10 @@ def _read(path: Path) -> str | None:
 
 
 def _mosquitto_tls_probe(cfg: StackConfig) -> str:
+    # A wildcard listen address is no name the certificate can hold: check it through loopback.
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     try:
-        probes.mqtt_round_trip(cfg.host, cfg.mqtt_tls_port, tls_ca=cfg.mqtt_tls_ca)
+        probes.mqtt_round_trip(host, cfg.mqtt_tls_port, tls_ca=cfg.mqtt_tls_ca)
     except probes.ProbeFailed as exc:
         folder = MOSQUITTO.folder(cfg)
         if _read(folder / "mosquitto.conf") != mosquitto_config(cfg, folder):

@@ -14,8 +14,8 @@ again (and with it the server certificate) only when it is missing, unreadable o
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -33,7 +33,6 @@ _log = log.get("iot.stack.tls")
 CA_DAYS = 3650
 SERVER_DAYS = 825
 RENEW_BEFORE_DAYS = 30
-_IP = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$|:")
 
 
 class CertificateError(IotError):
@@ -76,15 +75,27 @@ def expiry(cert: Path) -> datetime:
     return datetime.strptime(out.split("=", 1)[1], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
 
 
+def _ip(host: str) -> str | None:
+    """The canonical form of an IP address (openssl prints ::1 as 0:0:0:0:0:0:0:1), None for a name."""
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return None
+
+
+def _canonical(hosts: list[str]) -> set[str]:
+    return {_ip(h) or h.lower() for h in hosts}
+
+
 def san_hosts(cert: Path) -> set[str]:
-    """The DNS names and IP addresses in the certificate's subjectAltName."""
+    """The DNS names and IP addresses in the certificate's subjectAltName (IPs canonical)."""
     out = _openssl("x509", "-in", str(cert), "-noout", "-ext", "subjectAltName")
-    hosts = set()
+    hosts = []
     for item in out.splitlines()[-1].split(","):
         kind, _, value = item.strip().partition(":")
         if kind in ("DNS", "IP Address") and value:
-            hosts.add(value.strip())
-    return hosts
+            hosts.append(value.strip())
+    return _canonical(hosts)
 
 
 def _verifies(ca: Path, cert: Path) -> bool:
@@ -99,7 +110,7 @@ def _verifies(ca: Path, cert: Path) -> bool:
 
 
 def _config(cn: str, hosts: list[str]) -> str:
-    alt = ",".join(f"IP:{h}" if _IP.search(h) else f"DNS:{h}" for h in hosts)
+    alt = ",".join(f"IP:{h}" if _ip(h) else f"DNS:{h}" for h in hosts)
     # Our own openssl config: the system's openssl.cnf may add extensions of its own (or none).
     return f"""[req]
 distinguished_name = dn
@@ -168,8 +179,8 @@ def ensure(folder: Path, hosts: list[str]) -> TlsFiles:
         why = f"server certificate expires within {RENEW_BEFORE_DAYS} days"
     elif not _verifies(files.ca, files.cert):
         why = "server certificate is not signed by the CA"
-    elif san_hosts(files.cert) != set(hosts):
-        why = f"server certificate names {sorted(san_hosts(files.cert))}, wanted {sorted(hosts)}"
+    elif san_hosts(files.cert) != _canonical(hosts):
+        why = f"server certificate names {sorted(san_hosts(files.cert))}, wanted {sorted(_canonical(hosts))}"
     if not why:
         return files
     with tempfile.TemporaryDirectory(dir=folder, prefix=".new-") as tmp:
