@@ -134,6 +134,7 @@ class ScopeEngine:
     def process(self, batch: Iterable[Item], now_ms: int) -> Outputs:
         out = Outputs()
         touched: dict[str, set[WindowKey]] = {}
+        last_updated: dict[str, list[WindowKey]] = {}
         cap = self._cap(now_ms)
         for reading, partition, offset in batch:
             out.processed += 1
@@ -157,8 +158,10 @@ class ScopeEngine:
                 if amendment is None:
                     amendment = out.amends[wid] = Amendment(key, st.last_place, wkey)
                 amendment.readings.append((reading, offset))
-            if result.updated:
+            if result.updated and last_updated.get(key) is not result.updated:
+                # The same list again: the reading's pane had the same open windows as the last one.
                 touched.setdefault(key, set()).update(result.updated)
+                last_updated[key] = result.updated
             if st.watermark != wm_before:
                 # Close at once, not at the end of the batch: whether a reading is on time or an
                 # amendment then depends on the order of the input only, never on where batches
@@ -221,7 +224,7 @@ class ScopeEngine:
         if not force and now_ms - self._received.get(key, now_ms) > BEHIND_MS:
             return  # behind: the windows stay dirty and go out final, or open once caught up
         for wkey in sorted(dirty, key=lambda k: (k.start, k.kind)):
-            acc = st.windows.get(wkey)
+            acc = st.window_acc(wkey)
             if acc is not None:  # a window closed meanwhile was written as final
                 out.open_docs.append(
                     window_doc(
@@ -254,14 +257,14 @@ class ScopeEngine:
                 if data is None:
                     continue
                 st = self._cache[key] = self._restore(data)
-            if st.partition not in partitions or not st.windows or st.watermark is None:
+            if st.partition not in partitions or not st.open or st.watermark is None:
                 continue
             last = self._last_wall.setdefault(key, now_ms)
             wm = idle_watermark(st.watermark, now_ms - last, self.idle_timeout_ms)
             cap = self._cap(now_ms)
             if wm is not None and cap is not None:
                 wm = min(wm, cap)
-            if wm is None or min(k.end for k in st.windows) + self.grace_ms > wm:
+            if wm is None or min(k.end for k in st.open) + self.grace_ms > wm:
                 continue
             self._close(key, st, out, now_ms, wm)
         return out

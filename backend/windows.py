@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from math import gcd
 from typing import Any, Final
 
 from iot.contract import METRICS
@@ -92,6 +93,20 @@ class MetricAcc:
         if self.max is None or value > self.max:
             self.max = value
 
+    def merge(self, other: MetricAcc) -> None:
+        """Add another accumulator's values (exactly: the same sum as adding its values one by one)."""
+        if not other.count:
+            return
+        if other.exp > self.exp:
+            self.num <<= other.exp - self.exp
+            self.exp = other.exp
+        self.num += other.num << (self.exp - other.exp)
+        self.count += other.count
+        if self.min is None or (other.min is not None and other.min < self.min):
+            self.min = other.min
+        if self.max is None or (other.max is not None and other.max > self.max):
+            self.max = other.max
+
     @property
     def mean(self) -> float | None:
         # int / int is correctly rounded in Python, so this is the exact mean rounded once.
@@ -157,6 +172,14 @@ class WindowAcc:
             value = reading[name]
             if value is not None:
                 acc.add(value)
+
+    def merge(self, other: WindowAcc) -> None:
+        self.count += other.count
+        if other.offset > self.offset:
+            self.offset = other.offset
+        self.devices |= other.devices
+        for name, acc in self.metrics.items():
+            acc.merge(other.metrics[name])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -279,28 +302,79 @@ class AddOutcome:
 
 
 class KeyState:
-    """Window state of one key (a device or a place) and the readings it has counted."""
+    """Window state of one key (a device or a place) and the readings it has counted.
 
-    __slots__ = ("last_place", "offset_slots", "partition", "seen", "watermark", "windows")
+    Readings are accumulated in *panes*: one accumulator per pane-sized slice of event time (the
+    greatest common divisor of every window size and step: 60 s for the default 60 s tumbling and
+    300 s / 60 s hopping windows), so a reading updates one accumulator instead of one per window
+    containing it (six by default). A window's values are its panes merged (exactly: the sums are
+    integers), when it is written. Which windows are open is kept as a set; a window is open from the
+    first reading that reaches it until the watermark closes it, so every reading in its panes was
+    counted while it was open (a reading whose windows are all closed is not added to its pane; a
+    window that is not open and not yet closable is opened by the reading that reaches it, and the
+    watermark never goes back, so no pane holds a reading that one of its open windows missed). A pane
+    leaves memory when no open window covers it. `legacy` holds the per-window accumulators of a state
+    persisted before panes (they are merged into their window until it closes)."""
+
+    __slots__ = (
+        "_hint_pane",
+        "_hint_updated",
+        "last_place",
+        "legacy",
+        "offset_slots",
+        "open",
+        "panes",
+        "partition",
+        "seen",
+        "watermark",
+    )
+    # (specs, pane size) of the last specs seen: the engine passes the same tuple every time.
+    _pane_for: tuple[object, int] = (None, 0)
 
     def __init__(self, partition: int = 0, offset_slots: int = 1) -> None:
         self.watermark: int | None = None
-        self.windows: dict[WindowKey, WindowAcc] = {}
+        self.open: set[WindowKey] = set()
+        self.panes: dict[int, WindowAcc] = {}  # pane start -> its readings
+        self.legacy: dict[WindowKey, WindowAcc] = {}
         self.seen: dict[str, dict[int, SeqSet]] = {}  # device -> boot -> seqs
         self.partition = partition  # the Kafka partition this key's state belongs to
         self.last_place = ""
         # Input offsets of this key are `record offset * offset_slots + index in the record` (place
         # scope: bundles of forwarded readings); 1 is a plain record offset.
         self.offset_slots = offset_slots
+        # The pane whose windows were all open at the last reading, and those windows: the next
+        # reading in that pane needs no window look-up (only close_ready closes windows).
+        self._hint_pane: int | None = None
+        self._hint_updated: list[WindowKey] = []
+
+    @property
+    def windows(self) -> dict[WindowKey, WindowAcc]:
+        """The open windows with their values (assembled from the panes: a copy)."""
+        return {k: self._assemble(k, False) for k in self.open}
+
+    def window_acc(self, key: WindowKey) -> WindowAcc | None:
+        """The values of one open window (a copy), None when it is not open."""
+        return self._assemble(key, False) if key in self.open else None
+
+    def _assemble(self, key: WindowKey, pop: bool) -> WindowAcc:
+        acc = WindowAcc()
+        old = self.legacy.pop(key, None) if pop else self.legacy.get(key)
+        if old is not None:
+            acc.merge(old)
+        start, end = key.start, key.end
+        for pane_start, pane in self.panes.items():
+            if start <= pane_start < end:
+                acc.merge(pane)
+        return acc
 
     def rescale_offsets(self, slots: int) -> None:
-        """Move the windows' fences from plain record offsets to `slots` per record (a state written
-        before bundles): a fence o covered every reading of record o, i.e. up to o * slots + slots - 1."""
+        """Move the fences from plain record offsets to `slots` per record (a state written before
+        bundles): a fence o covered every reading of record o, i.e. up to o * slots + slots - 1."""
         if self.offset_slots == slots:
             return
         if self.offset_slots != 1:
             raise ValueError(f"cannot rescale offsets from {self.offset_slots} to {slots} slots")
-        for acc in self.windows.values():
+        for acc in (*self.legacy.values(), *self.panes.values()):
             acc.offset = scaled_fence(acc.offset, slots)
         self.offset_slots = slots
 
@@ -316,6 +390,16 @@ class KeyState:
             if len(boots) > MAX_BOOTS_PER_DEVICE:
                 del boots[min(boots)]
         return seqs.add(seq)
+
+    @classmethod
+    def pane_ms(cls, specs: Sequence[WindowSpec]) -> int:
+        last, pane = cls._pane_for
+        if last is not specs:
+            pane = 0
+            for spec in specs:
+                pane = gcd(pane, spec.size_ms, spec.step_ms)
+            cls._pane_for = (specs, pane)
+        return pane
 
     def add(
         self,
@@ -336,22 +420,38 @@ class KeyState:
         ts: int = reading["ts"]
         self.last_place = reading["place"]
         wm = self.watermark
-        # Per reading, not per window: a reading is either within the allowed lateness for all its
-        # closed windows or for none, so a replay never leaves a reading in half of its hopping windows.
-        amendable = wm is None or wm - ts <= allowed_lateness_ms
-        for spec in specs:
-            for start in spec.starts(ts):
-                key = WindowKey(spec.kind, spec.size_ms, spec.step_ms, start)
-                acc = self.windows.get(key)
-                if acc is None:
-                    if wm is not None and start + spec.size_ms + grace_ms <= wm:
+        pane_ms = self.pane_ms(specs)
+        pane_start = ts - ts % pane_ms  # floor, also for negative ts
+        if pane_start == self._hint_pane:
+            out.updated = self._hint_updated
+        else:
+            # Per reading, not per window: a reading is either within the allowed lateness for all its
+            # closed windows or for none, so a replay never leaves a reading in half of its hopping
+            # windows.
+            amendable = wm is None or wm - ts <= allowed_lateness_ms
+            updated = out.updated
+            all_open = True
+            for spec in specs:
+                for start in spec.starts(pane_start):
+                    key = WindowKey(spec.kind, spec.size_ms, spec.step_ms, start)
+                    if key in self.open:
+                        # Still open, also when this batch's watermark has passed it: it closes after
+                        # the batch.
+                        updated.append(key)
+                    elif wm is not None and start + spec.size_ms + grace_ms <= wm:
                         # Closed (or never opened while event time passed it): not in memory any more.
                         (out.amend if amendable else out.late).append(key)
-                        continue
-                    acc = self.windows[key] = WindowAcc()
-                # Still open, also when this batch's watermark has passed it: it closes after the batch.
-                acc.add(reading, offset)
-                out.updated.append(key)
+                        all_open = False
+                    else:
+                        self.open.add(key)
+                        updated.append(key)
+            if all_open:
+                self._hint_pane, self._hint_updated = pane_start, updated
+        if out.updated:
+            pane = self.panes.get(pane_start)
+            if pane is None:
+                pane = self.panes[pane_start] = WindowAcc()
+            pane.add(reading, offset)
         if watermark_cap is not None and ts > watermark_cap:
             ts = watermark_cap
         if wm is None or ts > wm:
@@ -366,15 +466,24 @@ class KeyState:
         wm = self.watermark
         if wm is None:
             return []
-        ready = sorted((k for k in self.windows if k.end + grace_ms <= wm), key=lambda k: (k.end, k.kind))
-        return [ClosedWindow(k, self.windows.pop(k)) for k in ready]
+        ready = sorted((k for k in self.open if k.end + grace_ms <= wm), key=lambda k: (k.end, k.kind))
+        if not ready:
+            return []
+        self.open.difference_update(ready)
+        closed = [ClosedWindow(k, self._assemble(k, True)) for k in ready]
+        self._hint_pane, self._hint_updated = None, []
+        for pane_start in [p for p in self.panes if not any(k.start <= p < k.end for k in self.open)]:
+            del self.panes[pane_start]
+        return closed
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "wm": self.watermark,
             "p": self.partition,
             "pl": self.last_place,
-            "w": {k.code(): acc.to_json() for k, acc in self.windows.items()},
+            "w": {k.code(): acc.to_json() for k, acc in self.legacy.items()},
+            "ow": sorted(k.code() for k in self.open),
+            "pn": {str(start): acc.to_json() for start, acc in self.panes.items()},
             # Copies, not the live lists: the runtime hands this value to Faust's producer, which
             # serialises it later; a range extended by the next batch meanwhile would put readings
             # in the changelog whose outputs were never written (lost after a kill -9).
@@ -392,7 +501,13 @@ class KeyState:
         st = cls(int(data["p"]), int(data.get("os", 1)))
         st.watermark = data["wm"]
         st.last_place = data.get("pl", "")
-        st.windows = {WindowKey.parse(c): WindowAcc.from_json(a) for c, a in data["w"].items()}
+        # "w": per-window accumulators; before panes ("ow" absent) they were every open window.
+        st.legacy = {WindowKey.parse(c): WindowAcc.from_json(a) for c, a in data["w"].items()}
+        if "ow" in data:
+            st.open = {WindowKey.parse(c) for c in data["ow"]}
+            st.panes = {int(p): WindowAcc.from_json(a) for p, a in data["pn"].items()}
+        else:
+            st.open = set(st.legacy)
         st.seen = {
             dev: {int(b): SeqSet([list(r) for r in ranges]) for b, ranges in boots.items()}
             for dev, boots in data["s"].items()

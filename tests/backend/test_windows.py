@@ -190,3 +190,50 @@ def test_key_state_json_round_trip_keeps_windows_watermark_and_dedup() -> None:
     assert again.partition == 3 and again.watermark == st.watermark
     assert again.to_json() == st.to_json()
     assert again.add(reading(2, 900), SPECS, GRACE).duplicate
+
+
+def _closed_as_json(closed: list[Any]) -> list[tuple[str, Any]]:
+    return [(c.key.code(), c.acc.to_json()) for c in closed]
+
+
+def test_panes_give_each_window_exactly_what_adding_to_every_window_gives() -> None:
+    # Hopping 6 s every 2 s and tumbling 3 s: panes of 1 s; readings in and out of order, late ones.
+    specs = (WindowSpec(TUMBLING, 3000, 3000), WindowSpec(HOPPING, 6000, 2000))
+    rng = random.Random(7)
+    st = KeyState()
+    expected: dict[str, list[float]] = {}
+    closed: dict[str, Any] = {}
+    for seq in range(400):
+        ts = seq * 250 + rng.randrange(-4000, 500)
+        value = rng.uniform(-10, 40)
+        out = st.add(reading(seq, ts, temperature=value), specs, GRACE)
+        for key in out.updated:
+            expected.setdefault(key.code(), []).append(value)
+        for c in st.close_ready(GRACE):
+            closed[c.key.code()] = c.acc
+    for c in st.close_ready(GRACE, 10**9):
+        closed[c.key.code()] = c.acc
+    assert set(closed) == set(expected)
+    for code, values in expected.items():
+        acc = closed[code].metrics["temperature"]
+        assert acc.count == len(values)
+        assert Fraction(acc.num, 2**acc.exp) == sum(Fraction(v) for v in values)
+        assert (acc.min, acc.max) == (min(values), max(values))
+    assert st.panes == {} and st.open == set()
+
+
+def test_a_state_persisted_before_panes_goes_on_to_the_same_windows() -> None:
+    st = KeyState(partition=2)
+    for i, ts in enumerate((100, 2100, 900, 2500, 3900)):
+        st.add(reading(i, ts), SPECS, GRACE)
+    # The changelog form before panes: every open window's accumulator under "w", no "ow"/"pn".
+    old = st.to_json()
+    old["w"] = {k.code(): acc.to_json() for k, acc in st.windows.items()}
+    del old["ow"], old["pn"]
+    again = KeyState.from_json(old)
+    assert again.open == st.open and again.panes == {}
+    for state in (st, again):
+        for i, ts in enumerate((4100, 3000, 5200, 9000), start=10):
+            state.add(reading(i, ts, temperature=float(i)), SPECS, GRACE)
+    assert _closed_as_json(again.close_ready(GRACE, 20_000)) == _closed_as_json(st.close_ready(GRACE, 20_000))
+    assert again.legacy == {}
