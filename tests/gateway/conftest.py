@@ -35,6 +35,7 @@ from tests.support import failed, free_ports, payload_v1, unique, wait_for
 
 MQTT_HOST = "127.0.0.1"
 MQTT_PORT = 1883
+SHARED_BROKER = f"mqtt://{MQTT_HOST}:{MQTT_PORT}"
 KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
 
 
@@ -94,7 +95,7 @@ class GatewayFactory:
         client_id = client_id or unique("gw")
         full = {
             **os.environ,
-            "IOT_MQTT_URL": f"mqtt://{MQTT_HOST}:{MQTT_PORT}",
+            "IOT_MQTT_URL": SHARED_BROKER,
             "IOT_KAFKA_BOOTSTRAP": KAFKA,
             "IOT_GATEWAY_CLIENT_ID": client_id,
             "IOT_GATEWAY_GROUP": self.group,
@@ -115,7 +116,9 @@ class GatewayFactory:
             if gateway.proc is not None and gateway.proc.poll() is None:
                 gateway.proc.kill()
                 gateway.proc.wait(timeout=10)
-        for client_id in {g.client_id for g in self.made}:
+        # Only the shared broker keeps a session after the test: a private one dies with its test
+        # (and may need TLS or a login that discard_session does not have).
+        for client_id in {g.client_id for g in self.made if g.env["IOT_MQTT_URL"] == SHARED_BROKER}:
             discard_session(client_id)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from iot import contract
+from iot.app.stack import tls
 from tests.gateway.conftest import (
     MQTT_HOST,
     GatewayFactory,
@@ -25,69 +26,18 @@ pytestmark = pytest.mark.integration
 USER, PASSWORD = "gateway", "gw-pass-Zq81"
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
     pki = tmp_path / "pki"
-    pki.mkdir()
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=iot-test-ca",
-        cwd=pki,
-    )
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        f"/CN={MQTT_HOST}",
-        cwd=pki,
-    )
-    (pki / "san.ext").write_text(f"subjectAltName=IP:{MQTT_HOST}\n")
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "san.ext",
-        cwd=pki,
-    )
+    # The stack's own certificate maker: a CA and a server certificate for the loopback address.
+    files = tls.ensure(pki, [MQTT_HOST])
     passwords = pki / "passwords"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), USER, PASSWORD], check=True, timeout=30)
     broker = PrivateBroker(
         tmp_path / "mosquitto",
         listener_conf=(
-            f"allow_anonymous false\npassword_file {passwords}\ncafile {pki / 'ca.pem'}\n"
-            f"certfile {pki / 'server.pem'}\nkeyfile {pki / 'server.key'}\n"
+            f"allow_anonymous false\npassword_file {passwords}\ncafile {files.ca}\n"
+            f"certfile {files.cert}\nkeyfile {files.key}\n"
         ),
         tls=True,
     )
@@ -101,7 +51,7 @@ def tls_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
 def test_gateway_bridges_over_tls_with_username_and_password(
     gateways: GatewayFactory, tls_broker: PrivateBroker, kafka_readers: Callable[..., KafkaReader]
 ) -> None:
-    ca = tls_broker.folder.parent / "pki" / "ca.pem"
+    ca = tls_broker.folder.parent / "pki" / "ca.crt"
     device = unique("dev")
     reader = kafka_readers(contract.TOPIC_READINGS, f"^{device}$")
     gateway = gateways(
@@ -120,7 +70,7 @@ def test_gateway_bridges_over_tls_with_username_and_password(
 def test_refused_login_is_logged_and_retried_without_crashing(
     gateways: GatewayFactory, tls_broker: PrivateBroker
 ) -> None:
-    ca = tls_broker.folder.parent / "pki" / "ca.pem"
+    ca = tls_broker.folder.parent / "pki" / "ca.crt"
     gateway = gateways(
         start=False,
         IOT_MQTT_URL=tls_broker.url,
