@@ -146,6 +146,25 @@ def latency(
     ]
 
 
+def expected_windows(
+    first_ms: int, last_end_ms: int, size_ms: int, faults: list[tuple[float, float]], measured_ms: list[int]
+) -> list[int]:
+    """Starts of the windows in [first_ms, last_end_ms) the backend must have made final: clear of
+    every fault (and of the seconds after one) and holding at least one reading. The backend makes a
+    window from readings (docs/CONTRACT.md: its figures are the readings it covers), so a window in
+    which the board measured nothing does not exist: while `flash` copies files the firmware is
+    stopped, and on a loaded host that takes longer than a tumbling window."""
+    starts = {m // size_ms * size_ms for m in measured_ms}
+    return [
+        s
+        for s in range(first_ms, last_end_ms, size_ms)
+        if s in starts
+        and not any(
+            s / 1000 - AFTER_FAULT_S <= end and start <= (s + size_ms) / 1000 for start, end in faults
+        )
+    ]
+
+
 def windows(
     stack: RigStack,
     board: RigBoard,
@@ -156,16 +175,14 @@ def windows(
 ) -> list[Measurement]:
     """Final tumbling windows wholly inside [since, until], each metric's mean against the truth.
 
-    A window clear of every fault must be there; one that a fault touched is checked if the backend
-    made it (readings that arrive after a window closed do not reopen it)."""
+    A window clear of every fault that holds a reading the board published must be there; one that a
+    fault touched is checked if the backend made it (readings that arrive after a window closed do
+    not reopen it)."""
     size_ms = stack.rig.stack.tumbling_s * 1000
     first = (int(since * 1000) // size_ms + 1) * size_ms
     last_end = int(until * 1000) // size_ms * size_ms
-    clear = [
-        s
-        for s in range(first, last_end, size_ms)
-        if not any(s / 1000 - AFTER_FAULT_S <= end and start <= (s + size_ms) / 1000 for start, end in faults)
-    ]
+    measured = [int(r["ts"]) for r, _at in _published(stack, board).values() if r.get("time_valid")]
+    clear = expected_windows(first, last_end, size_ms, faults, measured)
     deadline = time.monotonic() + timeout_s
     while True:
         docs = [

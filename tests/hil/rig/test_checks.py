@@ -1,0 +1,140 @@
+"""The rig's window check against a recorded timeline, with no stack: which windows it demands.
+
+The timeline is the one of a failed CI run (19:11 UTC, load ~12 on 2 cores): `flash` stopped the
+firmware for 9.3 s, so one whole 5 s tumbling window held no reading and the backend (rightly) made
+no document for it; the check demanded it anyway and reported fault_free_windows_missing=1."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from hil.rig.boards import RigBoard
+from hil.rig.checks import expected_windows, windows
+from hil.rig.stack import RigStack
+from iot import contract
+
+SIZE_S = 5
+DEVICE = "hil-test-kitchen"
+SINCE = 1_796_000_002.0  # the scenario starts 2 s into a window
+UNTIL = SINCE + 35.0
+# One reading before the flash, then none for 9.3 s (files copied, reset), then one a second.
+READINGS_TS = [SINCE - 0.1] + [SINCE + 9.4 + n for n in range(26)]
+
+
+@dataclass
+class _Message:
+    payload: bytes
+    at: float
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class _Probe:
+    def __init__(self, ts: list[float]) -> None:
+        self.msgs = [
+            _Message(
+                json.dumps(
+                    {
+                        "device": DEVICE,
+                        "boot": 1,
+                        "seq": n,
+                        "ts": int(t * 1000),
+                        "time_valid": True,
+                        "temperature": 22.5,
+                    }
+                ).encode(),
+                t + 0.2,
+            )
+            for n, t in enumerate(ts)
+        ]
+
+    def messages(self, kind: str, device: str) -> list[_Message]:
+        return self.msgs if (kind, device) == ("reading", DEVICE) else []
+
+
+def _date(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class _Collection:
+    def __init__(self, docs: list[dict[str, Any]]) -> None:
+        self.docs = docs
+
+    def find(self, query: dict[str, Any], _projection: Any = None) -> list[dict[str, Any]]:
+        out = []
+        for d in self.docs:
+            if all(k == "ts" or d.get(k) == v for k, v in query.items()):
+                ts = query.get("ts")
+                if ts is None or ts["$gte"] <= d["ts"] < ts["$lt"]:
+                    out.append(d)
+        return out
+
+
+class _Stack:
+    """What windows() reads of a RigStack: the rig's window size, the probe, the database."""
+
+    def __init__(self, reading_ts: list[float], window_starts: set[int]) -> None:
+        self.rig = type("Rig", (), {"stack": type("StackSpec", (), {"tumbling_s": SIZE_S})()})()
+        self.probe = _Probe(reading_ts)
+        readings = [{"device": DEVICE, "ts": _date(int(t * 1000)), "temperature": 22.5} for t in reading_ts]
+        wins = [
+            {
+                "device": DEVICE,
+                "kind": "tumbling",
+                "start": _date(s),
+                "end": _date(s + SIZE_S * 1000),
+                "final": True,
+                "temperature": {"mean": 22.5},
+            }
+            for s in sorted(window_starts)
+        ]
+        self.db = {
+            contract.COLL_READINGS: _Collection(readings),
+            contract.COLL_SENSOR_WINDOWS: _Collection(wins),
+        }
+
+
+class _Board:
+    device = DEVICE
+    spec = type("Spec", (), {"tolerance": {"temperature": 0.05}})()
+
+    def near_env_change(self, _ts: float) -> bool:
+        return False
+
+    def expected(self, _ts: float) -> dict[str, float]:
+        return {"temperature": 22.5}
+
+
+def _backend_windows(reading_ts: list[float]) -> set[int]:
+    """The windows the backend makes: one per window a reading falls in."""
+    size = SIZE_S * 1000
+    return {int(t * 1000) // size * size for t in reading_ts}
+
+
+def _missing(stack: _Stack) -> float:
+    out = windows(cast(RigStack, stack), cast(RigBoard, _Board()), SINCE, UNTIL, [], timeout_s=0)
+    return next(m.value for m in out if m.name == "fault_free_windows_missing")
+
+
+def test_a_window_in_which_the_board_measured_nothing_is_not_demanded() -> None:
+    # The flash left [since+3, since+8) without a reading: the backend made every other window.
+    stack = _Stack(READINGS_TS, _backend_windows(READINGS_TS))
+    assert _missing(stack) == 0
+
+
+def test_a_window_holding_a_reading_that_the_backend_did_not_make_is_still_missing() -> None:
+    made = _backend_windows(READINGS_TS)
+    made.remove(max(made - {max(made)}))  # drop a window the board measured in
+    assert _missing(_Stack(READINGS_TS, made)) == 1
+
+
+def test_expected_windows_skip_faults_and_windows_without_readings() -> None:
+    size = 5000
+    measured = [1_000, 11_000, 16_000, 21_000, 26_000]  # nothing in [5000, 10000)
+    # A fault over [14 s, 14.5 s] and the 10 s after it touch the windows at 10, 15 and 20 s.
+    assert expected_windows(0, 30_000, size, [(14.0, 14.5)], measured) == [0, 25_000]
+    assert expected_windows(0, 30_000, size, [], measured) == [0, 10_000, 15_000, 20_000, 25_000]
