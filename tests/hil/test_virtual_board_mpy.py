@@ -41,8 +41,9 @@ def test_mpy_cross_emits_the_mpy_version_the_unix_port_loads(mpy_build: Path, tm
 
 
 # Measured (import of board, mqtt, node as main.py does): from source the firmware and the virtual
-# layer need a 136 KB heap to compile, the .mpy files load in 104 KB. 120 KB lies between.
-SMALL_HEAP = "120K"
+# layer need a 136 KB heap to compile, the .mpy files load in 104 KB. At 128 KB the compiled board
+# runs with ~20 KB free (at 120 KB only 12 KB: too tight to be steady).
+SMALL_HEAP = "128K"
 
 
 def test_board_on_the_compiled_firmware_boots_publishes_and_releases_readings_on_an_ack(
