@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 from hil.errors import BoardError
 
 _PUBLISH = 0x30
 _PUBACK = 0x40
+_PINGRESP = 0xD0
 
 
 def _read_exact(sock: socket.socket, n: int) -> bytes:
@@ -58,6 +60,9 @@ class MqttProxy:
         self.dup_publishes = 0
         self.dup_topics: list[str] = []
         self.publishes = 0
+        # A slow broker: each PINGRESP is held this long (real time) before the board gets it.
+        self.pingresp_delay_s = 0.0
+        self.pingresps = 0
         self._sockets: list[socket.socket] = []
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="mqtt-proxy", daemon=True)
@@ -124,6 +129,11 @@ class MqttProxy:
                         self._drop_pubacks -= 1
                         self.dropped_pubacks += 1
                         continue
+                    delay = self.pingresp_delay_s if not from_board and kind == _PINGRESP else 0.0
+                if delay:
+                    time.sleep(delay)  # the stimulus: the answer is late, not a wait for something
+                if not from_board and kind == _PINGRESP:
+                    self.pingresps += 1
                 dst.sendall(packet)
         except (OSError, ConnectionError):
             for s in (src, dst):

@@ -338,20 +338,25 @@ class Board:
             addr = self.resolve(host, port)
         raw = socket.socket()
         stream = VSocket(raw, self)
-        stream.raw_settimeout(timeout_ms / 1000)
+        # The connect and the handshake wait for the broker: at host speed (Clock.hold).
+        self.clock.hold(True)
         try:
-            raw.connect(addr)
-        except OSError as exc:
-            raw.close()
-            raise stream._error(exc) from None
+            stream.raw_settimeout(timeout_ms / 1000)
+            try:
+                raw.connect(addr)
+            except OSError as exc:
+                raw.close()
+                raise stream._error(exc) from None
+            if tls:
+                try:
+                    stream = VSocket(raw, self, self._wrap_tls(raw, host, tls_verify, ca_file))
+                except (OSError, ValueError):
+                    raw.close()
+                    raise
+        finally:
+            self.clock.hold(False)
         stream.raw_settimeout(IO_TIMEOUT_S)  # as board_esp32: reads start only after poll said readable
-        if not tls:
-            return stream
-        try:
-            return VSocket(raw, self, self._wrap_tls(raw, host, tls_verify, ca_file))
-        except (OSError, ValueError):
-            raw.close()
-            raise
+        return stream
 
     def _wrap_tls(self, raw: socket.socket, host: str, verify: bool, ca_file: str) -> object:
         """Real TLS (the unix port's mbedTLS), with the port's failure modes: no CA bundle (verifying

@@ -32,7 +32,6 @@ IO_TIMEOUT_S = 1
 SLICE_REAL_MS = 50  # longest real wait between watchdog checks inside a board call
 
 
-
 TICKS_PERIOD = 1 << 30
 JUMP_STEP_MS = 600_000  # 10 min: far inside the 2^29 ms a tick difference can span
 
@@ -69,8 +68,11 @@ class Clock:
     """
 
     def __init__(self, speed: float, ticks_start_ms: int, control_dir: str) -> None:
-        self.speed = speed
+        self.speed = speed  # while the board waits for nobody
+        self._rate = speed  # virtual ms per real ms now
         self._host0 = host_ms()
+        self._run0 = 0  # virtual ms at _host0
+        self._holds = 0
         self._ticks0 = ticks_start_ms
         self.jumped_ms = 0
         self._pending_ms = 0
@@ -79,7 +81,18 @@ class Clock:
 
     def run_ms(self) -> int:
         """Virtual ms since power-on, without jumps."""
-        return int((host_ms() - self._host0) * self.speed)
+        return self._run0 + int((host_ms() - self._host0) * self._rate)
+
+    def hold(self, on: bool) -> None:
+        """Run at host speed while held (on) until as many releases (not on): the board waits for the
+        world outside (a broker's answer), which answers in real time. A faster clock would make a
+        reply the broker sends in 250 ms look 2.5 s late at speed 10, which no real board sees."""
+        self._holds += 1 if on else -1
+        rate = 1 if self._holds else self.speed
+        if rate != self._rate:
+            host = host_ms()
+            self._run0 += int((host - self._host0) * self._rate)
+            self._host0, self._rate = host, rate
 
     def now_ms(self) -> int:
         """Virtual ms since power-on, jumps included (what the firmware's clocks count)."""
@@ -104,7 +117,7 @@ class Clock:
         return (self._ticks0 + self.now_ms()) % TICKS_PERIOD
 
     def real_s(self, virtual_ms: float) -> float:
-        return virtual_ms / self.speed / 1000
+        return virtual_ms / self._rate / 1000
 
 
 class _Rand:
@@ -131,7 +144,11 @@ class VSocket(io.IOBase):
     - a write may send fewer bytes than asked and say so in its return value (lwIP's send buffer);
     - with the network cut, every call raises EHOSTUNREACH;
     - `ioctl` gives select.poll the host descriptor, so the firmware can poll it like on a board.
-    Timeouts are virtual: they pass `clock_speed` times faster in real time.
+    Timeouts are virtual: they pass `clock_speed` times faster in real time, except while the board
+    waits for its peer: from the moment it writes an MQTT packet that the broker answers (CONNECT,
+    PUBLISH QoS 1/2, SUBSCRIBE, UNSUBSCRIBE, PINGREQ) until it reads a byte, the clock runs at host
+    speed (Clock.hold), so the broker's real delays are what the firmware measures. (The stream
+    carries MQTT only: Board.connect_tcp is the firmware's link to the broker.)
     """
 
     def __init__(self, sock: socket.socket, board: "Board", tls: object = None) -> None:
@@ -144,6 +161,42 @@ class VSocket(io.IOBase):
         self._short_every = board.spec.short_write_every
         self.short_writes = 0
         self.is_closed = False
+        self._awaiting = False  # an answer is owed since the last byte read: the clock is held
+        # Framing of what the board writes: the packet's first byte, its remaining length as read
+        # so far (and the varint's multiplier, 0 while at a packet boundary), body bytes to skip.
+        self._kind = 0
+        self._len = 0
+        self._mul = 0
+        self._skip = 0
+
+    def _frame(self, view: memoryview, i: int, n: int) -> None:
+        """Follow MQTT framing over the bytes written (view[i:n]); hold the clock once a packet's
+        fixed header says the broker will answer it."""
+        while i < n:
+            if self._skip:
+                k = min(self._skip, n - i)
+                self._skip -= k
+                i += k
+            elif not self._mul:
+                self._kind, self._len, self._mul = view[i], 0, 1
+                i += 1
+            else:
+                b = view[i]
+                i += 1
+                self._len += (b & 127) * self._mul
+                self._mul *= 128
+                if b < 128:
+                    self._mul, self._skip = 0, self._len
+                    t = self._kind >> 4
+                    if t in (1, 8, 10, 12) or (t == 3 and self._kind & 6):
+                        self._await(True)
+
+    def _await(self, on: bool) -> None:
+        if on != self._awaiting:
+            self._awaiting = on
+            self._board.clock.hold(on)
+            if self._timeout is not None and not self.is_closed:  # host timeout follows the rate
+                self._sock.settimeout(self._board.clock.real_s(self._timeout * 1000))
 
     def _guard(self) -> None:
         self._board.check_watchdog()
@@ -152,6 +205,7 @@ class VSocket(io.IOBase):
         if not self._board.net.up():
             self._sock.close()
             self.is_closed = True
+            self._await(False)
             raise OSError(EHOSTUNREACH)
 
     def pollable(self) -> object:
@@ -198,7 +252,9 @@ class VSocket(io.IOBase):
         try:
             while sent < n:
                 k = self._io.write(view[sent:n]) if self._tls is not None else self._sock.send(view[sent:n])
-                sent += k or 0
+                if k:
+                    self._frame(view, sent, sent + k)
+                    sent += k
         except OSError as exc:
             if sent:
                 return sent
@@ -214,6 +270,7 @@ class VSocket(io.IOBase):
             data: bytes = self._io.read(n) if self._tls is not None else self._sock.recv(n)
             if data is None:
                 raise OSError(ETIMEDOUT if self._timeout else EAGAIN)
+            self._await(False)  # the peer answered (or closed: b"")
         except OSError as exc:
             err = self._error(exc)
             if err.args[0] == EAGAIN:
@@ -231,6 +288,7 @@ class VSocket(io.IOBase):
 
     def close(self) -> None:
         self.is_closed = True
+        self._await(False)
         if self._tls is not None:
             try:
                 self._io.close()
@@ -262,5 +320,3 @@ class Poller:
                 return True
             if left <= 0:
                 return False
-
-
