@@ -34,6 +34,7 @@ from .errors import SinkError
 from .kafka_out import KafkaOut
 from .metrics import BackendMetrics
 from .mongo_sink import MongoSink
+from .pacing import OpenWritePacer
 from .records import (
     BUNDLE_MAX,
     FORWARD_SLOTS,
@@ -93,7 +94,10 @@ class BackendRuntime:
         self.place_table = self.app.Table("place-state", partitions=READINGS_PARTITIONS)
         grace_ms = settings.grace_s * 1000
         idle_ms = int(settings.idle_timeout_s * 1000)
-        open_ms = int(settings.open_write_s * 1000)
+        # Open windows are rewritten every open_write_s, or less often when that costs too much.
+        self.pacer = OpenWritePacer(settings.open_write_s)
+        self.metrics.open_write_interval.set(self.pacer.interval_s)
+        open_ms = self.pacer.interval_ms
         self.engines = {
             scope: ScopeEngine(
                 scope,
@@ -305,7 +309,8 @@ class BackendRuntime:
         delay = 0.5
         while True:
             try:
-                await asyncio.to_thread(self._write, scope, out, forwards, rejected)
+                open_s = await asyncio.to_thread(self._write, scope, out, forwards, rejected)
+                self._pace(open_s)
                 return
             except SinkError as exc:
                 _log.error(
@@ -320,9 +325,16 @@ class BackendRuntime:
 
     def _write(
         self, scope: str, out: Outputs, forwards: list[tuple[str, bytes]], rejected: list[dict[str, Any]]
-    ) -> None:
+    ) -> float:
+        """Write the batch's outputs; returns the seconds spent rewriting open windows (the pacer's)."""
         self.sink.write_readings(out.readings)
-        self.sink.write_windows(scope, out.open_docs + out.final_docs)
+        self.sink.write_windows(scope, out.final_docs)
+        # A window both open and final in one batch is written final only (as one call did before).
+        finals = {d["_id"] for d in out.final_docs}
+        opens = [d for d in out.open_docs if d["_id"] not in finals]
+        started = time.perf_counter()
+        self.sink.write_windows(scope, opens)
+        open_s = time.perf_counter() - started
         self.sink.write_amended(scope, out.amended_docs)
         for doc in out.final_docs + out.amended_docs:
             self.kafka.window(scope, doc)
@@ -333,6 +345,24 @@ class BackendRuntime:
         for place, value in forwards:
             self.kafka.forward(self.settings.place_topic, place, value)
         self.kafka.flush()
+        return open_s
+
+    def _pace(self, open_s: float) -> None:
+        interval = self.pacer.record(open_s, time.monotonic())
+        if interval is None:
+            return
+        for engine in self.engines.values():
+            engine.open_write_ms = self.pacer.interval_ms
+        self.metrics.open_write_interval.set(interval)
+        _log.info(
+            "open_write_interval",
+            seconds=round(interval, 2),
+            configured_s=self.settings.open_write_s,
+            budget=self.pacer.budget,
+            why="open-window rewrites cost more than their share of the worker's time"
+            if interval > self.settings.open_write_s
+            else "back within budget",
+        )
 
     @staticmethod
     def _persist(table: Any, changed: Mapping[str, KeyState]) -> None:

@@ -67,6 +67,12 @@ class BackendMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.open_write_interval = Gauge(
+            "iot_backend_open_write_interval_seconds",
+            "How often each key's open windows are rewritten now (IOT_BACKEND_OPEN_WRITE_S, or longer "
+            "when the rewrites cost more than their share of the worker's time)",
+            registry=r,
+        )
         self.sensor_mean = Gauge(
             "iot_backend_sensor_window_mean",
             "Mean of the latest final window per sensor",

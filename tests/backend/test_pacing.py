@@ -1,0 +1,59 @@
+"""The open-window pacer: open rewrites keep to their share of the worker's time, whatever the fleet."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.pacing import OpenWritePacer
+
+pytestmark = pytest.mark.unit
+
+
+def _run(pacer: OpenWritePacer, cost_per_round_s: float, seconds: float, start: float = 0.0) -> float:
+    """Feed the pacer as the worker would: one round of open rewrites per interval (each costing
+    `cost_per_round_s`, e.g. keys x 6 windows x 4 ms), batches of nothing in between every 0.5 s."""
+    now, next_round = start, start
+    while now < start + seconds:
+        now += 0.5
+        if now >= next_round:
+            pacer.record(cost_per_round_s, now)
+            next_round = now + pacer.interval_s
+        else:
+            pacer.record(0.0, now)
+    return now
+
+
+def test_cheap_open_rewrites_keep_the_configured_interval() -> None:
+    pacer = OpenWritePacer(5.0)
+    _run(pacer, cost_per_round_s=0.05, seconds=120)  # 1% of the time
+    assert pacer.interval_s == 5.0
+
+
+def test_open_rewrites_costing_more_than_the_budget_are_spaced_until_they_fit() -> None:
+    # 2,000 keys x 6 open windows x 4 ms = 48 s per round: at 5 s that is ten times the wall clock.
+    pacer = OpenWritePacer(5.0)
+    _run(pacer, cost_per_round_s=48.0, seconds=3600)
+    assert 48.0 / pacer.interval_s <= pacer.budget
+    assert pacer.interval_s <= 4 * 48.0 / pacer.budget  # spaced enough, not pushed to the ceiling
+
+
+def test_interval_comes_back_to_the_configured_one_when_the_load_goes() -> None:
+    pacer = OpenWritePacer(5.0)
+    now = _run(pacer, cost_per_round_s=48.0, seconds=1800)
+    assert pacer.interval_s > 5.0
+    _run(pacer, cost_per_round_s=0.02, seconds=1800, start=now)
+    assert pacer.interval_s == 5.0
+
+
+def test_interval_never_passes_its_ceiling() -> None:
+    pacer = OpenWritePacer(5.0, max_s=60.0)
+    _run(pacer, cost_per_round_s=1000.0, seconds=3600)
+    assert pacer.interval_s == 60.0
+
+
+def test_zero_configured_interval_returns_to_zero_not_to_a_tiny_float() -> None:
+    pacer = OpenWritePacer(0.0)
+    now = _run(pacer, cost_per_round_s=3.0, seconds=120)
+    assert pacer.interval_s > 0
+    _run(pacer, cost_per_round_s=0.0, seconds=600, start=now)
+    assert pacer.interval_s == 0.0
