@@ -107,8 +107,11 @@ class MqttSource:
 
     def stop(self) -> None:
         """Disconnect cleanly; the session (and anything un-acked) stays with the broker."""
-        self._client.disconnect()
-        self._client.loop_stop()
+        if not self._client.stop():
+            _log.warning(
+                "mqtt_disconnect_incomplete",
+                action="none: the broker redelivers what was not acknowledged; downstream drops the copies",
+            )
         self._metrics.mqtt_connected.set(0)
 
     def _flapping(self) -> bool:

@@ -21,6 +21,7 @@ which is why pyproject pins paho-mqtt < 3 and the gateway's tests run on it end 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -83,6 +84,31 @@ class BatchingClient(mqtt.Client):
         while rc == mqtt.MQTT_ERR_SUCCESS and self._buffered():
             rc = super().loop_read(1)
         return rc
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Disconnect once everything queued is written (batched PUBACKs first, then DISCONNECT), then
+        stop the network thread; False if that did not happen within `timeout`.
+
+        paho's loop_stop() ends the network thread at once: right after disconnect() it can drop the
+        PUBACKs still queued with the DISCONNECT, and the broker then redelivers those messages to the
+        session (duplicates downstream; seen as ~100 redeliveries in tests/gateway/test_paho_client.py).
+        paho calls on_disconnect only after it wrote the DISCONNECT, and it writes in queue order."""
+        gone = threading.Event()
+        previous = self.on_disconnect
+
+        def on_disconnect(*args: Any) -> None:
+            gone.set()
+            if previous is not None:
+                previous(*args)
+
+        self.on_disconnect = on_disconnect
+        try:
+            connected = self._sock is not None and self.disconnect() == mqtt.MQTT_ERR_SUCCESS
+            written = gone.wait(timeout) if connected and self._thread is not None else not connected
+        finally:
+            self.loop_stop()
+            self.on_disconnect = previous
+        return written
 
     # --- writes ---------------------------------------------------------------------------------
 
