@@ -54,10 +54,7 @@ from soak_common import (
     DATABASE,
     HOST,
     PYTHON,
-    endpoint_up,
-    free_ports,
     log,
-    metric,
     poll_until,
     rss_kb,
 )
@@ -69,6 +66,9 @@ from soak_sampling import Sampler
 from iot import contract
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
+from iot.app.stack.private import free_ports
+from iot.app.supervise import endpoint_up
+from iot.app.supervise import metrics_value as metric
 
 
 class Soak:

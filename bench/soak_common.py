@@ -4,10 +4,8 @@ Prometheus readings of the processes it watches."""
 from __future__ import annotations
 
 import signal
-import socket
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,17 +34,6 @@ def poll_until(condition: Callable[[], bool], timeout: float, what: str, interva
         time.sleep(interval)
     log("timeout", waiting_for=what.replace(" ", "_"), seconds=timeout)
     return False
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def die_with_parent() -> None:
@@ -89,23 +76,3 @@ def cpu_pressure() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def metric(url: str, name: str) -> float | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-def endpoint_up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
