@@ -183,6 +183,12 @@ class Outbox:
                 code = exc.args[0] if exc.args else 0
                 print("outbox_write_failed errno=%d action=counted as dropped" % code)
                 self.dropped += 1
+                try:
+                    self._save_dropped()
+                except OSError:
+                    # The flash refuses this write too: the count stays in RAM and is saved with
+                    # the next one that succeeds (every drop saves the running total).
+                    pass
         while self._ram:
             self._free_ram(self._ram.pop())
 
@@ -227,12 +233,16 @@ class Outbox:
         self.dropped += lost
         # Count first, delete second: a power cut in between over-counts (the readings are still
         # there and get delivered), it never loses readings without counting them.
-        with open(self._dir + "/dropped.tmp", "w") as f:
-            f.write(str(self.dropped))
-        os.rename(self._dir + "/dropped.tmp", self._dir + "/dropped")
+        self._save_dropped()
         os.remove(self._path(seg[0]))
         if index == len(self._segs):
             self._head_open = False  # never append to a segment that is gone
+
+    def _save_dropped(self) -> None:
+        """Persist the running drop count (write-then-rename: a cut leaves the old or the new)."""
+        with open(self._dir + "/dropped.tmp", "w") as f:
+            f.write(str(self.dropped))
+        os.rename(self._dir + "/dropped.tmp", self._dir + "/dropped")
 
     # --- sending ----------------------------------------------------------------------------
     def rewind(self) -> None:

@@ -4,14 +4,16 @@ The MicroPython unix port carries the same littlefs the ESP32 port uses, so moun
 block device gives littlefs's own behaviour (copy-on-write, a write in the middle of a file
 rewriting what follows, metadata compaction) rather than an imitation of it. The device adds what
 the hardware has: a size limit (block count), an erase counter per block, programs that may only
-clear bits of an erased block (checked), and an optional power cut after a given number of
-program/erase operations, in the middle of a program (a random prefix of it lands).
+clear bits of an erased block (checked), an optional power cut after a given number of
+program/erase operations, in the middle of a program (a random prefix of it lands), and failing
+programs (a worn or bad sector: the driver reports an error, nothing lands).
 """
 
 BLOCK_SIZE = 4096
 _IOCTL_BLOCK_COUNT = 4
 _IOCTL_BLOCK_SIZE = 5
 _IOCTL_BLOCK_ERASE = 6
+_EIO = 5
 
 
 class PowerCut(Exception):
@@ -29,6 +31,11 @@ class BlockDevice:
         self.cut_after = -1  # operations left before a power cut; -1: never
         self.seed = 1
         self.dead = False
+        # Programs left to fail: the ESP32's flash driver returns an error for a program it could not
+        # verify, and littlefs passes a negative return of writeblocks up as LFS_ERR_IO (OSError 5)
+        # without retrying; nothing of the failed program is written.
+        self.fail_programs = 0
+        self.failed_programs = 0
 
     def _rand(self) -> int:
         self.seed = (self.seed * 1103515245 + 12345) & 0x7FFFFFFF
@@ -61,7 +68,11 @@ class BlockDevice:
             for i in range(n):  # littlefs called from a finalizer (heap locked): no slice
                 buf[i] = self.data[at + i]
 
-    def writeblocks(self, block: int, buf: bytearray, offset: int = 0) -> None:
+    def writeblocks(self, block: int, buf: bytearray, offset: int = 0) -> int:
+        if self.fail_programs > 0 and not self.dead:
+            self.fail_programs -= 1
+            self.failed_programs += 1
+            return -_EIO
         at = block * self.block_size + offset
         land = self._land(len(buf))
         for i in range(land):
@@ -70,6 +81,7 @@ class BlockDevice:
         self.programmed_bytes += land
         if self.dead:
             raise PowerCut()
+        return 0
 
     def ioctl(self, op: int, arg: int) -> int:
         if op == _IOCTL_BLOCK_COUNT:

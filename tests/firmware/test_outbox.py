@@ -113,6 +113,29 @@ print(json.dumps([again.dropped, deliver_all(again)]))
     assert got == [[0, s] for s in range(14, 30)]  # the newest 16, the oldest dropped
 
 
+def test_a_failed_flash_write_is_counted_as_dropped_and_the_count_survives_a_reboot(tmp_path: Path) -> None:
+    """A program the flash refuses (a worn sector: the driver's error reaches littlefs as -EIO)
+    loses that reading; the drop is saved at once, not only with the next full-outbox drop."""
+    code = """
+dev = vflash.BlockDevice(64)
+vflash.mount(dev, fresh=True)
+box = Outbox(16)
+box.push(0, 0, payload(0, 0), spill=True)
+dev.fail_programs = 1
+box.push(0, 1, payload(0, 1), spill=True)
+failed = dev.failed_programs
+box.push(0, 2, payload(0, 2), spill=True)
+vflash.unmount()
+vflash.mount(dev)
+again = Outbox(16)
+print(json.dumps([failed, box.dropped, again.dropped, deliver_all(again)]))
+"""
+    failed, dropped, after_reboot, got = _run(tmp_path, code)
+    assert failed == 1  # the fault really hit a flash program
+    assert dropped == 1 and after_reboot == 1
+    assert got == [[0, 0], [0, 2]]  # every reading delivered or counted: 2 + 1 of 3
+
+
 def test_capacity_is_capped_by_free_flash_with_drops_counted(tmp_path: Path) -> None:
     code = """
 dev = vflash.BlockDevice(24)  # 96 KB of littlefs: far less than 100000 records
