@@ -22,6 +22,9 @@ __all__ = ["ConfigError", "StackConfig"]
 
 KAFKA_VERSION = "4.1.1"
 FERRETDB_VERSION = "v1.24.2"
+# Our build of it: FERRETDB_VERSION plus the source patches in install.FERRETDB_PATCHES. A new patch
+# gets a new name, so every machine builds it again instead of keeping a cached older binary.
+FERRETDB_BUILD = f"{FERRETDB_VERSION}-iot1"
 
 
 def _repo_root() -> Path | None:
@@ -169,4 +172,4 @@ class StackConfig:
 
     @property
     def ferretdb_bin(self) -> Path:
-        return self.cache_dir / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
+        return self.cache_dir / f"ferretdb-{FERRETDB_BUILD}" / "ferretdb"

@@ -1,6 +1,6 @@
 """Private services on free ports, for whatever must not touch the shared stack: a Mosquitto that a
-test, a benchmark or a rig run may stop, SIGKILL or reconfigure, a single-node Kafka of its own, and
-the consumer-group helper that makes a reader start at a shared topic's current end.
+test, a benchmark or a rig run may stop, SIGKILL or reconfigure, a single-node Kafka of its own, a
+FerretDB of its own, and the consumer-group helper that makes a reader start at a shared topic's current end.
 
 One implementation for tests/, bench/ and hil/rig/: each used to carry its own copy."""
 
@@ -158,6 +158,25 @@ def private_kafka(folder: Path, heap: str = "256m") -> Iterator[Stack]:
         yield stack
     finally:
         stack.down(["kafka"])
+
+
+@contextmanager
+def private_ferretdb(folder: Path) -> Iterator[Stack]:
+    """A FerretDB of its own (the stack's build, free ports, its SQLite files under `folder`);
+    stopped on exit. Its MongoDB URI is `stack.cfg.mongo_uri`."""
+    mongo_port, debug_port = free_ports(2)
+    env = {
+        "IOT_STACK_DIR": str(folder),
+        "IOT_MONGO_URI": f"mongodb://{HOST}:{mongo_port}/iot",
+        "IOT_FERRETDB_DEBUG_PORT": str(debug_port),
+        "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
+    }
+    stack = Stack(StackConfig.from_env(env))
+    stack.up(["ferretdb"])
+    try:
+        yield stack
+    finally:
+        stack.down(["ferretdb"])
 
 
 def commit_end_offsets(bootstrap: str, group: str, topic: str) -> None:
