@@ -13,6 +13,7 @@ import gc
 import json
 import os
 import socket
+import sys
 import time
 
 TICKS_MAX_DELTA = 1 << 29  # time.ticks_add raises OverflowError at or beyond this (py/modtime)
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
         SLICE_REAL_MS,
         TICKS_PERIOD,
         Clock,
+        Newlib,
         Poller,
         VSocket,
         exists,
@@ -49,12 +51,18 @@ else:
         SLICE_REAL_MS,
         TICKS_PERIOD,
         Clock,
+        Newlib,
         Poller,
         VSocket,
         exists,
         host_ms,
         read_text,
     )
+
+
+# The ESP32's errno values for firmware that looks them up at run time (firmware/mqtt.py): vnet raises
+# newlib's numbers, and the firmware must compare them with newlib's, not the unix port's.
+sys.modules["errno"] = Newlib  # type: ignore[assignment]
 
 
 def _pem_to_der(data: bytes) -> bytes:

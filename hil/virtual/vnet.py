@@ -26,6 +26,30 @@ ECONNREFUSED = 111
 ECONNABORTED = 113
 ENOTCONN = 128
 EPIPE = 32
+
+
+class Newlib:
+    """The ESP32 port's `errno` values (newlib's) for the errors this socket raises and the firmware
+    handles; not the port's whole module: every entry costs the board's heap.
+
+    vboard installs it as sys.modules["errno"], so firmware that looks a value up at run time sees
+    the board's, as on an ESP32. (The unix port's compiler folds `errno.NAME` of its own built-in
+    module into Linux's number at compile time, which no run-time module can change: firmware
+    source meant for both must look the names up, firmware/mqtt.py does.)"""
+
+    ENOENT = 2
+    EIO = 5
+    EAGAIN = EAGAIN
+    ENODEV = 19
+    ECONNABORTED = ECONNABORTED
+    ECONNRESET = ECONNRESET
+    ENOTCONN = ENOTCONN
+    ETIMEDOUT = ETIMEDOUT
+    ECONNREFUSED = ECONNREFUSED
+    EHOSTUNREACH = EHOSTUNREACH
+    EINPROGRESS = EINPROGRESS
+
+
 _HOST_TO_NEWLIB = {110: ETIMEDOUT, 113: EHOSTUNREACH, 115: EINPROGRESS, 103: ECONNABORTED, 107: ENOTCONN}
 _HOST_TIMEOUT = (110, 11)  # the unix port reports an SO_RCVTIMEO expiry as either
 IO_TIMEOUT_S = 1

@@ -84,6 +84,20 @@ print(json.dumps(out))
     assert _run(tmp_path, code) == [116, 116, "None"]
 
 
+def test_firmware_on_a_virtual_board_compares_errors_with_the_esp32_errno_values(tmp_path: Path) -> None:
+    """The virtual socket raises newlib's numbers (116 for a timeout); the MQTT client's list of
+    busy errors must hold the same numbers, as on an ESP32. Compiled from source on the unix port,
+    `errno.ETIMEDOUT` would be folded into Linux's 110, and a socket timeout taken for a dead link."""
+    code = """
+import json
+from vboard import Board
+import errno
+import mqtt
+print(json.dumps([list(mqtt._BUSY), getattr(errno, "ETIMEDOUT"), getattr(errno, "EHOSTUNREACH")]))
+"""
+    assert _run(tmp_path, code) == [[11, 116], 116, 118]
+
+
 def test_writes_are_sometimes_short_and_say_how_much_they_sent(
     tmp_path: Path, listener: tuple[int, list[bytes]]
 ) -> None:
