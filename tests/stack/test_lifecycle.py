@@ -76,6 +76,19 @@ def test_up_from_nothing_is_healthy_idempotent_and_down_frees_every_port(private
     again = json.loads(iot(private, "status", "--json").stdout)
     assert {r["name"]: r["pid"] for r in again if r["name"] != "mosquitto-tls"} == pids
 
+    # A changed command line (here the Kafka heap; after a pull, a new FerretDB build) restarts that
+    # service alone, rather than leaving the old one running unnoticed.
+    third = iot({**private, "IOT_KAFKA_HEAP": "384m"}, "up")
+    assert third.returncode == 0, third.stderr
+    assert "service_restarting" in third.stderr and "service=kafka" in third.stderr, third.stderr
+    assert "-Xms384m" in third.stderr  # the reason names the first argument that changed
+    restarted = {r["name"]: r["pid"] for r in json.loads(iot(private, "status", "--json").stdout)}
+    assert restarted["kafka"] != pids["kafka"]
+    assert {n: p for n, p in restarted.items() if n not in ("kafka", "mosquitto-tls")} == {
+        n: p for n, p in pids.items() if n != "kafka"
+    }
+    pids = {n: p for n, p in restarted.items() if n != "mosquitto-tls"}
+
     down = iot(private, "down")
     assert down.returncode == 0, down.stderr
     still = [p for p in ports_of(private) if listening(p)]

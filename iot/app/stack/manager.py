@@ -137,14 +137,18 @@ class Stack:
 
     def _restart_outdated(self, selected: list[Service]) -> None:
         """Stop a running service that no longer matches this stack's configuration (SIGTERM: the
-        broker saves its sessions first), so `_up` starts it again as configured now. A broker
-        started before the TLS listener existed gains it this way, on the next `up`."""
+        broker saves its sessions first), so `_up` starts it again as configured now: one started
+        with another command line (after a `git pull` brought a new FerretDB build, or a variable
+        such as IOT_KAFKA_HEAP changed), or whose own check says so (a broker started before the TLS
+        listener existed gains it this way, on the next `up`)."""
         for svc in selected:
             folder = svc.folder(self.cfg)
-            if process.read(folder / "pid") is None:
+            tracked = process.read(folder / "pid")
+            if tracked is None:
                 continue
             try:
-                why = svc.outdated(self.cfg, folder)
+                why = _argv_changed(process.argv_of(tracked.pid), svc.argv(self.cfg, folder))
+                why = why or svc.outdated(self.cfg, folder)
             except (OSError, IotError) as exc:
                 raise StackError(f"{svc.name}: checking its configuration failed: {exc}") from exc
             if why is not None:
@@ -215,3 +219,14 @@ class Stack:
                 _log.info("service_stopped", service=svc.name)
                 stopped.append(svc.name)
         return stopped
+
+
+def _argv_changed(running: list[str], wanted: list[str]) -> str | None:
+    """Why a service started with `running` is not what `up` starts now (a new build of its binary, a
+    changed option or variable), or None. An unreadable command line ([]) counts as unchanged."""
+    if not running or running == wanted:
+        return None
+    for i, (old, new) in enumerate(zip(running, wanted, strict=False)):
+        if old != new:
+            return f"argument {i} was {old[:120]!r}, `up` now starts it with {new[:120]!r}"
+    return f"started with {len(running)} arguments, `up` now passes {len(wanted)}"

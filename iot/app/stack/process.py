@@ -36,6 +36,19 @@ def _cmdline(pid: int) -> str:
     return ""
 
 
+def argv_of(pid: int) -> list[str]:
+    """The command line a running process was started with ([] when it cannot be read)."""
+    text = _cmdline_raw(pid)
+    return text.split("\0")[:-1] if text else []
+
+
+def _cmdline_raw(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
