@@ -98,10 +98,12 @@ def baseline(topic: str, n: int) -> float:
     consumer.subscribe([topic])
     seen = 0
     start = None
+    cpu_start = time.process_time()
     while seen < n:
         batch = consumer.consume(2000, timeout=1.0)
         if start is None and batch:
             start = time.perf_counter()
+            cpu_start = time.process_time()
         for msg in batch:
             if msg.error():
                 continue
@@ -114,7 +116,9 @@ def baseline(topic: str, n: int) -> float:
                 st.close_ready(grace)
             seen += 1
     elapsed = time.perf_counter() - (start or time.perf_counter())
+    cpu = time.process_time() - cpu_start
     consumer.close()
+    print(f"plain loop: CPU per reading {1e6 * cpu / n:.0f} us (this process, librdkafka's threads included)")
     return n / elapsed
 
 
@@ -125,19 +129,45 @@ def free_port() -> int:
         return port
 
 
-def metric(port: int, name: str) -> float:
+def metrics(port: int, names: tuple[str, ...]) -> dict[str, float]:
+    """The values of `names` from one scrape of the worker's /metrics (0 where absent)."""
+    found = dict.fromkeys(names, 0.0)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
             for line in resp.read().decode().splitlines():
                 sample, _, value = line.rpartition(" ")
-                if sample == name:
-                    return float(value)
+                if sample in found:
+                    found[sample] = float(value)
     except OSError:
         pass
-    return 0.0
+    return found
 
 
-def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+def metric(port: int, name: str) -> float:
+    return metrics(port, (name,))[name]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pids_named(word: str) -> list[int]:
+    """Processes whose command line holds `word` (the store's server, to charge its CPU to the run)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if word in (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace"):
+                    found.append(int(entry.name))
+    return found
+
+
+def start_profiler(pid: int, out: Path, rate: int = 50) -> subprocess.Popen[bytes]:
     spy = Path(sys.executable).parent / "py-spy"
     return subprocess.Popen(
         [
@@ -148,7 +178,7 @@ def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
             "--idle",
             "--threads",
             "--rate",
-            "50",
+            str(rate),
             "--format",
             "raw",
             "--output",
@@ -188,6 +218,7 @@ def backend_run(
     mongo: str = MONGO,
     workers: int = 1,
     fill: Callable[[], None] | None = None,
+    profile_rate: int = 50,
 ) -> tuple[float, float]:
     """(sensor-stage readings/s, full-pipeline readings/s) of `workers` workers of one app.
 
@@ -239,24 +270,41 @@ def backend_run(
             check(deadline, "did not start processing")
             time.sleep(0.05)
         if profile is not None:
-            spy = start_profiler(procs[0].pid, profile)
+            spy = start_profiler(procs[0].pid, profile, profile_rate)
         t0 = time.perf_counter()
         first = total(sensor)
+        # CPU per reading is steadier than readings/s on a shared box: other work delays a process
+        # (wall time) far more than it changes what the process spends.
+        stores = pids_named("ferretdb")
+        cpu0 = [cpu_seconds(p.pid) for p in procs], [cpu_seconds(pid) for pid in stores]
         t_sensor = None
         deadline = time.monotonic() + 900
         while True:
-            s, p = total(sensor), total(place)
+            # One scrape per worker and poll, 4 polls a second: a scrape renders ~1,000 series (the mean
+            # gauges) under the GIL, and the 20 a second this loop made before took ~20% of the worker's
+            # wall time in its metrics thread (py-spy), a load no Prometheus puts on it (15 s interval).
+            s = p = 0.0
+            for port in ports:
+                got = metrics(port, (sensor, place))
+                s, p = s + got[sensor], p + got[place]
             now = time.perf_counter()
             if t_sensor is None and s >= n:
                 t_sensor = now
             if p >= n:
                 break
             check(deadline, f"stopped at sensor={s} place={p}")
-            time.sleep(0.1)
+            time.sleep(0.25)
         assert t_sensor is not None
         if spy is not None:
             stop_profiler(spy)
             spy = None
+        done = (n - first) or 1
+        worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - sum(cpu0[0])
+        store_cpu = sum(cpu_seconds(pid) for pid in stores) - sum(cpu0[1])
+        print(
+            f"backend: CPU per reading: worker {1e6 * worker_cpu / done:.0f} us, "
+            f"FerretDB {1e6 * store_cpu / done:.0f} us (load {os.getloadavg()[0]:.1f})"
+        )
         per = {
             c: total(f'iot_backend_mongo_write_seconds_sum{{collection="{c}"}}')
             for c in (contract.COLL_READINGS, contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS)
@@ -294,6 +342,12 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--places", type=int, default=10)
     ap.add_argument("--profile", type=Path, help="py-spy raw profile of the worker (needs py-spy)")
+    ap.add_argument(
+        "--profile-rate",
+        type=int,
+        default=50,
+        help="py-spy samples a second (more: finer, but it costs the worker)",
+    )
     ap.add_argument("--workers", type=int, default=1, help="also measure this many workers of one app")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="worker setting")
     ap.add_argument("--mongo", default=MONGO, help="MongoDB server for the worker (default: IOT_MONGO_URI's)")
@@ -313,7 +367,9 @@ def main() -> int:
         base = baseline(topic, n)
         print(f"plain confluent-kafka loop (decode + windows, in memory): {base:,.0f} readings/s")
         extra = dict(e.split("=", 1) for e in args.env)
-        sensor_rate, full_rate = backend_run(topic, app_id, db, n, args.profile, extra, args.mongo)
+        sensor_rate, full_rate = backend_run(
+            topic, app_id, db, n, args.profile, extra, args.mongo, profile_rate=args.profile_rate
+        )
         print(f"iot backend, one worker, sensor stage:                  {sensor_rate:,.0f} readings/s")
         print(f"iot backend, one worker, sensor + place stages:         {full_rate:,.0f} readings/s")
         if args.workers > 1:
