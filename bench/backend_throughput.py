@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -132,8 +133,13 @@ def free_port() -> int:
 def metrics(port: int, names: tuple[str, ...]) -> dict[str, float]:
     """The values of `names` from one scrape of the worker's /metrics (0 where absent)."""
     found = dict.fromkeys(names, 0.0)
+    # Only the families asked for (prometheus-client's name[] filter): a full scrape renders ~1,000
+    # series (the mean gauges) under the worker's GIL, ~20-30 us per reading of its CPU at 4 a second.
+    families = {n.split("{", 1)[0] for n in names}
+    families |= {f.removesuffix("_total").removesuffix("_sum") for f in families}
+    query = urllib.parse.urlencode([("name[]", f) for f in sorted(families)])
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics?{query}", timeout=2) as resp:
             for line in resp.read().decode().splitlines():
                 sample, _, value = line.rpartition(" ")
                 if sample in found:
@@ -156,18 +162,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pids_named(word: str) -> list[int]:
-    """Processes whose command line holds `word` (the store's server, to charge its CPU to the run)."""
+def listener_pids(port: int) -> list[int]:
+    """Processes holding a listening TCP socket on `port` (the store's server, to charge its CPU to
+    the run; not the private FerretDBs other tests on the box run)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(f"socket:[{cols[9]}]")
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if word in (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace"):
+                if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
                     found.append(int(entry.name))
     return found
 
 
-def start_profiler(pid: int, out: Path, rate: int = 50) -> subprocess.Popen[bytes]:
+def start_profiler(pid: int, out: Path, rate: int = 50, idle: bool = True) -> subprocess.Popen[bytes]:
     spy = Path(sys.executable).parent / "py-spy"
     return subprocess.Popen(
         [
@@ -175,7 +189,7 @@ def start_profiler(pid: int, out: Path, rate: int = 50) -> subprocess.Popen[byte
             "record",
             "--pid",
             str(pid),
-            "--idle",
+            *(["--idle"] if idle else []),
             "--threads",
             "--rate",
             str(rate),
@@ -219,6 +233,7 @@ def backend_run(
     workers: int = 1,
     fill: Callable[[], None] | None = None,
     profile_rate: int = 50,
+    profile_idle: bool = True,
 ) -> tuple[float, float]:
     """(sensor-stage readings/s, full-pipeline readings/s) of `workers` workers of one app.
 
@@ -270,19 +285,19 @@ def backend_run(
             check(deadline, "did not start processing")
             time.sleep(0.05)
         if profile is not None:
-            spy = start_profiler(procs[0].pid, profile, profile_rate)
+            spy = start_profiler(procs[0].pid, profile, profile_rate, profile_idle)
         t0 = time.perf_counter()
         first = total(sensor)
         # CPU per reading is steadier than readings/s on a shared box: other work delays a process
         # (wall time) far more than it changes what the process spends.
-        stores = pids_named("ferretdb")
+        stores = listener_pids(int(mongo.rsplit(":", 1)[1].split("/")[0]))
         cpu0 = [cpu_seconds(p.pid) for p in procs], [cpu_seconds(pid) for pid in stores]
         t_sensor = None
         deadline = time.monotonic() + 900
         while True:
-            # One scrape per worker and poll, 4 polls a second: a scrape renders ~1,000 series (the mean
-            # gauges) under the GIL, and the 20 a second this loop made before took ~20% of the worker's
-            # wall time in its metrics thread (py-spy), a load no Prometheus puts on it (15 s interval).
+            # One scrape per worker and poll, 4 polls a second, of two families only: the 20 full scrapes
+            # a second this loop made before took ~20% of the worker's wall time in its metrics thread
+            # (py-spy), a load no Prometheus puts on it (15 s interval).
             s = p = 0.0
             for port in ports:
                 got = metrics(port, (sensor, place))
@@ -348,6 +363,11 @@ def main() -> int:
         default=50,
         help="py-spy samples a second (more: finer, but it costs the worker)",
     )
+    ap.add_argument(
+        "--profile-cpu",
+        action="store_true",
+        help="sample running threads only (shares of CPU, not of wall time: waits are left out)",
+    )
     ap.add_argument("--workers", type=int, default=1, help="also measure this many workers of one app")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="worker setting")
     ap.add_argument("--mongo", default=MONGO, help="MongoDB server for the worker (default: IOT_MONGO_URI's)")
@@ -368,7 +388,15 @@ def main() -> int:
         print(f"plain confluent-kafka loop (decode + windows, in memory): {base:,.0f} readings/s")
         extra = dict(e.split("=", 1) for e in args.env)
         sensor_rate, full_rate = backend_run(
-            topic, app_id, db, n, args.profile, extra, args.mongo, profile_rate=args.profile_rate
+            topic,
+            app_id,
+            db,
+            n,
+            args.profile,
+            extra,
+            args.mongo,
+            profile_rate=args.profile_rate,
+            profile_idle=not args.profile_cpu,
         )
         print(f"iot backend, one worker, sensor stage:                  {sensor_rate:,.0f} readings/s")
         print(f"iot backend, one worker, sensor + place stages:         {full_rate:,.0f} readings/s")
