@@ -34,6 +34,7 @@ from .errors import SinkError
 from .kafka_out import KafkaOut
 from .metrics import BackendMetrics
 from .mongo_sink import MongoSink
+from .monitor import QuietMonitor
 from .pacing import OpenWritePacer
 from .records import (
     BUNDLE_MAX,
@@ -141,6 +142,8 @@ class BackendRuntime:
             # Table changelogs: JSON keys (str) and JSON values (KeyState.to_json()).
             key_serializer="json",
             value_serializer="json",
+            # Faust's per-message statistics are for views and sensors this worker does not run.
+            monitor=QuietMonitor(),
         )
         # Rewinds partitions without a committed offset too when Faust seeks after a rebalance.
         transport.install(app)
