@@ -9,9 +9,16 @@ from . import settings as settings_mod
 
 
 def _run_backend(args: argparse.Namespace) -> int:
+    settings = settings_mod.load()
+    if settings.event_loop == "uvloop":
+        # Before any loop exists (the worker's, and the one Faust's consumer thread makes): Faust's
+        # per-message hand-off is futures, tasks and callbacks, which uvloop runs in C.
+        import mode.loop
+
+        mode.loop.use("uvloop")
     from .app import BackendRuntime  # faust is heavy to import; only the worker needs it
 
-    return BackendRuntime(settings_mod.load()).run()
+    return BackendRuntime(settings).run()
 
 
 def _windows(args: argparse.Namespace) -> int:

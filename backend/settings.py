@@ -30,7 +30,9 @@ BACKEND_DEFAULTS: Final[Mapping[str, str]] = {
     "IOT_BACKEND_COMMIT_INTERVAL_S": "1",
     "IOT_BACKEND_SESSION_TIMEOUT_S": "10",
     "IOT_BACKEND_OPEN_WRITE_S": "5",
+    "IOT_BACKEND_EVENT_LOOP": "uvloop",
 }
+EVENT_LOOPS: Final = ("uvloop", "asyncio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ class Settings:
     open_write_s: float
     allowed_lateness_s: int = int(ENV_DEFAULTS["IOT_WINDOW_ALLOWED_LATENESS_S"])
     max_clock_ahead_s: int = int(ENV_DEFAULTS["IOT_MAX_CLOCK_AHEAD_S"])
+    event_loop: str = BACKEND_DEFAULTS["IOT_BACKEND_EVENT_LOOP"]
 
     @property
     def specs(self) -> tuple[WindowSpec, ...]:
@@ -79,6 +82,7 @@ class Settings:
             "allowed_lateness_s": self.allowed_lateness_s,
             "max_clock_ahead_s": self.max_clock_ahead_s,
             "idle_timeout_s": self.idle_timeout_s,
+            "event_loop": self.event_loop,
         }
 
 
@@ -124,6 +128,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             "IOT_WINDOW_HOP_STEP_S", f"{step} must divide IOT_WINDOW_HOPPING_S={hopping} and not exceed it"
         )
+    event_loop = e.text("IOT_BACKEND_EVENT_LOOP")
+    if event_loop not in EVENT_LOOPS:
+        raise ConfigError("IOT_BACKEND_EVENT_LOOP", f"{event_loop!r} must be one of {', '.join(EVENT_LOOPS)}")
     settings = Settings(
         kafka_bootstrap=e.text("IOT_KAFKA_BOOTSTRAP"),
         mongo_uri=mongo_uri,
@@ -147,5 +154,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         open_write_s=e.number("IOT_BACKEND_OPEN_WRITE_S", 0.0),
         allowed_lateness_s=e.integer("IOT_WINDOW_ALLOWED_LATENESS_S", 0),
         max_clock_ahead_s=e.integer("IOT_MAX_CLOCK_AHEAD_S", 0),
+        event_loop=event_loop,
     )
     return settings
