@@ -5,20 +5,34 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from iot import log
+
 from . import settings as settings_mod
 
 
 def _run_backend(args: argparse.Namespace) -> int:
     settings = settings_mod.load()
     if settings.event_loop == "uvloop":
-        # Before any loop exists (the worker's, and the one Faust's consumer thread makes): Faust's
-        # per-message hand-off is futures, tasks and callbacks, which uvloop runs in C.
-        import mode.loop
-
-        mode.loop.use("uvloop")
+        _use_uvloop()
     from .app import BackendRuntime  # faust is heavy to import; only the worker needs it
 
     return BackendRuntime(settings).run()
+
+
+def _use_uvloop() -> None:
+    """Before any loop exists (the worker's, and the one Faust's consumer thread makes): Faust's
+    per-message hand-off is futures, tasks and callbacks, which uvloop runs in C."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        # A virtualenv made before uvloop was a dependency: run, slower, and say how to fix it.
+        log.get("backend").warning(
+            "event_loop_fallback", wanted="uvloop", using="asyncio", action="run `make install` to get uvloop"
+        )
+        return
+    import mode.loop
+
+    mode.loop.use("uvloop")
 
 
 def _windows(args: argparse.Namespace) -> int:
