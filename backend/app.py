@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from iot import contract, log
 from iot.topics import TOPIC_PARTITIONS, ensure_topics
 
-from . import transport
+from . import topics, transport
 from .engine import Item, Outputs, ScopeEngine
 from .errors import SinkError
 from .kafka_out import KafkaOut
@@ -391,9 +391,20 @@ class BackendRuntime:
         for doc in out.final_docs + out.amended_docs:
             m.show_window(scope, doc)
 
+    def subscribed_topics(self) -> list[topics.TopicSpec]:
+        s = self.settings
+        return [
+            topics.TopicSpec(s.source_topic, READINGS_PARTITIONS),
+            topics.TopicSpec(s.place_topic, READINGS_PARTITIONS),
+            *topics.faust_topics(self.app),
+        ]
+
     def run(self) -> int:
         """Run the worker until SIGTERM/SIGINT."""
         ensure_backend_topics(self.settings)
+        # Every topic the worker subscribes to, changelogs included, must be in the metadata before
+        # Faust's consumer first reads it, or the assignment leaves a table's state behind (topics.py).
+        topics.ensure_visible(self.settings.kafka_bootstrap, self.subscribed_topics())
         self.sink.ensure_indexes()
         self.metrics.serve(self.settings.metrics_port)
         _log.info("backend_starting", **self.settings.describe(), metrics_port=self.settings.metrics_port)
