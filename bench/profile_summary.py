@@ -36,7 +36,14 @@ WRITER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# With uvloop the loop's wait (epoll) and its callback dispatch are C: py-spy sees the Python frame
+# that called the loop as the innermost one, and cannot tell waiting from dispatching.
+UVLOOP_LEAVES = ("Worker.execute_from_commandline", "run_until_complete", "run_forever")
+
+
 def activity(frames: list[str], rules: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    if frames and any(leaf in frames[-1] for leaf in UVLOOP_LEAVES):
+        return "uvloop (C: idle and callback dispatch)"
     for frame in reversed(frames):
         for name, needles in rules:
             if any(n in frame for n in needles):
@@ -54,7 +61,7 @@ def summarise(path: Path) -> dict[str, Counter[str]]:
         thread = re.sub(r"^thread \(\d+\):\s*", "", frames[0])
         if thread.startswith("MainThread"):
             groups["event loop (MainThread)"][activity(frames, MAIN_RULES)] += int(count)
-        elif thread.startswith("asyncio_"):
+        elif thread.startswith(("asyncio_", "uvloop_")):
             # asyncio.to_thread: the sink and Kafka writes of the sensor and place batches.
             groups["writer threads (to_thread, all)"][activity(frames, WRITER_RULES)] += int(count)
     return groups
