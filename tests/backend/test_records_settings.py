@@ -57,6 +57,8 @@ def test_defaults_follow_the_contract() -> None:
     s = settings.load({})
     assert (s.tumbling_s, s.hopping_s, s.hop_step_s, s.grace_s) == (60, 300, 60, 10)
     assert s.kafka_bootstrap == "127.0.0.1:9092" and s.app_id == "iot-backend" and s.metrics_port == 9109
+    assert s.event_loop == "uvloop"
+    assert settings.load({"IOT_BACKEND_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
 
 
 @pytest.mark.parametrize(
@@ -68,6 +70,7 @@ def test_defaults_follow_the_contract() -> None:
         ({"IOT_BACKEND_OFFSET_RESET": "middle"}, "IOT_BACKEND_OFFSET_RESET"),
         ({"IOT_BACKEND_METRICS_PORT": "70000"}, "IOT_BACKEND_METRICS_PORT"),
         ({"IOT_MONGO_URI": "postgres://x"}, "IOT_MONGO_URI"),
+        ({"IOT_BACKEND_EVENT_LOOP": "trio"}, "IOT_BACKEND_EVENT_LOOP"),
     ],
 )
 def test_invalid_setting_error_names_the_variable(env: dict[str, str], name: str) -> None:
