@@ -9,9 +9,9 @@ How, on FerretDB 1.24 (SQLite): only a filter of exactly `{_id: value}` is pushe
 anything else (`$in`, `{_id, final}`, every delete) reads and decodes the whole collection, so its cost
 grows with the collection, not with the batch. Measured at 20k window documents: `{_id, final: {$ne:
 true}}` replace 214 ms, `delete_one({_id})` 46 ms, `find({_id: {$in: 100 ids}})` 760 ms, against
-`{_id}`-only find or replace ~1-4 ms (one statement: a query plus a one-row write in its own
-transaction) and `insert_many` 0.1-0.35 ms per document (100 per transaction). So every window write
-here is an insert or an `{_id}`-only statement:
+`{_id}`-only find or replace ~1 ms with the stack's build (below; one statement: a query plus a
+one-row write in its own transaction) and `insert_many` 0.1-0.35 ms per document (100 per
+transaction). So every window write here is an insert or an `{_id}`-only statement:
   - a window this sink has not written open yet is inserted (in a backlog most windows are final
     before their first open write: one insert each, batched);
   - a duplicate key on that insert means the document exists (written before a restart or a
@@ -21,13 +21,22 @@ here is an insert or an `{_id}`-only statement:
     (A worker that stalls past its session timeout and resumes without seeing the rebalance could
     still rewrite such a window open after the new owner wrote it final; it would also write stale
     changelog states then, so that case is not covered by the rest of the design either.)
-Update commands carry at most UPDATE_CHUNK statements: FerretDB keeps one SQLite connection per
-statement of a command until it ends and wedges on about 100 (a 100-statement replace hung the server's
-database for good in a test here).
+Update commands carry at most UPDATE_CHUNK statements, and one sink sends one at a time
+(`_update_lock`): FerretDB keeps one SQLite connection per statement of an update command until the
+command ends (`defer` in a loop, internal/handler/msg_update.go) out of a pool of 100 per database, and
+each statement's write needs one more. Two commands of 50 at once (the sensor and the place scope each
+writing from its own thread) took all 100 and waited for a 101st for ever: the database never answered
+again until FerretDB restarted (reproduced: two threads, 50-statement replaces, the first time; it
+wedged a 2,000-board soak). 20 statements, one command per sink: a few workers on one database stay
+far below the pool.
+
+`{_id}` statements search the `_id` index only on the stack's FerretDB build (iot/app/stack/install.py,
+FERRETDB_PATCHES: 50k documents, a replace 0.6 ms); a stock FerretDB 1.24 scans there too (947 ms).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -44,7 +53,7 @@ from .metrics import BackendMetrics
 from .records import PLACE, SENSOR
 
 DUPLICATE_KEY = 11000
-UPDATE_CHUNK = 50
+UPDATE_CHUNK = 20
 WINDOW_DATES = ("start", "end", "updated_at")
 FINAL_CACHE = 20_000  # per scope, ~1 KB each
 _log = log.get("backend.mongo")
@@ -68,6 +77,8 @@ class MongoSink:
         )
         self.db = self.client.get_default_database(default=contract.DEFAULT_DATABASE)
         self.metrics = metrics
+        # One update command in flight per sink (module doc: FerretDB's connection pool).
+        self._update_lock = threading.Lock()
         # Window ids this sink wrote open and not final since, per scope (module doc).
         self._open: dict[str, set[str]] = {SENSOR: set(), PLACE: set()}
         # The final documents this sink wrote last, as written (epoch ms), per scope: the base of the
@@ -202,13 +213,14 @@ class MongoSink:
         """Replace documents whole by `_id` (upsert), UPDATE_CHUNK statements per command."""
         ops = [ReplaceOne({"_id": i}, d, upsert=True) for i, d in docs]
         for n in range(0, len(ops), UPDATE_CHUNK):
-            start = time.perf_counter()
-            try:
-                self.db[coll].bulk_write(ops[n : n + UPDATE_CHUNK], ordered=False)
-            except PyMongoError as exc:
-                raise SinkError(f"replacing documents in {coll} failed: {str(exc)[:300]}") from exc
-            finally:
-                self._observe(coll, start)
+            with self._update_lock:
+                start = time.perf_counter()
+                try:
+                    self.db[coll].bulk_write(ops[n : n + UPDATE_CHUNK], ordered=False)
+                except PyMongoError as exc:
+                    raise SinkError(f"replacing documents in {coll} failed: {str(exc)[:300]}") from exc
+                finally:
+                    self._observe(coll, start)
 
     def _stored_final(self, coll: str, wid: str) -> bool:
         start = time.perf_counter()

@@ -4,6 +4,7 @@ and still a final document is never overwritten by an open or a replayed final w
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,9 +13,10 @@ from pymongo import MongoClient
 
 from backend.engine import ScopeEngine
 from backend.mongo_sink import MongoSink
-from backend.records import SENSOR
+from backend.records import PLACE, SENSOR
 from backend.windows import specs_from_seconds
 from iot import contract
+from iot.app.stack.private import private_ferretdb
 from tests.support import unique
 
 from .conftest import MONGO
@@ -125,3 +127,42 @@ def test_open_windows_are_not_rewritten_while_the_input_is_a_backlog() -> None:
     assert eng.expire(now + 1000, {0}, []).open_docs == []
     live = {**old, "seq": 1, "ts": T0 + 100, "received_at": now + 2000}
     assert {d["count"] for d in eng.process([(live, 0, 1)], now + 2000).open_docs} == {2}
+
+
+@pytest.fixture(scope="module")
+def private_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A FerretDB of its own: before the fix the next test wedged the server's database for good."""
+    with private_ferretdb(tmp_path_factory.mktemp("ferretdb")) as stack:
+        yield stack.cfg.mongo_uri
+
+
+def test_window_replaces_of_both_scopes_at_once_do_not_wedge_ferretdb(private_uri: str) -> None:
+    # The sensor and the place scope write from two threads into one database. FerretDB holds a pool
+    # connection per statement of an update command until the command ends (pool of 100): two commands
+    # of 50 at once waited for ever for a 101st (before: NetworkTimeout, then the database dead).
+    sink = MongoSink(private_uri, timeout_ms=3000)
+    docs = {
+        scope: [{**doc(T0 + i * 2000, 1, False, device=scope), "device": scope} for i in range(400)]
+        for scope in (SENSOR, PLACE)
+    }
+    errors: list[BaseException] = []
+
+    def rewrite(scope: str) -> None:
+        try:
+            for count in range(1, 11):  # written open, then rewritten open: {_id} replaces
+                sink.write_windows(scope, [{**d, "count": count} for d in docs[scope]])
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=rewrite, args=(scope,)) for scope in docs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        db = sink.db
+        for scope, coll in ((SENSOR, contract.COLL_SENSOR_WINDOWS), (PLACE, contract.COLL_PLACE_WINDOWS)):
+            assert db[coll].find_one({"_id": docs[scope][-1]["_id"]})["count"] == 10
+    finally:
+        sink.close()
