@@ -112,6 +112,32 @@ def test_idle_close_waits_for_the_timeout_and_only_touches_owned_partitions() ->
     assert all(d["final"] for d in finals)
 
 
+def test_no_idle_close_by_wall_clock_while_the_partition_has_unread_input() -> None:
+    eng = engine(SENSOR)  # idle timeout 2 s
+    eng.process([(reading("d1", 0, 1000), 4, -1), (reading("d2", 0, 1000), 4, -1)], now_ms=0)
+    # 50 s of wall clock without a reading, but partition 4 is behind and its input has not moved on:
+    # d1's next readings may be right behind. (Before: closed here, and they all became amendments.)
+    assert eng.expire(now_ms=50_000, partitions={4}, keys=[], behind={4}).final_docs == []
+    # The partition's input moves 5 s past d1's last reading without one of d1: d1 is idle.
+    eng.process([(reading("d2", 1, 6000), 4, -1)], now_ms=51_000)
+    finals = eng.expire(now_ms=51_000, partitions={4}, keys=[], behind={4}).final_docs
+    assert {d["_id"] for d in finals} == {"d1:tumbling:2:0", "d1:hopping:4:-2000", "d1:hopping:4:0"}
+    # Caught up again: the wall clock alone decides, as before.
+    finals = eng.expire(now_ms=60_000, partitions={4}, keys=[]).final_docs
+    assert {d["_id"] for d in finals} == {"d2:tumbling:2:6000", "d2:hopping:4:4000", "d2:hopping:4:6000"}
+
+
+def test_a_key_not_read_since_a_restart_is_not_idle_closed_while_its_partition_is_behind() -> None:
+    store: dict[str, Any] = {}
+    first = engine(SENSOR, store)
+    out = first.process([(reading("d1", 0, 1000), 4, 7)], now_ms=0)
+    store.update({k: st.to_json() for k, st in out.changed.items()})
+    restarted = engine(SENSOR, store)
+    assert restarted.expire(now_ms=0, partitions={4}, keys=["d1"], behind={4}).final_docs == []
+    assert restarted.expire(now_ms=90_000, partitions={4}, keys=["d1"], behind={4}).final_docs == []
+    assert len(restarted.expire(now_ms=90_000, partitions={4}, keys=["d1"]).final_docs) == 3
+
+
 def test_open_windows_are_rewritten_at_most_once_per_interval_and_flushed_by_the_timer() -> None:
     eng = ScopeEngine(SENSOR, SPECS, 1000, 60_000, {}.get, open_write_ms=5000)
     assert len(eng.process([(reading("d1", 0, 1000), 0, -1)], now_ms=0).open_docs) == 3
