@@ -7,24 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from iot.app.stack.config import StackConfig
-from iot.app.stack.manager import Stack
-from tests.support import free_ports
+from iot.app.stack.private import free_ports, private_services
 
 pytestmark = pytest.mark.integration
 
 
 def test_kill_sigkills_one_service_and_up_brings_it_back(tmp_path: Path) -> None:
     mqtt, mqtts = free_ports(2)
-    env = {
-        "IOT_STACK_DIR": str(tmp_path / "stack"),
-        "IOT_MQTT_URL": f"mqtt://127.0.0.1:{mqtt}",
-        "IOT_MQTT_TLS_PORT": str(mqtts),
-        "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
-    }
-    stack = Stack(StackConfig.from_env(env))
-    stack.up(["mosquitto"])
-    try:
+    variables = {"IOT_MQTT_URL": f"mqtt://127.0.0.1:{mqtt}", "IOT_MQTT_TLS_PORT": str(mqtts)}
+    with private_services(tmp_path / "stack", ["mosquitto"], variables) as stack:
         pid = stack.pid("mosquitto")
         assert pid is not None
         assert stack.kill("mosquitto") == pid
@@ -38,5 +29,3 @@ def test_kill_sigkills_one_service_and_up_brings_it_back(tmp_path: Path) -> None
         status, tls_listener = stack.up(["mosquitto"])
         assert status.healthy and status.pid not in (None, pid)
         assert tls_listener.healthy and tls_listener.pid == status.pid
-    finally:
-        stack.down(["mosquitto"])

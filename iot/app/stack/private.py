@@ -140,43 +140,50 @@ class PrivateBroker:
 
 
 @contextmanager
-def private_kafka(folder: Path, heap: str = "256m") -> Iterator[Stack]:
-    """A single-node KRaft Kafka of its own (free ports, state under `folder`) that the caller may
-    stop, kill and start through the yielded `Stack`; removed on exit."""
-    client_port, controller_port = free_ports(2)
+def private_services(folder: Path, names: list[str], variables: dict[str, str]) -> Iterator[Stack]:
+    """Services of the stack of their own (state under `folder`, ports from `variables`) that the
+    caller may stop, kill and start through the yielded `Stack`; stopped on exit."""
     env = {
         "IOT_STACK_DIR": str(folder),
-        "IOT_KAFKA_BOOTSTRAP": f"{HOST}:{client_port}",
-        "IOT_KAFKA_CONTROLLER_PORT": str(controller_port),
-        "IOT_KAFKA_HEAP": heap,
-        # The Kafka jars are fetched once per machine, into the shared cache, not per private stack.
+        # Programs are fetched and built once per machine, into the shared cache, not per stack.
         "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
+        **variables,
     }
     stack = Stack(StackConfig.from_env(env))
-    stack.up(["kafka"])
+    stack.up(names)
     try:
         yield stack
     finally:
-        stack.down(["kafka"])
+        stack.down(names)
+
+
+@contextmanager
+def private_kafka(folder: Path, heap: str = "256m") -> Iterator[Stack]:
+    """A single-node KRaft Kafka of its own (free ports, state under `folder`)."""
+    client_port, controller_port = free_ports(2)
+    with private_services(
+        folder,
+        ["kafka"],
+        {
+            "IOT_KAFKA_BOOTSTRAP": f"{HOST}:{client_port}",
+            "IOT_KAFKA_CONTROLLER_PORT": str(controller_port),
+            "IOT_KAFKA_HEAP": heap,
+        },
+    ) as stack:
+        yield stack
 
 
 @contextmanager
 def private_ferretdb(folder: Path) -> Iterator[Stack]:
-    """A FerretDB of its own (the stack's build, free ports, its SQLite files under `folder`);
-    stopped on exit. Its MongoDB URI is `stack.cfg.mongo_uri`."""
+    """A FerretDB of its own (the stack's build, free ports, its SQLite files under `folder`). Its
+    MongoDB URI is `stack.cfg.mongo_uri`."""
     mongo_port, debug_port = free_ports(2)
-    env = {
-        "IOT_STACK_DIR": str(folder),
-        "IOT_MONGO_URI": f"mongodb://{HOST}:{mongo_port}/iot",
-        "IOT_FERRETDB_DEBUG_PORT": str(debug_port),
-        "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
-    }
-    stack = Stack(StackConfig.from_env(env))
-    stack.up(["ferretdb"])
-    try:
+    with private_services(
+        folder,
+        ["ferretdb"],
+        {"IOT_MONGO_URI": f"mongodb://{HOST}:{mongo_port}/iot", "IOT_FERRETDB_DEBUG_PORT": str(debug_port)},
+    ) as stack:
         yield stack
-    finally:
-        stack.down(["ferretdb"])
 
 
 def commit_end_offsets(bootstrap: str, group: str, topic: str) -> None:
