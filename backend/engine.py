@@ -21,8 +21,9 @@ from typing import Any
 
 from iot import contract
 
+from .accumulators import WindowAcc
 from .records import SENSOR, late_record, window_doc
-from .windows import KeyState, WindowAcc, WindowKey, WindowSpec, idle_watermark, scaled_fence
+from .windows import KeyState, WindowKey, WindowSpec, idle_watermark, scaled_fence
 
 # Input older than this (received_at against the wall clock) means the worker is working off a backlog.
 BEHIND_MS = 60_000

@@ -11,7 +11,8 @@ import orjson
 
 from iot import contract
 
-from .windows import WindowAcc, WindowKey
+from .accumulators import WindowAcc
+from .windows import WindowKey
 
 SENSOR: Final = "sensor"
 PLACE: Final = "place"

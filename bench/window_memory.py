@@ -27,9 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.accumulators import WindowAcc
 from backend.engine import Item, ScopeEngine
 from backend.records import PLACE, SENSOR
-from backend.windows import KeyState, WindowAcc, specs_from_seconds
+from backend.windows import KeyState, specs_from_seconds
 
 SPECS = specs_from_seconds(60, 300, 60)  # the contract's defaults
 GRACE_MS = 10_000

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from backend.accumulators import WindowAcc
 from backend.engine import Item, ScopeEngine
 from backend.records import FORWARD_SLOTS, PLACE, SENSOR
-from backend.windows import HOPPING, TUMBLING, KeyState, WindowAcc, WindowKey, specs_from_seconds
+from backend.windows import HOPPING, TUMBLING, KeyState, WindowKey, specs_from_seconds
 
 from .conftest import as_comparable, expected_windows
 

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from backend.accumulators import WindowAcc
 from backend.metrics import BackendMetrics
 from backend.records import PLACE, SENSOR, window_doc
-from backend.windows import TUMBLING, WindowAcc, WindowKey
+from backend.windows import TUMBLING, WindowKey
 
 pytestmark = pytest.mark.unit
 T0 = 1_750_000_000_000 - 1_750_000_000_000 % 10_000

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from backend.accumulators import MetricAcc
 from backend.windows import (
     HOPPING,
     TUMBLING,
     KeyState,
-    MetricAcc,
     SeqSet,
     WindowKey,
     WindowSpec,
