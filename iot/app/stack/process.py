@@ -22,31 +22,23 @@ class Tracked:
     marker: str
 
 
-def _cmdline(pid: int) -> str:
+def argv_of(pid: int) -> list[str]:
+    """The command line a running process was started with ([] when it cannot be read)."""
     # Right after fork/exec the kernel has closed our exec pipe (so Popen returned) but may not yet
     # have set up the new argument pages: cmdline reads empty for a moment, longer for large binaries.
     for _ in range(40):
         try:
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            return ""
+            return []
         if raw:
-            return raw.replace(b"\0", b" ").decode(errors="replace")
+            return raw.decode(errors="replace").split("\0")[:-1]
         time.sleep(0.025)
-    return ""
+    return []
 
 
-def argv_of(pid: int) -> list[str]:
-    """The command line a running process was started with ([] when it cannot be read)."""
-    text = _cmdline_raw(pid)
-    return text.split("\0")[:-1] if text else []
-
-
-def _cmdline_raw(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
+def _cmdline(pid: int) -> str:
+    return " ".join(argv_of(pid))
 
 
 def _is_zombie(pid: int) -> bool:
