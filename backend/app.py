@@ -25,7 +25,7 @@ from typing import Any
 import faust
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from iot import contract, log
+from iot import contract, heap, log
 from iot.topics import TOPIC_PARTITIONS, ensure_topics
 
 from . import topics, transport
@@ -172,6 +172,9 @@ class BackendRuntime:
         async def idle_tick() -> None:
             await self._tick()
 
+        async def release_free_memory() -> None:
+            heap.release_free_memory()
+
         def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
             for engine in self.engines.values():
                 engine.forget()
@@ -180,6 +183,8 @@ class BackendRuntime:
         self.app.agent(self.readings_topic, name="sensor-windows")(sensor_windows)
         self.app.agent(self.place_topic, name="place-windows")(place_windows)
         self.app.timer(s.tick_s)(idle_tick)
+        # A backlog's buffers must not stay in the RSS once it drained (iot/heap.py).
+        self.app.timer(heap.EVERY_S)(release_free_memory)
         self.app.on_partitions_revoked.connect(on_rebalance)
         self.app.on_partitions_assigned.connect(on_rebalance)
 

@@ -11,7 +11,7 @@ import threading
 import time
 from types import FrameType
 
-from iot import log
+from iot import heap, log
 
 from .bridge import Bridge
 from .kafka_sink import KafkaSink
@@ -50,10 +50,12 @@ def run(settings: GatewaySettings) -> int:
         _log.info("metrics_serving", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     source.start(bridge.on_message)
     next_stats = time.monotonic() + _STATS_EVERY_S
+    trimmer = heap.Trimmer()  # a Kafka outage's backlog must not stay in the RSS once it drained
     try:
         while not stop.is_set():
             sink.poll(_POLL_S)
             bridge.service()
+            trimmer.maybe()
             if time.monotonic() >= next_stats:
                 next_stats += _STATS_EVERY_S
                 _log.info(
