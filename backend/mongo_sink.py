@@ -56,8 +56,8 @@ from .records import PLACE, SENSOR
 DUPLICATE_KEY = 11000
 UPDATE_CHUNK = 20
 WINDOW_DATES = ("start", "end", "updated_at")
-# Final documents kept per scope for amendments, as BSON: a sensor window's document is ~0.8 KB
-# encoded against ~2.8 KB as a dict (tracemalloc), so a full cache is ~18 MB a scope, not ~60.
+# Final documents kept per scope for amendments, as BSON: ~0.9 KB a sensor window with its key,
+# against ~2.9 KB as a dict (tracemalloc, test_final_cache), so a full cache is ~18 MB a scope, not ~60.
 FINAL_CACHE = 20_000
 _log = log.get("backend.mongo")
 

@@ -50,14 +50,13 @@ def run(settings: GatewaySettings) -> int:
         _log.info("metrics_serving", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     source.start(bridge.on_message)
     next_stats = time.monotonic() + _STATS_EVERY_S
-    trimmer = heap.Trimmer()  # a Kafka outage's backlog must not stay in the RSS once it drained
     try:
         while not stop.is_set():
             sink.poll(_POLL_S)
             bridge.service()
-            trimmer.maybe()
             if time.monotonic() >= next_stats:
                 next_stats += _STATS_EVERY_S
+                heap.release_free_memory()  # a Kafka outage's backlog must not stay in the RSS
                 _log.info(
                     "gateway_stats",
                     received=bridge.received,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import time
 from collections.abc import Callable
 
-__all__ = ["EVERY_S", "Trimmer", "release_free_memory"]
+__all__ = ["EVERY_S", "release_free_memory"]
 
-EVERY_S = 60.0  # a trim walks every arena (a few ms at ~100 MB): cheap once a minute
+# How often the backend trims (the gateway trims with its stats line, every 30 s). Measured: 15 ms
+# right after 150 MB were freed, 0.6 ms when there is nothing to give back.
+EVERY_S = 60.0
 
 
 def _load() -> Callable[[int], int] | None:
@@ -40,19 +41,3 @@ def release_free_memory() -> bool:
     """Return free heap pages to the OS; True if the C library can and released some."""
     return bool(_TRIM(0)) if _TRIM is not None else False
 
-
-class Trimmer:
-    """Calls `release_free_memory` at most every `every_s`, from a loop that already runs often."""
-
-    def __init__(self, every_s: float = EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
-        self.every_s = every_s
-        self._clock = clock
-        self._next = clock() + every_s
-
-    def maybe(self) -> bool:
-        now = self._clock()
-        if now < self._next:
-            return False
-        self._next = now + self.every_s
-        release_free_memory()
-        return True

@@ -46,13 +46,3 @@ def test_memory_freed_after_a_burst_is_returned_to_the_os(where: str) -> None:
     assert after - before < 0.2 * (high - before), f"RSS {before:.0f} -> {high:.0f} -> {after:.0f} MB"
     assert len(kept) == 1563
 
-
-def test_the_trimmer_trims_at_most_once_per_period() -> None:
-    now = [0.0]
-    trimmer = heap.Trimmer(every_s=60, clock=lambda: now[0])
-    calls = []
-    for t in range(0, 181, 5):
-        now[0] = float(t)
-        if trimmer.maybe():
-            calls.append(t)
-    assert calls == [60, 120, 180]
