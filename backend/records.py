@@ -58,10 +58,7 @@ def decode_reading(value: bytes | None) -> dict[str, Any]:
     place, device = obj.get("place"), obj.get("device")
     topic = (
         contract.reading_topic(place, device)
-        if isinstance(place, str)
-        and isinstance(device, str)
-        and contract.ID_PATTERN.match(place)
-        and contract.ID_PATTERN.match(device)
+        if contract.is_id(place) and contract.is_id(device)
         else UNKNOWN_TOPIC
     )
     received_at = obj.pop("received_at", None)

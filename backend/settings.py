@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from iot.contract import BACKEND_METRICS_PORT, ENV_DEFAULTS, ID_PATTERN
+from iot.contract import BACKEND_METRICS_PORT, ENV_DEFAULTS, ID_PATTERN, is_id
 from iot.env import EnvReader
 
 from .errors import ConfigError
@@ -110,7 +110,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from `env` (default: the process environment)."""
     e = _Env(os.environ if env is None else env)
     app_id = e.text("IOT_BACKEND_APP_ID")
-    if not ID_PATTERN.match(app_id):
+    if not is_id(app_id):
         raise ConfigError("IOT_BACKEND_APP_ID", f"{app_id!r} must match {ID_PATTERN.pattern}")
     source_topic = e.text("IOT_BACKEND_SOURCE_TOPIC")
     if not re.match(r"^[A-Za-z0-9._-]{1,200}$", source_topic):

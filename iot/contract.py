@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 # Revision 2 added the health topic (retained board telemetry); nothing existing changed.
 # Revision 3: window amendments within an allowed lateness (`revision`, `late_count`), and the clock
@@ -24,6 +24,8 @@ PAYLOAD_VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 1024
 
 # --- MQTT -------------------------------------------------------------------------------------
+# Match an id with `is_id` (fullmatch): `$` also matches before a trailing newline, so
+# `ID_PATTERN.match("node-1\n")` succeeds, and such an id became a device of its own.
 ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 READING_TOPIC: Final = "sensors/{place}/{device}/reading"
 STATUS_TOPIC: Final = "sensors/{place}/{device}/status"
@@ -235,13 +237,18 @@ def decode_ack(payload: bytes) -> tuple[int, list[tuple[int, int]]]:
     return int(obj["boot"]), ranges
 
 
+def is_id(value: object) -> TypeGuard[str]:
+    """True when `value` is a device or place id: a str of 1..64 of A-Z a-z 0-9 _ -, as a whole."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
 def parse_reading_topic(topic: str) -> TopicIds:
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != "sensors" or parts[3] != "reading":
         raise InvalidReading(REASON_BAD_TOPIC, f"topic {topic!r} is not sensors/{{place}}/{{device}}/reading")
     place, device = parts[1], parts[2]
     for name, value in (("place", place), ("device", device)):
-        if not ID_PATTERN.match(value):
+        if not is_id(value):
             raise InvalidReading(REASON_BAD_ID, f"topic {name} {value!r} must match {ID_PATTERN.pattern}")
     return TopicIds(place=place, device=device)
 
@@ -314,7 +321,7 @@ def _validate_fields(ids: TopicIds, obj: Mapping[str, Any]) -> dict[str, Any]:
                 raise InvalidReading(REASON_OUT_OF_RANGE, f"{field}={value} outside {low}..{high}")
         out[field] = value
     for field in ("device", "place"):
-        if not ID_PATTERN.match(out[field]):
+        if not is_id(out[field]):
             raise InvalidReading(REASON_BAD_ID, f"{field} {out[field]!r} must match {ID_PATTERN.pattern}")
     if out["device"] != ids.device or out["place"] != ids.place:
         raise InvalidReading(

@@ -84,6 +84,20 @@ def test_bad_id_charset_in_topic_or_payload() -> None:
     assert reason_of("sensors/kitchen/node-1/reading", bad) == "bad_id"
 
 
+@pytest.mark.parametrize("bad", ["node-1\n", "node-1\r\n", "\nnode-1", "node-1\n\n", "x" * 65, ""])
+def test_an_id_must_match_whole(bad: str) -> None:
+    # `$` matches before a trailing newline: `node-1\n` passed once, and through Kafka it became a
+    # device of its own beside `node-1`.
+    assert not contract.is_id(bad)
+    assert reason_of(f"sensors/kitchen/{bad}/reading", json.dumps(reading(device=bad)).encode()) == "bad_id"
+    assert reason_of(TOPIC, json.dumps(reading(place=bad)).encode()) == "bad_id"
+
+
+def test_valid_ids() -> None:
+    assert all(contract.is_id(v) for v in ("node-1", "a", "A_b-9", "x" * 64))
+    assert not any(contract.is_id(v) for v in (None, 1, b"node-1", "node.1", "n\u00f6de"))
+
+
 def test_not_a_reading_topic() -> None:
     assert reason_of("sensors/kitchen/node-1/status", b"{}") == "bad_topic"
 

@@ -45,6 +45,9 @@ def test_valid_record_decodes_to_reading_with_float_metrics_and_received_at() ->
         (json.dumps({k: v for k, v in GOOD.items() if k != "received_at"}).encode(), "schema"),
         (b'{"v": 1, "temperature": NaN}', "malformed_json"),
         (None, "malformed_json"),
+        # `$` matched before a trailing newline: this record made `d1\n` a device of its own.
+        (json.dumps({**GOOD, "device": "d1\n"}).encode(), "bad_id"),
+        (json.dumps({**GOOD, "place": "p1\n"}).encode(), "bad_id"),
     ],
 )
 def test_invalid_record_is_rejected_with_a_stable_reason(value: bytes | None, reason: str) -> None:
