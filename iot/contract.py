@@ -274,6 +274,18 @@ def _type_ok(kind: str, value: Any) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
+def _is_text(value: str) -> bool:
+    """True when `value` encodes as UTF-8. JSON's `\\ud800` escape decodes to a lone surrogate: valid
+    JSON, but no text, and the backend (orjson, BSON) cannot encode it."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_reading(topic: str, payload: bytes) -> dict[str, Any]:
     """Validate one MQTT message against payload v1 and return the normalised reading.
 
@@ -289,6 +301,9 @@ def validate_reading(topic: str, payload: bytes) -> dict[str, Any]:
         raise
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidReading(REASON_MALFORMED_JSON, str(exc)[:200]) from None
+    except RecursionError:
+        # json's parser recurses per nesting level: 1,000 `[` fit in a payload and exceed the stack.
+        raise InvalidReading(REASON_MALFORMED_JSON, "JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise InvalidReading(REASON_NOT_OBJECT, f"payload is a JSON {type(obj).__name__}, not an object")
     return _validate_fields(ids, obj)
@@ -312,6 +327,8 @@ def _validate_fields(ids: TopicIds, obj: Mapping[str, Any]) -> dict[str, Any]:
         value = obj[field]
         if not _type_ok(kind, value):
             raise InvalidReading(REASON_SCHEMA, f"field {field!r} must be {kind}, got {type(value).__name__}")
+        if kind == _STR and not _is_text(value):
+            raise InvalidReading(REASON_SCHEMA, f"field {field!r} is not text (an unpaired surrogate escape)")
         if kind == _NUM_OR_NULL and value is not None:
             value = float(value)
             if not math.isfinite(value):

@@ -78,6 +78,24 @@ def test_each_bad_payload_gets_its_stable_reason(payload: bytes, reason: str) ->
     assert reason_of(TOPIC, payload) == reason
 
 
+def test_json_nested_beyond_the_parser_is_malformed_json_not_an_exception() -> None:
+    # 1,000 nested arrays fit in a 1 KiB payload; json's parser raised RecursionError on them, which
+    # nothing downstream of the contract expected (issue #19).
+    assert reason_of(TOPIC, b"[" * 1000) == "malformed_json"
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "a\\udc00b", "\\ude00\\ud83d"])
+def test_unpaired_surrogate_escape_in_a_string_field_is_schema(escape: str) -> None:
+    # Valid JSON, not valid text: the backend's orjson cannot encode the string it decodes to.
+    payload = json.dumps(reading(fw="X")).replace('"X"', f'"{escape}"').encode()
+    assert reason_of(TOPIC, payload) == "schema"
+
+
+def test_a_surrogate_pair_escape_is_one_character_and_valid() -> None:
+    payload = json.dumps(reading(fw="X")).replace('"X"', '"fw-\\ud83d\\ude00"').encode()
+    assert validate_reading(TOPIC, payload)["fw"] == "fw-\U0001f600"
+
+
 def test_bad_id_charset_in_topic_or_payload() -> None:
     assert reason_of("sensors/kitchen/node 1/reading", json.dumps(reading()).encode()) == "bad_id"
     bad = json.dumps(reading(device="node.1")).encode()
