@@ -424,7 +424,7 @@ class BackendRuntime:
         # Faust's consumer first reads it, or the assignment leaves a table's state behind (topics.py).
         topics.ensure_visible(self.settings.kafka_bootstrap, self.subscribed_topics())
         self.sink.ensure_indexes()
-        self.metrics.serve(self.settings.metrics_port)
+        self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
         _log.info("backend_starting", **self.settings.describe(), metrics_port=self.settings.metrics_port)
         worker = faust.Worker(self.app, loglevel="WARNING", quiet=True, override_logging=False)
         worker.execute_from_commandline()

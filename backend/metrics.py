@@ -106,6 +106,6 @@ class BackendMetrics:
             if mean is not None:
                 gauge.labels(*owner, metric, window).set(mean)
 
-    def serve(self, port: int) -> None:
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
         if port:
-            start_http_server(port, addr="127.0.0.1", registry=self.registry)
+            start_http_server(port, addr=host, registry=self.registry)

@@ -20,6 +20,8 @@ BACKEND_DEFAULTS: Final[Mapping[str, str]] = {
     "IOT_BACKEND_APP_ID": "iot-backend",
     "IOT_BACKEND_SOURCE_TOPIC": "iot.readings",
     "IOT_BACKEND_METRICS_PORT": str(BACKEND_METRICS_PORT),
+    # Loopback unless a scraper elsewhere needs it (in compose, Prometheus is another container).
+    "IOT_BACKEND_METRICS_HOST": "127.0.0.1",
     "IOT_BACKEND_WEB_PORT": "0",
     "IOT_BACKEND_IDLE_TIMEOUT_S": "30",
     "IOT_BACKEND_DATA_DIR": ".cache/iot-backend",
@@ -59,6 +61,7 @@ class Settings:
     allowed_lateness_s: int = int(ENV_DEFAULTS["IOT_WINDOW_ALLOWED_LATENESS_S"])
     max_clock_ahead_s: int = int(ENV_DEFAULTS["IOT_MAX_CLOCK_AHEAD_S"])
     event_loop: str = BACKEND_DEFAULTS["IOT_BACKEND_EVENT_LOOP"]
+    metrics_host: str = BACKEND_DEFAULTS["IOT_BACKEND_METRICS_HOST"]
 
     @property
     def specs(self) -> tuple[WindowSpec, ...]:
@@ -155,5 +158,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         allowed_lateness_s=e.integer("IOT_WINDOW_ALLOWED_LATENESS_S", 0),
         max_clock_ahead_s=e.integer("IOT_MAX_CLOCK_AHEAD_S", 0),
         event_loop=event_loop,
+        metrics_host=e.text("IOT_BACKEND_METRICS_HOST"),
     )
     return settings

@@ -23,8 +23,6 @@ REQUIRED = {
     "prometheus",
     "grafana",
     "node-exporter",
-    "kafka-exporter",
-    "cadvisor",
 }
 
 
