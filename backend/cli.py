@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from iot import log
@@ -36,11 +37,15 @@ def _use_uvloop() -> None:
 
 
 def _windows(args: argparse.Namespace) -> int:
-    from .query import fetch_windows, parse_duration, render
+    from .query import explain, fetch_windows, parse_duration, render
 
     cfg = settings_mod.load()
-    docs = fetch_windows(cfg.mongo_uri, args.device, args.place, parse_duration(args.last), args.limit)
-    print(render(docs))
+    found = fetch_windows(cfg.mongo_uri, args.device, args.place, parse_duration(args.last), args.limit)
+    if found.docs:
+        print(render(found.docs))
+    note = explain(found, args.device, args.place, args.last)
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -46,6 +46,13 @@ class EventLogger:
     def error(self, event: str, **fields: Any) -> None:
         self._log.error(kv(event, **fields))
 
+    def log(self, level: int, event: str, **fields: Any) -> None:
+        if self._log.isEnabledFor(level):
+            self._log.log(level, kv(event, **fields))
+
+    def enabled(self, level: int) -> bool:
+        return self._log.isEnabledFor(level)
+
 
 def get(name: str) -> EventLogger:
     return EventLogger(name)
