@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -58,3 +59,38 @@ def test_sensors_dashboard_has_place_and_device_variables_and_all_four_metrics()
     for metric in ("temperature", "humidity", "pressure", "luminosity"):
         assert f'metric="{metric}"' in exprs
     assert "iot_backend_sensor_window_mean" in exprs and "iot_backend_place_window_mean" in exprs
+
+
+def _panels() -> list[tuple[str, dict[str, Any]]]:
+    return [(p.stem, panel) for p in DASHBOARDS for panel in json.loads(p.read_text())["panels"]]
+
+
+@pytest.mark.parametrize(("dashboard", "panel"), _panels(), ids=lambda v: v if isinstance(v, str) else "")
+def test_states_read_as_words_in_colour_and_levels_have_thresholds(
+    dashboard: str, panel: dict[str, Any]
+) -> None:
+    """A 0/1 state (online, up, connected) is shown as a word in its colour, not a number in one colour;
+    a stat or state panel colours by thresholds with more than one step."""
+    defaults = panel["fieldConfig"]["defaults"]
+    exprs = " ".join(t["expr"] for t in panel["targets"])
+    if panel["type"] in ("stat", "state-timeline"):
+        assert len(defaults["thresholds"]["steps"]) >= 2 or "rate(" in exprs, panel["title"]
+    counted = re.search(r"\b(sum|count)\(", exprs)
+    state = re.search(r"device_online|mqtt_connected|kafka_up|\bup\{", exprs) and not counted
+    if state and panel["type"] in ("stat", "state-timeline"):
+        (mapping,) = defaults["mappings"]
+        words = {k: v["text"] for k, v in mapping["options"].items()}
+        colours = {mapping["options"][k]["color"] for k in ("0", "1")}
+        assert set(words) == {"0", "1"} and len(colours) == 2, panel["title"]
+
+
+def test_a_board_health_table_shows_what_the_gateway_exports_per_board() -> None:
+    dash = json.loads((GRAFANA / "dashboards" / "sensors.json").read_text())
+    (table,) = [p for p in dash["panels"] if p["type"] == "table"]
+    exprs = " ".join(t["expr"] for t in table["targets"])
+    for field in ("rssi", "mem_free", "outbox_depth", "crashes"):
+        assert f'field="{field}"' in exprs
+    assert "iot_gateway_device_last_reading_timestamp_seconds" in exprs and "device_online" in exprs
+    # One row per board: every query keeps exactly the place and device labels, which merge joins on.
+    assert all(t["expr"].startswith("max by (place, device) (") for t in table["targets"])
+    assert [t["id"] for t in table["transformations"]][:1] == ["merge"]
