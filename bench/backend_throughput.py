@@ -82,8 +82,9 @@ def prefill(topic: str, n: int, devices: int, places: int) -> None:
         raise SystemExit("prefill: Kafka did not take every reading")
 
 
-def baseline(topic: str, n: int) -> float:
-    """Readings/s of a plain consumer loop doing the backend's decoding and aggregation in memory."""
+def baseline(topic: str, n: int, stats: dict[str, float] | None = None) -> float:
+    """Readings/s of a plain consumer loop doing the backend's decoding and aggregation in memory;
+    `stats` (when given) gets its CPU per reading (`cpu_us`)."""
     specs = specs_from_seconds(60, 300, 60)
     grace = 10_000
     sensors: dict[str, KeyState] = {}
@@ -120,6 +121,8 @@ def baseline(topic: str, n: int) -> float:
     cpu = time.process_time() - cpu_start
     consumer.close()
     print(f"plain loop: CPU per reading {1e6 * cpu / n:.0f} us (this process, librdkafka's threads included)")
+    if stats is not None:
+        stats["cpu_us"] = 1e6 * cpu / n
     return n / elapsed
 
 
@@ -234,11 +237,14 @@ def backend_run(
     fill: Callable[[], None] | None = None,
     profile_rate: int = 50,
     profile_idle: bool = True,
+    stats: dict[str, float] | None = None,
 ) -> tuple[float, float]:
     """(sensor-stage readings/s, full-pipeline readings/s) of `workers` workers of one app.
 
     With `fill`, the workers start on an empty topic and `fill` produces the readings once every
-    worker owns partitions: no rebalance (and no reprocessing) inside the measured span."""
+    worker owns partitions: no rebalance (and no reprocessing) inside the measured span. `stats` (when
+    given) gets the CPU per reading over the measured span of the workers, the store and Kafka
+    (`cpu_us`, `store_cpu_us`, `kafka_cpu_us`) and the workers' counters (`late_sensor`, ...)."""
     ports = [free_port() for _ in range(workers)]
     data_dir = tempfile.mkdtemp(prefix="bench-backend-")
     procs: list[subprocess.Popen[bytes]] = []
@@ -291,7 +297,12 @@ def backend_run(
         # CPU per reading is steadier than readings/s on a shared box: other work delays a process
         # (wall time) far more than it changes what the process spends.
         stores = listener_pids(int(mongo.rsplit(":", 1)[1].split("/")[0]))
-        cpu0 = [cpu_seconds(p.pid) for p in procs], [cpu_seconds(pid) for pid in stores]
+        brokers = listener_pids(int(KAFKA.split(",")[0].rsplit(":", 1)[1]))
+        cpu0 = (
+            [cpu_seconds(p.pid) for p in procs],
+            [cpu_seconds(pid) for pid in stores],
+            [cpu_seconds(pid) for pid in brokers],
+        )
         t_sensor = None
         deadline = time.monotonic() + 900
         while True:
@@ -316,6 +327,7 @@ def backend_run(
         done = (n - first) or 1
         worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - sum(cpu0[0])
         store_cpu = sum(cpu_seconds(pid) for pid in stores) - sum(cpu0[1])
+        kafka_cpu = sum(cpu_seconds(pid) for pid in brokers) - sum(cpu0[2])
         print(
             f"backend: CPU per reading: worker {1e6 * worker_cpu / done:.0f} us, "
             f"FerretDB {1e6 * store_cpu / done:.0f} us (load {os.getloadavg()[0]:.1f})"
@@ -336,6 +348,16 @@ def backend_run(
             "backend: "
             + "; ".join(f"{k} {v['sensor']:.0f}/{v['place']:.0f} (sensor/place)" for k, v in counts.items())
         )
+        if stats is not None:
+            stats.update(
+                cpu_us=1e6 * worker_cpu / done,
+                store_cpu_us=1e6 * store_cpu / done,
+                kafka_cpu_us=1e6 * kafka_cpu / done,
+                wall_s=now - t0,
+            )
+            for name, by_scope in counts.items():
+                for scope, value in by_scope.items():
+                    stats[f"{name}_{scope}"] = value
         return (n - first) / (t_sensor - t0), (n - first) / (now - t0)
     finally:
         if spy is not None:
