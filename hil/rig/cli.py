@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from hil.errors import HilError
-from hil.rig import report, spec
+from hil.rig import preflight, report, spec
 from hil.rig.boards import RigBoard
 from hil.rig.operator import console_operator
 from hil.rig.record import FAILED, RunRecord
@@ -33,13 +33,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    """Everything `hil run` would trip over, before it starts: the file (board configs through the
+    firmware's own checker), the services, the firmware version a flash installs, each board's port and
+    the version it runs now."""
     rig = spec.load(args.rig)
     print(
         f"rig {rig.name}: {len(rig.boards)} boards, {len(rig.scenarios)} scenarios, "
         f"firmware {rig.firmware.dir} version {rig.firmware.version or '(any)'}; "
-        f"stack broker={rig.stack.broker} services={rig.stack.services}"
+        f"stack broker={rig.stack.broker} kafka={rig.stack.kafka} services={rig.stack.services}"
     )
     failed = 0
+    checked = preflight.services(rig)
+    down = [s for s in checked if s.problem]
+    for s in checked:
+        if not s.problem:
+            print(f"service {s.name} {s.where} ok")
+    if down:
+        failed += 1
+        print(f"services FAILED: {preflight.services_line(down)}")
+    problem = preflight.firmware_problem(rig)
+    if problem:
+        failed += 1
+        print(f"firmware FAILED: {problem}")
     with tempfile.TemporaryDirectory(prefix="hil-check-") as tmp:
         for b in rig.boards:
             # An unreachable broker: the board only needs to boot for its version to be read.
@@ -47,18 +62,32 @@ def run_check(args: argparse.Namespace) -> int:
             try:
                 board.power_up()
                 version = board.read_version()
-                print(f"board {b.id} {b.kind} device={b.device} port={board.port} firmware={version} ok")
+                problem = preflight.version_problem(rig, b.id, version)
+                if problem:
+                    failed += 1
+                    print(f"board {b.id} {b.kind} port={board.port} FAILED: {problem}")
+                else:
+                    print(f"board {b.id} {b.kind} device={b.device} port={board.port} firmware={version} ok")
             except HilError as exc:
                 failed += 1
                 print(f"board {b.id} {b.kind} port={board.port} FAILED: {exc}")
             finally:
                 board.shutdown()
+    verdict = f"FAILED ({failed} problem{'s' if failed > 1 else ''})" if failed else "ok"
+    print(f"hil check {rig.name}: {verdict}")
     return 1 if failed else 0
 
 
 def run_run(args: argparse.Namespace) -> int:
     run_id = uuid.uuid4().hex[:6]
     rig = spec.load(args.rig, run_id)
+    # What would fail minutes in fails now, in one line (`iot hil check` says more).
+    down = [s for s in preflight.services(rig) if s.problem]
+    if down:
+        raise HilError(preflight.services_line(down))
+    problem = preflight.firmware_problem(rig)
+    if problem:
+        raise HilError(problem)
     workdir = (args.report or Path.cwd() / ".cache" / "hil" / run_id).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     print(

@@ -6,6 +6,7 @@ names the key by its path in the file, e.g. `scenarios[1].steps[0].cut_network.s
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +241,7 @@ def _boards(raw: Any, prefix: str, board_config: dict[str, Any]) -> list[BoardSp
             device = str(b.get("device", f"{prefix}{board_id}"))
             if not contract.ID_PATTERN.match(device):
                 raise RigConfigError(f"{where}.device", f"{device!r} must be of A-Z a-z 0-9 _ -")
+            _check_board_config(device, place, board_config, config, where)
             boards.append(
                 BoardSpec(
                     id=board_id,
@@ -258,6 +260,31 @@ def _boards(raw: Any, prefix: str, board_config: dict[str, Any]) -> list[BoardSp
         if ids.count(bid) > 1:
             raise RigConfigError("boards", f"board id {bid!r} is used twice")
     return boards
+
+
+def _check_board_config(
+    device: str, place: str, shared: dict[str, Any], own: dict[str, Any], where: str
+) -> None:
+    """The config.json the rig will write for this board, checked by the firmware's own checker now,
+    so a bad value names its key in the rig file (`board_config.interval_s`), not a generated file
+    at flash time. The broker is the board's fault proxy, known only when the run starts: any valid
+    URL stands for it here."""
+    from hil.flash import firmware_config_module
+
+    fw = firmware_config_module()
+    full = {"device": device, "place": place, "broker": "mqtt://127.0.0.1:1883", **shared, **own}
+    try:
+        fw.parse(json.dumps(full))
+    except fw.ConfigError as exc:
+        field = str(exc.field)
+        key = (
+            f"{where}.config.{field}"
+            if field in own
+            else f"board_config.{field}"
+            if field in shared
+            else f"{where}.{field}"
+        )
+        raise RigConfigError(key, f"{exc.problem} (the firmware's config check)") from None
 
 
 def _firmware_defaults() -> dict[str, Any]:

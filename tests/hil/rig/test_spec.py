@@ -8,7 +8,7 @@ import pytest
 
 from hil import paths
 from hil.errors import RigConfigError
-from hil.rig import spec
+from hil.rig import preflight, spec
 from iot.app.cli import main
 
 pytestmark = pytest.mark.unit
@@ -64,6 +64,11 @@ def test_a_good_rig_expands_counts_and_fills_step_defaults(tmp_path: Path) -> No
         (("rig: t", "rig: t\nboard_config: {interval: 1}"), "board_config.interval"),
         (("{id: a,", "{id: 'a b',"), "boards[0].id"),
         (("{id: a, place: kitchen, count: 2}", "{id: e, kind: esp32, device: d1}"), "boards[0].port"),
+        # Values the firmware's own config check refuses, named where the rig file sets them (they
+        # failed at flash time, naming a generated config/<board>.json).
+        (("rig: t", "rig: t\nboard_config: {interval_s: fast}"), "board_config.interval_s"),
+        (("count: 2}", "count: 2, config: {interval_s: -1}}"), "boards[0].config.interval_s"),
+        (("count: 2}", "count: 2, config: {i2c_sda: 99}}"), "boards[0].config.i2c_sda"),
     ],
 )
 def test_a_broken_rig_file_names_the_key(tmp_path: Path, change: tuple[str, str], key: str) -> None:
@@ -82,3 +87,32 @@ def test_iot_hil_check_reports_the_bad_key_and_exits_1(
     path.write_text(GOOD.replace("{wait: 3}", "{wait: soon}"))
     assert main(["hil", "check", str(path)]) == 1
     assert "RigConfigError: field 'scenarios[0].steps[1].wait.seconds'" in capsys.readouterr().err
+
+
+def _with_version(tmp_path: Path, version: str, steps: str) -> spec.Rig:
+    text = GOOD.replace("version: 0.1.0", f"version: {version}").replace(
+        "steps: [flash, {wait: 3}, {cut_network: 5}, {expect: {latency_s: 2}}]", f"steps: {steps}"
+    )
+    return _load(tmp_path, text)
+
+
+def test_a_version_the_flashed_firmware_does_not_have_is_named_before_the_run(tmp_path: Path) -> None:
+    have = preflight.firmware_version(paths.FIRMWARE)
+    assert have and have != "9.9.9"
+    problem = preflight.firmware_problem(_with_version(tmp_path, "9.9.9", "[flash, verify_version]"))
+    assert problem.startswith("firmware.version is 9.9.9, but firmware.dir") and f"holds {have}" in problem
+    assert preflight.firmware_problem(_with_version(tmp_path, have, "[flash, verify_version]")) == ""
+    # Nothing is flashed: what counts is what the boards run (version_problem).
+    assert preflight.firmware_problem(_with_version(tmp_path, "9.9.9", "[verify_version]")) == ""
+
+
+def test_a_board_on_another_version_fails_only_if_verified_before_a_flash(tmp_path: Path) -> None:
+    verify_first = _with_version(tmp_path, "0.2.0", "[verify_version, flash]")
+    problem = preflight.version_problem(verify_first, "a-1", "0.1.0")
+    assert problem == (
+        "runs firmware 0.1.0, the rig expects 0.2.0 (firmware.version) at "
+        "scenarios[0].steps[0].verify_version, before any flash"
+    )
+    assert preflight.version_problem(verify_first, "a-1", "0.2.0") == ""
+    flash_first = _with_version(tmp_path, "0.2.0", "[flash, verify_version]")
+    assert preflight.version_problem(flash_first, "a-1", "0.1.0") == ""

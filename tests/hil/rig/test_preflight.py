@@ -1,0 +1,54 @@
+"""A stopped stack meets `iot hil run` and `iot hil check` with one line that names what is down and
+what to run, before any board is powered (it was 388 lines of librdkafka's `%3|…|FAIL|` and then a
+StackError that never said `iot stack up`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hil import paths
+from iot.app.stack.private import free_ports
+
+pytestmark = pytest.mark.unit
+RIG = paths.REPO / "hil" / "rigs" / "virtual.yaml"
+
+
+def _iot_hil(*args: str) -> subprocess.CompletedProcess[str]:
+    kafka, mongo = free_ports(2)  # nothing listens there: the stack is "down"
+    env = {
+        **os.environ,
+        "IOT_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka}",
+        "IOT_MONGO_URI": f"mongodb://127.0.0.1:{mongo}",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "iot.app.cli", "hil", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=paths.REPO,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_hil_run_on_a_stopped_stack_says_so_in_one_line(tmp_path: Path) -> None:
+    done = _iot_hil("run", str(RIG), "--report", str(tmp_path))
+    assert done.returncode == 1
+    (line,) = (done.stdout + done.stderr).splitlines()  # and nothing of librdkafka's
+    assert line.startswith("HilError: Kafka at 127.0.0.1:") and ", MongoDB at 127.0.0.1:" in line
+    assert line.endswith("do not answer: run `iot stack up`, or start the compose stack (docs/COMPOSE.md)")
+    assert not (tmp_path / "boards").exists(), "no board was made"
+
+
+def test_hil_check_names_the_services_that_are_down() -> None:
+    done = _iot_hil("check", str(RIG))
+    assert done.returncode == 1
+    failed = [line for line in done.stdout.splitlines() if "FAILED" in line]
+    assert failed[0].startswith("services FAILED: Kafka at 127.0.0.1:") and "iot stack up" in failed[0]
+    assert done.stdout.splitlines()[-1] == "hil check virtual: FAILED (1 problem)"
+    assert "%3|" not in done.stdout + done.stderr
