@@ -28,16 +28,26 @@ class Measurement:
 @dataclass
 class StepRecord:
     name: str
-    where: str
+    where: str  # its key path in the rig file
     started: float  # epoch s
     ended: float = 0.0
     outcome: str = PASSED
     detail: str = ""
     measurements: list[Measurement] = field(default_factory=list)
+    args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
         return max(0.0, self.ended - self.started)
+
+    @property
+    def label(self) -> str:
+        """The step as a reader says it: `sensor_fault sensor=bme280 kind=nack seconds=8`."""
+        return " ".join([self.name, *(f"{k}={_show(v)}" for k, v in self.args.items() if v is not None)])
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass
@@ -74,6 +84,18 @@ class BoardEvent:
 
 
 @dataclass
+class BoardSeries:
+    """What a board measured against what the rig imposed, per metric, for the report's plots:
+    readings (epoch s, value), the scripted environment at the same instants (virtual boards; before
+    the sensors' noise), and the final tumbling windows' means (start, end, mean)."""
+
+    board: str
+    readings: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    expected: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    windows: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
+
+
+@dataclass
 class RunRecord:
     rig: str
     run_id: str
@@ -82,6 +104,10 @@ class RunRecord:
     cases: list[CaseRecord] = field(default_factory=list)
     events: list[BoardEvent] = field(default_factory=list)
     boards: list[dict[str, Any]] = field(default_factory=list)
+    # date, host, rig file, firmware directory and version, commit: where and what this run was
+    meta: dict[str, str] = field(default_factory=dict)
+    series: list[BoardSeries] = field(default_factory=list)
+    consoles: dict[str, str] = field(default_factory=dict)  # board id -> its whole console (the tail)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

@@ -9,20 +9,33 @@ wait) once.
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from hil import paths
 from hil.errors import HilError
 from hil.rig.boards import RigBoard
 from hil.rig.operator import Operator
-from hil.rig.record import FAILED, PASSED, SKIPPED, BoardEvent, CaseRecord, RunRecord, StepRecord
+from hil.rig.preflight import firmware_version
+from hil.rig.record import (
+    FAILED,
+    PASSED,
+    SKIPPED,
+    BoardEvent,
+    BoardSeries,
+    CaseRecord,
+    RunRecord,
+    StepRecord,
+)
 from hil.rig.session import RigSession
 from hil.rig.spec import VIRTUAL_ONLY, Rig, Scenario, Step
 from hil.rig.steps import BOARD_STEPS, GLOBAL_STEPS, Context, StepFailed, StepFailedWith, run_global
-from iot import log
+from iot import contract, log
 
 _log = log.get("hil.rig")
 CONSOLE_KEEP = 20_000
@@ -64,7 +77,7 @@ class Runner:
         self._say(f"[{time.monotonic() - self.started:6.1f}s] {line}")
 
     def run(self) -> RunRecord:
-        record = RunRecord(self.rig.name, self.rig.run_id, time.time())
+        record = RunRecord(self.rig.name, self.rig.run_id, time.time(), meta=run_meta(self.rig))
         session = RigSession(self.rig, self.workdir, self.say, self.boards, record.events, self.operator)
         ctx = session.ctx
         strategies: list[Strategy] = []
@@ -135,21 +148,23 @@ class Runner:
 
     def _global(self, ctx: Context, step: Step, active: list[Strategy], cases: dict[str, CaseRecord]) -> None:
         started = time.time()
-        self.say(f"  {step.name} {_args(step)}")
+        self.say(f"  {StepRecord(step.name, step.where, started, args=dict(step.args)).label}")
         outcome, detail = PASSED, ""
         try:
             run_global(ctx, step, [s.board for s in active])
         except (HilError, StepFailed) as exc:
             outcome, detail = FAILED, f"{type(exc).__name__}: {exc}"
         for s in active:
-            rec = StepRecord(step.name, step.where, started, time.time(), outcome, detail)
+            rec = StepRecord(
+                step.name, step.where, started, time.time(), outcome, detail, args=dict(step.args)
+            )
             cases[s.board.id].steps.append(rec)
             if outcome == FAILED:
                 self._break(s, cases[s.board.id], rec)
 
     def _board_step(self, ctx: Context, step: Step, strategy: Strategy, case: CaseRecord) -> None:
         board = strategy.board
-        rec = StepRecord(step.name, step.where, time.time())
+        rec = StepRecord(step.name, step.where, time.time(), args=dict(step.args))
         case.steps.append(rec)
         if step.name in VIRTUAL_ONLY and not board.spec.virtual:
             rec.ended, rec.outcome, rec.detail = time.time(), SKIPPED, "virtual boards only"
@@ -163,7 +178,7 @@ class Runner:
         rec.ended = time.time()
         ctx.events.append(BoardEvent(board.id, "step", rec.started, rec.ended, f"{step.name} {rec.outcome}"))
         shown = " ".join(f"{m.name}={m.value:g}" for m in rec.measurements)
-        self.say(f"  {board.id} {step.name} {rec.outcome} ({rec.seconds:.1f}s) {shown}".rstrip())
+        self.say(f"  {board.id} {rec.label} {rec.outcome} ({rec.seconds:.1f}s) {shown}".rstrip())
         if rec.outcome == FAILED:
             self._break(strategy, case, rec)
 
@@ -177,7 +192,11 @@ class Runner:
         )
 
     def _collect_events(self, ctx: Context, board: RigBoard, record: RunRecord) -> None:
-        """Readings and final windows onto the board's timeline, for the HTML report."""
+        """Readings and final windows onto the board's timeline and plots, and its console, for the
+        HTML report."""
+        series = BoardSeries(board.id)
+        record.series.append(series)
+        record.consoles[board.id] = board.console()[-CONSOLE_KEEP * 10 :]
         probe = ctx.stack.probe
         if probe is not None:
             for m in probe.messages("reading", board.device):
@@ -188,22 +207,60 @@ class Runner:
                     continue
                 label = f"boot {r.get('boot')} seq {r.get('seq')} t={r.get('temperature')}"
                 record.events.append(BoardEvent(board.id, "reading", ts, m.at, label))
+                expected = board.expected(ts) or {}
+                for metric in contract.METRICS:
+                    value = r.get(metric)
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        series.readings.setdefault(metric, []).append((ts, float(value)))
+                    if metric in expected:
+                        series.expected.setdefault(metric, []).append((ts, float(expected[metric])))
         if ctx.stack.db is not None:
             try:
                 for d in ctx.stack.db["sensor_windows"].find({"device": board.device, "kind": "tumbling"}):
                     mean = (d.get("temperature") or {}).get("mean")
+                    start, end = d["start"].timestamp(), d["end"].timestamp()
                     record.events.append(
                         BoardEvent(
                             board.id,
                             "window",
-                            d["start"].timestamp(),
-                            d["end"].timestamp(),
+                            start,
+                            end,
                             f"count {d.get('count')} t_mean={mean} final={d.get('final')}",
                         )
                     )
+                    for metric in contract.METRICS:
+                        m_mean = (d.get(metric) or {}).get("mean")
+                        if d.get("final") and isinstance(m_mean, (int, float)):
+                            series.windows.setdefault(metric, []).append((start, end, float(m_mean)))
             except Exception as exc:
                 self.say(f"could not read windows of {board.id} for the report: {exc}")
 
 
-def _args(step: Step) -> str:
-    return " ".join(f"{k}={v}" for k, v in step.args.items() if v is not None)
+def run_meta(rig: Rig) -> dict[str, str]:
+    """Where and what the run was: the report's header and the JUnit suite's properties."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "host": socket.gethostname(),
+        "rig_file": str(rig.path),
+        "firmware_dir": str(rig.firmware.dir),
+        "firmware_version": rig.firmware.version or firmware_version(rig.firmware.dir),
+        "commit": _commit(),
+        "run_id": rig.run_id,
+    }
+
+
+def _commit() -> str:
+    """The checkout's commit, `+changes` when the working tree differs from it."""
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", "-C", str(paths.REPO), *args], capture_output=True, text=True, timeout=10, check=False
+        )
+
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        if head.returncode != 0:
+            return "unknown (not a git checkout)"
+        dirty = git("diff", "--quiet", "HEAD").returncode != 0
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (no git)"
+    return head.stdout.strip() + (" +changes" if dirty else "")

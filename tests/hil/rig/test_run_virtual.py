@@ -99,6 +99,16 @@ def test_virtual_rig_passes_every_scenario_on_every_board_and_reports_it(tmp_pat
     assert 9 <= outage["steps"][0]["ended"] - outage["steps"][0]["started"] < 20
     assert {e["kind"] for e in record["events"]} >= {"reading", "window", "fault", "step"}
     assert "<svg" in (report / "report.html").read_text()
+    # What ran where, a plot of each board against its scripted environment, its console as a file.
+    assert record["meta"]["rig_file"] == str(rig) and record["meta"]["host"] and record["meta"]["commit"]
+    assert suite.get("timestamp") and suite.get("hostname") == record["meta"]["host"]
+    for series in record["series"]:
+        for metric in ("temperature", "humidity", "pressure", "luminosity"):
+            assert len(series["readings"][metric]) >= 20 and series["windows"][metric]
+            assert len(series["expected"][metric]) >= len(series["readings"][metric])  # nulls in faults
+        assert (report / "console" / f"{series['board']}.log").read_text().strip()
+    fault = next(c for c in record["cases"] if c["scenario"] == "sensor_fault_and_environment")
+    assert any(s["args"] == {"sensor": "bme280", "kind": "nack", "seconds": 8} for s in fault["steps"])
 
 
 @pytest.mark.timeout(400)
