@@ -12,6 +12,11 @@ _SECRET_KEYS = ("password", "secret", "token", "sasl", "key")
 
 def _fmt(value: Any) -> str:
     text = str(value)
+    if not text.isprintable():
+        # A line break or other control character in a value (a topic or payload a board chose) would
+        # forge log lines of its own: shown escaped, as Python writes it in a string literal.
+        text = text.encode("unicode_escape").decode("ascii")
+        return '"' + text.replace('"', '\\"') + '"'
     if text == "" or any(c in text for c in ' ="'):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
