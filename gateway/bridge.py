@@ -97,22 +97,26 @@ class Bridge:
         return self._received - self._completed
 
     def on_message(self, topic: str, payload: bytes, mid: int, qos: int, generation: int) -> None:
-        """Called for every message; never raises and never blocks."""
+        """Called for every message; never raises and never blocks. Whatever happens to the message's
+        bookkeeping, the message itself becomes one Kafka record (a reading or a dead letter)."""
         if not self.accepting:
             # Shutting down: left un-acked, so the broker keeps it in this session and redelivers it.
             return
         now = time.time()
         self._received += 1
-        self._metrics.received.inc()
         try:
             out = route(topic, payload, int(now * 1000), self._max_clock_ahead_ms)
         except Exception as exc:  # bad input must never take the gateway down
             _log.error("route_failed", topic=topic, error=repr(exc), action="sent to the DLQ; please report")
             out = dead_letter(topic, payload, REASON_UNPROCESSABLE, repr(exc)[:200], int(now * 1000))
-        if out.reason is None:
-            self._metrics.devices.reading(topic, now)
-            if out.restamped:
-                self._metrics.restamped(topic)
+        try:
+            self._metrics.received.inc()
+            if out.reason is None:
+                self._metrics.devices.reading(topic, now)
+                if out.restamped:
+                    self._metrics.restamped(topic)
+        except Exception as exc:  # metrics only: the record goes on
+            _log.error("metrics_failed", topic=topic, error=repr(exc), action="please report")
         self._send(_Pending(out, mid, qos, generation, now))
 
     def service(self) -> None:

@@ -42,12 +42,14 @@ def _main(args: argparse.Namespace) -> int:
 
 def _ensure_topics(bootstrap: str) -> None:
     try:
-        ensure_topics(bootstrap, timeout=10.0)
+        # A Kafka that is not there is reported within seconds (it used to take 10 s of silence).
+        ensure_topics(bootstrap, timeout=10.0, answer_timeout=3.0)
     except (KafkaException, TopicError) as exc:
         # Not fatal: readings wait un-acked (backpressure) until Kafka and its topics are there.
         _log.warning(
             "topics_unchecked",
             bootstrap=bootstrap,
             error=str(exc)[:200],
-            action="starting anyway; create the contract topics (iot stack up) if they are missing",
+            action="starting anyway: check that Kafka runs at IOT_KAFKA_BOOTSTRAP, and create the "
+            "contract topics (iot stack up) if they are missing; readings wait with the broker meanwhile",
         )

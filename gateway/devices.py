@@ -5,7 +5,9 @@
     iot_gateway_device_health{place, device, field}                 numbers of the retained health
                                                                     message (contract revision 2)
 
-Updated with plain dict writes on the hot path; rendered only when Prometheus scrapes.
+Updated with plain dict writes on the hot path; rendered only when Prometheus scrapes. A status or
+health message this cannot use is ignored, and `status`/`health` say why (a stable reason, counted
+and logged by the MQTT side); nothing a board publishes may raise out of here into paho's thread.
 """
 
 from __future__ import annotations
@@ -17,17 +19,36 @@ from collections.abc import Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from iot import contract, log
+from iot import contract
 
-__all__ = ["DeviceBoard", "health_filter", "health_numbers", "status_filter"]
+__all__ = [
+    "IGNORED_HEALTH",
+    "IGNORED_STATUS",
+    "DeviceBoard",
+    "health_filter",
+    "health_numbers",
+    "status_filter",
+]
 
-_log = log.get("gateway.devices")
 # A board in safe mode is connected only long enough to say so and measures nothing: not online.
 _STATUS_VALUE = {contract.STATUS_ONLINE: 1.0, contract.STATUS_OFFLINE: 0.0, contract.STATUS_SAFE_MODE: 0.0}
 
 
 # A health message is a small JSON object; anything bigger is not one and is not parsed.
 _HEALTH_MAX_BYTES = 4096
+
+# Integers beyond this do not convert to a float.
+_FLOAT_INT_LIMIT = 2**1023
+
+# Why a status or health message was ignored (stable: iot_gateway_ignored_total{reason}).
+IGNORED_STATUS = (contract.REASON_BAD_ID, "unknown_status")
+IGNORED_HEALTH = (
+    contract.REASON_BAD_ID,
+    contract.REASON_TOO_LARGE,
+    contract.REASON_MALFORMED_JSON,
+    contract.REASON_NOT_OBJECT,
+    "no_numbers",
+)
 
 
 def status_filter(reading_filter: str) -> str:
@@ -49,7 +70,7 @@ def _sibling_filter(reading_filter: str, kind: str, default: str) -> str:
 
 def _board(topic: str) -> tuple[str, str] | None:
     parts = topic.split("/")
-    if len(parts) != 4 or not all(contract.ID_PATTERN.match(p) for p in parts[1:3]):
+    if len(parts) != 4 or not (contract.is_id(parts[1]) and contract.is_id(parts[2])):
         return None
     return parts[1], parts[2]
 
@@ -64,7 +85,7 @@ def health_numbers(obj: object) -> dict[str, float]:
         if isinstance(value, dict):
             for sub, inner in value.items():
                 number = _number(inner)
-                if isinstance(sub, str) and contract.ID_PATTERN.match(sub) and number is not None:
+                if contract.is_id(sub) and number is not None:
                     out[f"{name}_{sub}"] = number
         else:
             number = _number(value)
@@ -76,8 +97,11 @@ def health_numbers(obj: object) -> dict[str, float]:
 def _number(value: object) -> float | None:
     if isinstance(value, bool):
         return float(value)
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, int):
+        # A 400-digit integer is valid JSON and does not fit a float (OverflowError).
+        return float(value) if -_FLOAT_INT_LIMIT < value < _FLOAT_INT_LIMIT else None
+    if isinstance(value, float) and math.isfinite(value):
+        return value
     return None
 
 
@@ -92,36 +116,44 @@ class DeviceBoard(Collector):
         parts = reading_topic.split("/")
         self._last_reading[(parts[1], parts[2])] = received_at
 
-    def health(self, topic: str, payload: bytes) -> None:
+    def health(self, topic: str, payload: bytes) -> str | None:
+        """Take a health message; None, or why it was ignored (one of IGNORED_HEALTH)."""
         key = _board(topic)
         if key is None:
-            return
+            return contract.REASON_BAD_ID
         if not payload:
             self._health.pop(key, None)
-            return
+            return None
+        if len(payload) > _HEALTH_MAX_BYTES:
+            return contract.REASON_TOO_LARGE
         try:
-            numbers = health_numbers(json.loads(payload)) if len(payload) <= _HEALTH_MAX_BYTES else {}
-        except ValueError:
-            numbers = {}
+            obj = json.loads(payload)
+        except (ValueError, RecursionError):
+            # RecursionError: `[` x 3,000 fits in 4 KiB and exceeds json's recursion (issue #19: it
+            # escaped into paho's network thread and stopped the gateway for good).
+            return contract.REASON_MALFORMED_JSON
+        if not isinstance(obj, dict):
+            return contract.REASON_NOT_OBJECT
+        numbers = health_numbers(obj)
         if not numbers:
-            _log.debug("health_ignored", topic=topic, payload=payload[:32])
-            return
+            return "no_numbers"
         self._health[key] = numbers
+        return None
 
-    def status(self, topic: str, payload: bytes) -> None:
+    def status(self, topic: str, payload: bytes) -> str | None:
+        """Take a status message; None, or why it was ignored (one of IGNORED_STATUS)."""
         key = _board(topic)
         if key is None:
-            _log.debug("status_ignored", topic=topic, payload=payload[:32])
-            return
+            return contract.REASON_BAD_ID
         if not payload:
             # A cleared retained status: the board was retired, so its series goes away.
             self._online.pop(key, None)
-            return
+            return None
         value = _STATUS_VALUE.get(payload.decode("utf-8", errors="replace").strip())
         if value is None:
-            _log.debug("status_ignored", topic=topic, payload=payload[:32])
-            return
+            return "unknown_status"
         self._online[key] = value
+        return None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         online = GaugeMetricFamily(

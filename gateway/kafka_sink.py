@@ -63,6 +63,11 @@ class KafkaSink:
         left: int = self._producer.flush(timeout)
         return left
 
+    @property
+    def reachable(self) -> bool:
+        """False from the client's all-brokers-down error until the next successful delivery."""
+        return self._reachable
+
     def delivered_ok(self) -> None:
         """A delivery succeeded: the cluster is reachable (again)."""
         if not self._reachable:

@@ -9,10 +9,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from iot import contract
 
-from .devices import DeviceBoard
+from .devices import IGNORED_HEALTH, IGNORED_STATUS, DeviceBoard
 from .errors import SettingsError
 
-__all__ = ["GatewayMetrics"]
+__all__ = ["IGNORED_RETAINED", "GatewayMetrics"]
+
+# iot_gateway_ignored_total{kind="reading"}: a retained reading is a stale copy (see mqtt_source.py).
+IGNORED_RETAINED = "retained"
+RETAINED = (IGNORED_RETAINED,)
 
 # Receive → Kafka-confirmed latency; acks=all on loopback is milliseconds, an outage is minutes.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
@@ -68,11 +72,37 @@ class GatewayMetrics:
             ["place", "device"],
             registry=r,
         )
+        self.ignored = Counter(
+            "iot_gateway_ignored",
+            "MQTT messages neither bridged nor dead-lettered: status and health messages the gateway"
+            " cannot use, and retained readings (stale copies the broker sends again at every subscribe)",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.callback_errors = Counter(
+            "iot_gateway_callback_errors",
+            "Exceptions caught in the MQTT client's callbacks (the gateway's own bug: please report)",
+            ["callback"],
+            registry=r,
+        )
+        self.mqtt_connect_failures = Counter(
+            "iot_gateway_mqtt_connect_failures",
+            "Connection attempts to the MQTT broker that failed (unreachable, refused, TLS)",
+            registry=r,
+        )
+        self.mqtt_properties_dropped = Counter(
+            "iot_gateway_mqtt_properties_dropped",
+            "Messages whose MQTT v5 properties the client could not parse; handled without them",
+            registry=r,
+        )
         self.devices = DeviceBoard()
         r.register(self.devices)
         # Every reason exists from the start, so a dashboard shows 0 rather than no data.
         for reason in contract.DLQ_REASONS:
             self.rejected.labels(reason=reason)
+        for kind, reasons in (("status", IGNORED_STATUS), ("health", IGNORED_HEALTH), ("reading", RETAINED)):
+            for reason in reasons:
+                self.ignored.labels(kind=kind, reason=reason)
         self.kafka_up.set(1)
 
     def restamped(self, reading_topic: str) -> None:

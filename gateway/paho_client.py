@@ -10,22 +10,32 @@ subclass
   * queues a batch of QoS 0 publishes (the end-to-end acks) with a single wake-up (`publish_batch`),
     each packet built here as bytes: paho's `publish` makes a `MQTTMessageInfo` (with a
     `threading.Condition`) per message and `_packet_write` sends each packet on its own;
-  * writes consecutive queued PUBACKs and end-to-end acks with one `send`.
+  * writes consecutive queued PUBACKs and end-to-end acks with one `send`;
+  * hands on a PUBLISH whose MQTT v5 properties paho cannot parse without them (`_handle_publish`).
+    A board may attach a user property holding U+FEFF: Mosquitto 2.0.11 accepts and forwards it (valid
+    UTF-8), paho 2.2 refuses it as a malformed packet and drops the connection, and the broker
+    redelivers the same message at every reconnect: one such reading kept the gateway reconnecting
+    once a second for good, bridging nothing (issue #19). The gateway reads no property of a reading.
 Measured in a 2,000-board soak (bench/soak.py --tracemalloc): with paho's `publish`, the ack packets
 queued for the network thread were the gateway's largest allocation (30-85 MB traced, swinging:
 Conditions, packet dicts, message infos), and PUBACKs to the broker waited behind them.
-It overrides paho private methods (`_sock_recv`, `loop_read`, `_packet_queue`, `_packet_write`),
+It overrides paho private methods (`_sock_recv`, `loop_read`, `_packet_queue`, `_packet_write`,
+`_handle_publish`),
 which is why pyproject pins paho-mqtt < 3 and the gateway's tests run on it end to end.
 """
 
 from __future__ import annotations
 
 import contextlib
+import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.exception import MQTTException
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties, VariableByteIntegers
 
 from iot import pins
 
@@ -35,10 +45,13 @@ __all__ = ["BatchingClient"]
 pins.require(
     "paho-mqtt",
     "2.2",
-    [(mqtt.Client, name) for name in ("_sock_recv", "loop_read", "_packet_queue", "_packet_write")],
+    [
+        (mqtt.Client, name)
+        for name in ("_sock_recv", "loop_read", "_packet_queue", "_packet_write", "_handle_publish")
+    ],
     "gateway/paho_client.py (BatchingClient)",
 )
-_INSTANCE_HOOKS = ("_sock", "_sockpairW", "_out_packet", "_protocol")
+_INSTANCE_HOOKS = ("_sock", "_sockpairW", "_out_packet", "_protocol", "_in_packet", "_thread")
 
 _READ_CHUNK = 65536
 _PUBACK = 0x40
@@ -59,6 +72,27 @@ class BatchingClient(mqtt.Client):
         self._rpos = 0
         self._rsock: object = None
         self._deferring_wake = False
+        self.on_bad_properties: Callable[[bytes, str], None] | None = None
+        """Called (in the network thread) with the raw topic and paho's complaint when a PUBLISH is
+        handed on without the properties paho could not parse."""
+
+    def network_alive(self) -> bool:
+        """True while paho's network thread (loop_start) runs."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    # --- incoming PUBLISH -----------------------------------------------------------------------
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        if self._protocol == mqtt.MQTTv5:
+            stripped = _without_bad_properties(self._in_packet["command"], self._in_packet["packet"])
+            if stripped is not None:
+                packet, topic, complaint = stripped
+                self._in_packet["packet"] = packet
+                if self.on_bad_properties is not None:
+                    self.on_bad_properties(topic, complaint)
+        rc: mqtt.MQTTErrorCode = super()._handle_publish()
+        return rc
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -185,6 +219,32 @@ class BatchingClient(mqtt.Client):
             out.appendleft(_raw(b"".join(parts)))
         rc: mqtt.MQTTErrorCode = super()._packet_write()
         return rc
+
+
+def _without_bad_properties(command: int, packet: bytes | bytearray) -> tuple[bytearray, bytes, str] | None:
+    """None when the PUBLISH's properties are absent (the normal case, checked without parsing) or
+    parse; else (the packet with an empty property block, its raw topic, paho's complaint). A packet
+    too short to tell is left to paho."""
+    if len(packet) < 2:
+        return None
+    topic_end = 2 + int.from_bytes(packet[:2], "big")
+    start = topic_end + (2 if command & 0x06 else 0)  # QoS > 0: a packet id follows the topic
+    if start >= len(packet) or packet[start] == 0:
+        return None
+    block = bytes(packet[start:])
+    try:
+        Properties(PacketTypes.PUBLISH).unpack(block)  # type: ignore[no-untyped-call]
+        return None
+    except (MQTTException, ValueError, IndexError, KeyError, struct.error) as exc:
+        complaint = f"{type(exc).__name__}: {exc}"
+    try:
+        length, length_size = VariableByteIntegers.decode(block)  # type: ignore[no-untyped-call]
+    except (MQTTException, ValueError, IndexError):
+        return None
+    end = start + length_size + length
+    if end > len(packet):
+        return None
+    return bytearray(packet[:start]) + b"\x00" + packet[end:], bytes(packet[2:topic_end]), complaint
 
 
 def _raw(data: bytes) -> Any:  # paho's _OutPacket (a TypedDict it defines only for type checkers)

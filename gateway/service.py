@@ -1,7 +1,11 @@
 """Run one gateway process: wire settings, metrics, Kafka sink, bridge and MQTT source together.
 
 SIGTERM/SIGINT: stop taking messages, wait for Kafka to confirm what is in flight, ack it, disconnect
-(the session stays with the broker) and exit 0. Exit non-zero only when the gateway cannot go on.
+(the session stays with the broker) and exit 0. Exit non-zero only when the gateway cannot go on: a
+configuration the broker cannot work with (SettingsError, exit 1), a fatal Kafka error (exit 1), or
+paho's network thread gone (exit 70, EX_SOFTWARE), which would otherwise leave a process that looks
+up and receives nothing; a supervisor (systemd, compose `restart:`) starts it again, and what was not
+acked is redelivered to it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import Final
 
 from iot import heap, log
 
@@ -19,7 +24,9 @@ from .metrics import GatewayMetrics
 from .mqtt_source import MqttSource
 from .settings import GatewaySettings
 
-__all__ = ["run"]
+__all__ = ["EXIT_MQTT_THREAD_DIED", "run"]
+
+EXIT_MQTT_THREAD_DIED: Final = 70  # EX_SOFTWARE (sysexits.h)
 
 _log = log.get("gateway")
 _POLL_S = 0.05
@@ -45,6 +52,7 @@ def run(settings: GatewaySettings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    _log_thread_crashes()
     if settings.metrics_port:
         metrics.serve(settings.metrics_host, settings.metrics_port)
         _log.info("metrics_serving", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
@@ -54,6 +62,19 @@ def run(settings: GatewaySettings) -> int:
         while not stop.is_set():
             sink.poll(_POLL_S)
             bridge.service()
+            if source.fatal is not None:
+                raise source.fatal
+            if not source.alive():
+                metrics.mqtt_connected.set(0)
+                _log.error(
+                    "mqtt_thread_died",
+                    received=bridge.received,
+                    in_flight=bridge.in_flight,
+                    exit_code=EXIT_MQTT_THREAD_DIED,
+                    action="exiting so the supervisor restarts the gateway (un-acked readings stay with "
+                    "the broker); please report with the thread_crashed line above",
+                )
+                return EXIT_MQTT_THREAD_DIED
             if time.monotonic() >= next_stats:
                 next_stats += _STATS_EVERY_S
                 heap.release_free_memory()  # a Kafka outage's backlog must not stay in the RSS
@@ -62,10 +83,28 @@ def run(settings: GatewaySettings) -> int:
                     received=bridge.received,
                     completed=bridge.completed,
                     in_flight=bridge.in_flight,
+                    kafka_up=int(sink.reachable),
+                    mqtt_connected=int(source.subscribed.is_set()),
                 )
         return _drain(settings, sink, bridge, source)
     finally:
         source.stop()
+
+
+def _log_thread_crashes() -> None:
+    """An exception that ends a thread (paho's network thread) is logged as an event as well as by
+    Python's own hook (which prints the traceback)."""
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        _log.error(
+            "thread_crashed",
+            thread=args.thread.name if args.thread is not None else "?",
+            error=repr(args.exc_value)[:300],
+        )
+        default(args)
+
+    threading.excepthook = hook
 
 
 def _drain(settings: GatewaySettings, sink: KafkaSink, bridge: Bridge, source: MqttSource) -> int:

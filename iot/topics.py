@@ -33,20 +33,24 @@ def ensure_topics(
     timeout: float = 30.0,
     replication: int = 1,
     client_config: Mapping[str, str | int | float | bool] | None = None,
+    answer_timeout: float | None = None,
 ) -> list[str]:
     """Create the contract topics that do not exist yet; return the names created. Idempotent.
 
     `client_config` carries security settings (SASL/SSL) of the caller's Kafka clients.
+    `answer_timeout` (default `timeout`) bounds the first question, so a Kafka that is not there is
+    reported within it, while creating topics may take `timeout`.
     """
+    answer_timeout = timeout if answer_timeout is None else answer_timeout
     config: dict[str, str | int | float | bool] = {**(client_config or {}), "bootstrap.servers": bootstrap}
     # librdkafka would print raw connection errors to stderr while the broker is away; the caller
     # reports a failure through TopicError instead.
     config.setdefault("log_level", 0)
     admin = AdminClient(config)
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        existing = set(admin.list_topics(timeout=answer_timeout).topics)
     except KafkaException as exc:
-        raise TopicError(f"Kafka at {bootstrap} did not answer in {timeout:.0f}s: {exc}") from exc
+        raise TopicError(f"Kafka at {bootstrap} did not answer in {answer_timeout:.0f}s: {exc}") from exc
     wanted = [
         NewTopic(name, num_partitions=parts, replication_factor=replication)
         for name, parts in TOPIC_PARTITIONS.items()

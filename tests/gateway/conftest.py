@@ -155,9 +155,18 @@ class Publisher:
         self._client.loop_start()
         wait_for(self._client.is_connected, 10, "publisher connected")
 
-    def publish_raw(self, topic: str, payload: bytes, timeout: float = 30.0, retain: bool = False) -> None:
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
+    def publish_raw(
+        self,
+        topic: str,
+        payload: bytes,
+        timeout: float = 30.0,
+        retain: bool = False,
+        qos: int = 1,
+        properties: Properties | None = None,
+    ) -> None:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         info.wait_for_publish(timeout)
+        assert info.is_published(), f"broker did not acknowledge a publish to {topic[:80]!r} in {timeout}s"
 
     def publish_readings(self, readings: Iterable[dict[str, Any]], timeout: float = 60.0) -> int:
         infos = []

@@ -121,3 +121,51 @@ def test_health_fields_the_firmware_added_are_exported() -> None:
     ):
         assert f'iot_gateway_device_health{{device="a",field="{field}",place="lab"}} {value}' in text
     assert "reset_cause" not in text and "last_crash" not in text
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        # `[` x 3,000: json's RecursionError escaped into paho's network thread and ended it (#19).
+        ("sensors/lab/a/health", b"[" * 3000, "malformed_json"),
+        ("sensors/lab/a/health", b"\xff\xfe", "malformed_json"),
+        ("sensors/lab/a/health", b"{" + b" " * 5000 + b"}", "too_large"),
+        ("sensors/lab/a/health", b"[1, 2]", "not_object"),
+        ("sensors/lab/a/health", b"{}", "no_numbers"),
+        # A 400-digit integer overflowed float() (OverflowError) on the same path.
+        ("sensors/lab/a/health", b'{"uptime_s": 1' + b"0" * 400 + b"}", "no_numbers"),
+        ("sensors/lab/a.b/health", b'{"uptime_s": 1}', "bad_id"),
+        ("sensors/lab/good-1\n/health", b'{"uptime_s": 1}', "bad_id"),
+        ("sensors/lab\n/a/health", b'{"uptime_s": 1}', "bad_id"),
+    ],
+)
+def test_a_health_message_that_cannot_be_used_is_ignored_with_its_reason(
+    topic: str, payload: bytes, reason: str
+) -> None:
+    board = DeviceBoard()
+    assert board.health(topic, payload) == reason
+    assert "iot_gateway_device_health{" not in _render(board)
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("sensors/lab/a/status", b"rebooting", "unknown_status"),
+        ("sensors/lab/a/status", b"\xff" * 300, "unknown_status"),
+        ("sensors/lab/good-1\n/status", b"online", "bad_id"),
+        ("sensors/lab/dev$1/status", b"online", "bad_id"),
+    ],
+)
+def test_a_status_message_that_cannot_be_used_is_ignored_with_its_reason(
+    topic: str, payload: bytes, reason: str
+) -> None:
+    board = DeviceBoard()
+    assert board.status(topic, payload) == reason
+    assert "iot_gateway_device_online{" not in _render(board)
+
+
+def test_nested_health_counters_take_whole_ids_only_and_numbers_that_fit_a_float() -> None:
+    numbers = health_numbers(
+        {"sensor_errors": {"bme280": 1, "bh1750\n": 2}, "uptime_s": 10**400, "rssi": -(2**1000)}
+    )
+    assert numbers == {"sensor_errors_bme280": 1.0, "rssi": float(-(2**1000))}

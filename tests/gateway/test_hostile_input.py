@@ -1,0 +1,202 @@
+"""What a board may publish on its own topics (the ACL allows it) must never stop, silence or loop the
+gateway (issue #19): each message is handled on its own, a bad status or health message is counted
+and ignored, a reading ends in Kafka (reading or dead letter) or, retained, as an ignored stale copy.
+All on the real broker and Kafka."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from iot import contract
+from tests.gateway.conftest import (
+    GatewayFactory,
+    KafkaReader,
+    Publisher,
+    distinct_ids,
+    make_reading,
+)
+from tests.support import unique, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def ignored(kind: str, reason: str) -> str:
+    return f'iot_gateway_ignored_total{{kind="{kind}",reason="{reason}"}}'
+
+
+class Retained:
+    """Publishes retained messages and clears them after the test (the broker is shared)."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.topics: set[str] = set()
+
+    def __call__(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
+        self.topics.add(topic)
+        self.publisher.publish_raw(topic, payload, retain=True, properties=properties)
+
+    def clear(self) -> None:
+        for topic in self.topics:
+            self.publisher.publish_raw(topic, b"", retain=True)
+
+
+@pytest.fixture
+def retained(publisher: Publisher) -> Iterator[Retained]:
+    keeper = Retained(publisher)
+    yield keeper
+    keeper.clear()
+
+
+def feff_property() -> Properties:
+    """A user property Mosquitto accepts (valid UTF-8) and paho 2.2 refuses (U+FEFF, MQTT-1.5.4-3)."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.UserProperty = ("note", "\ufeff")
+    return props
+
+
+def test_a_retained_health_nested_too_deep_neither_stops_nor_silences_the_gateway(
+    gateways: GatewayFactory,
+    publisher: Publisher,
+    retained: Retained,
+    kafka_readers: Callable[..., KafkaReader],
+) -> None:
+    # Before: json.loads raised RecursionError in paho's network thread, which died; the process stayed
+    # up with iot_gateway_mqtt_connected 1 and bridged nothing, at every restart again.
+    device = unique("dev")
+    retained(contract.health_topic(gateways.place, unique("bad")), b"[" * 3000)
+    reader = kafka_readers(contract.TOPIC_READINGS, f"^{device}$")
+    client_id = unique("gw")
+    gateway = gateways(client_id=client_id)
+    publisher.publish_readings(make_reading(gateways.place, device, seq) for seq in range(20))
+    reader.wait_until(lambda rs: len(distinct_ids(rs)) == 20, 30, "20 readings past the bad health")
+    wait_for(lambda: gateway.metric(ignored("health", "malformed_json")) == 1.0, 10, "it counted")
+    assert "health_ignored" in gateway.log()
+
+    # The message is retained: a restarted gateway gets it again at subscribe, and goes on all the same.
+    assert gateway.terminate() == 0
+    again = gateways(client_id=client_id)
+    publisher.publish_readings(make_reading(gateways.place, device, seq) for seq in range(20, 40))
+    reader.wait_until(lambda rs: len(distinct_ids(rs)) == 40, 30, "20 more readings after a restart")
+    assert again.metric(ignored("health", "malformed_json")) == 1.0
+    assert again.metric('iot_gateway_callback_errors_total{callback="on_message"}') is None
+
+
+def test_bad_status_and_health_messages_are_counted_and_ignored_good_ones_still_count(
+    gateways: GatewayFactory, publisher: Publisher
+) -> None:
+    place, board = gateways.place, unique("dev")
+    gateway = gateways()
+    bad = [
+        ("health", contract.health_topic(place, board), b"[" * 3000, "malformed_json"),
+        ("health", contract.health_topic(place, board), b"\xff\xfe" * 10, "malformed_json"),
+        # A 400-digit integer is valid JSON and overflowed float() (OverflowError) before.
+        ("health", contract.health_topic(place, board), b'{"uptime_s": 1' + b"0" * 400 + b"}", "no_numbers"),
+        ("health", contract.health_topic(place, board), b"{" + b" " * 5000 + b"}", "too_large"),
+        ("health", contract.health_topic(place, board), b"[1, 2]", "not_object"),
+        ("health", contract.health_topic(place, "a.b"), b'{"uptime_s": 5}', "bad_id"),
+        ("status", contract.status_topic(place, board), b"rebooting", "unknown_status"),
+        ("status", contract.status_topic(place, board), b"\xff" * 300, "unknown_status"),
+        ("status", contract.status_topic(place, "dev$1"), b"online", "bad_id"),
+    ]
+    for _kind, topic, payload, _reason in bad:
+        publisher.publish_raw(topic, payload)
+    expected: dict[str, float] = {}
+    for kind, _topic, _payload, reason in bad:
+        expected[ignored(kind, reason)] = expected.get(ignored(kind, reason), 0.0) + 1.0
+
+    def counted() -> bool:
+        metrics = gateway.metrics()
+        return all(metrics.get(name) == n for name, n in expected.items())
+
+    wait_for(counted, 15, f"each bad message counted: {expected}")
+    publisher.publish_raw(contract.status_topic(place, board), b"online")
+    publisher.publish_raw(contract.health_topic(place, board), b'{"uptime_s": 42}')
+    online = f'iot_gateway_device_online{{device="{board}",place="{place}"}}'
+    uptime = f'iot_gateway_device_health{{device="{board}",field="uptime_s",place="{place}"}}'
+    wait_for(lambda: gateway.metric(online) == 1.0 and gateway.metric(uptime) == 42.0, 10, "good ones")
+    assert gateway.metric("iot_gateway_mqtt_connected") == 1.0
+    log = gateway.log()
+    assert "status_ignored" in log and "health_ignored" in log and "action=" in log
+
+
+def test_properties_paho_cannot_parse_are_dropped_not_a_reconnect_loop(
+    gateways: GatewayFactory,
+    publisher: Publisher,
+    retained: Retained,
+    kafka_readers: Callable[..., KafkaReader],
+) -> None:
+    # Before: paho refused the PUBLISH as malformed and dropped the connection; the broker redelivered
+    # it at every reconnect (readings) or sent it again at every subscribe (retained health): the
+    # gateway reconnected once a second for good and bridged nothing.
+    place, device = gateways.place, unique("dev")
+    reader = kafka_readers(contract.TOPIC_READINGS, f"^{device}$")
+    gateway = gateways()
+    retained(contract.health_topic(place, device), b'{"uptime_s": 7}', properties=feff_property())
+    publisher.publish_raw(
+        contract.reading_topic(place, device),
+        json.dumps(make_reading(place, device, 0)).encode(),
+        properties=feff_property(),
+    )
+    publisher.publish_readings(make_reading(place, device, seq) for seq in range(1, 21))
+    records = reader.wait_until(lambda rs: len(distinct_ids(rs)) == 21, 30, "all 21 readings")
+    assert len(records) == 21, "a reading was bridged twice: the connection dropped after all"
+    uptime = f'iot_gateway_device_health{{device="{device}",field="uptime_s",place="{place}"}}'
+    wait_for(lambda: gateway.metric(uptime) == 7.0, 10, "the health message used without its property")
+    assert gateway.metric("iot_gateway_mqtt_properties_dropped_total") == 2.0
+    assert "mqtt_disconnected" not in gateway.log()
+    assert "mqtt_properties_dropped" in gateway.log()
+
+
+def test_a_retained_reading_is_bridged_once_and_its_stored_copy_ignored_after_reconnects(
+    gateways: GatewayFactory,
+    publisher: Publisher,
+    retained: Retained,
+    kafka_readers: Callable[..., KafkaReader],
+) -> None:
+    # Mosquitto 2.0.11 sends retained messages to shared subscriptions at every subscribe: before,
+    # each restart of the gateway bridged the same reading again.
+    place, device = gateways.place, unique("dev")
+    topic = contract.reading_topic(place, device)
+    reader = kafka_readers(contract.TOPIC_READINGS, f"^{device}$")
+    client_id = unique("gw")
+    gateway = gateways(client_id=client_id)
+    retained(topic, json.dumps(make_reading(place, device, 0)).encode())
+    reader.wait_until(lambda rs: len(rs) == 1, 30, "the live copy bridged")
+    for round_ in range(2):
+        assert gateway.terminate() == 0
+        log_start = len(gateway.log())  # one log file per client id
+        gateway = gateways(client_id=client_id)
+        # A reading published after the restart arrives after the retained copy (sent at subscribe;
+        # one device: one partition, in order), so once it is there the copy would be too.
+        publisher.publish_readings([make_reading(place, device, 1 + round_)])
+        reader.wait_until(lambda rs, n=round_: len(distinct_ids(rs)) == 2 + n, 30, "the next reading")
+        assert [r.value["seq"] for r in reader.records].count(0) == 1, "the retained copy was bridged"
+        wait_for(lambda g=gateway: g.metric(ignored("reading", "retained")) == 1.0, 15, "the copy ignored")
+        wait_for(lambda g=gateway: g.metric("iot_gateway_in_flight") == 0.0, 10, "nothing left in flight")
+        assert gateway.log()[log_start:].count("retained_reading_ignored") == 1
+
+
+@pytest.mark.parametrize("bad", ["good-1\n", "good-1\r\n", "\ngood-1"])
+def test_an_id_with_a_line_break_is_bad_id_in_the_dlq_not_a_device(
+    gateways: GatewayFactory,
+    publisher: Publisher,
+    kafka_readers: Callable[..., KafkaReader],
+    bad: str,
+) -> None:
+    place, device = gateways.place, unique("good")
+    dlq = kafka_readers(contract.TOPIC_DLQ, f"^{re.escape(contract.reading_topic(place, device))}$")
+    readings = kafka_readers(contract.TOPIC_READINGS, f"^{re.escape(device)}")
+    gateway = gateways()
+    topic = contract.reading_topic(place, device)
+    publisher.publish_raw(topic, json.dumps(make_reading(place, device + bad, 0)).encode())
+    publisher.publish_raw(topic, json.dumps(make_reading(place + bad, device, 1)).encode())
+    dlq.wait_until(lambda rs: len(rs) == 2, 30, "both in the DLQ")
+    assert [r.value["reason"] for r in dlq.records] == ["bad_id", "bad_id"]
+    wait_for(lambda: gateway.metric("iot_gateway_in_flight") == 0.0, 10, "both acked")
+    assert readings.drain() == []
