@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from iot import contract, heap, log
 from iot.topics import TOPIC_PARTITIONS, ensure_topics
 
-from . import topics, transport
+from . import retry, topics, transport
 from .engine import Item, Outputs, ScopeEngine
 from .errors import SinkError
 from .kafka_out import KafkaOut
@@ -53,7 +54,6 @@ from .windows import KeyState
 
 _log = log.get("backend")
 READINGS_PARTITIONS = TOPIC_PARTITIONS[contract.TOPIC_READINGS]
-RETRY_MAX_S = 30.0
 
 
 def now_ms() -> int:
@@ -78,6 +78,29 @@ def ensure_backend_topics(settings: Settings) -> None:
                 raise SinkError(f"creating topic {name} failed: {exc}") from exc
 
 
+@dataclass(slots=True)
+class Decoded:
+    """One batch of input records as the engine takes them, the DLQ records of those it rejected, and
+    (sensor scope) what to forward to the place scope."""
+
+    items: list[Item] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    forwards: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Scope:
+    """What one aggregation scope is made of: its input topic, its state table, its engine, the lock
+    that keeps its batches and its idle timer apart, and how its input records decode."""
+
+    name: str
+    topic: str
+    table: Any
+    engine: ScopeEngine
+    decode: Callable[[Sequence[Any], int], Decoded]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class BackendRuntime:
     def __init__(self, settings: Settings, metrics: BackendMetrics | None = None) -> None:
         self.settings = settings
@@ -91,29 +114,31 @@ class BackendRuntime:
         self.place_topic = self.app.topic(
             settings.place_topic, key_serializer="raw", value_serializer="raw", partitions=READINGS_PARTITIONS
         )
-        self.sensor_table = self.app.Table("sensor-state", partitions=READINGS_PARTITIONS)
-        self.place_table = self.app.Table("place-state", partitions=READINGS_PARTITIONS)
         grace_ms = settings.grace_s * 1000
         idle_ms = int(settings.idle_timeout_s * 1000)
         # Open windows are rewritten every open_write_s, or less often when that costs too much.
         self.pacer = OpenWritePacer(settings.open_write_s)
         self.metrics.open_write_interval.set(self.pacer.interval_s)
-        open_ms = self.pacer.interval_ms
-        self.engines = {
-            scope: ScopeEngine(
-                scope,
+
+        def scope(name: str, topic: str, decode: Callable[[Sequence[Any], int], Decoded]) -> Scope:
+            table = self.app.Table(f"{name}-state", partitions=READINGS_PARTITIONS)
+            engine = ScopeEngine(
+                name,
                 settings.specs,
                 grace_ms,
                 idle_ms,
                 self._loader(table),
-                open_ms,
+                self.pacer.interval_ms,
                 allowed_lateness_ms=settings.allowed_lateness_s * 1000,
                 max_clock_ahead_ms=settings.max_clock_ahead_s * 1000,
-                offset_slots=FORWARD_SLOTS if scope == PLACE else 1,
+                offset_slots=FORWARD_SLOTS if name == PLACE else 1,
             )
-            for scope, table in ((SENSOR, self.sensor_table), (PLACE, self.place_table))
+            return Scope(name, topic, table, engine, decode)
+
+        self.scopes = {
+            SENSOR: scope(SENSOR, settings.source_topic, self._decode_readings),
+            PLACE: scope(PLACE, settings.place_topic, self._decode_forwards),
         }
-        self.locks = {SENSOR: asyncio.Lock(), PLACE: asyncio.Lock()}
         self.positions: dict[Any, int] = {}
         self._wire()
 
@@ -161,13 +186,12 @@ class BackendRuntime:
         s = self.settings
         within = s.batch_within_ms / 1000
 
-        async def sensor_windows(stream: Any) -> None:
-            async for events in stream.take_events(s.batch_max, within=within):
-                await self._sensor_batch(events)
+        def agent(scope: Scope) -> Callable[[Any], Any]:
+            async def windows(stream: Any) -> None:
+                async for events in stream.take_events(s.batch_max, within=within):
+                    await self._batch(scope, events)
 
-        async def place_windows(stream: Any) -> None:
-            async for events in stream.take_events(s.batch_max, within=within):
-                await self._place_batch(events)
+            return windows
 
         async def idle_tick() -> None:
             await self._tick()
@@ -176,27 +200,26 @@ class BackendRuntime:
             heap.release_free_memory()
 
         def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            for engine in self.engines.values():
-                engine.forget()
+            for scope in self.scopes.values():
+                scope.engine.forget()
             self.sink.forget()
 
-        self.app.agent(self.readings_topic, name="sensor-windows")(sensor_windows)
-        self.app.agent(self.place_topic, name="place-windows")(place_windows)
+        self.app.agent(self.readings_topic, name="sensor-windows")(agent(self.scopes[SENSOR]))
+        self.app.agent(self.place_topic, name="place-windows")(agent(self.scopes[PLACE]))
         self.app.timer(s.tick_s)(idle_tick)
         # A backlog's buffers must not stay in the RSS once it drained (iot/heap.py).
         self.app.timer(heap.EVERY_S)(release_free_memory)
         self.app.on_partitions_revoked.connect(on_rebalance)
         self.app.on_partitions_assigned.connect(on_rebalance)
 
-    # --- batches -------------------------------------------------------------------------------
-    async def _sensor_batch(self, events: Sequence[Any]) -> None:
-        now = now_ms()
-        batch: list[Item] = []
-        rejected: list[dict[str, Any]] = []
+    # --- input ---------------------------------------------------------------------------------
+    def _decode_readings(self, events: Sequence[Any], now: int) -> Decoded:
+        """iot.readings records: validated here; every valid reading is also forwarded to the place
+        scope."""
+        out = Decoded()
         by_place: dict[str, list[bytes]] = {}
         for event in events:
             msg = event.message
-            self.positions[msg.tp] = msg.offset
             value = event.value
             try:
                 reading = decode_reading(value)
@@ -210,68 +233,71 @@ class BackendRuntime:
                     offset=msg.offset,
                     action="sent to DLQ; fix the producer of this record",
                 )
-                rejected.append(dlq_record(exc.reason, exc.detail, exc.topic, value or b"", now))
+                out.rejected.append(dlq_record(exc.reason, exc.detail, exc.topic, value or b"", now))
                 continue
-            batch.append((reading, msg.partition, msg.offset))
+            out.items.append((reading, msg.partition, msg.offset))
             # Every valid reading goes on, duplicates too: the place scope de-duplicates on its own, and
             # this keeps the forward independent of what the sensor state already holds after a crash.
             # Forwarded normalised, so the place stage parses it once without validating it again;
             # in bundles, one record per place (in input order) per batch (records.BUNDLE_MAX).
             by_place.setdefault(reading["place"], []).append(encode_forward(reading))
-        forwards = [
+        out.forwards = [
             (place, encode_bundle(encoded[i : i + BUNDLE_MAX]))
             for place, encoded in by_place.items()
             for i in range(0, len(encoded), BUNDLE_MAX)
         ]
-        async with self.locks[SENSOR]:
-            out = self.engines[SENSOR].process(batch, now)
-            await self._amend(SENSOR, out, now)
-            await self._emit(SENSOR, out, forwards, rejected)
-            self._persist(self.sensor_table, out.changed)
-        self._count(SENSOR, out)
+        return out
 
-    async def _place_batch(self, events: Sequence[Any]) -> None:
-        now = now_ms()
-        batch: list[Item] = []
-        rejected: list[dict[str, Any]] = []
+    def _decode_forwards(self, events: Sequence[Any], now: int) -> Decoded:
+        """Place repartition records, written by our own sensor scope after validation: only decoding
+        is left to do. A bundle's readings get consecutive input offsets of their own
+        (records.FORWARD_SLOTS)."""
+        out = Decoded()
         for event in events:
             msg = event.message
-            self.positions[msg.tp] = msg.offset
-            # Written by our own sensor agent after validation: only decoding is left to do. A bundle's
-            # readings get consecutive input offsets of their own (records.FORWARD_SLOTS).
             base = msg.offset * FORWARD_SLOTS
             for index, item in enumerate(decode_forwarded(event.value)):
                 if isinstance(item, RejectedRecord):
                     self.metrics.rejected.labels(item.reason).inc()
-                    rejected.append(dlq_record(item.reason, item.detail, item.topic, event.value or b"", now))
+                    out.rejected.append(
+                        dlq_record(item.reason, item.detail, item.topic, event.value or b"", now)
+                    )
                     continue
-                batch.append((item, msg.partition, base + index))
-        async with self.locks[PLACE]:
-            out = self.engines[PLACE].process(batch, now)
-            await self._amend(PLACE, out, now)
-            await self._emit(PLACE, out, [], rejected)
-            self._persist(self.place_table, out.changed)
-        self._count(PLACE, out)
+                out.items.append((item, msg.partition, base + index))
+        return out
+
+    # --- batches -------------------------------------------------------------------------------
+    async def _batch(self, scope: Scope, events: Sequence[Any]) -> None:
+        """One batch of either scope: decode -> engine -> amend the closed windows it reached ->
+        write every output (MongoDB, Kafka) -> persist the changed key states. Faust acknowledges the
+        events after this returns."""
+        now = now_ms()
+        for event in events:
+            self.positions[event.message.tp] = event.message.offset
+        decoded = scope.decode(events, now)
+        async with scope.lock:
+            out = scope.engine.process(decoded.items, now)
+            await self._amend(scope, out, now)
+            await self._emit(scope, out, decoded.forwards, decoded.rejected)
+            self._persist(scope.table, out.changed)
+        self._count(scope.name, out)
 
     async def _tick(self) -> None:
         if self.app.rebalancing:
             return
         now = now_ms()
         assigned = self.app.consumer.assignment()
-        for scope, topic, table in (
-            (SENSOR, self.settings.source_topic, self.sensor_table),
-            (PLACE, self.settings.place_topic, self.place_table),
-        ):
-            partitions = {tp.partition for tp in assigned if tp.topic == topic}
+        for scope in self.scopes.values():
+            partitions = {tp.partition for tp in assigned if tp.topic == scope.topic}
             if not partitions:
                 continue
-            behind = self._behind(topic, assigned)
-            async with self.locks[scope]:
-                out = self.engines[scope].expire(now, partitions, list(table.data.keys()), behind)
+            behind = self._behind(scope.topic, assigned)
+            async with scope.lock:
+                out = scope.engine.expire(now, partitions, list(scope.table.data.keys()), behind)
                 if out.changed or out.open_docs:
                     await self._emit(scope, out, [], [])
-                    self._persist(table, out.changed)
-            self._count(scope, out)
+                    self._persist(scope.table, out.changed)
+            self._count(scope.name, out)
         for tp in assigned:
             pos = self.positions.get(tp)
             if pos is not None:
@@ -292,57 +318,40 @@ class BackendRuntime:
         return out
 
     # --- outputs -------------------------------------------------------------------------------
-    async def _amend(self, scope: str, out: Outputs, now: int) -> None:
+    async def _amend(self, scope: Scope, out: Outputs, now: int) -> None:
         """Load the closed windows the batch amends and apply the late readings to them. Closed windows
         live in MongoDB only (bounded memory), so this read is part of the batch; it is retried like a
         write, since skipping it would drop the readings."""
         if not out.amends:
             return
-        delay = 0.5
-        while True:
-            try:
-                stored = await asyncio.to_thread(self.sink.load_windows, scope, list(out.amends))
-                break
-            except SinkError as exc:
-                _log.error(
-                    "amendment_read_failed",
-                    scope=scope,
-                    error=str(exc)[:300],
-                    retry_in_s=delay,
-                    action="check MongoDB (iot stack status); the batch waits, nothing is lost",
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-        self.engines[scope].amend(out, stored, now)
+        ids = list(out.amends)
+        stored = await retry.until_done(
+            "amendment_read_failed",
+            lambda: self.sink.load_windows(scope.name, ids),
+            "check MongoDB (iot stack status); the batch waits, nothing is lost",
+            scope=scope.name,
+        )
+        scope.engine.amend(out, stored, now)
         if out.amended_docs:
             _log.info(
                 "windows_amended",
-                scope=scope,
+                scope=scope.name,
                 windows=len(out.amended_docs),
                 created=sum(1 for d in out.amended_docs if d["revision"] == 0),
                 readings=out.amended_readings,
             )
 
     async def _emit(
-        self, scope: str, out: Outputs, forwards: list[tuple[str, bytes]], rejected: list[dict[str, Any]]
+        self, scope: Scope, out: Outputs, forwards: list[tuple[str, bytes]], rejected: list[dict[str, Any]]
     ) -> None:
-        """Write everything the batch produced; retry (idempotent) until it lands: losing it is worse."""
-        delay = 0.5
-        while True:
-            try:
-                open_s = await asyncio.to_thread(self._write, scope, out, forwards, rejected)
-                self._pace(open_s)
-                return
-            except SinkError as exc:
-                _log.error(
-                    "output_write_failed",
-                    scope=scope,
-                    error=str(exc)[:300],
-                    retry_in_s=delay,
-                    action="check MongoDB/Kafka (iot stack status); the batch is retried, nothing is lost",
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+        """Write everything the batch produced; retried (idempotent) until it lands: losing it is worse."""
+        open_s = await retry.until_done(
+            "output_write_failed",
+            lambda: self._write(scope.name, out, forwards, rejected),
+            "check MongoDB/Kafka (iot stack status); the batch is retried, nothing is lost",
+            scope=scope.name,
+        )
+        self._pace(open_s)
 
     def _write(
         self, scope: str, out: Outputs, forwards: list[tuple[str, bytes]], rejected: list[dict[str, Any]]
@@ -372,8 +381,8 @@ class BackendRuntime:
         interval = self.pacer.record(open_s, time.monotonic())
         if interval is None:
             return
-        for engine in self.engines.values():
-            engine.open_write_ms = self.pacer.interval_ms
+        for scope in self.scopes.values():
+            scope.engine.open_write_ms = self.pacer.interval_ms
         self.metrics.open_write_interval.set(interval)
         _log.info(
             "open_write_interval",

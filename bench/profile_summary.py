@@ -23,7 +23,7 @@ MAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("changelog state (to_json + send)", ("_persist", "KeyState.to_json", "send_changelog")),
     ("windows + dedup (engine)", ("ScopeEngine.", "KeyState.", "WindowAcc.", "MetricAcc.", "SeqSet.")),
     ("metrics", ("_count",)),
-    ("batch glue (our agents)", ("_sensor_batch", "_place_batch", "_tick")),
+    ("batch glue (our agents)", ("BackendRuntime._batch", "_decode_readings", "_decode_forwards", "_tick")),
     ("idle (event loop select)", ("EpollSelector.select",)),
     ("aiokafka (protocol, fetch, produce)", ("aiokafka",)),
     ("faust/mode (streams, acks, commits)", ("faust", "mode/", "Stream.", "Consumer.", "Conductor", "Agent")),
