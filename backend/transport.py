@@ -43,7 +43,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiokafka
-from aiokafka.consumer.subscription_state import TopicPartitionState
+from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.subscription_state import (
+    Assignment,
+    Subscription,
+    SubscriptionState,
+    TopicPartitionState,
+)
 from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -67,6 +73,7 @@ pins.require(
         (faust_aiokafka.Consumer, "_is_changelog_tp"),
         (faust_aiokafka.Consumer, "on_buffer_full"),
         (faust_aiokafka.Consumer, "perform_seek"),
+        (faust_aiokafka.Consumer, "_buffered_partitions"),
         (Recovery, "on_recovery_completed"),
         (Recovery, "_resume_streams"),
         (Collection, "data"),
@@ -81,6 +88,12 @@ pins.require(
     [
         *((aiokafka.AIOKafkaConsumer, n) for n in ("seek_to_committed", "seek_to_beginning", "seek_to_end")),
         (TopicPartitionState, "has_valid_position"),
+        # Correction 3 reads the fetcher's subscription state.
+        (aiokafka.AIOKafkaConsumer, "_fetcher"),
+        (Fetcher, "_subscriptions"),
+        (SubscriptionState, "subscription"),
+        (Subscription, "assignment"),
+        (Assignment, "state_value"),
     ],
     "backend/transport.py",
 )

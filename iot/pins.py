@@ -9,6 +9,8 @@ instead of letting a changed internal lose readings silently.
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Iterable
 from importlib import metadata
 
@@ -22,7 +24,8 @@ class PinError(IotError):
 
 
 def require(distribution: str, minor: str, hooks: Iterable[tuple[object, str]], why: str) -> None:
-    """Check `distribution` is version `minor`.* and each `(owner, attribute)` hook exists.
+    """Check `distribution` is version `minor`.* and each `(owner, attribute)` hook exists: a class
+    attribute, or an instance attribute the class (or a base) assigns as `self.<attribute> = ...`.
 
     `why` names the module whose workaround depends on them, for the message.
     """
@@ -35,10 +38,25 @@ def require(distribution: str, minor: str, hooks: Iterable[tuple[object, str]], 
     missing = [
         f"{getattr(owner, '__qualname__', owner)}.{attribute}"
         for owner, attribute in hooks
-        if not hasattr(owner, attribute)
+        if not _has(owner, attribute)
     ]
     if missing:
         raise PinError(
             f"{distribution} {installed} no longer has {', '.join(missing)}, which {why} relies on: "
             "re-check that workaround before upgrading"
         )
+
+
+def _has(owner: object, attribute: str) -> bool:
+    if hasattr(owner, attribute):
+        return True
+    # Instance attributes exist only on instances: look for their assignment in the source.
+    assigned = re.compile(rf"\bself\.{re.escape(attribute)}\s*(:[^=\n]*)?=(?!=)")
+    for cls in getattr(owner, "__mro__", ()):
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):  # a builtin or C class: no source to read
+            continue
+        if assigned.search(source):
+            return True
+    return False
