@@ -131,7 +131,6 @@ class BackendRuntime:
                 self.pacer.interval_ms,
                 allowed_lateness_ms=settings.allowed_lateness_s * 1000,
                 max_clock_ahead_ms=settings.max_clock_ahead_s * 1000,
-                offset_slots=FORWARD_SLOTS if name == PLACE else 1,
             )
             return Scope(name, topic, table, engine, decode)
 

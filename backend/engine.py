@@ -23,7 +23,7 @@ from iot import contract
 
 from .accumulators import WindowAcc
 from .records import SENSOR, late_record, window_doc
-from .windows import KeyState, WindowKey, WindowSpec, idle_watermark, scaled_fence
+from .windows import KeyState, WindowKey, WindowSpec, idle_watermark
 
 # Input older than this (received_at against the wall clock) means the worker is working off a backlog.
 BEHIND_MS = 60_000
@@ -69,12 +69,8 @@ class ScopeEngine:
         open_write_ms: int = 0,
         allowed_lateness_ms: int = 0,
         max_clock_ahead_ms: int | None = None,
-        offset_slots: int = 1,
     ) -> None:
         self.scope = scope
-        # How the input offsets of this scope are counted (KeyState.offset_slots): the place scope
-        # reads bundles of forwarded readings, FORWARD_SLOTS offsets per record.
-        self.offset_slots = offset_slots
         self.specs = tuple(specs)
         self.grace_ms = grace_ms
         self.allowed_lateness_ms = allowed_lateness_ms
@@ -107,26 +103,15 @@ class ScopeEngine:
         st = self._cache.get(key)
         if st is None:
             data = self._load(key)
-            st = self._restore(data) if data is not None else KeyState(partition, self.offset_slots)
+            st = KeyState.from_json(data) if data is not None else KeyState(partition)
             self._cache[key] = st
         st.partition = partition
         return st
 
-    def _restore(self, data: Mapping[str, Any]) -> KeyState:
-        st = KeyState.from_json(data)
-        st.rescale_offsets(self.offset_slots)  # a state persisted before bundles
-        return st
-
-    def _fence(self, doc: Mapping[str, Any]) -> int:
-        """A stored window document's fence in this scope's offsets (documents written before bundles
-        carry plain record offsets and no `offset_slots`)."""
-        fence = int(doc.get("offset", -1))
-        slots = int(doc.get("offset_slots", 1))
-        if slots == self.offset_slots:
-            return fence
-        if slots != 1:
-            raise ValueError(f"window {doc.get('_id')}: {slots} offsets per record, not {self.offset_slots}")
-        return scaled_fence(fence, self.offset_slots)
+    @staticmethod
+    def _fence(doc: Mapping[str, Any]) -> int:
+        """A stored window document's replay fence: the highest input offset it counted."""
+        return int(doc.get("offset", -1))
 
     def forget(self) -> None:
         """Drop the cache (after a rebalance the persisted states are the truth again)."""
@@ -194,7 +179,6 @@ class ScopeEngine:
                 acc, revision, late_count = WindowAcc(), -1, 0
             else:
                 acc = WindowAcc.from_doc(doc)
-                acc.offset = self._fence(doc)
                 revision, late_count = int(doc.get("revision", 0)), int(doc.get("late_count", 0))
             fence = acc.offset
             added = 0
@@ -218,7 +202,6 @@ class ScopeEngine:
                     now_ms,
                     revision=revision + 1,
                     late_count=late_count + added,
-                    offset_slots=self.offset_slots,
                 )
             )
 
@@ -242,7 +225,6 @@ class ScopeEngine:
                         acc,
                         False,
                         now_ms,
-                        offset_slots=self.offset_slots,
                     )
                 )
         del self._dirty[key]
@@ -272,7 +254,7 @@ class ScopeEngine:
                 data = self._load(key)
                 if data is None:
                     continue
-                st = self._cache[key] = self._restore(data)
+                st = self._cache[key] = KeyState.from_json(data)
             if st.partition not in partitions or not st.open or st.watermark is None:
                 continue
             last = self._last_wall.setdefault(key, now_ms)
@@ -299,9 +281,5 @@ class ScopeEngine:
         if closed:
             out.changed[key] = st
         for c in closed:
-            out.final_docs.append(
-                window_doc(
-                    self.scope, key, st.last_place, c.key, c.acc, True, now_ms, offset_slots=self.offset_slots
-                )
-            )
+            out.final_docs.append(window_doc(self.scope, key, st.last_place, c.key, c.acc, True, now_ms))
         return closed

@@ -171,15 +171,12 @@ class KeyState:
     counted while it was open (a reading whose windows are all closed is not added to its pane; a
     window that is not open and not yet closable is opened by the reading that reaches it, and the
     watermark never goes back, so no pane holds a reading that one of its open windows missed). A pane
-    leaves memory when no open window covers it. `legacy` holds the per-window accumulators of a state
-    persisted before panes (they are merged into their window until it closes)."""
+    leaves memory when no open window covers it."""
 
     __slots__ = (
         "_hint_pane",
         "_hint_updated",
         "last_place",
-        "legacy",
-        "offset_slots",
         "open",
         "panes",
         "partition",
@@ -189,17 +186,13 @@ class KeyState:
     # (specs, pane size) of the last specs seen: the engine passes the same tuple every time.
     _pane_for: tuple[object, int] = (None, 0)
 
-    def __init__(self, partition: int = 0, offset_slots: int = 1) -> None:
+    def __init__(self, partition: int = 0) -> None:
         self.watermark: int | None = None
         self.open: set[WindowKey] = set()
         self.panes: dict[int, WindowAcc] = {}  # pane start -> its readings
-        self.legacy: dict[WindowKey, WindowAcc] = {}
         self.seen: dict[str, dict[int, SeqSet]] = {}  # device -> boot -> seqs
         self.partition = partition  # the Kafka partition this key's state belongs to
         self.last_place = ""
-        # Input offsets of this key are `record offset * offset_slots + index in the record` (place
-        # scope: bundles of forwarded readings); 1 is a plain record offset.
-        self.offset_slots = offset_slots
         # The pane whose windows were all open at the last reading, and those windows: the next
         # reading in that pane needs no window look-up (only close_ready closes windows).
         self._hint_pane: int | None = None
@@ -216,25 +209,11 @@ class KeyState:
 
     def _assemble(self, key: WindowKey, pop: bool) -> WindowAcc:
         acc = WindowAcc()
-        old = self.legacy.pop(key, None) if pop else self.legacy.get(key)
-        if old is not None:
-            acc.merge(old)
         start, end = key.start, key.end
         for pane_start, pane in self.panes.items():
             if start <= pane_start < end:
                 acc.merge(pane)
         return acc
-
-    def rescale_offsets(self, slots: int) -> None:
-        """Move the fences from plain record offsets to `slots` per record (a state written before
-        bundles): a fence o covered every reading of record o, i.e. up to o * slots + slots - 1."""
-        if self.offset_slots == slots:
-            return
-        if self.offset_slots != 1:
-            raise ValueError(f"cannot rescale offsets from {self.offset_slots} to {slots} slots")
-        for acc in (*self.legacy.values(), *self.panes.values()):
-            acc.offset = scaled_fence(acc.offset, slots)
-        self.offset_slots = slots
 
     def mark_seen(self, device: str, boot: int, seq: int) -> bool:
         boots = self.seen.get(device)
@@ -339,7 +318,6 @@ class KeyState:
             "wm": self.watermark,
             "p": self.partition,
             "pl": self.last_place,
-            "w": {k.code(): acc.to_json() for k, acc in self.legacy.items()},
             "ow": sorted(k.code() for k in self.open),
             "pn": {str(start): acc.to_json() for start, acc in self.panes.items()},
             # Copies, not the live lists: the runtime hands this value to Faust's producer, which
@@ -350,32 +328,20 @@ class KeyState:
                 for dev, boots in self.seen.items()
             },
         }
-        if self.offset_slots != 1:
-            data["os"] = self.offset_slots
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> KeyState:
-        st = cls(int(data["p"]), int(data.get("os", 1)))
+        st = cls(int(data["p"]))
         st.watermark = data["wm"]
-        st.last_place = data.get("pl", "")
-        # "w": per-window accumulators; before panes ("ow" absent) they were every open window.
-        st.legacy = {WindowKey.parse(c): WindowAcc.from_json(a) for c, a in data["w"].items()}
-        if "ow" in data:
-            st.open = {WindowKey.parse(c) for c in data["ow"]}
-            st.panes = {int(p): WindowAcc.from_json(a) for p, a in data["pn"].items()}
-        else:
-            st.open = set(st.legacy)
+        st.last_place = data["pl"]
+        st.open = {WindowKey.parse(c) for c in data["ow"]}
+        st.panes = {int(p): WindowAcc.from_json(a) for p, a in data["pn"].items()}
         st.seen = {
             dev: {int(b): SeqSet([list(r) for r in ranges]) for b, ranges in boots.items()}
             for dev, boots in data["s"].items()
         }
         return st
-
-
-def scaled_fence(offset: int, slots: int) -> int:
-    """A fence in plain record offsets as a fence in `slots` per record (see KeyState.offset_slots)."""
-    return offset * slots + slots - 1 if offset >= 0 else offset
 
 
 def idle_watermark(last_ts: int, idle_for_ms: int, idle_timeout_ms: int) -> int | None:

@@ -375,43 +375,10 @@ def test_engine_caps_the_watermark_at_wall_clock_plus_clock_ahead() -> None:
     assert {i: as_comparable(d) for i, d in got.items()} == expected_windows(good, SENSOR)
 
 
-def test_place_fences_from_before_bundles_still_stop_a_replayed_amendment() -> None:
-    # A worker of the version before bundles (plain record offsets) amends a window and dies before
-    # persisting its state; the new version replays the record as offset * FORWARD_SLOTS.
-    store: dict[str, Any] = {}
-    docs = Store()
-    old = ScopeEngine(PLACE, SPECS, GRACE, IDLE, store.get, allowed_lateness_ms=DAY)
-    out = old.process([(reading("d", 0, 1000), 0, 0), (reading("d", 1, 9000), 0, 1)], 0)
-    docs.write_windows(out.open_docs + out.final_docs)
-    store.update({k: s.to_json() for k, s in out.changed.items()})
-    assert "os" not in store["p1"]
-    out = old.process([(reading("d", 2, 1500), 0, 2)], 0)
-    old.amend(out, docs.load(out.amends), 0)
-    docs.write_amended(out.amended_docs)  # ... and the state is not persisted: kill -9
-    new = ScopeEngine(
-        PLACE, SPECS, GRACE, IDLE, store.get, allowed_lateness_ms=DAY, offset_slots=FORWARD_SLOTS
-    )
-    replay: list[Item] = [
-        (reading("d", 2, 1500), 0, 2 * FORWARD_SLOTS),
-        (reading("d", 3, 1600), 0, 3 * FORWARD_SLOTS),
-    ]
-    out = new.process(replay, 0)
-    new.amend(out, docs.load(out.amends), 0)
-    docs.write_amended(out.amended_docs)
-    w = docs.docs["p1:tumbling:2:0"]
-    assert (w["count"], w["revision"], w["late_count"]) == (3, 2, 2)
-    assert (w["offset"], w["offset_slots"]) == (3 * FORWARD_SLOTS, FORWARD_SLOTS)
-    # The state restored from the old changelog counts its fences in the new offsets too.
-    restored = new.state("p1", 0)
-    assert restored.offset_slots == FORWARD_SLOTS
-    open_window = WindowKey(TUMBLING, 2000, 2000, 8000)
-    assert restored.windows[open_window].offset == 1 * FORWARD_SLOTS + FORWARD_SLOTS - 1  # all of record 1
-
-
 def test_readings_of_one_bundle_amend_a_window_closed_by_an_earlier_reading_of_it() -> None:
     # One forwarded record: a reading that closes a window, then a late one for it (same record
     # offset, the next slot): the late one must not be fenced off as counted before a crash.
-    eng = ScopeEngine(PLACE, SPECS, GRACE, IDLE, {}.get, allowed_lateness_ms=DAY, offset_slots=FORWARD_SLOTS)
+    eng = ScopeEngine(PLACE, SPECS, GRACE, IDLE, {}.get, allowed_lateness_ms=DAY)
     base = 7 * FORWARD_SLOTS
     out = eng.process(
         [

@@ -1,5 +1,5 @@
-"""The place stage's decode of forwarded readings (single or in bundles) gives exactly what full
-validation gives."""
+"""The place stage's decode of forwarded bundles gives exactly what full validation gave the sensor
+stage; anything else in a bundle is rejected, never counted."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 
 from backend.records import (
     RejectedRecord,
-    decode_forward,
     decode_forwarded,
     decode_reading,
     encode_bundle,
@@ -36,36 +35,30 @@ RECORD = {
 
 
 @pytest.mark.parametrize("device_ts", [None, 1_750_000_009_000])
-def test_forwarded_reading_decodes_to_the_validated_reading(device_ts: int | None) -> None:
+def test_a_bundle_decodes_to_its_validated_readings_in_order(device_ts: int | None) -> None:
     record = RECORD if device_ts is None else {**RECORD, "device_ts": device_ts}
-    reading = decode_reading(contract.encode(record))
-    back = decode_forward(encode_forward(reading))
-    assert back == reading
-    assert [type(back[m]) for m in contract.METRICS] == [type(reading[m]) for m in contract.METRICS]
+    readings = [decode_reading(contract.encode({**record, "seq": s})) for s in range(5)]
+    back = decode_forwarded(encode_bundle([encode_forward(r) for r in readings]))
+    assert back == readings
+    assert [type(back[0][m]) for m in contract.METRICS] == [float, type(None), float, float]  # type: ignore[index]
 
 
-def test_a_forwarded_original_record_is_validated_in_full() -> None:
-    # What an older version forwarded: the record as received (integer metric, extra field).
-    value = contract.encode(RECORD)
-    assert decode_forward(value) == decode_reading(value)
-    assert type(decode_forward(value)["temperature"]) is float
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"{not json",
+        contract.encode(RECORD),  # a single reading, not a bundle
+        b"[]",
+    ],
+)
+def test_a_record_that_is_not_a_bundle_is_rejected(value: bytes | None) -> None:
+    items = decode_forwarded(value)
+    assert len(items) == 1 and isinstance(items[0], RejectedRecord)
 
 
-def test_a_bundle_decodes_to_its_validated_readings_in_order() -> None:
-    readings = [decode_reading(contract.encode({**RECORD, "seq": s})) for s in range(5)]
-    bundle = encode_bundle([encode_forward(r) for r in readings])
-    assert decode_forwarded(bundle) == readings
-
-
-def test_a_bundle_element_that_is_not_normalised_is_validated_in_full() -> None:
+def test_a_bundle_element_that_is_not_a_normalised_reading_is_rejected() -> None:
     good = decode_reading(contract.encode(RECORD))
-    bad = {**RECORD, "seq": -1}
-    items = decode_forwarded(encode_bundle([contract.encode(RECORD), contract.encode(bad)]))
+    items = decode_forwarded(encode_bundle([encode_forward(good), contract.encode(RECORD)]))
     assert items[0] == good
-    assert isinstance(items[1], RejectedRecord) and items[1].reason == contract.REASON_OUT_OF_RANGE
-
-
-def test_a_single_forwarded_reading_of_an_older_version_still_decodes() -> None:
-    value = contract.encode(RECORD)
-    assert decode_forwarded(value) == [decode_reading(value)]
-    assert isinstance(decode_forwarded(b"{not json")[0], RejectedRecord)
+    assert isinstance(items[1], RejectedRecord) and items[1].reason == contract.REASON_SCHEMA

@@ -220,20 +220,3 @@ def test_panes_give_each_window_exactly_what_adding_to_every_window_gives() -> N
         assert Fraction(acc.num, 2**acc.exp) == sum(Fraction(v) for v in values)
         assert (acc.min, acc.max) == (min(values), max(values))
     assert st.panes == {} and st.open == set()
-
-
-def test_a_state_persisted_before_panes_goes_on_to_the_same_windows() -> None:
-    st = KeyState(partition=2)
-    for i, ts in enumerate((100, 2100, 900, 2500, 3900)):
-        st.add(reading(i, ts), SPECS, GRACE)
-    # The changelog form before panes: every open window's accumulator under "w", no "ow"/"pn".
-    old = st.to_json()
-    old["w"] = {k.code(): acc.to_json() for k, acc in st.windows.items()}
-    del old["ow"], old["pn"]
-    again = KeyState.from_json(old)
-    assert again.open == st.open and again.panes == {}
-    for state in (st, again):
-        for i, ts in enumerate((4100, 3000, 5200, 9000), start=10):
-            state.add(reading(i, ts, temperature=float(i)), SPECS, GRACE)
-    assert _closed_as_json(again.close_ready(GRACE, 20_000)) == _closed_as_json(st.close_ready(GRACE, 20_000))
-    assert again.legacy == {}
