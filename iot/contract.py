@@ -66,6 +66,13 @@ ACK_SUBSCRIPTION: Final = "sensors/+/+/ack"
 ACK_QOS: Final = 0
 # Ranges per ack message: a board parses it on a ~110 KB heap; more ranges go in further messages.
 ACK_MAX_RANGES: Final = 64
+# Remote configuration and over-the-air updates (project addition beside revision 3, issue 22): one
+# topic tree per board that only the operator account writes and only that board reads (the ACL in
+# iot/broker/accounts.py). `config` carries the board's configuration (retained, QoS 1); `ota` and
+# everything under `ota/` carries updates. Boards report what they applied in health (`config_rev`,
+# `update_state`, below). Payloads: docs/CONTRACT.md, "Accounts, ACL and provisioning".
+CONFIG_TOPIC: Final = "sensors/{place}/{device}/config"
+OTA_TOPIC: Final = "sensors/{place}/{device}/ota"
 STATUS_ONLINE: Final = "online"
 STATUS_OFFLINE: Final = "offline"
 # Retained by a board that crashed SAFE_MODE_AFTER times in a row and did not start its firmware
@@ -84,6 +91,13 @@ DEFAULT_DATABASE: Final = "iot"
 COLL_READINGS: Final = "readings"
 COLL_SENSOR_WINDOWS: Final = "sensor_windows"
 COLL_PLACE_WINDOWS: Final = "place_windows"
+# The device registry: one document per provisioned board, `_id` = device id (`iot devices`; the
+# gateway keeps it current from status and health). Fields: docs/CONTRACT.md, "Device registry".
+COLL_DEVICES: Final = "devices"
+# Health fields the registry keeps besides `fw`: the applied configuration revision and the state of
+# an over-the-air update, as boards with remote configuration and OTA report them.
+HEALTH_CONFIG_REV: Final = "config_rev"
+HEALTH_UPDATE_STATE: Final = "update_state"
 
 # --- Environment ------------------------------------------------------------------------------
 ENV_DEFAULTS: Final[Mapping[str, str]] = {
@@ -195,6 +209,14 @@ def health_topic(place: str, device: str) -> str:
 
 def ack_topic(place: str, device: str) -> str:
     return ACK_TOPIC.format(place=place, device=device)
+
+
+def config_topic(place: str, device: str) -> str:
+    return CONFIG_TOPIC.format(place=place, device=device)
+
+
+def ota_topic(place: str, device: str) -> str:
+    return OTA_TOPIC.format(place=place, device=device)
 
 
 def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from iot import contract
 from iot.errors import ConfigError
 
-__all__ = ["EnvReader", "MqttEndpoint", "parse_mqtt_url"]
+__all__ = ["EnvReader", "MqttEndpoint", "parse_mqtt_url", "stack_dir"]
 
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
@@ -52,6 +53,15 @@ def parse_mqtt_url(
         raise error(name, f"{url!r} has no host")
     tls = parts.scheme == "mqtts"
     return MqttEndpoint(parts.hostname, port or (MQTTS_PORT if tls else MQTT_PORT), tls)
+
+
+def stack_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the native stack keeps its state (data, logs, its credentials file): IOT_STACK_DIR, else
+    `.stack/` in the checkout, or ~/.local/state/iot for an installed package."""
+    env = os.environ if env is None else env
+    root = Path(__file__).resolve().parents[1]
+    default = root / ".stack" if (root / "pyproject.toml").exists() else Path.home() / ".local/state/iot"
+    return Path(env.get("IOT_STACK_DIR") or default).absolute()
 
 
 class EnvReader:

@@ -6,6 +6,9 @@ IotError                      anything the `iot` command reports as `Type: messa
 ├── backend.errors.BackendError
 ├── hil.errors.HilError
 ├── iot.topics.TopicError     a contract topic could not be created or checked
+├── iot.broker.errors.BrokerError   the broker refused a login or an account change (BrokerAuthError,
+│                                   DynsecError)
+├── iot.devices.registry.RegistryError   the device registry (MongoDB) did not answer
 └── iot.app.stack: StackError, InstallError, ProbeFailed
 
 Each package keeps its own subtree in its `errors` module; only the root and ConfigError live here.

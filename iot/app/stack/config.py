@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from iot import contract
-from iot.env import EnvReader
+from iot.env import EnvReader, stack_dir
 from iot.errors import ConfigError
 
 __all__ = ["ConfigError", "StackConfig"]
@@ -25,11 +25,6 @@ FERRETDB_VERSION = "v1.24.2"
 # Our build of it: FERRETDB_VERSION plus the source patches in install.FERRETDB_PATCHES. A new patch
 # gets a new name, so every machine builds it again instead of keeping a cached older binary.
 FERRETDB_BUILD = f"{FERRETDB_VERSION}-iot1"
-
-
-def _repo_root() -> Path | None:
-    root = Path(__file__).resolve().parents[3]
-    return root if (root / "pyproject.toml").exists() else None
 
 
 def _port(var: str, text: str) -> int:
@@ -113,8 +108,6 @@ class StackConfig:
         if mqtt_tls_port == mqtt_port:
             raise ConfigError("IOT_MQTT_TLS_PORT", f"{mqtt_tls_port} is already the plain MQTT port")
         cert_hosts = tls_hosts(mqtt_host, reader.optional("IOT_MQTT_TLS_HOSTS"))
-        root = _repo_root()
-        state_default = root / ".stack" if root else Path.home() / ".local/state/iot"
         heap = get("IOT_KAFKA_HEAP", "512m")
         if not heap[:-1].isdigit() or heap[-1] not in "mMgG":
             raise ConfigError("IOT_KAFKA_HEAP", f"{heap!r} must look like 512m or 1g")
@@ -123,7 +116,7 @@ class StackConfig:
             "backend": get("IOT_STACK_SCRAPE_BACKEND", f"127.0.0.1:{contract.BACKEND_METRICS_PORT}"),
         }
         return cls(
-            state_dir=Path(get("IOT_STACK_DIR", str(state_default))).absolute(),
+            state_dir=stack_dir(env),
             cache_dir=Path(get("IOT_CACHE_DIR", str(Path.home() / ".cache/iot"))).absolute(),
             host=mqtt_host,
             mqtt_port=mqtt_port,

@@ -19,6 +19,9 @@ from types import TracebackType
 
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack, StackError
+from iot.broker import local
+from iot.broker.credentials import GATEWAY, OPERATOR, Credentials
+from iot.env import MqttEndpoint
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 HOST = "127.0.0.1"
@@ -52,24 +55,37 @@ class PrivateBroker:
     (SIGKILL) at will.
 
     `listener_conf` goes under the listener (authentication, ACL, TLS files; anonymous by default);
-    `tls` only changes `url`. `persistent`: sessions and their queued QoS 1 messages survive a clean
-    restart, as the gateway's must. Queue limits are raised like the stack broker's: the default 1000
-    queued messages per session would drop most of an outage (FACTS.md). `preexec_fn` runs in the
-    child before exec (e.g. a parent-death signal, so a killed rig leaves no broker behind)."""
+    `tls` only changes `url`. `accounts`: authenticated like the native stack's broker, the
+    dynamic-security plugin with the operator and gateway accounts (`operator`, `gateway`; `ca`
+    verifies a TLS-only broker for setting them up). `persistent`: sessions and their queued QoS 1
+    messages survive a clean restart, as the gateway's must. Queue limits are raised like the stack
+    broker's: the default 1000 queued messages per session would drop most of an outage (FACTS.md).
+    `preexec_fn` runs in the child before exec (e.g. a parent-death signal, so a killed rig leaves no
+    broker behind)."""
 
     def __init__(
         self,
         folder: Path,
-        listener_conf: str = "allow_anonymous true\n",
+        listener_conf: str | None = None,
         tls: bool = False,
         persistent: bool = True,
         preexec_fn: Callable[[], None] | None = None,
+        accounts: bool = False,
+        ca: Path | None = None,
     ) -> None:
         (self.port,) = free_ports(1)
         self.folder = folder
         self.tls = tls
+        self._ca = ca
         self._preexec_fn = preexec_fn
         folder.mkdir(parents=True, exist_ok=True)
+        self.logins: dict[str, Credentials] = {}
+        if accounts:
+            dynsec_file = folder / local.DYNSEC_FILE
+            self.logins = local.prepare_accounts(dynsec_file, folder / "credentials.json")
+            listener_conf = local.plugin_conf(dynsec_file) + (listener_conf or "")
+        elif listener_conf is None:
+            listener_conf = "allow_anonymous true\n"
         self.conf = folder / "mosquitto.conf"
         lines = [
             # Started as root, mosquitto would drop to its own user, which cannot write to our folder.
@@ -89,6 +105,14 @@ class PrivateBroker:
     @property
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{HOST}:{self.port}"
+
+    @property
+    def operator(self) -> Credentials:
+        return self.logins[OPERATOR]
+
+    @property
+    def gateway(self) -> Credentials:
+        return self.logins[GATEWAY]
 
     def start(self, timeout: float = 15.0) -> None:
         if not os.path.exists(MOSQUITTO):
@@ -110,6 +134,9 @@ class PrivateBroker:
                     f"private mosquitto did not listen on {self.port} in {timeout:.0f}s; see {self.conf}"
                 )
             time.sleep(0.05)
+        if self.logins:
+            endpoint = MqttEndpoint(HOST, self.port, self.tls)
+            local.ensure_accounts(endpoint, self.logins, str(self._ca) if self._ca else None)
 
     def stop(self) -> None:
         """SIGTERM: Mosquitto saves sessions and queued messages to its persistence file first."""

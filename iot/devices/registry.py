@@ -1,0 +1,107 @@
+"""The device registry: MongoDB collection `devices`, one document per provisioned board.
+
+    _id           device id
+    place         where it is (its topics' {place})
+    created_at    when `iot devices add` (or a fleet) provisioned it
+    online        its retained status is `online` (false: offline, safe mode, or never seen)
+    status        that status as the board last said it (null until it did)
+    last_seen     the gateway last received a live status or health message from it (retained
+                  copies delivered at a gateway's subscribe do not count: they may be days old)
+    fw            firmware version, from health
+    boot          boot counter, from health
+    config_rev    applied configuration revision, from health (boards with remote configuration)
+    update_state  state of an over-the-air update, from health (boards with OTA)
+    health_at     when the last health message was received
+
+`iot devices` writes the identity fields; the gateway keeps the rest current (gateway/registry.py)
+with updates that match a document by `_id` and `place` and never create one: a board that is not
+provisioned, or was removed, has no document.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import pymongo
+from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
+
+from iot import contract
+from iot.errors import IotError
+
+__all__ = ["STATE_FIELDS", "Registry", "RegistryError"]
+
+# Reset when a board is (re-)provisioned: they describe what it reported, not who it is.
+STATE_FIELDS: Mapping[str, Any] = {
+    "online": False,
+    "status": None,
+    "last_seen": None,
+    "fw": None,
+    "boot": None,
+    contract.HEALTH_CONFIG_REV: None,
+    contract.HEALTH_UPDATE_STATE: None,
+    "health_at": None,
+}
+
+
+class RegistryError(IotError):
+    """MongoDB did not answer or refused a registry operation."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Registry:
+    def __init__(self, collection: Collection[dict[str, Any]]) -> None:
+        self._coll = collection
+
+    @classmethod
+    def connect(cls, uri: str, timeout_s: float = 5.0) -> Registry:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            uri,
+            serverSelectionTimeoutMS=int(timeout_s * 1000),
+            connectTimeoutMS=int(timeout_s * 1000),
+            socketTimeoutMS=int(timeout_s * 1000),
+            tz_aware=True,
+        )
+        db = client.get_default_database(default=contract.DEFAULT_DATABASE)
+        return cls(db[contract.COLL_DEVICES])
+
+    def close(self) -> None:
+        self._coll.database.client.close()
+
+    def _do(self, what: str, action: Any) -> Any:
+        try:
+            return action()
+        except PyMongoError as exc:
+            raise RegistryError(f"device registry ({what}): {str(exc).splitlines()[0]}") from None
+
+    def ping(self) -> None:
+        self._do("ping", lambda: self._coll.database.command("ping"))
+
+    def add(self, device: str, place: str) -> None:
+        """Record the board as provisioned in `place`, with no reported state yet (again from scratch
+        when it was there before: a re-provisioned board must report anew)."""
+        self._do(
+            "add",
+            lambda: self._coll.update_one(
+                {"_id": device},
+                {"$set": {"place": place, **STATE_FIELDS}, "$setOnInsert": {"created_at": _now()}},
+                upsert=True,
+            ),
+        )
+
+    def get(self, device: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = self._do("get", lambda: self._coll.find_one({"_id": device}))
+        return found
+
+    def all(self) -> list[dict[str, Any]]:
+        docs: list[dict[str, Any]] = self._do("list", lambda: list(self._coll.find({})))
+        return sorted(docs, key=lambda d: (str(d.get("place")), str(d["_id"])))
+
+    def remove(self, device: str) -> bool:
+        result = self._do("remove", lambda: self._coll.delete_one({"_id": device}))
+        return bool(result.deleted_count)
