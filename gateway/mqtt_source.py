@@ -37,6 +37,7 @@ from .errors import MqttConnectError, SettingsError
 from .metrics import IGNORED_RETAINED, GatewayMetrics
 from .paho_client import BatchingClient
 from .ratelimit import LogLimit
+from .registry import RegistryWriter
 from .settings import GatewaySettings
 
 __all__ = ["MessageHandler", "MqttSource"]
@@ -56,8 +57,11 @@ _PAYLOAD_HEAD = 48  # bytes of an ignored message quoted in its log line
 
 
 class MqttSource:
-    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, settings: GatewaySettings, metrics: GatewayMetrics, registry: RegistryWriter | None = None
+    ) -> None:
         self._settings = settings
+        self._registry = registry
         self._handler: MessageHandler | None = None
         self._metrics = metrics
         # Bumped on every (re)connect: an ack computed for a message of an earlier connection is
@@ -323,9 +327,13 @@ class MqttSource:
     def _dispatch(self, topic: str, message: mqtt.MQTTMessage) -> None:
         if topic.endswith("/status"):
             self._side_message("status", topic, message, self._metrics.devices.status)
+            if self._registry is not None:
+                self._registry.status(topic, bytes(message.payload), bool(message.retain))
             return
         if topic.endswith("/health"):
             self._side_message("health", topic, message, self._metrics.devices.health)
+            if self._registry is not None:
+                self._registry.health(topic, bytes(message.payload), bool(message.retain))
             return
         if message.retain:
             self._ignore_retained_reading(topic, message)

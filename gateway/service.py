@@ -22,6 +22,7 @@ from .bridge import Bridge
 from .kafka_sink import KafkaSink
 from .metrics import GatewayMetrics
 from .mqtt_source import MqttSource
+from .registry import RegistryWriter
 from .settings import GatewaySettings
 
 __all__ = ["EXIT_MQTT_THREAD_DIED", "run"]
@@ -37,7 +38,8 @@ def run(settings: GatewaySettings) -> int:
     _log.info("gateway_starting", **settings.describe())
     metrics = GatewayMetrics()
     sink = KafkaSink(settings.kafka_config(), metrics)
-    source = MqttSource(settings, metrics)
+    registry = RegistryWriter.connect(settings.mongo_uri, metrics.registry) if settings.registry else None
+    source = MqttSource(settings, metrics, registry)
     notify = source.notify if settings.e2e_ack else None
     bridge = Bridge(
         sink, metrics, source.ack, settings.max_in_flight, notify, settings.max_clock_ahead_s * 1000
@@ -56,6 +58,8 @@ def run(settings: GatewaySettings) -> int:
     if settings.metrics_port:
         metrics.serve(settings.metrics_host, settings.metrics_port)
         _log.info("metrics_serving", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    if registry is not None:
+        registry.start()
     source.start(bridge.on_message)
     next_stats = time.monotonic() + _STATS_EVERY_S
     try:
@@ -89,6 +93,8 @@ def run(settings: GatewaySettings) -> int:
         return _drain(settings, sink, bridge, source)
     finally:
         source.stop()
+        if registry is not None:
+            registry.stop()
 
 
 def _log_thread_crashes() -> None:

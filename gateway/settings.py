@@ -87,6 +87,9 @@ class GatewaySettings:
     drain_timeout_s: float = 15.0
     e2e_ack: bool = True
     max_clock_ahead_s: int = _MAX_CLOCK_AHEAD_S
+    # The device registry the gateway keeps current from status and health (gateway/registry.py).
+    registry: bool = True
+    mongo_uri: str = contract.ENV_DEFAULTS["IOT_MONGO_URI"]
 
     @property
     def subscription(self) -> str:
@@ -120,6 +123,8 @@ class GatewaySettings:
             value = getattr(self, f.name)
             if f.name == "kafka_extra":
                 value = ",".join(sorted(value)) or "-"
+            if f.name == "mongo_uri":
+                value = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", value)
             out[f.name] = "***" if isinstance(value, Secret) else value
         return out
 
@@ -175,6 +180,8 @@ class GatewaySettings:
             drain_timeout_s=float(reader.integer("IOT_GATEWAY_DRAIN_TIMEOUT_S", 15, 0, 3600)),
             e2e_ack=reader.boolean("IOT_GATEWAY_E2E_ACK", True),
             max_clock_ahead_s=reader.integer("IOT_MAX_CLOCK_AHEAD_S", _MAX_CLOCK_AHEAD_S, 0, 2**31 - 1),
+            registry=reader.boolean("IOT_GATEWAY_REGISTRY", True),
+            mongo_uri=reader.text("IOT_MONGO_URI"),
         )
 
 
