@@ -31,6 +31,9 @@ def backoff_delay_ms(attempt: int, min_ms: int, max_ms: int, rand16: int) -> int
     return half + (half * rand16) // 65536
 
 
+_LOGIN_ACTION = "check mqtt_user, mqtt_password in config.json (iot devices show); removed boards stay out"
+
+
 class Link:
     def __init__(self, board: Board, cfg: dict, host: str, port: int, tls: bool,
                  on_ack: Callable[[memoryview, memoryview], None] | None = None) -> None:
@@ -123,7 +126,10 @@ class Link:
         except (MQTTError, OSError, ValueError) as exc:
             # ValueError: the TLS CA file is not a certificate (mbedTLS refused it).
             self.client.close()
-            log.event("link_connect_failed", broker=self.client.host, port=self.client.port, error=exc)
+            # A refused login (CONNACK 4 or 5) is no network trouble: say what to check.
+            login = str(exc).endswith(("not authorised", "password"))
+            log.event("link_connect_failed", broker=self.client.host, port=self.client.port, error=exc,
+                      action=_LOGIN_ACTION if login else "retrying")
             self._schedule_retry("connect_failed")
             return
         if self._attempt or self.reconnects:

@@ -85,7 +85,15 @@ def run_boards(args: argparse.Namespace) -> int:
     )
     root = args.state_dir or fleet.default_state_dir()
     return fleet.run_fleet(
-        plans, root, broker.url, args.duration, args.heap, args.fresh, serial=args.serial, tls_ca=broker.ca
+        plans,
+        root,
+        broker.url,
+        args.duration,
+        args.heap,
+        args.fresh,
+        serial=args.serial,
+        tls_ca=broker.ca,
+        provisioning=broker.provisioning(),
     )
 
 

@@ -23,6 +23,8 @@ from hil.probe import Probe
 from hil.vboard_process import DEFAULT_HEAP, EXIT_CONFIG, VirtualBoard
 from hil.virtual import env as envmod
 from iot import contract, log
+from iot.broker import credentials
+from iot.devices.provision import DevicesSettings, Provisioner
 from iot.env import EnvReader, MqttEndpoint
 from iot.errors import ConfigError
 
@@ -90,6 +92,17 @@ class Broker:
         """What a board's config needs beyond `broker` for this broker: its CA file, over TLS."""
         return {"tls_ca_file": TLS_CA_NAME} if self.ca is not None else {}
 
+    def provisioning(self, env: Mapping[str, str] | None = None) -> DevicesSettings | None:
+        """How boards get their accounts on this broker: as `iot devices add` gives them, with the
+        operator's account (IOT_MQTT_OPERATOR_*, else the native stack's credentials file) and the
+        registry (IOT_MONGO_URI). None when there is no operator account: a broker without
+        authentication, where boards connect without credentials."""
+        operator = credentials.find(credentials.OPERATOR, env)
+        if operator is None:
+            return None
+        mongo = EnvReader(env).text("IOT_MONGO_URI")
+        return DevicesSettings(self.endpoint, str(self.ca) if self.ca else None, operator, mongo)
+
 
 @dataclass(frozen=True)
 class BoardPlan:
@@ -144,13 +157,18 @@ class Fleet:
     heap: str = DEFAULT_HEAP
     serial: bool = False
     tls_ca: Path | None = None  # copied onto every board's flash as TLS_CA_NAME
+    # Each board gets its own broker account and registry entry (`iot devices`); None: no credentials.
+    provisioning: DevicesSettings | None = None
     boards: list[VirtualBoard] = field(default_factory=list)
     restarts: int = 0
 
     def prepare(self, fresh: bool) -> None:
+        known = self._known_passwords()
         if fresh and self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.provisioning is not None:
+            self._provision(self.provisioning, known)
         self.boards = [VirtualBoard(self.root, p.config, p.spec, self.heap, self.serial) for p in self.plans]
         ca = self.tls_ca.read_bytes() if self.tls_ca is not None else None
         for board in self.boards:
@@ -161,6 +179,41 @@ class Fleet:
             if self.serial:
                 board.install_firmware()
         self.write_manifest()
+
+    def _known_passwords(self) -> dict[str, str]:
+        """The passwords the boards' configs already hold (a fleet started again keeps them)."""
+        known = {}
+        for plan in self.plans:
+            try:
+                stored = json.loads((self.root / plan.device / "flash" / "config.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(stored, dict) and isinstance(stored.get("mqtt_password"), str):
+                known[plan.device] = stored["mqtt_password"]
+        return known
+
+    def _provision(self, settings: DevicesSettings, known: dict[str, str]) -> None:
+        started = time.monotonic()
+        step = max(1, len(self.plans) // 10)
+
+        def progress(done: int, total: int) -> None:
+            if done % step == 0 or done == total:
+                print(f"boards provisioned {done}/{total}", flush=True)
+
+        with Provisioner.open(settings) as prov:
+            passwords = prov.ensure_all(
+                [(p.place, p.device, known.get(p.device)) for p in self.plans],
+                progress if len(self.plans) >= 50 else None,
+            )
+        for plan in self.plans:
+            plan.config["mqtt_user"] = plan.device
+            plan.config["mqtt_password"] = passwords[plan.device]
+        _log.info(
+            "boards_provisioned",
+            boards=len(self.plans),
+            kept=sum(1 for p in self.plans if known.get(p.device) == passwords[p.device]),
+            seconds=f"{time.monotonic() - started:.1f}",
+        )
 
     def write_manifest(self) -> None:
         manifest: list[dict[str, Any]] = []
@@ -230,19 +283,32 @@ def run_fleet(
     progress_every: float = 10.0,
     serial: bool = False,
     tls_ca: Path | None = None,
+    provisioning: DevicesSettings | None = None,
 ) -> int:
     """Run the boards until `duration` (0: until interrupted); `broker` is also where the fleet's
-    probe counts their readings, verifying an mqtts:// broker with `tls_ca`."""
-    fleet = Fleet(root, plans, heap, serial, tls_ca)
+    probe counts their readings, verifying an mqtts:// broker with `tls_ca`, logged in as the operator
+    when `provisioning` gives the boards accounts."""
+    fleet = Fleet(root, plans, heap, serial, tls_ca, provisioning)
     fleet.prepare(fresh)
     devices = {p.device for p in plans}
+    operator = provisioning.operator if provisioning else None
     probe = Probe(
         broker,
         [contract.READING_SUBSCRIPTION],
         keep=lambda t: t.split("/")[2:3][0] in devices,
         tls_ca=str(tls_ca) if tls_ca else None,
+        username=operator.username if operator else "",
+        password=operator.password if operator else "",
     )
     probe.start()
+    if provisioning is None:
+        print(
+            "boards connect without broker credentials: no operator account (IOT_MQTT_OPERATOR_USERNAME/"
+            "IOT_MQTT_OPERATOR_PASSWORD or the native stack's .stack/credentials.json); a broker that "
+            "authenticates refuses them",
+            flush=True,
+        )
+    refused: set[str] = set()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     fleet.start()
@@ -271,6 +337,16 @@ def run_fleet(
                     flush=True,
                 )
                 last_count, last_at = count, now
+                for board in fleet.boards:
+                    why = board.login_refused() if board.device not in refused else None
+                    if why:
+                        refused.add(board.device)
+                        print(
+                            f"board {board.device}: the broker refused its login ({why}); its account is "
+                            f"missing or removed, or its password is not the broker's: `iot devices show "
+                            f"{board.device}`",
+                            flush=True,
+                        )
             if not fleet.running() and fleet.failed():
                 break
     except KeyboardInterrupt:

@@ -70,6 +70,8 @@ class Probe:
         self._lock = threading.Lock()
         self._messages: list[Message] = []
         self._subscribed = threading.Event()
+        self._username = username
+        self._refused: str | None = None  # why the broker refused the login or the subscription
         self._client = _client(endpoint, tls_ca, client_id=session, clean_session=not session)
         self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         if username:
@@ -79,9 +81,18 @@ class Probe:
         self._client.on_message = self._on_message
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            who = f"as {self._username!r}" if self._username else "without credentials"
+            self._refused = f"the broker at {self._host}:{self._port} refused the login {who} ({reason})"
+            client.disconnect()
+            self._subscribed.set()
+            return
         client.subscribe([(t, 1) for t in self._topics])
 
-    def _on_subscribe(self, _c: Any, _u: Any, _mid: Any, _codes: Any, _p: Any) -> None:
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: Any, codes: Any, _p: Any) -> None:
+        refused = [t for t, code in zip(self._topics, codes, strict=False) if code.is_failure]
+        if refused:
+            self._refused = f"the broker refused the subscription to {', '.join(refused)} ({codes[0]})"
         self._subscribed.set()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -99,6 +110,13 @@ class Probe:
         if not self._subscribed.wait(timeout):
             self.stop()
             raise BoardError(f"no SUBACK from {self._host}:{self._port} within {timeout:.0f}s")
+        if self._refused is not None:
+            self.stop()
+            raise BoardError(
+                f"{self._refused}: an authenticated broker needs the operator's account, from "
+                "IOT_MQTT_OPERATOR_USERNAME/IOT_MQTT_OPERATOR_PASSWORD or the native stack's "
+                ".stack/credentials.json (compose: MQTT_OPERATOR_PASSWORD in compose/.env)"
+            )
         return self
 
     def stop(self) -> None:

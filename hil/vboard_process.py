@@ -73,6 +73,21 @@ class VirtualBoard:
         (self.flash / "config.json").write_text(json.dumps(self.config, indent=1))
         self.spec_path.write_text(json.dumps(self.spec))
 
+    def login_refused(self) -> str | None:
+        """The broker's reason when it refused this board's last login (its console says so)."""
+        try:
+            with self.console_path.open("rb") as console:
+                console.seek(0, os.SEEK_END)
+                console.seek(max(0, console.tell() - 4096))
+                tail = console.read().decode(errors="replace")
+        except OSError:
+            return None
+        lines = [line for line in tail.splitlines() if line.startswith(("link_connect_failed", "link_up"))]
+        if not lines or "connect_refused" not in lines[-1]:
+            return None
+        # ... error="connect_refused: not authorised" ...
+        return lines[-1].split("connect_refused:", 1)[-1].split('"', 1)[0].strip() or "refused"
+
     def write_raw_config(self, text: str) -> None:
         """Put any text as config.json (to prove how the firmware treats a broken one)."""
         self.flash.mkdir(parents=True, exist_ok=True)
