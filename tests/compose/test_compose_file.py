@@ -12,7 +12,7 @@ import yaml
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
-ONE_SHOT = {"mosquitto-auth", "mosquitto-certs", "kafka-topics"}
+ONE_SHOT = {"mosquitto-init", "mosquitto-certs", "broker-accounts", "kafka-topics"}
 REQUIRED = {
     "mosquitto",
     "kafka",
@@ -46,7 +46,9 @@ def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
     empty.write_text("")
     result = compose_config("-q", env_file=empty)
     assert result.returncode != 0
-    assert "MQTT_GATEWAY_PASSWORD" in result.stderr or "MONGO_APP_USER" in result.stderr
+    assert any(
+        v in result.stderr for v in ("MQTT_OPERATOR_PASSWORD", "MQTT_GATEWAY_PASSWORD", "MONGO_APP_USER")
+    )
 
 
 def test_every_service_is_pinned_healthchecked_and_volumes_are_named() -> None:

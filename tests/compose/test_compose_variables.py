@@ -18,6 +18,8 @@ import yaml
 from backend import settings as backend_settings
 from gateway.settings import GatewaySettings
 from hil.fleet import Broker
+from iot.broker import credentials
+from iot.devices.provision import DevicesSettings
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +84,14 @@ def _host(endpoint: str) -> str:
 
 def _gateway(env: Mapping[str, str]) -> list[str]:
     s = GatewaySettings.from_env(env)
-    return [s.mqtt_host, _host(s.kafka_bootstrap)]
+    return [s.mqtt_host, _host(s.kafka_bootstrap), _host(s.mongo_uri)]
+
+
+def _broker_accounts(env: Mapping[str, str]) -> list[str]:
+    s = DevicesSettings.from_env(env, registry=False)  # what `iot devices setup` reads
+    gateway = credentials.find(credentials.GATEWAY, env)
+    assert gateway is not None, "broker-accounts makes the gateway's account: it needs its credentials"
+    return [s.endpoint.host]
 
 
 def _backend(env: Mapping[str, str]) -> list[str]:
@@ -91,11 +100,15 @@ def _backend(env: Mapping[str, str]) -> list[str]:
 
 
 def _boards(env: Mapping[str, str]) -> list[str]:
-    return [Broker.from_env(env).endpoint.host]
+    broker = Broker.from_env(env)
+    provisioning = broker.provisioning(env)
+    assert provisioning is not None, "the demo's boards need the operator's account to get theirs"
+    return [broker.endpoint.host, _host(provisioning.mongo_uri)]
 
 
 # Service -> its program's settings reader, returning the hosts it would connect to.
 READERS: dict[str, Callable[[Mapping[str, str]], list[str]]] = {
+    "broker-accounts": _broker_accounts,
     "gateway": _gateway,
     "backend": _backend,
     "boards": _boards,
