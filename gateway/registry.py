@@ -151,8 +151,22 @@ class RegistryWriter:
 
     def _run(self) -> None:
         while not self._stop.wait(self._flush_s):
+            self._flush_guarded()
+        self._flush_guarded()
+
+    def _flush_guarded(self) -> None:
+        # MongoDB being away is handled in flush(); anything else is a bug of ours, and must not end
+        # this thread (the registry would stop for good while the gateway runs on).
+        try:
             self.flush()
-        self.flush()
+        except Exception as exc:
+            self.errors.inc()
+            _log.error(
+                "registry_flush_failed",
+                error=repr(exc)[:300],
+                action="the gateway's own bug: please report with this line; the registry misses this "
+                "round's updates and goes on",
+            )
 
     def flush(self) -> int:
         """Write the pending state; how many updates were written. On failure the state goes back
