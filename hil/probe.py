@@ -12,6 +12,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from hil.errors import BoardError
+from iot.broker import credentials
 from iot.env import MqttEndpoint, parse_mqtt_url
 from iot.errors import ConfigError
 
@@ -62,7 +63,11 @@ class Probe:
         tls_ca: str | None = None,
     ) -> None:
         """`session`: a client id for a persistent session, so a broker restart loses nothing for us.
-        `tls_ca`: the CA to verify an mqtts:// broker with (the boards' IOT_MQTT_TLS_CA)."""
+        `tls_ca`: the CA to verify an mqtts:// broker with (the boards' IOT_MQTT_TLS_CA). Without a
+        `username` it logs in as the operator when there is one (IOT_MQTT_OPERATOR_*, else the native
+        stack's credentials file); a broker without authentication takes any login."""
+        if not username:
+            username, password = _operator()
         endpoint = broker_endpoint(url)
         self._host, self._port = endpoint.host, endpoint.port
         self._topics = list(topics)
@@ -145,10 +150,19 @@ class Probe:
         return len(self.messages(suffix))
 
 
+def _operator() -> tuple[str, str]:
+    found = credentials.find(credentials.OPERATOR)
+    return (found.username, found.password) if found is not None else ("", "")
+
+
 def clear_retained(url: str, devices: Iterable[tuple[str, str]], tls_ca: str | None = None) -> None:
-    """Remove the retained status and health of (place, device) pairs, e.g. throwaway test boards."""
+    """Remove the retained status and health of (place, device) pairs, e.g. throwaway test boards
+    (as the operator, the account that may)."""
     endpoint = broker_endpoint(url)
     client = _client(endpoint, tls_ca)
+    username, password = _operator()
+    if username:
+        client.username_pw_set(username, password)
     client.connect(endpoint.host, endpoint.port)
     client.loop_start()
     try:
