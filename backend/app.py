@@ -1,11 +1,11 @@
 """The Faust runtime around the window engine: consumption, partition assignment, changelog-backed state
 tables, the repartition by place, and the idle timer.
 
-Per batch (`stream.take_events`): decode → engine → write outputs (MongoDB, Kafka; awaited, retried) →
-persist changed key states to the table and its changelog → Faust acks the events. Faust flushes the
-changelog before it commits offsets, so after `kill -9` a key's restored state either holds a replayed
-reading (then the reading is a duplicate and skipped) or does not (then it is counted again into the
-same idempotent outputs).
+Per batch (a list of records from the fetch loop, transport.BatchQueue): decode → engine → write
+outputs (MongoDB, Kafka; awaited, retried) → persist changed key states to the table and its changelog
+→ the agent acks the records. Faust flushes the changelog before it commits offsets, so after
+`kill -9` a key's restored state either holds a replayed reading (then the reading is a duplicate and
+skipped) or does not (then it is counted again into the same idempotent outputs).
 
 Table writes bypass `table[key] = ...`: that form writes the changelog to the partition of Faust's
 "current event", which in a batch is the last event of the batch, not the key's own; and the idle timer
@@ -186,9 +186,18 @@ class BackendRuntime:
         within = s.batch_within_ms / 1000
 
         def agent(scope: Scope) -> Callable[[Any], Any]:
+            # The agent reads its topic's records from the fetch loop in lists (transport.BatchQueue),
+            # not from its Faust stream: Faust's per-record path cost more than the windows. It acks
+            # each record once its batch is written and its state persisted, as the stream did.
+            queue = transport.batch_queue(self.app, scope.topic, 4 * s.batch_max)
+            ack = self.app.consumer.ack
+
             async def windows(stream: Any) -> None:
-                async for events in stream.take_events(s.batch_max, within=within):
-                    await self._batch(scope, events)
+                while True:
+                    messages = await queue.get(s.batch_max, within)
+                    await self._batch(scope, messages)
+                    for message in messages:
+                        ack(message)
 
             return windows
 
@@ -212,14 +221,13 @@ class BackendRuntime:
         self.app.on_partitions_assigned.connect(on_rebalance)
 
     # --- input ---------------------------------------------------------------------------------
-    def _decode_readings(self, events: Sequence[Any], now: int) -> Decoded:
+    def _decode_readings(self, messages: Sequence[Any], now: int) -> Decoded:
         """iot.readings records: validated here; every valid reading is also forwarded to the place
         scope."""
         out = Decoded()
         by_place: dict[str, list[bytes]] = {}
-        for event in events:
-            msg = event.message
-            value = event.value
+        for msg in messages:
+            value = msg.value
             try:
                 reading = decode_reading(value)
             except RejectedRecord as exc:
@@ -247,33 +255,32 @@ class BackendRuntime:
         ]
         return out
 
-    def _decode_forwards(self, events: Sequence[Any], now: int) -> Decoded:
+    def _decode_forwards(self, messages: Sequence[Any], now: int) -> Decoded:
         """Place repartition records, written by our own sensor scope after validation: only decoding
         is left to do. A bundle's readings get consecutive input offsets of their own
         (records.FORWARD_SLOTS)."""
         out = Decoded()
-        for event in events:
-            msg = event.message
+        for msg in messages:
             base = msg.offset * FORWARD_SLOTS
-            for index, item in enumerate(decode_forwarded(event.value)):
+            for index, item in enumerate(decode_forwarded(msg.value)):
                 if isinstance(item, RejectedRecord):
                     self.metrics.rejected.labels(item.reason).inc()
                     out.rejected.append(
-                        dlq_record(item.reason, item.detail, item.topic, event.value or b"", now)
+                        dlq_record(item.reason, item.detail, item.topic, msg.value or b"", now)
                     )
                     continue
                 out.items.append((item, msg.partition, base + index))
         return out
 
     # --- batches -------------------------------------------------------------------------------
-    async def _batch(self, scope: Scope, events: Sequence[Any]) -> None:
+    async def _batch(self, scope: Scope, messages: Sequence[Any]) -> None:
         """One batch of either scope: decode -> engine -> amend the closed windows it reached ->
-        write every output (MongoDB, Kafka) -> persist the changed key states. Faust acknowledges the
-        events after this returns."""
+        write every output (MongoDB, Kafka) -> persist the changed key states. The agent acknowledges
+        the records after this returns."""
         now = now_ms()
-        for event in events:
-            self.positions[event.message.tp] = event.message.offset
-        decoded = scope.decode(events, now)
+        for msg in messages:
+            self.positions[msg.tp] = msg.offset
+        decoded = scope.decode(messages, now)
         async with scope.lock:
             out = scope.engine.process(decoded.items, now)
             await self._amend(scope, out, now)

@@ -1,0 +1,85 @@
+"""The batch path's queue (backend/transport.py): lists in from the fetch loop, batches out to an agent,
+back-pressure by a soft limit, and emptied where Faust empties its streams' queues."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+import pytest
+
+from backend import transport
+from backend.transport import BatchQueue
+
+pytestmark = pytest.mark.unit
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_get_returns_queued_records_in_order_up_to_the_batch_size_splitting_a_list() -> None:
+    async def go() -> tuple[list[int], list[int], int]:
+        q = BatchQueue(limit=100)
+        q.put([1, 2, 3])
+        q.put([4, 5, 6, 7])
+        first = await q.get(5, 0)
+        rest = await q.get(5, 0)
+        return first, rest, len(q)
+
+    assert run(go()) == ([1, 2, 3, 4, 5], [6, 7], 0)
+
+
+def test_get_waits_within_for_the_batch_to_fill_then_returns_what_came() -> None:
+    async def go() -> tuple[list[int], float]:
+        q = BatchQueue(limit=100)
+        loop = asyncio.get_running_loop()
+        q.put([1])
+        loop.call_later(0.05, q.put, [2, 3])
+        start = loop.time()
+        got = await q.get(10, 0.3)
+        return got, loop.time() - start
+
+    got, waited = run(go())  # type: ignore[misc]
+    assert got == [1, 2, 3]
+    assert waited >= 0.25  # it waited out `within`, since 10 records never came
+
+
+def test_get_returns_at_once_when_the_batch_is_full() -> None:
+    async def go() -> tuple[list[int], float]:
+        q = BatchQueue(limit=100)
+        loop = asyncio.get_running_loop()
+        q.put(list(range(10)))
+        start = loop.time()
+        got = await q.get(10, 5.0)
+        return got, loop.time() - start
+
+    got, waited = run(go())  # type: ignore[misc]
+    assert got == list(range(10))
+    assert waited < 1.0
+
+
+def test_room_closes_at_the_limit_and_opens_when_an_agent_takes_records() -> None:
+    async def go() -> list[bool]:
+        q = BatchQueue(limit=4)
+        seen = [q.room.is_set()]
+        q.put([1, 2, 3, 4])
+        seen.append(q.room.is_set())
+        await q.get(2, 0)
+        seen.append(q.room.is_set())
+        return seen
+
+    assert run(go()) == [True, False, True]
+
+
+def test_faust_resuming_the_flow_empties_the_queue_and_opens_room() -> None:
+    async def go() -> tuple[int, bool]:
+        app = faust.App("test-batch-queue", broker="kafka://127.0.0.1:1")
+        transport.install(app)
+        q = transport.batch_queue(app, "some-topic", limit=2)
+        q.put([1, 2, 3])
+        app.flow_control.suspend()
+        app.flow_control.resume()  # what Faust does after a rebalance's seek
+        return len(q), q.room.is_set()
+
+    assert run(go()) == (0, True)
