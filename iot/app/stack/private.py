@@ -95,6 +95,9 @@ class PrivateBroker:
             "max_queued_messages 1000000",
             "max_queued_bytes 0",
             "max_inflight_messages 1000",
+            # As the stack's broker: without it a reply after a PUBACK waits for the peer's delayed
+            # ACK (~40 ms a plugin command round trip, measured; 0.25 ms with it).
+            "set_tcp_nodelay true",
             f"log_dest file {folder}/mosquitto.log",
         ]
         if persistent:
