@@ -20,18 +20,18 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import faust
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from iot import contract, heap, log
-from iot.topics import TOPIC_PARTITIONS, ensure_topics
+from iot.env import writable_dir
+from iot.topics import CONTRACT_TOPICS, TOPIC_PARTITIONS, TopicAdmin, TopicSpec
 
 from . import retry, topics, transport
 from .engine import Item, Outputs, ScopeEngine
-from .errors import SinkError
+from .errors import ConfigError
+from .kafka_auth import faust_broker, faust_credentials
 from .kafka_out import KafkaOut
 from .metrics import BackendMetrics
 from .mongo_sink import MongoSink
@@ -58,24 +58,6 @@ READINGS_PARTITIONS = TOPIC_PARTITIONS[contract.TOPIC_READINGS]
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def ensure_backend_topics(settings: Settings) -> None:
-    """The contract topics plus this app's repartition topic (and source topic when it is not the
-    contract's), with the partition count of iot.readings."""
-    ensure_topics(settings.kafka_bootstrap)
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    existing = admin.list_topics(timeout=30).topics
-    wanted = [t for t in (settings.place_topic, settings.source_topic) if t not in existing]
-    if not wanted:
-        return
-    futures = admin.create_topics([NewTopic(t, READINGS_PARTITIONS, 1) for t in wanted])
-    for name, fut in futures.items():
-        try:
-            fut.result(timeout=30)
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise SinkError(f"creating topic {name} failed: {exc}") from exc
 
 
 @dataclass(slots=True)
@@ -106,7 +88,7 @@ class BackendRuntime:
         self.settings = settings
         self.metrics = metrics or BackendMetrics()
         self.sink = MongoSink(settings.mongo_uri, self.metrics)
-        self.kafka = KafkaOut(settings.kafka_bootstrap)
+        self.kafka = KafkaOut(settings.kafka)
         self.app = self._make_app()
         self.readings_topic = self.app.topic(
             settings.source_topic, key_serializer="raw", value_serializer="raw"
@@ -144,10 +126,11 @@ class BackendRuntime:
     def _make_app(self) -> faust.App:
         s = self.settings
         # Faust creates its data dir without parents: on a fresh clone `.cache/` does not exist yet.
-        Path(s.data_dir).mkdir(parents=True, exist_ok=True)
+        writable_dir("IOT_BACKEND_DATA_DIR", s.data_dir, ConfigError)
         app = faust.App(
             s.app_id,
-            broker="kafka://" + s.kafka_bootstrap.replace(",", ";"),
+            broker=faust_broker(s.kafka),
+            broker_credentials=faust_credentials(s.kafka),
             store="memory://",
             datadir=s.data_dir,
             web_enabled=s.web_port > 0,
@@ -424,20 +407,23 @@ class BackendRuntime:
         for doc in out.final_docs + out.amended_docs:
             m.show_window(scope, doc)
 
-    def subscribed_topics(self) -> list[topics.TopicSpec]:
+    def subscribed_topics(self) -> list[TopicSpec]:
+        """Every topic the worker reads: the source and repartition topics (co-partitioned with the
+        tables) and what Faust would make itself (changelogs, leader topic)."""
         s = self.settings
         return [
-            topics.TopicSpec(s.source_topic, READINGS_PARTITIONS),
-            topics.TopicSpec(s.place_topic, READINGS_PARTITIONS),
+            TopicSpec(s.source_topic, READINGS_PARTITIONS, exact_partitions=True),
+            TopicSpec(s.place_topic, READINGS_PARTITIONS, exact_partitions=True),
             *topics.faust_topics(self.app),
         ]
 
     def run(self) -> int:
         """Run the worker until SIGTERM/SIGINT."""
-        ensure_backend_topics(self.settings)
-        # Every topic the worker subscribes to, changelogs included, must be in the metadata before
-        # Faust's consumer first reads it, or the assignment leaves a table's state behind (topics.py).
-        topics.ensure_visible(self.settings.kafka_bootstrap, self.subscribed_topics())
+        # The contract topics it writes, and every topic it subscribes to, changelogs included, seen
+        # in the metadata before Faust's consumer first reads it, or the assignment leaves a table's
+        # state behind (backend/topics.py).
+        wanted = {t.name: t for t in (*CONTRACT_TOPICS, *self.subscribed_topics())}
+        TopicAdmin(self.settings.kafka).ensure(wanted.values(), wait_visible=True)
         self.sink.ensure_indexes()
         self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
         _log.info("backend_starting", **self.settings.describe(), metrics_port=self.settings.metrics_port)

@@ -7,8 +7,13 @@ import sys
 from typing import Any
 
 from iot import log
+from iot.env import CONTRACT, LOG, Variables
 
 from . import settings as settings_mod
+from .errors import ConfigError
+
+# `iot windows` reads MongoDB only.
+WINDOWS_VARIABLES = Variables(CONTRACT.pick("IOT_MONGO_URI"), LOG)
 
 
 def _run_backend(args: argparse.Namespace) -> int:
@@ -39,8 +44,8 @@ def _use_uvloop() -> None:
 def _windows(args: argparse.Namespace) -> int:
     from .query import explain, fetch_windows, parse_duration, render
 
-    cfg = settings_mod.load()
-    found = fetch_windows(cfg.mongo_uri, args.device, args.place, parse_duration(args.last), args.limit)
+    uri = WINDOWS_VARIABLES.reader(error=ConfigError).mongo_uri("IOT_MONGO_URI")
+    found = fetch_windows(uri, args.device, args.place, parse_duration(args.last), args.limit)
     if found.docs:
         print(render(found.docs))
     note = explain(found, args.device, args.place, args.last)
@@ -54,9 +59,16 @@ def register(subparsers: Any) -> None:
         "backend",
         help="run the stream processor (iot.readings -> window averages in MongoDB)",
         description="Event-time window averages per sensor and per place. Configured by IOT_* variables.",
+        epilog=settings_mod.VARIABLES.help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(func=_run_backend)
-    w = subparsers.add_parser("windows", help="print recent windows from MongoDB as a table")
+    w = subparsers.add_parser(
+        "windows",
+        help="print recent windows from MongoDB as a table",
+        epilog=WINDOWS_VARIABLES.help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     who = w.add_mutually_exclusive_group()
     who.add_argument("--device", help="sensor windows of this device")
     who.add_argument("--place", help="place windows of this place")

@@ -9,19 +9,17 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from iot import contract
+from iot.kafka import KafkaConnection, client_logger
 
 from .errors import SinkError
 from .records import SENSOR
 
 
 class KafkaOut:
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, conn: KafkaConnection) -> None:
         self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "linger.ms": 5,
-            }
+            {**conn.librdkafka(), "enable.idempotence": True, "linger.ms": 5},
+            logger=client_logger("backend.librdkafka"),
         )
         self._errors: list[str] = []
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from backend.errors import ConfigError
 from backend.records import SENSOR
 from iot import contract
 
@@ -108,4 +109,10 @@ class BackendMetrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         if port:
-            start_http_server(port, addr=host, registry=self.registry)
+            try:
+                start_http_server(port, addr=host, registry=self.registry)
+            except OSError as exc:
+                raise ConfigError(
+                    "IOT_BACKEND_METRICS_PORT",
+                    f"cannot serve metrics on {host}:{port} ({exc.strerror}); pick a free port",
+                ) from None

@@ -1,45 +1,69 @@
 """Backend settings: one frozen object built from the environment, validated with errors naming the
-variable. Contract variables (IOT_KAFKA_BOOTSTRAP, IOT_MONGO_URI, IOT_WINDOW_*) keep the contract's
-defaults; the backend's own ones are prefixed IOT_BACKEND_."""
+variable. The variables and their defaults are declared once (`VARIABLES`: the contract's, the shared
+Kafka connection's, the backend's own IOT_BACKEND_*), which `iot backend --help` lists."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from iot.contract import BACKEND_METRICS_PORT, ENV_DEFAULTS, ID_PATTERN, is_id
-from iot.env import EnvReader
+from iot import kafka as kafka_conn
+from iot.contract import BACKEND_METRICS_PORT, ID_PATTERN, TOPIC_READINGS, is_id
+from iot.env import CONTRACT, LOG, Var, Variables
+from iot.kafka import KafkaConnection
 
 from .errors import ConfigError
 from .windows import WindowSpec, specs_from_seconds
 
-BACKEND_DEFAULTS: Final[Mapping[str, str]] = {
-    "IOT_BACKEND_APP_ID": "iot-backend",
-    "IOT_BACKEND_SOURCE_TOPIC": "iot.readings",
-    "IOT_BACKEND_METRICS_PORT": str(BACKEND_METRICS_PORT),
-    # Loopback unless a scraper elsewhere needs it (in compose, Prometheus is another container).
-    "IOT_BACKEND_METRICS_HOST": "127.0.0.1",
-    "IOT_BACKEND_WEB_PORT": "0",
-    "IOT_BACKEND_IDLE_TIMEOUT_S": "30",
-    "IOT_BACKEND_DATA_DIR": ".cache/iot-backend",
-    "IOT_BACKEND_OFFSET_RESET": "earliest",
-    "IOT_BACKEND_BATCH_MAX": "2000",
-    "IOT_BACKEND_BATCH_WITHIN_MS": "200",
-    "IOT_BACKEND_TICK_S": "1",
-    "IOT_BACKEND_COMMIT_INTERVAL_S": "1",
-    "IOT_BACKEND_SESSION_TIMEOUT_S": "10",
-    "IOT_BACKEND_OPEN_WRITE_S": "5",
-    "IOT_BACKEND_EVENT_LOOP": "uvloop",
-}
 EVENT_LOOPS: Final = ("uvloop", "asyncio")
+OFFSET_RESETS: Final = ("earliest", "latest")
+
+VARIABLES: Final = Variables(
+    kafka_conn.VARIABLES,
+    CONTRACT.pick(
+        "IOT_MONGO_URI",
+        "IOT_WINDOW_TUMBLING_S",
+        "IOT_WINDOW_HOPPING_S",
+        "IOT_WINDOW_HOP_STEP_S",
+        "IOT_WINDOW_GRACE_S",
+        "IOT_WINDOW_ALLOWED_LATENESS_S",
+        "IOT_MAX_CLOCK_AHEAD_S",
+    ),
+    Var(
+        "IOT_BACKEND_APP_ID",
+        "iot-backend",
+        "Faust app id and Kafka consumer group; workers of one id share the work",
+    ),
+    Var("IOT_BACKEND_SOURCE_TOPIC", TOPIC_READINGS, "the readings topic it consumes"),
+    Var("IOT_BACKEND_METRICS_PORT", str(BACKEND_METRICS_PORT), "port of /metrics; 0: none"),
+    # Loopback unless a scraper elsewhere needs it (in compose, Prometheus is another container).
+    Var("IOT_BACKEND_METRICS_HOST", "127.0.0.1", "address of /metrics"),
+    Var("IOT_BACKEND_WEB_PORT", "0", "Faust's own web server on 127.0.0.1; 0: none"),
+    Var("IOT_BACKEND_IDLE_TIMEOUT_S", "30", "a quiet device's or place's windows are closed after this long"),
+    Var("IOT_BACKEND_DATA_DIR", ".cache/iot-backend", "Faust's data folder (must be writable)"),
+    Var("IOT_BACKEND_OFFSET_RESET", "earliest", "where a new consumer group starts: earliest or latest"),
+    Var("IOT_BACKEND_BATCH_MAX", "2000", "readings per batch at most"),
+    Var("IOT_BACKEND_BATCH_WITHIN_MS", "200", "how long a batch gathers at most, ms"),
+    Var("IOT_BACKEND_TICK_S", "1", "how often idle keys are checked"),
+    Var("IOT_BACKEND_COMMIT_INTERVAL_S", "1", "how often consumed offsets are committed"),
+    Var(
+        "IOT_BACKEND_SESSION_TIMEOUT_S", "10", "Kafka group session: how soon a dead worker's partitions move"
+    ),
+    Var(
+        "IOT_BACKEND_OPEN_WRITE_S",
+        "5",
+        "how often an open window is rewritten at most (spaced further when rewrites cost too much)",
+    ),
+    Var("IOT_BACKEND_EVENT_LOOP", "uvloop", " or ".join(EVENT_LOOPS)),
+    LOG,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    kafka_bootstrap: str
+    kafka: KafkaConnection
     mongo_uri: str
     tumbling_s: int
     hopping_s: int
@@ -58,10 +82,14 @@ class Settings:
     commit_interval_s: float
     session_timeout_s: float
     open_write_s: float
-    allowed_lateness_s: int = int(ENV_DEFAULTS["IOT_WINDOW_ALLOWED_LATENESS_S"])
-    max_clock_ahead_s: int = int(ENV_DEFAULTS["IOT_MAX_CLOCK_AHEAD_S"])
-    event_loop: str = BACKEND_DEFAULTS["IOT_BACKEND_EVENT_LOOP"]
-    metrics_host: str = BACKEND_DEFAULTS["IOT_BACKEND_METRICS_HOST"]
+    allowed_lateness_s: int
+    max_clock_ahead_s: int
+    event_loop: str
+    metrics_host: str
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka.bootstrap
 
     @property
     def specs(self) -> tuple[WindowSpec, ...]:
@@ -78,7 +106,7 @@ class Settings:
         return {
             "app_id": self.app_id,
             "source": self.source_topic,
-            "kafka": self.kafka_bootstrap,
+            "kafka": self.kafka.describe(),
             "mongo": host,
             "windows": f"tumbling={self.tumbling_s}s hopping={self.hopping_s}s/{self.hop_step_s}s",
             "grace_s": self.grace_s,
@@ -89,75 +117,45 @@ class Settings:
         }
 
 
-class _Env:
-    """The contract's defaults, then the backend's own (BACKEND_DEFAULTS), over one EnvReader."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.reader = EnvReader(env, ConfigError)
-
-    @staticmethod
-    def default(name: str) -> str:
-        return BACKEND_DEFAULTS.get(name) or ENV_DEFAULTS[name]
-
-    def text(self, name: str) -> str:
-        return self.reader.text(name, self.default(name))
-
-    def integer(self, name: str, minimum: int, maximum: int | None = None) -> int:
-        return self.reader.integer(name, int(self.default(name)), minimum, maximum)
-
-    def number(self, name: str, minimum: float) -> float:
-        return self.reader.number(name, float(self.default(name)), minimum)
-
-
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from `env` (default: the process environment)."""
-    e = _Env(os.environ if env is None else env)
+    e = VARIABLES.reader(env, ConfigError)
     app_id = e.text("IOT_BACKEND_APP_ID")
     if not is_id(app_id):
         raise ConfigError("IOT_BACKEND_APP_ID", f"{app_id!r} must match {ID_PATTERN.pattern}")
     source_topic = e.text("IOT_BACKEND_SOURCE_TOPIC")
     if not re.match(r"^[A-Za-z0-9._-]{1,200}$", source_topic):
         raise ConfigError("IOT_BACKEND_SOURCE_TOPIC", f"{source_topic!r} is not a valid Kafka topic name")
-    mongo_uri = e.text("IOT_MONGO_URI")
-    if not mongo_uri.startswith(("mongodb://", "mongodb+srv://")):
-        raise ConfigError("IOT_MONGO_URI", "must start with mongodb:// or mongodb+srv://")
-    offset_reset = e.text("IOT_BACKEND_OFFSET_RESET")
-    if offset_reset not in ("earliest", "latest"):
-        raise ConfigError("IOT_BACKEND_OFFSET_RESET", f"{offset_reset!r} must be earliest or latest")
-    tumbling = e.integer("IOT_WINDOW_TUMBLING_S", 1)
-    hopping = e.integer("IOT_WINDOW_HOPPING_S", 1)
-    step = e.integer("IOT_WINDOW_HOP_STEP_S", 1)
+    tumbling = e.integer("IOT_WINDOW_TUMBLING_S", low=1)
+    hopping = e.integer("IOT_WINDOW_HOPPING_S", low=1)
+    step = e.integer("IOT_WINDOW_HOP_STEP_S", low=1)
     if step > hopping or hopping % step:
         raise ConfigError(
             "IOT_WINDOW_HOP_STEP_S", f"{step} must divide IOT_WINDOW_HOPPING_S={hopping} and not exceed it"
         )
-    event_loop = e.text("IOT_BACKEND_EVENT_LOOP")
-    if event_loop not in EVENT_LOOPS:
-        raise ConfigError("IOT_BACKEND_EVENT_LOOP", f"{event_loop!r} must be one of {', '.join(EVENT_LOOPS)}")
-    settings = Settings(
-        kafka_bootstrap=e.text("IOT_KAFKA_BOOTSTRAP"),
-        mongo_uri=mongo_uri,
+    return Settings(
+        kafka=KafkaConnection.read(e),
+        mongo_uri=e.mongo_uri("IOT_MONGO_URI"),
         tumbling_s=tumbling,
         hopping_s=hopping,
         hop_step_s=step,
-        grace_s=e.integer("IOT_WINDOW_GRACE_S", 0),
+        grace_s=e.integer("IOT_WINDOW_GRACE_S", low=0),
         app_id=app_id,
         source_topic=source_topic,
-        metrics_port=e.integer("IOT_BACKEND_METRICS_PORT", 0, 65535),
-        web_port=e.integer("IOT_BACKEND_WEB_PORT", 0, 65535),
-        idle_timeout_s=e.number("IOT_BACKEND_IDLE_TIMEOUT_S", 0.1),
+        metrics_port=e.port("IOT_BACKEND_METRICS_PORT"),
+        web_port=e.port("IOT_BACKEND_WEB_PORT"),
+        idle_timeout_s=e.number("IOT_BACKEND_IDLE_TIMEOUT_S", low=0.1),
         data_dir=e.text("IOT_BACKEND_DATA_DIR"),
-        offset_reset=offset_reset,
-        batch_max=e.integer("IOT_BACKEND_BATCH_MAX", 1),
-        batch_within_ms=e.integer("IOT_BACKEND_BATCH_WITHIN_MS", 1),
-        tick_s=e.number("IOT_BACKEND_TICK_S", 0.05),
-        commit_interval_s=e.number("IOT_BACKEND_COMMIT_INTERVAL_S", 0.1),
+        offset_reset=e.choice("IOT_BACKEND_OFFSET_RESET", OFFSET_RESETS),
+        batch_max=e.integer("IOT_BACKEND_BATCH_MAX", low=1),
+        batch_within_ms=e.integer("IOT_BACKEND_BATCH_WITHIN_MS", low=1),
+        tick_s=e.number("IOT_BACKEND_TICK_S", low=0.05),
+        commit_interval_s=e.number("IOT_BACKEND_COMMIT_INTERVAL_S", low=0.1),
         # Kafka refuses sessions under its group.min.session.timeout.ms (6 s by default).
-        session_timeout_s=e.number("IOT_BACKEND_SESSION_TIMEOUT_S", 6.0),
-        open_write_s=e.number("IOT_BACKEND_OPEN_WRITE_S", 0.0),
-        allowed_lateness_s=e.integer("IOT_WINDOW_ALLOWED_LATENESS_S", 0),
-        max_clock_ahead_s=e.integer("IOT_MAX_CLOCK_AHEAD_S", 0),
-        event_loop=event_loop,
-        metrics_host=e.text("IOT_BACKEND_METRICS_HOST"),
+        session_timeout_s=e.number("IOT_BACKEND_SESSION_TIMEOUT_S", low=6.0),
+        open_write_s=e.number("IOT_BACKEND_OPEN_WRITE_S", low=0.0),
+        allowed_lateness_s=e.integer("IOT_WINDOW_ALLOWED_LATENESS_S", low=0),
+        max_clock_ahead_s=e.integer("IOT_MAX_CLOCK_AHEAD_S", low=0),
+        event_loop=e.choice("IOT_BACKEND_EVENT_LOOP", EVENT_LOOPS),
+        metrics_host=e.listen_host("IOT_BACKEND_METRICS_HOST"),
     )
-    return settings

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from confluent_kafka import KafkaException
-
 from iot import contract, log
-from iot.topics import TopicError, ensure_topics
+from iot.topics import CONTRACT_TOPICS, TopicAdmin, TopicError
 
 from .service import run
-from .settings import GatewaySettings
+from .settings import VARIABLES, GatewaySettings
 
 __all__ = ["register"]
 
@@ -21,9 +19,11 @@ _log = log.get("gateway")
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "gateway",
-        help="bridge MQTT readings into Kafka (IOT_MQTT_URL, IOT_KAFKA_BOOTSTRAP, IOT_GATEWAY_*)",
+        help="bridge MQTT readings into Kafka (IOT_MQTT_*, IOT_KAFKA_*, IOT_GATEWAY_*)",
         description="Bridge sensors/+/+/reading (MQTT, shared subscription) into "
         f"{contract.TOPIC_READINGS} and {contract.TOPIC_DLQ}. Configured by environment variables.",
+        epilog=VARIABLES.help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--no-create-topics",
@@ -35,21 +35,32 @@ def register(subparsers: Any) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     settings = GatewaySettings.from_env()
-    if not args.no_create_topics and not settings.kafka_extra:
-        _ensure_topics(settings.kafka_bootstrap)
+    _check_kafka(settings, create=not args.no_create_topics)
     return run(settings)
 
 
-def _ensure_topics(bootstrap: str) -> None:
+def _check_kafka(settings: GatewaySettings, create: bool) -> None:
+    """Reach Kafka once before taking readings: credentials or TLS it refuses stop the gateway here
+    (KafkaAuthError, naming the variable), and the contract topics are made where missing."""
+    # A Kafka that is not there is reported within seconds (it used to take 10 s of silence).
+    admin = TopicAdmin(settings.kafka, timeout=10.0, answer_timeout=3.0)
     try:
-        # A Kafka that is not there is reported within seconds (it used to take 10 s of silence).
-        ensure_topics(bootstrap, timeout=10.0, answer_timeout=3.0)
-    except (KafkaException, TopicError) as exc:
+        if create:
+            admin.ensure(CONTRACT_TOPICS)
+            return
+        missing = admin.missing(CONTRACT_TOPICS)
+        if missing:
+            _log.warning(
+                "topics_missing",
+                topics=",".join(missing),
+                action="create them (iot stack up, or your cluster's tooling): readings wait until then",
+            )
+    except TopicError as exc:
         # Not fatal: readings wait un-acked (backpressure) until Kafka and its topics are there.
         _log.warning(
             "topics_unchecked",
-            bootstrap=bootstrap,
-            error=str(exc)[:200],
+            kafka=settings.kafka.describe(),
+            error=str(exc)[:300],
             action="starting anyway: check that Kafka runs at IOT_KAFKA_BOOTSTRAP, and create the "
             "contract topics (iot stack up) if they are missing; readings wait with the broker meanwhile",
         )

@@ -9,11 +9,15 @@ from hil import fleet
 from hil.flash import flash
 from hil.rig import cli as rig_cli
 from hil.vboard_process import DEFAULT_HEAP
+from iot.env import writable_dir
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     boards = sub.add_parser(
-        "boards", help="run virtual boards: the real firmware on the MicroPython unix port"
+        "boards",
+        help="run virtual boards: the real firmware on the MicroPython unix port",
+        epilog=fleet.VARIABLES.help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     boards.add_argument("--count", type=int, default=3, help="number of boards (default 3)")
     boards.add_argument("--places", type=int, default=1, help="places they are spread over (default 1)")
@@ -52,7 +56,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     boards.set_defaults(func=run_boards)
 
-    fl = sub.add_parser("flash", help="copy the firmware and a board config to an ESP32 with mpremote")
+    fl = sub.add_parser(
+        "flash",
+        help="copy the firmware and a board config to an ESP32 with mpremote",
+        epilog=fleet.VARIABLES.pick("IOT_MQTT_URL", "IOT_MQTT_TLS_CA", "IOT_LOG_LEVEL").help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     fl.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
     fl.add_argument("--config", required=True, type=Path, help="the board's config.json")
     fl.add_argument(
@@ -83,7 +92,7 @@ def run_boards(args: argparse.Namespace) -> int:
         extra_config=broker.tls_config(),
         environments=environments,
     )
-    root = args.state_dir or fleet.default_state_dir()
+    root = writable_dir("--state-dir", args.state_dir) if args.state_dir else fleet.default_state_dir()
     return fleet.run_fleet(
         plans,
         root,

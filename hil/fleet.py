@@ -8,7 +8,6 @@ lists every board with its place and environment for the tools that check the wi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -23,12 +22,21 @@ from hil.probe import Probe
 from hil.vboard_process import DEFAULT_HEAP, EXIT_CONFIG, VirtualBoard
 from hil.virtual import env as envmod
 from iot import contract, log
+from iot import mqtt as mqtt_conn
 from iot.broker import credentials
 from iot.devices.provision import DevicesSettings, Provisioner
-from iot.env import EnvReader, MqttEndpoint
+from iot.env import CONTRACT, LOG, MqttEndpoint, Var, Variables, writable_dir
 from iot.errors import ConfigError
 
 _log = log.get("hil.fleet")
+# What `iot boards` and `iot flash` read (their --help lists them).
+VARIABLES = Variables(
+    mqtt_conn.VARIABLES.pick("IOT_MQTT_URL", "IOT_MQTT_TLS_CA"),
+    mqtt_conn.OPERATOR,
+    CONTRACT.pick("IOT_MONGO_URI"),
+    Var("IOT_BOARDS_DIR", None, "where virtual boards keep their flash", shown=".cache/boards"),
+    LOG,
+)
 ENV_KINDS = ("constant", "day")
 MAX_RESTARTS = 5
 
@@ -67,7 +75,7 @@ class Broker:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Broker:
-        reader = EnvReader(env)
+        reader = VARIABLES.reader(env)
         endpoint = reader.mqtt_url("IOT_MQTT_URL")
         ca_text = reader.path("IOT_MQTT_TLS_CA")
         ca = Path(ca_text) if ca_text else None
@@ -100,7 +108,7 @@ class Broker:
         operator = credentials.find(credentials.OPERATOR, env)
         if operator is None:
             return None
-        mongo = EnvReader(env).text("IOT_MONGO_URI")
+        mongo = VARIABLES.reader(env).mongo_uri("IOT_MONGO_URI")
         return DevicesSettings(self.endpoint, str(self.ca) if self.ca else None, operator, mongo)
 
 
@@ -389,4 +397,7 @@ def load_environments(path: Path) -> dict[str, Any]:
 
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get("IOT_BOARDS_DIR", Path.cwd() / ".cache" / "boards"))
+    """IOT_BOARDS_DIR or .cache/boards, made if needed and proven writable."""
+    return writable_dir(
+        "IOT_BOARDS_DIR", VARIABLES.reader().text("IOT_BOARDS_DIR", str(Path.cwd() / ".cache" / "boards"))
+    )

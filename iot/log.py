@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from collections.abc import Mapping
 from typing import Any
+
+from iot.env import LOG
+from iot.errors import ConfigError
 
 _SECRET_KEYS = ("password", "secret", "token", "sasl", "key")
 
@@ -63,10 +66,22 @@ def get(name: str) -> EventLogger:
     return EventLogger(name)
 
 
-def setup(level: str | None = None) -> None:
-    """Configure the root logger once: timestamp, level, component, event line, to stderr."""
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def setup(level: str | None = None, env: Mapping[str, str] | None = None) -> None:
+    """Configure the root logger once: timestamp, level, component, event line, to stderr. `level`
+    (`iot --log-level`) wins over IOT_LOG_LEVEL; a bad one is a ConfigError naming where it came from."""
+    if level is not None:
+        chosen = _level("--log-level", level)
+    else:
+        chosen = LOG.reader(env).choice("IOT_LOG_LEVEL", LEVELS)
     logging.basicConfig(
-        level=(level or os.environ.get("IOT_LOG_LEVEL", "INFO")).upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        level=chosen, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+
+
+def _level(field: str, value: str) -> str:
+    if value.upper() not in LEVELS:
+        raise ConfigError(field, f"{value!r} is not one of {', '.join(LEVELS)}")
+    return value.upper()

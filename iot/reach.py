@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from iot import log
 from iot.errors import IotError
+from iot.kafka import KafkaConnection
 
 __all__ = ["START_HINT", "KafkaClientLog", "Unreachable", "check_kafka", "check_mongo", "check_tcp"]
 
@@ -80,16 +81,19 @@ def check_mongo(uri: str, timeout: float = 5.0, hint: str = START_HINT) -> None:
         client.close()
 
 
-def check_kafka(bootstrap: str, timeout: float = 5.0, hint: str = START_HINT) -> None:
-    """The cluster's metadata came back; librdkafka's own lines stay out of the terminal."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+def check_kafka(kafka: KafkaConnection | str, timeout: float = 5.0, hint: str = START_HINT) -> None:
+    """The cluster's metadata came back over the connection's security (a bare bootstrap string is a
+    PLAINTEXT connection); librdkafka's own lines stay out of the terminal. Credentials or a
+    certificate the brokers refuse are not "unreachable": that KafkaAuthError names the variable."""
+    from iot.topics import KafkaUnavailable, TopicAdmin
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    conn = KafkaConnection(kafka) if isinstance(kafka, str) else kafka
     try:
-        admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise Unreachable(f"Kafka at {bootstrap} does not answer ({_reason(exc)}): {hint}") from None
+        TopicAdmin(conn, timeout).metadata()
+    except KafkaUnavailable as exc:
+        reason = _reason(exc)
+        reason = "no answer" if reason == type(exc).__name__ else reason
+        raise Unreachable(f"Kafka at {conn.bootstrap} does not answer ({reason}): {hint}") from None
 
 
 # librdkafka's syslog levels -> logging's.

@@ -20,10 +20,22 @@ from hil.rig.runner import Runner
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hil = sub.add_parser("hil", help="hardware-in-the-loop rig: flash boards, drive scenarios, report")
     hsub = hil.add_subparsers(dest="hil_command", required=True, metavar="ACTION")
-    check = hsub.add_parser("check", help="validate a rig file, probe its ports, read each board's firmware")
+    check = hsub.add_parser(
+        "check",
+        help="validate a rig file, probe its ports, read each board's firmware",
+        epilog=spec.VARIABLES.help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check.add_argument("rig", type=Path)
     check.set_defaults(func=run_check)
-    run = hsub.add_parser("run", help="run a rig's scenarios on its boards against the stack")
+    run = hsub.add_parser(
+        "run",
+        help="run a rig's scenarios on its boards against the stack",
+        epilog=spec.VARIABLES.help(
+            "environment variables (default; the rig file's stack.kafka and stack.mongo win)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("rig", type=Path)
     run.add_argument("--board", default=None, help="only this board id")
     run.add_argument("--scenario", default=None, help="only this scenario")

@@ -33,8 +33,7 @@ def services(rig: Rig, timeout: float = 3.0) -> list[Service]:
         host, port = broker_address(spec.broker)
         address = f"{host}:{port}"
         checks.append(("MQTT broker", address, lambda: check_tcp("MQTT broker", host, port, timeout)))
-    if spec.kafka != "private":
-        checks.append(("Kafka", spec.kafka, lambda: check_kafka(spec.kafka, timeout)))
+    checks.append(("Kafka", spec.kafka.bootstrap, lambda: check_kafka(spec.kafka, timeout)))
     where = spec.mongo.split("://", 1)[-1].rsplit("@", 1)[-1].split("/", 1)[0]
     checks.append(("MongoDB", where, lambda: check_mongo(spec.mongo, timeout)))
     for name, address, check in checks:
@@ -96,6 +95,5 @@ def version_problem(rig: Rig, board: str, running: str) -> str:
     if first is None or first[0] == "flash":
         return ""
     return (
-        f"runs firmware {running}, the rig expects {want} (firmware.version) at {first[1]}, "
-        "before any flash"
+        f"runs firmware {running}, the rig expects {want} (firmware.version) at {first[1]}, before any flash"
     )

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -18,6 +19,15 @@ from hil import paths
 from hil.errors import RigConfigError
 from hil.virtual import env as envmod
 from iot import contract
+from iot import kafka as kafka_conn
+from iot.env import CONTRACT, LOG, EnvReader, Variables
+from iot.errors import ConfigError
+from iot.kafka import KafkaConnection
+
+T = TypeVar("T")
+# What a rig run reads from the environment (`iot hil run --help`): where Kafka and MongoDB are when
+# the rig file does not say, and Kafka's security, as the gateway and the backend read them.
+VARIABLES = Variables(kafka_conn.VARIABLES, CONTRACT.pick("IOT_MONGO_URI"), LOG)
 
 # Step name -> {argument: (type, default)}; a bare number as the argument sets the first one.
 STEPS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
@@ -94,7 +104,8 @@ class BoardSpec:
 @dataclass(frozen=True)
 class StackSpec:
     broker: str  # "private" or an mqtt:// URL
-    kafka: str
+    # stack.kafka (the bootstrap list) or IOT_KAFKA_BOOTSTRAP, with the IOT_KAFKA_* security settings
+    kafka: KafkaConnection
     mongo: str
     services: str  # "start" or "running"
     proxy_host: str
@@ -348,12 +359,12 @@ def _stack(raw: Any) -> StackSpec:
         raise RigConfigError("stack.services", f"start or running, got {services!r}")
     return StackSpec(
         broker=broker,
-        kafka=str(
-            s.get(
-                "kafka", os.environ.get("IOT_KAFKA_BOOTSTRAP", contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"])
-            )
+        kafka=_from_env(
+            lambda r: KafkaConnection.read(r), "IOT_KAFKA_BOOTSTRAP", s.get("kafka"), "stack.kafka"
         ),
-        mongo=str(s.get("mongo", os.environ.get("IOT_MONGO_URI", "mongodb://127.0.0.1:27017"))),
+        mongo=_from_env(
+            lambda r: r.mongo_uri("IOT_MONGO_URI"), "IOT_MONGO_URI", s.get("mongo"), "stack.mongo"
+        ),
         services=services,
         proxy_host=str(s.get("proxy_host", "127.0.0.1")),
         advertise_host=str(s.get("advertise_host", "127.0.0.1")),
@@ -363,6 +374,20 @@ def _stack(raw: Any) -> StackSpec:
         mqtt_password=_secret(s.get("mqtt_password_env"), "stack.mqtt_password_env"),
         keep_database=bool(_typed(s.get("keep_database", False), bool, "stack.keep_database")),
     )
+
+
+def _from_env(read: Callable[[EnvReader], T], variable: str, value: Any, where: str) -> T:
+    """A setting the rig file may give (`where`) over the environment's `variable` (the product's own
+    reader and default: IOT_KAFKA_* and IOT_MONGO_URI as the gateway and backend read them)."""
+    env = dict(os.environ)
+    if value is not None:
+        env[variable] = str(value)
+    try:
+        return read(VARIABLES.reader(env))
+    except ConfigError as exc:
+        if value is not None and exc.field == variable:
+            raise RigConfigError(where, exc.problem) from None
+        raise
 
 
 def _secret(env_name: Any, where: str) -> str:

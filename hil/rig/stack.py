@@ -22,6 +22,8 @@ from hil.serial_board import die_with_parent
 from iot import contract, log
 from iot.app.stack.private import PrivateBroker, commit_end_offsets, free_ports
 from iot.app.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
+from iot.env import with_database
+from iot.kafka import KafkaConnection
 
 _log = log.get("hil.rig.stack")
 
@@ -38,14 +40,10 @@ def free_port() -> int:
 class KafkaReadings:
     """Reads `iot.readings` from the run's start and keeps our devices' readings with their Kafka time."""
 
-    def __init__(self, bootstrap: str, devices: set[str]) -> None:
+    def __init__(self, conn: KafkaConnection, devices: set[str]) -> None:
         self._devices = devices
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"hil-reader-{time.time_ns()}",
-                "enable.auto.commit": False,
-            }
+            {**conn.librdkafka(), "group.id": f"hil-reader-{time.time_ns()}", "enable.auto.commit": False}
         )
         topic = contract.TOPIC_READINGS
         try:
@@ -57,7 +55,7 @@ class KafkaReadings:
                 for p in parts
             ]
         except KafkaException as exc:
-            raise StackError(f"cannot read {topic} from Kafka at {bootstrap}: {exc}") from exc
+            raise StackError(f"cannot read {topic} from Kafka ({conn.describe()}): {exc}") from exc
         self._consumer.assign(starts)
         self._lock = threading.Lock()
         self.seen: dict[tuple[str, int, int], list[int]] = defaultdict(list)  # id -> Kafka timestamps (ms)
@@ -120,7 +118,7 @@ class RigStack:
             self.say(f"stack private mosquitto on {self.broker_url}")
         db_name = f"hil_{self.rig.run_id}" if spec.services == "start" else ""
         self.own_database = db_name
-        mongo_uri = spec.mongo.rstrip("/") + (f"/{db_name}" if db_name else "")
+        mongo_uri = with_database(spec.mongo, db_name) if db_name else spec.mongo
         self.mongo = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
         self.db = self.mongo.get_default_database(default=contract.DEFAULT_DATABASE)
         self.kafka = KafkaReadings(spec.kafka, devices)
@@ -140,7 +138,7 @@ class RigStack:
         gw_port, be_port = free_port(), free_port()
         env = {
             "IOT_MQTT_URL": self.broker_url,
-            "IOT_KAFKA_BOOTSTRAP": spec.kafka,
+            **spec.kafka.env(),
             "IOT_MONGO_URI": mongo_uri,
             "IOT_WINDOW_TUMBLING_S": str(spec.tumbling_s),
             "IOT_WINDOW_HOPPING_S": str(spec.tumbling_s * 2),

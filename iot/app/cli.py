@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log.setup(args.log_level)
     try:
+        log.setup(args.log_level)
         code: int = args.func(args)
     except IotError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from iot import contract
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack, StackError
 from iot.app.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
-from iot.env import EnvReader
+from iot.env import CONTRACT, Variables
 
 DEMO_PREFIX = "demo"
 UNITS = {"temperature": "°C", "humidity": "%", "pressure": "hPa", "luminosity": "lx"}
@@ -57,16 +56,19 @@ class MetricsPorts:
 
     @classmethod
     def from_env(cls) -> MetricsPorts:
-        reader = EnvReader()
-        return cls(
-            reader.port("IOT_GATEWAY_METRICS_PORT", contract.GATEWAY_METRICS_PORT),
-            reader.port("IOT_BACKEND_METRICS_PORT", contract.BACKEND_METRICS_PORT),
-        )
+        from backend.settings import VARIABLES as BACKEND
+        from gateway.settings import VARIABLES as GATEWAY
+
+        reader = Variables(
+            GATEWAY.pick("IOT_GATEWAY_METRICS_PORT"), BACKEND.pick("IOT_BACKEND_METRICS_PORT")
+        ).reader()
+        return cls(reader.port("IOT_GATEWAY_METRICS_PORT"), reader.port("IOT_BACKEND_METRICS_PORT"))
 
 
 def _mongo_uri(cfg: StackConfig) -> str:
     """The database named by IOT_MONGO_URI (the stack config only knows the server's port)."""
-    return os.environ.get("IOT_MONGO_URI") or cfg.mongo_uri
+    reader = CONTRACT.reader()
+    return reader.mongo_uri() if reader.optional("IOT_MONGO_URI") else cfg.mongo_uri
 
 
 def _sigterm_as_interrupt(_signum: int, _frame: object) -> None:

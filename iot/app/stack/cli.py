@@ -9,23 +9,25 @@ import time
 from pathlib import Path
 
 from iot.app.stack import install, tls
-from iot.app.stack.config import ConfigError, StackConfig, tls_hosts
+from iot.app.stack.config import VARIABLES, ConfigError, StackConfig, tls_hosts
 from iot.app.stack.manager import Stack, StackError
+from iot.env import writable_dir
 
-_VARIABLES = """variables: IOT_MQTT_URL, IOT_KAFKA_BOOTSTRAP, IOT_MONGO_URI (ports of Mosquitto, Kafka,
-FerretDB), IOT_MQTT_TLS_PORT (Mosquitto's TLS listener: 8883, or the MQTT port + 1 beside a port other
-than 1883; 0 = none; its CA is <state>/tls/ca.crt), IOT_MQTT_TLS_HOSTS (extra names in the broker's
-certificate, comma separated), IOT_KAFKA_CONTROLLER_PORT (Kafka port + 1), IOT_PROMETHEUS_PORT (9090),
-IOT_NODE_EXPORTER_PORT (9100), IOT_FERRETDB_DEBUG_PORT (8088), IOT_KAFKA_HEAP (512m),
-IOT_STACK_DIR (state: data, logs, pids; default .stack/ in the checkout), IOT_CACHE_DIR (installed
-programs; default ~/.cache/iot)."""
+_EPILOG = (
+    VARIABLES.help()
+    + """
+
+The ports of IOT_MQTT_URL, IOT_KAFKA_BOOTSTRAP and IOT_MONGO_URI are where Mosquitto, Kafka and FerretDB
+listen, so the gateway, the backend and the boards find them with the same variables."""
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "stack",
         help="the native stack: Mosquitto (plain and TLS), Kafka, FerretDB, Prometheus, node-exporter",
-        epilog=_VARIABLES,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("install", help="install what the stack needs (idempotent, cached)").set_defaults(
@@ -56,11 +58,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status.set_defaults(func=_status)
 
 
-def _stack() -> Stack:
-    try:
-        return Stack(StackConfig.from_env())
-    except ConfigError as exc:
-        raise SystemExit(f"ConfigError: {exc}") from None
+def _stack(writes: bool = True) -> Stack:
+    """The stack of this environment's configuration; a command that `writes` gets its state and
+    cache folders proven writable first, so a bad one is named here, not by a failing service."""
+    cfg = StackConfig.from_env()
+    if writes:
+        writable_dir("IOT_STACK_DIR", cfg.state_dir)
+        writable_dir("IOT_CACHE_DIR", cfg.cache_dir)
+    return Stack(cfg)
 
 
 def _install(_args: argparse.Namespace) -> int:
@@ -117,7 +122,7 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    statuses = [s.as_dict() for s in _stack().status()]
+    statuses = [s.as_dict() for s in _stack(writes=False).status()]
     if args.json:
         print(json.dumps(statuses, indent=2))
     else:

@@ -16,6 +16,7 @@ from iot.app.stack.config import StackConfig
 from iot.app.stack.probes import ProbeFailed
 from iot.app.stack.services import BY_NAME, KAFKA, SERVICES, Listener, Service, service_env
 from iot.errors import IotError
+from iot.kafka import KafkaConnection
 
 _log = log.get("iot.stack")
 
@@ -128,7 +129,7 @@ class Stack:
                     started.append(svc)
                 self._wait_healthy(svc)
             if KAFKA in selected:
-                topics.ensure_topics(self.cfg.kafka_bootstrap)
+                topics.ensure_topics(KafkaConnection(self.cfg.kafka_bootstrap))
         except BaseException:
             for svc in reversed(started):
                 process.stop(svc.folder(self.cfg) / "pid")
@@ -178,6 +179,11 @@ class Stack:
                     f"{process.tail(folder / 'log')}"
                 )
             why = self._probe(svc)
+            if why is None:
+                try:
+                    svc.ready(self.cfg)
+                except (ProbeFailed, OSError) as exc:
+                    why = f"getting ready: {exc}"
             for listener in svc.listeners(self.cfg) if why is None else []:
                 why, _detail = self._probe_listener(listener)
                 if why is not None:

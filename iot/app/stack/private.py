@@ -22,6 +22,7 @@ from iot.app.stack.manager import Stack, StackError
 from iot.broker import local
 from iot.broker.credentials import GATEWAY, OPERATOR, Credentials
 from iot.env import MqttEndpoint
+from iot.kafka import KafkaConnection
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 HOST = "127.0.0.1"
@@ -216,12 +217,14 @@ def private_ferretdb(folder: Path) -> Iterator[Stack]:
         yield stack
 
 
-def commit_end_offsets(bootstrap: str, group: str, topic: str) -> None:
+def commit_end_offsets(kafka: KafkaConnection | str, group: str, topic: str) -> None:
     """Commit a topic's current end offsets for a new consumer group, so a consumer joining it starts
-    exactly here: on the shared stack, topics hold other runs' history that must not be replayed."""
+    exactly here: on the shared stack, topics hold other runs' history that must not be replayed.
+    A bare bootstrap string means a PLAINTEXT connection."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    conn = KafkaConnection(kafka) if isinstance(kafka, str) else kafka
+    consumer = Consumer({**conn.librdkafka(), "group.id": group, "enable.auto.commit": False})
     try:
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = [

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pymongo
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from iot.errors import IotError
+from iot.kafka import KafkaAuthError, KafkaConnection
+from iot.topics import TopicAdmin, TopicError, TopicSpec
 
 PROBE_TOPIC = "iot.stack.probe"
 
@@ -65,22 +66,17 @@ def mqtt_round_trip(host: str, port: int, timeout: float = 5.0, tls_ca: Path | N
         client.loop_stop()
 
 
-def kafka_round_trip(bootstrap: str, timeout: float = 10.0) -> None:
-    """Create the probe topic, produce one record with acks=all, and consume exactly that record."""
-    # log_level 0: a broker still starting is an expected answer here, not something to print.
-    common: dict[str, str | int | float] = {"bootstrap.servers": bootstrap, "log_level": 0}
-    admin = AdminClient({**common, "socket.timeout.ms": int(timeout * 1000)})
+def kafka_round_trip(conn: KafkaConnection, timeout: float = 10.0) -> None:
+    """Create the probe topic, produce one record with acks=all, and consume exactly that record,
+    over `conn` (the plain listener, or the SASL_SSL one with its user)."""
     try:
-        topics = admin.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        raise ProbeFailed(f"metadata from {bootstrap}: {exc}") from exc
-    if PROBE_TOPIC not in topics:
-        future = admin.create_topics([NewTopic(PROBE_TOPIC, 1, 1)])[PROBE_TOPIC]
-        try:
-            future.result(timeout=timeout)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise ProbeFailed(f"create topic: {exc}") from exc
+        TopicAdmin(conn, timeout).ensure([TopicSpec(PROBE_TOPIC, 1)])
+    except TopicError as exc:
+        raise ProbeFailed(str(exc)) from exc
+    except KafkaAuthError as exc:
+        raise ProbeFailed(f"{exc.field}: {exc.problem}") from exc
+    # log_level 0: a broker still starting is an expected answer here, not something to print.
+    common: dict[str, str | int | float] = {**conn.librdkafka(), "log_level": 0}
     token = uuid.uuid4().bytes
     offsets: list[int] = []
 
