@@ -139,6 +139,7 @@ CASES = [
     Case("IOT_BACKEND_APP_ID", "bad id", ("backend",)),
     Case("IOT_BACKEND_SOURCE_TOPIC", "a b", ("backend",)),
     Case("IOT_BACKEND_METRICS_PORT", "70000", ("backend",)),
+    Case("IOT_BACKEND_METRICS_HOST", "no such host", ("backend",)),
     Case(
         "IOT_BACKEND_METRICS_PORT", "{busy_port}", ("backend",), {"IOT_BACKEND_APP_ID": "settings-walk"}, True
     ),
