@@ -59,7 +59,8 @@ def _check_kafka(settings: GatewaySettings, create: bool) -> None:
         # Not fatal: readings wait un-acked (backpressure) until Kafka and its topics are there.
         _log.warning(
             "topics_unchecked",
-            kafka=settings.kafka.describe(),
+            bootstrap=settings.kafka.bootstrap,
+            protocol=settings.kafka.security_protocol,
             error=str(exc)[:300],
             action="starting anyway: check that Kafka runs at IOT_KAFKA_BOOTSTRAP, and create the "
             "contract topics (iot stack up) if they are missing; readings wait with the broker meanwhile",

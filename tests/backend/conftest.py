@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
 from iot import contract
-from iot.topics import TOPIC_PARTITIONS
+from iot.kafka import KafkaConnection
+from iot.topics import TOPIC_PARTITIONS, TopicAdmin, TopicSpec
 from tests import oracle
 from tests.oracle import as_comparable
 from tests.services import ServiceProcess
@@ -90,9 +91,7 @@ class BackendRig:
         self.db_name = self.app_id.replace("-", "_")
         self.mongo: MongoClient[dict[str, Any]] = MongoClient(MONGO, tz_aware=True)
         self.db = self.mongo[self.db_name]
-        admin = AdminClient({"bootstrap.servers": KAFKA})
-        for fut in admin.create_topics([NewTopic(self.source, PARTITIONS, 1)]).values():
-            fut.result(timeout=30)
+        TopicAdmin(KafkaConnection(KAFKA)).ensure([TopicSpec(self.source, PARTITIONS)])
         # lz4 as the gateway produces by default (IOT_GATEWAY_KAFKA_COMPRESSION): Faust's client must read it.
         self.producer = Producer(
             {"bootstrap.servers": KAFKA, "enable.idempotence": True, "compression.type": "lz4"}

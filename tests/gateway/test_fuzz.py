@@ -153,7 +153,7 @@ class Recorder:
 
 def source() -> tuple[MqttSource, GatewayMetrics, Recorder]:
     metrics = GatewayMetrics()
-    src = MqttSource(GatewaySettings(client_id="fuzz"), metrics)
+    src = MqttSource(GatewaySettings.from_env({"IOT_GATEWAY_CLIENT_ID": "fuzz"}), metrics)
     recorder = Recorder()
     src._handler = recorder  # start() would connect; the callbacks are what is fuzzed
     return src, metrics, recorder
