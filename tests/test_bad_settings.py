@@ -124,6 +124,8 @@ CASES = [
     Case("IOT_GATEWAY_KAFKA_COMPRESSION", "brotli"),
     Case("IOT_GATEWAY_DRAIN_TIMEOUT_S", "soon"),
     Case("IOT_GATEWAY_E2E_ACK", "maybe"),
+    Case("IOT_GATEWAY_REGISTRY", "sometimes"),
+    Case("IOT_MONGO_URI", "mongodb://127.0.0.1:abc/iot"),
     Case("IOT_MAX_CLOCK_AHEAD_S", "-1"),
     Case("IOT_MAX_CLOCK_AHEAD_S", "ahead", ("backend",)),
     # --- the contract's windows and MongoDB (backend, `iot windows`) ---------------------------------
@@ -176,6 +178,7 @@ CASES = [
     Case("IOT_MQTT_URL", "ftp://127.0.0.1", ("boards", "--count", "1")),
     Case("IOT_MQTT_TLS_CA", EMPTY, ("boards", "--count", "1")),
     Case("IOT_BOARDS_DIR", UNDER_FILE, ("boards", "--count", "1")),
+    Case("IOT_MQTT_OPERATOR_USERNAME", "", ("boards", "--count", "1"), {"IOT_MQTT_OPERATOR_PASSWORD": "pw"}),
     Case("IOT_KAFKA_SASL_MECHANISM", "NOPE", ("hil", "check", str(RIG_FILE))),
     Case("IOT_MONGO_URI", "mongodb://127.0.0.1:abc/iot", ("hil", "check", str(RIG_FILE))),
 ]
@@ -185,6 +188,7 @@ NO_BAD_VALUE = {
     # Any text is a password; a wrong one is the broker's to refuse (Kafka: tests/stack/test_kafka_sasl.py;
     # MQTT: the broker's authentication).
     "IOT_MQTT_PASSWORD": "any text is a password",
+    "IOT_MQTT_OPERATOR_PASSWORD": "any text is a password",
 }
 
 
