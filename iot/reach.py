@@ -96,18 +96,6 @@ def check_kafka(kafka: KafkaConnection | str, timeout: float = 5.0, hint: str = 
         raise Unreachable(f"Kafka at {conn.bootstrap} does not answer ({reason}): {hint}") from None
 
 
-# librdkafka's syslog levels -> logging's.
-_SYSLOG = {
-    0: logging.CRITICAL,
-    1: logging.CRITICAL,
-    2: logging.CRITICAL,
-    3: logging.ERROR,
-    4: logging.WARNING,
-    5: logging.INFO,
-    6: logging.INFO,
-}
-
-
 class KafkaClientLog:
     """A librdkafka `logger` (confluent-kafka calls `.log(level, fmt, *args)` from the client's poll):
     each line becomes a `kafka_client_log` event of `component` at `level`, whatever librdkafka's own
@@ -121,5 +109,6 @@ class KafkaClientLog:
     def log(self, severity: int, msg: str, *args: Any) -> None:
         if self._log.enabled(self._level):
             text = msg % args if args else msg
-            name = logging.getLevelName(_SYSLOG.get(severity, logging.DEBUG))
+            # confluent-kafka has turned librdkafka's syslog level into logging's already.
+            name = logging.getLevelName(severity)
             self._log.log(self._level, "kafka_client_log", severity=name, detail=text)
