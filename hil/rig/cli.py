@@ -52,7 +52,9 @@ def run_check(args: argparse.Namespace) -> int:
     print(
         f"rig {rig.name}: {len(rig.boards)} boards, {len(rig.scenarios)} scenarios, "
         f"firmware {rig.firmware.dir} version {rig.firmware.version or '(any)'}; "
-        f"stack broker={rig.stack.broker} kafka={rig.stack.kafka} services={rig.stack.services}"
+        f"stack broker={rig.stack.broker} "
+        f"kafka={'private' if rig.stack.own_kafka else rig.stack.kafka.describe()} "
+        f"services={rig.stack.services}"
     )
     failed = 0
     checked = preflight.services(rig)

@@ -33,7 +33,8 @@ def services(rig: Rig, timeout: float = 3.0) -> list[Service]:
         host, port = broker_address(spec.broker)
         address = f"{host}:{port}"
         checks.append(("MQTT broker", address, lambda: check_tcp("MQTT broker", host, port, timeout)))
-    checks.append(("Kafka", spec.kafka.bootstrap, lambda: check_kafka(spec.kafka, timeout)))
+    if not spec.own_kafka:
+        checks.append(("Kafka", spec.kafka.bootstrap, lambda: check_kafka(spec.kafka, timeout)))
     where = spec.mongo.split("://", 1)[-1].rsplit("@", 1)[-1].split("/", 1)[0]
     checks.append(("MongoDB", where, lambda: check_mongo(spec.mongo, timeout)))
     for name, address, check in checks:

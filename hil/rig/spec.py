@@ -108,6 +108,9 @@ class StackSpec:
     kafka: KafkaConnection
     mongo: str
     services: str  # "start" or "running"
+    # services: start runs a Kafka of the run's own (its bootstrap is known once it runs); `kafka`
+    # is then unused. services: running uses `kafka`, the product's.
+    own_kafka: bool
     proxy_host: str
     advertise_host: str
     tumbling_s: int
@@ -357,8 +360,21 @@ def _stack(raw: Any) -> StackSpec:
     services = str(s.get("services", "start"))
     if services not in ("start", "running"):
         raise RigConfigError("stack.services", f"start or running, got {services!r}")
+    if services == "start":
+        # The run's own gateway and backend on the product's broker or Kafka would cross over: the
+        # product's gateway bridges the run's boards, the product's backend (group iot-backend)
+        # windows the run's readings from iot.readings, and the run's services take the product's.
+        for key, value in (("broker", None if broker == "private" else broker), ("kafka", s.get("kafka"))):
+            if value is not None:
+                raise RigConfigError(
+                    f"stack.{key}",
+                    f"{value!r} with services: start: the run's readings would reach the product's "
+                    f"windows; with services: start the rig runs its own {key} (omit the key), "
+                    "with services: running it uses the product's",
+                )
     return StackSpec(
         broker=broker,
+        own_kafka=services == "start",
         kafka=_from_env(
             lambda r: KafkaConnection.read(r), "IOT_KAFKA_BOOTSTRAP", s.get("kafka"), "stack.kafka"
         ),

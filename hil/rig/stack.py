@@ -1,14 +1,17 @@
-"""The stack a rig run drives its boards against: a private Mosquitto (so `broker_restart` never
-touches a shared broker), the product's gateway and backend started as users start them (`iot
-gateway`, `iot backend`), the shared Kafka and MongoDB (a database per run), and the readers the
-expectations use: an MQTT probe, a Kafka reader of `iot.readings`, the MongoDB database."""
+"""The stack a rig run drives its boards against. With `services: start`, the run's own: a private
+Mosquitto (so `broker_restart` never touches a shared broker) and Kafka, the product's gateway and
+backend started as users start them (`iot gateway`, `iot backend`), a database of the run's own on
+the shared MongoDB; with `services: running`, the product's. And the readers the expectations use:
+an MQTT probe, a Kafka reader of `iot.readings`, the MongoDB database."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,11 @@ from hil.probe import Probe, broker_address
 from hil.rig.spec import Rig
 from hil.serial_board import die_with_parent
 from iot import contract, log
-from iot.app.stack.private import PrivateBroker, commit_end_offsets, free_ports
+from iot.app.stack.private import PrivateBroker, commit_end_offsets, free_ports, private_kafka
 from iot.app.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
 from iot.env import with_database
 from iot.kafka import KafkaConnection
+from iot.reach import KafkaClientLog
 
 _log = log.get("hil.rig.stack")
 
@@ -43,25 +47,39 @@ class KafkaReadings:
     def __init__(self, conn: KafkaConnection, devices: set[str]) -> None:
         self._devices = devices
         self._consumer = Consumer(
-            {**conn.librdkafka(), "group.id": f"hil-reader-{time.time_ns()}", "enable.auto.commit": False}
+            {**conn.librdkafka(), "group.id": f"hil-reader-{time.time_ns()}", "enable.auto.commit": False},
+            # Its own lines (one per reconnect while Kafka is away) go to our log at DEBUG; the
+            # rig reports a Kafka that does not answer once, in its own words.
+            logger=KafkaClientLog("hil.rig"),
         )
-        topic = contract.TOPIC_READINGS
-        try:
-            parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            starts = [
-                TopicPartition(
-                    topic, p, self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                )
-                for p in parts
-            ]
-        except KafkaException as exc:
-            raise StackError(f"cannot read {topic} from Kafka ({conn.describe()}): {exc}") from exc
-        self._consumer.assign(starts)
+        self._consumer.assign(self._ends(contract.TOPIC_READINGS, conn, 30))
         self._lock = threading.Lock()
         self.seen: dict[tuple[str, int, int], list[int]] = defaultdict(list)  # id -> Kafka timestamps (ms)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hil-kafka", daemon=True)
         self._thread.start()
+
+    def _ends(self, topic: str, conn: KafkaConnection, timeout: float) -> list[TopicPartition]:
+        """Where each partition of the topic ends now, so the reader starts there. Right after a
+        Kafka of the rig's own made its topics, the broker may not know them or their leaders yet
+        (a metadata answer without partitions, then NOT_LEADER_FOR_PARTITION, both seen 0.05-3 s
+        after `iot stack up` returned); a reader assigned to no partition would read nothing for the
+        whole run, so this asks again until `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                parts = list(self._consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+                if parts:
+                    starts = [TopicPartition(topic, p) for p in parts]
+                    for tp in starts:
+                        tp.offset = self._consumer.get_watermark_offsets(tp, timeout=10)[1]
+                    return starts
+                problem = "no partitions in the broker's metadata"
+            except KafkaException as exc:
+                problem = str(exc)
+            if time.monotonic() > deadline:
+                raise StackError(f"cannot read {topic} from Kafka ({conn.describe()}): {problem}")
+            time.sleep(0.2)
 
     def _run(self) -> None:
         import json
@@ -103,6 +121,8 @@ class RigStack:
         self.mongo: pymongo.MongoClient[dict[str, Any]] | None = None
         self.db: Any = None
         self.own_database = ""  # the run's database, created for it (services: start)
+        self.kafka_conn = rig.stack.kafka  # the product's (services: running) or the run's own
+        self._own_kafka = ExitStack()
 
     @property
     def broker_host_port(self) -> tuple[str, int]:
@@ -116,12 +136,19 @@ class RigStack:
             self.broker.start()
             self.broker_url = self.broker.url
             self.say(f"stack private mosquitto on {self.broker_url}")
+        if spec.own_kafka:
+            # The run's readings, windows and consumer groups stay in a Kafka of its own: on the
+            # product's, the product's backend (group iot-backend) windowed them into its database.
+            self.say("stack starting a private kafka")
+            kafka = self._own_kafka.enter_context(private_kafka(self.workdir / "kafka"))
+            self.kafka_conn = KafkaConnection(kafka.cfg.kafka_bootstrap)
+            self.say(f"stack private kafka on {self.kafka_conn.bootstrap}")
         db_name = f"hil_{self.rig.run_id}" if spec.services == "start" else ""
         self.own_database = db_name
         mongo_uri = with_database(spec.mongo, db_name) if db_name else spec.mongo
         self.mongo = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
         self.db = self.mongo.get_default_database(default=contract.DEFAULT_DATABASE)
-        self.kafka = KafkaReadings(spec.kafka, devices)
+        self.kafka = KafkaReadings(self.kafka_conn, devices)
         self.probe = Probe(
             self.broker_url,
             ["sensors/+/+/#"],
@@ -138,7 +165,7 @@ class RigStack:
         gw_port, be_port = free_port(), free_port()
         env = {
             "IOT_MQTT_URL": self.broker_url,
-            **spec.kafka.env(),
+            **self.kafka_conn.env(),
             "IOT_MONGO_URI": mongo_uri,
             "IOT_WINDOW_TUMBLING_S": str(spec.tumbling_s),
             "IOT_WINDOW_HOPPING_S": str(spec.tumbling_s * 2),
@@ -159,7 +186,7 @@ class RigStack:
             self.supervisor.wait_ready(
                 gateway, lambda: metrics_value(url, "iot_gateway_mqtt_connected") == 1.0, 60
             )
-            commit_end_offsets(spec.kafka, self.tag, contract.TOPIC_READINGS)
+            commit_end_offsets(self.kafka_conn, self.tag, contract.TOPIC_READINGS)
             self.say("stack starting the backend (Faust: up to a minute)")
             backend = self.supervisor.start("backend", ["backend"], env)
             self.supervisor.wait_ready(
@@ -186,6 +213,9 @@ class RigStack:
             self.kafka.close()
         if self.broker is not None:
             self.broker.stop()
+        self._own_kafka.close()
+        # Its data is scratch, not part of the report.
+        shutil.rmtree(self.workdir / "kafka", ignore_errors=True)
         if self.mongo is not None:
             self._drop_own_database()
             self.mongo.close()

@@ -1,5 +1,6 @@
 """`iot hil run` on the shipped CI rig (hil/rigs/virtual.yaml, its timings cut short), through the real
-CLI, against the native stack; then what its JUnit XML and JSON run record say."""
+CLI, against the native stack, beside the product's backend running on the same stack; then that
+neither reached the other, and what its JUnit XML and JSON run record say."""
 
 from __future__ import annotations
 
@@ -7,16 +8,25 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
+import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pymongo
 import pytest
 import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from hil import paths
 from iot import contract
+from iot.app.stack.private import commit_end_offsets, free_ports
+from iot.app.supervise import Supervisor, endpoint_up
+from tests.support import payload_v1
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 RIG = paths.REPO / "hil" / "rigs" / "virtual.yaml"
@@ -33,9 +43,103 @@ def _short_cut(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
                 ((name, arg),) = step.items()
                 if name in SHORTER and isinstance(arg, (int, float)) and arg > 0:
                     scenario["steps"][i] = {name: min(arg, SHORTER[name])}
+    # Kept, so the test can see what reached the run's database; dropped by the test.
+    raw["stack"]["keep_database"] = True
     path = tmp_path / "virtual-short.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path, raw
+
+
+@dataclass
+class Product:
+    """The product running on the shared stack beside the rig: its backend (a group and database of
+    its own, as `iot backend` would run with its defaults) and readings of a product board going into
+    the shared `iot.readings` while the run goes on."""
+
+    tag: str
+    db: Any
+    device: str
+    kafka_start: dict[int, int]
+    stop: threading.Event
+
+
+@pytest.fixture
+def product(tmp_path: Path) -> Iterator[Product]:
+    tag = f"prod{uuid.uuid4().hex[:6]}"
+    bootstrap = os.environ.get("IOT_KAFKA_BOOTSTRAP", contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"])
+    (metrics_port,) = free_ports(1)
+    env = {
+        "IOT_KAFKA_BOOTSTRAP": bootstrap,
+        "IOT_MONGO_URI": f"{MONGO_URI.rsplit('/', 1)[0]}/{tag}",
+        "IOT_BACKEND_APP_ID": tag,
+        "IOT_BACKEND_METRICS_PORT": str(metrics_port),
+        "IOT_BACKEND_DATA_DIR": str(tmp_path / "product-backend"),
+        "IOT_WINDOW_TUMBLING_S": "5",
+        "IOT_WINDOW_GRACE_S": "1",
+        "IOT_BACKEND_IDLE_TIMEOUT_S": "3",
+    }
+    start = end_offsets(bootstrap, contract.TOPIC_READINGS)
+    commit_end_offsets(bootstrap, tag, contract.TOPIC_READINGS)
+    supervisor = Supervisor(tmp_path / "product")
+    backend = supervisor.start("backend", ["backend"], env)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(MONGO_URI.rsplit("/", 1)[0])
+    stop = threading.Event()
+    device = f"{tag}-board"
+    producer = Producer({"bootstrap.servers": bootstrap, "log_level": 0})
+
+    def publish() -> None:
+        for seq in range(2000):  # at most 2000 s: the run is over long before
+            reading = {**payload_v1("prodplace", device, seq), "received_at": int(time.time() * 1000)}
+            producer.produce(contract.TOPIC_READINGS, json.dumps(reading).encode(), key=device.encode())
+            producer.flush(5)
+            if stop.wait(1.0):
+                return
+
+    feeder = threading.Thread(target=publish, daemon=True)
+    try:
+        supervisor.wait_ready(backend, lambda: endpoint_up(f"http://127.0.0.1:{metrics_port}/metrics"), 120)
+        feeder.start()
+        yield Product(tag, client[tag], device, start, stop)
+    finally:
+        stop.set()
+        if feeder.is_alive():
+            feeder.join(10)
+        supervisor.stop_all()
+        client.drop_database(tag)
+        client.close()
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"offsets-{uuid.uuid4().hex}"})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    finally:
+        consumer.close()
+
+
+def devices_in_kafka(bootstrap: str, start: dict[int, int]) -> set[str]:
+    """Every device of a record in the shared iot.readings from `start` to its current end."""
+    ends = end_offsets(bootstrap, contract.TOPIC_READINGS)
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"scan-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(contract.TOPIC_READINGS, p, o) for p, o in start.items()])
+    seen: set[str] = set()
+    left = {p: ends[p] for p in start if ends.get(p, 0) > start[p]}
+    deadline = time.monotonic() + 60
+    try:
+        while left and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            seen.add(json.loads(msg.value() or b"{}").get("device", ""))
+            if msg.offset() + 1 >= left.get(msg.partition(), 0):
+                left.pop(msg.partition(), None)
+    finally:
+        consumer.close()
+    assert not left, f"could not read iot.readings to its end in 60 s: {left}"
+    return seen
 
 
 def _iot_hil(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -59,12 +163,44 @@ def _iot_hil(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(900)  # ~4 min alone; the whole suite on 2 shared cores measured past the 300 s default
-def test_virtual_rig_passes_every_scenario_on_every_board_and_reports_it(tmp_path: Path) -> None:
+def test_virtual_rig_passes_every_scenario_on_every_board_and_reports_it(
+    tmp_path: Path, product: Product
+) -> None:
     rig, raw = _short_cut(tmp_path)
     junit, report = tmp_path / "junit.xml", tmp_path / "report"
     proc = _iot_hil("run", str(rig), "--junit", str(junit), "--report", str(report), timeout=840)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
+    done = report / "run.json"
+    run_db = f"hil_{json.loads(done.read_text())['run_id']}" if done.exists() else ""
+    try:
+        assert proc.returncode == 0, out[-6000:]
+        assert "stack private kafka on 127.0.0.1:" in out  # the run's readings never touch the shared one
+        _check_apart(raw, product, product.db.client[run_db])
+    finally:
+        if run_db:
+            product.db.client.drop_database(run_db)
+    _check_reports(out, raw, junit, report, rig)
+
+
+def _check_apart(raw: dict[str, Any], product: Product, run_db: Any) -> None:
+    """Nothing of the run reached the product (its Kafka topic, its backend's database), nothing of
+    the product reached the run (its database), though both ran at once on the same machine."""
+    product.stop.set()
+    bootstrap = os.environ.get("IOT_KAFKA_BOOTSTRAP", contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"])
+    run_devices = set(run_db[contract.COLL_READINGS].distinct("device"))
+    assert run_devices and all(d.startswith("hil-") for d in run_devices), run_devices
+    # The product's backend ran all along: the product board's readings are in its database.
+    assert product.db[contract.COLL_READINGS].count_documents({"device": product.device}) >= 10
+    assert product.db[contract.COLL_READINGS].count_documents({"device": {"$in": sorted(run_devices)}}) == 0
+    assert product.db[contract.COLL_SENSOR_WINDOWS].count_documents({"device": {"$regex": "^hil-"}}) == 0
+    in_shared_kafka = devices_in_kafka(bootstrap, product.kafka_start)
+    assert product.device in in_shared_kafka and not in_shared_kafka & run_devices
+    assert run_db[contract.COLL_READINGS].count_documents({"device": product.device}) == 0
+    places = {b.get("place") for b in raw["boards"]}
+    assert set(run_db[contract.COLL_PLACE_WINDOWS].distinct("place")) <= places
+
+
+def _check_reports(out: str, raw: dict[str, Any], junit: Path, report: Path, rig: Path) -> None:
     assert "scenario 1/5 flash_and_verify" in out and "hil run " in out  # progress as it goes
 
     boards = [b["id"] for b in raw["boards"]]

@@ -61,6 +61,9 @@ def test_a_good_rig_expands_counts_and_fills_step_defaults(tmp_path: Path) -> No
         (("flash,", "flsh,"), "scenarios[0].steps[0].flsh"),
         (("place: kitchen", "place: kitchen, colour: red"), "boards[0].colour"),
         (("rig: t", "rig: t\nstack: {broker: amqp://x}"), "stack.broker"),
+        # The run's own gateway and backend on the product's broker or Kafka would cross over with it.
+        (("rig: t", "rig: t\nstack: {broker: 'mqtt://127.0.0.1:1883'}"), "stack.broker"),
+        (("rig: t", "rig: t\nstack: {kafka: '127.0.0.1:9092'}"), "stack.kafka"),
         (("rig: t", "rig: t\nboard_config: {interval: 1}"), "board_config.interval"),
         (("{id: a,", "{id: 'a b',"), "boards[0].id"),
         (("{id: a, place: kitchen, count: 2}", "{id: e, kind: esp32, device: d1}"), "boards[0].port"),
@@ -116,3 +119,11 @@ def test_a_board_on_another_version_fails_only_if_verified_before_a_flash(tmp_pa
     assert preflight.version_problem(verify_first, "a-1", "0.2.0") == ""
     flash_first = _with_version(tmp_path, "0.2.0", "[flash, verify_version]")
     assert preflight.version_problem(flash_first, "a-1", "0.1.0") == ""
+
+
+def test_a_run_against_the_products_services_may_name_them(tmp_path: Path) -> None:
+    stack_line = "stack: {services: running, broker: 'mqtt://h:1883', kafka: 'h:9092'}"
+    text = GOOD.replace("rig: t", f"rig: t\n{stack_line}")
+    stack = _load(tmp_path, text).stack
+    assert (stack.broker, stack.kafka.bootstrap, stack.own_kafka) == ("mqtt://h:1883", "h:9092", False)
+    assert _load(tmp_path, GOOD).stack.own_kafka  # services: start, the default: the run's own
