@@ -9,27 +9,28 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import logging
 import signal
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pymongo
-from rich.console import Console, Group
+from rich.console import Console, RenderableType
 from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
 
 from hil.fleet import place_names
 from iot import contract
+from iot.app import demo_view
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack, StackError
 from iot.app.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
 from iot.env import CONTRACT, Variables
 
 DEMO_PREFIX = "demo"
-UNITS = {"temperature": "°C", "humidity": "%", "pressure": "hPa", "luminosity": "lx"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,6 +42,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--hop-step", type=int, default=10, help="hopping step seconds (default 10)")
     parser.add_argument("--grace", type=int, default=3, help="grace seconds for late readings (default 3)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between a board's readings")
+    parser.add_argument(
+        "--env",
+        choices=("day", "constant"),
+        default="day",
+        help="each place's scripted environment: day (a 24 h cycle, default) or constant",
+    )
     parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: Ctrl-C)")
     parser.add_argument("--keep-stack", action="store_true", help="leave the native stack running at the end")
     parser.set_defaults(func=run)
@@ -75,6 +82,18 @@ def _sigterm_as_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _log_to_file(path: Path) -> None:
+    """The demo's own log lines (the stack starting, its children starting and stopping) go to a file:
+    on the terminal they were written into the live view and the spinner line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+
+
 def _missing_parts() -> list[str]:
     parts = {"gateway.cli": "gateway", "backend.cli": "backend", "hil.cli": "virtual boards (iot boards)"}
     return [what for module, what in parts.items() if importlib.util.find_spec(module) is None]
@@ -91,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     was_running = {s.name for s in stack.status() if s.healthy}
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     supervisor = Supervisor(cfg.state_dir / "demo")
+    _log_to_file(supervisor.log_dir / "demo.log")
     started = time.monotonic()
     try:
         with console.status("starting the native stack (first run installs it: a few minutes)…"):
@@ -136,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
                 str(args.interval),
                 "--prefix",
                 DEMO_PREFIX,
+                "--env",
+                args.env,
                 "--state-dir",
                 str(supervisor.log_dir / "boards"),
             ],
@@ -176,82 +198,75 @@ def _live(
     db = client.get_default_database(contract.DEFAULT_DATABASE)
     first_window: float | None = None
     deadline = time.monotonic() + args.duration if args.duration else None
+    manifest = supervisor.log_dir / "boards" / "boards.json"
+    # Windows of an earlier demo within the last minutes are on the screen too; the first window of
+    # this one is one that ended after the demo started (naive UTC, as pymongo returns dates).
+    since_start = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=time.monotonic() - started)
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         while deadline is None or time.monotonic() < deadline:
             for child in supervisor.children:
                 if not child.alive():
                     raise ChildFailed(f"{child.name} exited ({child.proc.returncode}):\n{child.log_tail()}")
+            places, devices = _fleet(manifest, args.places)
             since = datetime.now(UTC) - timedelta(minutes=10)
-            places = _latest(
-                db[contract.COLL_PLACE_WINDOWS], {"place": {"$in": place_names(args.places)}}, since
+            place_rows = demo_view.latest(
+                _windows(db[contract.COLL_PLACE_WINDOWS], "place", places, since), "place", places
             )
-            sensors = _latest(
-                db[contract.COLL_SENSOR_WINDOWS], {"device": {"$regex": f"^{DEMO_PREFIX}-"}}, since
+            sensor_rows = demo_view.latest(
+                _windows(db[contract.COLL_SENSOR_WINDOWS], "device", devices, since), "device", devices
             )
-            if first_window is None and (places or sensors):
+            if first_window is None and any(_ours(r.final, since_start) for r in place_rows + sensor_rows):
                 first_window = time.monotonic() - started
-            live.update(_view(cfg, ports, places, sensors, first_window, args))
+            live.update(_view(cfg, ports, place_rows, sensor_rows, first_window, args))
             time.sleep(1.0)
     client.close()
 
 
-def _latest(coll: Any, who: dict[str, Any], since: datetime) -> list[dict[str, Any]]:
-    """The latest tumbling window of each of the demo's devices or places."""
-    key = next(iter(who))
-    latest: dict[str, dict[str, Any]] = {}
-    query = {**who, "kind": "tumbling", "start": {"$gte": since}}
-    for doc in coll.find(query).sort("start", pymongo.DESCENDING).limit(500):
-        latest.setdefault(doc[key], doc)
-    return [latest[k] for k in sorted(latest)]
+def _ours(window: dict[str, Any] | None, since: datetime) -> bool:
+    return window is not None and isinstance(window.get("end"), datetime) and window["end"] > since
 
 
-def _cell(stats: dict[str, Any] | None, metric: str) -> str:
-    if not stats or not stats.get("count"):
-        return "—"
-    return f"{stats['mean']:.2f}"
+def _fleet(manifest: Path, places: int) -> tuple[list[str], list[str]]:
+    """The demo's places and devices, from the manifest `iot boards` writes before its boards start
+    (hil/fleet.py); its places alone until it is there."""
+    try:
+        boards = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return place_names(places), []
+    return list(dict.fromkeys(b["place"] for b in boards)), [b["device"] for b in boards]
 
 
-def _table(title: str, key: str, docs: list[dict[str, Any]]) -> Table:
-    table = Table(title=title, expand=True)
-    for col in (key, "window", "n", *(f"{m} {UNITS[m]}" for m in contract.METRICS), "state"):
-        table.add_column(col, no_wrap=True)
-    for doc in docs:
-        start = doc["start"]
-        start = start.replace(tzinfo=UTC) if isinstance(start, datetime) else start
-        when = start.strftime("%H:%M:%S") if isinstance(start, datetime) else str(start)
-        table.add_row(
-            doc[key],
-            f"{when} +{doc['size_s']}s",
-            str(doc["count"]),
-            *(_cell(doc.get(m), m) for m in contract.METRICS),
-            "[green]final[/]" if doc.get("final") else "[yellow]open[/]",
-        )
-    return table
+def _windows(coll: Any, key: str, keys: list[str], since: datetime) -> list[dict[str, Any]]:
+    """The recent tumbling windows of these places or devices, newest first: enough per key for its
+    open window, its last final one and the trend."""
+    query = {key: {"$in": keys}, "kind": "tumbling", "start": {"$gte": since}}
+    limit = max(1, len(keys)) * (demo_view.TREND_LENGTH + 4)
+    return list(coll.find(query).sort("start", pymongo.DESCENDING).limit(limit))
 
 
 def _view(
     cfg: StackConfig,
     ports: MetricsPorts,
-    places: list[dict[str, Any]],
-    sensors: list[dict[str, Any]],
+    places: list[demo_view.Latest],
+    sensors: list[demo_view.Latest],
     first_window: float | None,
     args: argparse.Namespace,
-) -> Group:
-    gw = metrics_value(f"http://127.0.0.1:{ports.gateway}/metrics", "iot_gateway_produced_total") or 0
-    rej = metrics_value(f"http://127.0.0.1:{ports.gateway}/metrics", "iot_gateway_rejected_total") or 0
-    be = metrics_value(f"http://127.0.0.1:{ports.backend}/metrics", "iot_backend_readings_total") or 0
-    first = f"first window after {first_window:.0f}s" if first_window is not None else "waiting for windows…"
-    header = Panel(
-        f"readings into Kafka: {gw:.0f}   rejected: {rej:.0f}   processed by backend: {be:.0f}   {first}\n"
-        f"Prometheus http://{cfg.host}:{cfg.prometheus_port}   gateway metrics http://127.0.0.1:{ports.gateway}"
-        f"/metrics   backend metrics http://127.0.0.1:{ports.backend}/metrics\n"
-        f"MongoDB {_mongo_uri(cfg)}   `iot windows --last 5m`   Grafana: the compose stack, "
-        "http://localhost:3000\nCtrl-C stops everything the demo started",
-        title=f"IoT demo — {args.boards} boards, {args.places} places, windows {args.window}s tumbling / "
-        f"{args.hop_window}s every {args.hop_step}s",
+) -> RenderableType:
+    gateway = f"http://127.0.0.1:{ports.gateway}/metrics"
+    backend = f"http://127.0.0.1:{ports.backend}/metrics"
+    counts = demo_view.Counts(
+        produced=metrics_value(gateway, "iot_gateway_produced_total") or 0,
+        rejected=metrics_value(gateway, "iot_gateway_rejected_total") or 0,
+        # Each reading is counted by the sensor scope and again by the place scope: once, here.
+        processed=metrics_value(backend, 'iot_backend_readings_total{scope="sensor"}') or 0,
     )
-    return Group(
-        header,
-        _table("Latest window per place", "place", places),
-        _table("Latest window per sensor", "device", sensors),
+    lines = [
+        f"Prometheus http://{cfg.host}:{cfg.prometheus_port} · metrics :{ports.gateway} (gateway) "
+        f":{ports.backend} (backend) · `iot windows --last 5m` · environment: {args.env}",
+        f"logs in {cfg.state_dir / 'demo'} · Ctrl-C stops everything the demo started",
+    ]
+    title = (
+        f"IoT demo — {args.boards} boards in {args.places} places · windows {args.window} s tumbling, "
+        f"{args.hop_window} s every {args.hop_step} s"
     )
+    return demo_view.view(title, counts, first_window, lines, places, sensors, args.window, DEMO_PREFIX)

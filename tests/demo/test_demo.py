@@ -69,10 +69,16 @@ def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started(tmp_pa
             timeout=240,
             check=False,
         )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        log = (CFG.state_dir / "demo" / "demo.log").read_text()
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + log[-3000:]
         assert "first window after" in result.stdout
+        # The screen: the last final window with its min–max, each reading counted once.
+        assert "final" in result.stdout and "–" in result.stdout
+        assert "windowed by the backend" in result.stdout
+        # The demo's log lines go to its file, not over the live view.
+        assert "INFO" not in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
         for child in ("boards", "backend", "gateway"):
-            assert f"child_stopped child={child} code=0" in result.stderr, f"{child} did not stop cleanly"
+            assert f"child_stopped child={child} code=0" in log, f"{child} did not stop cleanly"
         assert not listening(gateway_port) and not listening(backend_port), "a demo service still listens"
         windows = client[tag][contract.COLL_SENSOR_WINDOWS]
         final = list(windows.find({"device": {"$regex": "^demo-"}, "final": True}))
