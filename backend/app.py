@@ -42,17 +42,23 @@ from .records import (
     FORWARD_SLOTS,
     PLACE,
     SENSOR,
+    WATERMARKS_KEY,
     RejectedRecord,
     decode_forwarded,
     decode_reading,
+    decode_watermarks,
     dlq_record,
     encode_bundle,
     encode_forward,
+    encode_watermarks,
 )
 from .settings import Settings
 from .windows import KeyState
 
 _log = log.get("backend")
+_WATERMARKS_KEY = WATERMARKS_KEY.encode()
+# A hold below every reading's ts (epoch ms are positive): no window closes under it.
+HELD = -1
 READINGS_PARTITIONS = TOPIC_PARTITIONS[contract.TOPIC_READINGS]
 
 
@@ -67,7 +73,10 @@ class Decoded:
 
     items: list[Item] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
-    forwards: list[tuple[str, bytes]] = field(default_factory=list)
+    # (key, value, partition or None for the key's): the place bundles, then the source watermarks.
+    forwards: list[tuple[str, bytes, int | None]] = field(default_factory=list)
+    # (place scope) the holds of its windows once the batch is in (ScopeEngine.process)
+    holds: dict[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -121,6 +130,15 @@ class BackendRuntime:
             PLACE: scope(PLACE, settings.place_topic, self._decode_forwards),
         }
         self.positions: dict[Any, int] = {}
+        # The highest ts forwarded from each source partition (sensor stage), and the source
+        # watermarks each place partition received: (place partition, source partition) ->
+        # (watermark or None once caught up, monotonic time received). records.WATERMARKS_KEY.
+        self.source_marks: dict[int, int] = {}
+        self.place_marks: dict[tuple[int, int], tuple[int | None, float]] = {}
+        # Since the last rebalance (monotonic): for up to the idle timeout after it, a source partition
+        # not read yet, and a place partition no watermarks reached yet, hold everything (HELD); after
+        # that they hold nothing back (the idea of Kafka Streams' max.task.idle.ms).
+        self.hold_since = time.monotonic()
         self._wire()
 
     def _make_app(self) -> faust.App:
@@ -194,6 +212,8 @@ class BackendRuntime:
             for scope in self.scopes.values():
                 scope.engine.forget()
             self.sink.forget()
+            # The holds start over: what this worker reads now is counted from the assignment on.
+            self.hold_since = time.monotonic()
 
         self.app.agent(self.readings_topic, name="sensor-windows")(agent(self.scopes[SENSOR]))
         self.app.agent(self.place_topic, name="place-windows")(agent(self.scopes[PLACE]))
@@ -226,16 +246,40 @@ class BackendRuntime:
                 out.rejected.append(dlq_record(exc.reason, exc.detail, exc.topic, value or b"", now))
                 continue
             out.items.append((reading, msg.partition, msg.offset))
+            ts = reading["ts"]
+            if ts > self.source_marks.get(msg.partition, ts - 1):
+                self.source_marks[msg.partition] = ts
             # Every valid reading goes on, duplicates too: the place scope de-duplicates on its own, and
             # this keeps the forward independent of what the sensor state already holds after a crash.
             # Forwarded normalised, so the place stage parses it once without validating it again;
             # in bundles, one record per place (in input order) per batch (records.BUNDLE_MAX).
             by_place.setdefault(reading["place"], []).append(encode_forward(reading))
         out.forwards = [
-            (place, encode_bundle(encoded[i : i + BUNDLE_MAX]))
+            (place, encode_bundle(encoded[i : i + BUNDLE_MAX]), None)
             for place, encoded in by_place.items()
             for i in range(0, len(encoded), BUNDLE_MAX)
         ]
+        # Then, to every place partition, how far each source partition this worker owns has come
+        # (after the bundles: the same producer keeps them in order on each partition).
+        assigned = self.app.consumer.assignment()
+        topic = self.settings.source_topic
+        behind = self._behind(topic, assigned)
+        waiting = time.monotonic() - self.hold_since < self.settings.idle_timeout_s
+        marks: dict[int, int | None] = {}
+        for tp in assigned:
+            if tp.topic != topic:
+                continue
+            if tp in self.positions:
+                marks[tp.partition] = (
+                    self.source_marks.get(tp.partition, HELD) if tp.partition in behind else None
+                )
+            else:
+                # Not read since the assignment: held while it may still bring input (its highwater
+                # unknown or above 0), for up to the idle timeout; an empty partition holds nothing.
+                high = self.app.consumer.highwater(tp)
+                marks[tp.partition] = HELD if waiting and (high is None or high > 0) else None
+        value = encode_watermarks(marks)
+        out.forwards.extend((WATERMARKS_KEY, value, q) for q in range(READINGS_PARTITIONS))
         return out
 
     def _decode_forwards(self, messages: Sequence[Any], now: int) -> Decoded:
@@ -243,7 +287,18 @@ class BackendRuntime:
         is left to do. A bundle's readings get consecutive input offsets of their own
         (records.FORWARD_SLOTS)."""
         out = Decoded()
+        received = time.monotonic()
         for msg in messages:
+            if msg.key == _WATERMARKS_KEY:
+                try:
+                    marks = decode_watermarks(msg.value)
+                except RejectedRecord as exc:
+                    self.metrics.rejected.labels(exc.reason).inc()
+                    out.rejected.append(dlq_record(exc.reason, exc.detail, exc.topic, msg.value or b"", now))
+                    continue
+                for source, mark in marks.items():
+                    self.place_marks[msg.partition, source] = (mark, received)
+                continue
             base = msg.offset * FORWARD_SLOTS
             for index, item in enumerate(decode_forwarded(msg.value)):
                 if isinstance(item, RejectedRecord):
@@ -253,7 +308,31 @@ class BackendRuntime:
                     )
                     continue
                 out.items.append((item, msg.partition, base + index))
+        out.holds = self._holds(received)
         return out
+
+    def _holds(self, now_s: float) -> dict[int, int]:
+        """Per place partition, the lowest source watermark it received that still holds: from a
+        source partition behind (not caught up), received within the idle timeout (a worker that
+        stopped sending them holds nothing back for longer). A place partition that no watermarks
+        reached since the last rebalance is held (HELD) for up to the idle timeout."""
+        stale = now_s - self.settings.idle_timeout_s
+        holds: dict[int, int] = {}
+        reached: set[int] = set()
+        for (place_partition, _), (mark, received) in self.place_marks.items():
+            if received < stale:
+                continue
+            reached.add(place_partition)
+            if mark is None:
+                continue
+            held = holds.get(place_partition)
+            if held is None or mark < held:
+                holds[place_partition] = mark
+        if now_s - self.hold_since < self.settings.idle_timeout_s:
+            for tp in self.app.consumer.assignment():
+                if tp.topic == self.settings.place_topic and tp.partition not in reached:
+                    holds[tp.partition] = HELD
+        return holds
 
     # --- batches -------------------------------------------------------------------------------
     async def _batch(self, scope: Scope, messages: Sequence[Any]) -> None:
@@ -265,7 +344,7 @@ class BackendRuntime:
             self.positions[msg.tp] = msg.offset
         decoded = scope.decode(messages, now)
         async with scope.lock:
-            out = scope.engine.process(decoded.items, now)
+            out = scope.engine.process(decoded.items, now, decoded.holds)
             await self._amend(scope, out, now)
             await self._emit(scope, out, decoded.forwards, decoded.rejected)
             self._persist(scope.table, out.changed)
@@ -281,6 +360,8 @@ class BackendRuntime:
             if not partitions:
                 continue
             behind = self._behind(scope.topic, assigned)
+            if scope.name == PLACE:
+                scope.engine.holds = self._holds(time.monotonic())
             async with scope.lock:
                 out = scope.engine.expire(now, partitions, list(scope.table.data.keys()), behind)
                 if out.changed or out.open_docs:
@@ -331,7 +412,11 @@ class BackendRuntime:
             )
 
     async def _emit(
-        self, scope: Scope, out: Outputs, forwards: list[tuple[str, bytes]], rejected: list[dict[str, Any]]
+        self,
+        scope: Scope,
+        out: Outputs,
+        forwards: list[tuple[str, bytes, int | None]],
+        rejected: list[dict[str, Any]],
     ) -> None:
         """Write everything the batch produced; retried (idempotent) until it lands: losing it is worse."""
         open_s = await retry.until_done(
@@ -343,7 +428,11 @@ class BackendRuntime:
         self._pace(open_s)
 
     def _write(
-        self, scope: str, out: Outputs, forwards: list[tuple[str, bytes]], rejected: list[dict[str, Any]]
+        self,
+        scope: str,
+        out: Outputs,
+        forwards: list[tuple[str, bytes, int | None]],
+        rejected: list[dict[str, Any]],
     ) -> float:
         """Write the batch's outputs; returns the seconds spent rewriting open windows (the pacer's)."""
         self.sink.write_readings(out.readings)
@@ -361,8 +450,8 @@ class BackendRuntime:
             self.kafka.dlq(record)
         for record in rejected:
             self.kafka.dlq(record)
-        for place, value in forwards:
-            self.kafka.forward(self.settings.place_topic, place, value)
+        for key, value, partition in forwards:
+            self.kafka.forward(self.settings.place_topic, key, value, partition)
         self.kafka.flush()
         return open_s
 

@@ -98,6 +98,12 @@ class ScopeEngine:
         # come. A key is idle only if it got nothing for the idle timeout of this time too while its
         # partition has unread input (expire's `behind`), not of the wall clock alone.
         self._partition_rx: dict[int, int] = {}
+        # Per input partition, how far event time may go for its keys (set by the runtime: the place
+        # scope holds its windows until every source partition's input has passed them, so a backlog
+        # read unevenly across source partitions is merged in order instead of amended), and the keys
+        # whose watermark such a hold keeps behind their highest ts (moved on by `_release`).
+        self.holds: dict[int, int] = {}
+        self._held: set[str] = set()
 
     def state(self, key: str, partition: int) -> KeyState:
         st = self._cache.get(key)
@@ -105,6 +111,8 @@ class ScopeEngine:
             data = self._load(key)
             st = KeyState.from_json(data) if data is not None else KeyState(partition)
             self._cache[key] = st
+            if st.held:
+                self._held.add(key)
         st.partition = partition
         return st
 
@@ -117,16 +125,43 @@ class ScopeEngine:
         """Drop the cache (after a rebalance the persisted states are the truth again)."""
         self._cache.clear()
         self._dirty.clear()
+        self._held.clear()
 
-    def _cap(self, now_ms: int) -> int | None:
-        return None if self.max_clock_ahead_ms is None else now_ms + self.max_clock_ahead_ms
+    def _cap(self, now_ms: int, partition: int | None = None) -> int | None:
+        """The furthest a key's watermark may go: the wall clock + the clock-ahead bound, and the
+        hold of the key's input partition."""
+        cap = None if self.max_clock_ahead_ms is None else now_ms + self.max_clock_ahead_ms
+        hold = self.holds.get(partition) if partition is not None else None
+        if hold is not None and (cap is None or hold < cap):
+            cap = hold
+        return cap
 
-    def process(self, batch: Iterable[Item], now_ms: int) -> Outputs:
+    def _release(self, out: Outputs, now_ms: int) -> None:
+        """Move held keys' watermarks on as far as their caps allow now, closing what they pass."""
+        for key in list(self._held):
+            st = self._cache.get(key)
+            if st is None:
+                self._held.discard(key)
+                continue
+            if st.release(self._cap(now_ms, st.partition)):
+                self._close(key, st, out, now_ms, None)
+            if not st.held:
+                self._held.discard(key)
+
+    def process(
+        self, batch: Iterable[Item], now_ms: int, holds_after: dict[int, int] | None = None
+    ) -> Outputs:
+        """Count a batch in; `holds_after` replaces `holds` once the batch is in (the holds the batch's
+        own watermarks records set: they cover the readings before them, so the batch's readings are
+        counted under the holds that were in force before it, which are lower)."""
         out = Outputs()
         touched: dict[str, set[WindowKey]] = {}
         last_updated: dict[str, list[WindowKey]] = {}
-        cap = self._cap(now_ms)
+        holds = self.holds
+        caps = {p: self._cap(now_ms, p) for p in holds}
+        cap_any = self._cap(now_ms)
         for reading, partition, offset in batch:
+            cap = caps.get(partition, cap_any) if holds else cap_any
             out.processed += 1
             key = reading[self._key_field]
             st = self.state(key, partition)
@@ -139,6 +174,8 @@ class ScopeEngine:
             if result.duplicate:
                 out.duplicates += 1
                 continue
+            if holds and st.held:
+                self._held.add(key)
             out.changed[key] = st
             if self.scope == SENSOR:
                 out.readings.append(dict(reading))
@@ -159,6 +196,9 @@ class ScopeEngine:
                 # amendment then depends on the order of the input only, never on where batches
                 # happened to be cut (a replay after a crash cuts them elsewhere).
                 self._close(key, st, out, now_ms, None)
+        if holds_after is not None:
+            self.holds = holds_after
+            self._release(out, now_ms)
         for key, wkeys in touched.items():
             st = self._cache[key]
             self._dirty.setdefault(key, set()).update(wkeys)
@@ -242,6 +282,7 @@ class ScopeEngine:
         backend's restart, the sensor scope counted 233k readings into windows already final
         (amendments, per window) against 67k readings processed, and stayed behind."""
         out = Outputs()
+        self._release(out, now_ms)
         for key in list(self._dirty):
             st = self._cache.get(key)
             if st is None or st.partition not in partitions:
@@ -265,7 +306,7 @@ class ScopeEngine:
                     continue  # nothing of this key read since a restart: its input is still ahead
                 idle_for = min(idle_for, reached - seen)
             wm = idle_watermark(st.watermark, idle_for, self.idle_timeout_ms)
-            cap = self._cap(now_ms)
+            cap = self._cap(now_ms, st.partition)
             if wm is not None and cap is not None:
                 wm = min(wm, cap)
             if wm is None or min(k.end for k in st.open) + self.grace_ms > wm:

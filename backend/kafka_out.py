@@ -27,10 +27,12 @@ class KafkaOut:
         if err is not None:
             self._errors.append(f"{msg.topic()}: {err}")
 
-    def _send(self, topic: str, key: str, value: bytes) -> None:
+    def _send(self, topic: str, key: str, value: bytes, partition: int | None = None) -> None:
+        # -1: librdkafka's "unassigned", the key's partition by the partitioner.
+        where = -1 if partition is None else partition
         while True:
             try:
-                self._producer.produce(topic, value, key.encode(), on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key.encode(), where, on_delivery=self._on_delivery)
                 return
             except BufferError:
                 # The local queue is full: let librdkafka deliver some, then retry the same message.
@@ -45,8 +47,9 @@ class KafkaOut:
     def dlq(self, record: Mapping[str, Any]) -> None:
         self._send(contract.TOPIC_DLQ, record["topic"], contract.encode(record))
 
-    def forward(self, topic: str, place: str, value: bytes) -> None:
-        self._send(topic, place, value)
+    def forward(self, topic: str, key: str, value: bytes, partition: int | None = None) -> None:
+        """A record of the place repartition topic: by its key's partition, or the one given."""
+        self._send(topic, key, value, partition)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything produced so far is acknowledged; raise if anything failed."""

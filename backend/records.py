@@ -101,6 +101,32 @@ BUNDLE_MAX: Final = 1000
 FORWARD_SLOTS: Final = 1024
 
 
+# After each batch the sensor stage tells every place partition how far each source partition it
+# owns has come: the highest `ts` it forwarded from there while that partition still has unread
+# input, or null once it has caught up (no hold then). The place stage holds its windows below the
+# lowest of these (ScopeEngine.holds), so a backlog read unevenly across source partitions is merged
+# in event-time order instead of amended. The key is no valid place id (contract.ID_PATTERN).
+WATERMARKS_KEY: Final = "~watermarks"
+
+
+def encode_watermarks(marks: Mapping[int, int | None]) -> bytes:
+    return orjson.dumps({"source_watermarks": {str(p): ts for p, ts in marks.items()}})
+
+
+def decode_watermarks(value: bytes | None) -> dict[int, int | None]:
+    """A watermarks record of the place repartition topic; RejectedRecord if it is not one."""
+    try:
+        obj = orjson.loads(value or b"")
+        marks = obj["source_watermarks"]
+        out = {int(p): ts for p, ts in marks.items()}
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        detail = f"bad watermarks record: {exc}"[:200]
+        raise RejectedRecord(contract.REASON_SCHEMA, detail, UNKNOWN_TOPIC) from None
+    if not all(ts is None or (type(ts) is int) for ts in out.values()):
+        raise RejectedRecord(contract.REASON_SCHEMA, "watermarks must be int epoch ms or null", UNKNOWN_TOPIC)
+    return out
+
+
 def encode_bundle(encoded: Sequence[bytes]) -> bytes:
     """Readings already encoded by `encode_forward` as one repartition record (a JSON array)."""
     if not 0 < len(encoded) <= BUNDLE_MAX:

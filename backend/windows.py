@@ -181,6 +181,7 @@ class KeyState:
         "panes",
         "partition",
         "seen",
+        "top",
         "watermark",
     )
     # (specs, pane size) of the last specs seen: the engine passes the same tuple every time.
@@ -188,6 +189,9 @@ class KeyState:
 
     def __init__(self, partition: int = 0) -> None:
         self.watermark: int | None = None
+        # The highest ts counted, before any cap: where the watermark goes once a cap lifts
+        # (`release`). Equal to the watermark unless a cap held it back.
+        self.top: int | None = None
         self.open: set[WindowKey] = set()
         self.panes: dict[int, WindowAcc] = {}  # pane start -> its readings
         self.seen: dict[str, dict[int, SeqSet]] = {}  # device -> boot -> seqs
@@ -289,11 +293,29 @@ class KeyState:
             if pane is None:
                 pane = self.panes[pane_start] = WindowAcc()
             pane.add(reading, offset)
+        if self.top is None or ts > self.top:
+            self.top = ts
         if watermark_cap is not None and ts > watermark_cap:
             ts = watermark_cap
         if wm is None or ts > wm:
             self.watermark = ts
         return out
+
+    @property
+    def held(self) -> bool:
+        """A cap holds the watermark behind the highest ts counted."""
+        return self.top is not None and (self.watermark is None or self.top > self.watermark)
+
+    def release(self, watermark_cap: int | None) -> bool:
+        """Move the watermark towards the highest ts counted, up to `watermark_cap` (None: all the
+        way); True when it moved (the caller then closes what it passed)."""
+        if self.top is None:
+            return False
+        target = self.top if watermark_cap is None else min(self.top, watermark_cap)
+        if self.watermark is None or target > self.watermark:
+            self.watermark = target
+            return True
+        return False
 
     def close_ready(self, grace_ms: int, watermark: int | None = None) -> list[ClosedWindow]:
         """Finalise the windows the watermark (optionally moved forward first, e.g. by the idle
@@ -316,6 +338,7 @@ class KeyState:
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "wm": self.watermark,
+            "top": self.top,
             "p": self.partition,
             "pl": self.last_place,
             "ow": sorted(k.code() for k in self.open),
@@ -334,6 +357,8 @@ class KeyState:
     def from_json(cls, data: Mapping[str, Any]) -> KeyState:
         st = cls(int(data["p"]))
         st.watermark = data["wm"]
+        # States persisted before the hold have no "top": their watermark was never capped behind it.
+        st.top = data.get("top", st.watermark)
         st.last_place = data["pl"]
         st.open = {WindowKey.parse(c) for c in data["ow"]}
         st.panes = {int(p): WindowAcc.from_json(a) for p, a in data["pn"].items()}

@@ -149,3 +149,64 @@ def test_open_windows_are_rewritten_at_most_once_per_interval_and_flushed_by_the
         "d1:hopping:4:-2000": 2,
         "d1:hopping:4:0": 2,
     }
+
+
+def _two_sources_out_of_order(eng: ScopeEngine, hold: bool) -> list[Any]:
+    """One place fed by two source partitions read unevenly, as in a backlog: source A's readings of
+    10-19 s first, then source B's of 2-11 s. With the hold, the watermarks records after each batch
+    set the lowest source watermark: after A's batch B's (not read yet: 2 s), after B's A's... and B's
+    own (11 s), then nothing once both caught up."""
+    holds = iter([{0: 2_000}, {0: 11_000}, {}] if hold else [None, None, None])
+    if hold:
+        eng.holds = {0: -1}  # before any watermarks record reached the place partition
+    return [
+        eng.process([(reading("a", i, 10_000 + i * 1000), 0, i) for i in range(10)], 0, next(holds)),
+        eng.process([(reading("b", i, 2_000 + i * 1000), 0, 100 + i) for i in range(10)], 0, next(holds)),
+        eng.process([], 0, next(holds)),
+    ]
+
+
+def test_a_place_held_below_its_slowest_source_merges_a_backlog_without_amendments() -> None:
+    outs = _two_sources_out_of_order(engine(PLACE), hold=True)
+    assert all(not out.amends and not out.late for out in outs)
+    finals = [d for out in outs for d in out.final_docs]
+    tumbling = {d["start"]: d["count"] for d in finals if d["kind"] == "tumbling"}
+    # Every 2 s window up to the watermark (19 s) - grace (1 s) is final with both sources in it.
+    assert tumbling == {2000: 2, 4000: 2, 6000: 2, 8000: 2, 10000: 4, 12000: 2, 14000: 2, 16000: 2}
+    assert [d["devices"] for d in finals if d["start"] == 10000] == [["a", "b"]] * 2
+    assert len({d["_id"] for d in finals}) == len(finals)  # each final once
+
+
+def test_without_the_hold_the_same_backlog_reaches_windows_the_first_source_closed() -> None:
+    outs = _two_sources_out_of_order(engine(PLACE), hold=False)
+    assert outs[1].late  # B's readings fall in windows A's watermark closed (no allowed lateness here)
+
+
+def test_the_hold_lifting_closes_what_the_watermark_may_now_pass() -> None:
+    eng = engine(PLACE)
+    eng.holds = {0: 2_500}
+    out = eng.process([(reading("a", i, 1000 + i * 1000), 0, i) for i in range(10)], 0)
+    assert out.final_docs == []  # held at 2.5 s: no window ends by 2.5 s - 1 s grace
+    finals = eng.process([], 0, {0: 7_000}).final_docs  # ends by 6 s
+    assert {(d["kind"], d["start"]) for d in finals} == {
+        ("tumbling", 0),
+        ("tumbling", 2000),
+        ("tumbling", 4000),
+        ("hopping", -2000),
+        ("hopping", 0),
+        ("hopping", 2000),
+    }
+    finals = eng.process([], 0, {}).final_docs  # caught up: the watermark goes to the top (10 s)
+    assert {(d["kind"], d["start"]) for d in finals} == {("tumbling", 6000), ("hopping", 4000)}
+
+
+def test_a_held_watermark_and_its_top_survive_the_changelog() -> None:
+    store: dict[str, Any] = {}
+    eng = engine(PLACE, store)
+    eng.holds = {0: -1}
+    out = eng.process([(reading("a", i, 1000 + i * 1000), 0, i) for i in range(10)], 0)
+    for key, st in out.changed.items():
+        store[key] = st.to_json()
+    restarted = engine(PLACE, store)
+    restarted.state("p1", 0)  # loaded (by its next reading or the idle timer): held, so released next
+    assert {d["start"] for d in restarted.process([], 0, {}).final_docs} >= {0, 2000, 4000, 6000}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend import records
 from backend.records import (
     RejectedRecord,
     decode_forwarded,
@@ -62,3 +63,28 @@ def test_a_bundle_element_that_is_not_a_normalised_reading_is_rejected() -> None
     items = decode_forwarded(encode_bundle([encode_forward(good), contract.encode(RECORD)]))
     assert items[0] == good
     assert isinstance(items[1], RejectedRecord) and items[1].reason == contract.REASON_SCHEMA
+
+
+def test_watermarks_record_round_trips_with_caught_up_partitions_as_none() -> None:
+    marks = {0: 1_750_000_000_123, 3: None, 5: -1}
+    assert records.decode_watermarks(records.encode_watermarks(marks)) == marks
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"[]",
+        b'{"source_watermarks": 3}',
+        b'{"source_watermarks": {"x": 1}}',
+        b'{"source_watermarks": {"1": 1.5}}',
+    ],
+)
+def test_a_malformed_watermarks_record_is_rejected_with_a_reason(value: bytes) -> None:
+    with pytest.raises(records.RejectedRecord) as err:
+        records.decode_watermarks(value)
+    assert err.value.reason == contract.REASON_SCHEMA
+
+
+def test_the_watermarks_key_can_be_no_place() -> None:
+    assert not contract.ID_PATTERN.match(records.WATERMARKS_KEY)

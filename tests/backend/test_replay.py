@@ -26,7 +26,9 @@ from tests.support import unique, wait_for
 
 from .conftest import (
     BASE_TS,
+    GRACE_MS,
     MONGO,
+    TUMBLING_MS,
     BackendRig,
     as_comparable,
     assert_windows_equal,
@@ -93,16 +95,34 @@ def outage_script(
     return Script(place, online, x, order, xs[down:up], reconnect)
 
 
-def produce(rig: BackendRig, s: Script, partition_of: dict[str, int] | None = None) -> None:
+def produce(
+    rig: BackendRig,
+    s: Script,
+    partition_of: dict[str, int] | None = None,
+    tumbling_ms: int = TUMBLING_MS,
+    grace_ms: int = GRACE_MS,
+) -> None:
     """Produce as the fleet would deliver it in real time: what came before the reconnect has been
     processed by the time the outbox arrives (Kafka orders nothing across partitions, so producing
     all at once would let the backend see the outbox before the online boards' readings)."""
     before = s.order[: s.reconnect]
     rig.produce(before, partition_of)
+    # Produced at once, these are a backlog: the place stage holds its windows until every source
+    # partition's input passed them. In real time they would be final by the reconnect; so are the
+    # ones event time alone closes (by the last of them) before the outbox comes.
+    top = max(r["ts"] for r in before)
+    closable = sum(1 for r in before if r["ts"] - r["ts"] % tumbling_ms + tumbling_ms + grace_ms <= top)
 
     def processed() -> bool:
-        docs = rig.db[contract.COLL_PLACE_WINDOWS].find({"place": s.place, "kind": "tumbling"}, {"count": 1})
-        return sum(d["count"] for d in docs) == len(before)
+        docs = list(
+            rig.db[contract.COLL_PLACE_WINDOWS].find(
+                {"place": s.place, "kind": "tumbling"}, {"count": 1, "final": 1, "end": 1}
+            )
+        )
+        final = sum(
+            d["count"] for d in docs if d["final"] and int(d["end"].timestamp() * 1000) + GRACE_MS <= top
+        )
+        return sum(d["count"] for d in docs) == len(before) and final >= closable
 
     wait_for(
         processed, 600, f"the {len(before)} readings before the reconnect in the place windows", interval=0.3
@@ -287,7 +307,7 @@ def test_offline_six_hours_every_window_equals_the_oracle(rig: BackendRig) -> No
     )
     s = outage_script(30_000, 10 * 60_000, 6 * HOUR_MS, 10 * 60_000, live_first=True)
     rig.worker()
-    produce(rig, s)
+    produce(rig, s, tumbling_ms=60_000, grace_ms=10_000)
     expected = settle(rig, s, **sizes)
     for coll, want in expected.items():
         assert_windows_equal(rig, want, coll)
