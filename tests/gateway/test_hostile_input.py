@@ -6,8 +6,10 @@ All on the real broker and Kafka."""
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -21,6 +23,7 @@ from tests.gateway.conftest import (
     distinct_ids,
     make_reading,
 )
+from tests.gateway.test_e2e_ack import Board
 from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration
@@ -200,3 +203,150 @@ def test_an_id_with_a_line_break_is_bad_id_in_the_dlq_not_a_device(
     assert [r.value["reason"] for r in dlq.records] == ["bad_id", "bad_id"]
     wait_for(lambda: gateway.metric("iot_gateway_in_flight") == 0.0, 10, "both acked")
     assert readings.drain() == []
+
+
+# --- a burst of everything a board can publish, beside good boards ------------------------------
+
+
+class Burst:
+    """Messages a hostile board publishes on its own topics, each with the outcome the contract
+    gives it: `reading` (valid: bridged once), `dlq` (one dead letter with a reason) or `ignored`."""
+
+    def __init__(self, place: str, rng: random.Random) -> None:
+        self.place = place
+        self.rng = rng
+        self.device = unique("bad")
+        self.topic = contract.reading_topic(place, self.device)
+        self.seq = 0
+        self.messages: list[tuple[str, bytes, str, dict[str, Any]]] = []
+
+    def reading(self, **over: Any) -> dict[str, Any]:
+        self.seq += 1
+        return {**make_reading(self.place, self.device, self.seq, boot=9), **over}
+
+    def add(
+        self, outcome: str, payload: bytes | dict[str, Any], topic: str | None = None, **opts: Any
+    ) -> None:
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.messages.append((topic or self.topic, raw, outcome, opts))
+
+    def build(self) -> list[tuple[str, bytes, str, dict[str, Any]]]:
+        r, place, rng = self.reading, self.place, self.rng
+        good_text = json.dumps(r())
+        kinds: list[Callable[[], None]] = [
+            lambda: self.add("dlq", rng.randbytes(rng.randrange(0, 2000))),
+            lambda: self.add("dlq", b"[" * rng.randrange(900, 1024)),
+            lambda: self.add("dlq", b"{" * rng.randrange(1, 1000)),
+            lambda: self.add("dlq", json.dumps(r(fw="X")).replace('"X"', '"\\ud800"').encode()),
+            lambda: self.add("dlq", json.dumps(r(fw="X")).replace('"X"', '"a\\udc00"').encode()),
+            lambda: self.add("dlq", json.dumps(r()).replace('"seq": ', '"seq": 1' + "0" * 30).encode()),
+            lambda: self.add("dlq", json.dumps(r(humidity=12.25)).replace("12.25", "NaN").encode()),
+            lambda: self.add("dlq", {k: v for k, v in r().items() if k != "ts"}),
+            lambda: self.add("dlq", r(temperature="21.5")),
+            lambda: self.add("dlq", r(seq=1.0)),
+            lambda: self.add("dlq", r(device=True)),
+            lambda: self.add("dlq", r(temperature={"v": 1})),
+            lambda: self.add("dlq", r(pressure=5000.0)),
+            lambda: self.add("dlq", r(boot=-1)),
+            lambda: self.add("dlq", r(ts=-5)),
+            lambda: self.add("dlq", r(v=2)),
+            lambda: self.add("dlq", r(fw="")),
+            lambda: self.add("dlq", r(fw="x" * 2000)),
+            lambda: self.add("dlq", r(device=self.device + "\n")),
+            lambda: self.add("dlq", r(place=place + "\r\n")),
+            lambda: self.add("dlq", r(device=unique("other"))),
+            lambda: self.add("dlq", b"\xff\xfe" + good_text.encode("utf-16-le")),
+            lambda: self.add("dlq", b"\xef\xbb\xbf" + json.dumps(r()).encode()),
+            lambda: self.add("dlq", rng.choice([b"", b"null", b"0", b'"x"', b"[]", b"true"])),
+            lambda: self.add("dlq", b"\xed\xa0\x80" + json.dumps(r()).encode()),  # CESU-8 surrogate
+            lambda: self.add("dlq", r(), topic=f"sensors/{place}/dev${rng.randrange(9)}/reading"),
+            lambda: self.add("dlq", r(), topic=f"sensors/{place}/dev.{rng.randrange(9)}/reading"),
+            lambda: self.add("dlq", r(), topic=f"sensors/{place}/d\u00ebv/reading"),
+            lambda: self.add("dlq", r(), topic=f"sensors/{place}/\ufeff/reading"),
+            lambda: self.add("dlq", r(), topic=f"sensors/{place}/{'x' * 60_000}/reading"),
+            lambda: self.add("dlq", rng.randbytes(300), qos=0),
+            lambda: self.add("dlq", rng.randbytes(300), qos=2),
+            # Valid readings with oddities the contract allows: each is bridged once.
+            lambda: self.add("reading", r(), properties=feff_property()),
+            lambda: self.add("reading", {**r(), "extra": [1, {"x": None}], "fw": "\u00e9\u4e16\U0001f600"}),
+            lambda: self.add("reading", b"  \n" + json.dumps(r(fw="nul\u0000")).encode() + b"\t "),
+            lambda: self.add("reading", r(), qos=2),
+            # Side topics: counted and ignored.
+            lambda: self.add("ignored", b"[" * 3000, topic=contract.health_topic(place, self.device)),
+            lambda: self.add("ignored", rng.randbytes(64), topic=contract.status_topic(place, self.device)),
+            lambda: self.add(
+                "ignored", b'{"rssi": 1' + b"0" * 400 + b"}", topic=contract.health_topic(place, self.device)
+            ),
+        ]
+        for _ in range(4):
+            for kind in kinds:
+                kind()
+        # A reading published retained: bridged once, live; its stored copy comes back at reconnects.
+        self.add("reading", r(), retain=True)
+        rng.shuffle(self.messages)
+        return self.messages
+
+
+def test_a_burst_of_garbage_beside_good_boards_loses_doubles_and_stops_nothing(
+    gateways: GatewayFactory,
+    publisher: Publisher,
+    retained: Retained,
+    kafka_readers: Callable[..., KafkaReader],
+) -> None:
+    place = gateways.place
+    rng = random.Random(19)
+    good = [unique("good") for _ in range(2)]
+    burst = Burst(place, rng)
+    board = Board(place, good[0])
+    readings = kafka_readers(contract.TOPIC_READINGS, f"^({'|'.join([*good, burst.device])})$")
+    letters = kafka_readers(contract.TOPIC_DLQ, f"^sensors/{re.escape(place)}/")
+    client_id = unique("gw")
+    gateway = gateways(client_id=client_id)
+
+    hostile = burst.build()
+    good_readings = [make_reading(place, d, seq, boot=3) for seq in range(150) for d in good]
+    for i, (topic, raw, _outcome, opts) in enumerate(hostile):
+        if opts.get("retain"):
+            retained(topic, raw)
+        else:
+            publisher.publish_raw(topic, raw, qos=opts.get("qos", 1), properties=opts.get("properties"))
+        publisher.publish_readings(good_readings[i * 2 : i * 2 + 2])
+    publisher.publish_readings(good_readings[len(hostile) * 2 :])
+    # Beyond the broker's max_packet_size (64 KiB): it refuses the message and drops that publisher;
+    # the gateway never sees it.
+    big = Publisher()
+    big._client.publish(burst.topic, b"x" * 10_000_000, qos=1)
+    wait_for(lambda: not big._client.is_connected(), 10, "the broker refusing 10 MB")
+    big.close()
+
+    want = {outcome: sum(1 for m in hostile if m[2] == outcome) for outcome in ("reading", "dlq", "ignored")}
+    expected = {(d, 3, s) for d in good for s in range(150)}
+    hostile_ids = {(burst.device, 9, json.loads(m[1])["seq"]) for m in hostile if m[2] == "reading"}
+    records = readings.wait_until(
+        lambda rs: len(distinct_ids(rs)) == len(expected) + want["reading"], 60, "every valid reading"
+    )
+    letters.wait_until(lambda rs: len(rs) >= want["dlq"], 60, f"{want['dlq']} dead letters")
+    wait_for(lambda: gateway.metric("iot_gateway_in_flight") == 0.0, 30, "nothing left in flight")
+    wait_for(lambda: board.covered(3) == set(range(150)), 30, "end-to-end acks for the good board")
+
+    assert distinct_ids(records) == expected | hostile_ids
+    assert len(records) == len(expected) + want["reading"], "a reading was bridged twice"
+    assert len(letters.drain()) == want["dlq"]
+    reasons = {r.value["reason"] for r in letters.records}
+    assert reasons <= set(contract.DLQ_REASONS) - {contract.REASON_UNPROCESSABLE}, reasons
+    m = gateway.metrics()
+    assert sum(v for k, v in m.items() if k.startswith("iot_gateway_ignored_total{")) == want["ignored"]
+    assert not any(k.startswith("iot_gateway_callback_errors_total{") and v for k, v in m.items())
+    assert m["iot_gateway_mqtt_properties_dropped_total"] == 4.0
+    qos0 = sum(1 for msg in hostile if msg[3].get("qos") == 0)
+    assert m["iot_gateway_acked_total"] == m["iot_gateway_received_total"] - qos0
+    assert "mqtt_disconnected" not in gateway.log()
+
+    # A restart gets the retained health and reading again: both ignored, nothing bridged twice.
+    assert gateway.terminate() == 0
+    again = gateways(client_id=client_id)
+    wait_for(lambda: again.metric(ignored("reading", "retained")) == 1.0, 15, "the stored copy ignored")
+    publisher.publish_readings([make_reading(place, good[0], 150, boot=3)])
+    readings.wait_until(lambda rs: (good[0], 3, 150) in distinct_ids(rs), 30, "a reading after the restart")
+    assert len(readings.records) == len(expected) + want["reading"] + 1
+    board.close()
