@@ -9,9 +9,11 @@ processes in one shared group, one backend, and fleet processes (bench/soak_flee
 firmware-like boards: QoS 1, (device, boot, seq) ids, every reading kept until the gateway's
 end-to-end ack covers it, re-sent after a reconnect or an ack timeout.
 
-Fault schedule (each once, one after another, each brought back after `--pause` seconds): SIGKILL of
-one gateway, the backend, Kafka, Mosquitto, the MongoDB-wire server (FerretDB), and a network outage
-seen by every board. A gateway or backend that exits on its own is restarted (as systemd would) and
+Fault schedule (each once, one after another, each brought back after `--pause` seconds): a hostile
+board (bench/soak_hostile.py: bad retained health, poison readings, a burst of `--hostile-burst`
+garbage messages on its own topics; its valid readings are accounted apart), SIGKILL of one gateway,
+the backend, Kafka, Mosquitto, the MongoDB-wire server (FerretDB), and a network outage seen by every
+board. A gateway or backend that exits on its own is restarted (as systemd would) and
 reported as an unplanned exit.
 
 At the end: the boards stop measuring, re-send until everything is acked, the backend catches up and
@@ -259,7 +261,10 @@ class Soak:
         finals = [f.finish() for f in self.fleets]
         self.fleets.clear()
         log("accounting")
-        result = soak_accounting.account(db, finals, self.watch, self.faults.faults, self.args)
+        hostile = self.faults.hostile
+        result = soak_accounting.account(
+            db, finals, self.watch, self.faults.faults, self.args, hostile.valid if hostile else None
+        )
         client.close()
         result["drain"] = timings
         result["boards"] = counters
@@ -331,6 +336,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--faults", default="all", help=f"comma list of {','.join(FAULTS)}, 'all' or 'none'")
     p.add_argument("--pause", type=float, default=5.0, help="seconds each killed component stays down")
+    p.add_argument(
+        "--hostile-burst", type=int, default=2000, help="garbage messages in the hostile board's burst"
+    )
     p.add_argument("--warmup", type=float, default=20.0)
     p.add_argument("--tail", type=float, default=20.0, help="load after the last fault")
     p.add_argument("--ack-timeout", type=float, default=30.0, help="board's ack_timeout_s")

@@ -8,6 +8,8 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from soak_hostile import HOSTILE_BOOT, HOSTILE_DEVICE, HOSTILE_PLACE
+
 from iot import contract
 
 METRICS = contract.METRICS
@@ -100,7 +102,12 @@ def _differs(doc: dict[str, Any], exp: dict[str, Any]) -> list[str]:
 
 
 def account(
-    db: Any, finals: list[dict[str, Any]], watch: Any, faults: list[Any], args: Any
+    db: Any,
+    finals: list[dict[str, Any]],
+    watch: Any,
+    faults: list[Any],
+    args: Any,
+    hostile_valid: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     fault_ms = [(int(f.killed_at * 1000), int(f.back_at * 1000)) for f in faults]
     boards: dict[str, dict[str, Any]] = {}
@@ -136,11 +143,17 @@ def account(
     by_device: dict[str, list[tuple[Any, ...]]] = {}
     by_place: dict[str, list[tuple[Any, ...]]] = {}
     phantom, id_mismatch, docs = [], 0, 0
+    hostile_seen: dict[tuple[str, int, int], int] = {}
     for doc in db[contract.COLL_READINGS].find({}, projection, batch_size=10_000):
         docs += 1
         device, seq, boot = doc["device"], doc["seq"], doc["boot"]
         if doc["_id"] != contract.reading_id(device, boot, seq):
             id_mismatch += 1
+        if doc["place"] == HOSTILE_PLACE:
+            # The hostile board's valid readings: accounted apart, below.
+            key = (device, boot, seq)
+            hostile_seen[key] = hostile_seen.get(key, 0) + 1
+            continue
         board = boards.get(device)
         if board is None or boot != board["boot"] or seq >= board["next_seq"]:
             phantom.append(doc["_id"])
@@ -175,6 +188,8 @@ def account(
         checked, not_final, bad, examples = 0, 0, 0, []
         present: set[tuple[str, str, int, int]] = set()
         for doc in db[coll].find({}, batch_size=5_000):
+            if doc[key_field] in (HOSTILE_DEVICE, HOSTILE_PLACE):
+                continue  # the hostile board's windows hold only its own readings, not the fleet's
             present.add((doc[key_field], doc["kind"], doc["size_s"], _ms(doc["start"])))
             if not doc.get("final"):
                 not_final += 1
@@ -217,7 +232,20 @@ def account(
         1 for device, seq in missing if in_fault(_seq_ts(by_device.get(device, []), seq), fault_ms)
     )
     per_second = sorted((watch.per_second if watch else {}).items())
+    hostile: dict[str, Any] | None = None
+    if hostile_valid is not None:
+        want = {(HOSTILE_DEVICE, HOSTILE_BOOT, seq) for seq in hostile_valid}
+        hostile = {
+            "valid_published": len(want),
+            "stored_once": sum(1 for k in want if hostile_seen.get(k) == 1),
+            "missing": sorted(k[2] for k in want if k not in hostile_seen),
+            "doubled": sorted(k[2] for k in want if hostile_seen.get(k, 0) > 1),
+            # Stored although not one of its valid readings: a poison reading got through.
+            "unexpected": sorted(f"{k[0]!r}:{k[1]}:{k[2]}" for k in hostile_seen if k not in want)[:SAMPLES],
+            "dlq_records_total": watch.dlq if watch else 0,
+        }
     return {
+        "hostile": hostile,
         "published": published,
         "stored_docs": docs,
         "stored_once": sum(1 for seen in stored.values() for n in seen if n == 1),

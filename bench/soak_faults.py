@@ -1,8 +1,10 @@
 """The fault schedule of bench/soak.py: each fault once, one after another, evenly spread over the
 load, each component brought back after `--pause` seconds.
 
-SIGKILL of one gateway, the backend, Kafka, Mosquitto, the MongoDB-wire server (FerretDB), and a
-network outage seen by every board (the fleets drop their connections and stay offline)."""
+A hostile board first (bench/soak_hostile.py: bad retained health, poison readings, a burst of
+garbage, all on its own topics; its retained messages stay for the faults after it), then SIGKILL of
+one gateway, the backend, Kafka, Mosquitto, the MongoDB-wire server (FerretDB), and a network outage
+seen by every board (the fleets drop their connections and stay offline)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from soak_common import log, poll_until
+from soak_common import HOST, log, poll_until
+from soak_hostile import HostileBoard
 from soak_procs import FleetProc, Service
 
-FAULTS = ("gateway", "backend", "kafka", "mosquitto", "ferretdb", "boards")
+from iot.app.supervise import metrics_value
+
+FAULTS = ("hostile", "gateway", "backend", "kafka", "mosquitto", "ferretdb", "boards")
 STACK_SERVICES = ("mosquitto", "kafka", "ferretdb")
 
 
@@ -56,6 +61,7 @@ class FaultInjector:
         self.lock = lock
         self.fleet_sum = fleet_sum
         self.faults: list[Fault] = []
+        self.hostile: HostileBoard | None = None
 
     def run(self, load_started: float, on_warm: Callable[[], None]) -> None:
         """Wait out the warm-up, call `on_warm`, inject every fault on schedule, then let the load run
@@ -88,6 +94,8 @@ class FaultInjector:
             fault = self._kill_stack_service(name)
         elif name == "boards":
             fault = self._network_outage()
+        elif name == "hostile":
+            fault = self._hostile_board()
         else:
             raise ValueError(name)
         fault.back_at = time.time()
@@ -126,6 +134,36 @@ class FaultInjector:
         poll_until(lambda: self.fleet_sum("connected") == 0, 10, "boards offline")
         fault.ok = poll_until(lambda: self.fleet_sum("connected") == total, pause + 120, "boards back online")
         return fault
+
+    def _hostile_board(self) -> Fault:
+        """The hostile board's attack, then `--pause` seconds; ok when every gateway is still up,
+        connected and receiving, and none caught an exception in its MQTT callbacks."""
+        fault = Fault("hostile", "gateways", killed_at=time.time())
+        gateways = [s for name, s in self.services.items() if name.startswith("gateway")]
+        received = {s.name: self._gateway_metric(s, "iot_gateway_received_total") or 0.0 for s in gateways}
+        board = self.hostile = HostileBoard(HOST, self.stack.cfg.mqtt_port, self.args.hostile_burst)
+        log("fault", hostile=board.burst)
+        try:
+            board.attack()
+        finally:
+            board.close()
+        time.sleep(self.args.pause)  # the fleet keeps publishing beside what the gateways now hold
+        for svc in gateways:
+            up = self._gateway_metric(svc, "iot_gateway_mqtt_connected") == 1.0
+            errors = self._gateway_metric(svc, "iot_gateway_callback_errors_total") or 0.0
+            now = self._gateway_metric(svc, "iot_gateway_received_total") or 0.0
+            alive = svc.proc is not None and svc.proc.poll() is None
+            log("hostile_check", gateway=svc.name, alive=alive, connected=up, callback_errors=errors,
+                received=now - received[svc.name])  # fmt: skip
+            fault.ok = fault.ok and alive and up and not errors and now > received[svc.name]
+        return fault
+
+    def _gateway_metric(self, svc: Service, name: str) -> float | None:
+        return metrics_value(_metrics_url(svc), name)
+
+
+def _metrics_url(svc: Service) -> str:
+    return f"http://{HOST}:{svc.env['IOT_GATEWAY_METRICS_PORT']}/metrics"
 
 
 def _sleep_until(at: float) -> None:

@@ -18,6 +18,7 @@ from array import array
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 from soak_common import BACKEND_APP
+from soak_hostile import HOSTILE_PLACE
 
 from iot import contract
 
@@ -47,6 +48,7 @@ class KafkaWatch(threading.Thread):
         self.records = 0
         self.duplicates = 0
         self.dlq = 0
+        self.hostile_records = 0
         self.ts = array("q")
         self.latency = array("q")  # ts -> read here
         self.to_gateway = array("q")  # ts -> received_at (the gateway's clock is this machine's)
@@ -75,6 +77,13 @@ class KafkaWatch(threading.Thread):
         self.consumer.close()
 
     def _reading(self, value: dict[str, object], now: int) -> None:
+        if value["place"] == HOSTILE_PLACE:
+            # Accounted apart (soak_accounting); its windows must still go final like the fleet's.
+            self.hostile_records += 1
+            slot = int(value["ts"]) // self.slot_ms  # type: ignore[call-overload]
+            self.device_slots.setdefault(str(value["device"]), set()).add(slot)
+            self.place_slots.setdefault(HOSTILE_PLACE, set()).add(slot)
+            return
         self.records += 1
         device = str(value["device"])
         seqs = self.seen.get(device)

@@ -104,6 +104,11 @@ def finish(result: dict[str, Any]) -> None:
     for key in ("missing", "phantom", "stored_twice", "board_dropped", "board_unacked_at_end"):
         if result[key]:
             failures.append(f"{key}={result[key]}")
+    hostile = result.get("hostile")
+    if hostile:
+        for key in ("missing", "doubled", "unexpected"):
+            if hostile[key]:
+                failures.append(f"hostile.{key}={hostile[key]}")
     for coll, stats in result["windows"].items():
         for key in ("final_differing", "not_final", "absent"):
             if stats[key]:
@@ -125,6 +130,16 @@ def _fmt(p: dict[str, Any]) -> str:
     )
 
 
+def _hostile_lines(h: dict[str, Any] | None) -> list[str]:
+    if not h:
+        return []
+    return [
+        f"  hostile board: valid {h['valid_published']}, stored once {h['stored_once']}, missing "
+        f"{len(h['missing'])}, doubled {len(h['doubled'])}, poison stored {len(h['unexpected'])}; "
+        f"DLQ records in the run {h['dlq_records_total']:,}",
+    ]
+
+
 def table(r: dict[str, Any]) -> str:
     c = r["config"]
     lines = [
@@ -138,6 +153,7 @@ def table(r: dict[str, Any]) -> str:
         f"  missing                   {r['missing']:>10,}   (near a fault: {r['missing_near_faults']})",
         f"  stored twice / phantom    {r['stored_twice']:>10,} / {r['phantom']:,}",
         f"  dropped / unacked boards  {r['board_dropped']:>10,} / {r['board_unacked_at_end']:,}",
+        *_hostile_lines(r.get("hostile")),
         f"  Kafka records / distinct  {r['kafka']['records']:>10,} / {r['kafka']['distinct']:,}  "
         f"(duplicates {r['kafka']['duplicates']:,}, de-duplicated downstream; DLQ {r['kafka']['dlq']})",
     ]

@@ -1,6 +1,7 @@
 """The short fleet soak (bench/soak.py) on a private stack: a few hundred boards for about two minutes
-while every component is SIGKILLed once. Nothing may be lost or doubled, and every final window must
-equal the readings stored for it. Performance figures come from the benchmark, not from here."""
+while a hostile board attacks and every component is SIGKILLed once. Nothing may be lost or doubled,
+and every final window must equal the readings stored for it. Performance figures come from the
+benchmark, not from here."""
 
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def test_every_component_sigkilled_once_under_load_loses_and_doubles_nothing(soa
     r = json.loads(summary.read_text())
 
     assert [f["fault"] for f in r["faults"]] == [
+        "hostile",
         "gateway",
         "backend",
         "kafka",
@@ -84,6 +86,12 @@ def test_every_component_sigkilled_once_under_load_loses_and_doubles_nothing(soa
     assert r["stored_twice"] == 0 and r["phantom"] == 0, report
     assert r["board_dropped"] == 0 and r["board_unacked_at_end"] == 0, report
     assert r["kafka"]["distinct"] == r["published"], report
+    # A hostile board first (bench/soak_hostile.py), its retained poison there for every later fault:
+    # its valid readings stored once, none of its poison stored, and no gateway exited on its own.
+    hostile = r["hostile"]
+    assert hostile["stored_once"] == hostile["valid_published"] > 0, hostile
+    assert not (hostile["missing"] or hostile["doubled"] or hostile["unexpected"]), hostile
+    assert not any(name.startswith("gateway") for name in r["unplanned_exits"]), r["unplanned_exits"]
     for coll, w in r["windows"].items():
         assert w["final_checked"] > 0, f"{coll}: no final window to check"
         assert w["final_differing"] == 0, f"{coll}: windows differ, e.g. {w['examples']}\n{report}"
