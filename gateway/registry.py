@@ -69,7 +69,9 @@ def health_fields(payload: bytes) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for name in ("fw", contract.HEALTH_UPDATE_STATE):
         value = obj.get(name)
-        if isinstance(value, str) and 0 < len(value) <= _TEXT_MAX:
+        # is_text: a lone surrogate (JSON "\ud800") cannot be written to MongoDB, and it failed the
+        # write of every board pending with it (issue #19).
+        if isinstance(value, str) and 0 < len(value) <= _TEXT_MAX and contract.is_text(value):
             out[name] = value
     for name in ("boot", contract.HEALTH_CONFIG_REV):
         value = obj.get(name)

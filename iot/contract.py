@@ -296,7 +296,7 @@ def _type_ok(kind: str, value: Any) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
-def _is_text(value: str) -> bool:
+def is_text(value: str) -> bool:
     """True when `value` encodes as UTF-8. JSON's `\\ud800` escape decodes to a lone surrogate: valid
     JSON, but no text, and the backend (orjson, BSON) cannot encode it."""
     if value.isascii():
@@ -349,7 +349,7 @@ def _validate_fields(ids: TopicIds, obj: Mapping[str, Any]) -> dict[str, Any]:
         value = obj[field]
         if not _type_ok(kind, value):
             raise InvalidReading(REASON_SCHEMA, f"field {field!r} must be {kind}, got {type(value).__name__}")
-        if kind == _STR and not _is_text(value):
+        if kind == _STR and not is_text(value):
             raise InvalidReading(REASON_SCHEMA, f"field {field!r} is not text (an unpaired surrogate escape)")
         if kind == _NUM_OR_NULL and value is not None:
             value = float(value)

@@ -28,6 +28,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.mqtt_source import MqttSource
 from gateway.paho_client import _without_bad_properties
 from gateway.records import DLQ_PAYLOAD_CAP, route
+from gateway.registry import health_fields
 from gateway.settings import GatewaySettings
 from iot import contract
 
@@ -244,3 +245,16 @@ def test_stripping_unparsable_properties_keeps_topic_packet_id_and_payload(case:
         packet[: len(new) - len(decoded.payload) - 1]
     )
     assert original_props >= 2
+
+
+@FUZZ
+@given(
+    st.one_of(st.binary(max_size=5000), st.dictionaries(st.text(max_size=12), json_values).map(json.dumps))
+)
+@example(b'{"fw": "\\ud800", "boot": 3}')
+@example(b"[" * 3000)
+def test_what_the_registry_takes_from_any_health_message_can_be_stored(payload: bytes | str) -> None:
+    raw = payload.encode("utf-8", errors="surrogatepass") if isinstance(payload, str) else payload
+    fields = health_fields(raw)
+    if fields is not None:
+        bson.encode(fields)  # the registry writes them to MongoDB as they are

@@ -132,3 +132,21 @@ def test_the_gateway_keeps_the_registry_current(
     finally:
         publisher.publish_raw(status, b"", retain=True)
         publisher.publish_raw(health, b"", retain=True)
+
+
+def test_a_hostile_health_message_costs_no_other_board_its_update(database: tuple[str, Any]) -> None:
+    # A lone surrogate in `fw` is valid JSON; BSON cannot encode it, and the whole round of pending
+    # updates (every board's) failed with it (issue #19).
+    _uri, db = database
+    registry = Registry(db[contract.COLL_DEVICES])
+    registry.add("k1", "kitchen")
+    registry.add("k2", "kitchen")
+    writer = RegistryWriter(db[contract.COLL_DEVICES], CollectorRegistry())
+    writer.health("sensors/kitchen/k1/health", b'{"fw": "1.2.0", "boot": 7}', retained=False)
+    writer.health(
+        "sensors/kitchen/k2/health", b'{"fw": "\\ud800", "update_state": "a\\udc00", "boot": 8}', False
+    )
+    assert writer.flush() == 2
+    k1, k2 = (db[contract.COLL_DEVICES].find_one({"_id": d}) for d in ("k1", "k2"))
+    assert (k1["fw"], k1["boot"]) == ("1.2.0", 7)
+    assert k2["boot"] == 8 and k2.get("fw") is None and k2.get("update_state") is None
