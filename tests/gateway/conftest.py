@@ -239,13 +239,21 @@ class KafkaReader:
                 "enable.partition.eof": False,
             }
         )
-        metadata = self._consumer.list_topics(topic, timeout=15)
+        # A topic created a moment ago (a private Kafka's `up`) can be missing from the metadata for a
+        # while: assigned then, the reader would read no partition at all and see nothing.
+        numbers = wait_for(lambda: self._partitions(topic), 30, f"{topic}'s partitions in the metadata", 0.2)
         partitions = []
-        for p in metadata.topics[topic].partitions:
+        for p in numbers:
             (high,) = wait_for(lambda p=p: self._high(topic, p), 30, f"a leader of {topic}[{p}]", 0.2)
             partitions.append(TopicPartition(topic, p, high if high >= 0 else OFFSET_END))
         self._consumer.assign(partitions)
         self.records: list[Record] = []
+
+    def _partitions(self, topic: str) -> list[int] | None:
+        meta = self._consumer.list_topics(topic, timeout=15).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return None
+        return sorted(meta.partitions)
 
     def _high(self, topic: str, partition: int) -> tuple[int] | None:
         """The partition's end offset; None while it has no leader yet (a Kafka that just started
