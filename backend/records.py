@@ -33,15 +33,36 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse(value: bytes) -> Any:
-    """One JSON parse. orjson (~0.5 us for a reading, json 2.7 us); a value orjson refuses is parsed
-    again by json so that what is rejected, and why, stays as it was (json also reads 1e400 as inf,
-    lone surrogates and UTF-16; orjson reads an integer beyond 64 bits as a float, which validation
-    then rejects instead of letting pymongo fail on it)."""
+def _parse(value: bytes) -> tuple[Any, bool]:
+    """One JSON parse, and whether orjson made it (then every float in it is finite). orjson (~0.5 us
+    for a reading, json 2.7 us); a value orjson refuses is parsed again by json so that what is
+    rejected, and why, stays as it was (json also reads 1e400 as inf, lone surrogates and UTF-16;
+    orjson reads an integer beyond 64 bits as a float, which validation then rejects instead of
+    letting pymongo fail on it)."""
     try:
-        return orjson.loads(value)
+        return orjson.loads(value), True
     except orjson.JSONDecodeError:
-        return json.loads(value, parse_constant=_reject_constant)
+        return json.loads(value, parse_constant=_reject_constant), False
+
+
+# The size limit is on the payload as the contract encodes it (compact, ensure_ascii). Re-encoding
+# every reading only to measure it took ~10 % of the worker's event loop (py-spy, issue #24), so a
+# record is re-encoded only when a cheap bound does not already prove it within the limit. For an
+# ASCII record without DEL (which the encoder escapes into six bytes) that orjson parsed (finite
+# floats), re-encoding adds nothing to strings and keys (escapes come out as long or shorter),
+# integers, literals or whitespace (dropped), and at most NUMBER_GROWTH bytes to a number: a JSON
+# float is at least 3 characters ("1e5"), Python's repr of one at most 24 ("100000.0" for "1e5").
+# There is at most one number per ':', ',' or '[' (plus a bare one): the bound counts them all.
+NUMBER_GROWTH: Final = 21
+
+
+def encoded_size_bound(value: bytes) -> int | None:
+    """An upper bound of the contract encoding's size of what `value` parses to (orjson having parsed
+    it), or None when none is cheap to give."""
+    if not value.isascii() or b"\x7f" in value:
+        return None
+    numbers = value.count(b":") + value.count(b",") + value.count(b"[") + 1
+    return len(value) + NUMBER_GROWTH * numbers
 
 
 def decode_reading(value: bytes | None) -> dict[str, Any]:
@@ -49,7 +70,7 @@ def decode_reading(value: bytes | None) -> dict[str, Any]:
     if value is None:
         raise RejectedRecord(contract.REASON_MALFORMED_JSON, "record has no value", UNKNOWN_TOPIC)
     try:
-        obj = _parse(value)
+        obj, finite = _parse(value)
     except (UnicodeDecodeError, ValueError) as exc:
         raise RejectedRecord(contract.REASON_MALFORMED_JSON, str(exc)[:200], UNKNOWN_TOPIC) from None
     if not isinstance(obj, dict):
@@ -69,8 +90,12 @@ def decode_reading(value: bytes | None) -> dict[str, Any]:
     if device_ts is not None and (not isinstance(device_ts, int) or isinstance(device_ts, bool)):
         raise RejectedRecord(contract.REASON_SCHEMA, "field 'device_ts' must be int epoch ms", topic)
     try:
-        # The size limit is the contract's, on the payload as the contract encodes it.
-        reading = contract.validate_reading_object(topic, obj, len(contract.encode(obj)))
+        bound = encoded_size_bound(value) if finite else None
+        if bound is not None and bound <= contract.MAX_PAYLOAD_BYTES:
+            size = bound  # within the limit re-encoded too: no need to re-encode it
+        else:
+            size = len(contract.encode(obj))  # the exact size, as the contract encodes it
+        reading = contract.validate_reading_object(topic, obj, size)
     except contract.InvalidReading as exc:
         raise RejectedRecord(exc.reason, exc.detail, topic) from None
     except ValueError as exc:  # encode refuses what cannot be re-encoded
