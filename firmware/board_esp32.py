@@ -1,4 +1,4 @@
-"""The ESP32 board: the only module that touches machine, network and ntptime.
+"""The ESP32 board: the only module that touches machine, network, ntptime and the TLS module.
 
 The virtual board (hil/virtual/vboard.py) offers the same methods on the unix port; board.py picks
 one, so every other firmware module runs unchanged on both.
@@ -22,13 +22,14 @@ if TYPE_CHECKING:
         def read(self, n: int) -> bytes | None: ...
         def readinto(self, buf: bytearray | memoryview, nbytes: int = -1) -> int | None: ...
         def close(self) -> None: ...
+        def setblocking(self, flag: bool) -> None: ...
 
     class Watchdog(Protocol):
         def feed(self) -> None: ...
 
 
-# Per-call timeout of a connected socket: a read only starts once poll said readable, so this
-# bounds how long one write can block before the caller's loop checks its deadline again.
+# Per-call timeout of a socket while it connects and, under TLS, shakes hands (the raw socket's:
+# a TLS socket has none); the link then makes it non-blocking (mqtt.py).
 IO_TIMEOUT_S = 1
 
 
@@ -43,25 +44,6 @@ class Poller:
         for _obj, _ev in self._poll.ipoll(timeout_ms):
             return True  # data, EOF or an error: the read that follows tells which
         return False
-
-
-def _wrap_tls(sock: socket.socket, host: str, verify: bool, ca_file: str) -> Stream:
-    """TLS client over a connected socket. The module is `tls` from 1.23 and `ssl` on 1.22; no CA
-    bundle is built in, so verifying needs the CA file (config validation insists); mbedTLS checks
-    the certificate dates, so the caller connects only after NTP. A bad CA raises ValueError."""
-    try:
-        import tls as tlsmod
-    except ImportError:
-        import ssl as tlsmod  # type: ignore[no-redef]
-    ctx = tlsmod.SSLContext(tlsmod.PROTOCOL_TLS_CLIENT)
-    if verify:
-        with open(ca_file, "rb") as f:
-            # Positional: the port's SSLContext (C, 1.22 ssl and 1.23+ tls) takes no keyword here.
-            ctx.load_verify_locations(f.read())
-        ctx.verify_mode = tlsmod.CERT_REQUIRED  # type: ignore[attr-defined]
-    else:
-        ctx.verify_mode = tlsmod.CERT_NONE  # type: ignore[attr-defined]
-    return ctx.wrap_socket(sock, server_hostname=host)  # type: ignore[no-any-return]
 
 
 _RESET_CAUSES = {
@@ -159,23 +141,26 @@ class Board:
         caller feeds the watchdog before, caches the answer, and config validation counts it."""
         return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]  # type: ignore[no-any-return]
 
-    def connect_tcp(self, host: str, port: int, timeout_ms: int, tls: bool, tls_verify: bool,
-                    ca_file: str, addr: tuple | None = None) -> Stream:
-        if addr is None:
-            addr = self.resolve(host, port)
+    def connect_tcp(self, addr: tuple, timeout_ms: int) -> Stream:
+        """A TCP connection to addr, its per-call timeout IO_TIMEOUT_S (set on the raw socket: a TLS
+        socket has none, 1.22-1.27); the link wraps it in TLS (tlsctx) and makes it non-blocking."""
         sock = socket.socket()
-        # The timeout goes on the raw socket, before any TLS wrap: a TLS socket has no settimeout
-        # before 1.24 (AttributeError), and the raw socket's timeout bounds the handshake too.
         sock.settimeout(timeout_ms / 1000)
         try:
             sock.connect(addr)
             sock.settimeout(IO_TIMEOUT_S)
-            if tls:
-                return _wrap_tls(sock, host, tls_verify, ca_file)
-        except (OSError, ValueError):
+        except OSError:
             sock.close()
             raise
         return sock  # type: ignore[return-value]
+
+    def tls_module(self) -> object:
+        """The port's TLS module: `tls` from 1.23, `ssl` on 1.22 (where `tls` does not exist)."""
+        try:
+            import tls as mod
+        except ImportError:
+            import ssl as mod  # type: ignore[no-redef]
+        return mod
 
     def poller(self, stream: Stream) -> Poller:
         return Poller(stream)

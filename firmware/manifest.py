@@ -28,5 +28,6 @@ for name in (
     "node",
     "outbox",
     "sensor",
+    "tlsctx",
 ):
     module(name + ".py")  # noqa: F821  (base_path: this file's folder)

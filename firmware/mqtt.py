@@ -1,21 +1,23 @@
 """A small MQTT 3.1.1 client: publish QoS 0/1, subscribe QoS 0, last will, credentials, keepalive.
 
-Written against the ESP32 port's socket semantics (read from its 1.22-1.24 sources, the same
+Written against the ESP32 port's socket semantics (read from its 1.22-1.26 sources, the same
 facts mqtt_as is built on):
-- errno values come from the `errno` module: the port uses newlib's (ETIMEDOUT is 116, not 110);
-- the stream keeps the timeout the board set on the raw socket at connect (a TLS socket has no
-  `settimeout` before 1.24), so this module never sets one; it polls before every read, and a read
-  only starts once the socket is readable;
-- a write may be short: every packet is written in a loop until complete or its deadline;
+- once connected (and the TLS handshake done) the socket is non-blocking. A blocking socket's
+  `readinto(buf, n)` and `write(buf, off, n)` loop until all n bytes moved (py/stream.c), and a
+  timeout on the way raises OSError(ETIMEDOUT) with the bytes already moved consumed and not
+  reported: a retry then desyncs the stream or sends bytes twice, and under TLS the timeout is the
+  session's sticky error (OSError(-116) through 1.27). A non-blocking stream reports what it moved
+  (a short count, or None for nothing), so a stall only costs time, bounded by each packet's deadline;
+- reads only start once poll said readable; any OSError ends the session (reconnect, re-send);
 - an incoming packet longer than MAX_PACKET_IN is read through and dropped (counted), never
   allocated, so a broker cannot make the board run out of heap.
 Every wait has a deadline and feeds the watchdog (`board.feed()`) in slices of at most _SLICE_MS.
 The hot path (publish, PUBACK, PINGREQ) writes from and reads into preallocated buffers.
 """
 
-import errno
-
 from micropython import const
+
+import tlsctx
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,11 +43,7 @@ _SLICE_MS = const(1000)  # longest wait between two watchdog feeds
 _PACKET_MS = const(2000)
 # A packet that has started must be complete within _PACKET_MS.
 _RESOLVE_AFTER_FAILURES = const(5)  # look the broker up again: its address may have changed
-# A write that times out on a socket with a timeout is busy, not dead: retry until the deadline.
-# Looked up at run time: MicroPython's compiler folds `errno.NAME` into the number of the compiling
-# port's built-in module (110 for ETIMEDOUT on the unix port, where the virtual board's socket raises
-# the ESP32's 116); getattr gives the running board's value on both.
-_BUSY = (getattr(errno, "EAGAIN"), getattr(errno, "ETIMEDOUT"))  # noqa: B009
+_WRITE_WAIT_MS = const(10)  # a non-blocking write that moved nothing: lwIP's send buffer is full
 
 _CONNACK_REASONS = {
     1: "unacceptable protocol version",
@@ -152,10 +150,15 @@ class Client:
         board.feed()
         deadline = board.ticks_add(board.ticks_ms(), timeout_ms)
         self._failures += 1  # until a CONNACK says this address works
-        sock = board.connect_tcp(
-            self.host, self.port, timeout_ms, self._tls, self._tls_verify, self._ca_file, self._addr
-        )
+        sock = board.connect_tcp(self._addr, timeout_ms)
+        if self._tls:
+            try:
+                sock = tlsctx.wrap(board.tls_module(), sock, self.host, self._tls_verify, self._ca_file)
+            except (OSError, ValueError):
+                sock.close()
+                raise
         board.feed()  # the TCP connect (and a TLS handshake) took up to timeout_ms
+        sock.setblocking(False)  # from here every call reports what it moved (module docstring)
         self._sock = sock
         self._poller = board.poller(sock)
         # CONNECT is built once per connection: allocating here is off the hot path.
@@ -228,7 +231,8 @@ class Client:
     # --- bytes on the wire ------------------------------------------------------------------
     def _write(self, buf: bytes | bytearray | memoryview, n: int, deadline: int) -> None:
         """Write buf[:n] (looping over short writes) before deadline, else MQTTError. The port's
-        stream write takes (buf, off, max_len): the rest of a short write goes without a slice."""
+        stream write takes (buf, off, max_len): the rest of a short write goes without a slice.
+        Non-blocking: None or a short count means the send buffer is full; an OSError is the end."""
         board = self._board
         sock = self._sock
         if sock is None:
@@ -238,15 +242,13 @@ class Client:
             try:
                 sent = sock.write(buf, off, n - off)
             except OSError as exc:
-                if _errno(exc) not in _BUSY:
-                    self.close()
-                    raise MQTTError("closed", "write failed: errno %d" % _errno(exc))
-                sent = 0
-            # Each call may block for the socket's 1 s: feed after every one, progress or not (a
-            # peer taking a byte a second would otherwise hold a 640-byte packet for minutes).
-            board.feed()
+                self.close()
+                raise MQTTError("closed", "write failed: errno %d" % _errno(exc))
+            board.feed()  # progress or not: a peer taking a byte a second must not starve it
             if sent:
                 off += sent
+            elif off < n:
+                board.sleep_ms(_WRITE_WAIT_MS)
             if off < n and board.ticks_diff(deadline, board.ticks_ms()) <= 0:
                 self.close()
                 raise MQTTError("timeout", "write stalled with %d of %d bytes sent" % (off, n))
@@ -286,12 +288,10 @@ class Client:
             try:
                 k = sock.readinto(buf, n) if not got else sock.readinto(buf[got:], n - got)
             except OSError as exc:
-                if _errno(exc) in _BUSY:
-                    continue  # readable was a false alarm (TLS record not complete yet)
                 self.close()
                 raise MQTTError("closed", "read failed: errno %d" % _errno(exc))
             if k is None:
-                continue
+                continue  # readable, yet nothing decrypted: a TLS record not complete yet
             if k == 0:
                 self.close()
                 raise MQTTError("closed", "broker closed the connection")

@@ -9,6 +9,7 @@ from hil import fleet
 from hil.flash import flash
 from hil.rig import cli as rig_cli
 from hil.vboard_process import DEFAULT_HEAP
+from hil.virtual import vprofile
 from iot.env import writable_dir
 
 
@@ -48,6 +49,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     boards.add_argument(
         "--heap", default=DEFAULT_HEAP, help=f"MicroPython heap per board (default {DEFAULT_HEAP})"
+    )
+    boards.add_argument(
+        "--profile",
+        choices=sorted(vprofile.PROFILES),
+        default=vprofile.DEFAULT,
+        help=f"MicroPython version the boards run: TLS module, errors, heap (default {vprofile.DEFAULT})",
     )
     boards.add_argument(
         "--serial",
@@ -91,6 +98,7 @@ def run_boards(args: argparse.Namespace) -> int:
         not args.unsynced,
         extra_config=broker.tls_config(),
         environments=environments,
+        profile=args.profile,
     )
     root = writable_dir("--state-dir", args.state_dir) if args.state_dir else fleet.default_state_dir()
     return fleet.run_fleet(

@@ -21,6 +21,7 @@ from hil.errors import RigConfigError
 from hil.probe import Probe
 from hil.vboard_process import DEFAULT_HEAP, EXIT_CONFIG, VirtualBoard
 from hil.virtual import env as envmod
+from hil.virtual import vprofile
 from iot import contract, log
 from iot import mqtt as mqtt_conn
 from iot.broker import credentials
@@ -130,13 +131,17 @@ def plan(
     time_sync: bool = True,
     extra_config: dict[str, Any] | None = None,
     environments: dict[str, Any] | None = None,
+    profile: str = vprofile.DEFAULT,
 ) -> list[BoardPlan]:
     """Boards spread round-robin over the first `places` place names; `environments` (place ->
-    env spec) overrides the built-in environment of a place."""
+    env spec) overrides the built-in environment of a place; `profile`: the MicroPython version
+    every board runs (hil/virtual/vprofile.py)."""
     if count < 1:
         raise RigConfigError("count", "must be at least 1")
     if not 1 <= places <= count:
         raise RigConfigError("places", f"must be between 1 and the board count ({count})")
+    if profile not in vprofile.PROFILES:
+        raise RigConfigError("profile", f"{profile!r}: one of {', '.join(vprofile.PROFILES)}")
     if not contract.ID_PATTERN.match(prefix) or len(prefix) > 40:
         raise RigConfigError("prefix", f"{prefix!r} must be 1..40 of A-Z a-z 0-9 _ -")
     names = place_names(places)
@@ -153,7 +158,7 @@ def plan(
         }
         cfg.update(extra_config or {})
         env_spec = (environments or {}).get(place) or environment(place, env_kind)
-        spec = {"env": env_spec, "time_sync": time_sync, "seed": i + 1}
+        spec = {"env": env_spec, "time_sync": time_sync, "seed": i + 1, "profile": profile}
         boards.append(BoardPlan(device, place, cfg, spec))
     return boards
 

@@ -156,3 +156,75 @@ class MqttProxy:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+class StallProxy:
+    """A byte relay between a board and the broker (plain or TLS: it does not read the bytes) that
+    can stall the broker's side in the middle of what it sends: `stall_next(s)` makes the next chunk
+    from the broker arrive as its first bytes, then `s` seconds of silence, then the rest, as a
+    congested Wi-Fi link does. `stalls` counts the stalls done."""
+
+    def __init__(self, broker_host: str, broker_port: int) -> None:
+        self._upstream = (broker_host, broker_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._stall_s = 0.0
+        self.stalls = 0
+        self.connections = 0
+        self._sockets: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, name="stall-proxy", daemon=True)
+
+    def stall_next(self, seconds: float) -> None:
+        with self._lock:
+            self._stall_s = seconds
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(self._upstream, timeout=5)
+            except OSError:
+                return
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+                self.connections += 1
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, to_board: bool) -> None:
+        try:
+            while True:
+                chunk = src.recv(65536)
+                if not chunk:
+                    break
+                with self._lock:
+                    stall = self._stall_s if to_board and len(chunk) > 1 else 0.0
+                    if stall:
+                        self._stall_s = 0.0
+                if stall:
+                    cut = min(3, len(chunk) - 1)
+                    dst.sendall(chunk[:cut])
+                    time.sleep(stall)  # the stimulus: a link that stalls mid-packet
+                    chunk = chunk[cut:]
+                    with self._lock:
+                        self.stalls += 1
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> StallProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for s in self._sockets:
+            s.close()
+        self._thread.join(5)

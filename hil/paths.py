@@ -10,7 +10,16 @@ REPO = Path(__file__).resolve().parents[1]
 FIRMWARE = REPO / "firmware"
 VIRTUAL = Path(__file__).resolve().parent / "virtual"
 # Modules of hil/virtual that run inside a virtual board (MicroPython); __init__ is CPython-only.
-VIRTUAL_MODULES = ("env.py", "bme280_model.py", "bh1750_model.py", "vnet.py", "vi2c.py", "vboard.py")
+VIRTUAL_MODULES = (
+    "env.py",
+    "bme280_model.py",
+    "bh1750_model.py",
+    "vprofile.py",
+    "vnet.py",
+    "vtls.py",
+    "vi2c.py",
+    "vboard.py",
+)
 
 
 def venv_tool(name: str) -> str:

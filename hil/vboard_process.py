@@ -19,15 +19,17 @@ from typing import Any
 
 from hil import paths
 from hil.errors import BoardError
+from hil.virtual import vprofile
 
-# The board layer, its network and the sensor models take about 42 KB of the MicroPython heap that
-# a real ESP32 does not spend, so the heap is that much larger than the ~110 KB an ESP32 leaves free: the
-# firmware then starts with about the free memory it has on a board. Measured 2026-12-02 in main.py's
-# order (import, collect, Board(), collect): 40.1-40.2 KB for the import (the ESP32 errno table is
-# part of it since 2026-12-01; it was 40 KB before) and 1.7-2.1 KB for the Board, more the longer its
+# The board layer (its network, the TLS modules of its MicroPython profile, the sensor models) takes
+# about 51 KB of the MicroPython heap that a real ESP32 does not spend, so the heap is that much
+# larger than the ~110 KB an ESP32 leaves free: the firmware then starts with about the free memory
+# it has on a board. Measured 2026-12-07 in main.py's order (import, collect, Board(), collect):
+# 49.1 KB for the import (40.7 before the port's stream and TLS semantics and the profiles joined
+# it: vnet 3.3 KB more, vprofile and vtls 5.1 KB) and 1.8 KB for the Board, more the longer its
 # folder's path.
 ESP32_FREE_HEAP_KB = 110
-VIRTUAL_LAYER_KB = 42
+VIRTUAL_LAYER_KB = 51
 DEFAULT_HEAP = f"{ESP32_FREE_HEAP_KB + VIRTUAL_LAYER_KB}K"
 
 EXIT_CONFIG = 2
@@ -44,11 +46,13 @@ class VirtualBoard:
         heap: str = DEFAULT_HEAP,
         serial: bool = False,
         firmware_dir: Path = paths.FIRMWARE,
+        profile: str = vprofile.DEFAULT,
     ) -> None:
         """`serial`: the board sits behind a serial console (hil/serial_board.py) and runs the firmware
         from its own flash, as an ESP32 does; otherwise it runs the firmware in `firmware_dir`
         (firmware/ from the repository, or a build of it: `iot flash --mpy`'s .mpy files and
-        main.py)."""
+        main.py). `profile`: the MicroPython version it runs (hil/virtual/vprofile.py), unless the
+        spec names one."""
         self.device: str = str(config["device"])
         self.place: str = str(config["place"])
         self.dir = root / self.device
@@ -59,6 +63,8 @@ class VirtualBoard:
         self.config = config
         self.spec = dict(spec)
         self.spec["control_dir"] = str(self.control)
+        self.spec.setdefault("profile", profile)
+        vprofile.get(self.spec["profile"])  # an unknown version fails here, not inside the board
         self.spec.setdefault("parent_pid", os.getpid())  # boards power off when their rig dies
         self.heap = heap
         self.proc: subprocess.Popen[bytes] | None = None

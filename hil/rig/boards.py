@@ -66,7 +66,11 @@ class RigBoard:
         assumed powered and on its port."""
         if self.spec.virtual:
             self.vboard = VirtualBoard(
-                self.workdir / "boards", self.config(), {"env": self.spec.env, "seed": 1}, serial=True
+                self.workdir / "boards",
+                self.config(),
+                {"env": self.spec.env, "seed": 1},
+                serial=True,
+                profile=self.spec.profile,
             )
             self.vboard.write_files()
             self.vboard.start()

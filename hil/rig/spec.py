@@ -18,6 +18,7 @@ import yaml
 from hil import paths
 from hil.errors import RigConfigError
 from hil.virtual import env as envmod
+from hil.virtual import vprofile
 from iot import contract
 from iot import kafka as kafka_conn
 from iot.env import CONTRACT, LOG, EnvReader, Variables
@@ -95,6 +96,7 @@ class BoardSpec:
     power: Power = Power()
     tolerance: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    profile: str = vprofile.DEFAULT  # the MicroPython version a virtual board runs
 
     @property
     def virtual(self) -> bool:
@@ -212,7 +214,9 @@ def _env(raw: Any, place: str, where: str) -> dict[str, Any]:
     raise RigConfigError(where, "constant, day, or a mapping of metric -> profile (hil/virtual/env.py)")
 
 
-_BOARD_KEYS = {"id", "kind", "count", "place", "device", "port", "env", "power", "tolerance", "config"}
+_BOARD_KEYS = {
+    "id", "kind", "count", "place", "device", "port", "env", "power", "tolerance", "config", "profile",
+}
 
 
 def _boards(raw: Any, prefix: str, board_config: dict[str, Any]) -> list[BoardSpec]:
@@ -242,7 +246,12 @@ def _boards(raw: Any, prefix: str, board_config: dict[str, Any]) -> list[BoardSp
             power = Power(str(pw.get("off_command", "")), str(pw.get("on_command", "")))
         tol = _mapping(b.get("tolerance"), f"{where}.tolerance", set(envmod.METRICS))
         tolerance = {m: float(_typed(v, (int, float), f"{where}.tolerance.{m}")) for m, v in tol.items()}
+        profile = str(b.get("profile", vprofile.DEFAULT))
+        if profile not in vprofile.PROFILES:
+            raise RigConfigError(f"{where}.profile", f"{profile!r}: one of {', '.join(vprofile.PROFILES)}")
         if kind == "esp32":
+            if "profile" in b:
+                raise RigConfigError(f"{where}.profile", "a real board runs what was flashed on it")
             if count != 1:
                 raise RigConfigError(f"{where}.count", "a real board is one board")
             for key in ("port", "device"):
@@ -267,6 +276,7 @@ def _boards(raw: Any, prefix: str, board_config: dict[str, Any]) -> list[BoardSp
                     power=power,
                     tolerance=tolerance or (dict(VIRTUAL_TOLERANCE) if kind == "virtual" else {}),
                     config={**board_config, **config},
+                    profile=profile,
                 )
             )
     ids = [b.id for b in boards]

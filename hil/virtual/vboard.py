@@ -18,16 +18,14 @@ import time
 
 TICKS_MAX_DELTA = 1 << 29  # time.ticks_add raises OverflowError at or beyond this (py/modtime)
 RTC_UNSYNCED_EPOCH_MS = 946684800000  # an ESP32 RTC starts at 2000-01-01 without NTP
-MBEDTLS_X509_VERIFY_FAILED = -9984  # -0x2700, as the port raises it from the handshake
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from hil.virtual import bme280_model, env
+    from hil.virtual import bme280_model, env, vprofile, vtls
     from hil.virtual.vi2c import Pin, VirtualI2C
     from hil.virtual.vnet import (
         EHOSTUNREACH,
-        ETIMEDOUT,
         IO_TIMEOUT_S,
         SLICE_REAL_MS,
         TICKS_PERIOD,
@@ -37,16 +35,18 @@ if TYPE_CHECKING:
         VSocket,
         exists,
         host_ms,
+        newlib_error,
         read_text,
     )
 else:
     # On the board these are top-level modules next to this one (MICROPYPATH).
     import bme280_model
     import env
+    import vprofile
+    import vtls  # loaded at boot with the rest of the layer, so the heap allowance counts it
     from vi2c import Pin, VirtualI2C
     from vnet import (
         EHOSTUNREACH,
-        ETIMEDOUT,
         IO_TIMEOUT_S,
         SLICE_REAL_MS,
         TICKS_PERIOD,
@@ -56,6 +56,7 @@ else:
         VSocket,
         exists,
         host_ms,
+        newlib_error,
         read_text,
     )
 
@@ -65,22 +66,11 @@ else:
 sys.modules["errno"] = Newlib  # type: ignore[assignment]
 
 
-def _pem_to_der(data: bytes) -> bytes:
-    begin = b"-----BEGIN CERTIFICATE-----"
-    if not data.startswith(begin):
-        return data
-    import binascii
-
-    end = data.find(b"-----END CERTIFICATE-----")
-    try:
-        return binascii.a2b_base64(data[len(begin) : end].replace(b"\n", b""))
-    except ValueError:
-        return data  # not base64: mbedTLS says what the ESP32 would say about it
-
-
 class Spec:
     def __init__(self, raw: "dict[str, Any]") -> None:
         self.control_dir: str = raw.get("control_dir", "")
+        # The MicroPython version the board runs (hil/virtual/vprofile.py).
+        self.profile: str = raw.get("profile", vprofile.DEFAULT)
         self.time_sync: bool = raw.get("time_sync", True)
         self.env = env.validate(raw["env"])
         self.faults: list[dict[str, Any]] = raw.get("faults", [])
@@ -179,6 +169,8 @@ class Board:
         self._i2c: VirtualI2C | None = None
         self.wdt: Watchdog | None = None
         self._reset_cause = ""
+        self.profile = vprofile.get(self.spec.profile)
+        self.idf = vprofile.IdfHeap(vprofile.IDF_FREE_KB * 1024)
 
     def world_ms(self) -> int:
         """Physical time (epoch ms) in the board's world: what the sensors convert in and measure.
@@ -336,61 +328,33 @@ class Board:
         found: Any = socket.getaddrinfo(host, port)[0][-1]
         return found
 
-    def connect_tcp(
-        self, host: str, port: int, timeout_ms: int, tls: bool, tls_verify: bool, ca_file: str,
-        addr: "Any" = None,
-    ) -> VSocket:
+    def connect_tcp(self, addr: "Any", timeout_ms: int) -> VSocket:
+        """As board_esp32: connected within timeout_ms, then a per-call timeout of IO_TIMEOUT_S."""
         self.check_watchdog()
         self.net.check()
-        if addr is None:
-            addr = self.resolve(host, port)
         raw = socket.socket()
         stream = VSocket(raw, self)
-        # The connect and the handshake wait for the broker: at host speed (Clock.hold).
+        # The connect waits for the broker: at host speed (Clock.hold).
         self.clock.hold(True)
         try:
             stream.raw_settimeout(timeout_ms / 1000)
             try:
                 raw.connect(addr)
             except OSError as exc:
-                raw.close()
-                raise stream._error(exc) from None
-            if tls:
-                try:
-                    stream = VSocket(raw, self, self._wrap_tls(raw, host, tls_verify, ca_file))
-                except (OSError, ValueError):
-                    raw.close()
-                    raise
+                stream.close()
+                raise newlib_error(exc) from None
         finally:
             self.clock.hold(False)
-        stream.raw_settimeout(IO_TIMEOUT_S)  # as board_esp32: reads start only after poll said readable
+        stream.raw_settimeout(IO_TIMEOUT_S)
         return stream
 
-    def _wrap_tls(self, raw: socket.socket, host: str, verify: bool, ca_file: str) -> object:
-        """Real TLS (the unix port's mbedTLS), with the port's failure modes: no CA bundle (verifying
-        without a CA fails the handshake), a bad CA is a ValueError, and certificate dates are checked
-        against the board's RTC, which reads 2000-01-01 until NTP."""
-        import tls as tlsmod  # type: ignore[import-not-found]
+    def tls_module(self) -> object:
+        """The profile's TLS module (hil/virtual/vtls.py): 1.22's `ssl` or `tls`."""
+        vtls.BOARD = self
+        return vtls.Ssl if self.profile["tls_module"] == "ssl" else vtls.Tls
 
-        ctx = tlsmod.SSLContext(tlsmod.PROTOCOL_TLS_CLIENT)
-        if verify:
-            if not ca_file:
-                raise OSError(MBEDTLS_X509_VERIFY_FAILED)
-            with open(ca_file, "rb") as f:
-                cadata = f.read()
-            # Positional: tls.SSLContext takes no keywords. The unix port build's mbedTLS refuses
-            # PEM ("invalid cert") where the ESP32's takes it, so a PEM CA is handed over as DER.
-            ctx.load_verify_locations(_pem_to_der(cadata))
-            ctx.verify_mode = tlsmod.CERT_REQUIRED
-            if not self._synced:
-                raise OSError(MBEDTLS_X509_VERIFY_FAILED)  # "certificate not yet valid" in 2000
-        else:
-            ctx.verify_mode = tlsmod.CERT_NONE
-        try:
-            return ctx.wrap_socket(raw, server_hostname=host)
-        except OSError as exc:
-            code = exc.args[0] if exc.args else 0
-            raise OSError(ETIMEDOUT if code in (110, 11) else code) from None
+    def synced(self) -> bool:
+        return self._synced
 
     def poller(self, stream: VSocket) -> Poller:
         return Poller(self, stream)

@@ -53,6 +53,12 @@ class Newlib:
 _HOST_TO_NEWLIB = {110: ETIMEDOUT, 113: EHOSTUNREACH, 115: EINPROGRESS, 103: ECONNABORTED, 107: ENOTCONN}
 _HOST_TIMEOUT = (110, 11)  # the unix port reports an SO_RCVTIMEO expiry as either
 IO_TIMEOUT_S = 1
+
+
+def newlib_error(exc: OSError) -> OSError:
+    """A host socket error as the ESP32 port raises it (newlib's numbers)."""
+    code = exc.args[0] if exc.args else 0
+    return OSError(_HOST_TO_NEWLIB.get(code, code))
 SLICE_REAL_MS = 50  # longest real wait between watchdog checks inside a board call
 
 
@@ -159,15 +165,161 @@ class _Rand:
         return x
 
 
-class VSocket(io.IOBase):
-    """A socket with the ESP32 port's stream semantics (modsocket.c, py/stream.c).
+SND_BUF = 5744  # lwIP's TCP send buffer on the ESP32 port (CONFIG_LWIP_TCP_SND_BUF_DEFAULT)
+EBADF = 9
+_POLL_RD, _POLL_WR, _POLL_NVAL = 1, 4, 0x20
 
-    - errno values are newlib's (116 for a timeout, 118 for an unreachable host);
-    - with a timeout set, a read that gets nothing in time raises OSError(ETIMEDOUT), it never
-      returns None (None is only for a non-blocking socket, timeout 0);
-    - a write may send fewer bytes than asked and say so in its return value (lwIP's send buffer);
-    - with the network cut, every call raises EHOSTUNREACH;
-    - `ioctl` gives select.poll the host descriptor, so the firmware can poll it like on a board.
+
+class VRaw(io.IOBase):
+    """The port's socket seen from below the stream layer: one call is what modsocket.c's
+    socket_stream_read / socket_stream_write do once (lwIP, retried until the socket's timeout).
+    It answers as a Python stream answers MicroPython's stream layer: a count, None (EAGAIN: a
+    non-blocking socket with nothing to move), or a negative errno (-116 when the timeout passed,
+    -104 for a connection the peer reset). mbedTLS reads and writes through it, as through the
+    raw socket on the port, so a timeout under TLS becomes the session's sticky error there too.
+
+    Wi-Fi loss is lwIP's: an open socket raises nothing; nothing arrives, and writes go into the
+    send buffer (SND_BUF) until it is full, then block. The host connection is closed at once, so
+    the broker notices now (a real broker waits 1.5 keepalives); when Wi-Fi comes back the peer has
+    forgotten the connection and the next call gets ECONNRESET (104)."""
+
+    def __init__(self, sock: socket.socket, board: "Board") -> None:
+        self.sock = sock
+        self._board = board
+        self.timeout: float | None = None  # board seconds; 0: non-blocking
+        self.shut = False
+        self.silent = False
+        self.reset = False
+        self.queued = 0  # bytes lwIP holds while the link is silent
+        self._rand = _Rand(board.spec.seed)
+        self._short_every = board.spec.short_write_every
+        self.short_writes = 0
+        self._full = False
+        self._hpoll = select.poll()
+        self._hpoll.register(sock, select.POLLIN)
+
+    def apply_timeout(self) -> None:
+        t = self.timeout
+        if not self.shut and not self.silent:
+            self.sock.settimeout(None if t is None else 0 if t == 0 else self._board.clock.real_s(t * 1000))
+
+    def _state(self) -> int:
+        """0 if the socket can move bytes now, else what a call reports (as a positive errno)."""
+        board = self._board
+        board.check_watchdog()
+        if self.shut:
+            return EBADF
+        if not board.net.up():
+            if not self.silent:
+                self.silent = True
+                self.sock.close()
+        elif self.silent and not self.reset:
+            self.reset = True
+        if self.reset:
+            return ECONNRESET
+        return 0
+
+    def _stall(self) -> int | None:
+        """Nothing moves: a non-blocking socket says EAGAIN, a blocking one waits out its timeout."""
+        if self.timeout == 0:
+            return None
+        self._board.block_ms(int((self.timeout or 3600) * 1000))
+        return -ETIMEDOUT
+
+    def readinto(self, buf: "bytearray | memoryview") -> int | None:
+        err = self._state()
+        if err:
+            return -err
+        if self.silent:
+            return self._stall()
+        try:
+            data = self.sock.recv(len(buf))
+        except OSError as exc:
+            return self._host_error(exc)
+        buf[: len(data)] = data
+        return len(data)
+
+    def write(self, buf: "bytes | bytearray | memoryview") -> int | None:
+        err = self._state()
+        if err:
+            return -err
+        n = len(buf)
+        if self.silent:
+            room = SND_BUF - self.queued
+            if room <= 0:
+                return self._stall()
+            self.queued += min(room, n)
+            return min(room, n)
+        if self.timeout == 0:
+            if self._full:
+                self._full = False
+                return None  # the send buffer filled up with the last call's bytes: EAGAIN
+            if self._short_every and n > 1 and self._rand.next() % self._short_every == 0:
+                n = 1 + self._rand.next() % (n - 1)  # lwIP's send buffer took only part of it
+                self._full = True
+                self.short_writes += 1
+        try:
+            return self.sock.send(memoryview(buf)[:n])
+        except OSError as exc:
+            return self._host_error(exc)
+
+    def _host_error(self, exc: OSError) -> int | None:
+        code = exc.args[0] if exc.args else 0
+        if code in _HOST_TIMEOUT:
+            return None if self.timeout == 0 else -ETIMEDOUT
+        return -_HOST_TO_NEWLIB.get(code, code)
+
+    def readable_now(self) -> bool:
+        """A read would not block: bytes, EOF or an error to report."""
+        if self._state() or self.shut:
+            return True
+        if self.silent:
+            return False
+        for _obj, _ev in self._hpoll.ipoll(0):  # type: ignore[attr-defined]
+            return True
+        return False
+
+    def wait(self, real_ms: int) -> None:
+        """Wait at most real_ms of host time for bytes (returns early when some arrive)."""
+        if self.silent or self.shut:
+            time.sleep(real_ms / 1000)
+            return
+        for _obj, _ev in self._hpoll.ipoll(real_ms):  # type: ignore[attr-defined]
+            return
+
+    def ioctl(self, req: int, arg: int) -> int:
+        if req == 3:  # MP_STREAM_POLL, asked by the TLS layer
+            if self.shut:
+                return _POLL_NVAL
+            ready = _POLL_RD if arg & _POLL_RD and self.readable_now() else 0
+            if arg & _POLL_WR and (not self.silent or self.queued < SND_BUF):
+                ready |= _POLL_WR
+            return ready
+        if req == 4:  # MP_STREAM_CLOSE
+            self.close()
+            return 0
+        return -22  # EINVAL: no descriptor to hand out, the stream layer polls through ioctl
+
+    def close(self) -> None:
+        if not self.shut:
+            self.shut = True
+            if not self.silent:
+                self.sock.close()
+
+
+class VSocket(io.IOBase):
+    """The socket the firmware holds, with the ESP32 port's stream semantics (py/stream.c over
+    modsocket.c, or over modtls_mbedtls.c for TLS):
+
+    - errno values are newlib's (116 for a timeout, 104 for a reset);
+    - `readinto(buf, n)` and `write(buf[, off], n)` loop until all n bytes moved (mp_stream_rw); a
+      timeout on the way raises OSError(ETIMEDOUT) and the bytes already moved are consumed and not
+      reported (micropython issue 3155). Only a non-blocking socket (timeout 0) returns a short
+      count, or None when nothing moved (EAGAIN);
+    - TLS: a timeout (or any socket error) under TLS is the session's sticky error; every later call
+      raises it, spelled as the profile's version spells it (OSError(-116) through 1.27); a TLS
+      socket has no settimeout (AttributeError), only setblocking;
+    - Wi-Fi loss is silent (VRaw).
     Timeouts are virtual: they pass `clock_speed` times faster in real time, except while the board
     waits for its peer: from the moment it writes an MQTT packet that the broker answers (CONNECT,
     PUBLISH QoS 1/2, SUBSCRIBE, UNSUBSCRIBE, PINGREQ) until it reads a byte, the clock runs at host
@@ -175,16 +327,20 @@ class VSocket(io.IOBase):
     carries MQTT only: Board.connect_tcp is the firmware's link to the broker.)
     """
 
-    def __init__(self, sock: socket.socket, board: "Board", tls: object = None) -> None:
+    def __init__(
+        self, sock: socket.socket, board: "Board", tls: object = None, raw: VRaw | None = None
+    ) -> None:
+        self._raw = raw if raw is not None else VRaw(sock, board)
         self._sock = sock
-        self._tls = tls  # the unix port's mbedTLS socket over sock, or None
-        self._io: Any = tls if tls is not None else sock
+        self._tls: Any = tls  # the unix port's mbedTLS socket over self._raw, or None
         self._board = board
-        self._timeout: float | None = None
-        self._rand = _Rand(board.spec.seed)
-        self._short_every = board.spec.short_write_every
-        self.short_writes = 0
-        self.is_closed = False
+        self._tls_errno = board.profile["tls_timeout_errno"] if tls is not None else 0
+        self._sticky = 0
+        self.idf_held = 0  # bytes of the ESP-IDF heap its mbedTLS buffers hold (vtls)
+        self._tpoll: Any = None
+        if tls is not None:
+            self._tpoll = select.poll()
+            self._tpoll.register(tls, select.POLLIN)
         self._awaiting = False  # an answer is owed since the last byte read: the clock is held
         # Framing of what the board writes: the packet's first byte, its remaining length as read
         # so far (and the varint's multiplier, 0 while at a packet boundary), body bytes to skip.
@@ -192,6 +348,14 @@ class VSocket(io.IOBase):
         self._len = 0
         self._mul = 0
         self._skip = 0
+
+    @property
+    def is_closed(self) -> bool:
+        return self._raw.shut
+
+    @property
+    def short_writes(self) -> int:
+        return self._raw.short_writes
 
     def _frame(self, view: memoryview, i: int, n: int) -> None:
         """Follow MQTT framing over the bytes written (view[i:n]); hold the clock once a packet's
@@ -219,106 +383,111 @@ class VSocket(io.IOBase):
         if on != self._awaiting:
             self._awaiting = on
             self._board.clock.hold(on)
-            if self._timeout is not None and not self.is_closed:  # host timeout follows the rate
-                self._sock.settimeout(self._board.clock.real_s(self._timeout * 1000))
-
-    def _guard(self) -> None:
-        self._board.check_watchdog()
-        if self.is_closed:
-            raise OSError(9)  # EBADF
-        if not self._board.net.up():
-            self._sock.close()
-            self.is_closed = True
-            self._await(False)
-            raise OSError(EHOSTUNREACH)
-
-    def pollable(self) -> object:
-        """What select.poll should watch: the TLS object knows about decrypted bytes it holds."""
-        return self._tls if self._tls is not None else self
+            self._raw.apply_timeout()  # the host timeout follows the clock's rate
 
     def settimeout(self, t: float | None) -> None:
         if self._tls is not None:
-            # As on the port before 1.24: a TLS socket has no settimeout (set it on the raw one).
+            # As on the port 1.22-1.27: a TLS socket has no settimeout (set it on the raw one).
             raise AttributeError("'SSLSocket' object has no attribute 'settimeout'")
         self.raw_settimeout(t)
 
+    def setblocking(self, flag: bool) -> None:
+        self.raw_settimeout(None if flag else 0)
+
     def raw_settimeout(self, t: float | None) -> None:
-        self._timeout = t
-        self._sock.settimeout(None if t is None else self._board.clock.real_s(t * 1000))
+        self._raw.timeout = t
+        self._raw.apply_timeout()
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def ioctl(self, req: int, arg: int) -> int:
-        if req == 10:  # MP_STREAM_GET_FILENO: select.poll then polls the host socket directly
-            return self.fileno()
-        return -1
-
-    def _error(self, exc: OSError) -> OSError:
+    def _tls_error(self, exc: OSError) -> OSError:
+        """What the TLS socket raises, as the profile's port spells it: before 1.28 the stream
+        raises the stored mbedTLS code as it is, an errno from the socket below negated."""
         code = exc.args[0] if exc.args else 0
-        if code in _HOST_TIMEOUT:
-            return OSError(ETIMEDOUT if self._timeout else EAGAIN)
-        return OSError(_HOST_TO_NEWLIB.get(code, code))
+        if isinstance(code, int) and 0 < code < 256 and self._tls_errno < 0:
+            code = -code
+        self._sticky = code
+        return OSError(code)
+
+    def _rw(self, view: memoryview, want: int, writing: bool) -> int | None:
+        """py/stream.c's mp_stream_rw over one VRaw call at a time."""
+        raw = self._raw
+        done = 0
+        while done < want:
+            r = raw.write(view[done:want]) if writing else raw.readinto(view[done:want])
+            if r is None:  # EAGAIN: only a non-blocking socket gets here
+                return done if done else None
+            if r < 0:
+                raise OSError(-r)  # the progress made so far is lost to the caller
+            if r == 0:
+                return done
+            if writing:
+                self._frame(view, done, done + r)
+            else:
+                self._await(False)
+            done += r
+        return done
 
     def write(self, buf: "bytes | bytearray | memoryview", *args: int) -> int | None:
-        """The port's stream write (py/stream.c): write(buf), write(buf, max_len) or write(buf, off,
-        max_len), off clamped to the buffer."""
-        self._guard()
+        """The port's stream write: write(buf), write(buf, max_len) or write(buf, off, max_len)."""
         view = memoryview(buf)
         if args:
             off, max_len = (0, args[0]) if len(args) == 1 else (min(args[0], len(view)), args[1])
             view = view[off : off + max_len]
-        n = len(view)
-        if self._short_every and n > 1 and self._rand.next() % self._short_every == 0:
-            n = 1 + self._rand.next() % (n - 1)  # lwIP took only part of it
-            self.short_writes += 1
-        sent = 0
+        if self._tls is None:
+            return self._rw(view, len(view), True)
+        self._board.check_watchdog()
+        if self._sticky:
+            raise OSError(self._sticky)
         try:
-            while sent < n:
-                k = self._io.write(view[sent:n]) if self._tls is not None else self._sock.send(view[sent:n])
-                if k:
-                    self._frame(view, sent, sent + k)
-                    sent += k
+            n: int | None = self._tls.write(view)
         except OSError as exc:
-            if sent:
-                return sent
-            err = self._error(exc)
-            if err.args[0] == EAGAIN:
-                return None  # non-blocking stream: nothing written
-            raise err from None
-        return sent
-
-    def read(self, n: int) -> bytes | None:
-        self._guard()
-        try:
-            data: bytes = self._io.read(n) if self._tls is not None else self._sock.recv(n)
-            if data is None:
-                raise OSError(ETIMEDOUT if self._timeout else EAGAIN)
-            self._await(False)  # the peer answered (or closed: b"")
-        except OSError as exc:
-            err = self._error(exc)
-            if err.args[0] == EAGAIN:
-                return None  # non-blocking stream with nothing there
-            raise err from None
-        return data
+            raise self._tls_error(exc) from None
+        if n:
+            self._frame(view, 0, n)
+        return n
 
     def readinto(self, buf: "bytearray | memoryview", nbytes: int = -1) -> int | None:
         want = len(buf) if nbytes < 0 else min(nbytes, len(buf))
-        data = self.read(want)
-        if data is None:
-            return None
-        buf[: len(data)] = data
-        return len(data)
+        if self._tls is None:
+            return self._rw(memoryview(buf), want, False)
+        self._board.check_watchdog()
+        if self._sticky:
+            raise OSError(self._sticky)
+        try:
+            n: int | None = self._tls.readinto(buf, want)
+        except OSError as exc:
+            raise self._tls_error(exc) from None
+        if n:
+            self._await(False)
+        return n
+
+    def read(self, n: int) -> bytes | None:
+        buf = bytearray(n)
+        got = self.readinto(buf, n)
+        return None if got is None else bytes(buf[:got])
+
+    def readable_now(self) -> bool:
+        if self._sticky or self._raw.shut:
+            return True  # the port's poll says POLLNVAL / the read reports it
+        if self._tpoll is not None:
+            for _obj, _ev in self._tpoll.ipoll(0):  # mbedTLS holds decrypted bytes, or the socket has some
+                return True
+            return False
+        return self._raw.readable_now()
 
     def close(self) -> None:
-        self.is_closed = True
         self._await(False)
-        if self._tls is not None:
+        if self._tls is not None and not self._raw.shut:
             try:
-                self._io.close()
+                self._tls.close()
             except OSError as exc:
                 print("tls_close_failed error=" + str(exc))
-        self._sock.close()
+        if self.idf_held:
+            self._board.idf.free(self.idf_held)
+            self.idf_held = 0
+        self._raw.close()
 
 
 class Poller:
@@ -327,20 +496,17 @@ class Poller:
     def __init__(self, board: "Board", stream: VSocket) -> None:
         self._board = board
         self._stream = stream
-        self._poll = select.poll()
-        self._poll.register(stream.pollable(), select.POLLIN)  # type: ignore[arg-type]
 
     def readable(self, timeout_ms: int) -> bool:
         """True when a read would not block (data, EOF or an error to report), within timeout_ms."""
         board = self._board
+        stream = self._stream
         deadline = board.clock.run_ms() + max(0, timeout_ms)
         while True:
             board.check_watchdog()
-            if self._stream.is_closed or not board.net.up():
-                return True  # the read reports it
-            left = deadline - board.clock.run_ms()
-            real_ms = min(SLICE_REAL_MS, max(0, int(board.clock.real_s(left) * 1000)))
-            for _obj, _ev in self._poll.ipoll(real_ms):  # type: ignore[attr-defined]
+            if stream.readable_now():
                 return True
+            left = deadline - board.clock.run_ms()
             if left <= 0:
                 return False
+            stream._raw.wait(min(SLICE_REAL_MS, max(1, int(board.clock.real_s(left) * 1000))))

@@ -13,7 +13,7 @@ import pytest
 from hil import fleet, paths
 from hil.probe import Probe, broker_address, clear_retained
 from hil.vboard_process import DEFAULT_HEAP, VirtualBoard
-from hil.virtual import outbox_reader
+from hil.virtual import outbox_reader, vprofile
 from iot import contract
 from tests.support import unique
 
@@ -42,6 +42,7 @@ def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
         serial: bool = False,
         firmware_dir: Path = paths.FIRMWARE,
         heap: str = DEFAULT_HEAP,
+        profile: str = vprofile.DEFAULT,
         **config: Any,
     ) -> VirtualBoard:
         device = unique("vt")
@@ -60,7 +61,7 @@ def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
         board_spec: dict[str, Any] = {"env": fleet.environment(place), "seed": len(made) + 1}
         board_spec.update(spec or {})
         board = VirtualBoard(tmp_path / "boards", cfg, board_spec, serial=serial, firmware_dir=firmware_dir,
-                             heap=heap)
+                             heap=heap, profile=profile)
         board.write_files()
         made.append(board)
         return board
@@ -69,6 +70,14 @@ def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
     for board in made:
         board.kill()
     clear_retained(broker_url, [(b.place, b.device) for b in made])
+
+
+# Firmware-behaviour tests run on the oldest and the newest MicroPython profile; the rest on the
+# default one, so the second profile costs only the tests where the versions differ.
+@pytest.fixture(params=[vprofile.OLDEST, vprofile.NEWEST])
+def profile(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
 
 
 @pytest.fixture

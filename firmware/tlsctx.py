@@ -1,0 +1,24 @@
+"""TLS for the MQTT link over a connected socket: the same code on an ESP32 and a virtual board.
+
+The board hands over its TLS module (`board.tls_module()`: `tls` from MicroPython 1.23, `ssl` on
+1.22) and a connected socket whose per-call timeout bounds the handshake; no CA bundle is built in,
+so verifying needs the CA file (config validation insists), and mbedTLS checks the certificate
+dates, so the link connects only after NTP. A CA that is not a certificate raises ValueError.
+"""
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from board_esp32 import Stream
+
+
+def wrap(mod: object, sock: Stream, host: str, verify: bool, ca_file: str) -> Stream:
+    ctx = mod.SSLContext(mod.PROTOCOL_TLS_CLIENT)  # type: ignore[attr-defined]
+    if verify:
+        with open(ca_file, "rb") as f:
+            cadata = f.read()
+        ctx.load_verify_locations(cadata)
+        ctx.verify_mode = mod.CERT_REQUIRED  # type: ignore[attr-defined]
+    else:
+        ctx.verify_mode = mod.CERT_NONE  # type: ignore[attr-defined]
+    return ctx.wrap_socket(sock, server_hostname=host)  # type: ignore[no-any-return]

@@ -1,0 +1,40 @@
+"""Virtual boards doing what the ESP32 port does where it differs from a kind host (py/stream.c,
+lwIP, mbedTLS, the watchdog, NTP), and the firmware surviving it: each test here runs on the oldest
+and the newest MicroPython profile (the `profile` fixture)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hil.netfault import StallProxy
+from hil.probe import Probe, broker_address
+from tests.hil.conftest import BoardFactory, health_of, seqs_of
+from tests.support import wait_for
+
+pytestmark = [pytest.mark.hil, pytest.mark.integration]
+
+
+def test_a_link_that_stalls_mid_packet_loses_nothing_and_keeps_the_session(
+    make_board: BoardFactory, probe: Probe, broker_url: str, profile: str
+) -> None:
+    """The broker's PUBACK arrives as 3 bytes, 1.6 s of silence, then its last byte. On the port a
+    blocking readinto(buf, n) then raises OSError(116) with the bytes it read consumed (py/stream.c):
+    the firmware that retried it lost the packet's start and dropped the session (link_down,
+    reconnect, the reading in flight sent twice). A non-blocking socket reports the short read and
+    the packet completes within its deadline."""
+    host, port = broker_address(broker_url)
+    with StallProxy(host, port) as proxy:
+        board = make_board(broker=f"mqtt://127.0.0.1:{proxy.port}", puback_timeout_s=5, profile=profile)
+        board.start()
+        wait_for(lambda: len(probe.readings(board.device)) >= 3, 20, "3 readings")
+        proxy.stall_next(1.6)
+        wait_for(lambda: proxy.stalls == 1, 10, "the stall")
+        seen = len(probe.readings(board.device))
+        wait_for(lambda: len(probe.readings(board.device)) >= seen + 5, 20, "readings after the stall")
+        console = board.console()
+        assert "link_down" not in console, console[-1500:]
+        assert proxy.connections == 1
+    seqs = seqs_of(probe.readings(board.device))
+    assert seqs == list(range(len(seqs)))  # none lost, none sent twice
+    assert all(h["reconnects"] == 0 for h in health_of(probe, board.device))
+
