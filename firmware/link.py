@@ -87,6 +87,16 @@ class Link:
         self._next_try = self._board.ticks_add(self._board.ticks_ms(), delay)
         log.event("link_retry", reason=why, retry_in_ms=delay, attempt=self._attempt)
 
+    def check_wifi(self) -> None:
+        """Drop the session at once when Wi-Fi is gone. With lwIP an open socket raises nothing when
+        the access point goes: reads wait, writes fill the send buffer, and only PUBACK timeouts
+        ((publish_retries + 1) x puback_timeout_s per drain) would tell. The port clears
+        isconnected() on the disconnect event (network_wlan.c), so that is asked instead."""
+        if self.client.connected and not self._board.wifi_up():
+            self.client.close()
+            log.event("link_down", error="wifi lost", action="measuring into the outbox; will reconnect")
+            self._schedule_retry("wifi_lost")
+
     def _lost(self, exc: Exception) -> None:
         self.client.close()
         log.event("link_down", error=exc, action="measuring into the outbox; will reconnect")

@@ -326,6 +326,7 @@ class Node:
                     self.crashes = 0  # running well: the crash loop, if any, is over
                     board.nvs_set("crashes", 0)
                 self._sync_clock(now)
+                self.link.check_wifi()  # before enqueue decides between RAM and flash
                 if board.ticks_diff(now, next_measure) >= 0:
                     self.enqueue(self.measure())
                     wdt.feed()  # the cycle and its outbox write are one stretch (config.unfed_waits)

@@ -8,7 +8,7 @@ import pytest
 
 from hil.netfault import StallProxy
 from hil.probe import Probe, broker_address
-from tests.hil.conftest import BoardFactory, health_of, seqs_of
+from tests.hil.conftest import BoardFactory, health_of, outbox_entries, outbox_state, seqs_of
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
@@ -38,3 +38,23 @@ def test_a_link_that_stalls_mid_packet_loses_nothing_and_keeps_the_session(
     assert seqs == list(range(len(seqs)))  # none lost, none sent twice
     assert all(h["reconnects"] == 0 for h in health_of(probe, board.device))
 
+
+def test_losing_wifi_drops_the_session_at_once_and_readings_go_to_flash(
+    make_board: BoardFactory, probe: Probe, profile: str
+) -> None:
+    """lwIP: when the access point goes, an open socket raises nothing (reads wait, writes fill the
+    send buffer) and isconnected() turns false at once. Before: the firmware noticed only through
+    PUBACK timeouts, (3 + 1) x 5 s per drain, with readings in RAM and measuring cycles skipped."""
+    board = make_board(interval_s=1, puback_timeout_s=5, publish_retries=3, profile=profile)
+    board.start()
+    wait_for(lambda: len(probe.readings(board.device)) >= 2, 20, "2 readings")
+    board.cut_network()
+    wait_for(lambda: "link_down" in board.console() and outbox_state(board)[1] >= 1, 6,
+             "the session dropped and a reading in flash within 6 s of the cut")
+    assert 'error="wifi lost"' in board.console()
+    board.restore_network()
+    queued = outbox_entries(board)
+    wait_for(lambda: queued[-1]["seq"] in seqs_of(probe.readings(board.device)), 30, "the backlog delivered")
+    health = wait_for(lambda: [h for h in health_of(probe, board.device) if h["reconnects"] >= 1], 20,
+                      "health after the reconnect")[-1]
+    assert health["skipped_cycles"] == 0
