@@ -17,6 +17,7 @@ import os
 from link import Link
 
 gc.collect()
+from mqtt import MQTTError  # noqa: E402
 from outbox import Outbox  # noqa: E402
 
 gc.collect()
@@ -36,6 +37,7 @@ CRASH_FILE = "crash.txt"
 CRASH_TAIL = 300  # characters of traceback kept: the exception and the innermost frames
 SAFE_MODE_AFTER = 3  # crashes in a row (without 10 minutes of healthy running between them)
 HEALTHY_AFTER_MS = 600000
+SAFE_MODE_WIFI_MS = 30000  # how long safe mode waits for Wi-Fi before giving up on reporting
 _RANGES = {
     "temperature": (-40.0, 85.0),
     "humidity": (0.0, 100.0),
@@ -375,8 +377,12 @@ def main() -> None:
         Node(board, cfg).run()
     except Exception as exc:  # the crash handler: anything the node did not expect
         log.event("node_crashed", error=exc, action="recorded for the next boot's health; rebooting")
-        record_crash(board, exc)
-        board.reset()
+        try:
+            record_crash(board, exc)
+        except Exception as err:  # NVS full, no heap left: the reset matters more than the record
+            print("crash_record_failed error=" + str(err))
+        finally:
+            board.reset()
 
 
 def safe_mode(board: Board, cfg: dict, crashes: int) -> None:
@@ -391,6 +397,11 @@ def safe_mode(board: Board, cfg: dict, crashes: int) -> None:
     link = Link(board, cfg, host, port, tls)
     link.clock_ok = True
     board.wifi_start(cfg["wifi_ssid"], cfg["wifi_password"])
+    # wlan.connect() returns at once and there is no route until the board has an IP: wait for it.
+    waited = 0
+    while not board.wifi_up() and waited < SAFE_MODE_WIFI_MS:
+        board.sleep_ms(200)
+        waited += 200
     try:
         link.client.connect(5000)
         link.client.publish(link.status_topic, b"safe_mode", 1, True)
@@ -399,5 +410,5 @@ def safe_mode(board: Board, cfg: dict, crashes: int) -> None:
                   "reset_cause": board.reset_cause()}
         link.client.publish(link.health_topic, json.dumps(health).encode(), 0, True)
         link.client.disconnect()
-    except (OSError, ValueError) as exc:
+    except (MQTTError, OSError, ValueError) as exc:
         log.event("safe_mode_unreported", error=exc, action="check the serial console")

@@ -95,6 +95,9 @@ class Spec:
         # Writes return at most this many bytes per call once in `short_write_every` (0: never).
         self.short_write_every: int = raw.get("short_write_every", 3)
         self.dns_delay_ms: int = raw.get("dns_delay_ms", 0)
+        # Wi-Fi association and DHCP after wlan.connect() (and again after the access point came
+        # back): isconnected() stays false and sockets have no route (EHOSTUNREACH) until then.
+        self.wifi_assoc_ms: int = raw.get("wifi_assoc_ms", 1000)
         # NVS lives outside the flash directory: a re-flash or a wiped file system keeps it.
         default_nvs = self.control_dir.rsplit("/", 1)[0] + "/nvs.json" if self.control_dir else ""
         self.nvs_path: str = raw.get("nvs_path", default_nvs)
@@ -171,6 +174,7 @@ class Board:
         self._reset_cause = ""
         self.profile = vprofile.get(self.spec.profile)
         self.idf = vprofile.IdfHeap(vprofile.IDF_FREE_KB * 1024)
+        self._assoc_at = -1  # run ms when association began; -1 never asked, -2 lost
 
     def world_ms(self) -> int:
         """Physical time (epoch ms) in the board's world: what the sensors convert in and measure.
@@ -215,7 +219,7 @@ class Board:
 
     def ntp_sync(self, host: str) -> bool:
         self.check_watchdog()
-        if self.spec.time_sync and self.net.up():
+        if self.spec.time_sync and self.wifi_up():
             self._synced = True
         return self._synced
 
@@ -268,10 +272,22 @@ class Board:
 
     # --- network ----------------------------------------------------------------------------
     def wifi_start(self, ssid: str, password: str) -> None:
-        return None  # association is instant here; net_down is what takes the link away
+        """wlan.connect(): association begins; it takes `wifi_assoc_ms`. Once asked, the port's
+        driver re-associates by itself when the access point comes back (network_wlan.c)."""
+        if self._assoc_at == -1:
+            self._assoc_at = self.clock.run_ms()
 
     def wifi_up(self) -> bool:
-        return self.net.up()
+        """wlan.isconnected(): false at once when the access point goes (net_down)."""
+        if not self.net.up():
+            if self._assoc_at >= 0:
+                self._assoc_at = -2
+            return False
+        if self._assoc_at == -1:
+            return False
+        if self._assoc_at == -2:
+            self._assoc_at = self.clock.run_ms()
+        return self.clock.run_ms() - self._assoc_at >= self.spec.wifi_assoc_ms
 
     def rssi(self) -> int | None:
         if self.spec.control_dir and exists(self.spec.control_dir + "/crash"):
@@ -293,6 +309,8 @@ class Board:
         return self._nvs().get(key)
 
     def nvs_set(self, key: str, value: int) -> None:
+        if self.spec.control_dir and exists(self.spec.control_dir + "/nvs_fail"):
+            raise OSError(-0x1105)  # ESP_ERR_NVS_NOT_ENOUGH_SPACE: the NVS partition is full
         if not self.spec.nvs_path:
             return
         data = self._nvs()
@@ -315,23 +333,27 @@ class Board:
             with open(self.spec.control_dir + "/reset_cause", "w") as f:
                 f.write(cause)
 
+    def _route(self) -> None:
+        if not self.wifi_up():
+            raise OSError(EHOSTUNREACH)  # no IP yet, or Wi-Fi gone: lwIP has no route
+
     def resolve(self, host: str, port: int) -> "Any":
         """DNS, which takes `dns_delay_ms` of virtual time (spec, or control/dns_delay_ms) with no
         timeout of its own, as getaddrinfo on the port: the watchdog may fire inside it."""
         self.check_watchdog()
-        self.net.check()
+        self._route()
         delay = read_text(self.spec.control_dir + "/dns_delay_ms") if self.spec.control_dir else ""
         ms = int(delay) if delay else self.spec.dns_delay_ms
         print("dns_lookup host=" + host + " delay_ms=" + str(ms))
         self.block_ms(ms)
-        self.net.check()
+        self._route()
         found: Any = socket.getaddrinfo(host, port)[0][-1]
         return found
 
     def connect_tcp(self, addr: "Any", timeout_ms: int) -> VSocket:
         """As board_esp32: connected within timeout_ms, then a per-call timeout of IO_TIMEOUT_S."""
         self.check_watchdog()
-        self.net.check()
+        self._route()
         raw = socket.socket()
         stream = VSocket(raw, self)
         # The connect waits for the broker: at host speed (Clock.hold).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -67,3 +68,31 @@ def test_unexpected_exception_is_recorded_and_reported_after_the_reboot_then_saf
     board.start()
     # Safe mode did not start the node, so it took no boot number: boots 0-2 crashed, 3 runs.
     wait_for(lambda: any(r["boot"] == 3 for r in probe.readings(board.device)), 20, "boot 3 readings")
+
+
+def test_safe_mode_waits_for_wifi_and_reports_itself(make_board: BoardFactory, probe: Probe) -> None:
+    """wlan.connect() returns at once and there is no route until the board has an IP (here 2 s).
+    Before: safe mode connected in the same instant, got EHOSTUNREACH and said safe_mode_unreported;
+    an MQTTError would have escaped as a traceback."""
+    board = make_board(spec={"wifi_assoc_ms": 2000})
+    (board.dir / "nvs.json").write_text(json.dumps({"crashes": 3}))
+    board.start()
+    assert board.wait(40) == 0
+    wait_for(
+        lambda: [m for m in probe.messages("status", board.device) if m.payload == b"safe_mode"],
+        10,
+        "status safe_mode",
+    )
+    assert "safe_mode_unreported" not in board.console()
+
+
+def test_a_crash_whose_record_fails_still_resets_the_board(make_board: BoardFactory, probe: Probe) -> None:
+    """Before: an NVS write failing in the crash handler skipped the reset; main.py ended with a
+    traceback (exit 1) and the board sat at the REPL until the watchdog."""
+    board = make_board()
+    board.start()
+    wait_for(lambda: probe.readings(board.device), 20, "a first reading")
+    (board.control / "nvs_fail").touch()
+    (board.control / "crash").touch()
+    assert board.wait(20) == 4
+    assert "node_crashed" in board.console() and "crash_record_failed" in board.console()
