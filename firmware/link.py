@@ -68,6 +68,7 @@ class Link:
         self._attempt = 0
         self._next_try = board.ticks_ms()
         self.reconnects = 0
+        self._was_up = False
         self.just_connected = False
         # mbedTLS checks certificate dates against the RTC: a verified TLS connect waits for NTP.
         self.clock_ok = not (tls and cfg["tls_verify"])
@@ -142,8 +143,9 @@ class Link:
                       action=_LOGIN_ACTION if login else "retrying")
             self._schedule_retry("connect_failed")
             return
-        if self._attempt or self.reconnects:
+        if self._was_up:  # not the first session: waiting for Wi-Fi at boot is no reconnect
             self.reconnects += 1
+        self._was_up = True
         self._attempt = 0
         self.just_connected = True
         log.event("link_up", broker=self.client.host, port=self.client.port, reconnects=self.reconnects)

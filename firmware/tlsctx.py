@@ -17,7 +17,11 @@ def wrap(mod: object, sock: Stream, host: str, verify: bool, ca_file: str) -> St
     if verify:
         with open(ca_file, "rb") as f:
             cadata = f.read()
-        ctx.load_verify_locations(cadata)
+        try:
+            # 1.22's ssl: (cafile=None, *, cadata=None), a positional argument is opened as a path.
+            ctx.load_verify_locations(cadata=cadata)
+        except TypeError:
+            ctx.load_verify_locations(cadata)  # tls (1.23 on): one positional argument, no keyword
         ctx.verify_mode = mod.CERT_REQUIRED  # type: ignore[attr-defined]
     else:
         ctx.verify_mode = mod.CERT_NONE  # type: ignore[attr-defined]

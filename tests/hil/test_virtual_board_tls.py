@@ -202,3 +202,16 @@ def test_iot_boards_takes_an_mqtts_url_and_the_stacks_ca_from_the_environment(
         config = json.loads((tmp_path / "fleet" / device / "flash" / "config.json").read_text())
         assert config["tls_ca_file"] == "ca.crt"
     clear_retained(stack.mqtt_url, [(p.place, p.device) for p in fleet.plan(2, 1, 0.5, "", prefix=prefix)])
+
+
+def test_verified_tls_connects_on_each_micropython_version(
+    make_board: BoardFactory, stack: StackConfig, profile: str
+) -> None:
+    """1.22's ssl.SSLContext.load_verify_locations(cafile=None, *, cadata=None) opens a positional
+    argument as a file path; 1.23's tls takes the CA data positionally and no keyword. Before: the
+    CA's text was passed positionally on every version, so on 1.22 it was opened as a path and the
+    board retried for ever (link_connect_failed, never link_up)."""
+    board = _tls_board(make_board, stack, profile=profile)
+    board.start()
+    board.wait_console("link_up", 30)
+    assert "link_connect_failed" not in board.console()
