@@ -175,9 +175,12 @@ WAIT_SLICE_MS = 2000  # a poll of at most 1 s, then one socket call on the board
 FLASH_OP_MS = 1700
 IDLE_SLEEP_MS = 1000  # the loop waits at most 1 s in one sleep (link.service)
 # A measurement cycle, sensors in turn: BME280 reset (20 ms) and conversion (40 ms) deadlines, the
-# BH1750 conversion (180 ms x MTreg / 69), one transaction per sensor that times out (the port
-# waits 100 ms x (1 + bytes): 300 ms) followed by a bus recovery and re-init, ~40 transactions.
-I2C_TIMEOUT_MS = 300
+# BH1750 conversion (180 ms x MTreg / 69), and for each sensor its longest transaction timing out:
+# the port waits 100 ms x (1 + bytes) for one (machine_i2c.c, the register byte counted), so the
+# BME280's 26-byte calibration read takes 2.8 s and the BH1750's 2-byte result 0.3 s; the first
+# failure ends that sensor's cycle; then a bus recovery and re-init, ~40 transactions.
+I2C_BME280_WORST_MS = 100 * (1 + 1 + 26)
+I2C_BH1750_WORST_MS = 100 * (1 + 2)
 I2C_RECOVERY_MS = 50
 I2C_TRAFFIC_MS = 200
 WATCHDOG_MARGIN_MS = 1000  # the loop's own work between feeds: JSON, a garbage collection
@@ -199,7 +202,8 @@ def unfed_waits(cfg: dict) -> list:
     dns = 0 if _numeric_host(host) else DNS_MS
     ntp_dns = 0 if _numeric_host(cfg["ntp_host"]) else DNS_MS
     bh1750 = (180 * cfg["bh1750_mtreg"] + 68) // 69
-    cycle = 20 + 40 + bh1750 + 2 * (I2C_TIMEOUT_MS + I2C_RECOVERY_MS) + I2C_TRAFFIC_MS
+    cycle = (20 + 40 + bh1750 + I2C_BME280_WORST_MS + I2C_BH1750_WORST_MS + 2 * I2C_RECOVERY_MS
+             + I2C_TRAFFIC_MS)
     connect = CONNECT_MS + (TLS_HANDSHAKE_MS if tls else 0)
     return [
         (dns, "the DNS lookup of the broker (getaddrinfo has no timeout; give an IP address)"),

@@ -153,10 +153,10 @@ class VirtualI2C:
                 return self.bh1750
         raise OSError(ENODEV)
 
-    # The port's readfrom_mem is two transfers, the register address (1 byte) first; writeto_mem
-    # is one transfer of address and data. A stuck bus fails the first one.
+    # The port's readfrom_mem and writeto_mem are one command each: the register byte and the data,
+    # all counted in the timeout (machine_i2c.c: 100 ms x (1 + register byte + data bytes)).
     def readfrom_mem_into(self, addr: int, reg: int, buf: bytearray) -> None:
-        dev = self._device(addr, 1)
+        dev = self._device(addr, 1 + len(buf))
         if not isinstance(dev, bme280_model.BME280Model):
             raise OSError(ENODEV)
         buf[:] = dev.read(reg, len(buf), self._board.world_ms())

@@ -49,7 +49,7 @@ def listener() -> Iterator[tuple[int, list[bytes]]]:
 def _spec(tmp_path: Path, **extra: object) -> Path:
     control = tmp_path / "control"
     control.mkdir(exist_ok=True)
-    spec = {"env": fleet.environment("kitchen"), "control_dir": str(control), **extra}
+    spec = {"env": fleet.environment("kitchen"), "control_dir": str(control), "wifi_assoc_ms": 0, **extra}
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     return path
@@ -68,6 +68,7 @@ def test_idle_read_raises_etimedout_116_and_never_returns_none(
 import json
 from vboard import Board
 b = Board()
+b.wifi_start("", "")  # associated at once (wifi_assoc_ms 0)
 s = b.connect_tcp(b.resolve("127.0.0.1", {port}), 2000)
 s.settimeout(0.2)
 out = []
@@ -108,6 +109,7 @@ def test_blocking_writes_move_everything_and_only_non_blocking_ones_are_short(
 import json
 from vboard import Board
 b = Board()
+b.wifi_start("", "")  # associated at once (wifi_assoc_ms 0)
 s = b.connect_tcp(b.resolve("127.0.0.1", {port}), 2000)
 blocking = [s.write(bytes(100)) for _ in range(30)]
 s.setblocking(False)
@@ -145,6 +147,7 @@ def test_a_timeout_after_partial_progress_raises_116_and_the_bytes_are_consumed(
 import json
 from vboard import Board
 b = Board()
+b.wifi_start("", "")  # associated at once (wifi_assoc_ms 0)
 s = b.connect_tcp(b.resolve("127.0.0.1", {srv.getsockname()[1]}), 2000)
 buf = bytearray(10)
 out = []
@@ -167,7 +170,7 @@ print(json.dumps(out))
         thread.join(5)
 
 
-def test_cut_network_raises_ehostunreach_118_and_refused_connect_is_newlib(tmp_path: Path) -> None:
+def test_cut_network_raises_ehostunreach_118_and_refused_connect_is_econnreset_104(tmp_path: Path) -> None:
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         closed_port = free.getsockname()[1]
@@ -175,6 +178,7 @@ def test_cut_network_raises_ehostunreach_118_and_refused_connect_is_newlib(tmp_p
 import json
 from vboard import Board
 b = Board()
+b.wifi_start("", "")  # associated at once (wifi_assoc_ms 0)
 out = []
 try:
     b.connect_tcp(b.resolve("127.0.0.1", {closed_port}), 2000)
@@ -187,7 +191,7 @@ except OSError as exc:
     out.append(exc.args[0])
 print(json.dumps(out))
 """
-    assert _run(tmp_path, code) == [111, 118]
+    assert _run(tmp_path, code) == [104, 118]  # lwIP files a refused connect (RST) as ECONNRESET
 
 
 def test_ticks_add_overflows_like_the_port_beyond_2_pow_29_ms(tmp_path: Path) -> None:
@@ -195,6 +199,7 @@ def test_ticks_add_overflows_like_the_port_beyond_2_pow_29_ms(tmp_path: Path) ->
 import json
 from vboard import Board
 b = Board()
+b.wifi_start("", "")  # associated at once (wifi_assoc_ms 0)
 out = [b.ticks_add(0, (1 << 29) - 1)]
 try:
     b.ticks_add(0, 604800 * 1000)
