@@ -189,6 +189,13 @@ class Board:
         gc.collect()
         return gc.mem_free()
 
+    def idf_largest(self) -> int:
+        """The largest free block of the ESP-IDF heap, where mbedTLS takes its buffers (mem_free
+        counts the Python heap, and from 1.22 the largest block it could grow by, too)."""
+        import esp32
+
+        return max(h[2] for h in esp32.idf_heap_info(esp32.HEAP_DATA))
+
     def watchdog(self, timeout_ms: int) -> Watchdog:
         self._wdt = machine.WDT(timeout=timeout_ms)  # type: ignore[assignment]
         return self._wdt  # type: ignore[return-value]

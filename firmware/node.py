@@ -38,6 +38,7 @@ CRASH_TAIL = 300  # characters of traceback kept: the exception and the innermos
 SAFE_MODE_AFTER = 3  # crashes in a row (without 10 minutes of healthy running between them)
 HEALTHY_AFTER_MS = 600000
 SAFE_MODE_WIFI_MS = 30000  # how long safe mode waits for Wi-Fi before giving up on reporting
+REPL_WATCHDOG_MS = 3600000  # config.py's longest watchdog_s
 _RANGES = {
     "temperature": (-40.0, 85.0),
     "humidity": (0.0, 100.0),
@@ -277,6 +278,7 @@ class Node:
             "uptime_s": self.uptime_ms // 1000,
             "rssi": self.board.rssi(),
             "mem_free": self.board.mem_free(),
+            "idf_largest": self.board.idf_largest(),
             "outbox_depth": self.outbox.count,
             "outbox_dropped": self.outbox.dropped,
             "outbox_flash": self.outbox.flash_count,
@@ -351,6 +353,9 @@ class Node:
                 wait = board.ticks_diff(next_measure, board.ticks_ms())
                 self.link.service(max(0, min(wait, 1000)))
         except KeyboardInterrupt:
+            # Stopped for the REPL (Ctrl-C, `iot flash`): the watchdog cannot be stopped and keeps
+            # running there (machine_wdt.c), so leave it the longest timeout the config allows.
+            board.watchdog(REPL_WATCHDOG_MS)
             self.outbox.spill()  # what RAM holds survives a clean stop (a re-flash, a power-off)
             log.event("node_stopping", reason="interrupt", boot=self.boot, next_seq=self.seq,
                       outbox_depth=self.outbox.count)

@@ -128,6 +128,9 @@ class SerialBoard:
     def boot(self, mode: str, reason: str) -> None:
         if self.proc is not None:
             self.kill_board()
+        if mode == MAIN and reason != "soft reboot":
+            # A reset or power-on stops the watchdog; main.py ending or a soft reset do not.
+            (self.control / "wdt_deadline_ms").unlink(missing_ok=True)
         if mode == MAIN and not (self.flash / "main.py").exists():
             mode = REPL
         self.mode = mode
@@ -234,6 +237,20 @@ class SerialBoard:
             if not powered_off:
                 self.boot(MAIN, why)
 
+    def check_watchdog(self) -> None:
+        """machine.WDT keeps running once main.py stopped (Ctrl-C, the REPL, a soft reset): the board
+        process no longer counts, the chip does, from the deadline the board left."""
+        if self.mode == MAIN or self.proc is None:
+            return
+        try:
+            deadline = int((self.control / "wdt_deadline_ms").read_text())
+        except (OSError, ValueError):
+            return
+        if time.time() * 1000 > deadline:
+            self.say("watchdog reset: the watchdog the firmware armed kept running at the REPL")
+            (self.control / "reset_cause").write_text("watchdog")
+            self.boot(MAIN, "watchdog")
+
     def stop(self) -> None:
         """Clean stop: Ctrl-C (the firmware says offline), then the power goes."""
         self.stopping = True
@@ -272,6 +289,7 @@ class SerialBoard:
             if self.proc is not None and (code := self.proc.poll()) is not None:
                 self.board_exited(code)
             self.check_control()
+            self.check_watchdog()
             if os.getppid() != self.parent:
                 self.say("rig gone: powering off")
                 break

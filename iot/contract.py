@@ -58,6 +58,7 @@ HEALTH_FIELDS: Final = (
     "last_crash",
     "crashes",
     "safe_mode",
+    "idf_largest",
 )
 # End-to-end delivery acknowledgement (a project addition beside revision 3, like health was): the
 # gateway tells a board which of its readings Kafka holds, so the board's outbox releases only those.

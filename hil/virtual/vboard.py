@@ -98,6 +98,8 @@ class Spec:
         # Wi-Fi association and DHCP after wlan.connect() (and again after the access point came
         # back): isconnected() stays false and sockets have no route (EHOSTUNREACH) until then.
         self.wifi_assoc_ms: int = raw.get("wifi_assoc_ms", 1000)
+        # The ESP-IDF heap left for TLS (vprofile.IDF_FREE_KB unless a test squeezes it).
+        self.idf_free_kb: int = raw.get("idf_free_kb", vprofile.IDF_FREE_KB)
         # NVS lives outside the flash directory: a re-flash or a wiped file system keeps it.
         default_nvs = self.control_dir.rsplit("/", 1)[0] + "/nvs.json" if self.control_dir else ""
         self.nvs_path: str = raw.get("nvs_path", default_nvs)
@@ -139,6 +141,8 @@ class Watchdog:
         self._rig = "/proc/" + str(board.spec.parent_pid) if board.spec.parent_pid else ""
         self._rig_checked = self._last
         self.feeds = 0
+        self._shown_at = 0  # host ms the chip's copy of the deadline was last written
+        self._show()
 
     def check(self) -> None:
         """What the hardware does on its own: reset once the timeout passed without a feed."""
@@ -158,6 +162,19 @@ class Watchdog:
         self.check()
         self._last = self._board.clock.run_ms()
         self.feeds += 1
+        if host_ms() - self._shown_at >= 500:
+            self._show()
+
+    def _show(self) -> None:
+        """The timer outlives the interpreter (machine_wdt.c: the registration survives Ctrl-C, the
+        REPL and a soft reset): the chip around the board (hil/serial_board.py) keeps counting from
+        control/wdt_deadline_ms once main.py stopped. Written at most every 500 ms of feeds."""
+        control = self._board.spec.control_dir
+        if not control:
+            return
+        self._shown_at = host_ms()
+        with open(control + "/wdt_deadline_ms", "w") as f:
+            f.write(str(self._shown_at + int(self._board.clock.real_s(self._timeout) * 1000)))
 
 
 class Board:
@@ -173,7 +190,7 @@ class Board:
         self.wdt: Watchdog | None = None
         self._reset_cause = ""
         self.profile = vprofile.get(self.spec.profile)
-        self.idf = vprofile.IdfHeap(vprofile.IDF_FREE_KB * 1024)
+        self.idf = vprofile.IdfHeap(self.spec.idf_free_kb * 1024)
         self._assoc_at = -1  # run ms when association began; -1 never asked, -2 lost
 
     def world_ms(self) -> int:
@@ -390,6 +407,10 @@ class Board:
         gc.collect()
         free: int = gc.mem_free()  # type: ignore[attr-defined]
         return free
+
+    def idf_largest(self) -> int:
+        """esp32.idf_heap_info(esp32.HEAP_DATA)'s largest free block (vprofile.IdfHeap)."""
+        return self.idf.info()[0][2]
 
     def watchdog(self, timeout_ms: int) -> Watchdog:
         self.wdt = Watchdog(self, timeout_ms)

@@ -104,3 +104,21 @@ def test_iot_flash_command_waits_for_the_birth_message(
     assert main(["flash", "--port", board.port, "--config", str(config_path), "--wait", "30"]) == 0
     out = capsys.readouterr().out
     assert f"board {board.device} is online fw=0.1.0" in out
+
+
+def test_the_watchdog_keeps_running_at_the_repl_and_the_firmware_leaves_it_an_hour(
+    make_board: BoardFactory,
+) -> None:
+    """machine.WDT cannot be stopped and survives Ctrl-C and a soft reset (machine_wdt.c): once
+    main.py stops for the REPL the chip still resets the board watchdog_s after the last feed,
+    possibly in the middle of `iot flash`. Before: the firmware left its 8 s watchdog armed and the
+    board reset itself 8 s after mpremote stopped it."""
+    board = make_board(serial=True, watchdog_s=8, ntp_host="127.0.0.1")
+    board.start()
+    board.wait_console("link_up", 20)
+    _mpremote(board.port, "exec", "print('at the repl')")
+    assert "node_stopping" in board.console()
+    # Watched for 12 s, longer than the 8 s watchdog: the board must still be at the REPL.
+    with pytest.raises(AssertionError):
+        wait_for(lambda: "reason=watchdog" in board.console(), 12, "a watchdog reset at the REPL")
+    assert "at the repl" in _mpremote(board.port, "exec", "print('at the repl')")

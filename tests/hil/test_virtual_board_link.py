@@ -79,7 +79,8 @@ def test_reboot_while_offline_keeps_the_outbox_and_replays_it_first(
 
 
 def test_full_outbox_drops_the_oldest_and_reports_how_many(make_board: BoardFactory, probe: Probe) -> None:
-    board = make_board(interval_s=0.3, outbox_slots=5)
+    # Wi-Fi at once: with 1 s of association at boot a 5-slot outbox would drop seq 0 already.
+    board = make_board(interval_s=0.3, outbox_slots=5, spec={"wifi_assoc_ms": 0})
     board.start()
     wait_for(lambda: probe.readings(board.device), 20, "a first reading")
     board.cut_network()
@@ -241,7 +242,8 @@ def test_oversized_incoming_packet_is_dropped_unread_and_the_session_survives(
     """A 60 KB message (the shared broker takes up to 64 KB) on the board's ack topic: more than the
     board has free, so allocating it would be a MemoryError; the board reads it through in
     buffer-sized pieces, counts it, and goes on."""
-    board = make_board(e2e_ack=True, ack_timeout_s=60)
+    # A reading a second: the health after the ack sees at most the one or two measured since.
+    board = make_board(e2e_ack=True, ack_timeout_s=60, interval_s=1)
     board.start()
     wait_for(lambda: len(probe.readings(board.device)) >= 3, 20, "3 readings")
     ack_topic = f"sensors/{board.place}/{board.device}/ack"

@@ -42,8 +42,9 @@ def test_mpy_cross_emits_the_mpy_version_the_unix_port_loads(mpy_build: Path, tm
 
 # Measured (import of board, mqtt, node as main.py does): from source the firmware and the virtual
 # layer need a 136 KB heap to compile, the .mpy files load in 104 KB. At 128 KB the compiled board
-# runs with ~20 KB free (at 120 KB only 12 KB: too tight to be steady).
-SMALL_HEAP = "128K"
+# ran with ~20 KB free (at 120 KB only 12 KB: too tight to be steady). The layer grew by 9 KB on
+# 2026-12-07 (VIRTUAL_LAYER_KB 42 -> 51), so both figures move by 9 KB.
+SMALL_HEAP = "137K"
 
 
 def test_board_on_the_compiled_firmware_boots_publishes_and_releases_readings_on_an_ack(
@@ -54,12 +55,16 @@ def test_board_on_the_compiled_firmware_boots_publishes_and_releases_readings_on
     source = make_board(heap=SMALL_HEAP)
     source.start()
     assert source.wait(20) != 0 and "MemoryError" in source.console()
-    board = make_board(firmware_dir=mpy_build, heap=SMALL_HEAP, e2e_ack=True, ack_timeout_s=60)
+    board = make_board(firmware_dir=mpy_build, heap=SMALL_HEAP, e2e_ack=True, ack_timeout_s=60, interval_s=1)
     board.start()
     readings = wait_for(lambda: probe.readings(board.device)[2:], 20, "3 readings")
     assert all(r["temperature"] is not None and r["luminosity"] is not None for r in readings)
     wait_for(lambda: [h for h in health_of(probe, board.device) if h["outbox_depth"] >= 3], 10, "unacked")
+    seen = len(health_of(probe, board.device))
+    held = max(h["outbox_depth"] for h in health_of(probe, board.device))
     ack = {"boot": 0, "ranges": [[0, 10_000]]}
     publish_once(broker_url, f"sensors/{board.place}/{board.device}/ack", json.dumps(ack).encode())
-    wait_for(lambda: [h for h in health_of(probe, board.device) if h["outbox_depth"] <= 1], 20, "released")
+    # Without acks the depth only grows: a health after the ack with less is the ack's release.
+    wait_for(lambda: [h for h in health_of(probe, board.device)[seen:] if h["outbox_depth"] < held], 20,
+             "released")
     assert "Traceback" not in board.console() and board.running

@@ -215,3 +215,22 @@ def test_verified_tls_connects_on_each_micropython_version(
     board.start()
     board.wait_console("link_up", 30)
     assert "link_connect_failed" not in board.console()
+
+
+def test_tls_buffers_come_from_the_idf_heap_and_health_reports_its_largest_block(
+    make_board: BoardFactory, stack: StackConfig
+) -> None:
+    """mbedTLS takes its record buffers (16 KB in, 4 KB out) and a handshake peak (~15 KB) from the
+    ESP-IDF heap, not the Python heap. Before: health had no view of it (mem_free is the Python
+    heap). A board whose IDF heap cannot hold a handshake keeps measuring and says why it cannot
+    connect."""
+    with Probe(stack.mqtt_url, ["sensors/+/+/#"]) as probe:
+        board = _tls_board(make_board, stack)
+        starved = _tls_board(make_board, stack, spec={"idf_free_kb": 30})
+        board.start()
+        starved.start()
+        healthy = wait_for(lambda: health_of(probe, board.device), 30, "health over TLS")[-1]
+        assert healthy["idf_largest"] == 44 * 1024 - (16717 + 4429)
+        wait_for(lambda: starved.console().count("link_connect_failed") >= 2, 30, "connects refused")
+        assert "Allocation of memory failed" in starved.console()
+        assert starved.running and "link_up" not in starved.console()
