@@ -1,4 +1,4 @@
-"""The ESP32 board: the only module that touches machine, network, ntptime and the TLS module.
+"""The ESP32 board: the only module that touches machine, network, esp32 and the TLS module.
 
 The virtual board (hil/virtual/vboard.py) offers the same methods on the unix port; board.py picks
 one, so every other firmware module runs unchanged on both.
@@ -83,15 +83,25 @@ class Board:
     def epoch_ms(self) -> int:
         return time.time_ns() // 1000000 + EPOCH_OFFSET_S * 1000
 
-    def ntp_sync(self, host: str) -> bool:
-        import ntptime
-
-        ntptime.host = host
+    def ntp_query(self, host: str, buf: bytearray) -> int:
+        """One NTP exchange: buf[:48] out over UDP, the answer back into buf; returns its length.
+        getaddrinfo has no timeout (the caller feeds the watchdog around it); the answer must come
+        within 1 s (OSError ETIMEDOUT otherwise). ntp.py decides what the answer means."""
+        addr = socket.getaddrinfo(host, 123)[0][-1]
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            ntptime.settime()
-        except (OSError, OverflowError):
-            return False
-        return True
+            s.settimeout(1)
+            s.sendto(buf, addr)
+            data = s.recv(len(buf))  # one datagram (a stream readinto would wait for len(buf) bytes)
+        finally:
+            s.close()
+        n = len(data)
+        buf[:n] = data
+        return n
+
+    def set_time(self, epoch_s: int) -> None:
+        tm = time.gmtime(epoch_s - EPOCH_OFFSET_S)
+        machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
 
     # --- buses ------------------------------------------------------------------------------
     def i2c(self, bus_id: int, scl: int, sda: int, freq: int) -> machine.I2C:

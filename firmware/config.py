@@ -163,7 +163,7 @@ def check_outbox_fits(cfg: dict, fs_bytes: int) -> None:
 # getaddrinfo has no timeout: lwIP asks each of up to 3 DNS servers 4 times, 1+1+2+3 s apart, on
 # its 1 s timer (lwIP dns.c, DNS_MAX_RETRIES 4, ESP-IDF DNS_MAX_SERVERS 3). A numeric host needs none.
 DNS_MS = 22000
-NTP_ANSWER_MS = 1000  # ntptime: getaddrinfo, then one UDP answer within its 1 s socket timeout
+NTP_ANSWER_MS = 1000  # ntp_query: getaddrinfo, then one UDP answer within its 1 s socket timeout
 CONNECT_MS = 5000  # the TCP connect (link.py; the port emulates the connect timeout with select)
 # The handshake runs inside wrap_socket on the raw socket's 1 s per-call timeout: ~6 reads and
 # writes of the network plus ECDHE and RSA-2048 in mbedTLS (about 1 s on a 240 MHz ESP32).

@@ -10,7 +10,7 @@
 # sys.path, so a module left on the file system shadows its frozen twin: remove them.
 # Not a firmware module: not copied to boards, not imported (hil/paths.firmware_files skips it).
 
-# The port's own frozen modules (among them ntptime, which board_esp32 uses), as the stock image.
+# The port's own frozen modules, as the stock image (the firmware needs none of them).
 include("$(PORT_DIR)/boards/manifest.py")  # noqa: F821
 
 # Every firmware module but main.py; tests/firmware/test_manifest.py keeps this list complete.
@@ -26,6 +26,7 @@ for name in (
     "log",
     "mqtt",
     "node",
+    "ntp",
     "outbox",
     "sensor",
     "tlsctx",

@@ -26,6 +26,7 @@ import log  # noqa: E402
 from bh1750 import BH1750  # noqa: E402
 from bme280 import BME280  # noqa: E402
 import i2cbus  # noqa: E402
+import ntp  # noqa: E402
 from sensor import SensorError  # noqa: E402
 
 TYPE_CHECKING = False
@@ -176,6 +177,7 @@ class Node:
         self.uptime_ms = 0
         self._interval_ms = max(1, int(cfg["interval_s"] * 1000))
         self._next_ntp = 0  # in uptime ms, not ticks: ntp_every_s may be a week (> 2^29 ms)
+        self._ntp_buf = bytearray(ntp.LEN)
         self._next_health = 0
         self.skipped = 0
         self._wdt_ms = int(cfg["watchdog_s"] * 1000)
@@ -302,9 +304,19 @@ class Node:
     def _sync_clock(self, now: int) -> None:
         if self.uptime_ms < self._next_ntp or not self.board.wifi_up():
             return
-        self.board.feed()  # ntptime resolves the host (no timeout) and waits up to 1 s for the answer
-        ok = self.board.ntp_sync(self.cfg["ntp_host"])
-        self.board.feed()
+        board = self.board
+        buf = self._ntp_buf
+        ntp.request(buf)
+        board.feed()  # the query resolves the host (no timeout) and waits up to 1 s for the answer
+        ok = False
+        try:
+            board.set_time(ntp.parse(buf, board.ntp_query(self.cfg["ntp_host"], buf)))
+            ok = True
+        except (OSError, ValueError) as exc:
+            # UDP 123 blocked or a bad answer: readings stay time_valid false, verified TLS waits.
+            log.event("ntp_refused", host=self.cfg["ntp_host"], error=exc,
+                      action="retrying in 60 s; readings are stamped by the gateway meanwhile")
+        board.feed()
         retry_s = self.cfg["ntp_every_s"] if ok else 60
         self._next_ntp = self.uptime_ms + retry_s * 1000
         if ok and not self.time_valid:

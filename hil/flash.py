@@ -23,8 +23,8 @@ from hil.errors import FlashError, RigConfigError
 from hil.probe import Probe
 
 STEP_TIMEOUT_S = 60
-# ntptime and the socket/tls modules are built into the ESP32 MicroPython image and the MQTT
-# client is the firmware's own, so nothing beyond firmware/ needs installing with mip.
+# The socket and TLS modules are built into the ESP32 MicroPython image, and the MQTT and NTP
+# clients are the firmware's own, so nothing beyond firmware/ needs installing with mip.
 DEPENDENCIES: tuple[str, ...] = ()
 
 

@@ -18,6 +18,7 @@ import time
 
 TICKS_MAX_DELTA = 1 << 29  # time.ticks_add raises OverflowError at or beyond this (py/modtime)
 RTC_UNSYNCED_EPOCH_MS = 946684800000  # an ESP32 RTC starts at 2000-01-01 without NTP
+NTP_DELTA_1970 = 2208988800  # seconds from 1900 (NTP's era 0) to 1970
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from hil.virtual.vi2c import Pin, VirtualI2C
     from hil.virtual.vnet import (
         EHOSTUNREACH,
+        ETIMEDOUT,
         IO_TIMEOUT_S,
         SLICE_REAL_MS,
         TICKS_PERIOD,
@@ -47,6 +49,7 @@ else:
     from vi2c import Pin, VirtualI2C
     from vnet import (
         EHOSTUNREACH,
+        ETIMEDOUT,
         IO_TIMEOUT_S,
         SLICE_REAL_MS,
         TICKS_PERIOD,
@@ -95,6 +98,7 @@ class Spec:
         # Writes return at most this many bytes per call once in `short_write_every` (0: never).
         self.short_write_every: int = raw.get("short_write_every", 3)
         self.dns_delay_ms: int = raw.get("dns_delay_ms", 0)
+        self.ntp: str = raw.get("ntp", "ok")  # the NTP server's answers (Board.ntp_reply)
         # Wi-Fi association and DHCP after wlan.connect() (and again after the access point came
         # back): isconnected() stays false and sockets have no route (EHOSTUNREACH) until then.
         self.wifi_assoc_ms: int = raw.get("wifi_assoc_ms", 1000)
@@ -186,6 +190,7 @@ class Board:
         self.clock = Clock(self.spec.clock_speed, self.spec.ticks_start_ms, self.spec.control_dir)
         self._host_at_boot = host_ms()
         self._synced = False
+        self._rtc_base = RTC_UNSYNCED_EPOCH_MS  # the RTC counts from 2000-01-01 until set
         self._i2c: VirtualI2C | None = None
         self.wdt: Watchdog | None = None
         self._reset_cause = ""
@@ -231,14 +236,39 @@ class Board:
             self.block_ms(ms)
 
     def epoch_ms(self) -> int:
-        base = self._host_at_boot if self._synced else RTC_UNSYNCED_EPOCH_MS
-        return base + self.clock.now_ms()
+        return self._rtc_base + self.clock.now_ms()
 
-    def ntp_sync(self, host: str) -> bool:
+    def ntp_reply(self) -> bytes | None:
+        """What the NTP server answers on the virtual network, or None when UDP 123 is blocked (the
+        query times out). `ntp` (spec, or control/ntp): ok, blocked, short (a 40-byte reply),
+        zero (transmit time 0: an unsynchronised server), kiss (stratum 0, a kiss-o'-death);
+        time_sync false means blocked."""
+        mode = read_text(self.spec.control_dir + "/ntp") if self.spec.control_dir else ""
+        mode = mode or (self.spec.ntp if self.spec.time_sync else "blocked")
+        if mode == "blocked":
+            return None
+        reply = bytearray(48)
+        reply[0] = 0x24  # LI 0, version 4, mode 4 (server)
+        reply[1] = 0 if mode == "kiss" else 2
+        secs = 0 if mode == "zero" else (self.world_ms() // 1000 + NTP_DELTA_1970) & 0xFFFFFFFF
+        reply[40:44] = secs.to_bytes(4, "big")
+        return bytes(reply[:40]) if mode == "short" else bytes(reply)
+
+    def ntp_query(self, host: str, buf: bytearray) -> int:
+        """board_esp32.ntp_query: DNS (no timeout), one UDP exchange with a 1 s timeout."""
         self.check_watchdog()
-        if self.spec.time_sync and self.wifi_up():
-            self._synced = True
-        return self._synced
+        self.resolve(host, 123)
+        reply = self.ntp_reply()
+        if reply is None:
+            self.block_ms(1000)
+            raise OSError(ETIMEDOUT)
+        buf[: len(reply)] = reply
+        return len(reply)
+
+    def set_time(self, epoch_s: int) -> None:
+        """machine.RTC().datetime(...): the board's clock reads epoch_s from now on."""
+        self._rtc_base = epoch_s * 1000 - self.clock.now_ms()
+        self._synced = True
 
     # --- sensors ----------------------------------------------------------------------------
     def fault(self, sensor: str, now_ms: int) -> str:

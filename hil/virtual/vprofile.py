@@ -11,9 +11,9 @@ each one freezes; the same subset of Python runs on the board (MicroPython) and 
 - A TLS socket has no `settimeout` on any of them (only `setblocking`).
 - `tls_setup_retry_gc`: from 1.25 `mbedtls_ssl_setup` that fails for memory is retried once after a
   garbage collection (an unclosed TLS socket's finaliser gives its buffers back).
-- `ntptime_y2036`: micropython-lib's ntptime at 1.22's commit maps a transmit time of 0 to a negative
-  epoch (OverflowError in gmtime on a 32-bit port); from 1.23's it adds 2^32 s below 2024, so a zero
-  transmit time becomes 2036-02-07.
+- (no longer modelled: the firmware has its own NTP client) micropython-lib's ntptime at 1.22's
+  commit maps a transmit time of 0 to a negative epoch (OverflowError in gmtime on a 32-bit port);
+  from 1.23's it adds 2^32 s below 2024, so a zero transmit time becomes 2036-02-07.
 - `idf`: the ESP-IDF release the port builds with (for the record; the heap model is the same).
 """
 
@@ -22,12 +22,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 PROFILES: "dict[str, dict[str, Any]]" = {
-    "1.22": {"tls_module": "ssl", "tls_timeout_errno": -116, "tls_setup_retry_gc": False,
-             "ntptime_y2036": False, "idf": "5.0.4"},
-    "1.24": {"tls_module": "tls", "tls_timeout_errno": -116, "tls_setup_retry_gc": False,
-             "ntptime_y2036": True, "idf": "5.2.2"},
-    "1.26": {"tls_module": "tls", "tls_timeout_errno": -116, "tls_setup_retry_gc": True,
-             "ntptime_y2036": True, "idf": "5.4.2"},
+    "1.22": {"tls_module": "ssl", "tls_timeout_errno": -116, "tls_setup_retry_gc": False, "idf": "5.0.4"},
+    "1.24": {"tls_module": "tls", "tls_timeout_errno": -116, "tls_setup_retry_gc": False, "idf": "5.2.2"},
+    "1.26": {"tls_module": "tls", "tls_timeout_errno": -116, "tls_setup_retry_gc": True, "idf": "5.4.2"},
 }
 OLDEST = "1.22"
 NEWEST = "1.26"

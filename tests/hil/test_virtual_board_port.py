@@ -58,3 +58,23 @@ def test_losing_wifi_drops_the_session_at_once_and_readings_go_to_flash(
     health = wait_for(lambda: [h for h in health_of(probe, board.device) if h["reconnects"] >= 1], 20,
                       "health after the reconnect")[-1]
     assert health["skipped_cycles"] == 0
+
+
+@pytest.mark.parametrize("reply", ["zero", "short"])
+def test_a_bad_ntp_reply_is_refused_and_the_board_keeps_its_clock_invalid(
+    make_board: BoardFactory, probe: Probe, profile: str, reply: str
+) -> None:
+    """micropython-lib's ntptime checks neither length, mode nor stratum. A zero transmit time (an
+    unsynchronised server) became 2036-02-07 from 1.23 and was taken as valid: readings stamped 2036
+    with time_valid true (and a broker certificate that looks expired); a reply under 44 bytes
+    raised ValueError, which the board did not catch: a crash and a reset. Now the firmware's own
+    NTP client checks length, mode, stratum and the year and keeps time_valid false."""
+    board = make_board(spec={"ntp": reply}, profile=profile)
+    board.start()
+    wait_for(lambda: len(probe.readings(board.device)) >= 5, 20, "5 readings")
+    readings = probe.readings(board.device)
+    assert all(not r["time_valid"] for r in readings), readings[-1]
+    assert all(r["ts"] < 1_000_000_000_000 for r in readings)  # the RTC's 2000, never 2036
+    console = board.console()
+    assert "node_crashed" not in console and board.running
+    assert "ntp_refused" in console
