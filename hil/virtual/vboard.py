@@ -257,7 +257,9 @@ class Board:
     def ntp_query(self, host: str, buf: bytearray) -> int:
         """board_esp32.ntp_query: DNS (no timeout), one UDP exchange with a 1 s timeout."""
         self.check_watchdog()
-        self.resolve(host, 123)
+        self._route()
+        if not host.replace(".", "").isdigit():
+            self._dns_wait(host)  # the NTP server is virtual: its name is looked up only in time
         reply = self.ntp_reply()
         if reply is None:
             self.block_ms(1000)
@@ -389,13 +391,16 @@ class Board:
         timeout of its own, as getaddrinfo on the port: the watchdog may fire inside it."""
         self.check_watchdog()
         self._route()
+        self._dns_wait(host)
+        self._route()
+        found: Any = socket.getaddrinfo(host, port)[0][-1]
+        return found
+
+    def _dns_wait(self, host: str) -> None:
         delay = read_text(self.spec.control_dir + "/dns_delay_ms") if self.spec.control_dir else ""
         ms = int(delay) if delay else self.spec.dns_delay_ms
         print("dns_lookup host=" + host + " delay_ms=" + str(ms))
         self.block_ms(ms)
-        self._route()
-        found: Any = socket.getaddrinfo(host, port)[0][-1]
-        return found
 
     def connect_tcp(self, addr: "Any", timeout_ms: int) -> VSocket:
         """As board_esp32: connected within timeout_ms, then a per-call timeout of IO_TIMEOUT_S."""
