@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hil import board_flash
 from hil.errors import RigConfigError
 from hil.probe import Probe
 from hil.vboard_process import DEFAULT_HEAP, EXIT_CONFIG, VirtualBoard
@@ -187,7 +188,7 @@ class Fleet:
         for board in self.boards:
             board.write_files()
             if ca is not None:
-                (board.flash / TLS_CA_NAME).write_bytes(ca)
+                board.flash.write(TLS_CA_NAME, ca)
             board.restore_network()
             if self.serial:
                 board.install_firmware()
@@ -198,7 +199,8 @@ class Fleet:
         known = {}
         for plan in self.plans:
             try:
-                stored = json.loads((self.root / plan.device / "flash" / "config.json").read_text())
+                text = board_flash.of_board(self.root / plan.device, self.serial).read("config.json")
+                stored = json.loads(text or b"")
             except (OSError, ValueError):
                 continue
             if isinstance(stored, dict) and isinstance(stored.get("mqtt_password"), str):

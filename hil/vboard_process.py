@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hil import paths
+from hil import board_flash, paths
+from hil.board_flash import Flash, ImageFlash
 from hil.errors import BoardError
 from hil.virtual import vprofile
 
@@ -31,6 +31,17 @@ from hil.virtual import vprofile
 ESP32_FREE_HEAP_KB = 110
 VIRTUAL_LAYER_KB = 52
 DEFAULT_HEAP = f"{ESP32_FREE_HEAP_KB + VIRTUAL_LAYER_KB}K"
+# A board whose flash is a partition image mounts littlefs itself before main.py (hil/virtual/
+# vboot.py): its block device and the mount take 3.3 KB more (measured 2026-12-07); an ESP32's
+# ~110 KB free are counted after the port mounted its file system, so these are the layer's too.
+FLASH_LAYER_KB = 4
+
+
+def _plus_kb(heap: str, kb: int) -> str:
+    """`heap` (as -X heapsize takes it: 162K, 1M, bytes) with kb more, in K."""
+    unit = {"K": 1, "M": 1024}.get(heap[-1:].upper())
+    total = int(heap[:-1]) * unit if unit else int(heap) // 1024
+    return f"{total + kb}K"
 
 EXIT_CONFIG = 2
 EXIT_WATCHDOG = 3
@@ -56,7 +67,9 @@ class VirtualBoard:
         self.device: str = str(config["device"])
         self.place: str = str(config["place"])
         self.dir = root / self.device
-        self.flash = self.dir / "flash"
+        # A board behind a serial console keeps its flash as a folder (the unix port's REPL works
+        # in it); the others mount littlefs on an image of the ESP32's 2 MB vfs partition.
+        self.flash: Flash = board_flash.of_board(self.dir, serial)
         self.control = self.dir / "control"
         self.console_path = self.dir / "console.log"
         self.spec_path = self.dir / "spec.json"
@@ -74,9 +87,8 @@ class VirtualBoard:
         self.port = str(self.dir / "tty") if serial else ""
 
     def write_files(self) -> None:
-        self.flash.mkdir(parents=True, exist_ok=True)
         self.control.mkdir(parents=True, exist_ok=True)
-        (self.flash / "config.json").write_text(json.dumps(self.config, indent=1))
+        self.flash.write("config.json", json.dumps(self.config, indent=1).encode())
         self.spec_path.write_text(json.dumps(self.spec))
 
     def login_refused(self) -> str | None:
@@ -96,21 +108,19 @@ class VirtualBoard:
 
     def write_raw_config(self, text: str) -> None:
         """Put any text as config.json (to prove how the firmware treats a broken one)."""
-        self.flash.mkdir(parents=True, exist_ok=True)
-        (self.flash / "config.json").write_text(text)
+        self.flash.write("config.json", text.encode())
 
     def install_firmware(self) -> None:
         """The factory image: firmware/ copied into the board's flash, if it holds no main.py yet."""
-        if (self.flash / "main.py").exists():
+        if self.flash.read("main.py") is not None:
             return
-        self.flash.mkdir(parents=True, exist_ok=True)
         for source in paths.firmware_files():
-            shutil.copyfile(source, self.flash / source.name)
+            self.flash.write(source.name, source.read_bytes())
 
     def start(self) -> None:
         if self.running:
             raise BoardError(f"{self.device} is already running (pid {self.pid})")
-        if not (self.flash / "config.json").exists():
+        if self.flash.read("config.json") is None:
             self.write_files()
         self.control.mkdir(parents=True, exist_ok=True)
         if not self.spec_path.exists():
@@ -121,16 +131,21 @@ class VirtualBoard:
         env = dict(os.environ)
         env["MICROPYPATH"] = f"{self.firmware_dir}:{paths.VIRTUAL}"
         env["VBOARD_SPEC"] = str(self.spec_path)
+        assert isinstance(self.flash, ImageFlash)
+        if not self.flash.path.exists():
+            self.flash.wipe()  # a formatted partition
+        env["VBOARD_FLASH"] = str(self.flash.path)
+        env["VBOARD_FLASH_BLOCKS"] = str(self.flash.blocks)
         console = open(self.console_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
             self.proc = subprocess.Popen(
                 [
                     paths.venv_tool("micropython"),
                     "-X",
-                    f"heapsize={self.heap}",
-                    str(self.firmware_dir / "main.py"),
+                    f"heapsize={_plus_kb(self.heap, FLASH_LAYER_KB)}",
+                    str(paths.VIRTUAL / "vboot.py"),  # mounts the flash, then runs main.py
                 ],
-                cwd=self.flash,
+                cwd=self.dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=console,

@@ -26,21 +26,21 @@ class FlashOutbox:
     segments: int = 0
 
 
-def read(flash: Path, name: str = "outbox.d") -> FlashOutbox:
+def read(flash: Path | Any, name: str = "outbox.d") -> FlashOutbox:
+    """The outbox in `flash`: a board's flash (hil.board_flash) or a directory."""
+    if isinstance(flash, Path):
+        from hil.board_flash import FolderFlash
+
+        flash = FolderFlash(flash)
     out = FlashOutbox()
-    root = flash / name
+    files = flash.files(name)
     try:
-        out.dropped = int((root / "dropped").read_text())
-    except (OSError, ValueError):
+        out.dropped = int(files.get("dropped", b"0"))
+    except ValueError:
         out.dropped = 0
-    if not root.is_dir():
-        return out
-    segs = sorted((p for p in root.glob("*.seg") if p.stem.isdigit()), key=lambda p: int(p.stem))
+    segs = sorted((n for n in files if n.endswith(".seg") and n[:-4].isdigit()), key=lambda n: int(n[:-4]))
     for seg in segs:
-        try:
-            data = seg.read_bytes()
-        except FileNotFoundError:
-            continue  # the board deleted it (all acked) while we listed
+        data = files[seg]
         out.segments += 1
         at = 0
         while at < len(data):

@@ -197,6 +197,9 @@ class Board:
         self.profile = vprofile.get(self.spec.profile)
         self.idf = vprofile.IdfHeap(self.spec.idf_free_kb * 1024)
         self._assoc_at = -1  # run ms when association began; -1 never asked, -2 lost
+        flash = sys.modules.get("vfile")  # mounted by vboot.py: its erases take the board's time
+        if flash is not None and flash.DEVICE is not None:
+            flash.DEVICE.wait = self.block_ms
 
     def world_ms(self) -> int:
         """Physical time (epoch ms) in the board's world: what the sensors convert in and measure.

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from hil import fleet
+from hil.board_flash import ImageFlash
 from hil.probe import Probe
 from iot.app.stack.private import PrivateBroker
 from iot.broker.credentials import OPERATOR
@@ -155,7 +156,8 @@ def test_iot_boards_provisions_its_fleet_or_says_the_login_was_refused(
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode == 0, out
-    configs = [json.loads((tmp_path / "fleet" / d / "flash" / "config.json").read_text()) for d in devices]
+    configs = [json.loads(ImageFlash(tmp_path / "fleet" / d / "flash.img").read("config.json") or b"")
+               for d in devices]
     assert {c["mqtt_user"] for c in configs} == devices
     for config in configs:
         assert config["mqtt_password"] not in out

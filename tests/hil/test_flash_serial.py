@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hil import fleet, paths
+from hil.board_flash import FolderFlash
 from hil.flash import flash
 from hil.probe import Probe
 from hil.vboard_process import VirtualBoard
@@ -83,9 +84,10 @@ def test_iot_flash_over_a_virtual_serial_port_replaces_firmware_and_config_of_a_
     )
     expected = fleet.expected_values(board.place, new[-1]["ts"] / 1000)["temperature"]
     assert abs(new[-1]["temperature"] - (expected + 5.0)) < 0.1
-    flash_dir = sorted(p.name for p in board.flash.iterdir())
+    assert isinstance(board.flash, FolderFlash)  # behind a serial console: the REPL's folder
+    flash_dir = sorted(p.name for p in board.flash.path.iterdir())
     assert ".flash-new" not in flash_dir and "main.py" in flash_dir
-    assert json.loads((board.flash / "config.json").read_text())["offsets"] == {"temperature": 5.0}
+    assert json.loads(board.flash.read("config.json") or b"")["offsets"] == {"temperature": 5.0}
 
 
 def test_iot_flash_command_waits_for_the_birth_message(

@@ -124,3 +124,13 @@ def test_longest_ids_still_give_valid_payloads_that_fit_an_outbox_slot(
     message = wait_for(lambda: probe.messages("reading", device), 20, "a reading")[0]
     contract.validate_reading(message.topic, message.payload)
     assert len(message.payload) <= 398  # outbox slot of 400 bytes less its 2-byte length
+
+
+def test_a_fleet_boards_flash_is_the_esp32_partition_under_littlefs(make_board: BoardFactory) -> None:
+    """The board mounts littlefs on an image of ESP32_GENERIC's 2 MB vfs partition, as the port's
+    _boot.py does. Before: the flash was a folder of the host, so the firmware's check that
+    outbox_slots full records fit in half of the file system saw the host's disk and passed."""
+    board = make_board(outbox_slots=5000)  # 5000 x 416 B = 2 MB, more than half of 2 MB
+    board.start()
+    assert board.wait(20) == 2
+    assert "field=outbox_slots" in board.console()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from hil import fleet
+from hil.board_flash import ImageFlash
 from hil.probe import Probe, clear_retained
 from iot import contract
 from iot.app.stack import probes, tls
@@ -73,7 +74,7 @@ def _tls_board(make_board: BoardFactory, stack: StackConfig, **config: Any) -> A
     cfg: dict[str, Any] = {"broker": f"mqtts://localhost:{stack.mqtt_tls_port}", "tls_ca_file": "ca.pem"}
     cfg.update(config)
     board = make_board(**cfg)
-    (board.flash / "ca.pem").write_bytes(stack.mqtt_tls_ca.read_bytes())
+    board.flash.write("ca.pem", stack.mqtt_tls_ca.read_bytes())
     return board
 
 
@@ -143,7 +144,7 @@ def test_tls_waits_for_ntp_and_a_bad_ca_fails_the_connect_not_the_board(
     unsynced.wait_console("link_waiting_for_ntp", 20)
     bad = _tls_board(make_board, stack)
     bogus = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
-    (bad.flash / "ca.pem").write_text(bogus)
+    bad.flash.write("ca.pem", bogus.encode())
     bad.start()
     wait_for(lambda: bad.console().count("link_connect_failed") >= 2, 20, "connects failing with a bad CA")
     assert unsynced.running and bad.running
@@ -158,7 +159,7 @@ def test_a_ca_that_did_not_sign_the_stacks_certificate_is_refused(
     other = tmp_path / "other-ca"
     tls.ensure(other, ["localhost"])
     board = _tls_board(make_board, stack)
-    (board.flash / "ca.pem").write_bytes((other / "ca.crt").read_bytes())
+    board.flash.write("ca.pem", (other / "ca.crt").read_bytes())
     board.start()
     wait_for(lambda: board.console().count("link_connect_failed") >= 2, 20, "connects refused")
     assert board.running and "link_up" not in board.console()
@@ -199,7 +200,7 @@ def test_iot_boards_takes_an_mqtts_url_and_the_stacks_ca_from_the_environment(
     counted = int(out.split("boards stopped ")[1].split("readings=")[1].split()[0])
     assert counted > 0 and "failed=none" in out, out
     for device in devices:
-        config = json.loads((tmp_path / "fleet" / device / "flash" / "config.json").read_text())
+        config = json.loads(ImageFlash(tmp_path / "fleet" / device / "flash.img").read("config.json") or b"")
         assert config["tls_ca_file"] == "ca.crt"
     clear_retained(stack.mqtt_url, [(p.place, p.device) for p in fleet.plan(2, 1, 0.5, "", prefix=prefix)])
 
