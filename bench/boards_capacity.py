@@ -20,7 +20,6 @@ from pathlib import Path
 from hil import fleet
 from hil.probe import Probe, clear_retained
 from hil.vboard_process import DEFAULT_HEAP
-from iot import contract
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -31,14 +30,15 @@ def _cpu_s(pid: int) -> float:
 
 
 def measure(
-    count: int, places: int, seconds: float, interval: float, broker: str, root: Path
+    count: int, places: int, seconds: float, interval: float, broker: fleet.Broker, root: Path
 ) -> dict[str, float]:
     prefix = f"bench{os.getpid()}n{count}"
-    plans = fleet.plan(count, places, interval, broker, prefix=prefix)
+    plans = fleet.plan(count, places, interval, broker.url, prefix=prefix, extra_config=broker.tls_config())
     devices = {p.device for p in plans}
-    f = fleet.Fleet(root / f"n{count}", plans, DEFAULT_HEAP)
+    f = fleet.Fleet(root / f"n{count}", plans, DEFAULT_HEAP, tls_ca=broker.ca)
     f.prepare(fresh=True)
-    with Probe(broker, ["sensors/+/+/#"], keep=lambda t: t.split("/")[2] in devices) as probe:
+    ca = str(broker.ca) if broker.ca else None
+    with Probe(broker.url, ["sensors/+/+/#"], keep=lambda t: t.split("/")[2] in devices, tls_ca=ca) as probe:
         started = time.monotonic()
         f.start()
         launched = time.monotonic() - started
@@ -59,7 +59,7 @@ def measure(
         rss = f.rss_kb()
         health = [m.json() for m in probe.messages("health")]
         f.stop()
-    clear_retained(broker, [(p.place, p.device) for p in plans])
+    clear_retained(broker.url, [(p.place, p.device) for p in plans], tls_ca=ca)
     mem_free = [h["mem_free"] for h in health]
     return {
         "boards": count,
@@ -85,7 +85,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--interval", type=float, default=2.0)
     args = parser.parse_args()
-    broker = os.environ.get("IOT_MQTT_URL", contract.ENV_DEFAULTS["IOT_MQTT_URL"])
+    broker = fleet.Broker.from_env()  # IOT_MQTT_URL and IOT_MQTT_TLS_CA, as `iot boards` reads them
     with tempfile.TemporaryDirectory(prefix="boards-bench-") as tmp:
         base = measure(1, 1, args.seconds, args.interval, broker, Path(tmp))
         many = measure(args.count, args.places, args.seconds, args.interval, broker, Path(tmp))

@@ -11,6 +11,7 @@ import pytest
 
 from hil import flash, paths
 from hil.probe import Probe
+from hil.virtual import vprofile
 from tests.firmware import unixport
 from tests.hil.conftest import BoardFactory, health_of, publish_once
 from tests.support import wait_for
@@ -51,11 +52,17 @@ def test_board_on_the_compiled_firmware_boots_publishes_and_releases_readings_on
     make_board: BoardFactory, probe: Probe, broker_url: str, mpy_build: Path
 ) -> None:
     """On a heap too small to compile the sources on (that board dies of a MemoryError), the
-    compiled firmware boots, measures, publishes, and releases its outbox on a gateway's ack."""
-    source = make_board(heap=SMALL_HEAP)
+    compiled firmware boots, measures, publishes, and releases its outbox on a gateway's ack. Laid
+    out as a frozen image on MicroPython 1.22 (the oldest profile): the modules precompiled and
+    outside the file system (`.frozen` on a board, the build folder here), only main.py and
+    config.json in the board's littlefs. (A frozen image keeps its bytecode in flash; here it is
+    loaded into the heap, so this board has less free heap than a frozen one would.)"""
+    source = make_board(heap=SMALL_HEAP, profile=vprofile.OLDEST)
     source.start()
     assert source.wait(20) != 0 and "MemoryError" in source.console()
-    board = make_board(firmware_dir=mpy_build, heap=SMALL_HEAP, e2e_ack=True, ack_timeout_s=60, interval_s=1)
+    board = make_board(firmware_dir=mpy_build, heap=SMALL_HEAP, e2e_ack=True, ack_timeout_s=60, interval_s=1,
+                       profile=vprofile.OLDEST)
+    board.flash.write("main.py", (paths.FIRMWARE / "main.py").read_bytes())
     board.start()
     readings = wait_for(lambda: probe.readings(board.device)[2:], 20, "3 readings")
     assert all(r["temperature"] is not None and r["luminosity"] is not None for r in readings)
