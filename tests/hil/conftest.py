@@ -58,7 +58,10 @@ def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
             "e2e_ack": False,  # no gateway on these tests' broker: the PUBACK releases a reading
         }
         cfg.update(config)
-        board_spec: dict[str, Any] = {"env": fleet.environment(place), "seed": len(made) + 1}
+        # Wi-Fi associates in 0.2 s (the board's default is 1 s): tests about association say so.
+        board_spec: dict[str, Any] = {
+            "env": fleet.environment(place), "seed": len(made) + 1, "wifi_assoc_ms": 200,
+        }
         board_spec.update(spec or {})
         board = VirtualBoard(tmp_path / "boards", cfg, board_spec, serial=serial, firmware_dir=firmware_dir,
                              heap=heap, profile=profile)
