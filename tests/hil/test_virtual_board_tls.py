@@ -18,6 +18,7 @@ import pytest
 
 from hil import fleet
 from hil.board_flash import ImageFlash
+from hil.netfault import StallProxy
 from hil.probe import Probe, clear_retained
 from iot import contract
 from iot.app.stack import probes, tls
@@ -235,3 +236,25 @@ def test_tls_buffers_come_from_the_idf_heap_and_health_reports_its_largest_block
         wait_for(lambda: starved.console().count("link_connect_failed") >= 2, 30, "connects refused")
         assert "Allocation of memory failed" in starved.console()
         assert starved.running and "link_up" not in starved.console()
+
+
+def test_a_tls_link_that_stalls_mid_record_keeps_its_session(
+    make_board: BoardFactory, stack: StackConfig, profile: str
+) -> None:
+    """The broker's bytes arrive 3 at a time, then 1.6 s of silence, then the rest of the record. On
+    the port a socket timeout under TLS is the session's sticky error (modtls_mbedtls.c last_error:
+    OSError(-116) from then on, through 1.27). Before: the board's blocking 1 s socket timed out in
+    mid-record and the session was gone (link_down, reconnect). Non-blocking, it waits it out."""
+    host, port = "127.0.0.1", stack.mqtt_tls_port
+    with StallProxy(host, port) as proxy, Probe(stack.mqtt_url, ["sensors/+/+/#"]) as probe:
+        board = _tls_board(make_board, stack, broker=f"mqtts://localhost:{proxy.port}", puback_timeout_s=5,
+                           profile=profile)
+        board.start()
+        wait_for(lambda: len(probe.readings(board.device)) >= 3, 30, "3 readings over TLS")
+        proxy.stall_next(1.6)
+        wait_for(lambda: proxy.stalls == 1, 10, "the stall")
+        seen = len(probe.readings(board.device))
+        wait_for(lambda: len(probe.readings(board.device)) >= seen + 5, 20, "readings after the stall")
+        console = board.console()
+        assert "link_down" not in console, console[-1500:]
+        assert proxy.connections == 1
