@@ -66,6 +66,7 @@ class Board:
         self._i2c: machine.I2C | None = None
         self._i2c_args = (0, 0, 0, 0)
         self._wdt: Watchdog | None = None
+        self._nvs: object = None
 
     # --- time -------------------------------------------------------------------------------
     def ticks_ms(self) -> int:
@@ -176,20 +177,25 @@ class Board:
         return Poller(stream)
 
     # --- NVS and reset cause ----------------------------------------------------------------
-    def nvs_get(self, key: str) -> int | None:
-        import esp32
+    def _nvs_handle(self) -> object:
+        """One handle for the board's life: esp32.NVS has no close (esp32_nvs.c: nvs_open on every
+        construction, never nvs_close), so a handle per call leaked ~5 per boot."""
+        if self._nvs is None:
+            import esp32
 
+            self._nvs = esp32.NVS("iot")
+        return self._nvs
+
+    def nvs_get(self, key: str) -> int | None:
         try:
-            return esp32.NVS("iot").get_i32(key)  # type: ignore[no-any-return]
+            return self._nvs_handle().get_i32(key)  # type: ignore[attr-defined,no-any-return]
         except OSError:
             return None  # never set (ESP_ERR_NVS_NOT_FOUND)
 
     def nvs_set(self, key: str, value: int) -> None:
-        import esp32
-
-        nvs = esp32.NVS("iot")
-        nvs.set_i32(key, value)
-        nvs.commit()
+        nvs = self._nvs_handle()
+        nvs.set_i32(key, value)  # type: ignore[attr-defined]
+        nvs.commit()  # type: ignore[attr-defined]
 
     def reset_cause(self) -> str:
         return _RESET_CAUSES.get(machine.reset_cause(), "unknown")
