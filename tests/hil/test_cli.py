@@ -14,6 +14,7 @@ import pytest
 from hil import fleet
 from hil.errors import RigConfigError
 from hil.probe import Probe, clear_retained
+from hil.virtual import vprofile
 from iot.app.cli import build_parser, main
 from iot.app.stack import tls
 from iot.errors import ConfigError
@@ -25,6 +26,18 @@ def test_boards_command_parses_count_places_and_interval() -> None:
     args = build_parser().parse_args(["boards", "--count", "20", "--places", "3", "--interval", "2.5"])
     assert (args.count, args.places, args.interval, args.env) == (20, 3, 2.5, "constant")
     assert args.func.__name__ == "run_boards"
+
+
+@pytest.mark.unit
+def test_boards_take_a_micropython_profile_and_an_unknown_one_is_named() -> None:
+    assert build_parser().parse_args(["boards"]).profile == vprofile.DEFAULT
+    args = build_parser().parse_args(["boards", "--profile", vprofile.OLDEST])
+    plans = fleet.plan(2, 1, 2.0, "mqtt://127.0.0.1:1883", prefix="t", profile=args.profile)
+    assert {p.spec["profile"] for p in plans} == {"1.22"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["boards", "--profile", "1.19"])
+    with pytest.raises(RigConfigError, match="profile"):
+        fleet.plan(1, 1, 2.0, "mqtt://127.0.0.1:1883", profile="1.19")
 
 
 @pytest.mark.unit

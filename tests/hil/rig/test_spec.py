@@ -25,6 +25,9 @@ scenarios:
 """
 
 
+ESP32_WITH_PROFILE = "{id: e, kind: esp32, device: d1, port: /dev/x, profile: '1.22'}"
+
+
 def _load(tmp_path: Path, text: str) -> spec.Rig:
     path = tmp_path / "rig.yaml"
     path.write_text(text)
@@ -34,6 +37,8 @@ def _load(tmp_path: Path, text: str) -> spec.Rig:
 def test_shipped_rigs_load(monkeypatch: pytest.MonkeyPatch) -> None:
     virtual = spec.load(RIGS / "virtual.yaml")
     assert {b.kind for b in virtual.boards} == {"virtual"} and len(virtual.scenarios) >= 5
+    assert [b.profile for b in virtual.boards] == ["1.22", "1.26"]  # the oldest and the newest
+    assert virtual.firmware.mpy
     steps = {s.name for sc in virtual.scenarios for s in sc.steps}
     assert {"flash", "verify_version", "cut_network", "power_cut", "sensor_fault", "broker_restart"} <= steps
     with pytest.raises(RigConfigError, match="IOT_GATEWAY_MQTT_PASSWORD"):
@@ -72,6 +77,9 @@ def test_a_good_rig_expands_counts_and_fills_step_defaults(tmp_path: Path) -> No
         (("rig: t", "rig: t\nboard_config: {interval_s: fast}"), "board_config.interval_s"),
         (("count: 2}", "count: 2, config: {interval_s: -1}}"), "boards[0].config.interval_s"),
         (("count: 2}", "count: 2, config: {i2c_sda: 99}}"), "boards[0].config.i2c_sda"),
+        # A MicroPython version not modelled; a real board runs what it was flashed with.
+        (("count: 2}", "count: 2, profile: '1.19'}"), "boards[0].profile"),
+        (("{id: a, place: kitchen, count: 2}", ESP32_WITH_PROFILE), "boards[0].profile"),
     ],
 )
 def test_a_broken_rig_file_names_the_key(tmp_path: Path, change: tuple[str, str], key: str) -> None:
