@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -49,7 +50,10 @@ class Run:
     dlq: list[dict[str, Any]] = field(default_factory=list)
 
     def readings(self) -> list[dict[str, Any]]:
-        """Every reading the broker delivered for our boards (the test's own record, not the backend's)."""
+        """Every reading the broker delivered for our boards (the test's own record, not the backend's).
+        A board measures before its first NTP sync (Wi-Fi associates after boot): such a reading
+        (time_valid false, the RTC's 2000) is windowed at the gateway's receive time, which only the
+        stored reading knows; its time is taken from there, its values from the record."""
         out = []
         for msg in self.probe.messages("reading"):
             try:
@@ -57,6 +61,12 @@ class Run:
             except ValueError:
                 continue
             if isinstance(payload, dict) and payload.get("device") in self.devices:
+                if payload.get("time_valid") is False:
+                    rid = contract.reading_id(payload["device"], payload["boot"], payload["seq"])
+                    stored = self.db[contract.COLL_READINGS].find_one({"_id": rid})
+                    if stored is None:
+                        continue  # not stored yet: the windows' wait asks again
+                    payload["ts"] = int(stored["ts"].replace(tzinfo=UTC).timestamp() * 1000)
                 out.append(payload)
         return out
 
@@ -204,7 +214,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         fleet.stop()
 
         # A reading for a window long final must be refused as late, not added.
-        oldest = min(json.loads(m.payload)["ts"] for m in probe.messages("reading", device=devices[0]))
+        # Readings measured before the board's first NTP sync (Wi-Fi associates after boot) carry the
+        # RTC's 2000 and are windowed at the gateway's receive time: the board's first window is its
+        # first synced reading's.
+        synced = [json.loads(m.payload) for m in probe.messages("reading", device=devices[0])]
+        oldest = min(r["ts"] for r in synced if r["time_valid"])
         first_start = oldest - oldest % (TUMBLING_S * 1000)
         first_id = contract.window_id(devices[0], "tumbling", TUMBLING_S, first_start)
         wait_for(
@@ -216,6 +230,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         # the watermark than the allowed lateness (IOT_WINDOW_ALLOWED_LATENESS_S, a day): late, not
         # an amendment. (Amendments: tests/e2e/test_time_truth.py.)
         late = {**json.loads(first[0].payload), "seq": 1_000_000, "ts": first_start - 2 * 86_400_000}
+        late["time_valid"] = True  # a claim of the board's, to be judged late
         run.late_id = contract.reading_id(devices[0], late["boot"], late["seq"])
         _publish(first[0].topic, json.dumps(late).encode())
         run.dlq = read_dlq(
