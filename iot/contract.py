@@ -146,6 +146,13 @@ REASON_BAD_ID: Final = "bad_id"
 REASON_UNKNOWN_VERSION: Final = "unknown_version"
 REASON_LATE: Final = "late"
 REASON_UNPROCESSABLE: Final = "unprocessable"  # the service's own code failed on it: a bug to report
+# Backend: the same (device, boot, seq) again with other values; the first reading is the one kept.
+REASON_CONFLICTING_DUPLICATE: Final = "conflicting_duplicate"
+# Backend: a stored window document that does not hold a window (the document itself is the payload);
+# the window was rebuilt from the stored readings.
+REASON_CORRUPT_WINDOW: Final = "corrupt_window"
+# Backend: an iot.readings record whose Kafka key is not its reading's device id.
+REASON_KEY_MISMATCH: Final = "key_mismatch"
 DLQ_REASONS: Final = (
     REASON_MALFORMED_JSON,
     REASON_NOT_OBJECT,
@@ -159,6 +166,9 @@ DLQ_REASONS: Final = (
     REASON_UNKNOWN_VERSION,
     REASON_LATE,
     REASON_UNPROCESSABLE,
+    REASON_CONFLICTING_DUPLICATE,
+    REASON_CORRUPT_WINDOW,
+    REASON_KEY_MISMATCH,
 )
 
 _INT = "int"
@@ -397,9 +407,17 @@ def window_id(key: str, kind: str, size_s: int, start_ms: int) -> str:
 DLQ_PAYLOAD_CAP: Final = 64 * 1024
 
 
-def dlq_record(reason: str, detail: str, topic: str, payload: bytes, received_at_ms: int) -> dict[str, Any]:
+def dlq_record(
+    reason: str,
+    detail: str,
+    topic: str,
+    payload: bytes,
+    received_at_ms: int,
+    source: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The `iot.readings.dlq` value for a rejected message (keyed by its MQTT `topic`), as the gateway
-    and the backend both write it; produce it with `encode`."""
+    and the backend both write it; produce it with `encode`. The backend adds `source`, the Kafka
+    record it rejected (`kafka_source`)."""
     kept = payload[:DLQ_PAYLOAD_CAP]
     if len(kept) < len(payload):
         detail = f"{detail} (payload_b64 holds the first {len(kept)} of {len(payload)} bytes)"
@@ -409,6 +427,18 @@ def dlq_record(reason: str, detail: str, topic: str, payload: bytes, received_at
         "topic": topic,
         "payload_b64": base64.b64encode(kept).decode("ascii"),
         "received_at": received_at_ms,
+        **({"source": dict(source)} if source is not None else {}),
+    }
+
+
+def kafka_source(topic: str, partition: int, offset: int, key: bytes | None) -> dict[str, Any]:
+    """Where a Kafka record came from, as a DLQ record's `source`: topic, partition, offset and key
+    (base64: a key is bytes, not necessarily text)."""
+    return {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key_b64": None if key is None else base64.b64encode(key).decode("ascii"),
     }
 
 
