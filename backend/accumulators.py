@@ -3,8 +3,8 @@ replay fence.
 
 Sums are kept exactly (an integer numerator over a power of two), so a mean does not depend on the
 order readings arrived in: a replay, a restart or two workers give bit-identical means. Both the
-window state (backend/windows.py) and an amendment of a stored document (`WindowAcc.from_doc`) are
-built from these.
+window state (backend/windows.py) and an amendment of a stored document (backend/stored.py) are built
+from these.
 """
 
 from __future__ import annotations
@@ -71,20 +71,6 @@ class MetricAcc:
         return {"num": str(self.num), "exp": self.exp}
 
     @classmethod
-    def from_summary(cls, summary: Mapping[str, Any], exact: Mapping[str, Any] | None) -> MetricAcc:
-        acc = cls()
-        acc.count = int(summary["count"])
-        if exact is not None:
-            acc.num, acc.exp = int(exact["num"]), int(exact["exp"])
-        elif acc.count:
-            # A document from before contract revision 3 has no exact sum: mean x count is the best
-            # left (off by rounding only); such a window is older than any replay in practice.
-            n, d = (summary["mean"] * acc.count).as_integer_ratio()
-            acc.num, acc.exp = n, d.bit_length() - 1
-        acc.min, acc.max = summary["min"], summary["max"]
-        return acc
-
-    @classmethod
     def from_json(cls, data: Sequence[Any]) -> MetricAcc:
         acc = cls()
         acc.count, acc.num, acc.exp, acc.min, acc.max = (
@@ -128,6 +114,11 @@ class WindowAcc:
         for name, acc in self.metrics.items():
             acc.merge(other.metrics[name])
 
+    def copy(self) -> WindowAcc:
+        acc = WindowAcc()
+        acc.merge(self)
+        return acc
+
     def to_json(self) -> dict[str, Any]:
         return {
             "n": self.count,
@@ -143,15 +134,4 @@ class WindowAcc:
         acc.devices = set(data["d"])
         acc.metrics = {name: MetricAcc.from_json(data["m"][name]) for name in METRICS}
         acc.offset = int(data.get("o", -1))
-        return acc
-
-    @classmethod
-    def from_doc(cls, doc: Mapping[str, Any]) -> WindowAcc:
-        """The accumulator a stored window document describes (its `sums` keep the exact sums)."""
-        acc = cls()
-        acc.count = int(doc["count"])
-        acc.devices = set(doc["devices"]) if "devices" in doc else {doc["device"]}
-        sums = doc.get("sums", {})
-        acc.metrics = {name: MetricAcc.from_summary(doc[name], sums.get(name)) for name in METRICS}
-        acc.offset = int(doc.get("offset", -1))
         return acc

@@ -4,32 +4,74 @@ The runtime hands a batch of validated readings (with the Kafka partition and of
 to `ScopeEngine.process`, and calls `expire` on a timer; both return an `Outputs` describing what to
 write (window documents, new distinct readings, late readings for the DLQ) and which key states changed.
 The runtime writes the outputs first and the changed states after, so a crash between the two replays
-into states that do not yet hold the batch, and the idempotent writes absorb the repetition.
+into states that do not yet hold the batch, and the idempotent writes absorb the repetition. When a
+batch cannot be completed as it is (a record the engine fails on, an answer it needs first), the
+runtime drops the states it changed (`rollback`) and processes the batch again: the persisted states
+are the truth, so the cache never holds what was not written.
+
+Each reading is counted once. Every item carries its *origin*, the iot.readings record it came from
+(for the place scope, the one the sensor scope forwarded it from): a record at or below its key's
+fence for that partition was counted already (a replay after a crash or a rebalance). Otherwise the
+sensor scope asks its device's memory of (boot, seq) identities (`KeyState.mark_seen`); for what that
+bounded memory forgot, the `readings` collection is the authority: `process` lists those identities in
+`Outputs.lookups`, the runtime reads them (`known`: the origin each was stored from, or None) and runs
+the batch again. A reading stored from its own origin is a replay of it; from another, a duplicate.
+The place scope counts what the sensor scope forwards: each distinct reading once per origin, so its
+fences are all it needs.
 
 Amendments (readings for windows already closed, within the allowed lateness) are not applied from
 memory: `process` lists them in `Outputs.amends`, the runtime loads those window documents from the
 store, and `amend` adds the readings to them (`revision` + 1, `late_count` + n). The document's
 `offset` (highest input offset counted) makes that read-modify-write idempotent: a key's readings come
 from one partition in offset order, so after a crash a replayed reading at or below it is already in.
+A stored document that is not a valid window (backend/stored.py) is listed in `Outputs.corrupt`; the
+runtime rebuilds it from the stored readings and calls `amend` again with them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from iot import contract
 
 from .accumulators import WindowAcc
 from .records import SENSOR, late_record, window_doc
-from .windows import KeyState, WindowKey, WindowSpec, idle_watermark
+from .stored import CorruptWindow, Rebuilt, StoredWindow, late_count_of, parse_window, revision_of
+from .windows import DUPLICATE, UNKNOWN, KeyState, WindowKey, WindowSpec, idle_watermark
 
 # Input older than this (received_at against the wall clock) means the worker is working off a backlog.
 BEHIND_MS = 60_000
 StateLoader = Callable[[str], Mapping[str, Any] | None]
-# One input item: a validated reading, its Kafka partition and its offset there.
-Item = tuple[Mapping[str, Any], int, int]
+Origin = tuple[int, int]  # (partition, offset) of an iot.readings record
+
+
+class Item(NamedTuple):
+    """One input item: a validated reading, the scope's input partition and offset it came from, its
+    origin in iot.readings (the same record for the sensor scope: None), and (sensor scope) its
+    encoding for the place scope."""
+
+    reading: Mapping[str, Any]
+    partition: int
+    offset: int
+    origin: Origin | None = None
+    forward: bytes = b""
+
+    @property
+    def source(self) -> Origin:
+        return self.origin if self.origin is not None else (self.partition, self.offset)
+
+
+class ItemFailed(Exception):
+    """The engine failed on one item of a batch (a bug, or input nothing else rejected): the runtime
+    rolls back `keys`, sets the item aside and processes the rest again."""
+
+    def __init__(self, index: int, error: Exception, keys: set[str]) -> None:
+        super().__init__(f"item {index}: {type(error).__name__}: {error}")
+        self.index = index
+        self.error = error
+        self.keys = keys
 
 
 @dataclass(slots=True)
@@ -49,11 +91,19 @@ class Outputs:
     amends: dict[str, Amendment] = field(default_factory=dict)  # window _id -> what to add
     amended_docs: list[dict[str, Any]] = field(default_factory=list)  # filled by ScopeEngine.amend
     amended_readings: int = 0  # readings counted into closed windows (once per window)
-    readings: list[dict[str, Any]] = field(default_factory=list)  # distinct, first time seen
+    # Stored documents that are no window (amend): _id -> (document, what is wrong with it).
+    corrupt: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    rebuilt: list[str] = field(default_factory=list)  # windows amend rebuilt from the stored readings
+    readings: list[Item] = field(default_factory=list)  # the items counted (new distinct readings)
     late: list[dict[str, Any]] = field(default_factory=list)  # DLQ records
     duplicates: int = 0
+    # Duplicates (sensor scope) whose values the runtime compares with the copy counted first.
+    dup_checks: list[Item] = field(default_factory=list)
+    # Identities the `readings` collection must answer before this batch can be processed.
+    lookups: set[str] = field(default_factory=set)
     processed: int = 0
     changed: dict[str, KeyState] = field(default_factory=dict)  # key -> state to persist
+    keys: set[str] = field(default_factory=set)  # every key the batch touched (for a rollback)
 
 
 class ScopeEngine:
@@ -69,6 +119,7 @@ class ScopeEngine:
         open_write_ms: int = 0,
         allowed_lateness_ms: int = 0,
         max_clock_ahead_ms: int | None = None,
+        source_topic: str = contract.TOPIC_READINGS,
     ) -> None:
         self.scope = scope
         self.specs = tuple(specs)
@@ -77,6 +128,7 @@ class ScopeEngine:
         # None: no cap (unit tests with event time far from the wall clock).
         self.max_clock_ahead_ms = max_clock_ahead_ms
         self.idle_timeout_ms = idle_timeout_ms
+        self.source_topic = source_topic  # where origins are (DLQ records name it)
         self._load = load
         self._cache: dict[str, KeyState] = {}
         # Wall time of the last reading per key, in memory only: after a restart every key gets a full
@@ -116,16 +168,19 @@ class ScopeEngine:
         st.partition = partition
         return st
 
-    @staticmethod
-    def _fence(doc: Mapping[str, Any]) -> int:
-        """A stored window document's replay fence: the highest input offset it counted."""
-        return int(doc.get("offset", -1))
-
     def forget(self) -> None:
         """Drop the cache (after a rebalance the persisted states are the truth again)."""
         self._cache.clear()
         self._dirty.clear()
         self._held.clear()
+
+    def rollback(self, keys: Iterable[str]) -> None:
+        """Drop what a batch changed in these keys' states: they are read from the persisted form
+        again (written only after a batch's outputs were)."""
+        for key in keys:
+            self._cache.pop(key, None)
+            self._dirty.pop(key, None)
+            self._held.discard(key)
 
     def _cap(self, now_ms: int, partition: int | None = None) -> int | None:
         """The furthest a key's watermark may go: the wall clock + the clock-ahead bound, and the
@@ -149,53 +204,100 @@ class ScopeEngine:
                 self._held.discard(key)
 
     def process(
-        self, batch: Iterable[Item], now_ms: int, holds_after: dict[int, int] | None = None
+        self,
+        batch: Sequence[Item],
+        now_ms: int,
+        known: Mapping[str, Origin | None] | None = None,
+        holds_after: dict[int, int] | None = None,
     ) -> Outputs:
-        """Count a batch in; `holds_after` replaces `holds` once the batch is in (the holds the batch's
-        own watermarks records set: they cover the readings before them, so the batch's readings are
-        counted under the holds that were in force before it, which are lower)."""
+        """Count a batch. `known`: the `readings` collection's answers for the identities a previous
+        pass of this batch listed in `lookups` (the origin each reading was stored from, None if it is
+        not stored). `holds_after` replaces `holds` once the batch is in (the holds the batch's own
+        watermarks records set: they cover the readings before them, so the batch's readings are
+        counted under the holds that were in force before it, which are lower). Raises ItemFailed if
+        it fails on an item."""
         out = Outputs()
         touched: dict[str, set[WindowKey]] = {}
         last_updated: dict[str, list[WindowKey]] = {}
         holds = self.holds
         caps = {p: self._cap(now_ms, p) for p in holds}
         cap_any = self._cap(now_ms)
-        for reading, partition, offset in batch:
-            cap = caps.get(partition, cap_any) if holds else cap_any
-            out.processed += 1
-            key = reading[self._key_field]
-            st = self.state(key, partition)
-            self._last_wall[key] = now_ms
-            rx = self._received[key] = reading.get("received_at", now_ms)
-            if rx > self._partition_rx.get(partition, rx - 1):
-                self._partition_rx[partition] = rx
-            wm_before = st.watermark
-            result = st.add(reading, self.specs, self.grace_ms, self.allowed_lateness_ms, cap, offset)
-            if result.duplicate:
-                out.duplicates += 1
-                continue
-            if holds and st.held:
-                self._held.add(key)
-            out.changed[key] = st
-            if self.scope == SENSOR:
-                out.readings.append(dict(reading))
-            if result.late:
-                out.late.append(late_record(self.scope, reading, result.late))
-            for wkey in result.amend:
-                wid = contract.window_id(key, wkey.kind, wkey.size_ms // 1000, wkey.start)
-                amendment = out.amends.get(wid)
-                if amendment is None:
-                    amendment = out.amends[wid] = Amendment(key, st.last_place, wkey)
-                amendment.readings.append((reading, offset))
-            if result.updated and last_updated.get(key) is not result.updated:
-                # The same list again: the reading's pane had the same open windows as the last one.
-                touched.setdefault(key, set()).update(result.updated)
-                last_updated[key] = result.updated
-            if st.watermark != wm_before:
-                # Close at once, not at the end of the batch: whether a reading is on time or an
-                # amendment then depends on the order of the input only, never on where batches
-                # happened to be cut (a replay after a crash cuts them elsewhere).
-                self._close(key, st, out, now_ms, None)
+        sensor = self.scope == SENSOR
+        answers = dict(known) if known else {}
+        # Identities counted in this batch, made at the first one the memory forgot (rarely needed).
+        counted: set[str] | None = None
+        for index, item in enumerate(batch):
+            try:
+                reading, partition, offset = item.reading, item.partition, item.offset
+                cap = caps.get(partition, cap_any) if holds else cap_any
+                out.processed += 1
+                key = reading[self._key_field]
+                st = self.state(key, partition)
+                out.keys.add(key)
+                self._last_wall[key] = now_ms
+                rx = self._received[key] = reading.get("received_at", now_ms)
+                if rx > self._partition_rx.get(partition, rx - 1):
+                    self._partition_rx[partition] = rx
+                src_partition, src_offset = origin = item.source
+                if 0 <= src_offset <= st.fences.get(src_partition, -1):
+                    out.duplicates += 1  # a replay: this record was counted before
+                    continue
+                if sensor:
+                    seen = st.mark_seen(reading["boot"], reading["seq"])
+                    if seen == DUPLICATE:
+                        out.duplicates += 1
+                        out.dup_checks.append(item)
+                        continue
+                    if seen == UNKNOWN or counted is not None:
+                        rid = contract.reading_id(key, reading["boot"], reading["seq"])
+                        if counted is None:
+                            counted = {
+                                contract.reading_id(key, i.reading["boot"], i.reading["seq"])
+                                for i in out.readings
+                            }
+                        if seen == UNKNOWN:
+                            if rid in counted:
+                                out.duplicates += 1
+                                out.dup_checks.append(item)
+                                continue
+                            if rid not in answers:
+                                out.lookups.add(rid)
+                                continue
+                            stored_from = answers[rid]
+                            if stored_from is not None and tuple(stored_from) != origin:
+                                out.duplicates += 1
+                                out.dup_checks.append(item)
+                                continue
+                        counted.add(rid)
+                    out.readings.append(item)
+                if src_offset > st.fences.get(src_partition, -1):
+                    st.fences[src_partition] = src_offset
+                out.changed[key] = st
+                wm_before = st.watermark
+                result = st.add(reading, self.specs, self.grace_ms, self.allowed_lateness_ms, cap, offset)
+                if holds and st.held:
+                    self._held.add(key)
+                if result.late:
+                    out.late.append(late_record(self.scope, reading, result.late, self._source(item)))
+                for wkey in result.amend:
+                    wid = contract.window_id(key, wkey.kind, wkey.size_ms // 1000, wkey.start)
+                    amendment = out.amends.get(wid)
+                    if amendment is None:
+                        amendment = out.amends[wid] = Amendment(key, st.last_place, wkey)
+                    amendment.readings.append((reading, offset))
+                if result.updated and last_updated.get(key) is not result.updated:
+                    # The same list again: the reading's pane had the same open windows as the last one.
+                    touched.setdefault(key, set()).update(result.updated)
+                    last_updated[key] = result.updated
+                if st.watermark != wm_before:
+                    # Close at once, not at the end of the batch: whether a reading is on time or an
+                    # amendment then depends on the order of the input only, never on where batches
+                    # happened to be cut (a replay after a crash cuts them elsewhere).
+                    self._close(key, st, out, now_ms, None)
+            except Exception as exc:
+                raise ItemFailed(index, exc, out.keys) from exc
+        if out.lookups:
+            return out  # to be processed again once answered: nothing else of this pass may stay
         if holds_after is not None:
             self.holds = holds_after
             self._release(out, now_ms)
@@ -205,38 +307,81 @@ class ScopeEngine:
             self._write_open(key, st, out, now_ms, force=False)
         return out
 
-    def amend(self, out: Outputs, stored: Mapping[str, Mapping[str, Any]], now_ms: int) -> None:
+    def _source(self, item: Item) -> dict[str, Any]:
+        """A DLQ record's `source` for an item: its iot.readings record."""
+        partition, offset = item.source
+        device = item.reading.get("device")
+        key = device.encode() if isinstance(device, str) else None
+        return contract.kafka_source(self.source_topic, partition, offset, key)
+
+    def amend(
+        self,
+        out: Outputs,
+        stored: Mapping[str, Mapping[str, Any]],
+        now_ms: int,
+        rebuilt: Mapping[str, Rebuilt] | None = None,
+    ) -> None:
         """Apply `out.amends` to the stored documents (by `_id`; a window absent from `stored` never
-        opened and is created, directly final), filling `out.amended_docs`."""
+        opened and is created, directly final), filling `out.amended_docs`. A stored document that is
+        no valid window goes to `out.corrupt` and is left out, unless `rebuilt` holds that window
+        rebuilt from the stored readings: then it goes on from there. Can be called again."""
+        out.amended_docs, out.amended_readings, out.corrupt, out.rebuilt = [], 0, {}, []
         # A window can close and take a late reading within one batch: its final document is then
         # still in this batch's outputs, not yet stored. Of the two, the one with the higher fence
         # is the more advanced (after a crash the stored one can be ahead of the replay).
         batch_finals = {d["_id"]: d for d in out.final_docs}
         for wid, amendment in out.amends.items():
-            bases = [d for d in (batch_finals.get(wid), stored.get(wid)) if d is not None]
-            doc = max(bases, key=self._fence) if bases else None
-            if doc is None:
-                acc, revision, late_count = WindowAcc(), -1, 0
+            key, wkey = amendment.key, amendment.wkey
+            bases: list[StoredWindow] = []
+            ours = batch_finals.get(wid)
+            if ours is not None:
+                bases.append(parse_window(ours, self.scope, key, wkey))
+            doc = stored.get(wid)
+            counted: set[str] = set()
+            if doc is not None:
+                try:
+                    bases.append(parse_window(doc, self.scope, key, wkey))
+                except CorruptWindow as exc:
+                    again = rebuilt.get(wid) if rebuilt is not None else None
+                    if again is None:
+                        out.corrupt[wid] = (doc, exc.detail)
+                        continue
+                    # Every stored reading of the window (and this batch's, the runtime adds them):
+                    # nothing of `ours` is missing from it, so it is the only base.
+                    acc = again.acc.copy()
+                    acc.offset = -1
+                    bases = [StoredWindow(acc, revision_of(doc), late_count_of(doc), amendment.place)]
+                    counted = again.ids
+                    out.rebuilt.append(wid)
+            base = max(bases, key=lambda b: b.acc.offset) if bases else None
+            if base is None:
+                acc, revision, late_count, place = WindowAcc(), -1, 0, amendment.place
             else:
-                acc = WindowAcc.from_doc(doc)
-                revision, late_count = int(doc.get("revision", 0)), int(doc.get("late_count", 0))
+                acc, revision, late_count, place = base.acc, base.revision, base.late_count, base.place
+            if self.scope != SENSOR:
+                place = amendment.place
             fence = acc.offset
             added = 0
             for reading, offset in amendment.readings:
                 if 0 <= offset <= fence:
                     continue  # counted before a crash: the document already holds it
+                if (
+                    counted
+                    and contract.reading_id(reading["device"], reading["boot"], reading["seq"]) in counted
+                ):
+                    acc.offset = max(acc.offset, offset)
+                    continue  # stored already, so in the rebuilt window
                 acc.add(reading, offset)
                 added += 1
-            if not added:
+            if not added and wid not in out.rebuilt:
                 continue
             out.amended_readings += added
-            place = doc["place"] if doc is not None and self.scope == SENSOR else amendment.place
             out.amended_docs.append(
                 window_doc(
                     self.scope,
-                    amendment.key,
+                    key,
                     place,
-                    amendment.wkey,
+                    wkey,
                     acc,
                     True,
                     now_ms,

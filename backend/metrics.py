@@ -48,8 +48,27 @@ class BackendMetrics:
         )
         self.rejected = Counter(
             "iot_backend_rejected_total",
-            "Records on iot.readings that are not valid readings (sent to DLQ)",
+            "Records and stored documents sent to the DLQ by reason (not a valid reading, a conflicting "
+            "duplicate, a corrupt window document, ...)",
             ["reason"],
+            registry=r,
+        )
+        self.lookups = Counter(
+            "iot_backend_dedup_lookups_total",
+            "Readings the de-duplication asked MongoDB about (its bounded memory forgot them)",
+            ["scope"],
+            registry=r,
+        )
+        self.rebuilt = Counter(
+            "iot_backend_windows_rebuilt_total",
+            "Window documents found corrupt and rebuilt from the stored readings",
+            ["scope"],
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "iot_backend_batch_failures_total",
+            "Batches that failed as a whole (a bug) and were retried; their offsets wait meanwhile",
+            ["scope"],
             registry=r,
         )
         self.finalized = Counter(

@@ -40,7 +40,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import bson
 from bson.datetime_ms import DatetimeMS
@@ -53,9 +54,13 @@ from .errors import SinkError
 from .metrics import BackendMetrics
 from .records import PLACE, SENSOR
 
+if TYPE_CHECKING:
+    from .engine import Item
+
 DUPLICATE_KEY = 11000
 UPDATE_CHUNK = 20
 WINDOW_DATES = ("start", "end", "updated_at")
+READING_DATES = ("ts", "received_at")
 # Final documents kept per scope for amendments, as BSON: ~0.9 KB a sensor window with its key,
 # against ~2.9 KB as a dict (tracemalloc, test_final_cache), so a full cache is ~18 MB a scope, not ~60.
 FINAL_CACHE = 20_000
@@ -67,6 +72,16 @@ def _dates(doc: Mapping[str, Any], fields: Iterable[str]) -> dict[str, Any]:
     for name in fields:
         out[name] = DatetimeMS(out[name])
     return out
+
+
+def _epoch_ms(doc: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
+    """Dates of a stored document as epoch ms, in place. A field that is no date is left as it is:
+    stored documents are input, checked by their reader (backend/stored.py)."""
+    for name in fields:
+        value = doc.get(name)
+        if isinstance(value, datetime):
+            doc[name] = int(value.timestamp() * 1000)
+    return doc
 
 
 def _collection(scope: str) -> str:
@@ -161,9 +176,7 @@ class MongoSink:
                     continue
                 doc = self.db[coll].find_one({"_id": wid})
                 if doc is not None:
-                    for name in WINDOW_DATES:
-                        doc[name] = int(doc[name].timestamp() * 1000)
-                    found[wid] = doc
+                    found[wid] = _epoch_ms(doc, WINDOW_DATES)
         except PyMongoError as exc:
             raise SinkError(f"reading {coll} for amendments failed: {exc}") from exc
         return found
@@ -181,15 +194,47 @@ class MongoSink:
             self._remember_final(scope, doc)
         return len(latest)
 
-    def write_readings(self, readings: Iterable[Mapping[str, Any]]) -> int:
+    def write_readings(self, items: Iterable[Item]) -> int:
+        """Insert new readings by `_id`, each with the iot.readings record it came from (`partition`,
+        `offset`: how the de-duplication tells a replay of that record from a duplicate)."""
         docs = []
-        for r in readings:
-            doc = _dates(r, ("ts", "received_at"))
+        for item in items:
+            r = item.reading
+            doc = _dates(r, READING_DATES)
             doc["_id"] = contract.reading_id(r["device"], r["boot"], r["seq"])
+            doc["partition"], doc["offset"] = item.source
             docs.append(doc)
         # A duplicate is a replayed reading, stored already: nothing more to do for it.
         self._insert(contract.COLL_READINGS, docs)
         return len(docs)
+
+    def find_readings(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Stored readings by `_id` (dates as epoch ms); absent ids are absent. One `{_id}` find each
+        (a `$in` find reads the whole collection on FerretDB, module doc): the de-duplication asks
+        only about what its bounded memory forgot, and about duplicates' first copies."""
+        found: dict[str, dict[str, Any]] = {}
+        start = time.perf_counter()
+        try:
+            for rid in ids:
+                doc = self.db[contract.COLL_READINGS].find_one({"_id": rid})
+                if doc is not None:
+                    found[rid] = _epoch_ms(doc, READING_DATES)
+        except PyMongoError as exc:
+            raise SinkError(f"reading {contract.COLL_READINGS} failed: {exc}") from exc
+        finally:
+            self._observe(contract.COLL_READINGS, start)
+        return found
+
+    def window_readings(self, scope: str, key: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
+        """Every stored reading of a window (its key's, event time in [start, end)), dates as epoch ms:
+        what a corrupt window document is rebuilt from. Rare; on FerretDB this filter reads the whole
+        collection (module doc)."""
+        field = "device" if scope == SENSOR else "place"
+        query = {field: key, "ts": {"$gte": DatetimeMS(start_ms), "$lt": DatetimeMS(end_ms)}}
+        try:
+            return [_epoch_ms(doc, READING_DATES) for doc in self.db[contract.COLL_READINGS].find(query)]
+        except PyMongoError as exc:
+            raise SinkError(f"reading {contract.COLL_READINGS} to rebuild a window failed: {exc}") from exc
 
     def _insert(self, coll: str, docs: list[dict[str, Any]]) -> list[Any]:
         """One unordered `insert_many` (pymongo splits it by size, FerretDB commits 100 per
@@ -233,7 +278,7 @@ class MongoSink:
             raise SinkError(f"reading {coll} failed: {exc}") from exc
         finally:
             self._observe(coll, start)
-        return doc is not None and bool(doc.get("final"))
+        return doc is not None and doc.get("final") is True
 
     def _observe(self, coll: str, start: float) -> None:
         if self.metrics is not None:

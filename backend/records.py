@@ -73,6 +73,12 @@ def decode_reading(value: bytes | None) -> dict[str, Any]:
         obj, finite = _parse(value)
     except (UnicodeDecodeError, ValueError) as exc:
         raise RejectedRecord(contract.REASON_MALFORMED_JSON, str(exc)[:200], UNKNOWN_TOPIC) from None
+    except RecursionError:
+        # orjson stops at 1,024 levels, and json then recurses once per level: a record of 3,000 `[`
+        # exceeded the stack and crashed the agent with its batch.
+        raise RejectedRecord(
+            contract.REASON_MALFORMED_JSON, "JSON nested too deeply", UNKNOWN_TOPIC
+        ) from None
     if not isinstance(obj, dict):
         kind = type(obj).__name__
         raise RejectedRecord(contract.REASON_NOT_OBJECT, f"value is a JSON {kind}", UNKNOWN_TOPIC)
@@ -121,7 +127,9 @@ def encode_forward(reading: Mapping[str, Any]) -> bytes:
 # BUNDLE_MAX readings. Faust's per-message machinery (a `wait_first` with two futures, stream and ack
 # bookkeeping) is then paid per bundle on the place stage instead of per reading, and the producer
 # sends one message per bundle. A reading's input offset in the place scope (the amendment fence, which
-# must grow along the key's log) is `record offset * FORWARD_SLOTS + index in the bundle`.
+# must grow along the key's log) is `record offset * FORWARD_SLOTS + index in the bundle`. Each element
+# is `[partition, offset, reading]`: the reading's origin, the iot.readings record the sensor scope
+# counted it from (the place scope's replay fence, engine.py).
 BUNDLE_MAX: Final = 1000
 FORWARD_SLOTS: Final = 1024
 
@@ -152,30 +160,42 @@ def decode_watermarks(value: bytes | None) -> dict[int, int | None]:
     return out
 
 
-def encode_bundle(encoded: Sequence[bytes]) -> bytes:
-    """Readings already encoded by `encode_forward` as one repartition record (a JSON array)."""
-    if not 0 < len(encoded) <= BUNDLE_MAX:
-        raise ValueError(f"a bundle holds 1..{BUNDLE_MAX} readings, got {len(encoded)}")
-    return b"[" + b",".join(encoded) + b"]"
+def encode_bundle(forwards: Sequence[tuple[int, int, bytes]]) -> bytes:
+    """(origin partition, origin offset, reading encoded by `encode_forward`) as one repartition record."""
+    if not 0 < len(forwards) <= BUNDLE_MAX:
+        raise ValueError(f"a bundle holds 1..{BUNDLE_MAX} readings, got {len(forwards)}")
+    return b"[" + b",".join(b"[%d,%d,%b]" % item for item in forwards) + b"]"
 
 
-def decode_forwarded(value: bytes | None) -> list[dict[str, Any] | RejectedRecord]:
-    """Decode a record of the place repartition topic: a bundle (JSON array) of readings as
-    `encode_forward` wrote them, taken as they are (one parse, ~1 us a reading against ~8 us to
-    validate). Each element is a reading, or a RejectedRecord for one that is not a normalised reading
-    (never expected: our own sensor stage wrote it)."""
+Forwarded = tuple[dict[str, Any], tuple[int, int]]
+
+
+def decode_forwarded(value: bytes | None) -> list[Forwarded | RejectedRecord]:
+    """Decode a record of the place repartition topic: a bundle (JSON array) of `[partition, offset,
+    reading]` as `encode_bundle` wrote them, the readings taken as they are (one parse, ~1 us a reading
+    against ~8 us to validate). Each element is (reading, origin), or a RejectedRecord for one that is
+    not that (never expected: our own sensor stage wrote it)."""
     try:
         items = orjson.loads(value) if value is not None else None
     except orjson.JSONDecodeError as exc:
         return [RejectedRecord(contract.REASON_MALFORMED_JSON, str(exc)[:200], UNKNOWN_TOPIC)]
     if not isinstance(items, list) or not 0 < len(items) <= FORWARD_SLOTS:
         return [RejectedRecord(contract.REASON_SCHEMA, "not a bundle of forwarded readings", UNKNOWN_TOPIC)]
-    return [
-        item
-        if _normalised(item)
-        else RejectedRecord(contract.REASON_SCHEMA, "not a forwarded reading", UNKNOWN_TOPIC)
-        for item in items
-    ]
+    out: list[Forwarded | RejectedRecord] = []
+    for item in items:
+        if (
+            type(item) is list
+            and len(item) == 3
+            and type(item[0]) is int
+            and type(item[1]) is int
+            and item[0] >= 0
+            and item[1] >= 0
+            and _normalised(item[2])
+        ):
+            out.append((item[2], (item[0], item[1])))
+        else:
+            out.append(RejectedRecord(contract.REASON_SCHEMA, "not a forwarded reading", UNKNOWN_TOPIC))
+    return out
 
 
 def _normalised(obj: Any) -> bool:
@@ -189,7 +209,9 @@ def _normalised(obj: Any) -> bool:
 dlq_record = contract.dlq_record
 
 
-def late_record(scope: str, reading: Mapping[str, Any], windows: list[WindowKey]) -> dict[str, Any]:
+def late_record(
+    scope: str, reading: Mapping[str, Any], windows: list[WindowKey], source: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     payload = {k: v for k, v in reading.items() if k != "received_at"}
     missed = ",".join(f"{w.kind}:{w.size_ms // 1000}s@{w.start}" for w in windows)
     return dlq_record(
@@ -199,6 +221,7 @@ def late_record(scope: str, reading: Mapping[str, Any], windows: list[WindowKey]
         contract.reading_topic(reading["place"], reading["device"]),
         contract.encode(payload),
         reading["received_at"],
+        source,
     )
 
 

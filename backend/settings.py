@@ -100,6 +100,11 @@ class Settings:
         """The repartition topic (readings keyed by place) private to this app id."""
         return f"{self.app_id}-readings-by-place"
 
+    @property
+    def mongo_host(self) -> str:
+        """The Mongo URI without its credentials: safe to log."""
+        return self.mongo_uri.rsplit("@", 1)[-1]
+
     def describe(self) -> dict[str, object]:
         """Fields safe to log: the Mongo URI may carry a password, so only its host part is shown."""
         host = self.mongo_uri.rsplit("@", 1)[-1]

@@ -1,12 +1,13 @@
 """Event-time window semantics, independent of any runtime: the part of the backend that must be exact.
 
 A *key* (a device, or a place) owns a `KeyState`: its watermark (the highest `ts` it has seen), its open
-windows and the (device, boot, seq) identities it has already counted. Windows are aligned to the epoch,
+windows, and what it needs to count each reading once: the input it has already taken (`fences`) and,
+for a device, the (boot, seq) identities it has counted (`mark_seen`). Windows are aligned to the epoch,
 start inclusive, end exclusive. A window is final once the key's watermark reaches `end + grace`; a key
 that went quiet has its watermark carried forward by wall-clock time after an idle timeout, so its last
 window is final too. A closed window leaves memory: a reading for it that lies within the allowed
 lateness of the watermark is an *amendment*, which the caller applies to the stored window document
-(it keeps the exact sums, `WindowAcc.from_doc`), so memory per key does not grow with the allowed
+(it keeps the exact sums, backend/stored.py), so memory per key does not grow with the allowed
 lateness. A reading further behind is *late*: it is not added, the caller reports it.
 
 The watermark never passes the caller's wall clock + the clock-ahead bound: one reading from a board
@@ -29,11 +30,16 @@ from .accumulators import WindowAcc
 
 TUMBLING: Final = "tumbling"
 HOPPING: Final = "hopping"
-# Per (device, boot): at most this many disjoint seq ranges are remembered (gaps come only from readings
-# lost upstream); past it the two oldest ranges merge, so a reading in that old gap counts as a duplicate.
+# De-duplication memory per device: at most this many boots, and this many disjoint seq ranges per boot
+# (gaps come from readings still on their way or lost upstream). What is forgotten past these bounds (the
+# oldest boots, the lowest ranges) is not guessed at: a reading there is `UNKNOWN`, and the caller asks
+# the `readings` collection (engine.py).
 MAX_RANGES_PER_BOOT: Final = 256
-# Boots remembered per device for de-duplication; older boots' replays are judged by lateness alone.
 MAX_BOOTS_PER_DEVICE: Final = 8
+# mark_seen's verdicts.
+NEW: Final = 0
+DUPLICATE: Final = 1
+UNKNOWN: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,23 +75,27 @@ def specs_from_seconds(tumbling_s: int, hopping_s: int, hop_step_s: int) -> tupl
 
 
 class SeqSet:
-    """The seq numbers of one (device, boot) already counted, as sorted disjoint closed ranges."""
+    """The seq numbers of one (device, boot) counted, as sorted disjoint closed ranges. Ranges dropped to
+    bound the memory were the lowest: every seq up to `floor` that no range holds is unknown."""
 
-    __slots__ = ("ranges",)
+    __slots__ = ("floor", "ranges")
 
-    def __init__(self, ranges: list[list[int]] | None = None) -> None:
+    def __init__(self, ranges: list[list[int]] | None = None, floor: int = -1) -> None:
         self.ranges: list[list[int]] = ranges or []
+        self.floor = floor
 
-    def add(self, seq: int) -> bool:
-        """Record seq; return False when it was already there (a duplicate)."""
+    def add(self, seq: int) -> int:
+        """Record seq if it is new: NEW, DUPLICATE (held), or UNKNOWN (forgotten; not recorded)."""
         r = self.ranges
         if not r or seq > r[-1][1]:  # the common case: the next seq of a live board
+            if seq <= self.floor:
+                return UNKNOWN
             if r and seq == r[-1][1] + 1:
                 r[-1][1] = seq
             else:
                 r.append([seq, seq])
                 self._bound()
-            return True
+            return NEW
         lo, hi = 0, len(r)
         while lo < hi:  # first range whose end >= seq
             mid = (lo + hi) // 2
@@ -95,7 +105,9 @@ class SeqSet:
                 hi = mid
         i = lo
         if r[i][0] <= seq:
-            return False
+            return DUPLICATE
+        if seq <= self.floor:
+            return UNKNOWN
         joins_prev = i > 0 and r[i - 1][1] == seq - 1
         joins_next = r[i][0] == seq + 1
         if joins_prev and joins_next:
@@ -108,15 +120,15 @@ class SeqSet:
         else:
             r.insert(i, [seq, seq])
             self._bound()
-        return True
+        return NEW
 
     def __contains__(self, seq: int) -> bool:
         return any(a <= seq <= b for a, b in self.ranges)
 
     def _bound(self) -> None:
         if len(self.ranges) > MAX_RANGES_PER_BOOT:
-            first = self.ranges.pop(0)
-            self.ranges[0][0] = first[0]
+            # Forget the lowest range and the gap below it: seqs there become UNKNOWN, never "seen".
+            self.floor = self.ranges.pop(0)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +161,10 @@ class ClosedWindow:
 
 @dataclass(slots=True)
 class AddOutcome:
-    """What adding one reading did: duplicate, the open windows it updated, the closed ones it is to
-    amend (within allowed lateness; the caller applies them to the stored documents), and the closed
-    ones it missed (late: further behind the watermark than the allowed lateness)."""
+    """What adding one reading did: the open windows it updated, the closed ones it is to amend (within
+    allowed lateness; the caller applies them to the stored documents), and the closed ones it missed
+    (late: further behind the watermark than the allowed lateness)."""
 
-    duplicate: bool = False
     updated: list[WindowKey] = field(default_factory=list)
     amend: list[WindowKey] = field(default_factory=list)
     late: list[WindowKey] = field(default_factory=list)
@@ -171,16 +182,23 @@ class KeyState:
     counted while it was open (a reading whose windows are all closed is not added to its pane; a
     window that is not open and not yet closable is opened by the reading that reaches it, and the
     watermark never goes back, so no pane holds a reading that one of its open windows missed). A pane
-    leaves memory when no open window covers it."""
+    leaves memory when no open window covers it.
+
+    Counting each reading once takes two things. `fences`: per partition of iot.readings, the highest
+    offset of a record counted; the engine skips a record at or below it (a replay after a crash or a
+    rebalance, whatever the record holds). And, for a device, the (boot, seq) identities counted
+    (`mark_seen`), bounded: the oldest boots and lowest ranges are forgotten, never assumed."""
 
     __slots__ = (
         "_hint_pane",
         "_hint_updated",
+        "boots",
+        "fences",
+        "forgot_boot",
         "last_place",
         "open",
         "panes",
         "partition",
-        "seen",
         "top",
         "watermark",
     )
@@ -194,7 +212,9 @@ class KeyState:
         self.top: int | None = None
         self.open: set[WindowKey] = set()
         self.panes: dict[int, WindowAcc] = {}  # pane start -> its readings
-        self.seen: dict[str, dict[int, SeqSet]] = {}  # device -> boot -> seqs
+        self.boots: dict[int, SeqSet] = {}  # boot -> seqs counted (a device's state only)
+        self.forgot_boot = -1  # every boot up to this one that `boots` lacks was forgotten
+        self.fences: dict[int, int] = {}  # iot.readings partition -> highest offset counted
         self.partition = partition  # the Kafka partition this key's state belongs to
         self.last_place = ""
         # The pane whose windows were all open at the last reading, and those windows: the next
@@ -219,17 +239,20 @@ class KeyState:
                 acc.merge(pane)
         return acc
 
-    def mark_seen(self, device: str, boot: int, seq: int) -> bool:
-        boots = self.seen.get(device)
-        if boots is None:
-            boots = self.seen[device] = {}
-        seqs = boots.get(boot)
+    def mark_seen(self, boot: int, seq: int) -> int:
+        """Record (boot, seq) of this device if it is new: NEW, DUPLICATE, or UNKNOWN when it lies in
+        what the bounded memory forgot (not recorded; the caller asks the `readings` collection)."""
+        seqs = self.boots.get(boot)
         if seqs is None:
-            if boots and boot < min(boots) and len(boots) >= MAX_BOOTS_PER_DEVICE:
-                return True  # older than every boot remembered: judged by lateness alone
-            seqs = boots[boot] = SeqSet()
-            if len(boots) > MAX_BOOTS_PER_DEVICE:
-                del boots[min(boots)]
+            if boot <= self.forgot_boot:
+                return UNKNOWN
+            seqs = self.boots[boot] = SeqSet()
+            if len(self.boots) > MAX_BOOTS_PER_DEVICE:
+                oldest = min(self.boots)
+                del self.boots[oldest]
+                self.forgot_boot = oldest
+                if oldest == boot:
+                    return NEW  # new, and forgotten at once: later copies are UNKNOWN
         return seqs.add(seq)
 
     @classmethod
@@ -251,13 +274,11 @@ class KeyState:
         watermark_cap: int | None = None,
         offset: int = -1,
     ) -> AddOutcome:
-        """Count one validated reading into its open windows; report duplicates, the closed windows it
-        amends and the ones it is too late for. `watermark_cap` (wall clock + clock-ahead bound) is the
-        furthest the watermark may move; `offset` is the reading's input offset (the amendment fence)."""
+        """Count one validated, new reading (the caller de-duplicates: `fences`, `mark_seen`) into its
+        open windows; report the closed windows it amends and the ones it is too late for.
+        `watermark_cap` (wall clock + clock-ahead bound) is the furthest the watermark may move; `offset`
+        is the reading's input offset (the amendment fence)."""
         out = AddOutcome()
-        if not self.mark_seen(reading["device"], reading["boot"], reading["seq"]):
-            out.duplicate = True
-            return out
         ts: int = reading["ts"]
         self.last_place = reading["place"]
         wm = self.watermark
@@ -346,11 +367,14 @@ class KeyState:
             # Copies, not the live lists: the runtime hands this value to Faust's producer, which
             # serialises it later; a range extended by the next batch meanwhile would put readings
             # in the changelog whose outputs were never written (lost after a kill -9).
-            "s": {
-                dev: {str(b): [[a, z] for a, z in s.ranges] for b, s in boots.items()}
-                for dev, boots in self.seen.items()
-            },
+            "s": {str(b): [[a, z] for a, z in s.ranges] for b, s in self.boots.items()},
+            "f": {str(p): o for p, o in self.fences.items()},
         }
+        floors = {str(b): s.floor for b, s in self.boots.items() if s.floor >= 0}
+        if floors:
+            data["sf"] = floors
+        if self.forgot_boot >= 0:
+            data["fb"] = self.forgot_boot
         return data
 
     @classmethod
@@ -362,10 +386,12 @@ class KeyState:
         st.last_place = data["pl"]
         st.open = {WindowKey.parse(c) for c in data["ow"]}
         st.panes = {int(p): WindowAcc.from_json(a) for p, a in data["pn"].items()}
-        st.seen = {
-            dev: {int(b): SeqSet([list(r) for r in ranges]) for b, ranges in boots.items()}
-            for dev, boots in data["s"].items()
+        floors = data.get("sf", {})
+        st.boots = {
+            int(b): SeqSet([list(r) for r in ranges], floors.get(b, -1)) for b, ranges in data["s"].items()
         }
+        st.forgot_boot = int(data.get("fb", -1))
+        st.fences = {int(p): int(o) for p, o in data["f"].items()}
         return st
 
 

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from backend.records import decode_reading  # noqa: E402
-from backend.windows import KeyState, specs_from_seconds  # noqa: E402
+from backend.windows import NEW, KeyState, specs_from_seconds  # noqa: E402
 from iot import contract  # noqa: E402
 
 KAFKA = os.environ.get("IOT_KAFKA_BOOTSTRAP", contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"])
@@ -110,13 +110,20 @@ def baseline(topic: str, n: int, stats: dict[str, float] | None = None) -> float
             if msg.error():
                 continue
             r = decode_reading(msg.value())
+            seen += 1
+            # The worker de-duplicates in the sensor scope only (the place scope counts what the sensor
+            # scope forwards once): so does this loop.
+            sensor = sensors.get(r["device"])
+            if sensor is None:
+                sensor = sensors[r["device"]] = KeyState()
+            if sensor.mark_seen(r["boot"], r["seq"]) != NEW:
+                continue
             for table, key in ((sensors, r["device"]), (places, r["place"])):
                 st = table.get(key)
                 if st is None:
                     st = table[key] = KeyState()
                 st.add(r, specs, grace)
                 st.close_ready(grace)
-            seen += 1
     elapsed = time.perf_counter() - (start or time.perf_counter())
     cpu = time.process_time() - cpu_start
     consumer.close()

@@ -67,7 +67,7 @@ def measure(
         ts = T0 + step * period_ms
         batch: list[Item] = []
         for d in devices:
-            batch.append((reading(places[d], d, step, ts), 0, offset))
+            batch.append(Item(reading(places[d], d, step, ts), 0, offset))
             offset += 1
         out = engine.process(batch, ts)
         for key, st in out.changed.items():

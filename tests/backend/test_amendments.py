@@ -120,7 +120,7 @@ class Sim:
         """Process everything in the log up to its end at wall time `now`, then the idle timer."""
         while self.position < len(self.log):
             end = min(len(self.log), self.position + batch_max)
-            items: list[Item] = [(self.log[i], 0, i) for i in range(self.position, end)]
+            items: list[Item] = [Item(self.log[i], 0, i) for i in range(self.position, end)]
             out = self.engine.process(items, now)
             crashed = rng is not None and rng.random() < crash
             if not crashed:
@@ -229,6 +229,7 @@ def test_watermark_never_passes_the_cap_so_one_clock_years_ahead_makes_nothing_l
 
 def test_window_acc_rebuilt_from_its_document_amends_exactly() -> None:
     from backend.records import window_doc
+    from backend.stored import parse_window
 
     rs = [reading("d", i, 100 + i) for i in range(40)]
     whole, first = WindowAcc(), WindowAcc()
@@ -236,8 +237,8 @@ def test_window_acc_rebuilt_from_its_document_amends_exactly() -> None:
         whole.add(r, i)
         if i < 25:
             first.add(r, i)
-    doc = window_doc(SENSOR, "d", "p1", WindowKey(TUMBLING, 2000, 2000, 0), first, True, 0)
-    again = WindowAcc.from_doc(doc)
+    wkey = WindowKey(TUMBLING, 2000, 2000, 0)
+    again = parse_window(window_doc(SENSOR, "d", "p1", wkey, first, True, 0), SENSOR, "d", wkey).acc
     assert again.offset == 24
     for i, r in enumerate(rs[25:], 25):
         again.add(r, i)
@@ -324,11 +325,14 @@ def test_amendment_replayed_after_a_crash_is_not_counted_twice() -> None:
     store: dict[str, Any] = {}
     docs = Store()
     eng = ScopeEngine(SENSOR, SPECS, GRACE, IDLE, store.get, allowed_lateness_ms=DAY)
-    first: list[Item] = [(reading("d", 0, 1000), 0, 0), (reading("d", 1, 9000), 0, 1)]
+    first: list[Item] = [Item(reading("d", 0, 1000), 0, 0), Item(reading("d", 1, 9000), 0, 1)]
     out = eng.process(first, 0)
     docs.write_windows(out.open_docs + out.final_docs)
     store.update({k: s.to_json() for k, s in out.changed.items()})
-    late: list[Item] = [(reading("d", 2, 1500), 0, 2), (reading("d", 2, 1500), 0, 3)]  # and a duplicate
+    late: list[Item] = [
+        Item(reading("d", 2, 1500), 0, 2),
+        Item(reading("d", 2, 1500), 0, 3),
+    ]  # and a duplicate
     for attempt in range(2):
         eng = ScopeEngine(SENSOR, SPECS, GRACE, IDLE, store.get, allowed_lateness_ms=DAY)
         out = eng.process(late, 0)
@@ -382,9 +386,9 @@ def test_readings_of_one_bundle_amend_a_window_closed_by_an_earlier_reading_of_i
     base = 7 * FORWARD_SLOTS
     out = eng.process(
         [
-            (reading("d", 0, 1000), 0, base),
-            (reading("d", 1, 9000), 0, base + 1),
-            (reading("d", 2, 1500), 0, base + 2),
+            Item(reading("d", 0, 1000), 0, base, (0, 70)),
+            Item(reading("d", 1, 9000), 0, base + 1, (0, 71)),
+            Item(reading("d", 2, 1500), 0, base + 2, (0, 72)),
         ],
         0,
     )

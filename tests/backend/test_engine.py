@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from backend.engine import ScopeEngine
+from backend.engine import Item, ScopeEngine
 from backend.records import PLACE, SENSOR
 from backend.windows import specs_from_seconds
 
@@ -42,7 +42,7 @@ def engine(scope: str, store: dict[str, Any] | None = None) -> ScopeEngine:
 def finals_after_idle(eng: ScopeEngine, batches: list[list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     docs: dict[str, dict[str, Any]] = {}
     for batch in batches:
-        out = eng.process([(r, 0, -1) for r in batch], now_ms=0)
+        out = eng.process([Item(r, 0, -1) for r in batch], now_ms=0)
         docs.update({d["_id"]: d for d in out.final_docs})
     out = eng.expire(now_ms=100_000, partitions={0}, keys=[])
     docs.update({d["_id"]: d for d in out.final_docs})
@@ -65,12 +65,12 @@ def test_replayed_batch_after_restart_from_persisted_state_is_not_double_counted
     rs = [reading("d1", i, 1000 + i * 50) for i in range(40)]
     store: dict[str, Any] = {}
     first = engine(SENSOR, store)
-    out = first.process([(r, 0, -1) for r in rs[:30]], now_ms=0)
+    out = first.process([Item(r, 0, -1) for r in rs[:30]], now_ms=0)
     store.update({k: st.to_json() for k, st in out.changed.items()})  # persisted, offsets not committed
     restarted = engine(SENSOR, store)
-    replay = restarted.process([(r, 0, -1) for r in rs[20:]], now_ms=0)
+    replay = restarted.process([Item(r, 0, -1) for r in rs[20:]], now_ms=0)
     assert replay.duplicates == 10
-    assert [r["seq"] for r in replay.readings] == list(range(30, 40))
+    assert [i.reading["seq"] for i in replay.readings] == list(range(30, 40))
     expected = finals_after_idle(engine(SENSOR), [rs])
     got = {
         d["_id"]: d
@@ -90,8 +90,8 @@ def test_place_window_lists_its_distinct_devices_and_counts_all_of_them() -> Non
 
 def test_late_reading_becomes_a_dlq_record_with_reason_late() -> None:
     eng = engine(SENSOR)
-    eng.process([(reading("d1", 0, 1000), 0, -1), (reading("d1", 1, 9000), 0, -1)], now_ms=0)
-    out = eng.process([(reading("d1", 2, 1500), 0, -1)], now_ms=0)
+    eng.process([Item(reading("d1", 0, 1000), 0, -1), Item(reading("d1", 1, 9000), 0, -1)], now_ms=0)
+    out = eng.process([Item(reading("d1", 2, 1500), 0, -1)], now_ms=0)
     assert len(out.late) == 1
     rec = out.late[0]
     assert (
@@ -104,7 +104,7 @@ def test_late_reading_becomes_a_dlq_record_with_reason_late() -> None:
 
 def test_idle_close_waits_for_the_timeout_and_only_touches_owned_partitions() -> None:
     eng = engine(SENSOR)
-    eng.process([(reading("d1", 0, 1000), 4, -1)], now_ms=0)
+    eng.process([Item(reading("d1", 0, 1000), 4, -1)], now_ms=0)
     assert eng.expire(now_ms=1999, partitions={4}, keys=[]).final_docs == []
     assert eng.expire(now_ms=50_000, partitions={1}, keys=[]).final_docs == []
     finals = eng.expire(now_ms=50_000, partitions={4}, keys=[]).final_docs
@@ -114,12 +114,12 @@ def test_idle_close_waits_for_the_timeout_and_only_touches_owned_partitions() ->
 
 def test_no_idle_close_by_wall_clock_while_the_partition_has_unread_input() -> None:
     eng = engine(SENSOR)  # idle timeout 2 s
-    eng.process([(reading("d1", 0, 1000), 4, -1), (reading("d2", 0, 1000), 4, -1)], now_ms=0)
+    eng.process([Item(reading("d1", 0, 1000), 4, -1), Item(reading("d2", 0, 1000), 4, -1)], now_ms=0)
     # 50 s of wall clock without a reading, but partition 4 is behind and its input has not moved on:
     # d1's next readings may be right behind. (Before: closed here, and they all became amendments.)
     assert eng.expire(now_ms=50_000, partitions={4}, keys=[], behind={4}).final_docs == []
     # The partition's input moves 5 s past d1's last reading without one of d1: d1 is idle.
-    eng.process([(reading("d2", 1, 6000), 4, -1)], now_ms=51_000)
+    eng.process([Item(reading("d2", 1, 6000), 4, -1)], now_ms=51_000)
     finals = eng.expire(now_ms=51_000, partitions={4}, keys=[], behind={4}).final_docs
     assert {d["_id"] for d in finals} == {"d1:tumbling:2:0", "d1:hopping:4:-2000", "d1:hopping:4:0"}
     # Caught up again: the wall clock alone decides, as before.
@@ -130,7 +130,7 @@ def test_no_idle_close_by_wall_clock_while_the_partition_has_unread_input() -> N
 def test_a_key_not_read_since_a_restart_is_not_idle_closed_while_its_partition_is_behind() -> None:
     store: dict[str, Any] = {}
     first = engine(SENSOR, store)
-    out = first.process([(reading("d1", 0, 1000), 4, 7)], now_ms=0)
+    out = first.process([Item(reading("d1", 0, 1000), 4, 7)], now_ms=0)
     store.update({k: st.to_json() for k, st in out.changed.items()})
     restarted = engine(SENSOR, store)
     assert restarted.expire(now_ms=0, partitions={4}, keys=["d1"], behind={4}).final_docs == []
@@ -140,8 +140,8 @@ def test_a_key_not_read_since_a_restart_is_not_idle_closed_while_its_partition_i
 
 def test_open_windows_are_rewritten_at_most_once_per_interval_and_flushed_by_the_timer() -> None:
     eng = ScopeEngine(SENSOR, SPECS, 1000, 60_000, {}.get, open_write_ms=5000)
-    assert len(eng.process([(reading("d1", 0, 1000), 0, -1)], now_ms=0).open_docs) == 3
-    assert eng.process([(reading("d1", 1, 1100), 0, -1)], now_ms=1000).open_docs == []  # throttled
+    assert len(eng.process([Item(reading("d1", 0, 1000), 0, -1)], now_ms=0).open_docs) == 3
+    assert eng.process([Item(reading("d1", 1, 1100), 0, -1)], now_ms=1000).open_docs == []  # throttled
     assert eng.expire(now_ms=4999, partitions={0}, keys=[]).open_docs == []
     flushed = eng.expire(now_ms=5000, partitions={0}, keys=[]).open_docs
     assert {d["_id"]: d["count"] for d in flushed} == {
@@ -160,9 +160,15 @@ def _two_sources_out_of_order(eng: ScopeEngine, hold: bool) -> list[Any]:
     if hold:
         eng.holds = {0: -1}  # before any watermarks record reached the place partition
     return [
-        eng.process([(reading("a", i, 10_000 + i * 1000), 0, i) for i in range(10)], 0, next(holds)),
-        eng.process([(reading("b", i, 2_000 + i * 1000), 0, 100 + i) for i in range(10)], 0, next(holds)),
-        eng.process([], 0, next(holds)),
+        eng.process(
+            [Item(reading("a", i, 10_000 + i * 1000), 0, i) for i in range(10)], 0, holds_after=next(holds)
+        ),
+        eng.process(
+            [Item(reading("b", i, 2_000 + i * 1000), 0, 100 + i) for i in range(10)],
+            0,
+            holds_after=next(holds),
+        ),
+        eng.process([], 0, holds_after=next(holds)),
     ]
 
 
@@ -185,9 +191,9 @@ def test_without_the_hold_the_same_backlog_reaches_windows_the_first_source_clos
 def test_the_hold_lifting_closes_what_the_watermark_may_now_pass() -> None:
     eng = engine(PLACE)
     eng.holds = {0: 2_500}
-    out = eng.process([(reading("a", i, 1000 + i * 1000), 0, i) for i in range(10)], 0)
+    out = eng.process([Item(reading("a", i, 1000 + i * 1000), 0, i) for i in range(10)], 0)
     assert out.final_docs == []  # held at 2.5 s: no window ends by 2.5 s - 1 s grace
-    finals = eng.process([], 0, {0: 7_000}).final_docs  # ends by 6 s
+    finals = eng.process([], 0, holds_after={0: 7_000}).final_docs  # ends by 6 s
     assert {(d["kind"], d["start"]) for d in finals} == {
         ("tumbling", 0),
         ("tumbling", 2000),
@@ -196,7 +202,7 @@ def test_the_hold_lifting_closes_what_the_watermark_may_now_pass() -> None:
         ("hopping", 0),
         ("hopping", 2000),
     }
-    finals = eng.process([], 0, {}).final_docs  # caught up: the watermark goes to the top (10 s)
+    finals = eng.process([], 0, holds_after={}).final_docs  # caught up: the watermark goes to the top (10 s)
     assert {(d["kind"], d["start"]) for d in finals} == {("tumbling", 6000), ("hopping", 4000)}
 
 
@@ -204,9 +210,9 @@ def test_a_held_watermark_and_its_top_survive_the_changelog() -> None:
     store: dict[str, Any] = {}
     eng = engine(PLACE, store)
     eng.holds = {0: -1}
-    out = eng.process([(reading("a", i, 1000 + i * 1000), 0, i) for i in range(10)], 0)
+    out = eng.process([Item(reading("a", i, 1000 + i * 1000), 0, i) for i in range(10)], 0)
     for key, st in out.changed.items():
         store[key] = st.to_json()
     restarted = engine(PLACE, store)
     restarted.state("p1", 0)  # loaded (by its next reading or the idle timer): held, so released next
-    assert {d["start"] for d in restarted.process([], 0, {}).final_docs} >= {0, 2000, 4000, 6000}
+    assert {d["start"] for d in restarted.process([], 0, holds_after={}).final_docs} >= {0, 2000, 4000, 6000}

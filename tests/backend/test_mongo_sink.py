@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from backend.engine import ScopeEngine
+from backend.engine import Item, ScopeEngine
 from backend.mongo_sink import MongoSink
 from backend.records import PLACE, SENSOR
 from backend.windows import specs_from_seconds
@@ -123,10 +123,10 @@ def test_open_windows_are_not_rewritten_while_the_input_is_a_backlog() -> None:
         "received_at": T0,
     }
     now = T0 + 3_600_000  # an hour behind
-    assert eng.process([(old, 0, 0)], now).open_docs == []
+    assert eng.process([Item(old, 0, 0)], now).open_docs == []
     assert eng.expire(now + 1000, {0}, []).open_docs == []
     live = {**old, "seq": 1, "ts": T0 + 100, "received_at": now + 2000}
-    assert {d["count"] for d in eng.process([(live, 0, 1)], now + 2000).open_docs} == {2}
+    assert {d["count"] for d in eng.process([Item(live, 0, 1)], now + 2000).open_docs} == {2}
 
 
 @pytest.fixture(scope="module")

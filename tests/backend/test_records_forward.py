@@ -39,9 +39,11 @@ RECORD = {
 def test_a_bundle_decodes_to_its_validated_readings_in_order(device_ts: int | None) -> None:
     record = RECORD if device_ts is None else {**RECORD, "device_ts": device_ts}
     readings = [decode_reading(contract.encode({**record, "seq": s})) for s in range(5)]
-    back = decode_forwarded(encode_bundle([encode_forward(r) for r in readings]))
-    assert back == readings
-    assert [type(back[0][m]) for m in contract.METRICS] == [float, type(None), float, float]  # type: ignore[index]
+    back = decode_forwarded(encode_bundle([(2, 40 + i, encode_forward(r)) for i, r in enumerate(readings)]))
+    assert back == [(r, (2, 40 + i)) for i, r in enumerate(readings)]
+    first = back[0]
+    assert not isinstance(first, RejectedRecord)
+    assert [type(first[0][m]) for m in contract.METRICS] == [float, type(None), float, float]
 
 
 @pytest.mark.parametrize(
@@ -60,9 +62,13 @@ def test_a_record_that_is_not_a_bundle_is_rejected(value: bytes | None) -> None:
 
 def test_a_bundle_element_that_is_not_a_normalised_reading_is_rejected() -> None:
     good = decode_reading(contract.encode(RECORD))
-    items = decode_forwarded(encode_bundle([encode_forward(good), contract.encode(RECORD)]))
-    assert items[0] == good
+    bundle = encode_bundle([(0, 1, encode_forward(good)), (0, 2, contract.encode(RECORD))])
+    items = decode_forwarded(bundle + b"")
+    assert items[0] == (good, (0, 1))
     assert isinstance(items[1], RejectedRecord) and items[1].reason == contract.REASON_SCHEMA
+    # An element without its origin is no forwarded reading either.
+    bare = decode_forwarded(b"[" + encode_forward(good) + b"]")
+    assert isinstance(bare[0], RejectedRecord)
 
 
 def test_watermarks_record_round_trips_with_caught_up_partitions_as_none() -> None:
@@ -87,4 +93,4 @@ def test_a_malformed_watermarks_record_is_rejected_with_a_reason(value: bytes) -
 
 
 def test_the_watermarks_key_can_be_no_place() -> None:
-    assert not contract.ID_PATTERN.match(records.WATERMARKS_KEY)
+    assert not contract.is_id(records.WATERMARKS_KEY)

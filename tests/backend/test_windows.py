@@ -10,8 +10,13 @@ import pytest
 
 from backend.accumulators import MetricAcc
 from backend.windows import (
+    DUPLICATE,
     HOPPING,
+    MAX_BOOTS_PER_DEVICE,
+    MAX_RANGES_PER_BOOT,
+    NEW,
     TUMBLING,
+    UNKNOWN,
     KeyState,
     SeqSet,
     WindowKey,
@@ -88,24 +93,58 @@ def test_metric_accumulator_survives_json_round_trip() -> None:
 
 def test_seq_set_detects_duplicates_in_and_out_of_order() -> None:
     seqs = SeqSet()
-    assert [seqs.add(s) for s in (0, 1, 2, 5, 4, 3)] == [True] * 6
+    assert [seqs.add(s) for s in (0, 1, 2, 5, 4, 3)] == [NEW] * 6
     assert seqs.ranges == [[0, 5]]
-    assert not seqs.add(3)
-    assert seqs.add(9) and not seqs.add(9)
+    assert seqs.add(3) == DUPLICATE
+    assert seqs.add(9) == NEW and seqs.add(9) == DUPLICATE
     assert seqs.ranges == [[0, 5], [9, 9]]
 
 
-def test_duplicate_reading_is_not_counted_twice() -> None:
+def test_seq_ranges_past_the_bound_are_forgotten_not_assumed_seen() -> None:
+    # Before: past 256 ranges the two oldest merged, and a reading in the gap between them counted as
+    # a duplicate (95 of 702 distinct readings lost when 351 gaps were filled later).
+    seqs = SeqSet()
+    evens = range(0, 2 * (MAX_RANGES_PER_BOOT + 95), 2)
+    assert all(seqs.add(s) == NEW for s in evens)
+    assert len(seqs.ranges) == MAX_RANGES_PER_BOOT
+    forgotten = [s + 1 for s in evens if s + 1 <= seqs.floor]
+    assert len(forgotten) == 94  # the gaps below the 95 ranges dropped
+    assert {seqs.add(s) for s in forgotten} == {UNKNOWN}  # the caller asks the readings collection
+    assert {seqs.add(s) for s in evens if s > seqs.floor} == {DUPLICATE}
+    assert seqs.add(seqs.floor + 1) == NEW  # a gap above the floor is still known to be a gap
+
+
+def test_boots_past_the_bound_are_forgotten_not_judged_by_lateness() -> None:
+    # Before: a board that rebooted 12 times and re-sent its oldest boot was counted twice.
     st = KeyState()
-    assert not st.add(reading(0, 1000), SPECS, GRACE).duplicate
-    assert st.add(reading(0, 1000), SPECS, GRACE).duplicate
-    assert st.windows[WindowKey(TUMBLING, 2000, 2000, 0)].count == 1
+    for boot in range(12):
+        assert st.mark_seen(boot, 0) == NEW
+    assert len(st.boots) == MAX_BOOTS_PER_DEVICE
+    assert [st.mark_seen(boot, 0) for boot in range(12)] == [UNKNOWN] * 4 + [DUPLICATE] * 8
+    assert st.mark_seen(2, 5) == UNKNOWN  # any seq of a forgotten boot
+    again = KeyState.from_json(st.to_json())
+    assert again.mark_seen(3, 0) == UNKNOWN and again.mark_seen(11, 0) == DUPLICATE
+    assert again.mark_seen(12, 0) == NEW
+
+
+def test_a_new_boot_older_than_every_boot_kept_is_new_and_then_unknown() -> None:
+    st = KeyState()
+    for boot in range(10, 10 + MAX_BOOTS_PER_DEVICE):
+        st.mark_seen(boot, 0)
+    assert st.mark_seen(3, 0) == NEW  # never seen (a board whose counter was reset): counted...
+    assert st.mark_seen(3, 0) == UNKNOWN  # ...and at once forgotten: its next copy asks
+
+
+def test_a_reading_seen_again_is_a_duplicate() -> None:
+    st = KeyState()
+    assert st.mark_seen(0, 0) == NEW
+    assert st.mark_seen(0, 0) == DUPLICATE
 
 
 def test_same_seq_in_another_boot_is_a_new_reading() -> None:
     st = KeyState()
-    st.add(reading(0, 1000, boot=1), SPECS, GRACE)
-    assert not st.add(reading(0, 1500, boot=2), SPECS, GRACE).duplicate
+    assert st.mark_seen(1, 0) == NEW
+    assert st.mark_seen(2, 0) == NEW
 
 
 def test_out_of_order_reading_within_grace_is_added() -> None:
@@ -185,11 +224,14 @@ def test_idle_key_closes_its_last_window() -> None:
 def test_key_state_json_round_trip_keeps_windows_watermark_and_dedup() -> None:
     st = KeyState(partition=3)
     for i, ts in enumerate((100, 2100, 900, 2500)):
+        assert st.mark_seen(0, i) == NEW
         st.add(reading(i, ts), SPECS, GRACE)
+    st.fences[3] = 17
     again = KeyState.from_json(st.to_json())
+    assert again.fences == {3: 17}
     assert again.partition == 3 and again.watermark == st.watermark
     assert again.to_json() == st.to_json()
-    assert again.add(reading(2, 900), SPECS, GRACE).duplicate
+    assert again.mark_seen(0, 2) == DUPLICATE
 
 
 def _closed_as_json(closed: list[Any]) -> list[tuple[str, Any]]:

@@ -1,0 +1,657 @@
+"""One batch path for both scopes, independent of Faust: a batch of input records in, every output
+written, the changed key states persisted; and the one place where a record is isolated.
+
+Per batch: decode each record (a record that is not a reading goes to the DLQ with its context) →
+the engine (an item it fails on goes to the DLQ and the batch is processed again from the persisted
+states; so do identities its bounded de-duplication memory forgot, once the `readings` collection
+answered them) → amend the closed windows it reached (a stored document that is no window is rebuilt
+from the stored readings) → compare duplicates with the copy counted first → write every output
+(MongoDB, Kafka; retried until it lands) → persist the changed key states. `guarded` returns only once
+that is done: the agent acknowledges the records after it, so a batch's offsets are committed only
+after each of its records was counted or dead-lettered.
+
+The place scope holds its windows until every source partition's input passed them: after each batch
+the sensor scope sends every place partition a watermarks record (records.WATERMARKS_KEY) saying how
+far each source partition it owns has come, and the place scope caps its keys' watermarks below the
+lowest of those (ScopeEngine.holds), so a backlog read unevenly across source partitions is merged in
+event-time order instead of amended (the idea of Kafka Streams' max.task.idle.ms; exactness does not
+depend on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+from iot import contract, log
+from iot.topics import TOPIC_PARTITIONS
+
+from . import retry
+from .engine import Item, ItemFailed, Origin, Outputs, ScopeEngine
+from .kafka_out import KafkaOut
+from .metrics import BackendMetrics
+from .mongo_sink import MongoSink
+from .pacing import OpenWritePacer
+from .records import (
+    BUNDLE_MAX,
+    FORWARD_SLOTS,
+    PLACE,
+    SENSOR,
+    UNKNOWN_TOPIC,
+    WATERMARKS_KEY,
+    RejectedRecord,
+    decode_forwarded,
+    decode_reading,
+    decode_watermarks,
+    dlq_record,
+    encode_bundle,
+    encode_forward,
+    encode_watermarks,
+)
+from .settings import Settings
+from .stored import Rebuilt, conflict, rebuild
+from .windows import KeyState
+
+_log = log.get("backend")
+_WATERMARKS_KEY = WATERMARKS_KEY.encode()
+# A hold below every reading's ts (epoch ms are positive): no window closes under it.
+HELD = -1
+# (key, value, partition or None for the key's): a record for the place repartition topic.
+Forward = tuple[str, bytes, int | None]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Partitions(Protocol):
+    """What the batch path needs to know of the consumer's partitions (Faust's consumer)."""
+
+    def assignment(self) -> Any: ...
+
+    def highwater(self, tp: Any) -> int | None: ...
+
+
+class Table(Protocol):
+    """What the batch path needs of a scope's state table (a Faust table: its in-memory `data` and
+    `send_changelog`, app.py)."""
+
+    @property
+    def data(self) -> Any: ...
+
+    def send_changelog(self, partition: int, key: Any, value: Any) -> Any: ...
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One batch of input records as the engine takes them, with the records it came from, the DLQ
+    records of what it rejected, and the stored readings read for it (de-duplication)."""
+
+    messages: Sequence[Any]
+    items: list[Item] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    stored: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (place scope) the holds of its windows once the batch is in (ScopeEngine.process)
+    holds: dict[int, int] | None = None
+    _by_position: dict[tuple[int, int], Any] | None = None
+
+    def record(self, partition: int, offset: int) -> Any:
+        """The input message at (partition, offset) of this batch (a DLQ record's context), None if
+        the batch has none there. Indexed at the first call: only a batch with a DLQ record needs it."""
+        if self._by_position is None:
+            self._by_position = {(m.partition, m.offset): m for m in self.messages}
+        return self._by_position.get((partition, offset))
+
+
+@dataclass(slots=True)
+class Scope:
+    """What one aggregation scope is made of: its input topic, its state table, its engine, the lock
+    that keeps its batches and its idle timer apart, and how its input records decode."""
+
+    name: str
+    topic: str
+    table: Table
+    engine: ScopeEngine
+    decode: Callable[[Sequence[Any], int], Decoded]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Batches:
+    """The batch path of both scopes over one MongoDB sink and one Kafka producer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sink: MongoSink,
+        kafka: KafkaOut,
+        metrics: BackendMetrics,
+        partitions: Partitions,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.kafka = kafka
+        self.metrics = metrics
+        self.partitions = partitions
+        self.place_partitions = TOPIC_PARTITIONS[contract.TOPIC_READINGS]  # the repartition topic's
+        # Open windows are rewritten every open_write_s, or less often when that costs too much.
+        self.pacer = OpenWritePacer(settings.open_write_s)
+        self.metrics.open_write_interval.set(self.pacer.interval_s)
+        self.positions: dict[Any, int] = {}  # (topic, partition) -> last offset taken
+        self.scopes: dict[str, Scope] = {}
+        # The highest ts forwarded from each source partition (sensor scope), and the source
+        # watermarks each place partition received: (place partition, source partition) ->
+        # (watermark or None once caught up, monotonic time received). records.WATERMARKS_KEY.
+        self.source_marks: dict[int, int] = {}
+        self.place_marks: dict[tuple[int, int], tuple[int | None, float]] = {}
+        # Since the last rebalance (monotonic): for up to the idle timeout after it, a source partition
+        # not read yet, and a place partition no watermarks reached yet, hold everything (HELD); after
+        # that they hold nothing back.
+        self.hold_since = time.monotonic()
+
+    def add_scope(self, name: str, topic: str, table: Table, engine: ScopeEngine) -> Scope:
+        decode = self.decode_readings if name == SENSOR else self.decode_forwards
+        scope = self.scopes[name] = Scope(name, topic, table, engine, decode)
+        return scope
+
+    def rebalanced(self) -> None:
+        """After a rebalance: the persisted states are the truth again, and the holds start over
+        (what this worker reads now is counted from the assignment on)."""
+        for scope in self.scopes.values():
+            scope.engine.forget()
+        self.sink.forget()
+        self.hold_since = time.monotonic()
+
+    def behind(self, topic: str, assigned: Any) -> set[int]:
+        """Partitions of `topic` with input not read yet (no idle close by wall clock alone there:
+        ScopeEngine.expire). A partition not read since the start counts as caught up."""
+        out = set()
+        for tp in assigned:
+            if tp.topic != topic:
+                continue
+            pos, high = self.positions.get(tp), self.partitions.highwater(tp)
+            if pos is not None and high is not None and high - pos - 1 > 0:
+                out.add(tp.partition)
+        return out
+
+    def holds(self, now_s: float) -> dict[int, int]:
+        """Per place partition, the lowest source watermark it received that still holds: from a
+        source partition behind (not caught up), received within the idle timeout (a worker that
+        stopped sending them holds nothing back for longer). A place partition that no watermarks
+        reached since the last rebalance is held (HELD) for up to the idle timeout."""
+        stale = now_s - self.settings.idle_timeout_s
+        holds: dict[int, int] = {}
+        reached: set[int] = set()
+        for (place_partition, _), (mark, received) in self.place_marks.items():
+            if received < stale:
+                continue
+            reached.add(place_partition)
+            if mark is None:
+                continue
+            held = holds.get(place_partition)
+            if held is None or mark < held:
+                holds[place_partition] = mark
+        if now_s - self.hold_since < self.settings.idle_timeout_s:
+            for tp in self.partitions.assignment():
+                if tp.topic == self.settings.place_topic and tp.partition not in reached:
+                    holds[tp.partition] = HELD
+        return holds
+
+    # --- input ---------------------------------------------------------------------------------
+    def decode_readings(self, messages: Sequence[Any], now: int) -> Decoded:
+        """iot.readings records, each on its own: a record that is not a reading (or that this code
+        fails on) goes to the DLQ with its context, never taking another with it."""
+        out = Decoded(messages)
+        for msg in messages:
+            value = msg.value
+            try:
+                reading = decode_reading(value)
+                if msg.key != reading["device"].encode():
+                    raise RejectedRecord(
+                        contract.REASON_KEY_MISMATCH,
+                        f"record key {msg.key!r} is not the device id {reading['device']!r}: a device's"
+                        " readings must be one partition, in order",
+                        contract.reading_topic(reading["place"], reading["device"]),
+                    )
+                # The form forwarded to the place scope; made here, where a reading that cannot be
+                # encoded is still one record to set aside.
+                forward = encode_forward(reading)
+            except RejectedRecord as exc:
+                out.rejected.append(self._reject(exc.reason, exc.detail, exc.topic, msg, value, now))
+                continue
+            except Exception as exc:
+                out.rejected.append(self._unprocessable(SENSOR, exc, msg, value, now))
+                continue
+            out.items.append(Item(reading, msg.partition, msg.offset, None, forward))
+        return out
+
+    def decode_forwards(self, messages: Sequence[Any], now: int) -> Decoded:
+        """Place repartition records, written by our own sensor scope after validation: only decoding
+        is left to do. A bundle's readings get consecutive input offsets of their own
+        (records.FORWARD_SLOTS) and keep their origin in iot.readings."""
+        out = Decoded(messages)
+        received = time.monotonic()
+        for msg in messages:
+            if msg.key == _WATERMARKS_KEY:
+                try:
+                    marks = decode_watermarks(msg.value)
+                except RejectedRecord as exc:
+                    out.rejected.append(self._reject(exc.reason, exc.detail, exc.topic, msg, msg.value, now))
+                    continue
+                for source, mark in marks.items():
+                    self.place_marks[msg.partition, source] = (mark, received)
+                continue
+            base = msg.offset * FORWARD_SLOTS
+            try:
+                decoded = decode_forwarded(msg.value)
+            except Exception as exc:
+                out.rejected.append(self._unprocessable(PLACE, exc, msg, msg.value, now))
+                continue
+            for index, item in enumerate(decoded):
+                if isinstance(item, RejectedRecord):
+                    out.rejected.append(
+                        self._reject(item.reason, item.detail, item.topic, msg, msg.value, now)
+                    )
+                    continue
+                reading, origin = item
+                out.items.append(Item(reading, msg.partition, base + index, origin))
+        out.holds = self.holds(received)
+        return out
+
+    def _reject(
+        self, reason: str, detail: str, topic: str, msg: Any, value: bytes | None, now: int
+    ) -> dict[str, Any]:
+        self.metrics.rejected.labels(reason).inc()
+        _log.warning(
+            "reading_rejected",
+            reason=reason,
+            detail=detail,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            action="sent to DLQ; fix the producer of this record",
+        )
+        source = contract.kafka_source(msg.topic, msg.partition, msg.offset, msg.key)
+        return dlq_record(reason, detail, topic, value or b"", now, source)
+
+    def _unprocessable(
+        self, scope: str, exc: BaseException, msg: Any, value: bytes | None, now: int
+    ) -> dict[str, Any]:
+        """A record this code failed on: a bug, but one record's. It goes to the DLQ (with the error)
+        and the batch goes on without it."""
+        self.metrics.rejected.labels(contract.REASON_UNPROCESSABLE).inc()
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+        _log.error(
+            "record_unprocessable",
+            scope=scope,
+            error=detail,
+            topic=getattr(msg, "topic", None),
+            partition=getattr(msg, "partition", None),
+            offset=getattr(msg, "offset", None),
+            action="sent to DLQ (reason unprocessable): a bug in the backend, report it with this record",
+            where=_where(exc),
+        )
+        source = None
+        if msg is not None:
+            source = contract.kafka_source(msg.topic, msg.partition, msg.offset, msg.key)
+        return dlq_record(contract.REASON_UNPROCESSABLE, detail, UNKNOWN_TOPIC, value or b"", now, source)
+
+    # --- batches -------------------------------------------------------------------------------
+    async def guarded(self, scope: Scope, messages: Sequence[Any]) -> None:
+        """`_batch` until it completes. Records are isolated inside it; what still fails here fails for
+        the batch as a whole (a bug): it is logged and counted, the scope's cache dropped (the persisted
+        states are the truth), and the batch tried again after a backoff, its offsets uncommitted."""
+        delay = retry.FIRST_S
+        while True:
+            try:
+                await self._batch(scope, messages)
+                return
+            except Exception as exc:
+                scope.engine.forget()
+                self.metrics.batch_failures.labels(scope.name).inc()
+                _log.error(
+                    "batch_failed",
+                    scope=scope.name,
+                    records=len(messages),
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                    retry_in_s=delay,
+                    action="a bug in the backend: report it with this log; the batch is retried and its"
+                    " offsets are not committed meanwhile",
+                    where=_where(exc),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, retry.MAX_S)
+
+    async def _batch(self, scope: Scope, messages: Sequence[Any]) -> None:
+        """One batch of either scope: decode -> engine -> amend the closed windows it reached -> compare
+        duplicates -> write every output (MongoDB, Kafka) -> persist the changed key states."""
+        now = now_ms()
+        for msg in messages:
+            self.positions[msg.tp] = msg.offset
+        decoded = scope.decode(messages, now)
+        async with scope.lock:
+            out = await self._process(scope, decoded, now)
+            await self._amend(scope, out, decoded.rejected, now)
+            await self._check_duplicates(scope, out, decoded, now)
+            forwards = self._forwards(out) if scope.name == SENSOR else []
+            await self.emit(scope, out, forwards, decoded.rejected)
+            self.persist(scope.table, out.changed)
+        self.count(scope.name, out)
+
+    async def _process(self, scope: Scope, decoded: Decoded, now: int) -> Outputs:
+        """The engine over the batch; again, from the persisted states, without an item it failed on
+        (to the DLQ) or with the `readings` collection's answers it asked for."""
+        items = decoded.items
+        known: dict[str, Origin | None] = {}
+        while True:
+            try:
+                out = scope.engine.process(items, now, known, decoded.holds)
+            except ItemFailed as failed:
+                scope.engine.rollback(failed.keys)
+                item = items[failed.index]
+                msg = decoded.record(
+                    item.partition, item.offset // (FORWARD_SLOTS if scope.name == PLACE else 1)
+                )
+                value = (
+                    msg.value if msg is not None and scope.name == SENSOR else encode_forward(item.reading)
+                )
+                decoded.rejected.append(self._unprocessable(scope.name, failed.error, msg, value, now))
+                items = [*items[: failed.index], *items[failed.index + 1 :]]
+                continue
+            if not out.lookups:
+                return out
+            scope.engine.rollback(out.keys)
+            ids = sorted(out.lookups)
+            found = await retry.until_done(
+                "reading_lookup_failed",
+                partial(self.sink.find_readings, ids),
+                "check MongoDB (iot stack status); the batch waits, nothing is lost",
+                scope=scope.name,
+                mongo=self.settings.mongo_host,
+            )
+            self.metrics.lookups.labels(scope.name).inc(len(ids))
+            decoded.stored.update(found)
+            for rid in ids:
+                known[rid] = _origin(found.get(rid))
+
+    async def _check_duplicates(self, scope: Scope, out: Outputs, decoded: Decoded, now: int) -> None:
+        """A duplicate whose values differ from the copy counted first is a conflicting duplicate: the
+        first stays counted, the copy goes to the DLQ."""
+        if not out.dup_checks:
+            return
+        firsts = {_reading_id(i.reading): i.reading for i in out.readings}
+        need = sorted({_reading_id(i.reading) for i in out.dup_checks} - set(firsts) - set(decoded.stored))
+        if need:
+            decoded.stored.update(
+                await retry.until_done(
+                    "reading_lookup_failed",
+                    lambda: self.sink.find_readings(need),
+                    "check MongoDB (iot stack status); the batch waits, nothing is lost",
+                    scope=scope.name,
+                    mongo=self.settings.mongo_host,
+                )
+            )
+        for item in out.dup_checks:
+            rid = _reading_id(item.reading)
+            first = firsts.get(rid) or decoded.stored.get(rid)
+            differ = conflict(first, item.reading) if first is not None else []
+            if not differ:
+                continue
+            partition, offset = item.source
+            msg = decoded.record(partition, offset)
+            self.metrics.rejected.labels(contract.REASON_CONFLICTING_DUPLICATE).inc()
+            detail = f"{rid} was counted before with other {', '.join(differ)}; the first reading is kept"
+            _log.warning(
+                "conflicting_duplicate",
+                reading=rid,
+                fields=",".join(differ),
+                partition=partition,
+                offset=offset,
+                action="sent to DLQ; a board re-used (boot, seq) for another reading: check its boot counter",
+            )
+            reading = item.reading
+            decoded.rejected.append(
+                dlq_record(
+                    contract.REASON_CONFLICTING_DUPLICATE,
+                    detail,
+                    contract.reading_topic(reading["place"], reading["device"]),
+                    msg.value if msg is not None else encode_forward(reading),
+                    now,
+                    contract.kafka_source(
+                        self.settings.source_topic, partition, offset, msg.key if msg is not None else None
+                    ),
+                )
+            )
+
+    def _forwards(self, out: Outputs) -> list[Forward]:
+        """The readings the sensor scope counted, for the place scope: each distinct reading once (with
+        its origin), in input order, one bundle per place (records.BUNDLE_MAX); then, to every place
+        partition, how far each source partition this worker owns has come (after the bundles: the
+        same producer keeps them in order on each partition)."""
+        by_place: dict[str, list[tuple[int, int, bytes]]] = {}
+        marks_of = self.source_marks
+        for item in out.readings:
+            by_place.setdefault(item.reading["place"], []).append((item.partition, item.offset, item.forward))
+            ts = item.reading["ts"]
+            if ts > marks_of.get(item.partition, ts - 1):
+                marks_of[item.partition] = ts
+        forwards: list[Forward] = [
+            (place, encode_bundle(items[i : i + BUNDLE_MAX]), None)
+            for place, items in by_place.items()
+            for i in range(0, len(items), BUNDLE_MAX)
+        ]
+        assigned = self.partitions.assignment()
+        topic = self.settings.source_topic
+        behind = self.behind(topic, assigned)
+        waiting = time.monotonic() - self.hold_since < self.settings.idle_timeout_s
+        marks: dict[int, int | None] = {}
+        for tp in assigned:
+            if tp.topic != topic:
+                continue
+            if tp in self.positions:
+                marks[tp.partition] = marks_of.get(tp.partition, HELD) if tp.partition in behind else None
+            else:
+                # Not read since the assignment: held while it may still bring input (its highwater
+                # unknown or above 0), for up to the idle timeout; an empty partition holds nothing.
+                high = self.partitions.highwater(tp)
+                marks[tp.partition] = HELD if waiting and (high is None or high > 0) else None
+        value = encode_watermarks(marks)
+        forwards.extend((WATERMARKS_KEY, value, q) for q in range(self.place_partitions))
+        return forwards
+
+    # --- outputs -------------------------------------------------------------------------------
+    async def _amend(self, scope: Scope, out: Outputs, rejected: list[dict[str, Any]], now: int) -> None:
+        """Load the closed windows the batch amends and apply the late readings to them. Closed windows
+        live in MongoDB only (bounded memory), so this read is part of the batch; it is retried like a
+        write, since skipping it would drop the readings. A stored document that is no valid window is
+        rebuilt from the stored readings and goes to the DLQ as `corrupt_window`."""
+        if not out.amends:
+            return
+        ids = list(out.amends)
+        stored = await retry.until_done(
+            "amendment_read_failed",
+            lambda: self.sink.load_windows(scope.name, ids),
+            "check MongoDB (iot stack status); the batch waits, nothing is lost",
+            scope=scope.name,
+            mongo=self.settings.mongo_host,
+        )
+        scope.engine.amend(out, stored, now)
+        if out.corrupt:
+            rebuilt = {wid: await self._rebuild(scope, out, wid, rejected, now) for wid in list(out.corrupt)}
+            scope.engine.amend(out, stored, now, rebuilt)
+        if out.amended_docs:
+            _log.info(
+                "windows_amended",
+                scope=scope.name,
+                windows=len(out.amended_docs),
+                created=sum(1 for d in out.amended_docs if d["revision"] == 0),
+                readings=out.amended_readings,
+            )
+
+    async def _rebuild(
+        self, scope: Scope, out: Outputs, wid: str, rejected: list[dict[str, Any]], now: int
+    ) -> Rebuilt:
+        """Window `wid` from the stored readings it covers (and this batch's, not stored yet); its
+        corrupt document to the DLQ."""
+        doc, detail = out.corrupt[wid]
+        amendment = out.amends[wid]
+        key, start, end = amendment.key, amendment.wkey.start, amendment.wkey.end
+        readings = await retry.until_done(
+            "window_rebuild_read_failed",
+            lambda: self.sink.window_readings(scope.name, key, start, end),
+            "check MongoDB (iot stack status); the batch waits, nothing is lost",
+            scope=scope.name,
+            mongo=self.settings.mongo_host,
+        )
+        field_ = "device" if scope.name == SENSOR else "place"
+        for item in out.readings:
+            r = item.reading
+            if r[field_] == key and start <= r["ts"] < end:
+                readings.append({**r, "_id": _reading_id(r)})
+        again = rebuild(readings)
+        self.metrics.rebuilt.labels(scope.name).inc()
+        self.metrics.rejected.labels(contract.REASON_CORRUPT_WINDOW).inc()
+        _log.error(
+            "window_corrupt",
+            scope=scope.name,
+            window=wid,
+            detail=detail,
+            rebuilt_from=len(again.ids),
+            unusable=len(again.unusable),
+            action="rebuilt from the stored readings; the document is in the DLQ (corrupt_window):"
+            " find what wrote it",
+        )
+        unusable = f"; stored readings not usable: {', '.join(again.unusable[:10])}" if again.unusable else ""
+        rejected.append(
+            dlq_record(
+                contract.REASON_CORRUPT_WINDOW,
+                f"{detail}; rebuilt from {len(again.ids)} stored readings{unusable}",
+                f"{_collection_of(scope.name)}/{wid}",
+                _document_bytes(doc),
+                now,
+            )
+        )
+        return again
+
+    async def emit(
+        self, scope: Scope, out: Outputs, forwards: list[Forward], rejected: list[dict[str, Any]]
+    ) -> None:
+        """Write everything the batch produced; retried (idempotent) until it lands: losing it is worse."""
+        open_s = await retry.until_done(
+            "output_write_failed",
+            lambda: self._write(scope.name, out, forwards, rejected),
+            "check MongoDB/Kafka (iot stack status); the batch is retried, nothing is lost",
+            scope=scope.name,
+        )
+        self._pace(open_s)
+
+    def _write(
+        self, scope: str, out: Outputs, forwards: list[Forward], rejected: list[dict[str, Any]]
+    ) -> float:
+        """Write the batch's outputs; returns the seconds spent rewriting open windows (the pacer's)."""
+        self.sink.write_readings(out.readings)
+        self.sink.write_windows(scope, out.final_docs)
+        # A window both open and final in one batch is written final only (as one call did before).
+        finals = {d["_id"] for d in out.final_docs}
+        opens = [d for d in out.open_docs if d["_id"] not in finals]
+        started = time.perf_counter()
+        self.sink.write_windows(scope, opens)
+        open_s = time.perf_counter() - started
+        self.sink.write_amended(scope, out.amended_docs)
+        for doc in out.final_docs + out.amended_docs:
+            self.kafka.window(scope, doc)
+        for record in out.late:
+            self.kafka.dlq(record)
+        for record in rejected:
+            self.kafka.dlq(record)
+        for key, value, partition in forwards:
+            self.kafka.forward(self.settings.place_topic, key, value, partition)
+        self.kafka.flush()
+        return open_s
+
+    def _pace(self, open_s: float) -> None:
+        interval = self.pacer.record(open_s, time.monotonic())
+        if interval is None:
+            return
+        for scope in self.scopes.values():
+            scope.engine.open_write_ms = self.pacer.interval_ms
+        self.metrics.open_write_interval.set(interval)
+        _log.info(
+            "open_write_interval",
+            seconds=round(interval, 2),
+            configured_s=self.settings.open_write_s,
+            budget=self.pacer.budget,
+            why="open-window rewrites cost more than their share of the worker's time"
+            if interval > self.settings.open_write_s
+            else "back within budget",
+        )
+
+    @staticmethod
+    def persist(table: Any, changed: Mapping[str, KeyState]) -> None:
+        for key, state in changed.items():
+            value = state.to_json()
+            table.data[key] = value
+            table.send_changelog(state.partition, key, value)
+
+    def count(self, scope: str, out: Outputs) -> None:
+        m = self.metrics
+        if out.processed:
+            m.readings.labels(scope).inc(out.processed)
+        if out.duplicates:
+            m.duplicates.labels(scope).inc(out.duplicates)
+        if out.late:
+            m.late.labels(scope).inc(len(out.late))
+        for doc in out.amended_docs:
+            m.amended.labels(scope, doc["place"]).inc()
+        if out.amended_readings:
+            m.amended_readings.labels(scope).inc(out.amended_readings)
+        for doc in out.final_docs:
+            m.finalized.labels(scope, doc["kind"]).inc()
+        for doc in out.final_docs + out.amended_docs:
+            m.show_window(scope, doc)
+
+
+def _where(exc: BaseException) -> str:
+    """Where an exception was raised (file:line in function), for a log line that stays one line."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    frame = frames[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+
+
+def _reading_id(reading: Mapping[str, Any]) -> str:
+    return contract.reading_id(reading["device"], reading["boot"], reading["seq"])
+
+
+def _origin(doc: Mapping[str, Any] | None) -> Origin | None:
+    """The iot.readings record a stored reading was first stored from; (-1, -1) when the document does
+    not say (so it is taken for another record's: a duplicate)."""
+    if doc is None:
+        return None
+    partition, offset = doc.get("partition"), doc.get("offset")
+    if type(partition) is int and type(offset) is int:
+        return partition, offset
+    return -1, -1
+
+
+def _collection_of(scope: str) -> str:
+    return contract.COLL_SENSOR_WINDOWS if scope == SENSOR else contract.COLL_PLACE_WINDOWS
+
+
+def _document_bytes(doc: Any) -> bytes:
+    """A stored document as JSON for the DLQ (dates and other BSON types as text), whatever it holds."""
+    try:
+        return json.dumps(doc, default=str, allow_nan=True).encode()
+    except (ValueError, TypeError, RecursionError):
+        pass
+    try:
+        return repr(doc)[: contract.DLQ_PAYLOAD_CAP].encode("utf-8", "backslashreplace")
+    except RecursionError:
+        return b"(a document too deeply nested to show)"
