@@ -26,7 +26,7 @@ from iot import contract, heap, log
 from iot.env import writable_dir
 from iot.topics import CONTRACT_TOPICS, TOPIC_PARTITIONS, TopicAdmin, TopicSpec
 
-from . import topics, transport
+from . import startup, topics, transport
 from .batches import Batches, Scope, now_ms
 from .engine import ScopeEngine
 from .errors import ConfigError
@@ -199,6 +199,8 @@ class BackendRuntime:
         # The contract topics it writes, and every topic it subscribes to, changelogs included, seen
         # in the metadata before Faust's consumer first reads it, or the assignment leaves a table's
         # state behind (backend/topics.py).
+        startup.wait_for_services(self.settings)
+        startup.fold_kafka_client_logs(self.settings.kafka.bootstrap)
         wanted = {t.name: t for t in (*CONTRACT_TOPICS, *self.subscribed_topics())}
         TopicAdmin(self.settings.kafka).ensure(wanted.values(), wait_visible=True)
         self.sink.ensure_indexes()

@@ -8,11 +8,14 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from iot import contract
+from iot import contract, log
 from iot.kafka import KafkaConnection, client_logger
 
 from .errors import SinkError
 from .records import SENSOR
+
+FLUSH_LOG_S = 5.0
+_log = log.get("backend.kafka")
 
 
 class KafkaOut:
@@ -22,6 +25,7 @@ class KafkaOut:
             logger=client_logger("backend.librdkafka"),
         )
         self._errors: list[str] = []
+        self._bootstrap = conn.bootstrap
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -52,8 +56,22 @@ class KafkaOut:
         self._send(topic, key, value, partition)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until everything produced so far is acknowledged; raise if anything failed."""
-        left = self._producer.flush(timeout)
+        """Wait until everything produced so far is acknowledged; raise if anything failed. While Kafka
+        does not take it, say so every FLUSH_LOG_S (the caller retries after `timeout`)."""
+        waited, left = 0.0, 0
+        while waited < timeout:
+            step = min(FLUSH_LOG_S, timeout - waited)
+            left = self._producer.flush(step)
+            waited += step
+            if not left:
+                break
+            _log.error(
+                "kafka_unreachable",
+                address=self._bootstrap,
+                undelivered=left,
+                waited_s=round(waited, 1),
+                action="check that Kafka runs there (`iot stack status`); the batch waits, nothing is lost",
+            )
         errors, self._errors = self._errors, []
         if left:
             raise SinkError(f"{left} Kafka message(s) undelivered after {timeout:.0f}s; is Kafka up?")

@@ -89,9 +89,10 @@ def _collection(scope: str) -> str:
 
 
 class MongoSink:
-    def __init__(self, uri: str, metrics: BackendMetrics | None = None, timeout_ms: int = 10_000) -> None:
+    # A MongoDB that does not answer is a SinkError (logged, retried by the caller) within 5 s.
+    def __init__(self, uri: str, metrics: BackendMetrics | None = None, timeout_ms: int = 5_000) -> None:
         self.client: MongoClient[dict[str, Any]] = MongoClient(
-            uri, serverSelectionTimeoutMS=timeout_ms, socketTimeoutMS=6 * timeout_ms, tz_aware=True
+            uri, serverSelectionTimeoutMS=timeout_ms, socketTimeoutMS=60_000, tz_aware=True
         )
         self.db = self.client.get_default_database(default=contract.DEFAULT_DATABASE)
         self.metrics = metrics
