@@ -35,7 +35,9 @@ def measure(
     prefix = f"bench{os.getpid()}n{count}"
     plans = fleet.plan(count, places, interval, broker.url, prefix=prefix, extra_config=broker.tls_config())
     devices = {p.device for p in plans}
-    f = fleet.Fleet(root / f"n{count}", plans, DEFAULT_HEAP, tls_ca=broker.ca)
+    f = fleet.Fleet(
+        root / f"n{count}", plans, DEFAULT_HEAP, tls_ca=broker.ca, provisioning=broker.provisioning()
+    )
     f.prepare(fresh=True)
     ca = str(broker.ca) if broker.ca else None
     with Probe(broker.url, ["sensors/+/+/#"], keep=lambda t: t.split("/")[2] in devices, tls_ca=ca) as probe:
@@ -60,6 +62,7 @@ def measure(
         health = [m.json() for m in probe.messages("health")]
         f.stop()
     clear_retained(broker.url, [(p.place, p.device) for p in plans], tls_ca=ca)
+    f.remove_accounts()
     mem_free = [h["mem_free"] for h in health]
     return {
         "boards": count,

@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from iot import contract  # noqa: E402
 from iot.app.stack.private import free_ports, private_kafka  # noqa: E402
+from iot.broker import credentials  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 1883
 # Un-acked publishes a publisher keeps, below Mosquitto's receive maximum (max_inflight_messages).
@@ -85,8 +86,18 @@ def _payloads(place: str, devices: int, count: int, part: int) -> Iterator[tuple
         yield contract.reading_topic(place, device), json.dumps(reading).encode()
 
 
+def _log_in(client: mqtt.Client) -> mqtt.Client:
+    """The stack's operator (it may publish any board's readings), when the broker has accounts."""
+    operator = credentials.find(credentials.OPERATOR)
+    if operator is not None:
+        client.username_pw_set(operator.username, operator.password)
+    return client
+
+
 def child_publish(place: str, devices: int, count: int, part: int) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=_uid("bench-pub"), protocol=mqtt.MQTTv5)
+    client = _log_in(
+        mqtt.Client(CallbackAPIVersion.VERSION2, client_id=_uid("bench-pub"), protocol=mqtt.MQTTv5)
+    )
     client.max_inflight_messages_set(0)
     client.connect(HOST, PORT)
     client.loop_start()
@@ -114,7 +125,9 @@ def child_subscribe(place: str, count: int) -> None:
         state["n"] += 1
         state["last"] = now
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=_uid("bench-sub"), protocol=mqtt.MQTTv5)
+    client = _log_in(
+        mqtt.Client(CallbackAPIVersion.VERSION2, client_id=_uid("bench-sub"), protocol=mqtt.MQTTv5)
+    )
     client.on_message = on_message
     client.on_subscribe = lambda *_a: print("subscribed", flush=True)
     client.connect(HOST, PORT)
@@ -254,8 +267,10 @@ class Gateways:
 
     def discard_sessions(self) -> None:
         for env in self.envs:
-            client = mqtt.Client(
-                CallbackAPIVersion.VERSION2, client_id=env["IOT_GATEWAY_CLIENT_ID"], protocol=mqtt.MQTTv5
+            client = _log_in(
+                mqtt.Client(
+                    CallbackAPIVersion.VERSION2, client_id=env["IOT_GATEWAY_CLIENT_ID"], protocol=mqtt.MQTTv5
+                )
             )
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0

@@ -71,6 +71,9 @@ from iot.app.stack.manager import Stack
 from iot.app.stack.private import free_ports
 from iot.app.supervise import endpoint_up
 from iot.app.supervise import metrics_value as metric
+from iot.broker import credentials
+from iot.devices.provision import DevicesSettings, Provisioner
+from iot.env import MqttEndpoint
 
 
 class Soak:
@@ -195,6 +198,7 @@ class Soak:
             "ack_timeout_s": a.ack_timeout,
             "boot": 1,
         }
+        cfg["passwords"] = self.provision(boards)
         for i in range(a.fleet_procs):
             part = boards[i * per : (i + 1) * per]
             if part:
@@ -203,6 +207,21 @@ class Soak:
         poll_until(lambda: self.fleet_sum("connected") == total, 120, "every board connected")
         self.load_started = time.time()
         log("fleet_running", boards=total, rate_hz=a.rate, processes=len(self.fleets))
+
+    def provision(self, boards: list[tuple[str, str]]) -> dict[str, str]:
+        """Every board's own account on the stack's broker, as `iot devices add` makes it (the
+        operator's login from the stack's credentials file); device -> password."""
+        operator = credentials.read_stack_file(self.cfg.state_dir / credentials.FILE_NAME)[
+            credentials.OPERATOR
+        ]
+        settings = DevicesSettings(
+            MqttEndpoint(HOST, self.cfg.mqtt_port, False), None, operator, self.stack_env["IOT_MONGO_URI"]
+        )
+        started = time.monotonic()
+        with Provisioner.open(settings) as prov:
+            passwords = prov.ensure_all([(place, device, None) for place, device in boards])
+        log("fleet_provisioned", boards=len(boards), seconds=f"{time.monotonic() - started:.1f}")
+        return passwords
 
     # --- observation ----------------------------------------------------------------------------
 

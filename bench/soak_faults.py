@@ -20,6 +20,7 @@ from soak_hostile import HostileBoard
 from soak_procs import FleetProc, Service
 
 from iot.app.supervise import metrics_value
+from iot.broker import credentials
 
 FAULTS = ("hostile", "gateway", "backend", "kafka", "mosquitto", "ferretdb", "boards")
 STACK_SERVICES = ("mosquitto", "kafka", "ferretdb")
@@ -141,7 +142,13 @@ class FaultInjector:
         fault = Fault("hostile", "gateways", killed_at=time.time())
         gateways = [s for name, s in self.services.items() if name.startswith("gateway")]
         received = {s.name: self._gateway_metric(s, "iot_gateway_received_total") or 0.0 for s in gateways}
-        board = self.hostile = HostileBoard(HOST, self.stack.cfg.mqtt_port, self.args.hostile_burst)
+        operator = credentials.read_stack_file(self.stack.cfg.state_dir / credentials.FILE_NAME).get(
+            credentials.OPERATOR
+        )
+        login = (operator.username, operator.password) if operator else None
+        board = self.hostile = HostileBoard(
+            HOST, self.stack.cfg.mqtt_port, self.args.hostile_burst, login=login
+        )
         log("fault", hostile=board.burst)
         try:
             board.attack()

@@ -261,8 +261,17 @@ class Board:
             self.lost.clear()
             self.link = link
             self.connect_started = self.last_tx = self.last_rx = time.monotonic()
-            client_id = _utf8(f"soak-{self.device}".encode())
-            body = _utf8(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", KEEPALIVE_S) + client_id
+            password = fleet.passwords.get(self.device)
+            # Clean session (0x02), plus user name and password (0xC0) when the board has an account.
+            flags = 0xC2 if password else 0x02
+            body = (
+                _utf8(b"MQTT")
+                + bytes([4, flags])
+                + struct.pack("!H", KEEPALIVE_S)
+                + _utf8(self.device.encode())
+            )
+            if password:
+                body += _utf8(self.device.encode()) + _utf8(password.encode())
             link.write(b"\x10" + _varint(len(body)) + body)
             await self.lost.wait()
             if self.ready_once:
@@ -342,6 +351,8 @@ class Fleet:
         self.rate_hz: float = config["rate_hz"]
         self.ack_timeout_s: float = config["ack_timeout_s"]
         self.out: str = config["out"]
+        # Each board's own account (client id = device id, bound by the broker); none: anonymous.
+        self.passwords: dict[str, str] = config.get("passwords") or {}
         self.boards = [
             Board(self, place, device, config["boot"], index)
             for index, (place, device) in enumerate(config["boards"])

@@ -46,8 +46,14 @@ def _feff() -> Properties:
 
 
 class HostileBoard:
-    def __init__(self, host: str, port: int, burst: int, seed: int = 19) -> None:
+    def __init__(
+        self, host: str, port: int, burst: int, seed: int = 19, login: tuple[str, str] | None = None
+    ) -> None:
+        """`login`: the account it connects with. The soak gives it the operator's: a board's own
+        account would have the broker refuse most of this at the door (its ACL, proven in
+        tests/compose/test_mosquitto_acl.py), and this is about what reaches the gateway."""
         self.host, self.port, self.burst = host, port, burst
+        self.login = login
         self.rng = random.Random(seed)
         self.valid: list[int] = []  # seqs of its valid readings
         self.sent: dict[str, int] = {}
@@ -60,6 +66,8 @@ class HostileBoard:
             CallbackAPIVersion.VERSION2, client_id=f"{HOSTILE_DEVICE}-{suffix}", protocol=mqtt.MQTTv5
         )
         client.max_inflight_messages_set(_WINDOW)
+        if self.login is not None:
+            client.username_pw_set(*self.login)
         client.connect(self.host, self.port)
         client.loop_start()
         deadline = time.monotonic() + 10

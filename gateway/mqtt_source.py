@@ -226,7 +226,10 @@ class MqttSource:
                 "mqtt_connect_refused",
                 broker=self._broker(),
                 reason=str(reason),
-                action="check IOT_MQTT_USERNAME/IOT_MQTT_PASSWORD/TLS and broker ACLs; retrying",
+                user=self._settings.mqtt_username or "-",
+                login_from=self._settings.mqtt_login,
+                action="check IOT_MQTT_USERNAME/IOT_MQTT_PASSWORD (or the stack's credentials file), TLS "
+                "and the broker's accounts (`iot devices setup` makes the gateway's); retrying",
             )
             return
         self._generation += 1

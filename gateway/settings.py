@@ -17,6 +17,7 @@ from typing import Final
 from iot import contract
 from iot import kafka as kafka_conn
 from iot import mqtt as mqtt_conn
+from iot.broker import credentials
 from iot.env import CONTRACT, LOG, Secret, Var, Variables
 from iot.kafka import KafkaConnection
 
@@ -90,6 +91,8 @@ class GatewaySettings:
     mqtt_tls_key: str | None
     mqtt_username: str | None
     mqtt_password: Secret | None
+    # Where the login came from: IOT_MQTT_USERNAME, the native stack's credentials file, or "none".
+    mqtt_login: str
     group: str
     topic_filter: str
     client_id: str
@@ -150,6 +153,14 @@ class GatewaySettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
         reader = VARIABLES.reader(env, SettingsError)
         mqtt = mqtt_conn.MqttConnection.read(reader)
+        username, password = mqtt.username, mqtt.password
+        login = "IOT_MQTT_USERNAME" if username is not None else "none"
+        if username is None:
+            # The native stack's gateway account (`iot stack up` writes it), so `iot gateway` logs in
+            # to that broker without any variable.
+            stored = credentials.read_stack_file(credentials.stack_file(env)).get(credentials.GATEWAY)
+            if stored is not None:
+                username, password, login = stored.username, Secret(stored.password), stored.source
         group = reader.text("IOT_GATEWAY_GROUP")
         if not _GROUP_PATTERN.match(group):
             raise SettingsError("IOT_GATEWAY_GROUP", f"{group!r} must match {_GROUP_PATTERN.pattern}")
@@ -168,8 +179,9 @@ class GatewaySettings:
             mqtt_tls_ca=mqtt.tls_ca,
             mqtt_tls_cert=mqtt.tls_cert,
             mqtt_tls_key=mqtt.tls_key,
-            mqtt_username=mqtt.username,
-            mqtt_password=mqtt.password,
+            mqtt_username=username,
+            mqtt_password=password,
+            mqtt_login=login,
             group=group,
             topic_filter=topic_filter,
             client_id=client_id,

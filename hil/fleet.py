@@ -230,6 +230,15 @@ class Fleet:
             seconds=f"{time.monotonic() - started:.1f}",
         )
 
+    def remove_accounts(self) -> None:
+        """Revoke the boards' accounts and registry entries (`iot devices remove`): for throwaway
+        fleets (tests, benchmarks); a user's fleet keeps them, so it starts again with the same."""
+        if self.provisioning is None:
+            return
+        with Provisioner.open(self.provisioning) as prov:
+            for plan in self.plans:
+                prov.remove(plan.device)
+
     def write_manifest(self) -> None:
         manifest: list[dict[str, Any]] = []
         for b in self.boards:

@@ -31,8 +31,10 @@ class RigBoard:
         listen: str,
         advertise: str,
         operator: Operator | None = None,
+        login: dict[str, str] | None = None,
     ) -> None:
         self.spec = spec
+        self.login = login or {}  # mqtt_user and mqtt_password the rig provisioned for it
         self.operator = operator  # who switches a `power: manual` board; None when unattended
         self.id = spec.id
         self.device = spec.device
@@ -53,6 +55,7 @@ class RigBoard:
     def config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {"device": self.device, "place": self.place, "broker": self.broker_url}
         cfg.update(self.spec.config)
+        cfg.update(self.login)
         return cfg
 
     def write_config(self) -> Path:

@@ -41,16 +41,28 @@ class RigSession:
         self.stack = RigStack(rig, workdir, say)
         self.ctx = Context(rig, self.stack, say, events if events is not None else [])
         self.boards: dict[str, RigBoard] = {}
+        self.logins: dict[str, dict[str, str]] = {}
 
     def start_stack(self) -> None:
         self.stack.up({b.device for b in self.specs})
+        # Virtual boards get accounts as real ones do (`iot devices add`); a real board's login is in
+        # the rig file (its flash keeps it), and so is one a rig file gives a virtual board.
+        self.logins = self.stack.provision(
+            [(b.place, b.device) for b in self.specs if b.virtual and "mqtt_user" not in b.config]
+        )
 
     def make_board(self, spec: BoardSpec) -> RigBoard:
         """The board's driver, with its fault proxy to the rig's broker (not powered yet)."""
         host, port = self.stack.broker_host_port
         stack = self.rig.stack
         board = RigBoard(
-            spec, self.workdir, (host, port), stack.proxy_host, stack.advertise_host, self.operator
+            spec,
+            self.workdir,
+            (host, port),
+            stack.proxy_host,
+            stack.advertise_host,
+            self.operator,
+            self.logins.get(spec.device, {}),
         )
         self.boards[spec.id] = board
         return board

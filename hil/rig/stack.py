@@ -25,7 +25,10 @@ from hil.serial_board import die_with_parent
 from iot import contract, log
 from iot.app.stack.private import PrivateBroker, commit_end_offsets, free_ports, private_kafka
 from iot.app.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
-from iot.env import with_database
+from iot.broker import credentials
+from iot.devices.provision import DevicesSettings, Provisioner
+from iot.env import parse_mqtt_url, with_database
+from iot.errors import IotError
 from iot.kafka import KafkaConnection
 from iot.reach import KafkaClientLog
 
@@ -123,6 +126,21 @@ class RigStack:
         self.own_database = ""  # the run's database, created for it (services: start)
         self.kafka_conn = rig.stack.kafka  # the product's (services: running) or the run's own
         self._own_kafka = ExitStack()
+        self.mongo_uri = ""
+        self.provisioned: list[str] = []  # boards given accounts on a broker that outlives the run
+        self._settings: DevicesSettings | None = None
+
+    @property
+    def login(self) -> tuple[str, str]:
+        """Who the rig's own clients (the probe, flash's wait for a birth message) log in as: the rig
+        file's stack.mqtt_user, else the private broker's operator, else ("", ""), with which a
+        probe finds the operator's account as the product's commands do."""
+        spec = self.rig.stack
+        if spec.mqtt_user:
+            return spec.mqtt_user, spec.mqtt_password
+        if self.broker is not None and self.broker.logins:
+            return self.broker.operator.username, self.broker.operator.password
+        return "", ""
 
     @property
     def broker_host_port(self) -> tuple[str, int]:
@@ -131,8 +149,9 @@ class RigStack:
     def up(self, devices: set[str]) -> None:
         spec = self.rig.stack
         if spec.broker == "private":
-            # A killed rig leaves no broker behind.
-            self.broker = PrivateBroker(self.workdir / "mosquitto", preexec_fn=die_with_parent)
+            # A killed rig leaves no broker behind. Authenticated like the stack's: the boards get
+            # accounts on it (provision), the gateway and the probe log in.
+            self.broker = PrivateBroker(self.workdir / "mosquitto", preexec_fn=die_with_parent, accounts=True)
             self.broker.start()
             self.broker_url = self.broker.url
             self.say(f"stack private mosquitto on {self.broker_url}")
@@ -146,6 +165,7 @@ class RigStack:
         db_name = f"hil_{self.rig.run_id}" if spec.services == "start" else ""
         self.own_database = db_name
         mongo_uri = with_database(spec.mongo, db_name) if db_name else spec.mongo
+        self.mongo_uri = mongo_uri
         self.mongo = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
         self.db = self.mongo.get_default_database(default=contract.DEFAULT_DATABASE)
         self.kafka = KafkaReadings(self.kafka_conn, devices)
@@ -154,8 +174,8 @@ class RigStack:
             ["sensors/+/+/#"],
             keep=lambda t: t.split("/")[2:3] != [] and t.split("/")[2] in devices,
             session=f"{self.tag}-probe",
-            username=spec.mqtt_user,
-            password=spec.mqtt_password,
+            username=self.login[0],
+            password=self.login[1],
         ).start()
         if spec.services == "start":
             self._start_services(mongo_uri)
@@ -178,6 +198,7 @@ class RigStack:
             "IOT_BACKEND_METRICS_PORT": str(be_port),
             "IOT_BACKEND_IDLE_TIMEOUT_S": "3",
             "IOT_BACKEND_DATA_DIR": str(self.workdir / "backend"),
+            **(self.broker.gateway.as_env(credentials.GATEWAY) if self.broker is not None else {}),
         }
         try:
             self.say("stack starting the gateway")
@@ -196,6 +217,36 @@ class RigStack:
             raise StackError(f"the rig's services did not start: {exc}") from exc
         self.say(f"stack gateway and backend up; logs in {self.supervisor.log_dir}")
 
+    def provision(self, boards: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
+        """Accounts for (place, device) boards, as `iot devices add` makes them: on the private broker
+        with its operator, on another broker with the operator's account when there is one (then they
+        are removed again at `down`). device -> the config fields of its login; {} when the broker
+        has no accounts to give."""
+        if self.broker is not None:
+            operator: credentials.Credentials | None = self.broker.operator
+        else:
+            operator = credentials.find(credentials.OPERATOR)
+        if operator is None or not boards:
+            return {}
+        settings = DevicesSettings(parse_mqtt_url(self.broker_url), None, operator, self.mongo_uri)
+        with Provisioner.open(settings) as prov:
+            passwords = prov.ensure_all([(place, device, None) for place, device in boards])
+        if self.broker is None:
+            self.provisioned = [device for _place, device in boards]
+        self._settings = settings
+        return {d: {"mqtt_user": d, "mqtt_password": p} for d, p in passwords.items()}
+
+    def _remove_accounts(self) -> None:
+        if not self.provisioned or self._settings is None:
+            return
+        try:
+            with Provisioner.open(self._settings) as prov:
+                for device in self.provisioned:
+                    prov.remove(device)
+        except IotError as exc:
+            self.say(f"stack could not remove the boards' accounts ({exc}); `iot devices remove` them")
+        self.provisioned = []
+
     def restart_broker(self, down_s: float) -> None:
         if self.broker is None:
             raise StackError(
@@ -207,6 +258,7 @@ class RigStack:
 
     def down(self) -> None:
         self.supervisor.stop_all()
+        self._remove_accounts()
         if self.probe is not None:
             self.probe.stop()
         if self.kafka is not None:

@@ -66,8 +66,8 @@ def _flash(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
         say=lambda line: ctx.say(f"  {board.id}: {line}"),
         mpy_arch=arch,
         firmware=ctx.rig.firmware.dir,
-        username=ctx.rig.stack.mqtt_user,
-        password=ctx.rig.stack.mqtt_password,
+        username=ctx.stack.login[0],
+        password=ctx.stack.login[1],
     )
     assert result is not None
     ctx.firmware[board.id] = result.fw

@@ -15,6 +15,7 @@ import pytest
 
 from iot import contract
 from iot.app.stack.config import StackConfig
+from tests.accounts import log_in
 from tests.support import commit_end_offsets, free_ports, listening
 
 pytestmark = [pytest.mark.integration, pytest.mark.hil]
@@ -89,6 +90,8 @@ def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started(tmp_pa
     finally:
         client.drop_database(tag)
         client.close()
-        forget = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{tag}-gw", protocol=mqtt.MQTTv5)
+        forget = log_in(
+            mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{tag}-gw", protocol=mqtt.MQTTv5)
+        )
         forget.connect(CFG.host, CFG.mqtt_port, clean_start=True)
         forget.disconnect()

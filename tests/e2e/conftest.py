@@ -16,11 +16,12 @@ import pymongo
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from hil.fleet import BoardPlan, Fleet, environment
+from hil.fleet import BoardPlan, Broker, Fleet, environment
 from hil.probe import Probe
 from iot import contract
 from iot.app.stack.config import StackConfig
 from iot.app.supervise import Supervisor, endpoint_up, metrics_value
+from tests.accounts import log_in
 from tests.support import commit_end_offsets, free_ports, wait_for
 
 CFG = StackConfig.from_env()
@@ -125,7 +126,7 @@ def read_dlq(start: dict[int, int], keep: Any, want: int, timeout: float) -> lis
 
 
 def _publish(topic: str, payload: bytes) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = log_in(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5))
     client.connect(CFG.host, CFG.mqtt_port)
     client.loop_start()
     try:
@@ -137,7 +138,7 @@ def _publish(topic: str, payload: bytes) -> None:
 
 def _forget_session(client_id: str) -> None:
     """Drop the gateway's persistent session so the broker stops queueing readings for it."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = log_in(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5))
     client.connect(CFG.host, CFG.mqtt_port, clean_start=True)
     client.disconnect()
 
@@ -172,7 +173,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         [contract.READING_SUBSCRIPTION, contract.STATUS_SUBSCRIPTION],
         keep=lambda topic: topic.split("/")[2] in devices,
     )
-    fleet = Fleet(tmp / "boards", plans)
+    fleet = Fleet(tmp / "boards", plans, provisioning=Broker.from_env().provisioning())
     try:
         # One gateway per place, each subscribed to its place only: the shared broker carries other
         # runs' traffic, which this run must neither bridge nor wait behind. Prometheus scrapes the first.
@@ -242,6 +243,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         yield run
     finally:
         fleet.stop()
+        fleet.remove_accounts()
         probe.stop()
         supervisor.stop_all()
         for n in range(len(places)):

@@ -24,6 +24,7 @@ import pytest
 from iot import contract
 from iot.app.stack.config import StackConfig
 from iot.app.supervise import Supervisor, endpoint_up, metrics_value
+from tests.accounts import log_in
 from tests.backend.conftest import (
     GRACE_MS,
     HOPPING_MS,
@@ -57,7 +58,7 @@ class Run:
 
 
 def _publish(readings: list[dict[str, Any]]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = log_in(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5))
     client.connect(CFG.host, CFG.mqtt_port)
     client.loop_start()
     try:

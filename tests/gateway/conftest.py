@@ -29,6 +29,7 @@ from gateway.kafka_sink import GATEWAY_HEADER
 from iot import contract
 from iot.app.stack.manager import Stack
 from iot.app.stack.private import private_kafka as kafka_of_its_own
+from tests.accounts import log_in
 from tests.brokers import PrivateBroker
 from tests.services import ServiceProcess
 from tests.support import failed, free_ports, payload_v1, unique, wait_for
@@ -74,7 +75,7 @@ class GatewayProcess(ServiceProcess):
 
 def discard_session(client_id: str) -> None:
     """Remove a gateway's persistent session (and its shared subscription) from the broker."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = log_in(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5))
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 0
     client.connect(MQTT_HOST, MQTT_PORT, clean_start=True, properties=props)
@@ -151,6 +152,8 @@ class Publisher:
             self._client.tls_set(ca_certs=str(ca))
         if username is not None:
             self._client.username_pw_set(username, password)
+        else:
+            log_in(self._client)  # the stack's operator: it may publish as any board
         self._client.connect(MQTT_HOST, port)
         self._client.loop_start()
         wait_for(self._client.is_connected, 10, "publisher connected")

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from iot.broker.credentials import GATEWAY
+from tests.accounts import login
 from tests.gateway.conftest import GatewayFactory
 from tests.services import IOT, REPO
 
@@ -35,9 +37,12 @@ def test_python_dash_m_gateway_runs_the_same_command() -> None:
 
 @pytest.mark.integration
 def test_mqtt_and_kafka_secrets_never_appear_in_the_log(gateways: GatewayFactory) -> None:
-    gateway = gateways(IOT_MQTT_USERNAME="gateway-user", IOT_MQTT_PASSWORD="s3cret-mqtt-pw")
+    # The stack's own gateway account (the broker refuses any other login), given as the variables.
+    account = login(GATEWAY)
+    assert account is not None, "the stack has no gateway account: `iot stack up` makes it"
+    gateway = gateways(**account.as_env(GATEWAY))
     assert gateway.terminate() == 0
     log = gateway.log()
-    assert "gateway-user" in log
-    assert "s3cret-mqtt-pw" not in log
+    assert account.username in log
+    assert account.password not in log
     assert "mqtt_password=***" in log

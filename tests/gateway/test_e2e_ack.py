@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.records import dead_letter, identify, route
 from iot import contract
 from iot.app.stack.manager import Stack
+from tests.accounts import log_in
 from tests.gateway.conftest import (
     MQTT_HOST,
     MQTT_PORT,
@@ -40,6 +41,7 @@ class Board:
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=unique("board"), protocol=mqtt.MQTTv5
         )
+        log_in(self._client)
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_a: subscribed.set()
         self._client.connect(MQTT_HOST, port)

@@ -12,6 +12,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.paho_client import BatchingClient
+from tests.accounts import log_in
 from tests.gateway.conftest import MQTT_HOST, MQTT_PORT, Publisher
 from tests.support import unique, wait_for
 
@@ -38,6 +39,7 @@ def test_every_packet_arrives_whole_and_in_order_and_batched_acks_settle_them() 
     client = BatchingClient(
         CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
     )
+    log_in(client)
     client.on_message = on_message
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 60
@@ -80,6 +82,7 @@ def test_every_packet_arrives_whole_and_in_order_and_batched_acks_settle_them() 
     again = BatchingClient(
         CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
     )
+    log_in(again)
     again.on_message = lambda _c, _u, m: redelivered.append(bytes(m.payload))
     connected = threading.Event()
     again.on_connect = lambda *_a: connected.set()
@@ -104,7 +107,9 @@ def test_published_batches_arrive_whole_and_in_order_and_nothing_is_queued_while
     topics = [f"sensors/{place}/dev{i}/ack" for i in range(7)]
     received: list[tuple[str, bytes]] = []
     lock = threading.Lock()
-    listener = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pblisten"), protocol=mqtt.MQTTv5)
+    listener = log_in(
+        mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pblisten"), protocol=mqtt.MQTTv5)
+    )
 
     def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         with lock:
@@ -119,6 +124,7 @@ def test_published_batches_arrive_whole_and_in_order_and_nothing_is_queued_while
     assert subscribed.wait(10)
 
     sender = BatchingClient(CallbackAPIVersion.VERSION2, client_id=unique("pbsend"), protocol=mqtt.MQTTv5)
+    log_in(sender)
     assert sender.publish_batch([(topics[0], b"x")]) == 0, "queued while never connected"
     connected = threading.Event()
     sender.on_connect = lambda *_a: connected.set()

@@ -15,6 +15,8 @@ from hil.probe import Probe, broker_address, clear_retained
 from hil.vboard_process import DEFAULT_HEAP, VirtualBoard
 from hil.virtual import outbox_reader, vprofile
 from iot import contract
+from iot.devices.provision import Provisioner
+from tests.accounts import log_in
 from tests.support import unique
 
 
@@ -34,7 +36,11 @@ BoardFactory = Callable[..., VirtualBoard]
 
 @pytest.fixture
 def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
+    """Virtual boards on the stack's broker, each with an account of its own (as `iot devices add`
+    makes it, removed again at the end) unless the test gives it `mqtt_user`."""
     made: list[VirtualBoard] = []
+    provisioning = fleet.Broker.from_env().provisioning()
+    provisioned: list[str] = []
 
     def factory(
         place: str = "kitchen",
@@ -58,6 +64,11 @@ def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
             "e2e_ack": False,  # no gateway on these tests' broker: the PUBACK releases a reading
         }
         cfg.update(config)
+        if provisioning is not None and "mqtt_user" not in cfg:
+            with Provisioner.open(provisioning) as prov:
+                cfg["mqtt_password"] = prov.add(cfg["place"], cfg["device"])
+            cfg["mqtt_user"] = cfg["device"]
+            provisioned.append(cfg["device"])
         # Wi-Fi associates in 0.2 s (the board's default is 1 s): tests about association say so.
         board_spec: dict[str, Any] = {
             "env": fleet.environment(place), "seed": len(made) + 1, "wifi_assoc_ms": 200,
@@ -73,6 +84,10 @@ def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
     for board in made:
         board.kill()
     clear_retained(broker_url, [(b.place, b.device) for b in made])
+    if provisioned and provisioning is not None:
+        with Provisioner.open(provisioning) as prov:
+            for device in provisioned:
+                prov.remove(device)
 
 
 # Firmware-behaviour tests run on the oldest and the newest MicroPython profile; the rest on the
@@ -131,7 +146,7 @@ def publish_once(broker_url: str, topic: str, payload: bytes) -> None:
     from paho.mqtt.enums import CallbackAPIVersion
 
     host, port = broker_address(broker_url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"))
+    client = log_in(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub")))
     client.connect(host, port)
     client.loop_start()
     try:

@@ -75,10 +75,15 @@ def test_hung_i2c_bus_trips_the_watchdog_and_the_launcher_reboots_the_board(
         broker_url,
         prefix=unique("vt"),
         # NTP server by IP: a 7 s watchdog is too short for a DNS lookup (config.check_watchdog).
-        extra_config={"watchdog_s": 7, "puback_timeout_s": 0.5, "publish_retries": 0, "e2e_ack": False,
-                      "ntp_host": "127.0.0.1"},
+        extra_config={
+            "watchdog_s": 7,
+            "puback_timeout_s": 0.5,
+            "publish_retries": 0,
+            "e2e_ack": False,
+            "ntp_host": "127.0.0.1",
+        },
     )
-    rig = fleet.Fleet(tmp_path / "fleet", plans)
+    rig = fleet.Fleet(tmp_path / "fleet", plans, provisioning=fleet.Broker.from_env().provisioning())
     rig.prepare(fresh=True)
     board = rig.boards[0]
     rig.start()
@@ -94,6 +99,7 @@ def test_hung_i2c_bus_trips_the_watchdog_and_the_launcher_reboots_the_board(
     finally:
         rig.stop()
         clear_retained(broker_url, [(board.place, board.device)])
+        rig.remove_accounts()
 
 
 def test_clone_bme280_with_a_wrong_calibration_crc_keeps_reading_and_warns_in_health(
@@ -156,8 +162,11 @@ def test_stuck_sda_times_out_once_and_the_esp32_driver_clears_it_itself(
     before = _stuck_sda(board, probe)
     wait_for(lambda: [r for r in probe.readings(board.device)[before:] if _complete(r)], 20, "readings again")
     health = wait_for(
-        lambda: [h for h in health_of(probe, board.device)
-                 if h["sensor_errors"]["bme280"] + h["sensor_errors"]["bh1750"] >= 1],
+        lambda: [
+            h
+            for h in health_of(probe, board.device)
+            if h["sensor_errors"]["bme280"] + h["sensor_errors"]["bh1750"] >= 1
+        ],
         10,
         "health counting the failed read",
     )[-1]

@@ -24,6 +24,7 @@ from iot import contract
 from iot.app.stack import probes, tls
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
+from tests.accounts import login
 from tests.gateway.conftest import GatewayFactory, KafkaReader
 from tests.hil.conftest import BoardFactory, health_of, seqs_of
 from tests.support import free_ports, unique, wait_for
@@ -44,7 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
     if not cfg.mqtt_tls_port:
         pytest.fail("IOT_MQTT_TLS_PORT is 0: the stack has no TLS listener to test against")
     try:
-        probes.mqtt_round_trip(cfg.host, cfg.mqtt_tls_port, tls_ca=cfg.mqtt_tls_ca)
+        probes.mqtt_round_trip(cfg.host, cfg.mqtt_tls_port, tls_ca=cfg.mqtt_tls_ca, login=login())
     except probes.ProbeFailed as exc:
         print(f"\nthe stack's TLS listener {cfg.mqtt_tls_url} does not answer: {exc}")
     else:

@@ -23,6 +23,7 @@ from iot.app.stack.manager import Stack
 from iot.app.stack.private import free_ports, private_services
 from iot.app.stack.services import sasl_connection, sasl_env_file
 from iot.kafka import KafkaConnection
+from tests.accounts import log_in
 from tests.services import IOT, REPO, ServiceProcess
 from tests.support import payload_v1, unique, wait_for
 
@@ -89,7 +90,7 @@ def kafka_peer_ports(pid: int) -> set[int]:
 
 
 def publish(place: str, device: str, count: int) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"), protocol=mqtt.MQTTv5)
+    client = log_in(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"), protocol=mqtt.MQTTv5))
     host, port = SHARED_MQTT.removeprefix("mqtt://").rsplit(":", 1)
     client.connect(host, int(port))
     client.loop_start()

@@ -14,9 +14,13 @@ import pymongo
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
+from paho.mqtt.reasoncodes import ReasonCode
 
 from iot import contract
 from iot.app.stack.config import StackConfig
+from iot.broker import credentials
+from tests.accounts import log_in
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 IOT = str(Path(__file__).resolve().parents[2] / ".venv/bin/iot")
@@ -42,10 +46,11 @@ def test_status_json_lists_five_healthy_services_and_the_tls_listener() -> None:
 
 
 def test_mosquitto_delivers_a_qos1_message_to_a_subscriber() -> None:
-    topic = f"test/stack/{uuid.uuid4().hex}"
+    # Five levels under sensors/ (the operator may write there): no gateway's subscription matches.
+    topic = f"sensors/stack-test/{uuid.uuid4().hex}/x/y"
     received: list[bytes] = []
     done = threading.Event()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub = log_in(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5))
 
     def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         received.append(msg.payload)
@@ -56,7 +61,7 @@ def test_mosquitto_delivers_a_qos1_message_to_a_subscriber() -> None:
     sub.loop_start()
     try:
         sub.subscribe(topic, qos=1)[1]
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        pub = log_in(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5))
         pub.connect(CFG.host, CFG.mqtt_port)
         pub.loop_start()
         # Retained, so the order of SUBACK and PUBLISH cannot make the test miss the message.
@@ -69,6 +74,28 @@ def test_mosquitto_delivers_a_qos1_message_to_a_subscriber() -> None:
     finally:
         sub.disconnect()
         sub.loop_stop()
+
+
+def test_mosquitto_refuses_anonymous_clients_and_keeps_its_credentials_to_its_owner() -> None:
+    """The native broker logs in every client (docs/STACK.md, "Accounts"); the passwords `iot stack up`
+    made are in a file only its owner may read, and in none of the stack's logs."""
+    path = credentials.stack_file()
+    assert path.stat().st_mode & 0o077 == 0
+    stored = credentials.read_stack_file(path)
+    assert set(stored) >= {credentials.OPERATOR, credentials.GATEWAY}
+    anonymous = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    answer: list[ReasonCode] = []
+    anonymous.on_connect = lambda c, _u, _f, rc, _p: (answer.append(rc), c.disconnect())
+    anonymous.connect(CFG.host, CFG.mqtt_port)
+    anonymous.loop_start()
+    try:
+        wait_for(lambda: answer, 5, "CONNACK")
+    finally:
+        anonymous.loop_stop()
+    assert answer[0].is_failure, "the native broker let an anonymous client in"
+    logs = "".join(p.read_text(errors="replace") for p in CFG.state_dir.glob("*/log"))
+    for login in stored.values():
+        assert login.password not in logs
 
 
 def test_kafka_has_the_contract_topics_and_round_trips_a_record() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import threading
@@ -13,6 +14,8 @@ import paho.mqtt.client as mqtt
 import pymongo
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from iot.broker.credentials import Credentials
+from iot.broker.dynsec import CONTROL_TOPIC, RESPONSE_TOPIC
 from iot.errors import IotError
 from iot.kafka import KafkaAuthError, KafkaConnection
 from iot.topics import TopicAdmin, TopicError, TopicSpec
@@ -32,16 +35,41 @@ def tcp_open(host: str, port: int, timeout: float = 1.0) -> None:
         raise ProbeFailed(f"nothing accepts connections on {host}:{port} ({exc.strerror or exc})") from exc
 
 
-def mqtt_round_trip(host: str, port: int, timeout: float = 5.0, tls_ca: Path | None = None) -> None:
-    """Subscribe, publish QoS 1, and receive the same payload back through the broker. With `tls_ca`,
-    over TLS: the handshake must verify the broker's certificate against that CA and host name."""
-    topic = f"iot/stack/probe/{uuid.uuid4().hex}"
-    token = uuid.uuid4().bytes
+def mqtt_round_trip(
+    host: str, port: int, timeout: float = 5.0, tls_ca: Path | None = None, login: Credentials | None = None
+) -> None:
+    """Subscribe, publish QoS 1, and receive the answer back through the broker. With `tls_ca`, over
+    TLS: the handshake must verify the broker's certificate against that CA and host name.
+
+    With `login` (a broker with accounts: the operator's), the message is a command to the
+    dynamic-security plugin that changes nothing, and the answer is the plugin's: the login, the
+    plugin and a publish -> subscribe round trip in one. Without, an anonymous client's own message."""
     got = threading.Event()
     subscribed = threading.Event()
+    refused: list[str] = []
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if login is None:
+        topic, reply_topic = (f"iot/stack/probe/{uuid.uuid4().hex}",) * 2
+        token = uuid.uuid4().bytes
+        message = token
+        client.on_message = lambda _c, _u, msg: got.set() if msg.payload == token else None
+    else:
+        topic, reply_topic = CONTROL_TOPIC, RESPONSE_TOPIC
+        tag = uuid.uuid4().hex
+        message = json.dumps(
+            {"commands": [{"command": "getDefaultACLAccess", "correlationData": tag}]}
+        ).encode()
+        client.on_message = lambda _c, _u, msg: got.set() if tag.encode() in msg.payload else None
+        client.username_pw_set(login.username, login.password)
+
+    def on_connect(c: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        if getattr(reason, "is_failure", False):
+            refused.append(str(reason))
+            c.disconnect()
+            subscribed.set()
+
+    client.on_connect = on_connect
     client.on_subscribe = lambda *_a: subscribed.set()
-    client.on_message = lambda _c, _u, msg: got.set() if msg.payload == token else None
     if tls_ca is not None:
         if not tls_ca.is_file():
             raise ProbeFailed(f"no CA file {tls_ca}")
@@ -55,12 +83,18 @@ def mqtt_round_trip(host: str, port: int, timeout: float = 5.0, tls_ca: Path | N
         raise ProbeFailed(f"connect {'mqtts' if tls_ca else 'mqtt'}://{host}:{port}: {exc}") from exc
     client.loop_start()
     try:
-        client.subscribe(topic, qos=1)
+        client.subscribe(reply_topic, qos=1)
         if not subscribed.wait(timeout):
             raise ProbeFailed("no SUBACK")
-        client.publish(topic, token, qos=1)
+        if refused:
+            who = f"as {login.username!r} ({login.source})" if login else "without credentials"
+            raise ProbeFailed(f"the broker refused the login {who}: {refused[0]}")
+        client.publish(topic, message, qos=1)
         if not got.wait(timeout):
-            raise ProbeFailed("published message did not come back")
+            raise ProbeFailed(
+                "published message did not come back"
+                + (" (no answer from the dynamic-security plugin)" if login else "")
+            )
     finally:
         client.disconnect()
         client.loop_stop()
