@@ -20,6 +20,7 @@ from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from iot import contract
+from tests.accounts import remove_boards
 from tests.support import free_ports, listening, scrape, unique, wait_for
 
 pytestmark = pytest.mark.integration
@@ -139,6 +140,7 @@ def test_iot_boards_starts_in_an_empty_directory_and_honours_env_file(empty_dir:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = json.loads((empty_dir / ".cache" / "boards" / "boards.json").read_text())
     assert [b["env"] for b in manifest] == [ramp]
+    remove_boards(b["device"] for b in manifest)
 
 
 def test_iot_windows_and_stack_status_answer_in_an_empty_directory(empty_dir: Path) -> None:

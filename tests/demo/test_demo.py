@@ -15,7 +15,7 @@ import pytest
 
 from iot import contract
 from iot.app.stack.config import StackConfig
-from tests.accounts import log_in
+from tests.accounts import log_in, remove_boards
 from tests.support import commit_end_offsets, free_ports, listening
 
 pytestmark = [pytest.mark.integration, pytest.mark.hil]
@@ -95,3 +95,4 @@ def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started(tmp_pa
         )
         forget.connect(CFG.host, CFG.mqtt_port, clean_start=True)
         forget.disconnect()
+        remove_boards(["demo-kitchen-01", "demo-garage-01"])

@@ -24,7 +24,7 @@ from iot import contract
 from iot.app.stack import probes, tls
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
-from tests.accounts import login
+from tests.accounts import login, remove_boards
 from tests.gateway.conftest import GatewayFactory, KafkaReader
 from tests.hil.conftest import BoardFactory, health_of, seqs_of
 from tests.support import free_ports, unique, wait_for
@@ -205,6 +205,7 @@ def test_iot_boards_takes_an_mqtts_url_and_the_stacks_ca_from_the_environment(
         config = json.loads(ImageFlash(tmp_path / "fleet" / device / "flash.img").read("config.json") or b"")
         assert config["tls_ca_file"] == "ca.crt"
     clear_retained(stack.mqtt_url, [(p.place, p.device) for p in fleet.plan(2, 1, 0.5, "", prefix=prefix)])
+    assert set(remove_boards(devices)) == devices, "iot boards ran a board without its account"
 
 
 def test_verified_tls_connects_on_each_micropython_version(
