@@ -384,9 +384,10 @@ def delete_device(dynsec: Dynsec, device: str) -> bool:
     last will, and refuses it from then on. False when there was no account."""
     if device_account(dynsec, device) is None:
         return False
-    # Two messages: the broker closes the connection only after it has run every command of the
-    # message, and each change rewrites the plugin's file (~120 ms at 2,000 boards), so the role's
-    # deletion would delay the cut-off by a second rewrite.
-    dynsec.run({"command": "deleteClient", "username": device})
-    dynsec.run({"command": "deleteRole", "rolename": device_role(device)})
+    # deleteClient first: the plugin closes the board's connection inside that command, right after
+    # rewriting its file (mosquitto_kick_client_by_username -> do_disconnect), before the role goes.
+    dynsec.run(
+        {"command": "deleteClient", "username": device},
+        {"command": "deleteRole", "rolename": device_role(device)},
+    )
     return True
