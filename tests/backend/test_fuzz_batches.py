@@ -13,7 +13,7 @@ source, nothing else in the DLQ, and no exception out of the batch path.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +43,21 @@ def small_dedup_memory() -> Iterator[None]:
 
 
 def reading(
-    device: str, boot: int, seq: int, dt: int, temperature: float | None, valid: bool
+    device: str,
+    boot: int,
+    seq: int,
+    dt: int,
+    temperature: float | None,
+    valid: bool,
+    ids: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """A good reading of one of DEVICES; `ids` renames devices and places (the real-stack test gives
+    each example ids of its own)."""
+    ids = ids or {}
     return {
         "v": 1,
-        "device": device,
-        "place": PLACES[device],
+        "device": ids.get(device, device),
+        "place": ids.get(PLACES[device], PLACES[device]),
         "boot": boot,
         "seq": seq,
         "ts": T0 + dt,
@@ -138,10 +147,14 @@ def claim(r: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def poison_value(kind: str, device: str, junk: bytes) -> tuple[bytes | None, bytes]:
+def poison_value(
+    kind: str, device: str, junk: bytes, ids: Mapping[str, str] | None = None
+) -> tuple[bytes | None, bytes]:
     """A record that is no reading, and its key."""
-    base = reading(device, 0, 0, 0, 20.0, True)
-    key = device.encode()
+    ids = ids or {}
+    base = reading(device, 0, 0, 0, 20.0, True, ids)
+    key = base["device"].encode()
+    device = base["device"]
     if kind == "bytes":
         return junk + b"\xff", key
     if kind == "nested":
@@ -159,7 +172,7 @@ def poison_value(kind: str, device: str, junk: bytes) -> tuple[bytes | None, byt
     if kind == "tombstone":
         return None, key
     if kind == "key_mismatch":
-        other = next(d for d in DEVICES if d != device)
+        other = next(ids.get(d, d) for d in DEVICES if ids.get(d, d) != device)
         return record(base), other.encode()
     if kind == "nan":
         return record(base).replace(b'"temperature":20.0', b'"temperature":NaN'), key
