@@ -37,7 +37,7 @@ from . import retry
 from .engine import Item, ItemFailed, Origin, Outputs, ScopeEngine
 from .kafka_out import KafkaOut
 from .metrics import BackendMetrics
-from .mongo_sink import MongoSink
+from .mongo_sink import MongoSink, source_of
 from .pacing import OpenWritePacer
 from .records import (
     BUNDLE_MAX,
@@ -633,12 +633,7 @@ def _reading_id(reading: Mapping[str, Any]) -> str:
 def _origin(doc: Mapping[str, Any] | None) -> Origin | None:
     """The iot.readings record a stored reading was first stored from; (-1, -1) when the document does
     not say (so it is taken for another record's: a duplicate)."""
-    if doc is None:
-        return None
-    partition, offset = doc.get("partition"), doc.get("offset")
-    if type(partition) is int and type(offset) is int:
-        return partition, offset
-    return -1, -1
+    return None if doc is None else source_of(doc)
 
 
 def _collection_of(scope: str) -> str:

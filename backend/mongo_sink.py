@@ -84,6 +84,25 @@ def _epoch_ms(doc: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
     return doc
 
 
+# A stored reading's `src`, the iot.readings record it was first stored from, is one integer:
+# partition * 2**40 + offset. Two fields (partition, offset) cost FerretDB ~15 % more per inserted
+# reading than none (20k inserts, 7 interleaved rounds, medians 2.97 s / 2.51 s); one ~ none (2.29 s).
+SRC_SHIFT = 40
+
+
+def source_code(partition: int, offset: int) -> int:
+    return (partition << SRC_SHIFT) | offset
+
+
+def source_of(doc: Mapping[str, Any]) -> tuple[int, int]:
+    """The (partition, offset) a stored reading was first stored from; (-1, -1) when the document does
+    not say (the caller then takes it for another record's)."""
+    src = doc.get("src")
+    if type(src) is not int or src < 0:
+        return -1, -1
+    return src >> SRC_SHIFT, src & ((1 << SRC_SHIFT) - 1)
+
+
 def _collection(scope: str) -> str:
     return contract.COLL_SENSOR_WINDOWS if scope == SENSOR else contract.COLL_PLACE_WINDOWS
 
@@ -196,14 +215,14 @@ class MongoSink:
         return len(latest)
 
     def write_readings(self, items: Iterable[Item]) -> int:
-        """Insert new readings by `_id`, each with the iot.readings record it came from (`partition`,
-        `offset`: how the de-duplication tells a replay of that record from a duplicate)."""
+        """Insert new readings by `_id`, each with the iot.readings record it came from (`src`, how the
+        de-duplication tells a replay of that record from a duplicate)."""
         docs = []
         for item in items:
             r = item.reading
             doc = _dates(r, READING_DATES)
             doc["_id"] = contract.reading_id(r["device"], r["boot"], r["seq"])
-            doc["partition"], doc["offset"] = item.source
+            doc["src"] = source_code(*item.source)
             docs.append(doc)
         # A duplicate is a replayed reading, stored already: nothing more to do for it.
         self._insert(contract.COLL_READINGS, docs)

@@ -25,6 +25,7 @@ from backend import settings as settings_mod
 from backend.batches import Batches, Scope
 from backend.engine import Item, ScopeEngine
 from backend.metrics import BackendMetrics
+from backend.mongo_sink import source_code
 from backend.records import PLACE, SENSOR
 from iot import contract
 
@@ -80,7 +81,7 @@ class MemorySink:
             if rid not in self.readings:
                 doc = dict(r)
                 doc["_id"] = rid
-                doc["partition"], doc["offset"] = item.source
+                doc["src"] = source_code(*item.source)
                 self.readings[rid] = doc
             n += 1
         return n
