@@ -171,12 +171,7 @@ class BackendRuntime:
             behind = self.batches.behind(scope.topic, assigned)
             if scope.name == PLACE:
                 scope.engine.holds = self.batches.holds(time.monotonic())
-            async with scope.lock:
-                out = scope.engine.expire(now, partitions, list(scope.table.data.keys()), behind)
-                if out.changed or out.open_docs:
-                    await self.batches.emit(scope, out, [], [])
-                    self.batches.persist(scope.table, out.changed)
-            self.batches.count(scope.name, out)
+            await self.batches.expire(scope, now, partitions, behind)
         for tp in assigned:
             pos = self.positions.get(tp)
             if pos is not None:

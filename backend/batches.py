@@ -328,6 +328,29 @@ class Batches:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, retry.MAX_S)
 
+    async def expire(self, scope: Scope, now: int, partitions: set[int], behind: set[int]) -> None:
+        """The idle timer's turn for one scope: close what went quiet, write it, persist the states.
+        A failure here (a bug) is logged and counted and the scope's cache dropped (the persisted
+        states are the truth); the next tick tries again."""
+        try:
+            async with scope.lock:
+                out = scope.engine.expire(now, partitions, list(scope.table.data.keys()), behind)
+                if out.changed or out.open_docs:
+                    await self.emit(scope, out, [], [])
+                    self.persist(scope.table, out.changed)
+        except Exception as exc:
+            scope.engine.forget()
+            self.metrics.batch_failures.labels(scope.name).inc()
+            _log.error(
+                "tick_failed",
+                scope=scope.name,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                where=_where(exc),
+                action="a bug in the backend: report it with this log; the idle timer tries again",
+            )
+            return
+        self.count(scope.name, out)
+
     async def _batch(self, scope: Scope, messages: Sequence[Any]) -> None:
         """One batch of either scope: decode -> engine -> amend the closed windows it reached -> compare
         duplicates -> write every output (MongoDB, Kafka) -> persist the changed key states."""

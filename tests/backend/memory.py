@@ -304,6 +304,4 @@ class Pipeline:
                     # not read since a restart holds nothing back any more.
                     later = time.monotonic() + self.settings.idle_timeout_s + 1
                     scope.engine.holds = self.batches.holds(later)
-                out = scope.engine.expire(tick, set(range(PARTITIONS)), list(scope.table.data), ())
-                await self.batches.emit(scope, out, [], [])
-                self.batches.persist(scope.table, out.changed)
+                await self.batches.expire(scope, tick, set(range(PARTITIONS)), set())

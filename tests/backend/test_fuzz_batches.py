@@ -12,6 +12,7 @@ source, nothing else in the DLQ, and no exception out of the batch path.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -356,3 +357,17 @@ def test_many_boots_and_filled_gaps_are_counted_once_through_the_store() -> None
     pipe, want = play(script)
     check(pipe, want)
     assert pipe.batches.metrics.lookups.labels(SENSOR)._value.get() > 0  # the store was asked
+
+
+def test_a_failing_idle_timer_turn_is_logged_and_leaves_the_persisted_states_the_truth() -> None:
+    pipe, _ = play([("good", "d-a", 0, 0, 100, 20.0, True)])
+    scope = pipe.batches.scopes[SENSOR]
+    scope.engine.state("d-a", 0)  # cached
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in expire")
+
+    scope.engine.expire = broken  # type: ignore[method-assign]
+    asyncio.run(pipe.batches.expire(scope, 10**13, {0, 1, 2}, set()))  # raises nothing
+    assert pipe.batches.metrics.batch_failures.labels(SENSOR)._value.get() == 1
+    assert scope.engine._cache == {}  # read from the changelog again next time
