@@ -9,7 +9,8 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from iot import contract, log
-from iot.kafka import KafkaConnection, client_logger
+from iot.kafka import KafkaConnection
+from iot.reach import KafkaClientLog
 
 from .errors import SinkError
 from .records import SENSOR
@@ -22,7 +23,8 @@ class KafkaOut:
     def __init__(self, conn: KafkaConnection) -> None:
         self._producer = Producer(
             {**conn.librdkafka(), "enable.idempotence": True, "linger.ms": 5},
-            logger=client_logger("backend.librdkafka"),
+            # librdkafka's own lines (one per reconnect) at DEBUG, never raw on stderr.
+            logger=KafkaClientLog("backend"),
         )
         self._errors: list[str] = []
         self._bootstrap = conn.bootstrap

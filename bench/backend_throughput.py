@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,15 +44,20 @@ sys.path.insert(0, str(REPO))
 from backend.records import decode_reading  # noqa: E402
 from backend.windows import NEW, KeyState, specs_from_seconds  # noqa: E402
 from iot import contract  # noqa: E402
+from iot.kafka import KafkaConnection  # noqa: E402
+from iot.topics import TopicAdmin, TopicSpec  # noqa: E402
 
-KAFKA = os.environ.get("IOT_KAFKA_BOOTSTRAP", contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"])
+# The product's one Kafka connection config (IOT_KAFKA_*, security included): the prefill, the plain
+# loop and the workers all reach Kafka the way the backend does.
+KAFKA_CONN = KafkaConnection.from_env()
+KAFKA = KAFKA_CONN.bootstrap
 MONGO = os.environ.get("IOT_MONGO_URI", contract.ENV_DEFAULTS["IOT_MONGO_URI"]).rsplit("/", 1)[0]
 PARTITIONS = 6
 BASE_TS = 1_750_000_000_000
 
 
 def prefill(topic: str, n: int, devices: int, places: int) -> None:
-    producer = Producer({"bootstrap.servers": KAFKA, "linger.ms": 20, "enable.idempotence": True})
+    producer = Producer({**KAFKA_CONN.librdkafka(), "linger.ms": 20, "enable.idempotence": True})
     per_device = n // devices
     for seq in range(per_device):
         for d in range(devices):
@@ -91,7 +96,7 @@ def baseline(topic: str, n: int, stats: dict[str, float] | None = None) -> float
     places: dict[str, KeyState] = {}
     consumer = Consumer(
         {
-            "bootstrap.servers": KAFKA,
+            **KAFKA_CONN.librdkafka(),
             "group.id": f"bench-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -259,7 +264,7 @@ def backend_run(
     for i, port in enumerate(ports):
         env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
         env.update(
-            IOT_KAFKA_BOOTSTRAP=KAFKA,
+            **KAFKA_CONN.env(),
             IOT_MONGO_URI=f"{mongo}/{db}",
             IOT_BACKEND_APP_ID=app_id,
             IOT_BACKEND_SOURCE_TOPIC=topic,
@@ -289,7 +294,7 @@ def backend_run(
     try:
         deadline = time.monotonic() + 120
         if fill is not None:
-            admin = AdminClient({"bootstrap.servers": KAFKA})
+            admin = AdminClient(KAFKA_CONN.librdkafka())
             while group_members_with(admin, app_id, topic) < workers:
                 check(deadline, "workers did not all join")
                 time.sleep(0.2)
@@ -404,8 +409,8 @@ def main() -> int:
     tag = uuid.uuid4().hex[:8]
     app_id, topic, db = f"bench-{tag}", f"bench-{tag}-src", f"bench_{tag}"
     n = (args.readings // args.devices) * args.devices
-    admin = AdminClient({"bootstrap.servers": KAFKA})
-    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(timeout=30)
+    admin = AdminClient(KAFKA_CONN.librdkafka())
+    TopicAdmin(KAFKA_CONN).ensure([TopicSpec(topic, PARTITIONS)])
     try:
         t = time.perf_counter()
         prefill(topic, n, args.devices, args.places)
@@ -432,7 +437,7 @@ def main() -> int:
         if args.workers > 1:
             # Same readings on a second topic, produced once every worker owns partitions.
             topic2 = f"{app_id}-w{args.workers}-src"
-            admin.create_topics([NewTopic(topic2, PARTITIONS, 1)])[topic2].result(timeout=30)
+            TopicAdmin(KAFKA_CONN).ensure([TopicSpec(topic2, PARTITIONS)])
             _, multi = backend_run(
                 topic2,
                 f"{app_id}-w{args.workers}",

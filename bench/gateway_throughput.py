@@ -1,6 +1,7 @@
 """Gateway throughput, measured against raw Mosquitto QoS 1 pass-through in the same run.
 
-    .venv/bin/python bench/gateway_throughput.py [--messages 60000] [--gateways 1] [--kafka private]
+    .venv/bin/python bench/gateway_throughput.py [--messages 60000] [--gateways 1]
+        [--kafka private | private-sasl | shared]
 
 Prints, for ~190-byte payload v1 readings on this machine:
   (a) raw pass-through: one publisher process → Mosquitto → one paho subscriber process, QoS 1;
@@ -10,7 +11,9 @@ Prints, for ~190-byte payload v1 readings on this machine:
       then drained → the gateway's own sustained rate, independent of the publisher;
 and the ratios (b)/(a) and (c)/(a). Every load generator runs in its own process, never inside the
 measured one. By default the gateways write to a private single-node Kafka (started through the stack
-module on free ports) so the bench never floods the shared stack's iot.readings.
+module on free ports) so the bench never floods the shared stack's iot.readings; `private-sasl` puts the
+gateways and the bench's own reader on its SASL_SSL listener (SCRAM-SHA-512 over TLS), `shared` on the
+stack's Kafka as the IOT_KAFKA_* variables say.
 """
 
 from __future__ import annotations
@@ -42,8 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from iot import contract  # noqa: E402
-from iot.app.stack.private import free_ports, private_kafka  # noqa: E402
+from iot.app.stack.private import free_ports, private_services  # noqa: E402
+from iot.app.stack.services import sasl_connection  # noqa: E402
 from iot.broker import credentials  # noqa: E402
+from iot.kafka import KafkaConnection  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 1883
 # Un-acked publishes a publisher keeps, below Mosquitto's receive maximum (max_inflight_messages).
@@ -177,7 +182,13 @@ def measure_raw(count: int, devices: int, publishers: int) -> float:
 
 class Gateways:
     def __init__(
-        self, n: int, place: str, bootstrap: str, log_dir: Path, max_in_flight: int, profile: Path | None
+        self,
+        n: int,
+        place: str,
+        kafka: KafkaConnection,
+        log_dir: Path,
+        max_in_flight: int,
+        profile: Path | None,
     ) -> None:
         self.place = place
         self.profile = profile
@@ -188,7 +199,7 @@ class Gateways:
             self.envs.append(
                 {
                     **os.environ,
-                    "IOT_KAFKA_BOOTSTRAP": bootstrap,
+                    **kafka.env(),
                     "IOT_GATEWAY_CLIENT_ID": f"{group}-{i}",
                     "IOT_GATEWAY_GROUP": group,
                     "IOT_GATEWAY_TOPIC_FILTER": f"sensors/{place}/+/reading",
@@ -316,9 +327,9 @@ class KafkaSpan:
     """Marks where iot.readings ends, then times the next `count` bench records by their Kafka
     CreateTime (set by the gateway's producer): exact, and costs the gateways nothing while they run."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, kafka: KafkaConnection) -> None:
         self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": _uid("bench-span"), "enable.auto.commit": False}
+            {**kafka.librdkafka(), "group.id": _uid("bench-span"), "enable.auto.commit": False}
         )
         topic = contract.TOPIC_READINGS
         partitions = self._consumer.list_topics(topic, timeout=15).topics[topic].partitions
@@ -344,9 +355,9 @@ class KafkaSpan:
 
 
 def measure_live(
-    gws: Gateways, count: int, devices: int, publishers: int, bootstrap: str
+    gws: Gateways, count: int, devices: int, publishers: int, kafka: KafkaConnection
 ) -> tuple[float, float]:
-    span = KafkaSpan(bootstrap)
+    span = KafkaSpan(kafka)
     base = gws.totals("iot_gateway_produced_total")
     rate: list[float] = []
     pub = threading.Thread(target=lambda: rate.append(_publish(gws.place, devices, count, publishers)))
@@ -356,10 +367,10 @@ def measure_live(
     return span.rate(count), rate[0]
 
 
-def measure_drain(gws: Gateways, count: int, devices: int, publishers: int, bootstrap: str) -> float:
+def measure_drain(gws: Gateways, count: int, devices: int, publishers: int, kafka: KafkaConnection) -> float:
     gws.stop()
     _publish(gws.place, devices, count, publishers)
-    span = KafkaSpan(bootstrap)
+    span = KafkaSpan(kafka)
     gws.start()
     spies = gws.start_profilers()
     gws.wait_produced(count)
@@ -381,12 +392,26 @@ def _top_self_time(path: Path, top: int = 15) -> str:
 
 
 @contextmanager
-def kafka_for_bench(kind: str, folder: Path) -> Iterator[str]:
+def kafka_for_bench(kind: str, folder: Path) -> Iterator[KafkaConnection]:
+    """shared: the stack's Kafka as IOT_KAFKA_* say (security included); private: a Kafka of its own;
+    private-sasl: the same through its SASL_SSL listener (SCRAM-SHA-512 over TLS), every client of the
+    benchmark included, so the figure says what SASL_SSL costs the gateway."""
     if kind == "shared":
-        yield contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
+        yield KafkaConnection.from_env()
         return
-    with private_kafka(folder / "stack", heap="512m") as stack:
-        yield stack.cfg.kafka_bootstrap
+    plain, controller, sasl = free_ports(3)
+    variables = {
+        "IOT_KAFKA_BOOTSTRAP": f"127.0.0.1:{plain}",
+        "IOT_KAFKA_CONTROLLER_PORT": str(controller),
+        "IOT_KAFKA_HEAP": "512m",
+        "IOT_KAFKA_SASL_PORT": str(sasl) if kind == "private-sasl" else "0",
+    }
+    with private_services(folder / "stack", ["kafka"], variables) as stack:
+        yield (
+            sasl_connection(stack.cfg)
+            if kind == "private-sasl"
+            else KafkaConnection(stack.cfg.kafka_bootstrap)
+        )
 
 
 def main() -> int:
@@ -398,7 +423,7 @@ def main() -> int:
     parser.add_argument("--gateways", type=int, default=1, help="gateway processes in one shared group")
     parser.add_argument("--publishers", type=int, default=1, help="publisher processes (load generators)")
     parser.add_argument("--max-in-flight", type=int, default=5000)
-    parser.add_argument("--kafka", choices=("private", "shared"), default="private")
+    parser.add_argument("--kafka", choices=("private", "private-sasl", "shared"), default="private")
     parser.add_argument(
         "--profile", type=Path, default=None, help="folder for py-spy profiles of the gateways (needs py-spy)"
     )
@@ -406,7 +431,7 @@ def main() -> int:
 
     with (
         tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp,
-        kafka_for_bench(args.kafka, Path(tmp)) as bootstrap,
+        kafka_for_bench(args.kafka, Path(tmp)) as kafka,
     ):
         count = args.messages - args.messages % args.publishers
         raw = measure_raw(count, args.devices, args.publishers)
@@ -415,16 +440,17 @@ def main() -> int:
             f"({count} messages, {args.publishers} publisher(s))",
             flush=True,
         )
-        gws = Gateways(args.gateways, _uid("benchp"), bootstrap, Path(tmp), args.max_in_flight, args.profile)
+        print(f"kafka: {kafka.describe()}", flush=True)
+        gws = Gateways(args.gateways, _uid("benchp"), kafka, Path(tmp), args.max_in_flight, args.profile)
         try:
             gws.start()
-            live, pub_rate = measure_live(gws, count, args.devices, args.publishers, bootstrap)
+            live, pub_rate = measure_live(gws, count, args.devices, args.publishers, kafka)
             print(
                 f"(b) gateway live MQTT→Kafka acks=all : {live:9,.0f} readings/s  "
                 f"({args.gateways} process(es), publishers ran at {pub_rate:,.0f}/s, split {gws.shares()})",
                 flush=True,
             )
-            drain = measure_drain(gws, count, args.devices, args.publishers, bootstrap)
+            drain = measure_drain(gws, count, args.devices, args.publishers, kafka)
             print(f"(c) gateway backlog drain            : {drain:9,.0f} readings/s", flush=True)
         finally:
             gws.stop()

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import backend_throughput as bt  # noqa: E402
 
 from iot import contract  # noqa: E402
+from iot.topics import TopicAdmin, TopicSpec  # noqa: E402
 
 CACHE = Path(os.environ.get("IOT_BENCH_CACHE", Path.home() / ".cache/iot/bench-peers"))
 KSTREAMS_SRC = REPO / "bench/peers/kstreams"
@@ -257,13 +258,13 @@ class Bench:
         self.args = args
         self.tag = uuid.uuid4().hex[:8]
         self.topic = f"peers-{self.tag}-src"
-        self.admin = AdminClient({"bootstrap.servers": bt.KAFKA})
+        self.admin = AdminClient(bt.KAFKA_CONN.librdkafka())
         self.databases: list[str] = []
         self.state = Path(tempfile.mkdtemp(prefix=f"peers-{self.tag}-"))
         self.n = (args.readings // args.devices) * args.devices
 
     def create_topic(self, name: str) -> None:
-        self.admin.create_topics([NewTopic(name, bt.PARTITIONS, 1)])[name].result(timeout=30)
+        TopicAdmin(bt.KAFKA_CONN).ensure([TopicSpec(name, bt.PARTITIONS)])
 
     def one(self, system: str, rnd: int) -> Run:
         name = f"peers-{self.tag}-{system}-r{rnd}"

@@ -69,11 +69,13 @@ from iot import contract
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
 from iot.app.stack.private import free_ports
+from iot.app.stack.services import sasl_connection
 from iot.app.supervise import endpoint_up
 from iot.app.supervise import metrics_value as metric
 from iot.broker import credentials
 from iot.devices.provision import DevicesSettings, Provisioner
 from iot.env import MqttEndpoint
+from iot.kafka import KafkaConnection
 
 
 class Soak:
@@ -82,7 +84,7 @@ class Soak:
     def __init__(self, args: argparse.Namespace, folder: Path) -> None:
         self.args = args
         self.folder = folder
-        mqtt, kafka, ctrl, mongo, prom, node, fdbg = free_ports(7)
+        mqtt, kafka, ctrl, mongo, prom, node, fdbg, sasl = free_ports(8)
         self.stack_env = {
             "IOT_STACK_DIR": str(folder / "stack"),
             "IOT_MQTT_URL": f"mqtt://{HOST}:{mqtt}",
@@ -94,6 +96,7 @@ class Soak:
             "IOT_NODE_EXPORTER_PORT": str(node),
             "IOT_FERRETDB_DEBUG_PORT": str(fdbg),
             "IOT_KAFKA_HEAP": args.kafka_heap,
+            "IOT_KAFKA_SASL_PORT": str(sasl) if args.kafka_sasl else "0",
             "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
         }
         self.stack = Stack(StackConfig.from_env(self.stack_env))
@@ -105,7 +108,7 @@ class Soak:
         self.watch: KafkaWatch | None = None
         self.sampler = Sampler(
             args.sample_s,
-            self.cfg.kafka_bootstrap,
+            self.kafka,
             self.pids,
             self.fleet_sum,
             self.services,
@@ -117,6 +120,13 @@ class Soak:
         self.rss_end: dict[str, tuple[int | None, int | None]] = {}
         self.load_started = self.load_ended = self.warm_at = 0.0
 
+    def kafka(self) -> KafkaConnection:
+        """How the services and the soak's own readers reach Kafka: the plain listener, or with
+        --kafka-sasl the SASL_SSL one (its user's password exists once the stack is up)."""
+        return (
+            sasl_connection(self.cfg) if self.args.kafka_sasl else KafkaConnection(self.cfg.kafka_bootstrap)
+        )
+
     # --- set-up ---------------------------------------------------------------------------------
 
     def common_env(self) -> dict[str, str]:
@@ -124,6 +134,7 @@ class Soak:
         return {
             **os.environ,
             **self.stack_env,
+            **self.kafka().env(),
             "IOT_LOG_LEVEL": "INFO",
             "IOT_WINDOW_TUMBLING_S": str(a.tumbling),
             "IOT_WINDOW_HOPPING_S": str(a.hopping),
@@ -184,7 +195,7 @@ class Soak:
         self.services["backend"] = backend
         if not backend.start(180):
             raise SystemExit(f"backend did not start; see {backend.log_path}")
-        self.watch = KafkaWatch(self.cfg.kafka_bootstrap, soak_accounting.slot_ms(self.specs))
+        self.watch = KafkaWatch(self.kafka(), soak_accounting.slot_ms(self.specs))
         self.watch.start()
 
     def start_fleets(self) -> None:
@@ -260,7 +271,7 @@ class Soak:
             HOST, self.cfg.mongo_port, serverSelectionTimeoutMS=10_000, datetime_conversion="DATETIME_MS"
         )
         db = client[DATABASE]
-        lag = LagProbe(self.cfg.kafka_bootstrap, (contract.TOPIC_READINGS, PLACE_TOPIC))
+        lag = LagProbe(self.kafka(), (contract.TOPIC_READINGS, PLACE_TOPIC))
         timings = soak_drain.wait_for_the_end(
             self.args,
             db,
@@ -377,6 +388,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--sample-s", type=float, default=2.0)
     p.add_argument("--kafka-heap", default="512m")
+    p.add_argument(
+        "--kafka-sasl",
+        action="store_true",
+        help="every Kafka client (gateways, backend, the soak's readers) on the stack's SASL_SSL listener",
+    )
     p.add_argument(
         "--tracemalloc",
         action="store_true",

@@ -21,6 +21,7 @@ from soak_common import BACKEND_APP
 from soak_hostile import HOSTILE_PLACE
 
 from iot import contract
+from iot.kafka import KafkaConnection
 
 
 class KafkaWatch(threading.Thread):
@@ -29,11 +30,11 @@ class KafkaWatch(threading.Thread):
     `slot_ms`: readings are remembered per key as `ts // slot_ms` (a divisor of every window step),
     enough to know every window a key must have (soak_accounting.expected_windows)."""
 
-    def __init__(self, bootstrap: str, slot_ms: int) -> None:
+    def __init__(self, kafka: KafkaConnection, slot_ms: int) -> None:
         super().__init__(daemon=True)
         self.consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **kafka.librdkafka(),
                 "group.id": "soak-watch",
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,
@@ -121,12 +122,12 @@ class LagProbe:
     when its answer came once Kafka was back: the soak died in every run with the `kafka` fault
     (confluent-kafka 2.16.2; 4 of 4 runs here)."""
 
-    def __init__(self, bootstrap: str, topics: tuple[str, ...] = (contract.TOPIC_READINGS,)) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConnection, topics: tuple[str, ...] = (contract.TOPIC_READINGS,)) -> None:
+        self.kafka = kafka
         self.topics = topics
-        self.admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        self.admin = AdminClient({**kafka.librdkafka(), "log_level": 0})
         self.consumer: Consumer | None = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "soak-lag", "log_level": 0}
+            {**kafka.librdkafka(), "group.id": "soak-lag", "log_level": 0}
         )
 
     def lag(self) -> int | None:

@@ -14,12 +14,14 @@ from soak_common import cpu_pressure, cpu_s, log, rss_kb
 from soak_kafka import KafkaWatch, LagProbe
 from soak_procs import Service
 
+from iot.kafka import KafkaConnection
+
 
 class Sampler(threading.Thread):
     def __init__(
         self,
         interval_s: float,
-        bootstrap: str,
+        kafka: Callable[[], KafkaConnection],
         pids: Callable[[], dict[str, int | None]],
         fleet_sum: Callable[[str], int],
         services: dict[str, Service],
@@ -28,7 +30,7 @@ class Sampler(threading.Thread):
     ) -> None:
         super().__init__(daemon=True)
         self.interval_s = interval_s
-        self.bootstrap = bootstrap
+        self.kafka = kafka  # called once the stack is up (its SASL user's password is made then)
         self.pids = pids
         self.fleet_sum = fleet_sum
         self.services = services
@@ -38,7 +40,7 @@ class Sampler(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        lagger = LagProbe(self.bootstrap)
+        lagger = LagProbe(self.kafka())
         while not self.stop_event.wait(self.interval_s):
             self.samples.append(self.sample(lagger))
             self.supervise()

@@ -22,11 +22,10 @@ back from the first connection as a `KafkaAuthError` (`classify`), which names t
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from iot.env import CONTRACT, EnvReader, Secret, Var, Variables
 from iot.errors import ConfigError
@@ -38,7 +37,6 @@ __all__ = [
     "KafkaAuthError",
     "KafkaConnection",
     "classify_auth",
-    "client_logger",
 ]
 
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -223,11 +221,18 @@ def classify_auth(conn: KafkaConnection, code: int, detail: str) -> KafkaAuthErr
     """The configuration error behind a librdkafka error, or None when it is not one: a refused
     login names the SASL variables, a failed TLS handshake the CA (or the client certificate)."""
     text = detail.lower()
-    if code == _SASL_AUTHENTICATION_FAILED or (code == _AUTHENTICATION and "sasl" in text):
+    # (not just "sasl": a broker is named sasl_ssl://host:port in every message of that listener)
+    if code == _SASL_AUTHENTICATION_FAILED or (code == _AUTHENTICATION and "sasl authentication" in text):
         return KafkaAuthError(
             "IOT_KAFKA_SASL_PASSWORD",
             f"Kafka at {conn.bootstrap} refused IOT_KAFKA_SASL_USERNAME={conn.sasl_username} "
             f"({conn.sasl_mechanism}): check that user and its password ({_short(detail)})",
+        )
+    if "plaintext broker listener" in text:
+        return KafkaAuthError(
+            "IOT_KAFKA_SECURITY_PROTOCOL",
+            f"{conn.bootstrap} is a PLAINTEXT listener, this client speaks {conn.security_protocol}: "
+            f"fix IOT_KAFKA_BOOTSTRAP or IOT_KAFKA_SECURITY_PROTOCOL ({_short(detail)})",
         )
     if (
         code in (_AUTHENTICATION, _SSL)
@@ -254,27 +259,9 @@ def classify_auth(conn: KafkaConnection, code: int, detail: str) -> KafkaAuthErr
     return None
 
 
-def client_logger(name: str) -> logging.Logger:
-    """A logger for a librdkafka client (`logger=` of Producer, Consumer, AdminClient): its own lines
-    repeat, once per retry, what the product reports once as a typed error or a structured event, so
-    they are kept for debugging (`--log-level DEBUG`) and never printed raw to stderr."""
-    logger = logging.getLogger(name)
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        logger.setLevel(logging.CRITICAL)
-    return logger
-
-
 def _reveal(secret: Secret | None) -> str | None:
     return None if secret is None else secret.reveal()
 
 
 def _short(detail: str) -> str:
     return " ".join(detail.split())[:240]
-
-
-def client_error_name(err: Any) -> str:
-    """A librdkafka error's name for logs and metric labels (`authentication`, `transport`, …)."""
-    try:
-        return str(err.name()).lstrip("_").lower() or "unknown"
-    except (AttributeError, TypeError):
-        return "unknown"

@@ -95,4 +95,6 @@ def test_a_refused_login_and_an_unverified_broker_name_their_variables() -> None
     assert "hunter2" not in str(refused) and "IOT_KAFKA_SASL_USERNAME=gw" in str(refused)
     unverified = classify_auth(conn, -169, "SSL handshake failed: certificate verify failed")
     assert unverified is not None and unverified.field == "IOT_KAFKA_SSL_CA_LOCATION"
+    plain = classify_auth(conn, -181, "SSL handshake failed: connecting to a PLAINTEXT broker listener?")
+    assert plain is not None and plain.field == "IOT_KAFKA_SECURITY_PROTOCOL"
     assert classify_auth(conn, -195, "Connect to ipv4#127.0.0.1:9094 failed: Connection refused") is None
