@@ -15,8 +15,7 @@ import threading
 import time
 from array import array
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from soak_common import BACKEND_APP
 from soak_hostile import HOSTILE_PLACE
 
@@ -115,36 +114,46 @@ PLACE_TOPIC = f"{BACKEND_APP}-readings-by-place"  # the backend's repartition to
 
 
 class LagProbe:
-    """The backend group's lag on `topics` (iot.readings by default). Its clients live as long as the
-    probe: librdkafka reconnects them by itself after Kafka was SIGKILLed and back. Made again after
-    each failure, as they were, the AdminClient went away with a request still in flight (the
-    timed-out `list_consumer_group_offsets`), and librdkafka's main thread crashed (SIGSEGV, NULL+0x58)
-    when its answer came once Kafka was back: the soak died in every run with the `kafka` fault
-    (confluent-kafka 2.16.2; 4 of 4 runs here)."""
+    """The backend group's lag on `topics` (iot.readings by default); its client is made again after a
+    failure (Kafka SIGKILLed and back).
+
+    The group's committed offsets are read by a consumer of that group that never subscribes (so it
+    never joins it), not by AdminClient.list_consumer_group_offsets: right after Kafka restarts, the
+    group coordinator answers NOT_COORDINATOR, and librdkafka (2.16) then hands that answer to the
+    consumer-group handle an admin client does not have: rd_kafka_cgrp_op(NULL) in rdk:main, a
+    segfault of the whole soak (librdkafka issue 5040; core of a short soak: ListConsumerGroupOffsets
+    -> rd_kafka_handle_OffsetFetch -> rd_kafka_cgrp_op). A consumer's own group handle takes it."""
 
     def __init__(self, kafka: KafkaConnection, topics: tuple[str, ...] = (contract.TOPIC_READINGS,)) -> None:
         self.kafka = kafka
         self.topics = topics
-        self.admin = AdminClient({**kafka.librdkafka(), "log_level": 0})
-        self.consumer: Consumer | None = Consumer(
-            {**kafka.librdkafka(), "group.id": "soak-lag", "log_level": 0}
-        )
+        self.consumer: Consumer | None = None
 
     def lag(self) -> int | None:
-        if self.consumer is None:
-            return None
         try:
-            future = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(BACKEND_APP)])
-            committed = future[BACKEND_APP].result(timeout=3).topic_partitions
+            if self.consumer is None:
+                self.consumer = Consumer(
+                    {
+                        **self.kafka.librdkafka(),
+                        "group.id": BACKEND_APP,
+                        "enable.auto.commit": False,
+                        "log_level": 0,
+                    }
+                )
+            parts = [
+                TopicPartition(topic, p)
+                for topic in self.topics
+                for p in self.consumer.list_topics(topic, timeout=3).topics[topic].partitions
+            ]
             total = 0
-            for tp in committed:
-                if tp.topic not in self.topics:
-                    continue
-                part = TopicPartition(tp.topic, tp.partition)
-                _low, high = self.consumer.get_watermark_offsets(part, timeout=3)
+            for tp in self.consumer.committed(parts, timeout=3):
+                _low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=3
+                )
                 total += max(0, high - max(tp.offset, 0))
             return total
-        except Exception:  # Kafka away (a fault) or the group not formed yet: no sample this time
+        except Exception:  # Kafka away (a fault) or the group not formed yet: no sample, a fresh client
+            self.close()
             return None
 
     def close(self) -> None:
