@@ -239,11 +239,12 @@ class TopicAdmin:
 def ensure_topics(
     conn: KafkaConnection | str, timeout: float = 30.0, answer_timeout: float | None = None
 ) -> list[str]:
-    """The contract topics, created where missing; returns the names created. A bare bootstrap
-    string means a PLAINTEXT connection."""
+    """The contract topics, created where missing and visible with every partition led before it
+    returns (a client that looks right after `iot stack up` finds them whole); returns the names
+    created. A bare bootstrap string means a PLAINTEXT connection."""
     if isinstance(conn, str):
         conn = KafkaConnection(conn)
-    return TopicAdmin(conn, timeout, answer_timeout=answer_timeout).ensure(CONTRACT_TOPICS)
+    return TopicAdmin(conn, timeout, answer_timeout=answer_timeout).ensure(CONTRACT_TOPICS, wait_visible=True)
 
 
 def _code(exc: KafkaException) -> int:

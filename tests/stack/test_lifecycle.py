@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer
 
+from iot.topics import TOPIC_PARTITIONS
 from tests.support import free_ports, listening
 
 pytestmark = pytest.mark.integration
@@ -63,6 +65,16 @@ def private(tmp_path: Path) -> Iterator[dict[str, str]]:
 def test_up_from_nothing_is_healthy_idempotent_and_down_frees_every_port(private: dict[str, str]) -> None:
     first = iot(private, "up")
     assert first.returncode == 0, first.stderr
+    # `up` returned, so a client's very first look at the metadata shows every contract topic with
+    # every partition led: a consumer assigning partitions now must not find a topic without any.
+    probe = Consumer({"bootstrap.servers": private["IOT_KAFKA_BOOTSTRAP"], "group.id": "lifecycle-probe"})
+    try:
+        meta = probe.list_topics(timeout=10).topics
+    finally:
+        probe.close()
+    for name, parts in TOPIC_PARTITIONS.items():
+        led = [p for p in meta[name].partitions.values() if p.error is None and p.leader >= 0]
+        assert len(led) == parts, (name, meta[name].partitions)
     status = iot(private, "status", "--json")
     rows = json.loads(status.stdout)
     assert status.returncode == 0
