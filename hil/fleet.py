@@ -143,7 +143,7 @@ def plan(
         raise RigConfigError("places", f"must be between 1 and the board count ({count})")
     if profile not in vprofile.PROFILES:
         raise RigConfigError("profile", f"{profile!r}: one of {', '.join(vprofile.PROFILES)}")
-    if not contract.ID_PATTERN.match(prefix) or len(prefix) > 40:
+    if not contract.is_id(prefix) or len(prefix) > 40:
         raise RigConfigError("prefix", f"{prefix!r} must be 1..40 of A-Z a-z 0-9 _ -")
     names = place_names(places)
     boards = []

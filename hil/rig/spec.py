@@ -229,7 +229,7 @@ def _boards(raw: Any, prefix: str, board_config: dict[str, Any]) -> list[BoardSp
         if "id" not in b:
             raise RigConfigError(f"{where}.id", "is required")
         bid = _typed(b["id"], str, f"{where}.id")
-        if not contract.ID_PATTERN.match(bid):
+        if not contract.is_id(bid):
             raise RigConfigError(f"{where}.id", f"{bid!r} must be of A-Z a-z 0-9 _ -")
         kind = b.get("kind", "virtual")
         if kind not in ("virtual", "esp32"):
@@ -262,7 +262,7 @@ def _boards(raw: Any, prefix: str, board_config: dict[str, Any]) -> list[BoardSp
         for n in range(count):
             board_id = bid if count == 1 else f"{bid}-{n + 1}"
             device = str(b.get("device", f"{prefix}{board_id}"))
-            if not contract.ID_PATTERN.match(device):
+            if not contract.is_id(device):
                 raise RigConfigError(f"{where}.device", f"{device!r} must be of A-Z a-z 0-9 _ -")
             _check_board_config(device, place, board_config, config, where)
             boards.append(

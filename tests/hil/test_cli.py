@@ -56,6 +56,8 @@ def test_fleet_plan_spreads_boards_over_places_with_distinct_environments() -> N
     assert len(set(temps.values())) == 3
     with pytest.raises(RigConfigError, match="places"):
         fleet.plan(2, 3, 2.0, "mqtt://127.0.0.1:1883")
+    with pytest.raises(RigConfigError, match="prefix"):  # matched as a whole, line break and all
+        fleet.plan(2, 1, 2.0, "mqtt://127.0.0.1:1883", prefix="t\n")
 
 
 @pytest.mark.unit

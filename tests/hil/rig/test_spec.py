@@ -71,6 +71,9 @@ def test_a_good_rig_expands_counts_and_fills_step_defaults(tmp_path: Path) -> No
         (("rig: t", "rig: t\nstack: {kafka: '127.0.0.1:9092'}"), "stack.kafka"),
         (("rig: t", "rig: t\nboard_config: {interval: 1}"), "board_config.interval"),
         (("{id: a,", "{id: 'a b',"), "boards[0].id"),
+        # A whole match: a `$`-anchored pattern's match() takes an id with a trailing line break.
+        (("{id: a,", '{id: "a\\n",'), "boards[0].id"),
+        (("count: 2}", 'device: "d1\\n"}'), "boards[0].device"),
         (("{id: a, place: kitchen, count: 2}", "{id: e, kind: esp32, device: d1}"), "boards[0].port"),
         # Values the firmware's own config check refuses, named where the rig file sets them (they
         # failed at flash time, naming a generated config/<board>.json).
