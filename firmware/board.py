@@ -7,6 +7,13 @@ if sys.platform == "esp32":
 else:
     from vboard import Board  # type: ignore[no-redef]  # supplied by hil/virtual on MICROPYPATH
 
+_board = None
+
 
 def load() -> Board:
-    return Board()
+    """The one board of this boot: boot.py (an update's journal) and the node share it, so the
+    reset cause is read once and a watchdog armed at boot is the node's."""
+    global _board
+    if _board is None:
+        _board = Board()
+    return _board

@@ -304,14 +304,18 @@ def parse(text: str) -> dict:
     return validate(raw)
 
 
-def load(path: str = FILE) -> dict:
-    """The board's config, checked also against the board's files (the CA file must be there)."""
+def load(path: str = FILE, extra: dict | None = None) -> dict:
+    """The board's config, checked also against the board's files (the CA file must be there);
+    `extra`: fields over the file's (a remote config, remote_config.py), checked with it."""
     try:
         with open(path) as f:
             text = f.read()
     except OSError:
         raise ConfigError("(file)", path + " not found on the board; copy one with `iot flash`")
     cfg = parse(text)
+    if extra:
+        cfg.update(extra)
+        cfg = validate(cfg)
     import os
 
     st = os.statvfs(".")

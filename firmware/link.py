@@ -36,16 +36,21 @@ _LOGIN_ACTION = "check mqtt_user, mqtt_password in config.json (iot devices show
 
 class Link:
     def __init__(self, board: Board, cfg: dict, host: str, port: int, tls: bool,
-                 on_ack: Callable[[memoryview, memoryview], None] | None = None) -> None:
+                 on_ack: Callable[[memoryview, memoryview], None] | None = None,
+                 on_fleet: Callable[[bytes, memoryview], None] | None = None) -> None:
         self._board = board
-        self._cfg = cfg
         base = "sensors/" + cfg["place"] + "/" + cfg["device"] + "/"
         # Encoded once: publish copies them into its packet buffer as they are.
         self.reading_topic = (base + "reading").encode()
         self.status_topic = (base + "status").encode()
         self.health_topic = (base + "health").encode()
         self.ack_topic = (base + "ack").encode()
+        self._base = base.encode()
         self._on_ack = on_ack
+        # The operator's config and updates for this board (remote_config.py, ota.py): QoS 1, so the
+        # retained config and offer arrive once per connect even over a lossy link.
+        self._on_fleet = on_fleet
+        self._fleet_topics = ((base + "config").encode(), (base + "ota/#").encode()) if on_fleet else ()
         self.client = Client(
             board,
             cfg["device"],
@@ -59,8 +64,9 @@ class Link:
             cfg["tls_ca_file"],
             base + "status",
             STATUS_OFFLINE,
-            self._message if on_ack is not None else None,
+            self._message if on_ack is not None or on_fleet is not None else None,
         )
+        self._cfg = cfg
         self._min_ms = int(cfg["backoff_min_s"] * 1000)
         self._max_ms = int(cfg["backoff_max_s"] * 1000)
         self._puback_ms = int(cfg["puback_timeout_s"] * 1000)
@@ -75,8 +81,11 @@ class Link:
         self._said_waiting = False
 
     def _message(self, topic: memoryview, payload: memoryview) -> None:
-        if self._on_ack is not None and bytes(topic) == self.ack_topic:  # memoryview has no ==
+        name = bytes(topic)  # memoryview has no ==
+        if self._on_ack is not None and name == self.ack_topic:
             self._on_ack(topic, payload)
+        elif self._on_fleet is not None and name.startswith(self._base):
+            self._on_fleet(name[len(self._base):], payload)
 
     @property
     def up(self) -> bool:
@@ -108,7 +117,10 @@ class Link:
         board = self._board
         if self.client.connected:
             try:
-                self.client.service(wait_ms)
+                # What else already arrived too (update chunks come a window at a time), bounded.
+                more = 8 if self.client.service(wait_ms) else 0
+                while more and self.client.service(0):
+                    more -= 1
             except (MQTTError, OSError) as exc:
                 self._lost(exc)
             return
@@ -133,6 +145,9 @@ class Link:
             if self._on_ack is not None and not self.client.subscribe(self.ack_topic, self._puback_ms):
                 log.event("ack_subscribe_refused", topic=self.ack_topic.decode(),
                           action="readings are re-sent every ack_timeout_s; let the board read its ack topic")
+            for topic in self._fleet_topics:  # refused (an ACL without them): no remote config or updates
+                if not self.client.subscribe(topic, self._puback_ms, 1):
+                    log.event("subscribe_refused", topic=topic.decode())
             self.client.publish(self.status_topic, STATUS_ONLINE, 1, True, self._puback_ms, self._retries)
         except (MQTTError, OSError, ValueError) as exc:
             # ValueError: the TLS CA file is not a certificate (mbedTLS refused it).

@@ -5,15 +5,15 @@
 #   cd micropython/ports/esp32
 #   make BOARD=ESP32_GENERIC FROZEN_MANIFEST=/path/to/this/repo/firmware/manifest.py
 #
-# Then flash the image, and copy only config.json and main.py to the board (main.py stays a file:
-# the port runs main.py from the file system at boot). On the board '' comes before '.frozen' in
+# Then flash the image, and copy only config.json, boot.py and main.py to the board (they stay files:
+# the port runs boot.py and main.py from the file system at boot). On the board '' comes before '.frozen' in
 # sys.path, so a module left on the file system shadows its frozen twin: remove them.
 # Not a firmware module: not copied to boards, not imported (hil/paths.firmware_files skips it).
 
 # The port's own frozen modules, as the stock image (the firmware needs none of them).
 include("$(PORT_DIR)/boards/manifest.py")  # noqa: F821
 
-# Every firmware module but main.py; tests/firmware/test_manifest.py keeps this list complete.
+# Every firmware module but boot.py and main.py; tests/firmware/test_manifest.py keeps this list complete.
 for name in (
     "bh1750",
     "bme280",
@@ -21,13 +21,17 @@ for name in (
     "board_esp32",
     "config",
     "crc8",
+    "fleet",
     "i2cbus",
     "link",
     "log",
     "mqtt",
     "node",
     "ntp",
+    "ota",
+    "otaboot",
     "outbox",
+    "remote_config",
     "sensor",
     "tlsctx",
 ):

@@ -367,8 +367,8 @@ class Client:
             self._write(small, 4, self._board.ticks_add(self._board.ticks_ms(), _PACKET_MS))
 
     # --- operations -------------------------------------------------------------------------
-    def subscribe(self, topic: bytes, timeout_ms: int) -> bool:
-        """Subscribe at QoS 0; True once the broker granted it, False if it refused (ACL)."""
+    def subscribe(self, topic: bytes, timeout_ms: int, qos: int = 0) -> bool:
+        """Subscribe at QoS 0 or 1; True once the broker granted it, False if it refused (ACL)."""
         board = self._board
         self._pid = self._pid % 65535 + 1
         pid = self._pid
@@ -376,7 +376,7 @@ class Client:
         body.append(pid >> 8)
         body.append(pid & 0xFF)
         _encode_str(body, topic)
-        body.append(0)
+        body.append(qos)
         head = bytearray(5)
         head[0] = _SUBSCRIBE
         n = _put_len(head, 1, len(body))
@@ -443,11 +443,12 @@ class Client:
         self.close()
         raise MQTTError("timeout", "no PUBACK for packet %d after %d attempts" % (pid, retries + 1))
 
-    def service(self, wait_ms: int = 0) -> None:
-        """Keep the session alive: read what arrived, ping when idle, fail on a missing PINGRESP."""
+    def service(self, wait_ms: int = 0) -> int:
+        """Keep the session alive: read what arrived, ping when idle, fail on a missing PINGRESP.
+        Returns the type of the packet read (0: none came within wait_ms)."""
         if self._sock is None:
-            return
-        self._read_packet(wait_ms)
+            return 0
+        kind = self._read_packet(wait_ms)
         board = self._board
         now = board.ticks_ms()
         if self._ping_pending:
@@ -460,3 +461,4 @@ class Client:
             self._write(self._small, 2, board.ticks_add(now, _PACKET_MS))
             self._ping_sent = now
             self._ping_pending = True
+        return kind

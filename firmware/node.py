@@ -32,6 +32,8 @@ from sensor import SensorError  # noqa: E402
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from board_esp32 import Board
+    from fleet import Fleet
+    from remote_config import Remote
 
 BOOT_FILE = "bootcount"
 CRASH_FILE = "crash.txt"
@@ -54,6 +56,14 @@ def _file_int(path: str) -> int | None:
             return int(f.read())
     except (OSError, ValueError):
         return None
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
 
 
 def _write_file(path: str, text: str) -> None:
@@ -147,7 +157,7 @@ class Sensor:
 
 
 class Node:
-    def __init__(self, board: Board, cfg: dict) -> None:
+    def __init__(self, board: Board, cfg: dict, remote: Remote | None = None) -> None:
         self.board = board
         self.cfg = cfg
         self.boot = next_boot(board)
@@ -166,19 +176,27 @@ class Node:
             log.event("outbox_torn_records", torn=self.outbox.torn, kept=self.outbox.flash_count,
                       action="skipped: a power cut interrupted a flash write")
         self.e2e_ack = cfg["e2e_ack"]
-        self._ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
+        self.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
         self.acks = 0
-        self.link = Link(board, cfg, host, port, tls, self.on_ack if self.e2e_ack else None)
+        self.link = Link(board, cfg, host, port, tls, self.on_ack if self.e2e_ack else None, self.on_fleet)
+        # Remote configuration and updates (fleet.py) load only when in use: the heap at boot is an
+        # ESP32's, and most boots have neither.
+        self.fleet: Fleet | None = None
+        self._remote = remote
+        for name in ("ota.d/state", "ota.d/offer", "ota.d/result"):  # an update under way, or its outcome
+            if remote is not None or _exists(name):  # (a remote config: its revision goes in health)
+                self._fleet()
+                break
         self.time_valid = False
         # Uptime as an unbounded int, summed from tick differences each pass (a pass is far shorter
         # than 2^29 ms): ticks wrap at 2^30 ms (12.4 days) and a difference of ticks is only valid
         # within half of that, so neither uptime nor schedules longer than 6.2 days may use ticks.
         self._last_ticks = board.ticks_ms()
         self.uptime_ms = 0
-        self._interval_ms = max(1, int(cfg["interval_s"] * 1000))
+        self.interval_ms = max(1, int(cfg["interval_s"] * 1000))
         self._next_ntp = 0  # in uptime ms, not ticks: ntp_every_s may be a week (> 2^29 ms)
         self._ntp_buf = bytearray(ntp.LEN)
-        self._next_health = 0
+        self.next_health = 0
         self.skipped = 0
         self._wdt_ms = int(cfg["watchdog_s"] * 1000)
 
@@ -251,7 +269,7 @@ class Node:
             return
         if self.e2e_ack:
             oldest = box.oldest_unacked_ms()
-            if oldest is not None and board.ticks_diff(board.ticks_ms(), oldest) > self._ack_timeout_ms:
+            if oldest is not None and board.ticks_diff(board.ticks_ms(), oldest) > self.ack_timeout_ms:
                 log.event("ack_timeout", in_flight=box.in_flight, queued=box.count,
                           action="kept in flash and re-sent; is the gateway running?")
                 box.spill()
@@ -269,10 +287,11 @@ class Node:
             box.sent(board.ticks_ms())
             if not self.e2e_ack:
                 box.delivered()
+                self.acks += 1  # PUBACKed is delivered without e2e acks (an update's trial counts it)
             sent += 1
 
     def health(self) -> bytes:
-        return json.dumps({
+        h = {
             "device": self.cfg["device"],
             "place": self.cfg["place"],
             "boot": self.boot,
@@ -299,7 +318,25 @@ class Node:
             "reset_cause": self.reset_cause,
             "last_crash": self.last_crash,
             "crashes": self.crashes,
-        }).encode()
+        }
+        if self.fleet is not None:
+            self.fleet.fields(h)  # config_rev, update_state, ...: absent on a board that never had any
+        return json.dumps(h).encode()
+
+    # --- remote configuration and updates (fleet.py) --------------------------------------------
+    def _fleet(self) -> Fleet:
+        if self.fleet is None:
+            gc.collect()
+            from fleet import Fleet
+
+            self.fleet = Fleet(self, self._remote)
+        return self.fleet
+
+    def on_fleet(self, kind: bytes, payload: memoryview) -> None:
+        try:
+            self._fleet().message(kind, payload)
+        except MemoryError:  # a retained message would crash every boot: dropped, said
+            log.event("fleet_message_dropped", topic=kind.decode(), why="no heap")
 
     def _sync_clock(self, now: int) -> None:
         if self.uptime_ms < self._next_ntp or not self.board.wifi_up():
@@ -346,24 +383,26 @@ class Node:
                 if board.ticks_diff(now, next_measure) >= 0:
                     self.enqueue(self.measure())
                     wdt.feed()  # the cycle and its outbox write are one stretch (config.unfed_waits)
-                    next_measure = board.ticks_add(next_measure, self._interval_ms)
+                    next_measure = board.ticks_add(next_measure, self.interval_ms)
                     behind = board.ticks_diff(board.ticks_ms(), next_measure)
-                    if behind > self._interval_ms:
+                    if behind > self.interval_ms:
                         # Blocked longer than a cycle (e.g. a slow connect): skip, don't burst.
-                        self.skipped += behind // self._interval_ms
-                        next_measure = board.ticks_add(board.ticks_ms(), self._interval_ms)
+                        self.skipped += behind // self.interval_ms
+                        next_measure = board.ticks_add(board.ticks_ms(), self.interval_ms)
                     gc.collect()
                 if self.link.just_connected:
                     self.outbox.rewind()  # re-send what was in flight when the link broke
-                if self.link.up and (self.link.just_connected or self.uptime_ms >= self._next_health):
+                if self.link.up and (self.link.just_connected or self.uptime_ms >= self.next_health):
                     self.link.just_connected = False
                     self.link.publish_health(self.health())
-                    self._next_health = self.uptime_ms + int(self.cfg["health_every_s"] * 1000)
+                    self.next_health = self.uptime_ms + int(self.cfg["health_every_s"] * 1000)
                 # Bounded by the watchdog too: a long interval must not starve it while draining.
                 budget = min(max(0, board.ticks_diff(next_measure, board.ticks_ms())), self._wdt_ms // 4)
                 self.drain(board.ticks_add(board.ticks_ms(), budget))
                 wait = board.ticks_diff(next_measure, board.ticks_ms())
                 self.link.service(max(0, min(wait, 1000)))
+                if self.fleet is not None:
+                    self.fleet.step()
         except KeyboardInterrupt:
             # Stopped for the REPL (Ctrl-C, `iot flash`): the watchdog cannot be stopped and keeps
             # running there (machine_wdt.c), so leave it the longest timeout the config allows.
@@ -385,13 +424,19 @@ def main() -> None:
                   action="fix config.json and copy it again with `iot flash --config FILE`")
         board.halt(str(exc))
         return
+    remote = None
+    if _exists("remote.json") or _exists("remote.try"):
+        from remote_config import Remote
+
+        remote = Remote()
+        cfg = remote.boot(cfg)  # the operator's config over config.json (or on trial)
     gc.collect()
     crashes = board.nvs_get("crashes") or 0
     if crashes >= SAFE_MODE_AFTER:
         safe_mode(board, cfg, crashes)
         return
     try:
-        Node(board, cfg).run()
+        Node(board, cfg, remote).run()
     except Exception as exc:  # the crash handler: anything the node did not expect
         log.event("node_crashed", error=exc, action="recorded for the next boot's health; rebooting")
         try:

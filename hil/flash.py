@@ -63,11 +63,13 @@ def plan_copies(
     build_dir: Path,
     firmware: Path = paths.FIRMWARE,
     ca: tuple[Path, str] | None = None,
+    ota_key: Path | None = None,
 ) -> list[Copy]:
-    """Every file for the board, main.py last; `ca`: (the broker's CA here, its name on the board)."""
+    """Every file for the board, main.py last; `ca`: (the broker's CA here, its name on the board);
+    `ota_key`: the public key its over-the-air updates must be signed with (`iot ota keygen`)."""
     copies = []
     for source in paths.firmware_files(firmware):
-        if mpy and source.name != "main.py":
+        if mpy and source.name not in paths.ENTRY_FILES:
             copies.append(Copy(build_dir / (source.stem + ".mpy"), source.stem + ".mpy"))
         else:
             copies.append(Copy(source, source.name))
@@ -75,6 +77,8 @@ def plan_copies(
     copies.insert(len(copies) - 1, Copy(config_path, "config.json"))
     if ca is not None:  # before its config: config validation at boot checks that the file is there
         copies.insert(len(copies) - 2, Copy(ca[0], ca[1]))
+    if ota_key is not None:
+        copies.insert(len(copies) - 1, Copy(ota_key, OTA_KEY_NAME))
     return copies
 
 
@@ -93,7 +97,7 @@ def _run(command: list[str], what: str, timeout: float = STEP_TIMEOUT_S) -> str:
 def compile_mpy(build_dir: Path, arch: str = "xtensawin", firmware: Path = paths.FIRMWARE) -> None:
     build_dir.mkdir(parents=True, exist_ok=True)
     for source in paths.firmware_files(firmware):
-        if source.name == "main.py":
+        if source.name in paths.ENTRY_FILES:
             continue
         out = build_dir / (source.stem + ".mpy")
         march = [f"-march={arch}"] if arch else []  # no arch: bytecode only, any port loads it
@@ -104,6 +108,7 @@ def compile_mpy(build_dir: Path, arch: str = "xtensawin", firmware: Path = paths
 
 
 STAGE = ".flash-new"
+OTA_KEY_NAME = "ota.pub"  # iot.contract.OTA_KEY_FILE: where the board looks for its update key
 # Runs on the board (MicroPython) after every file arrived in STAGE: each module is renamed over its
 # old copy (a rename is atomic on littlefs), then the twin that would shadow or outlive it (.py vs
 # .mpy) is removed, config.json next and main.py last, so a board that loses power halfway boots
@@ -131,6 +136,11 @@ for n in new:
         except OSError:
             pass
 os.rmdir(S)
+for n in ("state", "offer", "hdr"):
+    try:
+        os.remove("ota.d/" + n)  # an over-the-air update under way: the flashed firmware wins
+    except OSError:
+        pass
 print("swapped", len(new))
 """
 _PREPARE = """import os
@@ -197,6 +207,7 @@ def flash(
     username: str = "",
     password: str = "",
     tls_ca: Path | None = None,
+    ota_key: Path | None = None,
 ) -> FlashResult | None:
     """Replace the firmware and config of the board on `port`, reset it, wait for its birth message.
     `firmware`: the directory of firmware modules (default firmware/ of this repository). `tls_ca`:
@@ -210,7 +221,9 @@ def flash(
         if "/" in name:
             raise RigConfigError("tls_ca_file", f"{name!r}: iot flash puts the CA in the board's root")
         board_ca = (tls_ca, name)
-    copies = plan_copies(config_path, mpy, build_dir, firmware, board_ca)
+    if ota_key is not None and len(ota_key.read_bytes()) not in (256, 384, 512):
+        raise RigConfigError("--ota-key", f"{ota_key} is not a public key of `iot ota keygen` (NAME.pub)")
+    copies = plan_copies(config_path, mpy, build_dir, firmware, board_ca, ota_key)
     mpremote = paths.venv_tool("mpremote")
     say(
         f"flash board={cfg['device']} place={cfg['place']} port={port} files={len(copies)} "

@@ -19,6 +19,7 @@ VIRTUAL_MODULES = (
     "vtls.py",
     "vi2c.py",
     "vboard.py",
+    "vstart.py",
 )
 
 
@@ -35,6 +36,11 @@ def venv_tool(name: str) -> str:
 
 # In firmware/ but not firmware: the build description for a frozen image (MicroPython manifest).
 MANIFEST = "manifest.py"
+# Run by the port from the file system at boot: never compiled to .mpy, never frozen.
+ENTRY_FILES = ("boot.py", "main.py")
+# The update journal's code (firmware/otaboot.py, run by boot.py): `iot flash` puts it on a board, an
+# over-the-air bundle never carries it, so an update cannot break what rolls it back.
+BOOTLOADER = ("boot.py", "otaboot.py")
 
 
 def firmware_files(root: Path = FIRMWARE) -> list[Path]:

@@ -7,8 +7,8 @@ runs, and the unix port's REPL and raw REPL read it otherwise). This supervisor 
 the two, tees the board's output into `console.log`, and does what the chip does and the unix port
 cannot:
 
-- power-on, hard reset, watchdog reset (board exit 3), `vboard.reset()` (exit 4): run `main.py` from
-  the flash directory again;
+- power-on, hard reset, watchdog reset (board exit 3), `vboard.reset()` (exit 4): run `boot.py` and
+  `main.py` from the flash directory again (hil/vserial/vport.py);
 - main.py ended (Ctrl-C, a config halt, a crash): the REPL, as on an ESP32;
 - soft reset: Ctrl-D at an empty raw REPL (what mpremote sends first unless `resume`) restarts the
   interpreter into the raw REPL without main.py; Ctrl-D or SystemExit in the friendly REPL reboots
@@ -42,7 +42,7 @@ from typing import IO
 
 from hil import paths
 
-EXIT_CONFIG, EXIT_WATCHDOG, EXIT_RESET = 2, 3, 4
+EXIT_CONFIG, EXIT_WATCHDOG, EXIT_RESET, EXIT_POWER_CUT = 2, 3, 4, 5
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 RAW_READY_AFTER_EXEC = b"\x04>"
 PROMPT = b">>> "
@@ -138,10 +138,11 @@ class SerialBoard:
         self.raw_ready = False
         self.hide_until_prompt = mode == RAW
         command = [paths.venv_tool("micropython"), "-X", f"heapsize={self.heap}"]
+        hw = self.hardware()
         if mode == MAIN:
-            command.append("main.py")
+            command.append(str(hw / "vport.py"))  # boot.py, then main.py, as the port starts
         env = dict(os.environ)
-        env["MICROPYPATH"] = str(self.hardware())
+        env["MICROPYPATH"] = str(hw)
         env["VBOARD_SPEC"] = str(self.dir / "spec.json")
         env["VBOARD_CONTROL"] = str(self.control)
         env["VBOARD_DEVICE"] = self.dir.name
@@ -179,8 +180,8 @@ class SerialBoard:
         self.proc = None
         if self.stopping:
             return
-        if self.mode == MAIN and code in (EXIT_WATCHDOG, EXIT_RESET):
-            self.boot(MAIN, "watchdog" if code == EXIT_WATCHDOG else "reset")
+        if self.mode == MAIN and code in (EXIT_WATCHDOG, EXIT_RESET, EXIT_POWER_CUT):
+            self.boot(MAIN, {EXIT_WATCHDOG: "watchdog", EXIT_RESET: "reset"}.get(code, "power cut"))
         elif self.mode == MAIN:
             self.boot(REPL, f"main.py ended with exit code {code}")
         else:

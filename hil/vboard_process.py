@@ -46,6 +46,7 @@ def _plus_kb(heap: str, kb: int) -> str:
 EXIT_CONFIG = 2
 EXIT_WATCHDOG = 3
 EXIT_RESET = 4
+EXIT_POWER_CUT = 5  # the rig's cut_in_boot fault (hil/virtual/vstart.py): powered up again
 
 
 class VirtualBoard:
@@ -131,6 +132,7 @@ class VirtualBoard:
         env = dict(os.environ)
         env["MICROPYPATH"] = f"{self.firmware_dir}:{paths.VIRTUAL}"
         env["VBOARD_SPEC"] = str(self.spec_path)
+        env["VBOARD_CONTROL"] = str(self.control)
         assert isinstance(self.flash, ImageFlash)
         if not self.flash.path.exists():
             self.flash.wipe()  # a formatted partition
@@ -244,6 +246,11 @@ class VirtualBoard:
 
     def restore_network(self) -> None:
         (self.control / "net_down").unlink(missing_ok=True)
+
+    def cut_power_in_boot(self, after_ops: int) -> None:
+        """Arm a power cut after boot.py's `after_ops`-th flash operation at the next boot that has an
+        update's journal to work on (a swap or a rollback), hil/virtual/vstart.py."""
+        (self.control / "cut_in_boot").write_text(str(after_ops))
 
     def set_fault(self, sensor: str, kind: str | None) -> None:
         path = self.control / f"fault_{sensor}"

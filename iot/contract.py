@@ -59,6 +59,17 @@ HEALTH_FIELDS: Final = (
     "crashes",
     "safe_mode",
     "idf_largest",
+    # Remote configuration and over-the-air updates (issue 22; firmware/remote_config.py, ota.py).
+    "config_rev",
+    "config_trial",
+    "config_error",
+    "update_state",
+    "update_version",
+    "update_id",
+    "update_have",
+    "update_size",
+    "update_error",
+    "update_bad_chunks",
 )
 # End-to-end delivery acknowledgement (a project addition beside revision 3, like health was): the
 # gateway tells a board which of its readings Kafka holds, so the board's outbox releases only those.
@@ -74,6 +85,22 @@ ACK_MAX_RANGES: Final = 64
 # `update_state`, below). Payloads: docs/CONTRACT.md, "Accounts, ACL and provisioning".
 CONFIG_TOPIC: Final = "sensors/{place}/{device}/config"
 OTA_TOPIC: Final = "sensors/{place}/{device}/ota"
+# An update travels as a retained offer on OTA_TOPIC and a bundle in chunks on OTA_CHUNK_TOPIC; the
+# board says how far it got (`update_have`) in health every OTA_WINDOW_BYTES, and the sender resumes
+# from there (docs/CONTRACT.md, "Over-the-air updates"; firmware/ota.py keeps the same numbers).
+OTA_CHUNK_TOPIC: Final = "sensors/{place}/{device}/ota/chunk"
+OTA_BUNDLE_MAGIC: Final = b"IOT\x01"
+OTA_BUNDLE_HEAD: Final = 8  # magic, manifest length, signature length (uint16 big-endian each)
+OTA_CHUNK_HEAD: Final = 16  # bundle id (8 bytes), offset, CRC-32 of the data (uint32 big-endian each)
+OTA_CHUNK_BYTES: Final = 1024  # data per chunk: a chunk and its topic fit the board's 1,800-byte packets
+OTA_WINDOW_BYTES: Final = 8192
+OTA_MAX_BUNDLE: Final = 1_048_576
+OTA_MAX_HEADER: Final = 8192
+OTA_KEY_FILE: Final = "ota.pub"  # on the board: the RSA public modulus, big-endian; exponent 65537
+# What `update_state` says: the transfer (receiving, verifying), the outcome of the header or the
+# files' check (refused), the new version on trial, committed (updated) or undone (rolled_back).
+UPDATE_STATES: Final = ("idle", "receiving", "verifying", "refused", "trial", "updated", "rolled_back")
+UPDATE_DONE: Final = ("refused", "updated", "rolled_back")
 STATUS_ONLINE: Final = "online"
 STATUS_OFFLINE: Final = "offline"
 # Retained by a board that crashed SAFE_MODE_AFTER times in a row and did not start its firmware
@@ -228,6 +255,10 @@ def config_topic(place: str, device: str) -> str:
 
 def ota_topic(place: str, device: str) -> str:
     return OTA_TOPIC.format(place=place, device=device)
+
+
+def ota_chunk_topic(place: str, device: str) -> str:
+    return OTA_CHUNK_TOPIC.format(place=place, device=device)
 
 
 def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:

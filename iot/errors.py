@@ -5,6 +5,7 @@ IotError                      anything the `iot` command reports as `Type: messa
 ├── gateway.errors.GatewayError
 ├── backend.errors.BackendError
 ├── hil.errors.HilError
+├── fleetops.errors.FleetError  remote configuration and over-the-air updates (BundleError, RolloutError)
 ├── iot.topics.TopicError     a contract topic could not be created or checked
 ├── iot.broker.errors.BrokerError   the broker refused a login or an account change (BrokerAuthError,
 │                                   DynsecError)

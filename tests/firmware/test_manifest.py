@@ -1,4 +1,5 @@
-"""firmware/manifest.py freezes every firmware module but main.py, and nothing else of ours."""
+"""firmware/manifest.py freezes every firmware module but boot.py and main.py (the port runs those
+from the file system), and nothing else of ours."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _run_manifest(path: Path) -> dict[str, list[Any]]:
     return calls
 
 
-def test_manifest_freezes_every_firmware_module_but_main_and_keeps_the_ports_own() -> None:
+def test_manifest_freezes_every_firmware_module_but_boot_and_main_and_keeps_the_ports_own() -> None:
     calls = _run_manifest(paths.FIRMWARE / paths.MANIFEST)
     assert calls["include"] == [(("$(PORT_DIR)/boards/manifest.py",), {})]  # ntptime and the rest
     assert calls["package"] == calls["freeze"] == calls["require"] == []
@@ -37,7 +38,7 @@ def test_manifest_freezes_every_firmware_module_but_main_and_keeps_the_ports_own
         assert not kwargs and len(args) == 1  # base_path: the manifest's folder, firmware/
         frozen.append(args[0])
         assert (paths.FIRMWARE / args[0]).is_file(), args[0]
-    modules = {p.name for p in paths.firmware_files()} - {"main.py"}
+    modules = {p.name for p in paths.firmware_files()} - set(paths.ENTRY_FILES)
     missing, extra = modules - set(frozen), set(frozen) - modules
     assert not missing and not extra, f"manifest misses {missing}, lists {extra}"
     assert len(frozen) == len(set(frozen))

@@ -34,7 +34,8 @@ def test_mpy_cross_emits_the_mpy_version_the_unix_port_loads(mpy_build: Path, tm
     so these files load on every v6 port: the unix port here, and ESP32 1.22 (v6.2) to 1.24."""
     port = unixport.run_json("import json, sys\nprint(json.dumps(sys.implementation._mpy))", tmp_path)
     compiled = sorted(mpy_build.glob("*.mpy"))
-    assert {p.stem for p in compiled} == {p.stem for p in paths.firmware_files() if p.name != "main.py"}
+    modules = {p.stem for p in paths.firmware_files() if p.name not in paths.ENTRY_FILES}
+    assert {p.stem for p in compiled} == modules
     for path in compiled:
         magic, version, native, small_int_bits = path.read_bytes()[:4]
         assert (magic, version, native) == (ord("M"), port & 0xFF, 0), path.name
@@ -44,8 +45,11 @@ def test_mpy_cross_emits_the_mpy_version_the_unix_port_loads(mpy_build: Path, tm
 # Measured (import of board, mqtt, node as main.py does): from source the firmware and the virtual
 # layer need a 136 KB heap to compile, the .mpy files load in 104 KB. At 128 KB the compiled board
 # ran with ~20 KB free (at 120 KB only 12 KB: too tight to be steady). The layer grew by 9 KB on
-# 2026-12-07 (VIRTUAL_LAYER_KB 42 -> 51), so both figures move by 9 KB.
-SMALL_HEAP = "137K"
+# 2026-12-07 (VIRTUAL_LAYER_KB 42 -> 51), so both figures move by 9 KB. Remote configuration and
+# updates (issue 22) cost the compiled firmware 1.6 KB at boot (free at node_boot on this heap at 137 KB:
+# 16,640 -> 15,008 bytes, and a first spill then failed for a 304-byte block): 2 KB more heap, which is
+# still 6 KB short of what the sources need.
+SMALL_HEAP = "139K"
 
 
 def test_board_on_the_compiled_firmware_boots_publishes_and_releases_readings_on_an_ack(
