@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="each board behind a serial console (a PTY, its path in boards.json), firmware in its flash",
     )
+    boards.add_argument(
+        "--ota-key", type=Path, default=None, help="the public key boards take updates signed with (NAME.pub)"
+    )
     boards.set_defaults(func=run_boards)
 
     fl = sub.add_parser(
@@ -80,6 +83,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     fl.add_argument(
         "--mpy-arch", default="xtensawin", help="mpy-cross -march for --mpy (default xtensawin: ESP32)"
+    )
+    fl.add_argument(
+        "--ota-key",
+        type=Path,
+        default=None,
+        help="the public key (`iot ota keygen`'s NAME.pub) its over-the-air updates must be signed with",
     )
     fl.set_defaults(func=run_flash)
     rig_cli.register(sub)
@@ -111,6 +120,7 @@ def run_boards(args: argparse.Namespace) -> int:
         serial=args.serial,
         tls_ca=broker.ca,
         provisioning=broker.provisioning(),
+        ota_key=args.ota_key,
     )
 
 
@@ -125,5 +135,6 @@ def run_flash(args: argparse.Namespace) -> int:
         args.wait,
         mpy_arch=args.mpy_arch,
         tls_ca=broker.ca,
+        ota_key=args.ota_key,
     )
     return 0

@@ -63,6 +63,7 @@ def expected_values(place: str, t: float, kind: str = "constant") -> dict[str, f
 
 # Where a board keeps the broker's CA on its flash (config `tls_ca_file`).
 TLS_CA_NAME = "ca.crt"
+OTA_KEY_NAME = "ota.pub"  # iot.contract.OTA_KEY_FILE
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class Fleet:
     tls_ca: Path | None = None  # copied onto every board's flash as TLS_CA_NAME
     # Each board gets its own broker account and registry entry (`iot devices`); None: no credentials.
     provisioning: DevicesSettings | None = None
+    ota_key: Path | None = None  # copied onto every board's flash as ota.pub (`iot ota keygen`)
     boards: list[VirtualBoard] = field(default_factory=list)
     restarts: int = 0
 
@@ -185,10 +187,13 @@ class Fleet:
             self._provision(self.provisioning, known)
         self.boards = [VirtualBoard(self.root, p.config, p.spec, self.heap, self.serial) for p in self.plans]
         ca = self.tls_ca.read_bytes() if self.tls_ca is not None else None
+        key = self.ota_key.read_bytes() if self.ota_key is not None else None
         for board in self.boards:
             board.write_files()
             if ca is not None:
                 board.flash.write(TLS_CA_NAME, ca)
+            if key is not None:
+                board.flash.write(OTA_KEY_NAME, key)
             board.restore_network()
             if self.serial:
                 board.install_firmware()
@@ -308,11 +313,12 @@ def run_fleet(
     serial: bool = False,
     tls_ca: Path | None = None,
     provisioning: DevicesSettings | None = None,
+    ota_key: Path | None = None,
 ) -> int:
     """Run the boards until `duration` (0: until interrupted); `broker` is also where the fleet's
     probe counts their readings, verifying an mqtts:// broker with `tls_ca`, logged in as the operator
     when `provisioning` gives the boards accounts."""
-    fleet = Fleet(root, plans, heap, serial, tls_ca, provisioning)
+    fleet = Fleet(root, plans, heap, serial, tls_ca, provisioning, ota_key)
     fleet.prepare(fresh)
     devices = {p.device for p in plans}
     operator = provisioning.operator if provisioning else None

@@ -16,7 +16,15 @@ from iot.errors import IotError
 
 # Areas that contribute subcommands, in help order. A module missing here is skipped, so a
 # partially built tree still gives a working CLI for what exists.
-_AREAS = ("iot.app.stack.cli", "iot.devices.cli", "gateway.cli", "backend.cli", "hil.cli", "iot.app.demo")
+_AREAS = (
+    "iot.app.stack.cli",
+    "iot.devices.cli",
+    "fleetops.cli",
+    "gateway.cli",
+    "backend.cli",
+    "hil.cli",
+    "iot.app.demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

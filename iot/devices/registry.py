@@ -12,6 +12,8 @@
     config_rev    applied configuration revision, from health (boards with remote configuration)
     update_state  state of an over-the-air update, from health (boards with OTA)
     health_at     when the last health message was received
+    config        the remote configuration the operator wants: {rev, set, trial_s, at} (`iot config set`;
+                  kept when the board is re-provisioned)
 
 `iot devices` writes the identity fields; the gateway keeps the rest current (gateway/registry.py)
 with updates that match a document by `_id` and `place` and never create one: a board that is not
@@ -101,6 +103,10 @@ class Registry:
     def all(self) -> list[dict[str, Any]]:
         docs: list[dict[str, Any]] = self._do("list", lambda: list(self._coll.find({})))
         return sorted(docs, key=lambda d: (str(d.get("place")), str(d["_id"])))
+
+    def set_config(self, device: str, config: Mapping[str, Any]) -> None:
+        """The remote configuration the operator wants for the board (`iot config set`): `config`."""
+        self._do("config", lambda: self._coll.update_one({"_id": device}, {"$set": {"config": dict(config)}}))
 
     def remove(self, device: str) -> bool:
         result = self._do("remove", lambda: self._coll.delete_one({"_id": device}))

@@ -1,0 +1,257 @@
+"""Remote configuration and over-the-air updates end to end: provisioned virtual boards (the firmware
+on the unix port, littlefs flash) on a broker with accounts, driven by `iot config` and `iot ota`'s
+code (fleetops) as the operator, every reading the boards publish accounted for by (device, boot, seq)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from fleetops import bundle, push, remote
+from fleetops.bundle import Bundle
+from fleetops.operator import Session, Target
+from hil import flash, paths
+from hil.probe import Probe
+from hil.vboard_process import EXIT_CONFIG, VirtualBoard
+from iot.app.stack.private import PrivateBroker
+from iot.devices.provision import DevicesSettings, Provisioner
+from iot.devices.registry import Registry
+from iot.env import parse_mqtt_url
+from iot.errors import ConfigError
+from tests.devices.conftest import MONGO
+from tests.hil.conftest import BoardFactory
+from tests.support import unique, wait_for
+
+pytestmark = [pytest.mark.hil, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    with PrivateBroker(tmp_path_factory.mktemp("fleet-broker"), accounts=True, persistent=False) as broker:
+        yield broker
+
+
+@pytest.fixture
+def settings(auth_broker: PrivateBroker) -> Iterator[DevicesSettings]:
+    import pymongo
+
+    name = unique("fleetreg").replace("-", "_")
+    yield DevicesSettings(parse_mqtt_url(auth_broker.url), None, auth_broker.operator, f"{MONGO}/{name}")
+    pymongo.MongoClient(MONGO).drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The boards run the firmware compiled (a board loads ota.py only while it receives an update: on
+    its heap the sources do not compile by then, iot flash --mpy). The repository's firmware as
+    0.2.0; a 0.3.0 whose node.py raises at import; 0.2.0 signed by a key the boards do not trust."""
+    root = tmp_path_factory.mktemp("ota")
+    key, pub, _kid = bundle.keygen(root, "ours")
+    other, _opub, _okid = bundle.keygen(root, "theirs")
+    broken = root / "broken-fw"
+    shutil.copytree(paths.FIRMWARE, broken)
+    node = broken / "node.py"
+    node.write_text('raise RuntimeError("broken build")\n' + node.read_text())
+    compiled = root / "compiled"
+    flash.compile_mpy(compiled, "")
+    for name in paths.ENTRY_FILES:
+        shutil.copyfile(paths.FIRMWARE / name, compiled / name)
+    return {
+        "pub": pub.read_bytes(),
+        "firmware": compiled,
+        "good": bundle.build(paths.FIRMWARE, "0.2.0", key, root / "good.bin", mpy=True),
+        "broken": bundle.build(broken, "0.3.0", key, root / "broken.bin", mpy=True),
+        "theirs": bundle.build(paths.FIRMWARE, "0.2.0", other, root / "theirs.bin", mpy=True),
+    }
+
+
+def _board(
+    make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
+) -> VirtualBoard:
+    device = unique("fo")
+    with Provisioner.open(settings) as prov:
+        password = prov.add("kitchen", device)
+    board = make_board(
+        broker=auth_broker.url,
+        device=device,
+        mqtt_user=device,
+        mqtt_password=password,
+        interval_s=0.5,
+        firmware_dir=bundles["firmware"],
+    )
+    board.write_files()
+    board.flash.write("ota.pub", bundles["pub"])
+    board.start()
+    return board
+
+
+@contextmanager
+def _powered(board: VirtualBoard) -> Iterator[None]:
+    """The chip around the board: powered up again after every reset, watchdog or power cut (the
+    unix port's process ends with the firmware), as hil/fleet.py's supervisor does for `iot boards`."""
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(0.1):
+            if board.returncode not in (None, EXIT_CONFIG) and not board.running:
+                board.start()
+
+    thread = threading.Thread(target=keep, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def _probe(auth_broker: PrivateBroker, device: str) -> Probe:
+    return Probe(
+        auth_broker.url,
+        [f"sensors/+/{device}/#"],
+        username=auth_broker.operator.username,
+        password=auth_broker.operator.password,
+    )
+
+
+def _accounting(probe: Probe, device: str) -> dict[str, Any]:
+    """Readings the board published: per boot, the seqs seen; missing ones inside a boot; copies."""
+    seen: dict[int, list[int]] = {}
+    for r in probe.readings(device):
+        seen.setdefault(int(r["boot"]), []).append(int(r["seq"]))
+    missing = sum(max(s) + 1 - len(set(s)) for s in seen.values())
+    return {
+        "boots": sorted(seen),
+        "published": sum(len(set(s)) for s in seen.values()),
+        "missing": missing,
+        "first_seq": {b: min(s) for b, s in seen.items()},
+    }
+
+
+def _rollout(settings: DevicesSettings, board: VirtualBoard, b: Bundle) -> push.Outcome:
+    target = Target(board.device, board.place)
+    with Session(settings, [target]) as session, _powered(board):
+        (out,) = push.rollout(session, [target], b, trial_s=60, timeout_s=180, say=print)
+    return out
+
+
+def test_an_update_over_mqtt_runs_the_new_version_and_loses_no_reading(
+    make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
+) -> None:
+    board = _board(make_board, settings, auth_broker, bundles)
+    with _probe(auth_broker, board.device) as probe:
+        wait_for(lambda: probe.readings(board.device)[3:], 30, "readings from 0.1.0")
+        out = _rollout(settings, board, bundles["good"])
+        assert out.state == "updated", out
+        health = [
+            h for h in (m.json() for m in probe.messages("health", board.device)) if h.get("fw") == "0.2.0"
+        ]
+        assert health[-1]["update_state"] == "updated" and health[-1]["update_version"] == "0.2.0"
+        wait_for(
+            lambda: [r for r in probe.readings(board.device) if r["fw"] == "0.2.0"][3:], 30, "0.2.0 readings"
+        )
+        acc = _accounting(probe, board.device)
+    assert acc["missing"] == 0, acc
+    assert len(acc["boots"]) >= 2 and all(v == 0 for v in acc["first_seq"].values()), acc
+    console = board.console()
+    assert "ota_swap" in console and "ota_committed" in console and "Traceback" not in console
+
+
+def test_a_build_that_raises_at_import_is_rolled_back_and_the_reason_reported(
+    make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
+) -> None:
+    board = _board(make_board, settings, auth_broker, bundles)
+    with _probe(auth_broker, board.device) as probe:
+        wait_for(lambda: probe.readings(board.device)[2:], 30, "readings")
+        out = _rollout(settings, board, bundles["broken"])
+        assert out.state == "rolled_back", out
+        assert out.error == "crashed: RuntimeError: broken build"
+        wait_for(
+            lambda: [r for r in probe.readings(board.device)[-3:] if r["fw"] == "0.1.0"][2:],
+            30,
+            "0.1.0 readings after the rollback",
+        )
+        acc = _accounting(probe, board.device)
+    assert acc["missing"] == 0, acc
+    assert "ota_rollback" in board.console()
+
+
+def test_a_bundle_signed_by_another_key_is_refused_before_its_files_come(
+    make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
+) -> None:
+    board = _board(make_board, settings, auth_broker, bundles)
+    with _probe(auth_broker, board.device) as probe:
+        wait_for(lambda: probe.readings(board.device), 30, "a reading")
+        out = _rollout(settings, board, bundles["theirs"])
+    assert out.state == "refused" and "signed by another key" in out.error
+    assert out.sent_bytes < 3 * 8192  # the header was enough to refuse it
+    assert board.running and "ota_swap" not in board.console()
+
+
+def test_power_cuts_during_the_transfer_and_during_the_swap_leave_one_whole_version(
+    make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
+) -> None:
+    board = _board(make_board, settings, auth_broker, bundles)
+    b = bundles["good"]
+    target = Target(board.device, board.place)
+    with _probe(auth_broker, board.device) as probe, Session(settings, [target]) as session, _powered(board):
+        wait_for(lambda: probe.readings(board.device)[2:], 30, "readings")
+        board.cut_power_in_boot(5)  # armed: the swap's 5th flash operation
+        transfer = push.Transfer(session, target, b, 1, 60, 240, print)
+        assert transfer.start() is None
+        cut = False
+        outcome = None
+        while outcome is None:
+            outcome = transfer.poll()
+            if not cut and transfer.last_have > b.size // 3:
+                board.kill()  # the power goes in the middle of the transfer (powered up again)
+                cut = True
+            session.wait(0.05)
+        assert outcome.state == "updated", outcome
+        wait_for(
+            lambda: [r for r in probe.readings(board.device) if r["fw"] == "0.2.0"][3:], 30, "0.2.0 readings"
+        )
+        acc = _accounting(probe, board.device)
+    console = board.console()
+    assert cut and "ota_resume" in console and "power_cut during=boot.py" in console
+    assert acc["missing"] == 0, acc
+
+
+def test_remote_config_applies_live_and_a_broker_it_cannot_reach_is_rolled_back(
+    make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
+) -> None:
+    board = _board(make_board, settings, auth_broker, bundles)
+    target = Target(board.device, board.place)
+    registry = Registry.connect(settings.mongo_uri)
+    try:
+        with (
+            _probe(auth_broker, board.device) as probe,
+            Session(settings, [target]) as session,
+            _powered(board),
+        ):
+            wait_for(lambda: probe.readings(board.device)[2:], 30, "readings")
+            with pytest.raises(ConfigError, match=r"interval_s: must be at least 0\.28 s"):
+                remote.deliver(session, registry, [target], {"interval_s": 0.2}, [])  # the host's check
+            (live,) = remote.deliver(session, registry, [target], {"interval_s": 1}, [])
+            assert not live.restart
+            assert remote.wait_applied(session, [live], 30, print)[board.device] == ("applied", "")
+            (bad,) = remote.deliver(
+                session, registry, [target], {"broker": "mqtt://127.0.0.1:9"}, [], trial_s=10
+            )
+            assert bad.restart
+            state, detail = remote.wait_applied(session, [bad], 90, print)[board.device]
+            assert state == "refused" and "not online within 10 s" in detail, detail
+            health = session.heard(board.device).health or {}
+            assert health["config_rev"] == 1 and health["config_error"].startswith("rev 2:")
+            wanted = (registry.get(board.device) or {})["config"]
+            acc = _accounting(probe, board.device)
+    finally:
+        registry.close()
+    assert wanted["rev"] == 2 and json.dumps(wanted["set"])
+    assert acc["missing"] == 0, acc
