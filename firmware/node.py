@@ -183,10 +183,8 @@ class Node:
         # ESP32's, and most boots have neither.
         self.fleet: Fleet | None = None
         self._remote = remote
-        for name in ("ota.d/state", "ota.d/offer", "ota.d/result"):  # an update under way, or its outcome
-            if remote is not None or _exists(name):  # (a remote config: its revision goes in health)
-                self._fleet()
-                break
+        if remote or _exists("ota.d/state") or _exists("ota.d/offer") or _exists("ota.d/result"):
+            self.on_fleet(b"", None)  # a remote config, an update under way or its outcome: loaded now
         self.time_valid = False
         # Uptime as an unbounded int, summed from tick differences each pass (a pass is far shorter
         # than 2^29 ms): ticks wrap at 2^30 ms (12.4 days) and a difference of ticks is only valid
@@ -324,17 +322,15 @@ class Node:
         return json.dumps(h).encode()
 
     # --- remote configuration and updates (fleet.py) --------------------------------------------
-    def _fleet(self) -> Fleet:
-        if self.fleet is None:
-            gc.collect()
-            from fleet import Fleet
-
-            self.fleet = Fleet(self, self._remote)
-        return self.fleet
-
-    def on_fleet(self, kind: bytes, payload: memoryview) -> None:
+    def on_fleet(self, kind: bytes, payload: memoryview | None) -> None:
         try:
-            self._fleet().message(kind, payload)
+            if self.fleet is None:
+                gc.collect()
+                from fleet import Fleet
+
+                self.fleet = Fleet(self, self._remote)
+            if payload is not None:
+                self.fleet.message(kind, payload)
         except MemoryError:  # a retained message would crash every boot: dropped, said
             log.event("fleet_message_dropped", topic=kind.decode(), why="no heap")
 

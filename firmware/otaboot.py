@@ -121,6 +121,34 @@ def _trial_failed(st: dict, board: object) -> str:
     return ""
 
 
+def _load_firmware() -> str:
+    """Import what main.py imports, in its order; "" when it loads, else why (the modules it left are
+    dropped, so main.py then loads the old version cleanly once rolled back). Checked here, at a trial
+    boot, so neither main.py nor the board layer has to survive a new version that does not load."""
+    import gc
+    import sys
+
+    before = set(sys.modules)
+    try:
+        import board  # noqa: F401
+
+        gc.collect()
+        import mqtt  # noqa: F401
+
+        gc.collect()
+        import node  # noqa: F401
+    except Exception as exc:
+        for name in list(sys.modules):
+            if name not in before:
+                del sys.modules[name]
+        gc.collect()
+        with open(CRASH_FILE, "w") as f:
+            sys.print_exception(exc, f)  # type: ignore[attr-defined]
+        sys.print_exception(exc)  # type: ignore[attr-defined]
+        return "crashed at import: %s: %s" % (type(exc).__name__, exc)
+    return ""
+
+
 def _finish(st: dict, state: str, why: str) -> None:
     write_json(RESULT, {"state": state, "id": st.get("id", ""), "version": st.get("version", ""),
                         "from": st.get("from", ""), "error": why, "push": st.get("push", 0)})
@@ -135,9 +163,6 @@ def run() -> None:
         print("ota_journal_invalid action=\"removed; the running firmware stays\"")
         remove(STATE)
         return
-    from board import load
-
-    board = load()
     if st["s"] == "swap":
         print("ota_swap version=%s files=%d" % (st.get("version"), len(st["files"])))
         swap(st)
@@ -145,7 +170,12 @@ def run() -> None:
         st["boots"] = 0
         write_json(STATE, st)
     if st["s"] == "trial":
-        why = _trial_failed(st, board)
+        why = _load_firmware()
+        if not why:
+            from board import load
+
+            board = load()
+            why = _trial_failed(st, board)
         if not why:
             st["boots"] = st.get("boots", 0) + 1
             write_json(STATE, st)
@@ -160,20 +190,3 @@ def run() -> None:
     rollback(st)
     _finish(st, "rolled_back", st.get("why", ""))
 
-
-def load_failed(exc: Exception) -> None:
-    """main.py could not load the firmware. On trial the failure is the crash record boot.py reads at
-    the next boot (and rolls back for); without an update under way main.py re-raises: the REPL."""
-    if not exists(STATE):
-        return
-    import sys
-
-    with open(CRASH_FILE, "w") as f:
-        sys.print_exception(exc, f)  # type: ignore[attr-defined]
-    sys.print_exception(exc)  # type: ignore[attr-defined]
-    try:
-        from board import load
-
-        load().reset()
-    except ImportError:
-        pass  # the board layer itself did not load: the watchdog armed at this trial boot resets it

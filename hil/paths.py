@@ -20,6 +20,7 @@ VIRTUAL_MODULES = (
     "vi2c.py",
     "vboard.py",
     "vstart.py",
+    "vcut.py",
 )
 
 

@@ -23,44 +23,21 @@ def _found(name: str) -> bool:
     return False
 
 
-class _PowerCut:
-    """The rig's fault `control/cut_in_boot` (N): the power goes after boot.py's N-th flash operation
-    (a rename or a remove: the steps of an update's swap or rollback), then comes back. The file is
-    taken when the cut happens, so the board's next boot runs on."""
-
-    def __init__(self, after: int, path: str) -> None:
-        self.left = after
-        self.path = path
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(os, name)
-
-    def _op(self) -> None:
-        if self.left <= 0:
-            os.remove(self.path)
-            print("power_cut during=boot.py")
-            raise SystemExit(5)  # EXIT_POWER_CUT: the supervisor powers the board up again
-        self.left -= 1
-
-    def rename(self, a: str, b: str) -> None:
-        self._op()
-        os.rename(a, b)
-
-    def remove(self, p: str) -> None:
-        self._op()
-        os.remove(p)
-
-
 if _found("boot.py"):
-    _control = os.getenv("VBOARD_CONTROL") or ""
     try:
-        with open(_control + "/cut_in_boot") as f:
-            sys.modules["os"] = _PowerCut(int(f.read()), _control + "/cut_in_boot")
-    except (OSError, ValueError):
+        os.stat((os.getenv("VBOARD_CONTROL") or "") + "/cut_in_boot")
+        import vcut  # noqa: F401  (the rig's power cut inside boot.py: a stand-in `os` counts its steps)
+    except (OSError, ValueError):  # not armed, or not a number: no cut
         pass
     try:
         import boot  # noqa: F401
     except Exception as exc:
         sys.print_exception(exc)
     sys.modules.pop("boot", None)
-    sys.modules["os"] = os
+    _cut = sys.modules.pop("os", os)  # (a built-in module is not in sys.modules: only the stand-in)
+    if _cut is not os:  # the power cut's stand-in ends with boot.py, also in the firmware modules
+        for _m in list(sys.modules.values()):  # a trial boot loaded while it was in place
+            if getattr(_m, "os", None) is _cut:
+                _m.os = os
+        sys.modules.pop("vcut", None)
+    del _cut

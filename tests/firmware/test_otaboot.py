@@ -140,8 +140,22 @@ def ops_of(layout, *args):
 """
 
 
+# What main.py imports, as a trial boot loads it first: a node.py that raises when its case says so.
+_NODE = """
+import os
+try:
+    os.stat("broken")
+except OSError:
+    pass
+else:
+    raise RuntimeError("broken build")
+"""
+
+
 def _run(code: str, tmp_path: Path) -> Any:
     (tmp_path / "board.py").write_text(_BOARD)
+    (tmp_path / "mqtt.py").write_text("")
+    (tmp_path / "node.py").write_text(_NODE)
     return unixport.run_json(_HARNESS + code, tmp_path, heap="2M", timeout=300)
 
 
@@ -221,6 +235,11 @@ board.CAUSE[0] = "power_on"
 trial_layout(2)
 boot(-1)
 res["twice"] = [result()["error"], result()["version"], result()["from"], firmware() == OLD]
+trial_layout(0)              # the new version does not even load: rolled back at its first boot
+write("broken", "")
+sys.modules.pop("node", None)  # a new interpreter at every boot on a board
+boot(-1)
+res["import"] = [result()["error"], firmware() == OLD, "node" in sys.modules, "board" in sys.modules]
 fresh()
 write("ota.d/state", "{not json")
 write("main.py", "old main")
@@ -235,5 +254,7 @@ print(json.dumps(res))
     assert out["crash"] == ["crashed: ValueError: broken build", True]
     assert out["watchdog"] == ["watchdog reset", True]
     assert out["twice"] == ["no commit after 2 boots (last reset: power_on)", "2.0.0", "1.0.0", True]
+    # What the failed attempt loaded is dropped (board was loaded before it: the harness's own).
+    assert out["import"] == ["crashed at import: RuntimeError: broken build", True, False, True]
     assert out["garbage"] == [None, {"main.py": "old main"}]
 

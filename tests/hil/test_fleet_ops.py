@@ -171,7 +171,7 @@ def test_a_build_that_raises_at_import_is_rolled_back_and_the_reason_reported(
         wait_for(lambda: probe.readings(board.device)[2:], 30, "readings")
         out = _rollout(settings, board, bundles["broken"])
         assert out.state == "rolled_back", out
-        assert out.error == "crashed: RuntimeError: broken build"
+        assert out.error == "crashed at import: RuntimeError: broken build"
         wait_for(
             lambda: [r for r in probe.readings(board.device)[-3:] if r["fw"] == "0.1.0"][2:],
             30,
