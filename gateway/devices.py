@@ -4,6 +4,9 @@
     iot_gateway_device_last_reading_timestamp_seconds{place, device} when the last valid reading came
     iot_gateway_device_health{place, device, field}                 numbers of the retained health
                                                                     message (contract revision 2)
+    iot_gateway_device_firmware{place, device, fw, update_state}    1: the firmware version and
+                                                                    over-the-air update state its
+                                                                    health says (the Fleet dashboard)
 
 Updated with plain dict writes on the hot path; rendered only when Prometheus scrapes. A status or
 health message this cannot use is ignored, and `status`/`health` say why (a stable reason, counted
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
@@ -36,6 +40,11 @@ _STATUS_VALUE = {contract.STATUS_ONLINE: 1.0, contract.STATUS_OFFLINE: 0.0, cont
 
 # A health message is a small JSON object; anything bigger is not one and is not parsed.
 _HEALTH_MAX_BYTES = 4096
+
+# A firmware version as a label value: what `iot ota build` stamps (numbers and dots) and a little
+# more; anything else from a board is not a version and becomes "unknown", so a hostile board cannot
+# write free text (or unbounded label values) into Prometheus.
+_FW_LABEL = re.compile(r"[0-9A-Za-z._+-]{1,32}")
 
 # Integers beyond this do not convert to a float.
 _FLOAT_INT_LIMIT = 2**1023
@@ -94,6 +103,14 @@ def health_numbers(obj: object) -> dict[str, float]:
     return out
 
 
+def _firmware_labels(obj: dict[str, object]) -> tuple[str, str]:
+    fw, state = obj.get("fw"), obj.get(contract.HEALTH_UPDATE_STATE, "idle")
+    return (
+        fw if isinstance(fw, str) and _FW_LABEL.fullmatch(fw) else "unknown",
+        state if isinstance(state, str) and state in contract.UPDATE_STATES else "unknown",
+    )
+
+
 def _number(value: object) -> float | None:
     if isinstance(value, bool):
         return float(value)
@@ -110,6 +127,7 @@ class DeviceBoard(Collector):
         self._online: dict[tuple[str, str], float] = {}
         self._last_reading: dict[tuple[str, str], float] = {}
         self._health: dict[tuple[str, str], dict[str, float]] = {}
+        self._firmware: dict[tuple[str, str], tuple[str, str]] = {}  # (fw, update_state)
 
     def reading(self, reading_topic: str, received_at: float) -> None:
         """A valid reading arrived on `reading_topic` (its ids are already validated)."""
@@ -123,6 +141,7 @@ class DeviceBoard(Collector):
             return contract.REASON_BAD_ID
         if not payload:
             self._health.pop(key, None)
+            self._firmware.pop(key, None)
             return None
         if len(payload) > _HEALTH_MAX_BYTES:
             return contract.REASON_TOO_LARGE
@@ -138,6 +157,7 @@ class DeviceBoard(Collector):
         if not numbers:
             return "no_numbers"
         self._health[key] = numbers
+        self._firmware[key] = _firmware_labels(obj)
         return None
 
     def status(self, topic: str, payload: bytes) -> str | None:
@@ -178,6 +198,14 @@ class DeviceBoard(Collector):
         for (place, device), numbers in list(self._health.items()):
             for name, value in numbers.items():
                 health.add_metric([place, device, name], value)
+        firmware = GaugeMetricFamily(
+            "iot_gateway_device_firmware",
+            "1 per board: its firmware version and over-the-air update state (idle when it has none)",
+            labels=["place", "device", "fw", "update_state"],
+        )
+        for (place, device), (fw, state) in list(self._firmware.items()):
+            firmware.add_metric([place, device, fw, state], 1.0)
         yield online
         yield last
         yield health
+        yield firmware

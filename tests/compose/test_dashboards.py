@@ -23,9 +23,9 @@ def datasource_uid() -> str:
     return str(ds["uid"])
 
 
-def test_the_three_dashboards_exist_with_unique_uids() -> None:
+def test_the_four_dashboards_exist_with_unique_uids() -> None:
     titles = {json.loads(p.read_text())["title"] for p in DASHBOARDS}
-    assert titles == {"Sensors", "Pipeline", "Host"}
+    assert titles == {"Sensors", "Pipeline", "Host", "Fleet"}
     uids = [json.loads(p.read_text())["uid"] for p in DASHBOARDS]
     assert len(set(uids)) == len(uids)
 
@@ -93,4 +93,21 @@ def test_a_board_health_table_shows_what_the_gateway_exports_per_board() -> None
     assert "iot_gateway_device_last_reading_timestamp_seconds" in exprs and "device_online" in exprs
     # One row per board: every query keeps exactly the place and device labels, which merge joins on.
     assert all(t["expr"].startswith("max by (place, device) (") for t in table["targets"])
+    assert [t["id"] for t in table["transformations"]][:1] == ["merge"]
+
+
+def test_the_fleet_dashboard_shows_versions_trials_rollbacks_offline_and_a_row_per_board() -> None:
+    """Issue #22's fleet view: versions across the fleet, boards on trial, rolled back, offline, and
+    per board its firmware, update state, configuration revision and health."""
+    dash = json.loads((GRAFANA / "dashboards" / "fleet.json").read_text())
+    assert {"place", "device"} <= {v["name"] for v in dash["templating"]["list"]}
+    by_title = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in dash["panels"]}
+    assert "count by (fw) (iot_gateway_device_firmware" in by_title["Firmware versions across the fleet"]
+    assert 'update_state="trial"' in by_title["Boards on trial"]
+    assert 'update_state="rolled_back"' in by_title["Rolled back"]
+    assert "iot_gateway_device_online" in by_title["Boards offline"]
+    (table,) = [p for p in dash["panels"] if p["type"] == "table"]
+    exprs = " ".join(t["expr"] for t in table["targets"])
+    assert "(place, device, fw, update_state) (iot_gateway_device_firmware" in exprs
+    assert 'field="config_rev"' in exprs and "iot_gateway_device_online" in exprs
     assert [t["id"] for t in table["transformations"]][:1] == ["merge"]

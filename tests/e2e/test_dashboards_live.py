@@ -63,6 +63,7 @@ ACTIVE = {
     ("pipeline", "produced"),
     ("sensors", "{{place}}/{{device}} last reading"),
     ("sensors", "{{place}}/{{device}} mem_free"),
+    ("fleet", "{{fw}}"),  # the run's boards, counted by their firmware version
 }
 # Values below zero are right for these: Wi-Fi signal in dBm.
 NEGATIVE = {("sensors", "{{place}}/{{device}} rssi")}
@@ -75,6 +76,7 @@ RARE = {
     ("pipeline", "windows {{scope}}"),
     ("pipeline", "readings {{scope}}"),
     ("sensors", "{{place}} {{scope}}"),
+    ("fleet", "{{place}}/{{device}} config_rev"),  # boards configured remotely (tests/hil/test_fleet_ops.py)
 }
 
 

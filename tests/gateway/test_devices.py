@@ -93,6 +93,27 @@ def test_health_message_is_exported_and_bad_ones_are_ignored() -> None:
     assert 'device="b"' not in text and 'device="c"' not in text
 
 
+def test_firmware_version_and_update_state_are_one_series_per_board() -> None:
+    """The Fleet dashboard's versions, trials and rollbacks; what is not a version or a state from
+    docs/CONTRACT.md is "unknown", never free text from a board in a label."""
+    board = DeviceBoard()
+    board.health("sensors/lab/a/health", b'{"uptime_s": 1, "fw": "0.1.0"}')
+    board.health("sensors/lab/a/health", b'{"uptime_s": 2, "fw": "0.2.0", "update_state": "trial"}')
+    board.health("sensors/lab/b/health", b'{"uptime_s": 1, "fw": "0.1.0", "update_state": "rolled_back"}')
+    board.health("sensors/lab/c/health", b'{"uptime_s": 1, "fw": "a b\\"c", "update_state": "hacked"}')
+    board.health("sensors/lab/d/health", b'{"uptime_s": 1, "fw": 7}')
+    text = _render(board)
+    series = [line for line in text.splitlines() if line.startswith("iot_gateway_device_firmware{")]
+    assert sorted(series) == [
+        'iot_gateway_device_firmware{device="a",fw="0.2.0",place="lab",update_state="trial"} 1.0',
+        'iot_gateway_device_firmware{device="b",fw="0.1.0",place="lab",update_state="rolled_back"} 1.0',
+        'iot_gateway_device_firmware{device="c",fw="unknown",place="lab",update_state="unknown"} 1.0',
+        'iot_gateway_device_firmware{device="d",fw="unknown",place="lab",update_state="idle"} 1.0',
+    ]
+    board.health("sensors/lab/a/health", b"")  # a removed board's cleared health: its series goes
+    assert 'device="a"' not in _render(board)
+
+
 def test_safe_mode_status_counts_as_not_online() -> None:
     board = DeviceBoard()
     board.status("sensors/lab/a/status", b"online")
