@@ -11,6 +11,7 @@ compiled, `iot flash --mpy`) refuses what needed it and says so; it never crashe
 import gc
 import json
 import os
+import sys
 
 import config
 import log
@@ -67,14 +68,30 @@ class Fleet:
         self.last = read_json(RESULT)  # an outcome this boot reports (then archived, see step)
         self._archive = bool(self.last)
         self.unavailable = ""  # why an update could not even be received (no heap for ota.py)
+        self.remote_fields: dict = {}  # what health says of a remote config unloaded for ota.py
         try:
             os.stat(OFFER)
             self.updater()  # a transfer to resume
         except OSError:
             pass
 
+    def _unload_remote(self) -> None:
+        """ota.py needs the heap remote_config.py holds (~4.5 KB; on a board configured remotely the
+        transfer dropped every chunk for want of it): an idle remote config leaves what health says of
+        it and goes; the next config message loads it again from remote.json."""
+        r = self.remote
+        if r is None or r.trial is not None:
+            return
+        out: dict = {}
+        r.fields(out)
+        self.remote_fields = out
+        self.report = self.report or r.report
+        self.remote = None
+        sys.modules.pop("remote_config", None)
+
     def updater(self) -> Updater | None:
         if self.ota is None and not self.unavailable:
+            self._unload_remote()
             gc.collect()
             try:
                 from ota import Updater
@@ -100,6 +117,7 @@ class Fleet:
                               action="flash the firmware compiled (iot flash --mpy)")
                     return
                 self.remote = Remote()
+                self.remote_fields = {}
             if self.remote.handle(self.node, payload):
                 self._restart_for = "config"
         elif kind == b"ota":
@@ -202,6 +220,8 @@ class Fleet:
     def fields(self, h: dict) -> None:
         if self.remote is not None:
             self.remote.fields(h)
+        else:
+            h.update(self.remote_fields)
         if self.ota is not None:
             self.ota.fields(h)
             return

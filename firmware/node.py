@@ -329,6 +329,7 @@ class Node:
                 from fleet import Fleet
 
                 self.fleet = Fleet(self, self._remote)
+                self._remote = None  # the fleet's from here (it may let it go for ota.py's heap)
             if payload is not None:
                 self.fleet.message(kind, payload)
         except MemoryError:  # a retained message would crash every boot: dropped, said
@@ -432,7 +433,9 @@ def main() -> None:
         safe_mode(board, cfg, crashes)
         return
     try:
-        Node(board, cfg, remote).run()
+        node = Node(board, cfg, remote)
+        remote = None  # the node's (fleet.py may unload it): no reference left in this frame
+        node.run()
     except Exception as exc:  # the crash handler: anything the node did not expect
         log.event("node_crashed", error=exc, action="recorded for the next boot's health; rebooting")
         try:
