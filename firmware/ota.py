@@ -35,6 +35,9 @@ KEY_FILE = "ota.pub"  # the RSA modulus, big-endian; the exponent is 65537
 WINDOW = 8192  # bytes between two progress reports (the sender's window)
 MAX_BUNDLE = 1048576
 MAX_HEADER = 8192
+# In new/ once the header checked out and new/ was cleared for the bundle's files (_reset_staging
+# clears it with them at the next offer).
+STAGED = NEW + "/.staged"
 _RESERVE_BLOCKS = 16  # flash left free after staging: the outbox and littlefs need room too
 # DER of the SHA-256 DigestInfo that PKCS#1 v1.5 puts before the digest (RFC 8017, 9.2 note 1).
 _DIGEST_INFO = b"\x30\x31\x30\x0d\x06\x09\x60\x86\x48\x01\x65\x03\x04\x02\x01\x05\x00\x04\x20"
@@ -311,6 +314,8 @@ class Updater:
             for entry in files:
                 if not entry[1]:
                     open(NEW + "/" + entry[0], "wb").close()  # no chunk will create an empty file
+            with open(STAGED, "wb") as f:  # new/ is this bundle's now: a resume may count what it holds
+                f.write(b"1")
         self.files = files
         log.event("ota_header_ok", version=version, files=len(files), signed_by=trusted)
 
@@ -327,7 +332,10 @@ class Updater:
                 self._head_len = self._lengths()
             if self._head_len and self.have >= self._head_len:
                 self.have = self._head_len
-                self._check_header(True)  # the key and signature again: cheap, and nothing is assumed
+                # The key and signature again: cheap, and nothing is assumed. Without the mark the
+                # last boot stopped inside the first check (a crash, a power cut): new/ is not this
+                # bundle's yet, so the check is done whole (the flash space, new/ cleared).
+                self._check_header(_file_size(STAGED) > 0)
                 for entry in self.files:  # type: ignore[union-attr]
                     got = _file_size(NEW + "/" + entry[0])
                     self.have += got

@@ -203,6 +203,45 @@ print(json.dumps(res))
     assert out["state"] == "receiving" and out["act"] is True
 
 
+def test_a_transfer_resumes_when_the_board_stopped_inside_the_header_check(
+    tmp_path: Path, keys: dict[str, Path], firmware_dir: Path
+) -> None:
+    """The header's last byte in, the board out of heap in its check (the rig's 1.22 board: a
+    MemoryError, then a crash): the next boot found a whole header, skipped the check that clears
+    new/ and refused the first file's chunk with "flash write failed: OSError(2,)"."""
+    data = _build(firmware_dir, keys["ours"], tmp_path / "b.bin", "0.2.0")
+    out = _run(
+        r"""
+data = setup(128)
+head = 8 + int.from_bytes(data[4:6], "big") + int.from_bytes(data[6:8], "big")
+u = ota.Updater(board.load(), "0.1.0")
+offer(u, data, "0.2.0")
+real = ota.rsa_verify
+def no_heap(*args):
+    raise MemoryError("memory allocation failed")
+ota.rsa_verify = no_heap
+try:
+    send(u, data, until=head)
+except MemoryError:
+    pass
+ota.rsa_verify = real
+res = {"have": u.have, "head": head}
+u = ota.Updater(board.load(), "0.1.0")   # the crash: a new boot finds the transfer
+offer(u, data, "0.2.0", push=2)
+send(u, data)
+res["state"] = u.state
+res["error"] = u.error
+res["act"] = u.step()
+print(json.dumps(res))
+""",
+        tmp_path,
+        data,
+        keys["ours_pub"],
+    )
+    assert out["have"] == out["head"]
+    assert out["error"] == "" and out["act"] is True, out
+
+
 def test_bundles_of_another_key_a_forged_signature_or_an_older_version_are_refused_at_the_header(
     tmp_path: Path, keys: dict[str, Path], firmware_dir: Path
 ) -> None:
