@@ -22,13 +22,10 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -38,14 +35,16 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from backend.records import decode_reading
+from backend.windows import NEW, KeyState, specs_from_seconds
+from iot import contract
+from iot.harness.children import Child, cpu_s
+from iot.harness.payloads import reading
+from iot.harness.ports import free_ports
+from iot.kafka import KafkaConnection
+from iot.topics import TopicAdmin, TopicSpec
 
-from backend.records import decode_reading  # noqa: E402
-from backend.windows import NEW, KeyState, specs_from_seconds  # noqa: E402
-from iot import contract  # noqa: E402
-from iot.kafka import KafkaConnection  # noqa: E402
-from iot.topics import TopicAdmin, TopicSpec  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # The product's one Kafka connection config (IOT_KAFKA_*, security included): the prefill, the plain
 # loop and the workers all reach Kafka the way the backend does.
@@ -62,24 +61,21 @@ def prefill(topic: str, n: int, devices: int, places: int) -> None:
     for seq in range(per_device):
         for d in range(devices):
             device = f"bench-d{d}"
-            reading = {
-                "v": 1,
-                "device": device,
-                "place": f"bench-p{d % places}",
-                "boot": 0,
-                "seq": seq,
-                "ts": BASE_TS + seq * 1000 + d,
-                "time_valid": True,
-                "temperature": 20 + (seq % 50) / 10,
-                "humidity": 40 + (d % 30),
-                "pressure": 1000.5,
-                "luminosity": 100.0 + seq % 7,
-                "fw": "bench",
-                "received_at": BASE_TS + seq * 1000 + d + 5,
-            }
+            payload = reading(
+                f"bench-p{d % places}",
+                device,
+                seq,
+                BASE_TS + seq * 1000 + d,
+                temperature=20 + (seq % 50) / 10,
+                humidity=40 + (d % 30),
+                pressure=1000.5,
+                luminosity=100.0 + seq % 7,
+                fw="bench",
+                received_at=BASE_TS + seq * 1000 + d + 5,
+            )
             while True:
                 try:
-                    producer.produce(topic, contract.encode(reading), device.encode())
+                    producer.produce(topic, contract.encode(payload), device.encode())
                     break
                 except BufferError:
                     producer.poll(0.05)
@@ -138,43 +134,16 @@ def baseline(topic: str, n: int, stats: dict[str, float] | None = None) -> float
     return n / elapsed
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def metric(worker: Child, name: str) -> float:
+    """One sample of the worker's /metrics, 0 when absent. Only that metric is scraped: a full scrape
+    renders ~1,000 series (the mean gauges) under the worker's GIL, ~20-30 us per reading of its CPU
+    at 4 a second."""
+    return worker.metrics(name).get(name, 0.0)
 
 
-def metrics(port: int, names: tuple[str, ...]) -> dict[str, float]:
-    """The values of `names` from one scrape of the worker's /metrics (0 where absent)."""
-    found = dict.fromkeys(names, 0.0)
-    # Only the families asked for (prometheus-client's name[] filter): a full scrape renders ~1,000
-    # series (the mean gauges) under the worker's GIL, ~20-30 us per reading of its CPU at 4 a second.
-    families = {n.split("{", 1)[0] for n in names}
-    families |= {f.removesuffix("_total").removesuffix("_sum") for f in families}
-    query = urllib.parse.urlencode([("name[]", f) for f in sorted(families)])
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics?{query}", timeout=2) as resp:
-            for line in resp.read().decode().splitlines():
-                sample, _, value = line.rpartition(" ")
-                if sample in found:
-                    found[sample] = float(value)
-    except OSError:
-        pass
-    return found
-
-
-def metric(port: int, name: str) -> float:
-    return metrics(port, (name,))[name]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (all its threads), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (all its threads); 0 when it is gone."""
+    return cpu_s(pid) or 0.0
 
 
 def listener_pids(port: int) -> list[int]:
@@ -257,10 +226,9 @@ def backend_run(
     worker owns partitions: no rebalance (and no reprocessing) inside the measured span. `stats` (when
     given) gets the CPU per reading over the measured span of the workers, the store and Kafka
     (`cpu_us`, `store_cpu_us`, `kafka_cpu_us`) and the workers' counters (`late_sensor`, ...)."""
-    ports = [free_port() for _ in range(workers)]
+    ports = free_ports(workers)
     data_dir = tempfile.mkdtemp(prefix="bench-backend-")
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = []
+    procs: list[Child] = []
     for i, port in enumerate(ports):
         env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
         env.update(
@@ -273,20 +241,15 @@ def backend_run(
             IOT_LOG_LEVEL="WARNING",
         )
         env.update(extra or {})
-        log = open(Path(tempfile.gettempdir()) / f"{app_id}-{i}.log", "wb")  # noqa: SIM115
-        logs.append(log)
-        procs.append(
-            subprocess.Popen(
-                [str(REPO / ".venv/bin/iot"), "backend"], env=env, stdout=log, stderr=log, cwd=REPO
-            )
-        )
+        log = Path(tempfile.gettempdir()) / f"{app_id}-{i}.log"
+        procs.append(Child.iot(f"backend{i}", ["backend"], log, env=env, cwd=REPO, metrics_port=port).start())
 
     def total(name: str) -> float:
-        return sum(metric(port, name) for port in ports)
+        return sum(metric(p, name) for p in procs)
 
     def check(deadline: float, what: str) -> None:
-        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
-            raise SystemExit(f"backend {what}; see {logs[0].name}")
+        if not all(p.alive() for p in procs) or time.monotonic() > deadline:
+            raise SystemExit(f"backend {what}; see {procs[0].log_path}")
 
     sensor = 'iot_backend_readings_total{scope="sensor"}'
     place = 'iot_backend_readings_total{scope="place"}'
@@ -303,6 +266,7 @@ def backend_run(
             check(deadline, "did not start processing")
             time.sleep(0.05)
         if profile is not None:
+            assert procs[0].pid is not None
             spy = start_profiler(procs[0].pid, profile, profile_rate, profile_idle)
         t0 = time.perf_counter()
         first = total(sensor)
@@ -322,9 +286,9 @@ def backend_run(
             # a second this loop made before took ~20% of the worker's wall time in its metrics thread
             # (py-spy), a load no Prometheus puts on it (15 s interval).
             s = p = 0.0
-            for port in ports:
-                got = metrics(port, (sensor, place))
-                s, p = s + got[sensor], p + got[place]
+            for proc in procs:
+                got = proc.metrics(sensor, place)
+                s, p = s + got.get(sensor, 0.0), p + got.get(place, 0.0)
             now = time.perf_counter()
             if t_sensor is None and s >= n:
                 t_sensor = now
@@ -375,14 +339,7 @@ def backend_run(
         if spy is not None:
             stop_profiler(spy)
         for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-            if proc.poll() is None:
-                proc.kill()
-        for log in logs:
-            log.close()
+            proc.stop(30)
 
 
 def main() -> int:

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from iot.app.stack.private import PrivateBroker
 from iot.broker import accounts
 from iot.broker.credentials import new_password
 from iot.broker.dynsec import Dynsec
 from iot.env import parse_mqtt_url
+from iot.harness.broker import PrivateBroker
 
 ROUNDS = 5
 

@@ -19,14 +19,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from hil import paths
 
-from hil import paths  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CYCLES = 100_000
 BLOCKS = 512  # MicroPython ESP32 generic: 2 MB vfs partition

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Iterator
@@ -36,19 +35,21 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from iot import contract
+from iot.broker import credentials
+from iot.harness.children import Child, gateway_connected
+from iot.harness.kafka import end_offsets
+from iot.harness.payloads import reading
+from iot.harness.ports import free_port, free_ports
+from iot.harness.stack import private_services
+from iot.kafka import KafkaConnection
 
-from iot import contract  # noqa: E402
-from iot.app.stack.private import free_ports, private_services  # noqa: E402
-from iot.app.stack.services import sasl_connection  # noqa: E402
-from iot.broker import credentials  # noqa: E402
-from iot.kafka import KafkaConnection  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 HOST, PORT = "127.0.0.1", 1883
 # Un-acked publishes a publisher keeps, below Mosquitto's receive maximum (max_inflight_messages).
@@ -61,11 +62,6 @@ def _uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _free_port() -> int:
-    (port,) = free_ports(1)
-    return port
-
-
 # --- child roles (run in their own processes) ---------------------------------------------------
 
 
@@ -74,21 +70,19 @@ def _payloads(place: str, devices: int, count: int, part: int) -> Iterator[tuple
     ts = int(time.time() * 1000)
     for i in range(count):
         device = names[i % devices]
-        reading = {
-            "v": 1,
-            "device": device,
-            "place": place,
-            "boot": 1,
-            "seq": i // devices,
-            "ts": ts + i,
-            "time_valid": True,
-            "temperature": 21.37,
-            "humidity": 45.12,
-            "pressure": 1012.55,
-            "luminosity": 312.5,
-            "fw": "bench-1.0.0",
-        }
-        yield contract.reading_topic(place, device), json.dumps(reading).encode()
+        payload = reading(
+            place,
+            device,
+            i // devices,
+            ts + i,
+            boot=1,
+            temperature=21.37,
+            humidity=45.12,
+            pressure=1012.55,
+            luminosity=312.5,
+            fw="bench-1.0.0",
+        )
+        yield contract.reading_topic(place, device), json.dumps(payload).encode()
 
 
 def _log_in(client: mqtt.Client) -> mqtt.Client:
@@ -194,33 +188,31 @@ class Gateways:
         self.profile = profile
         self.profiled: list[Path] = []
         group = _uid("benchgw")
-        self.envs = []
+        self.gateways = []
         for i in range(n):
-            self.envs.append(
-                {
-                    **os.environ,
-                    **kafka.env(),
-                    "IOT_GATEWAY_CLIENT_ID": f"{group}-{i}",
-                    "IOT_GATEWAY_GROUP": group,
-                    "IOT_GATEWAY_TOPIC_FILTER": f"sensors/{place}/+/reading",
-                    "IOT_GATEWAY_METRICS_PORT": str(_free_port()),
-                    "IOT_GATEWAY_MAX_IN_FLIGHT": str(max_in_flight),
-                    "IOT_GATEWAY_SESSION_EXPIRY_S": "900",
-                }
-            )
+            port = free_port()
+            env = {
+                **os.environ,
+                **kafka.env(),
+                "IOT_GATEWAY_CLIENT_ID": f"{group}-{i}",
+                "IOT_GATEWAY_GROUP": group,
+                "IOT_GATEWAY_TOPIC_FILTER": f"sensors/{place}/+/reading",
+                "IOT_GATEWAY_METRICS_PORT": str(port),
+                "IOT_GATEWAY_MAX_IN_FLIGHT": str(max_in_flight),
+                "IOT_GATEWAY_SESSION_EXPIRY_S": "900",
+            }
+            log = log_dir / f"{group}-{i}.log"
+            self.gateways.append(Child.iot(f"{group}-{i}", ["gateway"], log, env=env, metrics_port=port))
         self.log_dir = log_dir
-        self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> float:
         """Start the gateways; returns when the first of them was seen subscribed (±20 ms)."""
-        for env in self.envs:
-            log = (self.log_dir / f"{env['IOT_GATEWAY_CLIENT_ID']}.log").open("ab")
-            argv = [str(REPO / ".venv/bin/iot"), "gateway"]
-            self.procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=log))
+        for gateway in self.gateways:
+            gateway.start()
         deadline = time.time() + 60
         first = 0.0
         while True:
-            up = [self._metric(env, "iot_gateway_mqtt_connected") == 1 for env in self.envs]
+            up = [gateway_connected(gateway) for gateway in self.gateways]
             if any(up) and not first:
                 first = time.time()
             if all(up):
@@ -235,8 +227,8 @@ class Gateways:
             return []
         self.profile.mkdir(parents=True, exist_ok=True)
         spies = []
-        for proc in self.procs:
-            out = self.profile / f"gateway-{proc.pid}.txt"
+        for gateway in self.gateways:
+            out = self.profile / f"gateway-{gateway.pid}.txt"
             self.profiled.append(out)
             spies.append(
                 subprocess.Popen(
@@ -248,7 +240,7 @@ class Gateways:
                         "--rate",
                         "250",
                         "-p",
-                        str(proc.pid),
+                        str(gateway.pid),
                         "-o",
                         str(out),
                     ],
@@ -266,21 +258,16 @@ class Gateways:
             spy.wait(timeout=60)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        self.procs = []
+        for gateway in self.gateways:
+            gateway.stop(60)
 
     def discard_sessions(self) -> None:
-        for env in self.envs:
+        for gateway in self.gateways:
             client = _log_in(
                 mqtt.Client(
-                    CallbackAPIVersion.VERSION2, client_id=env["IOT_GATEWAY_CLIENT_ID"], protocol=mqtt.MQTTv5
+                    CallbackAPIVersion.VERSION2,
+                    client_id=gateway.env["IOT_GATEWAY_CLIENT_ID"],
+                    protocol=mqtt.MQTTv5,
                 )
             )
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -290,23 +277,10 @@ class Gateways:
             client.disconnect()
 
     def totals(self, name: str) -> float:
-        return sum(self._metric(env, name) or 0.0 for env in self.envs)
+        return sum(gateway.metric(name) or 0.0 for gateway in self.gateways)
 
     def shares(self) -> list[int]:
-        return [int(self._metric(env, "iot_gateway_produced_total") or 0) for env in self.envs]
-
-    @staticmethod
-    def _metric(env: dict[str, str], name: str) -> float | None:
-        url = f"http://127.0.0.1:{env['IOT_GATEWAY_METRICS_PORT']}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
-            return None
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        return None
+        return [int(gateway.metric("iot_gateway_produced_total") or 0) for gateway in self.gateways]
 
     def wait_produced(self, target: float, timeout: float = 600) -> tuple[float, float]:
         """Poll until `target` readings were confirmed; returns (first receive seen, done) times."""
@@ -331,14 +305,7 @@ class KafkaSpan:
         self._consumer = Consumer(
             {**kafka.librdkafka(), "group.id": _uid("bench-span"), "enable.auto.commit": False}
         )
-        topic = contract.TOPIC_READINGS
-        partitions = self._consumer.list_topics(topic, timeout=15).topics[topic].partitions
-        self._start = [
-            TopicPartition(
-                topic, p, self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1]
-            )
-            for p in partitions
-        ]
+        self._start = end_offsets(self._consumer, contract.TOPIC_READINGS, timeout=15)
 
     def rate(self, count: int, timeout: float = 120) -> float:
         self._consumer.assign(self._start)
@@ -407,11 +374,7 @@ def kafka_for_bench(kind: str, folder: Path) -> Iterator[KafkaConnection]:
         "IOT_KAFKA_SASL_PORT": str(sasl) if kind == "private-sasl" else "0",
     }
     with private_services(folder / "stack", ["kafka"], variables) as stack:
-        yield (
-            sasl_connection(stack.cfg)
-            if kind == "private-sasl"
-            else KafkaConnection(stack.cfg.kafka_bootstrap)
-        )
+        yield stack.kafka(sasl=kind == "private-sasl")
 
 
 def main() -> int:

@@ -20,11 +20,8 @@ Nothing here runs on the shared stack.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-MOSQUITTO = "/usr/sbin/mosquitto"
+from iot.harness.broker import PrivateBroker
+from iot.harness.children import cpu_s
+
 HOST = "127.0.0.1"
 SETTINGS: dict[str, str] = {
     "interval 1800 (Mosquitto's default)": "autosave_interval 1800",
@@ -51,55 +50,12 @@ PAYLOAD = (
 TOPIC_FILTER = "$share/bench/sensors/+/+/reading"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+class Broker(PrivateBroker):
+    """The harness's private Mosquitto (persistence on, the stack's queue limits) with one save
+    setting."""
 
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((HOST, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"mosquitto did not listen on {port}")
-
-
-class Broker:
     def __init__(self, folder: Path, setting: str) -> None:
-        self.folder, self.port = folder, free_port()
-        folder.mkdir(parents=True)
-        (folder / "mosquitto.conf").write_text(
-            f"user {getpass.getuser()}\nlistener {self.port} {HOST}\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {folder}/\n{setting}\n"
-            "max_queued_messages 1000000\nmax_queued_bytes 0\nmax_inflight_messages 1000\n"
-            f"log_dest file {folder}/mosquitto.log\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")], stderr=subprocess.DEVNULL
-        )
-        wait_port(self.port)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
+        super().__init__(folder, listener_conf=f"allow_anonymous true\n{setting}\n", persistent=True)
 
     def db_bytes(self) -> int:
         db = self.folder / "mosquitto.db"
@@ -189,7 +145,6 @@ def _line(proc: subprocess.Popen[str]) -> dict[str, Any]:
 def measure(folder: Path, setting: str, messages: int, backlog: int, standing: int) -> dict[str, Any]:
     broker = Broker(folder, setting)
     broker.start()
-    assert broker.proc is not None
     try:
         if standing:
             # A session that is away with its queue (a gateway down, say): every save writes it again.
@@ -200,12 +155,12 @@ def measure(folder: Path, setting: str, messages: int, backlog: int, standing: i
         # live: subscriber on, publisher sends
         sub = _client("sub", str(broker.port), str(messages), "5", "live", "bench-sub", TOPIC_FILTER)
         _line(sub)
-        cpu0, t0 = cpu_s(broker.proc.pid), time.monotonic()
+        cpu0, t0 = (cpu_s(broker.pid) or 0.0), time.monotonic()
         pub = _client("pub", str(broker.port), str(messages), "live")
         _line(pub)
         got = _line(sub)
         elapsed = time.monotonic() - t0
-        cpu = cpu_s(broker.proc.pid) - cpu0
+        cpu = (cpu_s(broker.pid) or 0.0) - cpu0
         pub.wait(), sub.wait()
         # backlog: subscriber away (session kept), publish, SIGKILL at once, restart, count
         pub = _client("pub", str(broker.port), str(backlog), "backlog")

@@ -53,17 +53,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import backend_throughput as bt
 from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
+from iot import contract
+from iot.topics import TopicAdmin, TopicSpec
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-import backend_throughput as bt  # noqa: E402
-
-from iot import contract  # noqa: E402
-from iot.topics import TopicAdmin, TopicSpec  # noqa: E402
 
 CACHE = Path(os.environ.get("IOT_BENCH_CACHE", Path.home() / ".cache/iot/bench-peers"))
 KSTREAMS_SRC = REPO / "bench/peers/kstreams"

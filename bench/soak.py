@@ -45,9 +45,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import soak_accounting
 import soak_drain
 import soak_report
@@ -58,7 +55,6 @@ from soak_common import (
     PYTHON,
     log,
     poll_until,
-    rss_kb,
 )
 from soak_faults import FAULTS, STACK_SERVICES, FaultInjector
 from soak_kafka import PLACE_TOPIC, KafkaWatch, LagProbe
@@ -66,15 +62,13 @@ from soak_procs import FleetProc, Service
 from soak_sampling import Sampler
 
 from iot import contract
-from iot.app.stack.config import StackConfig
-from iot.app.stack.manager import Stack
-from iot.app.stack.private import free_ports
-from iot.app.stack.services import sasl_connection
-from iot.app.supervise import endpoint_up
-from iot.app.supervise import metrics_value as metric
 from iot.broker import credentials
 from iot.devices.provision import DevicesSettings, Provisioner
 from iot.env import MqttEndpoint
+from iot.harness.children import gateway_connected, rss_kb
+from iot.harness.oracle import slot_ms
+from iot.harness.ports import free_port, free_ports
+from iot.harness.stack import PrivateStack
 from iot.kafka import KafkaConnection
 
 
@@ -85,8 +79,8 @@ class Soak:
         self.args = args
         self.folder = folder
         mqtt, kafka, ctrl, mongo, prom, node, fdbg, sasl = free_ports(8)
+        self.mqtt_port, self.mongo_port = mqtt, mongo
         self.stack_env = {
-            "IOT_STACK_DIR": str(folder / "stack"),
             "IOT_MQTT_URL": f"mqtt://{HOST}:{mqtt}",
             "IOT_MQTT_TLS_PORT": "0",  # no TLS listener: its default (MQTT port + 1) was not checked free
             "IOT_KAFKA_BOOTSTRAP": f"{HOST}:{kafka}",
@@ -97,10 +91,8 @@ class Soak:
             "IOT_FERRETDB_DEBUG_PORT": str(fdbg),
             "IOT_KAFKA_HEAP": args.kafka_heap,
             "IOT_KAFKA_SASL_PORT": str(sasl) if args.kafka_sasl else "0",
-            "IOT_CACHE_DIR": os.environ.get("IOT_CACHE_DIR", ""),
         }
-        self.stack = Stack(StackConfig.from_env(self.stack_env))
-        self.cfg = self.stack.cfg
+        self.stack = PrivateStack(folder / "stack", self.stack_env)
         self.specs = soak_accounting.window_specs(args)
         self.services: dict[str, Service] = {}
         self.fleets: list[FleetProc] = []
@@ -123,9 +115,7 @@ class Soak:
     def kafka(self) -> KafkaConnection:
         """How the services and the soak's own readers reach Kafka: the plain listener, or with
         --kafka-sasl the SASL_SSL one (its user's password exists once the stack is up)."""
-        return (
-            sasl_connection(self.cfg) if self.args.kafka_sasl else KafkaConnection(self.cfg.kafka_bootstrap)
-        )
+        return self.stack.kafka(sasl=self.args.kafka_sasl)
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -135,6 +125,8 @@ class Soak:
             **os.environ,
             **self.stack_env,
             **self.kafka().env(),
+            # The private stack's folder: its credentials file holds the gateway's account there.
+            "IOT_STACK_DIR": str(self.stack.folder),
             "IOT_LOG_LEVEL": "INFO",
             "IOT_WINDOW_TUMBLING_S": str(a.tumbling),
             "IOT_WINDOW_HOPPING_S": str(a.hopping),
@@ -150,10 +142,10 @@ class Soak:
         return [PYTHON, str(Path(__file__).resolve().parent / "soak_traced.py"), str(out), "30", service]
 
     def start_services(self) -> None:
-        log("stack_up", folder=self.folder, mqtt=self.cfg.mqtt_port, kafka=self.cfg.kafka_port)
+        log("stack_up", folder=self.folder, mqtt=self.mqtt_port, kafka=self.stack.kafka_bootstrap)
         self.stack.up(list(STACK_SERVICES))
         for i in range(self.args.gateways):
-            port = free_ports(1)[0]
+            port = free_port()
             env = {
                 **self.common_env(),
                 "IOT_GATEWAY_CLIENT_ID": f"soak-gw{i}",
@@ -161,19 +153,19 @@ class Soak:
                 "IOT_GATEWAY_METRICS_PORT": str(port),
                 "IOT_GATEWAY_SESSION_EXPIRY_S": "3600",
             }
-            url = f"http://{HOST}:{port}/metrics"
             svc = Service(
                 f"gateway{i}",
                 ["gateway"],
                 env,
                 self.folder / f"gateway{i}.log",
-                lambda _s, url=url: metric(url, "iot_gateway_mqtt_connected") == 1.0,
+                port,
+                gateway_connected,
                 command=self.traced(f"gateway{i}", "gateway"),
             )
             self.services[svc.name] = svc
-            if not svc.start():
+            if not svc.launch():
                 raise SystemExit(f"gateway{i} did not start; see {svc.log_path}")
-        port = free_ports(1)[0]
+        port = free_port()
         a = self.args
         env = {
             **self.common_env(),
@@ -183,19 +175,19 @@ class Soak:
             **({"IOT_BACKEND_OPEN_WRITE_S": str(a.open_write_s)} if a.open_write_s else {}),
             "IOT_BACKEND_DATA_DIR": str(self.folder / "backend"),
         }
-        url = f"http://{HOST}:{port}/metrics"
         backend = Service(
             "backend",
             ["backend"],
             env,
             self.folder / "backend.log",
-            lambda _s: endpoint_up(url),
+            port,
+            Service.answers,
             command=self.traced("backend", "backend"),
         )
         self.services["backend"] = backend
-        if not backend.start(180):
+        if not backend.launch(180):
             raise SystemExit(f"backend did not start; see {backend.log_path}")
-        self.watch = KafkaWatch(self.kafka(), soak_accounting.slot_ms(self.specs))
+        self.watch = KafkaWatch(self.kafka(), slot_ms(self.specs))
         self.watch.start()
 
     def start_fleets(self) -> None:
@@ -204,7 +196,7 @@ class Soak:
         per = -(-len(boards) // a.fleet_procs)
         cfg = {
             "host": HOST,
-            "port": self.cfg.mqtt_port,
+            "port": self.mqtt_port,
             "rate_hz": a.rate,
             "ack_timeout_s": a.ack_timeout,
             "boot": 1,
@@ -222,11 +214,11 @@ class Soak:
     def provision(self, boards: list[tuple[str, str]]) -> dict[str, str]:
         """Every board's own account on the stack's broker, as `iot devices add` makes it (the
         operator's login from the stack's credentials file); device -> password."""
-        operator = credentials.read_stack_file(self.cfg.state_dir / credentials.FILE_NAME)[
+        operator = credentials.read_stack_file(self.stack.folder / credentials.FILE_NAME)[
             credentials.OPERATOR
         ]
         settings = DevicesSettings(
-            MqttEndpoint(HOST, self.cfg.mqtt_port, False), None, operator, self.stack_env["IOT_MONGO_URI"]
+            MqttEndpoint(HOST, self.mqtt_port, False), None, operator, self.stack_env["IOT_MONGO_URI"]
         )
         started = time.monotonic()
         with Provisioner.open(settings) as prov:
@@ -268,7 +260,7 @@ class Soak:
         import pymongo
 
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            HOST, self.cfg.mongo_port, serverSelectionTimeoutMS=10_000, datetime_conversion="DATETIME_MS"
+            HOST, self.mongo_port, serverSelectionTimeoutMS=10_000, datetime_conversion="DATETIME_MS"
         )
         db = client[DATABASE]
         lag = LagProbe(self.kafka(), (contract.TOPIC_READINGS, PLACE_TOPIC))

@@ -5,49 +5,21 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from soak_hostile import HOSTILE_BOOT, HOSTILE_DEVICE, HOSTILE_PLACE
 
 from iot import contract
+from iot.harness.oracle import WindowSpec, differences, slot_ms, summary, windows_of_slots
 
 METRICS = contract.METRICS
 SAMPLES = 20  # examples kept of each kind of defect
 FAULT_BEFORE_MS, FAULT_AFTER_MS = 2_000, 10_000  # a reading this close to a fault is "in" it
 
-WindowSpec = tuple[str, int, int]  # (kind, size_s, step_s)
-
 
 def window_specs(args: Any) -> tuple[WindowSpec, ...]:
     return (("tumbling", args.tumbling, args.tumbling), ("hopping", args.hopping, args.hop_step))
-
-
-def slot_ms(specs: Sequence[WindowSpec]) -> int:
-    """The largest span that divides every window's size and step: readings in one such slot belong
-    to the same windows."""
-    return math.gcd(*(s * 1000 for _k, size, step in specs for s in (size, step)))
-
-
-def window_starts(ts: int, size_ms: int, step_ms: int) -> list[int]:
-    """Starts of every window [start, start + size) that holds event time `ts` (epoch-aligned)."""
-    last = ts - ts % step_ms
-    return list(range(last, ts - size_ms, -step_ms))
-
-
-def expected_windows(
-    slots: Mapping[str, Iterable[int]], slot: int, specs: Sequence[WindowSpec]
-) -> set[tuple[str, str, int, int]]:
-    """(key, kind, size_s, start_ms) of every window some reading of a key falls in, from the slots
-    (`ts // slot`) the key has readings in; `slot` must divide every size and step."""
-    out: set[tuple[str, str, int, int]] = set()
-    for key, key_slots in slots.items():
-        for s in key_slots:
-            ts = s * slot
-            for kind, size_s, step_s in specs:
-                for start in window_starts(ts, size_s * 1000, step_s * 1000):
-                    out.add((key, kind, size_s, start))
-    return out
 
 
 def _ms(value: Any) -> int:
@@ -70,35 +42,13 @@ def in_fault(ts_ms: int, faults: Sequence[tuple[int, int]]) -> bool:
 
 
 def _expected(rows: Sequence[tuple[Any, ...]], place: bool) -> dict[str, Any]:
+    """The window over these stored readings (rows: ts, seq, the metrics, device)."""
     out: dict[str, Any] = {"count": len(rows)}
     for i, name in enumerate(METRICS):
-        values = [r[2 + i] for r in rows if r[2 + i] is not None]
-        out[name] = {
-            "count": len(values),
-            "mean": math.fsum(values) / len(values) if values else None,
-            "min": min(values) if values else None,
-            "max": max(values) if values else None,
-        }
+        out[name] = summary([r[2 + i] for r in rows if r[2 + i] is not None], exact=False)
     if place:
         out["devices"] = sorted({r[6] for r in rows})
     return out
-
-
-def _differs(doc: dict[str, Any], exp: dict[str, Any]) -> list[str]:
-    diffs = []
-    if doc.get("count") != exp["count"]:
-        diffs.append(f"count {doc.get('count')} != {exp['count']}")
-    for name in METRICS:
-        got, want = doc.get(name) or {}, exp[name]
-        for part in ("count", "min", "max"):
-            if got.get(part) != want[part]:
-                diffs.append(f"{name}.{part} {got.get(part)} != {want[part]}")
-        g, w = got.get("mean"), want["mean"]
-        if (g is None) != (w is None) or (g is not None and not math.isclose(g, w, rel_tol=1e-12)):
-            diffs.append(f"{name}.mean {g} != {w}")
-    if "devices" in exp and sorted(doc.get("devices") or []) != exp["devices"]:
-        diffs.append(f"devices {len(doc.get('devices') or [])} != {len(exp['devices'])}")
-    return diffs
 
 
 def account(
@@ -197,7 +147,7 @@ def account(
             rows = index.get(doc[key_field], [])
             start, end = _ms(doc["start"]), _ms(doc["end"])
             part = rows[bisect_left(rows, (start,)) : bisect_left(rows, (end,))]
-            diffs = _differs(doc, _expected(part, is_place))
+            diffs = differences(doc, _expected(part, is_place))
             checked += 1
             if diffs:
                 bad += 1
@@ -213,7 +163,7 @@ def account(
                         latency_final_outside.append(updated - row[0])
         # Every window some stored reading falls in must exist.
         slots = {key: {row[0] // slot for row in rows} for key, rows in index.items()}
-        absent = sorted(expected_windows(slots, slot, specs) - present)
+        absent = sorted(windows_of_slots(slots, slot, specs) - present)
         windows[coll] = {
             "final_checked": checked,
             "final_differing": bad,

@@ -7,35 +7,26 @@ windows they fall in (open windows are not rewritten while the key's input is a 
 final at the idle close), so right after the last readings are stored their windows may not exist
 yet and every window that does is final. Accounting then reported 600 sensor windows "absent" (200
 boards x 1 tumbling + 2 hopping: each board's last windows). So the drain waits until the windows
-the readings Kafka holds must have (soak_accounting.expected_windows) are all there and final.
+the readings Kafka holds must have (iot.harness.oracle.windows_of_slots) are all there and final.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from soak_accounting import expected_windows
 from soak_common import log, poll_until
 
 from iot import contract
-
-
-def windows_complete(counts: Callable[[str, dict[str, Any]], int], expected: Mapping[str, int]) -> bool:
-    """True once every collection has no window that is not final and at least its expected number of
-    final windows. `counts(collection, filter)` counts documents."""
-    return all(
-        counts(coll, {"final": {"$ne": True}}) == 0 and counts(coll, {"final": True}) >= want
-        for coll, want in expected.items()
-    )
+from iot.harness.oracle import windows_complete, windows_of_slots
 
 
 def expected_counts(watch: Any, specs: Any) -> dict[str, int]:
     slot = watch.slot_ms
     return {
-        contract.COLL_SENSOR_WINDOWS: len(expected_windows(watch.device_slots, slot, specs)),
-        contract.COLL_PLACE_WINDOWS: len(expected_windows(watch.place_slots, slot, specs)),
+        contract.COLL_SENSOR_WINDOWS: len(windows_of_slots(watch.device_slots, slot, specs)),
+        contract.COLL_PLACE_WINDOWS: len(windows_of_slots(watch.place_slots, slot, specs)),
     }
 
 

@@ -19,8 +19,8 @@ from soak_common import HOST, log, poll_until
 from soak_hostile import HostileBoard
 from soak_procs import FleetProc, Service
 
-from iot.app.supervise import metrics_value
 from iot.broker import credentials
+from iot.harness.stack import PrivateStack
 
 FAULTS = ("hostile", "gateway", "backend", "kafka", "mosquitto", "ferretdb", "boards")
 STACK_SERVICES = ("mosquitto", "kafka", "ferretdb")
@@ -50,7 +50,7 @@ class FaultInjector:
         self,
         args: Any,
         services: dict[str, Service],
-        stack: Any,
+        stack: PrivateStack,
         fleets: Sequence[FleetProc],
         lock: threading.Lock,
         fleet_sum: Callable[[str], int],
@@ -110,7 +110,7 @@ class FaultInjector:
         log("fault", kill=svc.name, signal="SIGKILL")
         time.sleep(self.args.pause)  # the outage itself
         with self.lock:
-            fault.ok = svc.start(180 if name == "backend" else 120)
+            fault.ok = svc.launch(180 if name == "backend" else 120)
         return fault
 
     def _kill_stack_service(self, name: str) -> Fault:
@@ -142,12 +142,12 @@ class FaultInjector:
         fault = Fault("hostile", "gateways", killed_at=time.time())
         gateways = [s for name, s in self.services.items() if name.startswith("gateway")]
         received = {s.name: self._gateway_metric(s, "iot_gateway_received_total") or 0.0 for s in gateways}
-        operator = credentials.read_stack_file(self.stack.cfg.state_dir / credentials.FILE_NAME).get(
+        operator = credentials.read_stack_file(self.stack.folder / credentials.FILE_NAME).get(
             credentials.OPERATOR
         )
         login = (operator.username, operator.password) if operator else None
         board = self.hostile = HostileBoard(
-            HOST, self.stack.cfg.mqtt_port, self.args.hostile_burst, login=login
+            HOST, self.stack.mqtt_port, self.args.hostile_burst, login=login
         )
         log("fault", hostile=board.burst)
         try:
@@ -159,18 +159,14 @@ class FaultInjector:
             up = self._gateway_metric(svc, "iot_gateway_mqtt_connected") == 1.0
             errors = self._gateway_metric(svc, "iot_gateway_callback_errors_total") or 0.0
             now = self._gateway_metric(svc, "iot_gateway_received_total") or 0.0
-            alive = svc.proc is not None and svc.proc.poll() is None
+            alive = svc.alive()
             log("hostile_check", gateway=svc.name, alive=alive, connected=up, callback_errors=errors,
                 received=now - received[svc.name])  # fmt: skip
             fault.ok = fault.ok and alive and up and not errors and now > received[svc.name]
         return fault
 
     def _gateway_metric(self, svc: Service, name: str) -> float | None:
-        return metrics_value(_metrics_url(svc), name)
-
-
-def _metrics_url(svc: Service) -> str:
-    return f"http://{HOST}:{svc.env['IOT_GATEWAY_METRICS_PORT']}/metrics"
+        return svc.metric(name)
 
 
 def _sleep_until(at: float) -> None:

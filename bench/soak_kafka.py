@@ -27,7 +27,7 @@ class KafkaWatch(threading.Thread):
     """First copy of every reading: latency ts → Kafka and its two halves, duplicates, window slots.
 
     `slot_ms`: readings are remembered per key as `ts // slot_ms` (a divisor of every window step),
-    enough to know every window a key must have (soak_accounting.expected_windows)."""
+    enough to know every window a key must have (iot.harness.oracle.windows_of_slots)."""
 
     def __init__(self, kafka: KafkaConnection, slot_ms: int) -> None:
         super().__init__(daemon=True)

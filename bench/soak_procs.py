@@ -1,74 +1,60 @@
 """The child processes of bench/soak.py: the product's services (`iot gateway`, `iot backend`) and
 the fleet processes (bench/soak_fleet.py), each restartable or stoppable, each with its log in the
-soak folder and dying with the soak."""
+soak folder and dying with the soak (the harness's launcher)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from soak_common import IOT, PYTHON, REPO, die_with_parent, poll_until
+from soak_common import PYTHON, REPO, log
+
+from iot.harness.children import IOT, Child
+from iot.harness.errors import ChildFailed
 
 
-@dataclass
-class Service:
-    """`iot gateway` / `iot backend`, restartable, with its log in the soak folder."""
+class Service(Child):
+    """`iot gateway` / `iot backend`, restartable, with its log in the soak folder; `command` runs it
+    another way (bench/soak_traced.py)."""
 
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    ready: Callable[[Service], bool]
-    proc: subprocess.Popen[bytes] | None = None
-    planned_down: bool = False
-    starts: int = 0
-    unplanned: list[dict[str, Any]] = field(default_factory=list)
-    command: list[str] | None = None  # instead of `iot <args>` (bench/soak_traced.py)
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        env: dict[str, str],
+        log_path: Path,
+        metrics_port: int,
+        ready: Callable[[Service], bool],
+        command: list[str] | None = None,
+    ) -> None:
+        super().__init__(name, command or [IOT, *args], log_path, env, cwd=REPO, metrics_port=metrics_port)
+        self.ready = ready
+        self.planned_down = False
+        self.unplanned: list[dict[str, Any]] = []
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
-
-    def start(self, timeout: float = 120.0) -> bool:
-        with self.log_path.open("ab") as logf:
-            self.proc = subprocess.Popen(
-                self.command or [IOT, *self.args],
-                env=self.env,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                preexec_fn=die_with_parent,
-            )
-        self.starts += 1
-        ok = poll_until(
-            lambda: self.proc is not None and self.proc.poll() is None and self.ready(self),
-            timeout,
-            f"{self.name} ready",
-        )
+    def launch(self, timeout: float = 120.0) -> bool:
+        """Start it and wait until it is ready; False (logged) when it is not within `timeout`."""
+        self.start()
+        try:
+            self.wait_ready(lambda: self.ready(self), timeout)
+            ok = True
+        except ChildFailed as exc:
+            log("not_ready", service=self.name, error=str(exc).splitlines()[0])
+            ok = False
         self.planned_down = False
         return ok
 
     def kill9(self) -> None:
         self.planned_down = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        self.kill()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> int | None:
         self.planned_down = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        return super().stop(timeout)
 
 
 class FleetProc:
@@ -82,15 +68,14 @@ class FleetProc:
         config = {**cfg, "boards": boards, "out": str(self.out)}
         conf_path = folder / f"fleet{index}.conf.json"
         conf_path.write_text(json.dumps(config))
-        self.log = (folder / f"fleet{index}.log").open("ab")
-        self.proc = subprocess.Popen(
+        self.child = Child(
+            f"fleet{index}",
             [PYTHON, str(REPO / "bench" / "soak_fleet.py"), str(conf_path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            preexec_fn=die_with_parent,
-        )
+            folder / f"fleet{index}.log",
+            interactive=True,
+        ).start()
+        assert self.child.proc is not None
+        self.proc = self.child.proc
         self.stats: dict[str, Any] = {}
         self.final = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -98,7 +83,7 @@ class FleetProc:
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc.poll() is None else None
+        return self.child.pid
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -121,17 +106,9 @@ class FleetProc:
     def finish(self, timeout: float = 60.0) -> dict[str, Any]:
         self.command("quit")
         self.final.wait(timeout)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
+        self.child.wait_exit(timeout)
         data: dict[str, Any] = json.loads(self.out.read_text())
         return data
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
+        self.child.kill()

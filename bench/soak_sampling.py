@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from soak_common import cpu_pressure, cpu_s, log, rss_kb
+from soak_common import cpu_pressure, log
 from soak_kafka import KafkaWatch, LagProbe
 from soak_procs import Service
 
+from iot.harness.children import cpu_s, rss_kb
 from iot.kafka import KafkaConnection
 
 
@@ -65,9 +66,9 @@ class Sampler(threading.Thread):
     def supervise(self) -> None:
         for svc in self.services.values():
             with self.lock:
-                if svc.planned_down or svc.proc is None or svc.proc.poll() is None:
+                if svc.planned_down or svc.proc is None or svc.alive():
                     continue
-                code = svc.proc.returncode
+                code = svc.returncode
                 log("unplanned_exit", service=svc.name, code=code, action="restarting")
                 svc.unplanned.append({"t": round(time.time(), 3), "code": code})
-                svc.start()
+                svc.launch()

@@ -11,20 +11,14 @@ INTERVAL_S, past start-up). tracemalloc slows the service down: a memory run, no
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
 import tracemalloc
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _rss_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+from iot.harness.children import rss_kb
 
 
 def _watch(out: Path, interval: float) -> None:
@@ -38,7 +32,7 @@ def _watch(out: Path, interval: float) -> None:
         current, peak = tracemalloc.get_traced_memory()
         line = {
             "t": round(time.time() - t0, 1),
-            "rss_kb": _rss_kb(),
+            "rss_kb": rss_kb(os.getpid()),
             "traced_kb": current // 1024,
             "traced_peak_kb": peak // 1024,
             "top_growth": [

@@ -22,10 +22,7 @@ import json
 import subprocess
 import sys
 import tracemalloc
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.accumulators import WindowAcc
 from backend.engine import Item, ScopeEngine

@@ -3,6 +3,7 @@
 HilError
  ├── BoardError     a board (virtual or real) did not start, stopped unexpectedly or misbehaved
  ├── FlashError     copying firmware to a real board failed; carries the command and its output
+ ├── RigStackError  the rig's broker, gateway or backend did not come up, or Kafka cannot be read
  └── RigConfigError a rig or board config value is wrong; names the field
 """
 
@@ -29,6 +30,10 @@ class FlashError(HilError):
         super().__init__(detail)
         self.command = command or []
         self.output = output
+
+
+class RigStackError(HilError):
+    pass
 
 
 class RigConfigError(HilError):

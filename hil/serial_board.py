@@ -23,7 +23,6 @@ between two of them (mpremote's `\\r\\x01` after its Ctrl-C) wait in the termina
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import fcntl
 import json
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import IO
 
 from hil import paths
+from iot.harness.children import die_with_parent
 
 EXIT_CONFIG, EXIT_WATCHDOG, EXIT_RESET, EXIT_POWER_CUT = 2, 3, 4, 5
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
@@ -51,15 +51,9 @@ SOFT_REBOOT = b"MPY: soft reboot\r\n"
 # USB-serial adapter's buffer overflows when no terminal is attached.
 UNREAD_LIMIT = 32 * 1024
 STOP_TIMEOUT_S = 5.0
-PR_SET_PDEATHSIG = 1
 VSERIAL = Path(__file__).resolve().parent / "vserial"
 
 MAIN, REPL, RAW = "main", "repl", "raw"
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def _child_setup() -> None:

@@ -20,8 +20,10 @@ from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from iot import contract
+from iot.harness.metrics import scrape
+from iot.harness.ports import free_ports, listening
 from tests.accounts import remove_boards
-from tests.support import free_ports, listening, scrape, unique, wait_for
+from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration
 IOT = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "iot")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from iot import contract
-from tests.oracle import expected_windows, window_starts
+from iot.harness.oracle import expected_windows, window_starts
 
 pytestmark = pytest.mark.unit
 

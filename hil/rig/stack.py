@@ -18,30 +18,22 @@ from typing import Any
 import pymongo
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from hil.errors import HilError
+from hil.errors import RigStackError
 from hil.probe import Probe, broker_address
 from hil.rig.spec import Rig
-from hil.serial_board import die_with_parent
-from iot import contract, log
-from iot.app.stack.private import PrivateBroker, commit_end_offsets, free_ports, private_kafka
-from iot.app.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
+from iot import contract
 from iot.broker import credentials
 from iot.devices.provision import DevicesSettings, Provisioner
 from iot.env import parse_mqtt_url, with_database
 from iot.errors import IotError
+from iot.harness.broker import PrivateBroker
+from iot.harness.children import Children
+from iot.harness.errors import ChildFailed
+from iot.harness.kafka import commit_end_offsets
+from iot.harness.ports import free_ports
+from iot.harness.stack import private_kafka
 from iot.kafka import KafkaConnection
 from iot.reach import KafkaClientLog
-
-_log = log.get("hil.rig.stack")
-
-
-class StackError(HilError):
-    pass
-
-
-def free_port() -> int:
-    (port,) = free_ports(1)
-    return port
 
 
 class KafkaReadings:
@@ -81,7 +73,7 @@ class KafkaReadings:
             except KafkaException as exc:
                 problem = str(exc)
             if time.monotonic() > deadline:
-                raise StackError(f"cannot read {topic} from Kafka ({conn.describe()}): {problem}")
+                raise RigStackError(f"cannot read {topic} from Kafka ({conn.describe()}): {problem}")
             time.sleep(0.2)
 
     def _run(self) -> None:
@@ -117,7 +109,7 @@ class RigStack:
         self.say = say
         self.tag = f"hil{rig.run_id}"
         self.broker: PrivateBroker | None = None
-        self.supervisor = Supervisor(workdir / "services")
+        self.children = Children(workdir / "services")
         self.broker_url = rig.stack.broker
         self.probe: Probe | None = None
         self.kafka: KafkaReadings | None = None
@@ -149,9 +141,9 @@ class RigStack:
     def up(self, devices: set[str]) -> None:
         spec = self.rig.stack
         if spec.broker == "private":
-            # A killed rig leaves no broker behind. Authenticated like the stack's: the boards get
-            # accounts on it (provision), the gateway and the probe log in.
-            self.broker = PrivateBroker(self.workdir / "mosquitto", preexec_fn=die_with_parent, accounts=True)
+            # It dies with the rig: a killed rig leaves no broker behind. Authenticated like the stack's:
+            # the boards get accounts on it (provision), the gateway and the probe log in.
+            self.broker = PrivateBroker(self.workdir / "mosquitto", accounts=True)
             self.broker.start()
             self.broker_url = self.broker.url
             self.say(f"stack private mosquitto on {self.broker_url}")
@@ -160,7 +152,7 @@ class RigStack:
             # product's, the product's backend (group iot-backend) windowed them into its database.
             self.say("stack starting a private kafka")
             kafka = self._own_kafka.enter_context(private_kafka(self.workdir / "kafka"))
-            self.kafka_conn = KafkaConnection(kafka.cfg.kafka_bootstrap)
+            self.kafka_conn = KafkaConnection(kafka.kafka_bootstrap)
             self.say(f"stack private kafka on {self.kafka_conn.bootstrap}")
         db_name = f"hil_{self.rig.run_id}" if spec.services == "start" else ""
         self.own_database = db_name
@@ -182,7 +174,7 @@ class RigStack:
 
     def _start_services(self, mongo_uri: str) -> None:
         spec = self.rig.stack
-        gw_port, be_port = free_port(), free_port()
+        gw_port, be_port = free_ports(2)
         env = {
             "IOT_MQTT_URL": self.broker_url,
             **self.kafka_conn.env(),
@@ -193,29 +185,20 @@ class RigStack:
             "IOT_WINDOW_GRACE_S": str(spec.grace_s),
             "IOT_GATEWAY_GROUP": self.tag,
             "IOT_GATEWAY_CLIENT_ID": f"{self.tag}-gw",
-            "IOT_GATEWAY_METRICS_PORT": str(gw_port),
             "IOT_BACKEND_APP_ID": self.tag,
-            "IOT_BACKEND_METRICS_PORT": str(be_port),
             "IOT_BACKEND_IDLE_TIMEOUT_S": "3",
             "IOT_BACKEND_DATA_DIR": str(self.workdir / "backend"),
             **(self.broker.gateway.as_env(credentials.GATEWAY) if self.broker is not None else {}),
         }
         try:
             self.say("stack starting the gateway")
-            gateway = self.supervisor.start("gateway", ["gateway"], env)
-            url = f"http://127.0.0.1:{gw_port}/metrics"
-            self.supervisor.wait_ready(
-                gateway, lambda: metrics_value(url, "iot_gateway_mqtt_connected") == 1.0, 60
-            )
+            self.children.start_gateway("gateway", env, gw_port)
             commit_end_offsets(self.kafka_conn, self.tag, contract.TOPIC_READINGS)
             self.say("stack starting the backend (Faust: up to a minute)")
-            backend = self.supervisor.start("backend", ["backend"], env)
-            self.supervisor.wait_ready(
-                backend, lambda: endpoint_up(f"http://127.0.0.1:{be_port}/metrics"), 120
-            )
+            self.children.start_backend("backend", env, be_port, timeout=120)
         except ChildFailed as exc:
-            raise StackError(f"the rig's services did not start: {exc}") from exc
-        self.say(f"stack gateway and backend up; logs in {self.supervisor.log_dir}")
+            raise RigStackError(f"the rig's services did not start: {exc}") from exc
+        self.say(f"stack gateway and backend up; logs in {self.children.log_dir}")
 
     def provision(self, boards: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
         """Accounts for (place, device) boards, as `iot devices add` makes them: on the private broker
@@ -249,7 +232,7 @@ class RigStack:
 
     def restart_broker(self, down_s: float) -> None:
         if self.broker is None:
-            raise StackError(
+            raise RigStackError(
                 "broker_restart needs stack.broker: private (the rig never restarts a shared broker)"
             )
         self.broker.stop()
@@ -257,7 +240,7 @@ class RigStack:
         self.broker.start()
 
     def down(self) -> None:
-        self.supervisor.stop_all()
+        self.children.stop_all()
         self._remove_accounts()
         if self.probe is not None:
             self.probe.stop()

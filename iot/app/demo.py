@@ -8,7 +8,6 @@ virtual boards in several places, then shows the latest window per place and per
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import signal
@@ -22,13 +21,14 @@ import pymongo
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from hil.fleet import place_names
 from iot import contract
 from iot.app import demo_view
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack, StackError
-from iot.app.supervise import ChildFailed, Supervisor, endpoint_up, metrics_value
 from iot.env import CONTRACT, Variables
+from iot.harness import metrics
+from iot.harness.children import Children
+from iot.harness.errors import ChildFailed
 
 DEMO_PREFIX = "demo"
 
@@ -94,23 +94,14 @@ def _log_to_file(path: Path) -> None:
     root.addHandler(handler)
 
 
-def _missing_parts() -> list[str]:
-    parts = {"gateway.cli": "gateway", "backend.cli": "backend", "hil.cli": "virtual boards (iot boards)"}
-    return [what for module, what in parts.items() if importlib.util.find_spec(module) is None]
-
-
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    missing = _missing_parts()
-    if missing:
-        console.print(f"[red]not built yet[/]: {', '.join(missing)}; `iot stack up` runs the stack alone")
-        return 1
     cfg = StackConfig.from_env()
     stack = Stack(cfg)
     was_running = {s.name for s in stack.status() if s.healthy}
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    supervisor = Supervisor(cfg.state_dir / "demo")
-    _log_to_file(supervisor.log_dir / "demo.log")
+    children = Children(cfg.state_dir / "demo")
+    _log_to_file(children.log_dir / "demo.log")
     started = time.monotonic()
     try:
         with console.status("starting the native stack (first run installs it: a few minutes)…"):
@@ -125,26 +116,13 @@ def run(args: argparse.Namespace) -> int:
             "IOT_WINDOW_HOPPING_S": str(args.hop_window),
             "IOT_WINDOW_HOP_STEP_S": str(args.hop_step),
             "IOT_WINDOW_GRACE_S": str(args.grace),
-            "IOT_GATEWAY_METRICS_PORT": str(ports.gateway),
-            "IOT_BACKEND_METRICS_PORT": str(ports.backend),
             "IOT_BACKEND_IDLE_TIMEOUT_S": str(max(args.window, 5)),
             "IOT_BACKEND_DATA_DIR": str(cfg.state_dir / "demo" / "backend-state"),
         }
         with console.status("starting gateway and backend…"):
-            gateway = supervisor.start("gateway", ["gateway"], env)
-            supervisor.wait_ready(
-                gateway,
-                lambda: (
-                    metrics_value(f"http://127.0.0.1:{ports.gateway}/metrics", "iot_gateway_mqtt_connected")
-                    == 1.0
-                ),
-                60,
-            )
-            backend = supervisor.start("backend", ["backend"], env)
-            supervisor.wait_ready(
-                backend, lambda: endpoint_up(f"http://127.0.0.1:{ports.backend}/metrics"), 90
-            )
-        boards = supervisor.start(
+            children.start_gateway("gateway", env, ports.gateway)
+            children.start_backend("backend", env, ports.backend)
+        children.start(
             "boards",
             [
                 "boards",
@@ -159,22 +137,22 @@ def run(args: argparse.Namespace) -> int:
                 "--env",
                 args.env,
                 "--state-dir",
-                str(supervisor.log_dir / "boards"),
+                str(children.log_dir / "boards"),
             ],
             env,
         )
         console.print(
             f"[green]gateway, backend and {args.boards} virtual boards running[/] "
-            f"({time.monotonic() - started:.0f}s since start); logs in {supervisor.log_dir}"
+            f"({time.monotonic() - started:.0f}s since start); logs in {children.log_dir}"
         )
-        _live(console, cfg, ports, supervisor, boards.name, args, started)
+        _live(console, cfg, ports, children, args, started)
     except (StackError, ChildFailed) as exc:
         console.print(f"[red]{type(exc).__name__}[/]: {exc}")
         return 1
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
-        supervisor.stop_all()
+        children.stop_all()
         if not args.keep_stack and not was_running:
             stack.down()
             console.print("stopped the boards, the services and the stack the demo started")
@@ -187,8 +165,7 @@ def _live(
     console: Console,
     cfg: StackConfig,
     ports: MetricsPorts,
-    supervisor: Supervisor,
-    boards: str,
+    children: Children,
     args: argparse.Namespace,
     started: float,
 ) -> None:
@@ -198,16 +175,16 @@ def _live(
     db = client.get_default_database(contract.DEFAULT_DATABASE)
     first_window: float | None = None
     deadline = time.monotonic() + args.duration if args.duration else None
-    manifest = supervisor.log_dir / "boards" / "boards.json"
+    manifest = children.log_dir / "boards" / "boards.json"
     # Windows of an earlier demo within the last minutes are on the screen too; the first window of
     # this one is one that ended after the demo started (naive UTC, as pymongo returns dates).
     since_start = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=time.monotonic() - started)
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         while deadline is None or time.monotonic() < deadline:
-            for child in supervisor.children:
-                if not child.alive():
-                    raise ChildFailed(f"{child.name} exited ({child.proc.returncode}):\n{child.log_tail()}")
-            places, devices = _fleet(manifest, args.places)
+            gone = children.failed()
+            if gone is not None:
+                raise ChildFailed(f"{gone.name} exited ({gone.returncode}):\n{gone.log_tail()}")
+            places, devices = _fleet(manifest)
             since = datetime.now(UTC) - timedelta(minutes=10)
             place_rows = demo_view.latest(
                 _windows(db[contract.COLL_PLACE_WINDOWS], "place", places, since), "place", places
@@ -226,13 +203,13 @@ def _ours(window: dict[str, Any] | None, since: datetime) -> bool:
     return window is not None and isinstance(window.get("end"), datetime) and window["end"] > since
 
 
-def _fleet(manifest: Path, places: int) -> tuple[list[str], list[str]]:
+def _fleet(manifest: Path) -> tuple[list[str], list[str]]:
     """The demo's places and devices, from the manifest `iot boards` writes before its boards start
-    (hil/fleet.py); its places alone until it is there."""
+    (hil/fleet.py); none until it is there."""
     try:
         boards = json.loads(manifest.read_text())
     except (OSError, ValueError):
-        return place_names(places), []
+        return [], []
     return list(dict.fromkeys(b["place"] for b in boards)), [b["device"] for b in boards]
 
 
@@ -255,10 +232,10 @@ def _view(
     gateway = f"http://127.0.0.1:{ports.gateway}/metrics"
     backend = f"http://127.0.0.1:{ports.backend}/metrics"
     counts = demo_view.Counts(
-        produced=metrics_value(gateway, "iot_gateway_produced_total") or 0,
-        rejected=metrics_value(gateway, "iot_gateway_rejected_total") or 0,
+        produced=metrics.total(gateway, "iot_gateway_produced_total") or 0,
+        rejected=metrics.total(gateway, "iot_gateway_rejected_total") or 0,
         # Each reading is counted by the sensor scope and again by the place scope: once, here.
-        processed=metrics_value(backend, 'iot_backend_readings_total{scope="sensor"}') or 0,
+        processed=metrics.total(backend, 'iot_backend_readings_total{scope="sensor"}') or 0,
     )
     lines = [
         f"Prometheus http://{cfg.host}:{cfg.prometheus_port} · metrics :{ports.gateway} (gateway) "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,12 +23,14 @@ from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
 from iot import contract
+from iot.harness import oracle
+from iot.harness.oracle import as_comparable
+from iot.harness.payloads import varied
+from iot.harness.ports import free_port
 from iot.kafka import KafkaConnection
 from iot.topics import TOPIC_PARTITIONS, TopicAdmin, TopicSpec
-from tests import oracle
-from tests.oracle import as_comparable
 from tests.services import ServiceProcess
-from tests.support import failed, payload_v1, unique, wait_for
+from tests.support import failed, unique, wait_for
 
 KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
 # The server of IOT_MONGO_URI (its database part is replaced by one per test).
@@ -42,23 +43,9 @@ TUMBLING_MS, HOPPING_MS, STEP_MS, GRACE_MS, IDLE_MS = 2000, 4000, 2000, 2000, 20
 BASE_TS = 1_750_000_000_000 - 1_750_000_000_000 % HOPPING_MS
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def make_reading(place: str, device: str, seq: int, ts: int, boot: int = 0, **metrics: Any) -> dict[str, Any]:
     """A reading whose metrics vary with seq, so means, minima and maxima are not trivial."""
-    varied = {
-        "temperature": 20.0 + (seq % 7) * 0.37,
-        "humidity": 40.0 + (seq % 5) * 1.1,
-        "pressure": 1000.0 + (seq % 3) * 0.25,
-        "luminosity": 100.0 + seq * 0.5,
-        "fw": "test",
-    }
-    return payload_v1(place, device, seq, ts=ts, boot=boot, **{**varied, **metrics})
+    return varied(place, device, seq, ts, boot, **metrics)
 
 
 class Worker(ServiceProcess):
@@ -67,12 +54,11 @@ class Worker(ServiceProcess):
     command = "backend"
     port_variable = "IOT_BACKEND_METRICS_PORT"
 
-    def __init__(self, env: dict[str, str], log_path: Path, metrics_port: int) -> None:
-        super().__init__(env, log_path)
-        self.metrics_port = metrics_port
-
-    def start(self) -> Worker:
-        self.launch()
+    def start(self, ready: bool = True) -> Worker:
+        """Start it and, unless told not to, wait until its metrics endpoint answers."""
+        super().start()
+        if not ready:
+            return self
         self.wait_ready(self.answers, 60, f"backend worker metrics on :{self.metrics_port}")
         return self
 
@@ -140,7 +126,7 @@ class BackendRig:
     def worker(self, start: bool = True) -> Worker:
         index = len(self.workers)
         port = free_port()
-        w = Worker(self.env(index, port), self.tmp / f"backend-{index}.log", port)
+        w = Worker(self.env(index, port), self.tmp / f"backend-{index}.log")
         self.workers.append(w)
         return w.start() if start else w
 
@@ -230,7 +216,7 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BackendRig]:
     r.close()
 
 
-# --- the oracle (tests/oracle.py) with this suite's window sizes ----------------------------------
+# --- the oracle (iot/harness/oracle.py) with this suite's window sizes ----------------------------
 def expected_windows(
     readings: Iterable[dict[str, Any]],
     scope: str,

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from backend import windows
 from backend.records import PLACE, SENSOR
 from iot import contract
-from tests.oracle import as_comparable, expected_windows
+from iot.harness.oracle import as_comparable, expected_windows
 
 from .memory import SOURCE, Pipeline
 

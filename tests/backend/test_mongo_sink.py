@@ -16,7 +16,7 @@ from backend.mongo_sink import MongoSink
 from backend.records import PLACE, SENSOR
 from backend.windows import specs_from_seconds
 from iot import contract
-from iot.app.stack.private import private_ferretdb
+from iot.harness.stack import private_ferretdb
 from tests.support import unique
 
 from .conftest import MONGO
@@ -133,7 +133,7 @@ def test_open_windows_are_not_rewritten_while_the_input_is_a_backlog() -> None:
 def private_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A FerretDB of its own: before the fix the next test wedged the server's database for good."""
     with private_ferretdb(tmp_path_factory.mktemp("ferretdb")) as stack:
-        yield stack.cfg.mongo_uri
+        yield stack.mongo_uri
 
 
 def test_window_replaces_of_both_scopes_at_once_do_not_wedge_ferretdb(private_uri: str) -> None:

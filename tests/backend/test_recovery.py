@@ -64,7 +64,7 @@ def test_kill_9_mid_window_then_restart_gives_the_uninterrupted_results(rig: Bac
     )
     docs_before = rig.docs(contract.COLL_SENSOR_WINDOWS)
     assert docs_before and not any(d["final"] for d in docs_before.values())  # killed mid-window
-    worker.kill9()
+    worker.kill()
 
     rig.restart(worker)
     rig.produce(second)
@@ -159,7 +159,7 @@ def test_a_worker_joining_and_one_dying_while_readings_flow_give_the_results_of_
     while sent < len(chunks) // 2:
         produce_next()
     wait_for(lambda: processed(two) > 0, 60, "the second worker processing")
-    one.kill9()
+    one.kill()
     while sent < len(chunks):
         produce_next()
     for scope, coll in (("sensor", contract.COLL_SENSOR_WINDOWS), ("place", contract.COLL_PLACE_WINDOWS)):

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from iot import contract
-from tests.oracle import BOOKKEEPING
+from iot.harness.oracle import BOOKKEEPING
 from tests.services import IOT, REPO
 from tests.support import unique, wait_for
 
@@ -354,7 +354,7 @@ def _run_to_the_end(rig: BackendRig, s: Script, kill_mid_amendment: bool) -> tup
     if kill_mid_amendment:
         coll = rig.db[contract.COLL_PLACE_WINDOWS]
         wait_for(lambda: coll.count_documents({"late_count": {"$gt": 0}}) > 0, 60, "amendments written", 0.05)
-        worker.kill9()
+        worker.kill()
         amended_at_kill = coll.count_documents({"late_count": {"$gt": 0}})
         rig.restart(worker)
     expected = settle(rig, s, extra=len(flush))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_ports, unique, wait_for
+from iot.harness.ports import free_ports
+from tests.support import unique, wait_for
 
 from .conftest import KAFKA, MONGO, Worker
 
@@ -27,8 +28,8 @@ def start(tmp_path: Path, **env: str) -> tuple[Worker, float]:
         "IOT_BACKEND_METRICS_PORT": str(port),
         "IOT_BACKEND_DATA_DIR": str(tmp_path / "data"),
     }
-    worker = Worker({**base, **env}, tmp_path / "backend.log", port)
-    worker.launch()
+    worker = Worker({**base, **env}, tmp_path / "backend.log")
+    worker.start(ready=False)
     return worker, time.monotonic()
 
 
@@ -51,13 +52,13 @@ def test_a_service_that_does_not_answer_is_named_within_seconds_and_retried(
     nobody = free_ports(1)[0]  # nothing listens there
     worker, started = start(tmp_path, **{variable: dead.format(port=nobody)})
     try:
-        wait_for(lambda: worker.running() and attempts(worker, event), 15, f"{event} in the log")
+        wait_for(lambda: worker.alive() and attempts(worker, event), 15, f"{event} in the log")
         assert time.monotonic() - started < 15
         line = next(ln for ln in worker.log().splitlines() if event in ln)
         assert f"127.0.0.1:{nobody}" in line and variable in line and "action=" in line, line
-        wait_for(lambda: worker.running() and len(attempts(worker, event)) >= 2, 20, "a second attempt")
+        wait_for(lambda: worker.alive() and len(attempts(worker, event)) >= 2, 20, "a second attempt")
         delays = attempts(worker, event)
         assert delays[1] > delays[0], delays  # backing off
-        assert worker.running()  # waiting, not stopped
+        assert worker.alive()  # waiting, not stopped
     finally:
         worker.stop()

@@ -15,7 +15,7 @@ import pymongo
 import pytest
 
 from iot import contract
-from iot.app.stack.private import free_ports
+from iot.harness.ports import free_ports
 
 pytestmark = pytest.mark.integration
 IOT = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "iot"

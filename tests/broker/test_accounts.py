@@ -9,11 +9,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from iot.app.stack.private import PrivateBroker
 from iot.broker import accounts
 from iot.broker.credentials import Credentials
 from iot.broker.dynsec import Dynsec
 from iot.env import parse_mqtt_url
+from iot.harness.broker import PrivateBroker
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration

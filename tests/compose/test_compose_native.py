@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from iot.app.stack.config import StackConfig
-from iot.app.stack.private import free_ports, listening
+from iot.harness.ports import free_ports, listening
 from tests.compose.test_compose_variables import SERVICES
 
 pytestmark = pytest.mark.integration

@@ -29,7 +29,9 @@ from iot.broker import accounts
 from iot.broker.credentials import Credentials
 from iot.broker.dynsec import Dynsec
 from iot.env import parse_mqtt_url
-from tests.support import free_ports, listening, payload_v1, unique, wait_for
+from iot.harness import payloads
+from iot.harness.ports import free_ports, listening
+from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,7 +234,7 @@ class GoodTraffic:
     def burst(self, count: int = 5) -> None:
         for _ in range(count):
             seq = len(self.sent)
-            reading = payload_v1("kitchen", "kitchen-1", seq)
+            reading = payloads.reading("kitchen", "kitchen-1", seq)
             assert not self.board.publish(
                 contract.reading_topic("kitchen", "kitchen-1"), _json(reading)
             ).is_failure
@@ -409,7 +411,7 @@ def test_board_may_not_publish_as_another_board(good: GoodTraffic, hostile: Peer
     good.burst()
     for kind in ("reading", "status", "health"):
         topic = contract.reading_topic("kitchen", "kitchen-1").replace("reading", kind)
-        assert hostile.publish(topic, _json(payload_v1("kitchen", "kitchen-1", 10_000))).is_failure
+        assert hostile.publish(topic, _json(payloads.reading("kitchen", "kitchen-1", 10_000))).is_failure
     assert hostile.publish("sensors/kitchen/garage-1/reading", b"{}").is_failure  # its id, another place
     good.burst()
     good.all_arrived()  # exactly the good ones: nothing forged was routed

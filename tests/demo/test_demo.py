@@ -15,8 +15,9 @@ import pytest
 
 from iot import contract
 from iot.app.stack.config import StackConfig
+from iot.harness.kafka import commit_end_offsets
+from iot.harness.ports import free_ports, listening
 from tests.accounts import log_in, remove_boards
-from tests.support import commit_end_offsets, free_ports, listening
 
 pytestmark = [pytest.mark.integration, pytest.mark.hil]
 IOT = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "iot")

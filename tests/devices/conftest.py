@@ -13,8 +13,8 @@ import pymongo
 import pytest
 
 from iot import contract
-from iot.app.stack.private import PrivateBroker
 from iot.broker.credentials import OPERATOR
+from iot.harness.broker import PrivateBroker
 from tests.support import unique
 
 MONGO = os.environ.get("IOT_MONGO_URI", contract.ENV_DEFAULTS["IOT_MONGO_URI"]).rsplit("/", 1)[0]

@@ -13,13 +13,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from hil.flash import load_board_config
 from iot import contract
-from iot.app.stack.private import PrivateBroker
 from iot.broker import accounts
 from iot.broker.dynsec import Dynsec
 from iot.broker.errors import BrokerError
 from iot.env import parse_mqtt_url
+from iot.harness.broker import PrivateBroker
+from iot.harness.ports import free_ports
 from tests.devices.conftest import Registry
-from tests.support import free_ports, unique, wait_for
+from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration
 IOT = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "iot"

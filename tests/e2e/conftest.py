@@ -20,9 +20,11 @@ from hil.fleet import BoardPlan, Broker, Fleet, environment
 from hil.probe import Probe
 from iot import contract
 from iot.app.stack.config import StackConfig
-from iot.app.supervise import Supervisor, endpoint_up, metrics_value
+from iot.harness.children import Children
+from iot.harness.kafka import commit_end_offsets
+from iot.harness.ports import free_port
 from tests.accounts import log_in
-from tests.support import commit_end_offsets, free_ports, wait_for
+from tests.support import wait_for
 
 CFG = StackConfig.from_env()
 # The native Prometheus scrapes these two ports (iot/stack/services.py), so the e2e services use them.
@@ -45,7 +47,7 @@ class Run:
     devices: list[str]
     db: Any
     probe: Probe
-    supervisor: Supervisor
+    children: Children
     injected_bad_topic: str = ""
     late_id: str = ""
     dlq: list[dict[str, Any]] = field(default_factory=list)
@@ -161,11 +163,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         "IOT_WINDOW_GRACE_S": str(GRACE_S),
         "IOT_GATEWAY_GROUP": tag,
         "IOT_BACKEND_APP_ID": tag,
-        "IOT_BACKEND_METRICS_PORT": str(BACKEND_METRICS),
         "IOT_BACKEND_IDLE_TIMEOUT_S": "3",
         "IOT_BACKEND_DATA_DIR": str(tmp / "backend"),
     }
-    supervisor = Supervisor(tmp / "logs")
+    children = Children(tmp / "logs")
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(CFG.host, CFG.mongo_port, tz_aware=True)
     dlq_start = _dlq_start()
     probe = Probe(
@@ -177,26 +178,19 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     try:
         # One gateway per place, each subscribed to its place only: the shared broker carries other
         # runs' traffic, which this run must neither bridge nor wait behind. Prometheus scrapes the first.
-        (second_metrics,) = free_ports(1)
-        for n, (place, port) in enumerate(zip(places, (GATEWAY_METRICS, second_metrics), strict=True)):
+        for n, (place, port) in enumerate(zip(places, (GATEWAY_METRICS, free_port()), strict=True)):
             gateway_env = {
                 **env,
                 "IOT_GATEWAY_CLIENT_ID": f"{tag}-gw{n}",
-                "IOT_GATEWAY_METRICS_PORT": str(port),
                 "IOT_GATEWAY_TOPIC_FILTER": contract.reading_topic(place, "+"),
             }
-            gateway = supervisor.start(f"gateway{n}", ["gateway"], gateway_env)
-            url = f"http://127.0.0.1:{port}/metrics"
-            supervisor.wait_ready(
-                gateway, lambda url=url: metrics_value(url, "iot_gateway_mqtt_connected") == 1.0, 60
-            )
+            children.start_gateway(f"gateway{n}", gateway_env, port)
         commit_end_offsets(CFG.kafka_bootstrap, tag, contract.TOPIC_READINGS)
-        backend = supervisor.start("backend", ["backend"], env)
-        supervisor.wait_ready(backend, lambda: endpoint_up(f"http://127.0.0.1:{BACKEND_METRICS}/metrics"), 90)
+        children.start_backend("backend", env, BACKEND_METRICS)
         probe.start()
         fleet.prepare(fresh=True)
         fleet.start()
-        run = Run(tag, places, devices, client[db_name], probe, supervisor)
+        run = Run(tag, places, devices, client[db_name], probe, children)
 
         # A QoS 1 redelivery, as a broker or a board retransmitting after a lost PUBACK would cause.
         first = wait_for(
@@ -245,7 +239,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         fleet.stop()
         fleet.remove_accounts()
         probe.stop()
-        supervisor.stop_all()
+        children.stop_all()
         for n in range(len(places)):
             _forget_session(f"{tag}-gw{n}")
         client.drop_database(db_name)

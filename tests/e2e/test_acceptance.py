@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from iot import contract
+from iot.harness.oracle import as_comparable, expected_windows
 from tests.e2e.conftest import HOPPING_S, STEP_S, TUMBLING_S, Run
-from tests.oracle import as_comparable, expected_windows
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hil]

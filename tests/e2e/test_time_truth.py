@@ -23,7 +23,10 @@ import pytest
 
 from iot import contract
 from iot.app.stack.config import StackConfig
-from iot.app.supervise import Supervisor, endpoint_up, metrics_value
+from iot.harness.children import Children
+from iot.harness.kafka import commit_end_offsets
+from iot.harness.metrics import scrape
+from iot.harness.ports import free_ports
 from tests.accounts import log_in
 from tests.backend.conftest import (
     GRACE_MS,
@@ -34,7 +37,7 @@ from tests.backend.conftest import (
     expected_windows,
     make_reading,
 )
-from tests.support import commit_end_offsets, free_ports, scrape, wait_for
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.integration]
 CFG = StackConfig.from_env()
@@ -91,24 +94,18 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         "IOT_WINDOW_GRACE_S": str(GRACE_MS // 1000),
         "IOT_GATEWAY_GROUP": tag,
         "IOT_GATEWAY_CLIENT_ID": f"{tag}-gw",
-        "IOT_GATEWAY_METRICS_PORT": str(gw_port),
         "IOT_GATEWAY_TOPIC_FILTER": contract.reading_topic(place, "+"),
         "IOT_BACKEND_APP_ID": tag,
-        "IOT_BACKEND_METRICS_PORT": str(be_port),
         "IOT_BACKEND_IDLE_TIMEOUT_S": "2",
         "IOT_BACKEND_DATA_DIR": str(tmp / "backend"),
     }
-    supervisor = Supervisor(tmp / "logs")
+    children = Children(tmp / "logs")
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(CFG.host, CFG.mongo_port, tz_aware=True)
     gateway_metrics = f"http://127.0.0.1:{gw_port}/metrics"
     try:
-        gateway = supervisor.start("gateway", ["gateway"], env)
-        supervisor.wait_ready(
-            gateway, lambda: metrics_value(gateway_metrics, "iot_gateway_mqtt_connected") == 1.0, 60
-        )
+        children.start_gateway("gateway", env, gw_port)
         commit_end_offsets(CFG.kafka_bootstrap, tag, contract.TOPIC_READINGS)
-        backend = supervisor.start("backend", ["backend"], env)
-        supervisor.wait_ready(backend, lambda: endpoint_up(f"http://127.0.0.1:{be_port}/metrics"), 90)
+        children.start_backend("backend", env, be_port)
         # Real, recent event time (the gateway compares ts with its clock): the last N seconds.
         now = int(time.time() * 1000)
         t0 = now - N * 1000
@@ -138,7 +135,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             raise AssertionError(f"{exc} (stored: {counts[-1]}; see {tmp / 'logs'})") from None
         yield out
     finally:
-        supervisor.stop_all()
+        children.stop_all()
         client.drop_database(tag)
         client.close()
 

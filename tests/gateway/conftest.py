@@ -27,12 +27,14 @@ from paho.mqtt.properties import Properties
 
 from gateway.kafka_sink import GATEWAY_HEADER
 from iot import contract
-from iot.app.stack.manager import Stack
-from iot.app.stack.private import private_kafka as kafka_of_its_own
+from iot.harness.broker import PrivateBroker
+from iot.harness.payloads import reading
+from iot.harness.ports import free_port
+from iot.harness.stack import PrivateStack
+from iot.harness.stack import private_kafka as kafka_of_its_own
 from tests.accounts import log_in
-from tests.brokers import PrivateBroker
 from tests.services import ServiceProcess
-from tests.support import failed, free_ports, payload_v1, unique, wait_for
+from tests.support import failed, unique, wait_for
 
 MQTT_HOST = "127.0.0.1"
 MQTT_PORT = 1883
@@ -40,13 +42,8 @@ SHARED_BROKER = f"mqtt://{MQTT_HOST}:{MQTT_PORT}"
 KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
 
 
-def free_port() -> int:
-    (port,) = free_ports(1)
-    return port
-
-
 def make_reading(place: str, device: str, seq: int, boot: int = 0, **over: Any) -> dict[str, Any]:
-    return payload_v1(place, device, seq, boot=boot, **over)
+    return reading(place, device, seq, boot=boot, **over)
 
 
 # --- gateway processes --------------------------------------------------------------------------
@@ -63,7 +60,7 @@ class GatewayProcess(ServiceProcess):
         return self.env["IOT_GATEWAY_CLIENT_ID"]
 
     def start(self, timeout: float = 30.0, wait_ready: bool = True) -> GatewayProcess:
-        self.launch()
+        super().start()
         if wait_ready:
             self.wait_ready(
                 lambda: self.metric("iot_gateway_mqtt_connected") == 1.0,
@@ -114,9 +111,7 @@ class GatewayFactory:
 
     def close(self) -> None:
         for gateway in self.made:
-            if gateway.proc is not None and gateway.proc.poll() is None:
-                gateway.proc.kill()
-                gateway.proc.wait(timeout=10)
+            gateway.kill()
         # Only the shared broker keeps a session after the test: a private one dies with its test
         # (and may need TLS or a login that discard_session does not have).
         for client_id in {g.client_id for g in self.made if g.env["IOT_MQTT_URL"] == SHARED_BROKER}:
@@ -198,7 +193,7 @@ def publisher() -> Iterator[Publisher]:
 
 
 @pytest.fixture
-def private_kafka(tmp_path: Path) -> Iterator[Stack]:
+def private_kafka(tmp_path: Path) -> Iterator[PrivateStack]:
     """A single-node Kafka of the test's own (free ports, own state dir) that it may stop and start."""
     with kafka_of_its_own(tmp_path / "stack") as stack:
         yield stack

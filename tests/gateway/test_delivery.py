@@ -9,8 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from iot import contract
+from iot.harness.ports import free_ports
 from tests.gateway.conftest import GatewayFactory, KafkaReader, Publisher, distinct_ids, make_reading
-from tests.support import free_ports, unique, wait_for
+from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.records import dead_letter, identify, route
 from iot import contract
-from iot.app.stack.manager import Stack
+from iot.harness.stack import PrivateStack
 from tests.accounts import log_in
 from tests.gateway.conftest import (
     MQTT_HOST,
@@ -172,12 +172,12 @@ def read_all_ids(bootstrap: str, timeout: float, want: int) -> set[tuple[str, in
 def test_no_ack_while_kafka_is_away_then_acks_once_it_holds_them(
     gateways: GatewayFactory,
     private_broker: PrivateBroker,
-    private_kafka: Stack,
+    private_kafka: PrivateStack,
     boards: Callable[..., Board],
 ) -> None:
     # Private broker and Kafka: no other gateway may bridge (and ack) these readings.
     device = unique("dev")
-    bootstrap = private_kafka.cfg.kafka_bootstrap
+    bootstrap = private_kafka.kafka_bootstrap
     board = boards(gateways.place, device, private_broker.port)
     publisher = Publisher(port=private_broker.port)
     gateway = gateways(IOT_MQTT_URL=private_broker.url, IOT_KAFKA_BOOTSTRAP=bootstrap)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from iot import contract
-from iot.app.stack.manager import Stack
+from iot.harness.stack import PrivateStack
 from tests.gateway.conftest import (
     GatewayFactory,
     KafkaReader,
@@ -33,9 +33,9 @@ def test_kafka_outage_holds_readings_back_and_loses_nothing_once_it_returns(
     gateways: GatewayFactory,
     publisher: Publisher,
     kafka_readers: Callable[..., KafkaReader],
-    private_kafka: Stack,
+    private_kafka: PrivateStack,
 ) -> None:
-    bootstrap = private_kafka.cfg.kafka_bootstrap
+    bootstrap = private_kafka.kafka_bootstrap
     device = unique("dev")
     reader = kafka_readers(contract.TOPIC_READINGS, f"^{device}$", bootstrap)
     gateway = gateways(IOT_KAFKA_BOOTSTRAP=bootstrap, IOT_GATEWAY_MAX_IN_FLIGHT=str(MAX_IN_FLIGHT))

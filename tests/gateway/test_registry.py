@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from gateway.registry import RegistryWriter
 from iot import contract
-from iot.app.stack.private import private_ferretdb
 from iot.devices.registry import Registry
+from iot.harness.stack import private_ferretdb
 from tests.gateway.conftest import GatewayFactory, Publisher
 from tests.support import unique, wait_for
 
@@ -90,7 +90,7 @@ def test_unprovisioned_boards_other_places_and_garbage_change_nothing(database: 
 def test_a_registry_outage_keeps_the_newest_state_and_writes_it_later(tmp_path: Path) -> None:
     with private_ferretdb(tmp_path / "stack") as stack:
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            stack.cfg.mongo_uri, serverSelectionTimeoutMS=500, tz_aware=True
+            stack.mongo_uri, serverSelectionTimeoutMS=500, tz_aware=True
         )
         coll = client.get_default_database()[contract.COLL_DEVICES]
         Registry(coll).add("k1", "kitchen")

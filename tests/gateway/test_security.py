@@ -43,9 +43,7 @@ def tls_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
     )
     broker.start()
     yield broker
-    if broker.proc is not None and broker.proc.poll() is None:
-        broker.proc.kill()
-        broker.proc.wait(timeout=10)
+    broker.kill()
 
 
 def test_gateway_bridges_over_tls_with_username_and_password(

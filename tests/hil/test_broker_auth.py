@@ -18,10 +18,10 @@ import pytest
 from hil import fleet
 from hil.board_flash import ImageFlash
 from hil.probe import Probe
-from iot.app.stack.private import PrivateBroker
 from iot.broker.credentials import OPERATOR
 from iot.devices.provision import DevicesSettings, Provisioner
 from iot.env import parse_mqtt_url
+from iot.harness.broker import PrivateBroker
 from tests.devices.conftest import MONGO
 from tests.hil.conftest import BoardFactory
 from tests.support import unique, wait_for

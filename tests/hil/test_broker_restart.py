@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hil.probe import Probe
-from tests.brokers import PrivateBroker
+from iot.harness.broker import PrivateBroker
 from tests.hil.conftest import BoardFactory, outbox_entries, outbox_state
 from tests.support import unique, wait_for
 

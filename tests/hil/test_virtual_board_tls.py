@@ -24,10 +24,11 @@ from iot import contract
 from iot.app.stack import probes, tls
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
+from iot.harness.ports import free_ports
 from tests.accounts import login, remove_boards
 from tests.gateway.conftest import GatewayFactory, KafkaReader
 from tests.hil.conftest import BoardFactory, health_of, seqs_of
-from tests.support import free_ports, unique, wait_for
+from tests.support import unique, wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 

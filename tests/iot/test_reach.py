@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from iot.app.stack.private import free_ports
+from iot.harness.ports import free_ports
 from iot.reach import Unreachable, check_kafka, check_mongo, check_tcp
 
 pytestmark = pytest.mark.unit

@@ -7,18 +7,11 @@ only for "no window is open", which held while each board's last windows did not
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.oracle import window_starts
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from soak_accounting import expected_windows, slot_ms
-from soak_drain import windows_complete
+from iot.harness.oracle import slot_ms, window_starts, windows_complete, windows_of_slots
 
 pytestmark = pytest.mark.unit
 SPECS = (("tumbling", 30, 30), ("hopping", 60, 30))
@@ -41,7 +34,7 @@ def test_expected_windows_from_slots_are_the_windows_of_every_reading() -> None:
     slot = slot_ms(SPECS)
     slots = {key: {ts // slot for ts in stamps} for key, stamps in readings.items()}
     assert slot == 30_000
-    assert expected_windows(slots, slot, SPECS) == _oracle(readings)
+    assert windows_of_slots(slots, slot, SPECS) == _oracle(readings)
 
 
 class FakeCollections:

@@ -14,7 +14,7 @@ import pymongo
 import pytest
 from bson import ObjectId
 
-from iot.app.stack.private import private_ferretdb
+from iot.harness.stack import private_ferretdb
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     folder: Path = tmp_path_factory.mktemp("ferretdb")
     with private_ferretdb(folder) as stack:
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            stack.cfg.mongo_uri, serverSelectionTimeoutMS=10_000
+            stack.mongo_uri, serverSelectionTimeoutMS=10_000
         )
         try:
             yield client.get_default_database()

@@ -19,13 +19,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pymongo import MongoClient
 
 from iot import contract
+from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
-from iot.app.stack.private import free_ports, private_services
 from iot.app.stack.services import sasl_connection, sasl_env_file
+from iot.harness import payloads
+from iot.harness.ports import free_ports
+from iot.harness.stack import private_services
 from iot.kafka import KafkaConnection
 from tests.accounts import log_in
 from tests.services import IOT, REPO, ServiceProcess
-from tests.support import payload_v1, unique, wait_for
+from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +49,8 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "IOT_KAFKA_SASL_PORT": str(sasl),
         "IOT_KAFKA_HEAP": "256m",
     }
-    with private_services(tmp_path_factory.mktemp("sasl") / "stack", ["kafka"], variables) as stack:
-        yield stack
+    with private_services(tmp_path_factory.mktemp("sasl") / "stack", ["kafka"], variables) as private:
+        yield Stack(StackConfig.from_env(private.env))
 
 
 def client_env(stack: Stack, **over: str) -> dict[str, str]:
@@ -97,7 +100,9 @@ def publish(place: str, device: str, count: int) -> None:
     try:
         infos = [
             client.publish(
-                contract.reading_topic(place, device), contract.encode(payload_v1(place, device, seq)), 1
+                contract.reading_topic(place, device),
+                contract.encode(payloads.reading(place, device, seq)),
+                1,
             )
             for seq in range(count)
         ]
@@ -132,8 +137,8 @@ def test_gateway_and_backend_carry_readings_to_mongodb_only_through_sasl_ssl(
     backend = Service("backend", "IOT_BACKEND_METRICS_PORT", env, tmp_path / "backend.log")
     mongo: MongoClient[dict[str, Any]] = MongoClient(env["IOT_MONGO_URI"], serverSelectionTimeoutMS=10_000)
     try:
-        gateway.launch()
-        backend.launch()
+        gateway.start()
+        backend.start()
         gateway.wait_ready(
             lambda: gateway.metric("iot_gateway_mqtt_connected") == 1.0, 60, "gateway connected"
         )

@@ -1,15 +1,21 @@
-"""`Stack.kill`: SIGKILL one service of a private stack and bring it back on the same data."""
+"""`iot stack kill`: SIGKILL one service of a private stack and bring it back on the same data."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from iot.app.stack.private import free_ports, private_services
+from iot.harness.ports import free_ports
+from iot.harness.stack import private_services
 
 pytestmark = pytest.mark.integration
+
+
+def _rows(rows: list[dict[str, Any]], *names: str) -> list[dict[str, Any]]:
+    return [next(r for r in rows if r["name"] == name) for name in names]
 
 
 def test_kill_sigkills_one_service_and_up_brings_it_back(tmp_path: Path) -> None:
@@ -22,10 +28,11 @@ def test_kill_sigkills_one_service_and_up_brings_it_back(tmp_path: Path) -> None
         assert not os.path.exists(f"/proc/{pid}/cmdline") or b"mosquitto" not in Path(
             f"/proc/{pid}/cmdline"
         ).read_bytes()
-        status, tls_listener = stack.status(["mosquitto"])
-        assert not status.healthy and status.pid is None
-        assert not tls_listener.healthy and tls_listener.detail == "not running"
+        status, tls_listener = _rows(stack.status(), "mosquitto", "mosquitto-tls")
+        assert not status["healthy"] and status["pid"] is None
+        assert not tls_listener["healthy"] and tls_listener["detail"] == "not running"
         assert stack.kill("mosquitto") is None
-        status, tls_listener = stack.up(["mosquitto"])
-        assert status.healthy and status.pid not in (None, pid)
-        assert tls_listener.healthy and tls_listener.pid == status.pid
+        stack.up(["mosquitto"])
+        status, tls_listener = _rows(stack.status(), "mosquitto", "mosquitto-tls")
+        assert status["healthy"] and status["pid"] not in (None, pid)
+        assert tls_listener["healthy"] and tls_listener["pid"] == status["pid"]

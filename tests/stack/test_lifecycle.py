@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
+from iot.harness.ports import free_ports, listening
 from iot.topics import TOPIC_PARTITIONS
-from tests.support import free_ports, listening
 
 pytestmark = pytest.mark.integration
 IOT = str(Path(__file__).resolve().parents[2] / ".venv/bin/iot")

@@ -15,7 +15,7 @@ from iot.app.cli import main
 from iot.app.stack import probes, tls
 from iot.app.stack.config import ConfigError, StackConfig
 from iot.app.stack.manager import Stack
-from tests.support import free_ports
+from iot.harness.ports import free_ports
 
 HOSTS = ["localhost", "127.0.0.1"]
 

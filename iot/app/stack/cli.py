@@ -35,10 +35,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     up = actions.add_parser("up", help="start the stack; returns when every service answers a real client")
     up.add_argument("services", nargs="*", help="only these services (default: all)")
+    up.add_argument("--json", action="store_true", help="print their status as `status --json` does")
     up.set_defaults(func=_up)
     down = actions.add_parser("down", help="stop the services this stack started")
     down.add_argument("services", nargs="*")
     down.set_defaults(func=_down)
+    kill = actions.add_parser(
+        "kill",
+        help="SIGKILL services at once, as a crash would (fault drills); `up` brings them back on their data",
+    )
+    kill.add_argument("services", nargs="+")
+    kill.set_defaults(func=_kill)
     certs = actions.add_parser(
         "certs",
         help="make (or renew) a broker CA and certificate; `up` does it for the native broker",
@@ -91,8 +98,11 @@ def _up(args: argparse.Namespace) -> int:
     except (StackError, install.InstallError) as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    _print_table([s.as_dict() for s in statuses])
-    print(f"stack up in {time.monotonic() - started:.1f}s; state in {stack.cfg.state_dir}")
+    if args.json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=2))
+    else:
+        _print_table([s.as_dict() for s in statuses])
+        print(f"stack up in {time.monotonic() - started:.1f}s; state in {stack.cfg.state_dir}")
     return 0 if all(s.healthy for s in statuses) else 1
 
 
@@ -103,6 +113,18 @@ def _down(args: argparse.Namespace) -> int:
         print(f"StackError: {exc}", file=sys.stderr)
         return 1
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _kill(args: argparse.Namespace) -> int:
+    stack = _stack()
+    try:
+        for name in args.services:
+            pid = stack.kill(name)
+            print(f"killed {name} (pid {pid})" if pid is not None else f"{name} was not running")
+    except StackError as exc:
+        print(f"StackError: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

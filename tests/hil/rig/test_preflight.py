@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hil import paths
-from iot.app.stack.private import free_ports
+from iot.harness.ports import free_ports
 
 pytestmark = pytest.mark.unit
 RIG = paths.REPO / "hil" / "rigs" / "virtual.yaml"

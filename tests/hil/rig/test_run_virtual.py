@@ -24,9 +24,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from hil import paths
 from iot import contract
-from iot.app.stack.private import commit_end_offsets, free_ports
-from iot.app.supervise import Supervisor, endpoint_up
-from tests.support import payload_v1
+from iot.harness import payloads
+from iot.harness.children import Children
+from iot.harness.kafka import commit_end_offsets
+from iot.harness.ports import free_ports
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 RIG = paths.REPO / "hil" / "rigs" / "virtual.yaml"
@@ -80,8 +81,8 @@ def product(tmp_path: Path) -> Iterator[Product]:
     }
     start = end_offsets(bootstrap, contract.TOPIC_READINGS)
     commit_end_offsets(bootstrap, tag, contract.TOPIC_READINGS)
-    supervisor = Supervisor(tmp_path / "product")
-    backend = supervisor.start("backend", ["backend"], env)
+    children = Children(tmp_path / "product")
+    backend = children.start("backend", ["backend"], env, metrics_port)
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(MONGO_URI.rsplit("/", 1)[0])
     stop = threading.Event()
     device = f"{tag}-board"
@@ -89,7 +90,7 @@ def product(tmp_path: Path) -> Iterator[Product]:
 
     def publish() -> None:
         for seq in range(2000):  # at most 2000 s: the run is over long before
-            reading = {**payload_v1("prodplace", device, seq), "received_at": int(time.time() * 1000)}
+            reading = {**payloads.reading("prodplace", device, seq), "received_at": int(time.time() * 1000)}
             producer.produce(contract.TOPIC_READINGS, json.dumps(reading).encode(), key=device.encode())
             producer.flush(5)
             if stop.wait(1.0):
@@ -97,14 +98,14 @@ def product(tmp_path: Path) -> Iterator[Product]:
 
     feeder = threading.Thread(target=publish, daemon=True)
     try:
-        supervisor.wait_ready(backend, lambda: endpoint_up(f"http://127.0.0.1:{metrics_port}/metrics"), 120)
+        backend.wait_ready(backend.answers, 120, "serving metrics")
         feeder.start()
         yield Product(tag, client[tag], device, start, stop)
     finally:
         stop.set()
         if feeder.is_alive():
             feeder.join(10)
-        supervisor.stop_all()
+        children.stop_all()
         client.drop_database(tag)
         client.close()
 
