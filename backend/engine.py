@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 from iot import contract
 
 from .accumulators import WindowAcc
+from .errors import BackendError
 from .records import SENSOR, late_record, window_doc
 from .stored import CorruptWindow, Rebuilt, StoredWindow, late_count_of, parse_window, revision_of
 from .windows import DUPLICATE, UNKNOWN, KeyState, WindowKey, WindowSpec, idle_watermark
@@ -63,7 +64,7 @@ class Item(NamedTuple):
         return self.origin if self.origin is not None else (self.partition, self.offset)
 
 
-class ItemFailed(Exception):
+class ItemFailed(BackendError):
     """The engine failed on one item of a batch (a bug, or input nothing else rejected): the runtime
     rolls back `keys`, sets the item aside and processes the rest again."""
 

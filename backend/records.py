@@ -12,6 +12,7 @@ import orjson
 from iot import contract
 
 from .accumulators import WindowAcc
+from .errors import BackendError
 from .windows import WindowKey
 
 SENSOR: Final = "sensor"
@@ -19,7 +20,7 @@ PLACE: Final = "place"
 UNKNOWN_TOPIC: Final = "sensors/unknown/unknown/reading"
 
 
-class RejectedRecord(ValueError):
+class RejectedRecord(BackendError, ValueError):
     """A record on iot.readings that is not a valid reading; it goes to the DLQ, never into a window."""
 
     def __init__(self, reason: str, detail: str, topic: str) -> None:

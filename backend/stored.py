@@ -20,11 +20,12 @@ from typing import Any, TypeGuard
 from iot import contract
 
 from .accumulators import MetricAcc, WindowAcc
+from .errors import BackendError
 from .records import SENSOR
 from .windows import WindowKey
 
 
-class CorruptWindow(ValueError):
+class CorruptWindow(BackendError, ValueError):
     """A stored window document that cannot be amended; `detail` says what is wrong with it."""
 
     def __init__(self, wid: str, detail: str) -> None:

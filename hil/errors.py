@@ -4,12 +4,14 @@ HilError
  ├── BoardError     a board (virtual or real) did not start, stopped unexpectedly or misbehaved
  ├── FlashError     copying firmware to a real board failed; carries the command and its output
  ├── RigStackError  the rig's broker, gateway or backend did not come up, or Kafka cannot be read
- └── RigConfigError a rig or board config value is wrong; names the field
+ └── RigConfigError a rig or board config value is wrong; names the field (also a ConfigError)
+hil.rig.steps.StepFailed (a HilError) and hil.rig.operator.NoAnswer (a HilError and an EOFError) live
+beside the code that raises them.
 """
 
 from __future__ import annotations
 
-from iot.errors import IotError
+from iot.errors import ConfigError, IotError
 
 
 class HilError(IotError):
@@ -36,7 +38,7 @@ class RigStackError(HilError):
     pass
 
 
-class RigConfigError(HilError):
+class RigConfigError(HilError, ConfigError):
     def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"field {field!r}: {problem}")
-        self.field = field
+        ConfigError.__init__(self, field, problem)
+        self.args = (f"field {field!r}: {problem}",)

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
+from iot.errors import IotError
+
 # Revision 2 added the health topic (retained board telemetry); nothing existing changed.
 # Revision 3: window amendments within an allowed lateness (`revision`, `late_count`), and the clock
 # guard (a `ts` too far ahead is re-stamped by the gateway, the board's claim kept in `device_ts`).
@@ -218,7 +220,7 @@ FIELDS: Final[Mapping[str, str]] = {
 }
 
 
-class InvalidReading(ValueError):
+class InvalidReading(IotError, ValueError):
     """A message that is not a valid payload v1 reading; `reason` is a stable DLQ code."""
 
     def __init__(self, reason: str, detail: str) -> None:

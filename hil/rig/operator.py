@@ -10,11 +10,13 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from hil.errors import HilError
+
 # Asks for one action ("unplug board a's USB cable") and returns once the operator confirms it.
 Operator = Callable[[str], None]
 
 
-class NoAnswer(EOFError):
+class NoAnswer(HilError, EOFError):
     """The terminal closed (Ctrl-D) instead of confirming."""
 
 

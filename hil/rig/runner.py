@@ -34,7 +34,7 @@ from hil.rig.record import (
 )
 from hil.rig.session import RigSession
 from hil.rig.spec import VIRTUAL_ONLY, Rig, Scenario, Step
-from hil.rig.steps import BOARD_STEPS, GLOBAL_STEPS, Context, StepFailed, StepFailedWith, run_global
+from hil.rig.steps import BOARD_STEPS, GLOBAL_STEPS, Context, StepFailedWith, run_global
 from iot import contract, log
 
 _log = log.get("hil.rig")
@@ -152,7 +152,7 @@ class Runner:
         outcome, detail = PASSED, ""
         try:
             run_global(ctx, step, [s.board for s in active])
-        except (HilError, StepFailed) as exc:
+        except HilError as exc:
             outcome, detail = FAILED, f"{type(exc).__name__}: {exc}"
         for s in active:
             rec = StepRecord(
@@ -173,7 +173,7 @@ class Runner:
             rec.measurements = BOARD_STEPS[step.name](ctx, board, step)
         except StepFailedWith as exc:
             rec.measurements, rec.outcome, rec.detail = exc.measurements, FAILED, str(exc)
-        except (HilError, StepFailed) as exc:
+        except HilError as exc:
             rec.outcome, rec.detail = FAILED, f"{type(exc).__name__}: {exc}"
         rec.ended = time.time()
         ctx.events.append(BoardEvent(board.id, "step", rec.started, rec.ended, f"{step.name} {rec.outcome}"))

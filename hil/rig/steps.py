@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hil.errors import HilError
 from hil.flash import flash
 from hil.rig.boards import RigBoard
 from hil.rig.checks import delivered, latency, windows
@@ -21,8 +22,8 @@ from hil.rig.stack import RigStack
 GLOBAL_STEPS = {"broker_restart", "wait"}
 
 
-class StepFailed(Exception):
-    pass
+class StepFailed(HilError):
+    """A step's expectation did not hold; the message says what happened and what to look at."""
 
 
 @dataclass

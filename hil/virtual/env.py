@@ -28,8 +28,17 @@ PLACES = {
 PLACE_ORDER = ("kitchen", "garage", "office", "bedroom", "basement", "attic", "lab", "hall")
 
 
-class EnvError(ValueError):
-    pass
+try:
+    from iot.errors import IotError
+except ImportError:  # MicroPython on a virtual board: only this folder and the firmware are there
+
+    class EnvError(ValueError):
+        pass
+
+else:  # CPython (the rig, `iot boards`): part of the product's exception tree
+
+    class EnvError(IotError, ValueError):  # type: ignore[no-redef]
+        """A scripted environment is not valid; the message names the metric and the field."""
 
 
 def _name_hash(name: str) -> int:
