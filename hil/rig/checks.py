@@ -206,7 +206,7 @@ def windows(
                 {"device": board.device, "ts": {"$gte": doc["start"], "$lt": doc["end"]}}
             )
         )
-        if not readings or any(board.near_env_change(_ms(r["ts"]) / 1000) for r in readings):
+        if not readings or any(board.sensors.near_change(_ms(r["ts"]) / 1000) for r in readings):
             continue
         for metric in contract.METRICS:
             summary = doc.get(metric)
@@ -214,7 +214,7 @@ def windows(
             for r in readings:
                 if r.get(metric) is None:
                     continue
-                truth = board.expected(_ms(r["ts"]) / 1000)
+                truth = board.sensors.expected(_ms(r["ts"]) / 1000)
                 values.append(truth[metric] if truth is not None else float(r[metric]))
             if not summary or not values or summary.get("mean") is None:
                 continue

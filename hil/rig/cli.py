@@ -75,7 +75,7 @@ def run_check(args: argparse.Namespace) -> int:
             board = RigBoard(b, Path(tmp), ("127.0.0.1", 9), "127.0.0.1", "127.0.0.1")
             try:
                 board.power_up()
-                version = board.read_version()
+                version = board.flash.read_version()
                 problem = preflight.version_problem(rig, b.id, version)
                 if problem:
                     failed += 1

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from hil import paths
@@ -41,11 +42,31 @@ _log = log.get("hil.rig")
 CONSOLE_KEEP = 20_000
 
 
+class BoardState(Enum):
+    OFF = "off"  # made, not powered yet
+    ONLINE = "online"  # powered and publishing: steps run on it
+    BROKEN = "broken"  # a step failed: its later steps and scenarios are skipped, not cascaded
+
+
 @dataclass
 class Strategy:
+    """One board's state machine: OFF -> ONLINE by power_up, ONLINE -> BROKEN by the first failure
+    (or OFF -> BROKEN when it cannot be powered up); nothing leaves BROKEN."""
+
     board: RigBoard
-    state: str = "off"
-    broken: str = ""
+    state: BoardState = BoardState.OFF
+    broken: str = ""  # why, once BROKEN
+
+    def power_up(self) -> None:
+        try:
+            self.board.power_up()
+        except HilError as exc:
+            self.fail(f"power up failed: {exc}")
+            return
+        self.state = BoardState.ONLINE
+
+    def fail(self, why: str) -> None:
+        self.state, self.broken = BoardState.BROKEN, why
 
 
 class Runner:
@@ -87,12 +108,10 @@ class Runner:
                 board = session.make_board(spec)
                 strategy = Strategy(board)
                 strategies.append(strategy)
-                try:
-                    board.power_up()
-                    strategy.state = "online"
+                strategy.power_up()
+                if strategy.state is BoardState.ONLINE:
                     self.say(f"board {spec.id} ({spec.kind}) device={spec.device} port={board.port} up")
-                except HilError as exc:
-                    strategy.state, strategy.broken = "broken", f"power up failed: {exc}"
+                else:
                     self.say(f"board {spec.id} BROKEN: {strategy.broken}")
             for n, scenario in enumerate(self.scenarios, 1):
                 self.say(f"scenario {n}/{len(self.scenarios)} {scenario.name}: {len(scenario.steps)} steps")
@@ -107,7 +126,7 @@ class Runner:
                         "kind": s.board.spec.kind,
                         "port": s.board.port,
                         "place": s.board.place,
-                        "state": s.state,
+                        "state": s.state.value,
                         "broken": s.broken,
                         "firmware": ctx.firmware.get(s.board.id, ""),
                     }
@@ -125,11 +144,11 @@ class Runner:
         for s in targets:
             b = s.board
             cases[b.id] = CaseRecord(scenario.name, b.id, b.device, b.spec.kind, b.port, ctx.scenario_start)
-            offsets[b.id] = len(b.console())
-            if s.broken:
+            offsets[b.id] = len(b.console.text())
+            if s.state is BoardState.BROKEN:
                 cases[b.id].outcome, cases[b.id].detail = SKIPPED, f"board broken earlier: {s.broken}"
         for step in scenario.steps:
-            active = [s for s in targets if not s.broken]
+            active = [s for s in targets if s.state is BoardState.ONLINE]
             if not active:
                 break
             if step.name in GLOBAL_STEPS:
@@ -141,7 +160,7 @@ class Runner:
             case = cases[s.board.id]
             case.ended = time.time()
             case.firmware = ctx.firmware.get(s.board.id, "")
-            case.console = s.board.console()[offsets[s.board.id] :][-CONSOLE_KEEP:]
+            case.console = s.board.console.text()[offsets[s.board.id] :][-CONSOLE_KEEP:]
             if case.outcome != SKIPPED:
                 self.say(f"  {case.outcome.upper()} {scenario.name} on {s.board.id} ({case.seconds:.0f}s)")
         return list(cases.values())
@@ -183,8 +202,7 @@ class Runner:
             self._break(strategy, case, rec)
 
     def _break(self, strategy: Strategy, case: CaseRecord, rec: StepRecord) -> None:
-        strategy.state = "broken"
-        strategy.broken = f"{rec.where} failed: {rec.detail}"
+        strategy.fail(f"{rec.where} failed: {rec.detail}")
         case.outcome, case.detail = FAILED, strategy.broken
         self.say(
             f"  board {strategy.board.id} BROKEN at {rec.where}: {rec.detail}; "
@@ -196,7 +214,7 @@ class Runner:
         HTML report."""
         series = BoardSeries(board.id)
         record.series.append(series)
-        record.consoles[board.id] = board.console()[-CONSOLE_KEEP * 10 :]
+        record.consoles[board.id] = board.console.text()[-CONSOLE_KEEP * 10 :]
         probe = ctx.stack.probe
         if probe is not None:
             for m in probe.messages("reading", board.device):
@@ -207,7 +225,7 @@ class Runner:
                     continue
                 label = f"boot {r.get('boot')} seq {r.get('seq')} t={r.get('temperature')}"
                 record.events.append(BoardEvent(board.id, "reading", ts, m.at, label))
-                expected = board.expected(ts) or {}
+                expected = board.sensors.expected(ts) or {}
                 for metric in contract.METRICS:
                     value = r.get(metric)
                     if isinstance(value, (int, float)) and not isinstance(value, bool):

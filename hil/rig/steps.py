@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hil.errors import HilError
-from hil.flash import flash
 from hil.rig.boards import RigBoard
 from hil.rig.checks import delivered, latency, windows
+from hil.rig.drivers import FlashOptions
 from hil.rig.record import FAILED, BoardEvent, Measurement
 from hil.rig.spec import Rig, Step
 from hil.rig.stack import RigStack
@@ -57,20 +57,15 @@ def wait_online(ctx: Context, board: RigBoard, since: float, timeout_s: float) -
 
 
 def _flash(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
-    arch = "xtensawin" if not board.spec.virtual else ""
-    result = flash(
-        board.port,
-        board.write_config(),
-        ctx.stack.broker_url,
+    options = FlashOptions(
+        firmware=ctx.rig.firmware.dir,
         mpy=ctx.rig.firmware.mpy,
         wait_s=float(step.arg("wait_s")),
         say=lambda line: ctx.say(f"  {board.id}: {line}"),
-        mpy_arch=arch,
-        firmware=ctx.rig.firmware.dir,
         username=ctx.stack.login[0],
         password=ctx.stack.login[1],
     )
-    assert result is not None
+    result = board.flash.flash(board.write_config(), ctx.stack.broker_url, options)
     ctx.firmware[board.id] = result.fw
     return [
         Measurement.check("flash_copy_s", round(result.copy_s, 2), None, "s"),
@@ -99,7 +94,7 @@ def _verify_version(ctx: Context, board: RigBoard, step: Step) -> list[Measureme
 def _set_environment(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
     values = {k: float(v) for k, v in step.args.items() if v is not None}
     now = time.time()
-    board.set_environment(now, values)
+    board.sensors.set_environment(now, values)
     ctx.events.append(
         BoardEvent(
             board.id,
@@ -134,9 +129,9 @@ def _restore_network(ctx: Context, board: RigBoard, step: Step) -> list[Measurem
 
 def _power_cut(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
     start = time.time()
-    board.power(False)
+    board.power.off()
     time.sleep(float(step.arg("seconds")))
-    board.power(True)
+    board.power.on()
     back = time.time()  # after power(True): an operator may take a while to plug the board back in
     ctx.fault(board.id, "fault", start, back, f"power cut {step.arg('seconds'):g}s")
     if not step.arg("wait_online"):
@@ -147,7 +142,7 @@ def _power_cut(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
 
 def _reset(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
     start = time.time()
-    board.reset()
+    board.reset.reset()
     online = wait_online(ctx, board, start, float(step.arg("online_s")))
     ctx.fault(board.id, "stimulus", start, time.time(), "reset")
     return [Measurement.check("online_after_reset_s", round(online, 2), float(step.arg("online_s")), "s")]
@@ -155,9 +150,9 @@ def _reset(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
 
 def _sensor_fault(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
     start = time.time()
-    board.sensor_fault(step.arg("sensor"), step.arg("kind"))
+    board.sensors.inject(step.arg("sensor"), step.arg("kind"))
     time.sleep(float(step.arg("seconds")))
-    board.sensor_fault(step.arg("sensor"), None)
+    board.sensors.inject(step.arg("sensor"), None)
     ctx.fault(board.id, "fault", start, time.time(), f"{step.arg('sensor')} {step.arg('kind')}")
     return []
 

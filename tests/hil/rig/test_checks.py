@@ -98,15 +98,20 @@ class _Stack:
         }
 
 
-class _Board:
-    device = DEVICE
-    spec = type("Spec", (), {"tolerance": {"temperature": 0.05}})()
+class _Sensors:
+    """A constant environment that never changed."""
 
-    def near_env_change(self, _ts: float) -> bool:
+    def near_change(self, _ts: float) -> bool:
         return False
 
     def expected(self, _ts: float) -> dict[str, float]:
         return {"temperature": 22.5}
+
+
+class _Board:
+    device = DEVICE
+    spec = type("Spec", (), {"tolerance": {"temperature": 0.05}})()
+    sensors = _Sensors()
 
 
 def _backend_windows(reading_ts: list[float]) -> set[int]:

@@ -48,8 +48,8 @@ def _board(tmp_path: Path, attended: bool) -> tuple[RigBoard, list[str]]:
 def test_manual_power_asks_the_operator_to_unplug_then_replug_the_named_board(tmp_path: Path) -> None:
     board, asked = _board(tmp_path, attended=True)
     try:
-        board.power(False)
-        board.power(True)
+        board.power.off()
+        board.power.on()
     finally:
         board.shutdown()
     assert len(asked) == 2
@@ -61,7 +61,7 @@ def test_manual_power_without_an_operator_fails_saying_it_needs_a_terminal(tmp_p
     board, _ = _board(tmp_path, attended=False)
     try:
         with pytest.raises(BoardError, match="needs an operator"):
-            board.power(False)
+            board.power.off()
     finally:
         board.shutdown()
 
@@ -107,7 +107,7 @@ def test_ctrl_d_at_the_prompt_fails_the_step_instead_of_powering_on_blind(tmp_pa
         try:
             os.write(master, b"\x04")  # Ctrl-D in canonical mode: end of file for the reader
             with pytest.raises(BoardError, match="no answer from the operator"):
-                board.power(False)
+                board.power.off()
         finally:
             board.shutdown()
     os.close(master)
