@@ -37,13 +37,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from iot import contract
-from iot.broker import credentials
 from iot.harness.children import Child, gateway_connected
 from iot.harness.kafka import end_offsets
+from iot.harness.mqtt import MqttLogin
 from iot.harness.payloads import reading
 from iot.harness.ports import free_port, free_ports
 from iot.harness.stack import private_services
@@ -51,7 +49,7 @@ from iot.kafka import KafkaConnection
 
 REPO = Path(__file__).resolve().parents[1]
 
-HOST, PORT = "127.0.0.1", 1883
+BROKER = MqttLogin.from_env()
 # Un-acked publishes a publisher keeps, below Mosquitto's receive maximum (max_inflight_messages).
 # The window is ours, not paho's: paho's own in-flight limit rescans every pending message on each
 # PUBACK (quadratic), which capped the publisher at ~5k/s.
@@ -85,21 +83,8 @@ def _payloads(place: str, devices: int, count: int, part: int) -> Iterator[tuple
         yield contract.reading_topic(place, device), json.dumps(payload).encode()
 
 
-def _log_in(client: mqtt.Client) -> mqtt.Client:
-    """The stack's operator (it may publish any board's readings), when the broker has accounts."""
-    operator = credentials.find(credentials.OPERATOR)
-    if operator is not None:
-        client.username_pw_set(operator.username, operator.password)
-    return client
-
-
 def child_publish(place: str, devices: int, count: int, part: int) -> None:
-    client = _log_in(
-        mqtt.Client(CallbackAPIVersion.VERSION2, client_id=_uid("bench-pub"), protocol=mqtt.MQTTv5)
-    )
-    client.max_inflight_messages_set(0)
-    client.connect(HOST, PORT)
-    client.loop_start()
+    client = BROKER.client(_uid("bench-pub"), max_inflight=0)
     pending: deque[mqtt.MQTTMessageInfo] = deque()
     started = time.time()
     for topic, payload in _payloads(place, devices, count, part):
@@ -124,12 +109,10 @@ def child_subscribe(place: str, count: int) -> None:
         state["n"] += 1
         state["last"] = now
 
-    client = _log_in(
-        mqtt.Client(CallbackAPIVersion.VERSION2, client_id=_uid("bench-sub"), protocol=mqtt.MQTTv5)
-    )
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=_uid("bench-sub"), protocol=mqtt.MQTTv5)
     client.on_message = on_message
     client.on_subscribe = lambda *_a: print("subscribed", flush=True)
-    client.connect(HOST, PORT)
+    client.connect(*BROKER.prepare(client))
     client.subscribe(f"sensors/{place}/+/reading", qos=1)
     deadline = time.time() + 300
     while state["n"] < count and time.time() < deadline:
@@ -263,18 +246,7 @@ class Gateways:
 
     def discard_sessions(self) -> None:
         for gateway in self.gateways:
-            client = _log_in(
-                mqtt.Client(
-                    CallbackAPIVersion.VERSION2,
-                    client_id=gateway.env["IOT_GATEWAY_CLIENT_ID"],
-                    protocol=mqtt.MQTTv5,
-                )
-            )
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0
-            client.connect(HOST, PORT, clean_start=True, properties=props)
-            client.loop(1.0)
-            client.disconnect()
+            BROKER.forget_session(gateway.env["IOT_GATEWAY_CLIENT_ID"])
 
     def totals(self, name: str) -> float:
         return sum(gateway.metric(name) or 0.0 for gateway in self.gateways)

@@ -58,6 +58,7 @@ from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
 from iot import contract
+from iot.harness.children import Child
 from iot.topics import TopicAdmin, TopicSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,8 +164,10 @@ def peer_run(system: str, rnd: int, cmd: list[str], n: int, log: Path) -> Run:
     """Run a peer until every reading went through its place stage; measure it as backend_run does."""
     store = _pids(int(bt.MONGO.rsplit(":", 1)[1].split("/")[0]))
     kafka = _pids(int(bt.KAFKA.split(",")[0].rsplit(":", 1)[1]))
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
+    log.unlink(missing_ok=True)
+    peer = Child(system, cmd, log, cwd=REPO, interactive=True).start()
+    assert peer.proc is not None
+    proc = peer.proc
     progress = Progress(proc)
 
     def check(deadline: float, what: str) -> tuple[int, int, int, int, int, str]:
@@ -205,12 +208,7 @@ def peer_run(system: str, rnd: int, cmd: list[str], n: int, log: Path) -> Run:
             run.warm_cpu_us = 1e6 * (_cpu([proc.pid]) - warm[2]) / (n - warm[1])
         return run
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        peer.stop(30)
 
 
 def kstreams_cmd(app_id: str, topic: str, output: str, grace_s: int, state: str) -> list[str]:

@@ -31,6 +31,8 @@ from array import array
 from collections import deque
 from typing import Any
 
+from gateway.paho_client import remaining_length
+
 PUBLISH_WINDOW = 16
 RESEND_BATCH = 100
 OUTBOX_MAX = 20_000
@@ -43,15 +45,6 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 5.0
 
 CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP = 2, 3, 4, 9, 13
 _PINGREQ = b"\xc0\x00"
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _utf8(data: bytes) -> bytes:
@@ -99,7 +92,7 @@ class Link(asyncio.Protocol):
             pos = i + length
         del buf[:pos]
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, _exc: Exception | None) -> None:
         self.board.on_lost(self)
 
     def write(self, data: bytes) -> None:
@@ -181,7 +174,7 @@ class Board:
                 continue
             pid = self._packet_id()
             body = self.topic + struct.pack("!H", pid) + entry[0]
-            link.write(b"\x32" + _varint(len(body)) + body)
+            link.write(b"\x32" + remaining_length(len(body)) + body)
             if entry[2]:
                 self.fleet.resent += 1
             else:
@@ -272,7 +265,7 @@ class Board:
             )
             if password:
                 body += _utf8(self.device.encode()) + _utf8(password.encode())
-            link.write(b"\x10" + _varint(len(body)) + body)
+            link.write(b"\x10" + remaining_length(len(body)) + body)
             await self.lost.wait()
             if self.ready_once:
                 backoff = BACKOFF_MIN_S
@@ -299,7 +292,7 @@ class Board:
                 return
             sub = struct.pack("!H", self._packet_id()) + _utf8(self.ack_topic.encode()) + b"\x00"
             assert self.link is not None
-            self.link.write(b"\x82" + _varint(len(sub)) + sub)
+            self.link.write(b"\x82" + remaining_length(len(sub)) + sub)
         elif kind == SUBACK:
             self.ready = self.ready_once = True
             self.fleet.connects += 1

@@ -172,7 +172,7 @@ class BatchingClient(mqtt.Client):
         for topic, payload in messages:
             name = topic.encode("utf-8")
             body = len(name).to_bytes(2, "big") + name + props + payload
-            packet = bytes([_PUBLISH]) + _remaining_length(len(body)) + body
+            packet = bytes([_PUBLISH]) + remaining_length(len(body)) + body
             out.append(_raw(packet))
             count += 1
         if count:
@@ -264,7 +264,9 @@ def _untouched_raw(packet: Any) -> bool:
     return bool(packet["command"] & 0xF0 == _RAW and packet["pos"] == 0)
 
 
-def _remaining_length(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
+    """MQTT's variable-length integer (the fixed header's remaining length); bench/soak_fleet.py's
+    boards write theirs with it too."""
     out = bytearray()
     while True:
         byte, n = n % 128, n // 128

@@ -20,6 +20,7 @@ from hil import board_flash, paths
 from hil.board_flash import Flash, ImageFlash
 from hil.errors import BoardError
 from hil.virtual import vprofile
+from iot.harness.children import rss_kb
 
 # The board layer (its network, the TLS modules of its MicroPython profile, the sensor models) takes
 # about 52 KB of the MicroPython heap that a real ESP32 does not spend, so the heap is that much
@@ -274,15 +275,7 @@ class VirtualBoard:
 
     def rss_kb(self) -> int | None:
         """Resident memory of the board process (the whole unix-port process, not just its heap)."""
-        if not self.running or self.pid is None:
-            return None
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        except OSError:
-            return None
-        return None
+        return rss_kb(self.pid) if self.running else None
 
     def wait_console(self, text: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout

@@ -22,7 +22,6 @@ it has.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from hil.flash import FlashResult, flash
 from hil.rig.operator import NoAnswer, Operator
 from hil.vboard_process import VirtualBoard
 from hil.virtual import env as envmod
+from iot.harness import children
 
 __all__ = [
     "BoardSensors",
@@ -111,16 +111,16 @@ class Flash(Protocol):
 
 
 class Sensors(Protocol):
-    def inject(self, sensor: str, kind: str | None) -> None:
+    def inject(self, sensor: str, kind: str | None, /) -> None:
         """Make `sensor` fail as `kind` (None: heal it)."""
 
-    def set_environment(self, at: float, values: dict[str, float]) -> None:
+    def set_environment(self, at: float, values: dict[str, float], /) -> None:
         """From epoch `at` on, each metric holds its value."""
 
-    def expected(self, ts_s: float) -> dict[str, float] | None:
+    def expected(self, ts_s: float, /) -> dict[str, float] | None:
         """What the sensors measured at epoch `ts_s` before noise; None when only the board knows."""
 
-    def near_change(self, ts_s: float, margin_s: float = 1.5) -> bool:
+    def near_change(self, ts_s: float, margin_s: float = 1.5, /) -> bool:
         """True within `margin_s` of a change of the environment (a window there mixes two truths)."""
 
 
@@ -342,25 +342,24 @@ class BoardSensors:
     def __init__(self, board: str) -> None:
         self.board = board
 
-    def inject(self, sensor: str, kind: str | None) -> None:
+    def inject(self, _sensor: str, _kind: str | None) -> None:
         raise BoardError(f"{self.board}: sensor faults are injected on virtual boards only")
 
-    def set_environment(self, at: float, values: dict[str, float]) -> None:
+    def set_environment(self, _at: float, _values: dict[str, float]) -> None:
         raise BoardError(f"{self.board}: the environment is scripted on virtual boards only")
 
-    def expected(self, ts_s: float) -> dict[str, float] | None:
+    def expected(self, _ts_s: float) -> dict[str, float] | None:
         return None
 
-    def near_change(self, ts_s: float, margin_s: float = 1.5) -> bool:
+    def near_change(self, _ts_s: float, _margin_s: float = 1.5) -> bool:
         return False
 
 
 def run(command: list[str], what: str, timeout: float = 60) -> str:
     """A driver's command: its stdout, or BoardError with the command and its output."""
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise BoardError(f"{what}: no answer within {timeout:.0f}s (command: {' '.join(command)})") from exc
+    proc = children.run(command, timeout, grace=5)
+    if proc.returncode < 0:
+        raise BoardError(f"{what}: no answer within {timeout:.0f}s (command: {' '.join(command)})")
     if proc.returncode != 0:
         raise BoardError(
             f"{what} failed with exit code {proc.returncode} (command: {' '.join(command)}): "

@@ -13,6 +13,7 @@ from iot.broker.credentials import GATEWAY, OPERATOR, Credentials
 from iot.env import MqttEndpoint
 from iot.harness.children import Child
 from iot.harness.errors import HarnessError
+from iot.harness.mqtt import MqttLogin
 from iot.harness.ports import HOST, free_port, listening
 
 __all__ = ["MOSQUITTO", "PrivateBroker"]
@@ -82,6 +83,14 @@ class PrivateBroker:
     @property
     def gateway(self) -> Credentials:
         return self.logins[GATEWAY]
+
+    @property
+    def login(self) -> MqttLogin:
+        """How a test's client reaches it: anonymously, or with accounts as the operator (a test with
+        another login, or TLS, makes its own MqttLogin)."""
+        if self.logins:
+            return MqttLogin(self.url, self.operator.username, self.operator.password, str(self._ca or ""))
+        return MqttLogin(self.url)
 
     def start(self, timeout: float = 15.0) -> None:
         if not os.path.exists(MOSQUITTO):

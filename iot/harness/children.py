@@ -29,7 +29,7 @@ from iot import log
 from iot.harness import metrics
 from iot.harness.errors import ChildFailed
 
-__all__ = ["IOT", "Child", "Children", "cpu_s", "die_with_parent", "gateway_connected", "rss_kb"]
+__all__ = ["IOT", "Child", "Children", "cpu_s", "die_with_parent", "gateway_connected", "rss_kb", "run"]
 
 _log = log.get("iot.harness")
 # The `iot` console script of the environment this Python runs in.
@@ -70,6 +70,39 @@ def cpu_s(pid: int | None) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+
+
+def run(
+    argv: Sequence[str],
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    grace: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end and return its exit code and output. Past `timeout` it gets SIGTERM,
+    so it stops what it started itself (a rig its boards, a soak its private stack), and SIGKILL
+    `grace` seconds later; its exit code then says so and its output so far is returned."""
+    proc = subprocess.Popen(
+        list(argv),
+        env=None if env is None else dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _log.warning("command_stopped", command=argv[0], why=f"still running after {timeout:.0f}s")
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
 
 
 def gateway_connected(gateway: Child) -> bool:

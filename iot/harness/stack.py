@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from iot.env import parse_mqtt_url
-from iot.harness.children import IOT
+from iot.harness.children import IOT, run
 from iot.harness.errors import HarnessError
 from iot.harness.ports import HOST, free_ports
 from iot.kafka import KafkaConnection
@@ -41,12 +40,7 @@ class PrivateStack:
         self._pids: dict[str, int | None] = {}
 
     def _iot(self, *args: str, timeout: float = 600.0) -> str:
-        try:
-            done = subprocess.run(
-                [IOT, "stack", *args], env=self.env, capture_output=True, text=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise HarnessError(f"`iot stack {' '.join(args)}` did not finish in {timeout:.0f}s") from exc
+        done = run([IOT, "stack", *args], timeout, self.env)
         if done.returncode != 0:
             raise HarnessError(
                 f"`iot stack {' '.join(args)}` (IOT_STACK_DIR={self.folder}) failed with "
@@ -84,9 +78,7 @@ class PrivateStack:
     def status(self) -> list[dict[str, Any]]:
         """`iot stack status --json`: a row per service and listener (name, healthy, pid, port, detail)."""
         # `status` exits 1 while a service is down: its JSON is the answer all the same.
-        done = subprocess.run(
-            [IOT, "stack", "status", "--json"], env=self.env, capture_output=True, text=True, timeout=120
-        )
+        done = run([IOT, "stack", "status", "--json"], 120, self.env)
         try:
             rows: list[dict[str, Any]] = json.loads(done.stdout)
         except ValueError:

@@ -9,15 +9,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pymongo
 import pytest
 
 from iot import contract
 from iot.app.stack.config import StackConfig
 from iot.harness.kafka import commit_end_offsets
+from iot.harness.mqtt import MqttLogin
 from iot.harness.ports import free_ports, listening
-from tests.accounts import log_in, remove_boards
+from tests.accounts import remove_boards
 
 pytestmark = [pytest.mark.integration, pytest.mark.hil]
 IOT = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "iot")
@@ -91,9 +91,5 @@ def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started(tmp_pa
     finally:
         client.drop_database(tag)
         client.close()
-        forget = log_in(
-            mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{tag}-gw", protocol=mqtt.MQTTv5)
-        )
-        forget.connect(CFG.host, CFG.mqtt_port, clean_start=True)
-        forget.disconnect()
+        MqttLogin.from_env().forget_session(f"{tag}-gw")
         remove_boards(["demo-kitchen-01", "demo-garage-01"])

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pymongo
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -22,11 +21,12 @@ from iot import contract
 from iot.app.stack.config import StackConfig
 from iot.harness.children import Children
 from iot.harness.kafka import commit_end_offsets
+from iot.harness.mqtt import MqttLogin
 from iot.harness.ports import free_port
-from tests.accounts import log_in
 from tests.support import wait_for
 
 CFG = StackConfig.from_env()
+BROKER = MqttLogin.from_env()
 # The native Prometheus scrapes these two ports (iot/stack/services.py), so the e2e services use them.
 # The default ports on purpose: the shared native Prometheus scrapes exactly these, and the live
 # dashboard test evaluates the panels' queries on what it scraped.
@@ -127,24 +127,6 @@ def read_dlq(start: dict[int, int], keep: Any, want: int, timeout: float) -> lis
     return found
 
 
-def _publish(topic: str, payload: bytes) -> None:
-    client = log_in(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5))
-    client.connect(CFG.host, CFG.mqtt_port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1).wait_for_publish(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def _forget_session(client_id: str) -> None:
-    """Drop the gateway's persistent session so the broker stops queueing readings for it."""
-    client = log_in(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5))
-    client.connect(CFG.host, CFG.mqtt_port, clean_start=True)
-    client.disconnect()
-
-
 @pytest.fixture(scope="package")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     tag = f"e2e{uuid.uuid4().hex[:6]}"
@@ -196,10 +178,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         first = wait_for(
             lambda: probe.messages("reading", device=devices[0])[:2], 30, "two readings of board 0"
         )
-        _publish(first[-1].topic, first[-1].payload)
+        BROKER.publish(first[-1].topic, first[-1].payload)
         # Bad input on the way: the gateway must dead-letter it and carry on.
         run.injected_bad_topic = contract.reading_topic(plans[1].place, devices[1])
-        _publish(run.injected_bad_topic, b'{"v": 1, "device": "truncated')
+        BROKER.publish(run.injected_bad_topic, b'{"v": 1, "device": "truncated')
 
         wait_for(
             lambda: all(len(probe.messages("reading", device=d)) >= READINGS_PER_BOARD for d in devices),
@@ -227,7 +209,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         late = {**json.loads(first[0].payload), "seq": 1_000_000, "ts": first_start - 2 * 86_400_000}
         late["time_valid"] = True  # a claim of the board's, to be judged late
         run.late_id = contract.reading_id(devices[0], late["boot"], late["seq"])
-        _publish(first[0].topic, json.dumps(late).encode())
+        BROKER.publish(first[0].topic, json.dumps(late).encode())
         run.dlq = read_dlq(
             dlq_start,
             lambda r: r.get("topic") in {run.injected_bad_topic, first[0].topic},
@@ -241,6 +223,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         probe.stop()
         children.stop_all()
         for n in range(len(places)):
-            _forget_session(f"{tag}-gw{n}")
+            BROKER.forget_session(f"{tag}-gw{n}")
         client.drop_database(db_name)
         client.close()

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pymongo
 import pytest
 
@@ -26,8 +25,8 @@ from iot.app.stack.config import StackConfig
 from iot.harness.children import Children
 from iot.harness.kafka import commit_end_offsets
 from iot.harness.metrics import scrape
+from iot.harness.mqtt import MqttLogin
 from iot.harness.ports import free_ports
-from tests.accounts import log_in
 from tests.backend.conftest import (
     GRACE_MS,
     HOPPING_MS,
@@ -61,9 +60,7 @@ class Run:
 
 
 def _publish(readings: list[dict[str, Any]]) -> None:
-    client = log_in(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5))
-    client.connect(CFG.host, CFG.mqtt_port)
-    client.loop_start()
+    client = MqttLogin.from_env().client()
     try:
         infos = [
             client.publish(contract.reading_topic(r["place"], r["device"]), contract.encode(r), qos=1)

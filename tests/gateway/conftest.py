@@ -18,27 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.kafka_sink import GATEWAY_HEADER
 from iot import contract
 from iot.harness.broker import PrivateBroker
+from iot.harness.mqtt import MqttLogin
 from iot.harness.payloads import reading
 from iot.harness.ports import free_port
 from iot.harness.stack import PrivateStack
 from iot.harness.stack import private_kafka as kafka_of_its_own
-from tests.accounts import log_in
 from tests.services import ServiceProcess
 from tests.support import failed, unique, wait_for
 
-MQTT_HOST = "127.0.0.1"
-MQTT_PORT = 1883
-SHARED_BROKER = f"mqtt://{MQTT_HOST}:{MQTT_PORT}"
+SHARED = MqttLogin.from_env()  # the native stack's broker, as the environment reaches it
 KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
 
 
@@ -70,18 +65,6 @@ class GatewayProcess(ServiceProcess):
         return self
 
 
-def discard_session(client_id: str) -> None:
-    """Remove a gateway's persistent session (and its shared subscription) from the broker."""
-    client = log_in(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5))
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 0
-    client.connect(MQTT_HOST, MQTT_PORT, clean_start=True, properties=props)
-    client.loop_start()
-    wait_for(client.is_connected, 10, f"connect as {client_id} to discard its session")
-    client.disconnect()
-    client.loop_stop()
-
-
 @dataclass
 class GatewayFactory:
     tmp: Path
@@ -93,7 +76,7 @@ class GatewayFactory:
         client_id = client_id or unique("gw")
         full = {
             **os.environ,
-            "IOT_MQTT_URL": SHARED_BROKER,
+            "IOT_MQTT_URL": SHARED.url,
             "IOT_KAFKA_BOOTSTRAP": KAFKA,
             "IOT_GATEWAY_CLIENT_ID": client_id,
             "IOT_GATEWAY_GROUP": self.group,
@@ -113,9 +96,9 @@ class GatewayFactory:
         for gateway in self.made:
             gateway.kill()
         # Only the shared broker keeps a session after the test: a private one dies with its test
-        # (and may need TLS or a login that discard_session does not have).
-        for client_id in {g.client_id for g in self.made if g.env["IOT_MQTT_URL"] == SHARED_BROKER}:
-            discard_session(client_id)
+        # (and may need TLS or a login the shared one does not).
+        for client_id in {g.client_id for g in self.made if g.env["IOT_MQTT_URL"] == SHARED.url}:
+            SHARED.forget_session(client_id)
 
 
 @pytest.fixture
@@ -134,24 +117,8 @@ def gateways(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Gateway
 class Publisher:
     """A device-side MQTT v5 client publishing QoS 1; `publish_*` return once the broker acked."""
 
-    def __init__(
-        self,
-        port: int = MQTT_PORT,
-        ca: Path | None = None,
-        username: str | None = None,
-        password: str | None = None,
-    ) -> None:
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"), protocol=mqtt.MQTTv5)
-        self._client.max_inflight_messages_set(500)
-        if ca is not None:
-            self._client.tls_set(ca_certs=str(ca))
-        if username is not None:
-            self._client.username_pw_set(username, password)
-        else:
-            log_in(self._client)  # the stack's operator: it may publish as any board
-        self._client.connect(MQTT_HOST, port)
-        self._client.loop_start()
-        wait_for(self._client.is_connected, 10, "publisher connected")
+    def __init__(self, broker: MqttLogin = SHARED) -> None:
+        self._client = broker.client(unique("pub"), max_inflight=500)
 
     def publish_raw(
         self,

@@ -11,15 +11,13 @@ from collections.abc import Callable, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.records import dead_letter, identify, route
 from iot import contract
+from iot.harness.mqtt import MqttLogin
 from iot.harness.stack import PrivateStack
-from tests.accounts import log_in
 from tests.gateway.conftest import (
-    MQTT_HOST,
-    MQTT_PORT,
+    SHARED,
     GatewayFactory,
     KafkaReader,
     PrivateBroker,
@@ -33,19 +31,14 @@ from tests.support import unique, wait_for
 class Board:
     """The board side of the ack: subscribed to its own ack topic, records every ack it receives."""
 
-    def __init__(self, place: str, device: str, port: int = MQTT_PORT) -> None:
+    def __init__(self, place: str, device: str, broker: MqttLogin = SHARED) -> None:
         self.topic = contract.ack_topic(place, device)
         self.acks: list[tuple[float, int, list[tuple[int, int]]]] = []
         self._lock = threading.Lock()
         subscribed = threading.Event()
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=unique("board"), protocol=mqtt.MQTTv5
-        )
-        log_in(self._client)
+        self._client = broker.client(unique("board"))
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_a: subscribed.set()
-        self._client.connect(MQTT_HOST, port)
-        self._client.loop_start()
         self._client.subscribe(self.topic, qos=contract.ACK_QOS)
         assert subscribed.wait(10), "SUBACK for the ack topic"
 
@@ -68,8 +61,8 @@ class Board:
 def boards() -> Iterator[Callable[..., Board]]:
     made: list[Board] = []
 
-    def make(place: str, device: str, port: int = MQTT_PORT) -> Board:
-        board = Board(place, device, port)
+    def make(place: str, device: str, broker: MqttLogin = SHARED) -> Board:
+        board = Board(place, device, broker)
         made.append(board)
         return board
 
@@ -178,8 +171,8 @@ def test_no_ack_while_kafka_is_away_then_acks_once_it_holds_them(
     # Private broker and Kafka: no other gateway may bridge (and ack) these readings.
     device = unique("dev")
     bootstrap = private_kafka.kafka_bootstrap
-    board = boards(gateways.place, device, private_broker.port)
-    publisher = Publisher(port=private_broker.port)
+    board = boards(gateways.place, device, private_broker.login)
+    publisher = Publisher(private_broker.login)
     gateway = gateways(IOT_MQTT_URL=private_broker.url, IOT_KAFKA_BOOTSTRAP=bootstrap)
     try:
         publisher.publish_readings(make_reading(gateways.place, device, seq) for seq in range(50))

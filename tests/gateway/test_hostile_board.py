@@ -29,7 +29,8 @@ from iot.broker import accounts
 from iot.broker.credentials import Credentials, new_password
 from iot.broker.dynsec import Dynsec
 from iot.env import MqttEndpoint
-from tests.gateway.conftest import MQTT_HOST, GatewayFactory, KafkaReader, PrivateBroker, make_reading
+from iot.harness.ports import HOST
+from tests.gateway.conftest import GatewayFactory, KafkaReader, PrivateBroker, make_reading
 from tests.gateway.test_hostile_input import feff_property
 from tests.support import unique, wait_for
 
@@ -53,7 +54,7 @@ def _connect(port: int, login: Credentials, client_id: str, v5: bool = True) -> 
         answered.set()
 
     client.on_connect = on_connect
-    client.connect(MQTT_HOST, port)
+    client.connect(HOST, port)
     client.loop_start()
     assert answered.wait(10), f"no CONNACK for {client_id}"
     if not accepted[0]:
@@ -193,7 +194,7 @@ def accounts_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
 
 def provision(broker: PrivateBroker, place: str, devices: list[str]) -> dict[str, Credentials]:
     logins = {d: Credentials(d, new_password()) for d in devices}
-    with Dynsec(MqttEndpoint(MQTT_HOST, broker.port, False), broker.operator) as dynsec:
+    with Dynsec(MqttEndpoint(HOST, broker.port, False), broker.operator) as dynsec:
         for device, login in logins.items():
             accounts.create_device(dynsec, place, device, login.password)
     return logins

@@ -12,8 +12,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.paho_client import BatchingClient
-from tests.accounts import log_in
-from tests.gateway.conftest import MQTT_HOST, MQTT_PORT, Publisher
+from tests.gateway.conftest import SHARED, Publisher
 from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration
@@ -39,12 +38,11 @@ def test_every_packet_arrives_whole_and_in_order_and_batched_acks_settle_them() 
     client = BatchingClient(
         CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
     )
-    log_in(client)
     client.on_message = on_message
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 60
     props.ReceiveMaximum = 100
-    client.connect(MQTT_HOST, MQTT_PORT, clean_start=True, properties=props)
+    client.connect(*SHARED.prepare(client), clean_start=True, properties=props)
     client.loop_start()
     subscribed = threading.Event()
     client.on_subscribe = lambda *_a: subscribed.set()
@@ -82,13 +80,12 @@ def test_every_packet_arrives_whole_and_in_order_and_batched_acks_settle_them() 
     again = BatchingClient(
         CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
     )
-    log_in(again)
     again.on_message = lambda _c, _u, m: redelivered.append(bytes(m.payload))
     connected = threading.Event()
     again.on_connect = lambda *_a: connected.set()
     props_again = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props_again.SessionExpiryInterval = 0
-    again.connect(MQTT_HOST, MQTT_PORT, clean_start=False, properties=props_again)
+    again.connect(*SHARED.prepare(again), clean_start=False, properties=props_again)
     again.loop_start()
     assert connected.wait(10)
     # The broker resends un-acked messages right after CONNACK, so they would precede this SUBACK.
@@ -107,9 +104,7 @@ def test_published_batches_arrive_whole_and_in_order_and_nothing_is_queued_while
     topics = [f"sensors/{place}/dev{i}/ack" for i in range(7)]
     received: list[tuple[str, bytes]] = []
     lock = threading.Lock()
-    listener = log_in(
-        mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pblisten"), protocol=mqtt.MQTTv5)
-    )
+    listener = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pblisten"), protocol=mqtt.MQTTv5)
 
     def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         with lock:
@@ -118,17 +113,16 @@ def test_published_batches_arrive_whole_and_in_order_and_nothing_is_queued_while
     listener.on_message = on_message
     subscribed = threading.Event()
     listener.on_subscribe = lambda *_a: subscribed.set()
-    listener.connect(MQTT_HOST, MQTT_PORT)
+    listener.connect(*SHARED.prepare(listener))
     listener.loop_start()
     listener.subscribe(f"sensors/{place}/+/ack", qos=0)
     assert subscribed.wait(10)
 
     sender = BatchingClient(CallbackAPIVersion.VERSION2, client_id=unique("pbsend"), protocol=mqtt.MQTTv5)
-    log_in(sender)
     assert sender.publish_batch([(topics[0], b"x")]) == 0, "queued while never connected"
     connected = threading.Event()
     sender.on_connect = lambda *_a: connected.set()
-    sender.connect(MQTT_HOST, MQTT_PORT)
+    sender.connect(*SHARED.prepare(sender))
     sender.loop_start()
     assert connected.wait(10)
     # Payload sizes across the one- to three-byte remaining-length encodings.

@@ -81,7 +81,7 @@ def test_broker_restart_resumes_the_session_and_keeps_bridging(
     device = unique("dev")
     reader = kafka_readers(contract.TOPIC_READINGS, f"^{device}$")
     gateway = gateways(IOT_MQTT_URL=private_broker.url)
-    before = Publisher(private_broker.port)
+    before = Publisher(private_broker.login)
     before.publish_readings(make_reading(gateways.place, device, seq) for seq in range(1000))
     before.close()
     reader.wait_until(lambda rs: len(distinct_ids(rs)) == 1000, 60, "the first 1000 readings")
@@ -93,7 +93,7 @@ def test_broker_restart_resumes_the_session_and_keeps_bridging(
     private_broker.start()
     wait_for(lambda: gateway.metric("iot_gateway_mqtt_connected") == 1.0, 30, "the gateway reconnected")
     assert "session_present=True" in gateway.log()
-    after = Publisher(private_broker.port)
+    after = Publisher(private_broker.login)
     after.publish_readings(make_reading(gateways.place, device, seq) for seq in range(1000, 2000))
     after.close()
 

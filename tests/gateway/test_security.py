@@ -11,8 +11,9 @@ import pytest
 
 from iot import contract
 from iot.app.stack import tls
+from iot.harness.mqtt import MqttLogin
+from iot.harness.ports import HOST
 from tests.gateway.conftest import (
-    MQTT_HOST,
     GatewayFactory,
     KafkaReader,
     PrivateBroker,
@@ -30,7 +31,7 @@ USER, PASSWORD = "gateway", "gw-pass-Zq81"
 def tls_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
     pki = tmp_path / "pki"
     # The stack's own certificate maker: a CA and a server certificate for the loopback address.
-    files = tls.ensure(pki, [MQTT_HOST])
+    files = tls.ensure(pki, [HOST])
     passwords = pki / "passwords"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), USER, PASSWORD], check=True, timeout=30)
     broker = PrivateBroker(
@@ -58,7 +59,7 @@ def test_gateway_bridges_over_tls_with_username_and_password(
         IOT_MQTT_USERNAME=USER,
         IOT_MQTT_PASSWORD=PASSWORD,
     )
-    publisher = Publisher(tls_broker.port, ca=ca, username=USER, password=PASSWORD)
+    publisher = Publisher(MqttLogin(tls_broker.url, USER, PASSWORD, str(ca)))
     publisher.publish_readings(make_reading(gateways.place, device, seq) for seq in range(20))
     publisher.close()
     reader.wait_until(lambda rs: len(rs) == 20, 30, "20 readings bridged over TLS")

@@ -14,7 +14,6 @@ import pytest
 
 from gateway.service import EXIT_MQTT_THREAD_DIED
 from tests.gateway.conftest import GatewayFactory, GatewayProcess, PrivateBroker, Publisher, free_port
-from tests.services import REPO
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -53,10 +52,9 @@ sys.exit(main(["gateway"]))
 
 
 class InjectedGateway(GatewayProcess):
-    def launch(self) -> None:
-        with self.log_path.open("ab") as logf:
-            argv = [sys.executable, "-c", _INJECTED]
-            self.proc = subprocess.Popen(argv, env=self.env, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__(env, log_path)
+        self.argv = [sys.executable, "-c", _INJECTED]
 
 
 def test_a_dead_mqtt_network_thread_ends_the_process_non_zero(
@@ -117,4 +115,4 @@ def test_an_unreachable_kafka_is_logged_within_seconds_with_its_bootstrap(gatewa
     assert f"bootstrap={bootstrap}" in next(
         x for x in gateway.log().splitlines() if "kafka_unreachable" in x or "topics_unchecked" in x
     )
-    assert gateway.running()
+    assert gateway.alive()

@@ -16,7 +16,6 @@ from hil.vboard_process import DEFAULT_HEAP, VirtualBoard
 from hil.virtual import outbox_reader, vprofile
 from iot import contract
 from iot.devices.provision import Provisioner
-from tests.accounts import log_in
 from tests.support import unique
 
 
@@ -138,19 +137,3 @@ def first_occurrences(seqs: list[int]) -> list[int]:
             seen.add(s)
             out.append(s)
     return out
-
-
-def publish_once(broker_url: str, topic: str, payload: bytes) -> None:
-    """One QoS 1 message from a separate client, returning once the broker has it."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    host, port = broker_address(broker_url)
-    client = log_in(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub")))
-    client.connect(host, port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from hil.virtual import vprofile
 from iot.app.cli import build_parser, main
 from iot.app.stack import tls
 from iot.errors import ConfigError
+from iot.harness.children import Child
 from tests.accounts import remove_boards
 from tests.support import unique, wait_for
 
@@ -119,7 +118,8 @@ def test_iot_boards_runs_a_fleet_that_publishes_and_stops_cleanly_on_sigterm(
     prefix = unique("vt")
     devices = {p.device for p in fleet.plan(3, 2, 0.5, broker_url, prefix=prefix)}
     with Probe(broker_url, ["sensors/+/+/#"], keep=lambda t: t.split("/")[2] in devices) as probe:
-        proc = subprocess.Popen(
+        boards = Child(
+            "boards",
             [
                 sys.executable,
                 "-m",
@@ -136,23 +136,19 @@ def test_iot_boards_runs_a_fleet_that_publishes_and_stops_cleanly_on_sigterm(
                 "--state-dir",
                 str(tmp_path / "fleet"),
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            tmp_path / "boards.log",
             env=dict(os.environ, IOT_MQTT_URL=broker_url),
-        )
+        ).start()
         try:
             wait_for(
                 lambda: {m.topic.split("/")[2] for m in probe.messages("reading")} == devices,
                 30,
                 "readings from all 3 boards",
             )
-            proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=30)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 0, out
+            code = boards.stop(30)  # SIGTERM: the fleet stops its boards cleanly
+        out = boards.log()
+        assert code == 0 and not boards.stopped_by_kill, out
         assert "boards stopped count=3" in out and "failed=none" in out
         offline = wait_for(
             lambda: (

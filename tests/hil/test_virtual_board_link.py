@@ -10,13 +10,13 @@ import pytest
 
 from hil.netfault import MqttProxy
 from hil.probe import Probe, broker_address
+from iot.harness.mqtt import MqttLogin
 from tests.hil.conftest import (
     BoardFactory,
     first_occurrences,
     health_of,
     outbox_entries,
     outbox_state,
-    publish_once,
     seqs_of,
 )
 from tests.support import wait_for
@@ -247,10 +247,11 @@ def test_oversized_incoming_packet_is_dropped_unread_and_the_session_survives(
     board.start()
     wait_for(lambda: len(probe.readings(board.device)) >= 3, 20, "3 readings")
     ack_topic = f"sensors/{board.place}/{board.device}/ack"
-    publish_once(broker_url, ack_topic, b"[" + b" " * 60_000 + b"]")
+    operator = MqttLogin.from_env().at(broker_url)
+    operator.publish(ack_topic, b"[" + b" " * 60_000 + b"]")
     wait_for(lambda: [h for h in health_of(probe, board.device) if h["oversized_in"] == 1], 20, "1 oversized")
     # A real ack afterwards still releases readings: the stream stayed in sync.
-    publish_once(broker_url, ack_topic, json.dumps({"boot": 0, "ranges": [[0, 10_000]]}).encode())
+    operator.publish(ack_topic, json.dumps({"boot": 0, "ranges": [[0, 10_000]]}).encode())
     wait_for(lambda: [h for h in health_of(probe, board.device) if h["outbox_depth"] <= 2], 20, "acked")
     assert all(h["reconnects"] == 0 for h in health_of(probe, board.device))
     assert board.running and "link_down" not in board.console()

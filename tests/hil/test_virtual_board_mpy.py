@@ -12,8 +12,9 @@ import pytest
 from hil import flash, paths
 from hil.probe import Probe
 from hil.virtual import vprofile
+from iot.harness.mqtt import MqttLogin
 from tests.firmware import unixport
-from tests.hil.conftest import BoardFactory, health_of, publish_once
+from tests.hil.conftest import BoardFactory, health_of
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
@@ -74,7 +75,8 @@ def test_board_on_the_compiled_firmware_boots_publishes_and_releases_readings_on
     seen = len(health_of(probe, board.device))
     held = max(h["outbox_depth"] for h in health_of(probe, board.device))
     ack = {"boot": 0, "ranges": [[0, 10_000]]}
-    publish_once(broker_url, f"sensors/{board.place}/{board.device}/ack", json.dumps(ack).encode())
+    operator = MqttLogin.from_env().at(broker_url)
+    operator.publish(f"sensors/{board.place}/{board.device}/ack", json.dumps(ack).encode())
     # Without acks the depth only grows: a health after the ack with less is the ack's release.
     wait_for(lambda: [h for h in health_of(probe, board.device)[seen:] if h["outbox_depth"] < held], 20,
              "released")

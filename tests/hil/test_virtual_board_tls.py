@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from iot import contract
 from iot.app.stack import probes, tls
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
+from iot.harness.children import Child
 from iot.harness.ports import free_ports
 from tests.accounts import login, remove_boards
 from tests.gateway.conftest import GatewayFactory, KafkaReader
@@ -190,15 +189,13 @@ def test_iot_boards_takes_an_mqtts_url_and_the_stacks_ca_from_the_environment(
     command = [sys.executable, "-m", "iot.app.cli", "boards", "--count", "2", "--interval", "0.5"]
     command += ["--prefix", prefix, "--state-dir", str(tmp_path / "fleet")]
     with Probe(stack.mqtt_url, ["sensors/+/+/reading"], keep=lambda t: t.split("/")[2] in devices) as probe:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        boards = Child("boards", command, tmp_path / "boards.log", env=env).start()
         try:
             wait_for(lambda: {m.topic.split("/")[2] for m in probe.messages()} == devices, 30, "both boards")
-            proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=30)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert proc.returncode == 0, out
+            code = boards.stop(30)  # SIGTERM: the fleet stops its boards cleanly
+    out = boards.log()
+    assert code == 0 and not boards.stopped_by_kill, out
     assert f"broker=mqtts://localhost:{stack.mqtt_tls_port}" in out
     counted = int(out.split("boards stopped ")[1].split("readings=")[1].split()[0])
     assert counted > 0 and "failed=none" in out, out

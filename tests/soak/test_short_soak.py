@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from iot.harness.children import run
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -54,17 +55,10 @@ def test_every_component_sigkilled_once_under_load_loses_and_doubles_nothing(soa
         "--json", str(summary),
         "--keep", str(soak_dir / "run"),
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=1500)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the soak did not finish in 1500 s")
-    finally:
-        if proc.poll() is None:
-            # SIGTERM, never SIGKILL: the soak then stops its private stack and services itself.
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=180)
-    report = out + err[-4000:]
+    # Past its deadline SIGTERM, not SIGKILL: the soak then stops its private stack and services.
+    done = run(argv, 1500, grace=180)
+    report = done.stdout + done.stderr[-4000:]
+    assert done.returncode != -signal.SIGTERM, f"the soak did not finish in 1500 s:\n{report}"
     assert summary.exists(), f"the soak wrote no summary:\n{report}"
     r = json.loads(summary.read_text())
 
@@ -96,4 +90,4 @@ def test_every_component_sigkilled_once_under_load_loses_and_doubles_nothing(soa
         assert w["final_checked"] > 0, f"{coll}: no final window to check"
         assert w["final_differing"] == 0, f"{coll}: windows differ, e.g. {w['examples']}\n{report}"
         assert w["not_final"] == 0 and w["absent"] == 0, f"{coll}: {w}"
-    assert r["ok"] and proc.returncode == 0, report
+    assert r["ok"] and done.returncode == 0, report

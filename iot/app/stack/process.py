@@ -91,24 +91,27 @@ def reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _signal_until_gone(tracked: Tracked, sig: int, timeout: float) -> bool:
+    """Send `sig` to the tracked process group and wait up to `timeout` for it to be gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(tracked.pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reap(tracked.pid)
+        if exited_early(tracked):
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def stop(pid_file: Path, timeout: float = 30.0) -> bool:
     """SIGTERM the tracked process group, SIGKILL after timeout. True if something was stopped."""
     tracked = read(pid_file)
     if tracked is None:
         pid_file.unlink(missing_ok=True)
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(tracked.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reap(tracked.pid)
-        if exited_early(tracked):
-            break
-        time.sleep(0.1)
-    else:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(tracked.pid, signal.SIGKILL)
-        reap(tracked.pid)
+    if not _signal_until_gone(tracked, signal.SIGTERM, timeout):
+        _signal_until_gone(tracked, signal.SIGKILL, 10.0)
     pid_file.unlink(missing_ok=True)
     return True
 
@@ -119,14 +122,7 @@ def kill(pid_file: Path, timeout: float = 10.0) -> int | None:
     tracked = read(pid_file)
     if tracked is None:
         return None
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(tracked.pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reap(tracked.pid)
-        if exited_early(tracked):
-            break
-        time.sleep(0.02)
+    _signal_until_gone(tracked, signal.SIGKILL, timeout)
     pid_file.unlink(missing_ok=True)
     return tracked.pid
 

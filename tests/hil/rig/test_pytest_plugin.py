@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from hil import paths
+from iot.harness.children import run
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 
@@ -41,26 +41,13 @@ def test_board_fixture_runs_a_test_on_every_board_of_the_rig(tmp_path: Path) -> 
         )
     )
     (tmp_path / "test_on_boards.py").write_text(BOARD_TEST)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "hil.rig.pytest_plugin",
-            "--hil-rig",
-            str(rig),
-            "-v",
-            "-p",
-            "no:cacheprovider",
-            "test_on_boards.py",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=540,
-        cwd=tmp_path,
+    # SIGTERM past the deadline (not subprocess.run's SIGKILL): the rig then stops its boards.
+    plugin = [sys.executable, "-m", "pytest", "-p", "hil.rig.pytest_plugin", "-p", "no:cacheprovider"]
+    proc = run(
+        [*plugin, "--hil-rig", str(rig), "-v", "test_on_boards.py"],
+        540,
         env=dict(os.environ, PYTHONPATH=str(paths.REPO)),
-        check=False,
+        cwd=tmp_path,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -70,22 +57,10 @@ def test_board_fixture_runs_a_test_on_every_board_of_the_rig(tmp_path: Path) -> 
 
 def test_without_a_rig_board_tests_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "test_on_boards.py").write_text(BOARD_TEST)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "hil.rig.pytest_plugin",
-            "-p",
-            "no:cacheprovider",
-            "-rs",
-            "test_on_boards.py",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    plugin = [sys.executable, "-m", "pytest", "-p", "hil.rig.pytest_plugin", "-p", "no:cacheprovider"]
+    proc = run(
+        [*plugin, "-rs", "test_on_boards.py"],
+        60,
         cwd=tmp_path,
-        check=False,
     )
     assert proc.returncode == 0 and "no rig: run with --hil-rig RIG" in proc.stdout, proc.stdout

@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from hil import paths
 from iot import contract
 from iot.harness import payloads
-from iot.harness.children import Children
+from iot.harness.children import Children, run
 from iot.harness.kafka import commit_end_offsets
 from iot.harness.ports import free_ports
 
@@ -146,21 +146,7 @@ def devices_in_kafka(bootstrap: str, start: dict[int, int]) -> set[str]:
 def _iot_hil(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """`iot hil ...`; stopped with SIGTERM if the test ends first, so the rig stops its boards,
     gateway, backend and broker (SIGKILL would leave them running)."""
-    argv = [sys.executable, "-m", "iot.app.cli", "hil", *args]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=paths.REPO, env=dict(os.environ)
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return run([sys.executable, "-m", "iot.app.cli", "hil", *args], timeout, cwd=paths.REPO)
 
 
 @pytest.mark.timeout(900)  # ~4 min alone; the whole suite on 2 shared cores measured past the 300 s default
