@@ -131,7 +131,7 @@ class BackendRuntime:
             queue = transport.batch_queue(self.app, scope.topic, 4 * s.batch_max)
             ack = self.app.consumer.ack
 
-            async def windows(stream: Any) -> None:
+            async def windows(_stream: Any) -> None:  # Faust's agent signature
                 while True:
                     messages = await queue.get(s.batch_max, within)
                     # Returns only once every record was counted or dead-lettered (batches.py): no
@@ -148,7 +148,7 @@ class BackendRuntime:
         async def release_free_memory() -> None:
             heap.release_free_memory()
 
-        def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        def on_rebalance(_sender: Any, /, *args: Any, **kwargs: Any) -> None:  # Faust's signal receiver
             self.batches.rebalanced()
 
         self.app.agent(self.readings_topic, name="sensor-windows")(agent(self.scopes[SENSOR]))

@@ -16,7 +16,7 @@ from .errors import ConfigError
 WINDOWS_VARIABLES = Variables(CONTRACT.pick("IOT_MONGO_URI"), LOG)
 
 
-def _run_backend(args: argparse.Namespace) -> int:
+def _run_backend(_args: argparse.Namespace) -> int:
     settings = settings_mod.load()
     if settings.event_loop == "uvloop":
         _use_uvloop()

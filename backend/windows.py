@@ -225,13 +225,13 @@ class KeyState:
     @property
     def windows(self) -> dict[WindowKey, WindowAcc]:
         """The open windows with their values (assembled from the panes: a copy)."""
-        return {k: self._assemble(k, False) for k in self.open}
+        return {k: self._assemble(k) for k in self.open}
 
     def window_acc(self, key: WindowKey) -> WindowAcc | None:
         """The values of one open window (a copy), None when it is not open."""
-        return self._assemble(key, False) if key in self.open else None
+        return self._assemble(key) if key in self.open else None
 
-    def _assemble(self, key: WindowKey, pop: bool) -> WindowAcc:
+    def _assemble(self, key: WindowKey) -> WindowAcc:
         acc = WindowAcc()
         start, end = key.start, key.end
         for pane_start, pane in self.panes.items():
@@ -350,7 +350,7 @@ class KeyState:
         if not ready:
             return []
         self.open.difference_update(ready)
-        closed = [ClosedWindow(k, self._assemble(k, True)) for k in ready]
+        closed = [ClosedWindow(k, self._assemble(k)) for k in ready]
         self._hint_pane, self._hint_updated = None, []
         for pane_start in [p for p in self.panes if not any(k.start <= p < k.end for k in self.open)]:
             del self.panes[pane_start]

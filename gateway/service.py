@@ -90,7 +90,7 @@ def run(settings: GatewaySettings) -> int:
                     kafka_up=int(sink.reachable),
                     mqtt_connected=int(source.subscribed.is_set()),
                 )
-        return _drain(settings, sink, bridge, source)
+        return _drain(settings, sink, bridge)
     finally:
         source.stop()
         if registry is not None:
@@ -113,7 +113,7 @@ def _log_thread_crashes() -> None:
     threading.excepthook = hook
 
 
-def _drain(settings: GatewaySettings, sink: KafkaSink, bridge: Bridge, source: MqttSource) -> int:
+def _drain(settings: GatewaySettings, sink: KafkaSink, bridge: Bridge) -> int:
     bridge.accepting = False
     deadline = time.monotonic() + settings.drain_timeout_s
     while bridge.in_flight > 0 and time.monotonic() < deadline:

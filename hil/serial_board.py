@@ -292,7 +292,7 @@ class SerialBoard:
         return 0
 
 
-def _stop_on(signum: int, _frame: object) -> None:
+def _stop_on(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 

@@ -17,15 +17,13 @@ SHARED_CONTRACT = Path(__file__).resolve().parents[1].parent / "shared" / "CONTR
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+def pytest_sessionstart() -> None:
     # In CI the team contract is laid beside the clone; without it the drift tests would prove nothing.
     if os.environ.get("CI") and not SHARED_CONTRACT.exists():
         raise pytest.UsageError(

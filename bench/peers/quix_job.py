@@ -107,13 +107,13 @@ def main() -> int:
         args.source,
         key_deserializer="str",
         value_deserializer="json",
-        timestamp_extractor=lambda value, headers, ts, ts_type: value["ts"],
+        timestamp_extractor=lambda value, _headers, _ts, _ts_type: value["ts"],
     )
     output = app.topic(args.output, value_serializer="json", key_serializer="json")
     sdf = app.dataframe(source)
 
     def count(scope: str) -> Any:
-        def seen(value: Any) -> None:
+        def seen(_value: Any) -> None:
             counts[scope] += 1
 
         return seen

@@ -318,7 +318,7 @@ def _firmware_defaults() -> dict[str, Any]:
     return defaults
 
 
-def _scenarios(raw: Any, board_ids: set[str], kinds: dict[str, str]) -> list[Scenario]:
+def _scenarios(raw: Any, board_ids: set[str]) -> list[Scenario]:
     if not isinstance(raw, list) or not raw:
         raise RigConfigError("scenarios", "must be a non-empty list")
     out: list[Scenario] = []
@@ -425,7 +425,7 @@ def _secret(env_name: Any, where: str) -> str:
     return value
 
 
-def _firmware(raw: Any, base: Path) -> FirmwareSpec:
+def _firmware(raw: Any) -> FirmwareSpec:
     f = _mapping(raw, "firmware", {"dir", "version", "mpy"})
     directory = Path(str(f.get("dir", paths.FIRMWARE)))
     if not directory.is_absolute():
@@ -446,12 +446,12 @@ def parse(text: str, path: Path, run_id: str) -> Rig:
     prefix = str(top.get("device_prefix", "hil-{run}-")).replace("{run}", run_id)
     board_config = _mapping(top.get("board_config"), "board_config", set(_firmware_defaults()))
     boards = _boards(top.get("boards"), prefix, board_config)
-    scenarios = _scenarios(top.get("scenarios"), {b.id for b in boards}, {b.id: b.kind for b in boards})
+    scenarios = _scenarios(top.get("scenarios"), {b.id for b in boards})
     return Rig(
         name=str(top.get("rig", path.stem)),
         path=path,
         stack=_stack(top.get("stack")),
-        firmware=_firmware(top.get("firmware"), path.parent),
+        firmware=_firmware(top.get("firmware")),
         boards=tuple(boards),
         scenarios=tuple(scenarios),
         run_id=run_id,

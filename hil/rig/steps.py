@@ -119,7 +119,7 @@ def _cut_network(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]
     return []
 
 
-def _restore_network(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
+def _restore_network(ctx: Context, board: RigBoard, _step: Step) -> list[Measurement]:
     board.proxy.restore()
     start = ctx.cut_since.pop(board.id, None)
     if start is not None:

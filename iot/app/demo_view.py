@@ -105,7 +105,7 @@ def sensor_title(prefix: str) -> Text:
     )
 
 
-def place_table(rows: Sequence[Latest], window_s: int) -> Table:
+def place_table(rows: Sequence[Latest]) -> Table:
     table = Table(
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
@@ -211,7 +211,7 @@ def view(
     return Group(
         header(title, counts, first_window, lines),
         place_title(window_s),
-        place_table(places, window_s),
+        place_table(places),
         sensor_title(prefix),
         sensor_table(sensors, prefix),
     )

@@ -156,7 +156,7 @@ class MemoryTable:
         self.changelog = changelog
         self.data: dict[str, Any] = {k: json.loads(v) for k, v in changelog.items()}
 
-    def send_changelog(self, partition: int, key: Any, value: Any) -> None:
+    def send_changelog(self, _partition: int, key: Any, value: Any) -> None:
         self.changelog[key] = json.dumps(value)
 
 

@@ -16,7 +16,6 @@ import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,7 +221,7 @@ def test_metrics_expose_latest_final_window_means(run: Run) -> None:
     assert m['iot_backend_windows_finalized_total{kind="tumbling",scope="sensor"}'] > 0
 
 
-def test_iot_windows_prints_recent_windows_of_a_place(run: Run, tmp_path: Path) -> None:
+def test_iot_windows_prints_recent_windows_of_a_place(run: Run) -> None:
     place = run.counted[0]["place"]
     env = {"IOT_MONGO_URI": f"{MONGO}/{run.rig.db_name}", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(

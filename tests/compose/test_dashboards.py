@@ -65,9 +65,9 @@ def _panels() -> list[tuple[str, dict[str, Any]]]:
     return [(p.stem, panel) for p in DASHBOARDS for panel in json.loads(p.read_text())["panels"]]
 
 
-@pytest.mark.parametrize(("dashboard", "panel"), _panels(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(("_dashboard", "panel"), _panels(), ids=lambda v: v if isinstance(v, str) else "")
 def test_states_read_as_words_in_colour_and_levels_have_thresholds(
-    dashboard: str, panel: dict[str, Any]
+    _dashboard: str, panel: dict[str, Any]
 ) -> None:
     """A 0/1 state (online, up, connected) is shown as a word in its colour, not a number in one colour;
     a stat or state panel colours by thresholds with more than one step."""

@@ -295,9 +295,7 @@ def test_setup_is_idempotent_and_keeps_a_connected_gateway(shipped: Broker, gate
 # --- the lanes -------------------------------------------------------------------------------
 
 
-def test_device_publishes_only_under_its_own_id_and_place(
-    shipped: Broker, gateway: Peer, kitchen: Peer
-) -> None:
+def test_device_publishes_only_under_its_own_id_and_place(gateway: Peer, kitchen: Peer) -> None:
     forbidden = [
         "sensors/kitchen/garage-1/reading",  # another board
         "sensors/garage/kitchen-1/reading",  # itself, in another place
@@ -315,9 +313,7 @@ def test_device_publishes_only_under_its_own_id_and_place(
     assert [t for t, _p in gateway.messages] == ["sensors/kitchen/kitchen-1/reading"]
 
 
-def test_device_reads_only_its_own_acks_which_only_the_gateway_writes(
-    shipped: Broker, gateway: Peer, kitchen: Peer
-) -> None:
+def test_device_reads_only_its_own_acks_which_only_the_gateway_writes(gateway: Peer, kitchen: Peer) -> None:
     """End-to-end acks (docs/CONTRACT.md): the gateway publishes sensors/{place}/{device}/ack; a board
     subscribes to its own and to nothing wider."""
     assert not refused(kitchen.subscribe("sensors/kitchen/kitchen-1/ack", qos=0))

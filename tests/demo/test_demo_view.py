@@ -105,7 +105,7 @@ def test_a_key_without_windows_says_so() -> None:
     (row,) = latest([], "place", ["attic"])
     assert row.final is None and row.open is None
     console = Console(width=100, record=True, color_system=None)
-    console.print(demo_view.place_table([row], 10))
+    console.print(demo_view.place_table([row]))
     assert "no window yet" in console.export_text()
 
 

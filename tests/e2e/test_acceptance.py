@@ -25,9 +25,7 @@ def expected(run: Run, scope: str, kind: str) -> dict[str, dict[str, Any]]:
     return {i: d for i, d in docs.items() if d["kind"] == kind}
 
 
-def assert_stored_windows_equal(
-    run: Run, coll: Any, want: dict[str, dict[str, Any]], owner: dict[str, Any]
-) -> None:
+def assert_stored_windows_equal(coll: Any, want: dict[str, dict[str, Any]], owner: dict[str, Any]) -> None:
     """Every expected window is in MongoDB, final, and equal to the oracle field by field; and the
     backend wrote no window of this run's boards that no published reading falls into."""
 
@@ -48,16 +46,14 @@ def assert_stored_windows_equal(
 def test_sensor_windows_equal_what_the_boards_published(run: Run, kind: str) -> None:
     want = expected(run, "sensor", kind)
     assert len(want) >= 2 * len(run.devices), "the run is too short to span several windows per board"
-    assert_stored_windows_equal(
-        run, run.db[contract.COLL_SENSOR_WINDOWS], want, {"device": {"$in": run.devices}}
-    )
+    assert_stored_windows_equal(run.db[contract.COLL_SENSOR_WINDOWS], want, {"device": {"$in": run.devices}})
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_place_windows_equal_what_the_boards_published(run: Run, kind: str) -> None:
     want = expected(run, "place", kind)
     assert_stored_windows_equal(
-        run, run.db[contract.COLL_PLACE_WINDOWS], want, {"place": {"$in": list(run.places)}}
+        run.db[contract.COLL_PLACE_WINDOWS], want, {"place": {"$in": list(run.places)}}
     )
 
 

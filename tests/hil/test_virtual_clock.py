@@ -34,7 +34,7 @@ def host(monkeypatch: pytest.MonkeyPatch) -> _Host:
 
 
 @pytest.fixture
-def link(host: _Host) -> Iterator[tuple[vnet.VSocket, socket.socket, vnet.Clock]]:
+def link(host: _Host) -> Iterator[tuple[vnet.VSocket, socket.socket, vnet.Clock]]:  # noqa: ARG001 (it sets the host clock)
     clock = vnet.Clock(SPEED, 0, "")
     board = SimpleNamespace(
         clock=clock,

@@ -186,7 +186,7 @@ def _mosquitto_tls_probe(cfg: StackConfig) -> str:
 MOSQUITTO = Service(
     name="mosquitto",
     ports=lambda c: [c.mqtt_port, *([c.mqtt_tls_port] if c.mqtt_tls_port else [])],
-    argv=lambda c, f: ["/usr/sbin/mosquitto", "-c", str(f / "mosquitto.conf")],
+    argv=lambda _c, f: ["/usr/sbin/mosquitto", "-c", str(f / "mosquitto.conf")],
     marker="mosquitto.conf",
     prepare=_mosquitto_prepare,
     probe=lambda c: probes.mqtt_round_trip(c.host, c.mqtt_port, login=_operator(c)),
@@ -442,7 +442,7 @@ KAFKA = Service(
 # --- FerretDB (MongoDB wire protocol on SQLite) ------------------------------------------------
 
 
-def _ferretdb_prepare(cfg: StackConfig, folder: Path) -> None:
+def _ferretdb_prepare(_cfg: StackConfig, folder: Path) -> None:
     (folder / "data").mkdir(parents=True, exist_ok=True)
 
 
@@ -474,12 +474,12 @@ FERRETDB = Service(
 NODE_EXPORTER = Service(
     name="node-exporter",
     ports=lambda c: [c.node_exporter_port],
-    argv=lambda c, f: [
+    argv=lambda c, _f: [
         "/usr/bin/prometheus-node-exporter",
         f"--web.listen-address={c.host}:{c.node_exporter_port}",
     ],
     marker="prometheus-node-exporter",
-    prepare=lambda c, f: f.mkdir(parents=True, exist_ok=True),
+    prepare=lambda _c, f: f.mkdir(parents=True, exist_ok=True),
     probe=lambda c: probes.http_ok(f"http://{c.host}:{c.node_exporter_port}/metrics", expect=b"node_"),
 )
 
