@@ -31,7 +31,7 @@ from .batches import Batches, Scope, now_ms
 from .engine import ScopeEngine
 from .errors import ConfigError
 from .kafka_auth import faust_broker, faust_credentials
-from .kafka_out import KafkaOut
+from .kafka_sink import KafkaSink
 from .metrics import BackendMetrics
 from .mongo_sink import MongoSink
 from .monitor import QuietMonitor
@@ -50,7 +50,7 @@ class BackendRuntime:
         self.settings = settings
         self.metrics = metrics or BackendMetrics()
         self.sink = MongoSink(settings.mongo_uri, self.metrics)
-        self.kafka = KafkaOut(settings.kafka)
+        self.kafka = KafkaSink(settings.kafka)
         self.app = self._make_app()
         self.readings_topic = self.app.topic(
             settings.source_topic, key_serializer="raw", value_serializer="raw"

@@ -35,7 +35,7 @@ from iot.topics import TOPIC_PARTITIONS
 
 from . import retry
 from .engine import Item, ItemFailed, Origin, Outputs, ScopeEngine
-from .kafka_out import KafkaOut
+from .kafka_sink import KafkaSink
 from .metrics import BackendMetrics
 from .mongo_sink import MongoSink, source_of
 from .pacing import OpenWritePacer
@@ -130,7 +130,7 @@ class Batches:
         self,
         settings: Settings,
         sink: MongoSink,
-        kafka: KafkaOut,
+        kafka: KafkaSink,
         metrics: BackendMetrics,
         partitions: Partitions,
     ) -> None:

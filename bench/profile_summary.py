@@ -31,7 +31,7 @@ MAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 WRITER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("mongo readings", ("write_readings",)),
     ("mongo windows", ("write_windows",)),
-    ("kafka produce + flush", ("KafkaOut.",)),
+    ("kafka produce + flush", ("KafkaSink.",)),
     ("idle (waiting for work)", ("_worker", "queue", "Queue.get")),
 )
 

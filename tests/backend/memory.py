@@ -131,7 +131,7 @@ class MemoryKafka:
 
 
 class _KafkaFacade:
-    """The KafkaOut interface over a MemoryKafka (its `dlq` is a method there, a list here)."""
+    """The KafkaSink interface over a MemoryKafka (its `dlq` is a method there, a list here)."""
 
     def __init__(self, kafka: MemoryKafka) -> None:
         self._k = kafka

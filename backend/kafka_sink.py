@@ -19,7 +19,7 @@ FLUSH_LOG_S = 5.0
 _log = log.get("backend.kafka")
 
 
-class KafkaOut:
+class KafkaSink:
     def __init__(self, conn: KafkaConnection) -> None:
         self._producer = Producer(
             {**conn.librdkafka(), "enable.idempotence": True, "linger.ms": 5},
