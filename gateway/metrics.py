@@ -26,23 +26,28 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.received = Counter("iot_gateway_received", "MQTT messages received", registry=r)
+        self.received = Counter("iot_gateway_received_total", "MQTT messages received", registry=r)
         self.produced = Counter(
-            "iot_gateway_produced", "Valid readings confirmed by Kafka in iot.readings", registry=r
+            "iot_gateway_produced_total", "Valid readings confirmed by Kafka in iot.readings", registry=r
         )
         self.rejected = Counter(
-            "iot_gateway_rejected", "Rejected messages confirmed by Kafka in the DLQ", ["reason"], registry=r
+            "iot_gateway_rejected_total",
+            "Rejected messages confirmed by Kafka in the DLQ",
+            ["reason"],
+            registry=r,
         )
         self.acked = Counter(
-            "iot_gateway_acked", "MQTT messages acknowledged to the broker after Kafka confirmed", registry=r
+            "iot_gateway_acked_total",
+            "MQTT messages acknowledged to the broker after Kafka confirmed",
+            registry=r,
         )
         self.e2e_acks = Counter(
-            "iot_gateway_e2e_acks",
+            "iot_gateway_e2e_acks_total",
             "End-to-end ack messages published to boards (sensors/{place}/{device}/ack)",
             registry=r,
         )
         self.e2e_acks_unsent = Counter(
-            "iot_gateway_e2e_acks_unsent",
+            "iot_gateway_e2e_acks_unsent_total",
             "End-to-end ack messages not sent (MQTT disconnected); the boards re-send",
             registry=r,
         )
@@ -57,7 +62,7 @@ class GatewayMetrics:
             registry=r,
         )
         self.kafka_errors = Counter(
-            "iot_gateway_kafka_errors", "Kafka client and delivery errors", ["error"], registry=r
+            "iot_gateway_kafka_errors_total", "Kafka client and delivery errors", ["error"], registry=r
         )
         self.kafka_up = Gauge(
             "iot_gateway_kafka_up", "1 while the Kafka cluster is reachable, 0 after it was lost", registry=r
@@ -66,32 +71,32 @@ class GatewayMetrics:
             "iot_gateway_mqtt_connected", "1 while connected and subscribed to the broker", registry=r
         )
         self.clock_ahead = Counter(
-            "iot_gateway_clock_ahead",
+            "iot_gateway_clock_ahead_total",
             "Readings re-stamped with the receive time: the board's ts was more than"
             " IOT_MAX_CLOCK_AHEAD_S ahead of it (its claim kept in device_ts)",
             ["place", "device"],
             registry=r,
         )
         self.ignored = Counter(
-            "iot_gateway_ignored",
+            "iot_gateway_ignored_total",
             "MQTT messages neither bridged nor dead-lettered: status and health messages the gateway"
             " cannot use, and retained readings (stale copies the broker sends again at every subscribe)",
             ["kind", "reason"],
             registry=r,
         )
         self.callback_errors = Counter(
-            "iot_gateway_callback_errors",
+            "iot_gateway_callback_errors_total",
             "Exceptions caught in the MQTT client's callbacks (the gateway's own bug: please report)",
             ["callback"],
             registry=r,
         )
         self.mqtt_connect_failures = Counter(
-            "iot_gateway_mqtt_connect_failures",
+            "iot_gateway_mqtt_connect_failures_total",
             "Connection attempts to the MQTT broker that failed (unreachable, refused, TLS)",
             registry=r,
         )
         self.mqtt_properties_dropped = Counter(
-            "iot_gateway_mqtt_properties_dropped",
+            "iot_gateway_mqtt_properties_dropped_total",
             "Messages whose MQTT v5 properties the client could not parse; handled without them",
             registry=r,
         )

@@ -97,12 +97,12 @@ class RegistryWriter:
         self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
         self._failing = False
         self.writes = Counter(
-            "iot_gateway_registry_writes",
+            "iot_gateway_registry_writes_total",
             "Device registry updates written to MongoDB (boards not provisioned match nothing)",
             registry=registry,
         )
         self.errors = Counter(
-            "iot_gateway_registry_errors",
+            "iot_gateway_registry_errors_total",
             "Device registry writes that failed (retried with the newest state)",
             registry=registry,
         )
