@@ -13,7 +13,6 @@ from soak_hostile import HOSTILE_BOOT, HOSTILE_DEVICE, HOSTILE_PLACE
 from iot import contract
 from iot.harness.oracle import WindowSpec, differences, slot_ms, summary, windows_of_slots
 
-METRICS = contract.METRICS
 SAMPLES = 20  # examples kept of each kind of defect
 FAULT_BEFORE_MS, FAULT_AFTER_MS = 2_000, 10_000  # a reading this close to a fault is "in" it
 
@@ -44,7 +43,7 @@ def in_fault(ts_ms: int, faults: Sequence[tuple[int, int]]) -> bool:
 def _expected(rows: Sequence[tuple[Any, ...]], place: bool) -> dict[str, Any]:
     """The window over these stored readings (rows: ts, seq, the metrics, device)."""
     out: dict[str, Any] = {"count": len(rows)}
-    for i, name in enumerate(METRICS):
+    for i, name in enumerate(contract.METRICS):
         out[name] = summary([r[2 + i] for r in rows if r[2 + i] is not None], exact=False)
     if place:
         out["devices"] = sorted({r[6] for r in rows})
@@ -87,7 +86,7 @@ def account(
         "boot": 1,
         "seq": 1,
         "ts": 1,
-        **dict.fromkeys(METRICS, 1),
+        **dict.fromkeys(contract.METRICS, 1),
     }
     stored: dict[str, bytearray] = {}
     by_device: dict[str, list[tuple[Any, ...]]] = {}
@@ -110,7 +109,7 @@ def account(
             continue
         seen = stored.setdefault(device, bytearray(board["next_seq"]))
         seen[seq] += 1
-        row = (_ms(doc["ts"]), seq, *(doc.get(m) for m in METRICS), device)
+        row = (_ms(doc["ts"]), seq, *(doc.get(m) for m in contract.METRICS), device)
         by_device.setdefault(device, []).append(row)
         by_place.setdefault(doc["place"], []).append(row)
     missing: list[tuple[str, int]] = []

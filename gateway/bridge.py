@@ -25,10 +25,8 @@ from .kafka_sink import KafkaSink
 from .metrics import GatewayMetrics
 from .records import MAX_CLOCK_AHEAD_MS, Outgoing, dead_letter, route
 
-__all__ = ["REASON_UNPROCESSABLE", "Ack", "Bridge", "Notify"]
+__all__ = ["Ack", "Bridge", "Notify"]
 
-# Reason for a message that broke the gateway's own code: it still goes to the DLQ, never lost.
-REASON_UNPROCESSABLE: Final = contract.REASON_UNPROCESSABLE
 # A record that failed to queue or deliver is sent again after this pause, not in a hot loop.
 RETRY_AFTER_S: Final = 0.5
 BACKPRESSURE_AFTER_S: Final = 1.0
@@ -108,7 +106,7 @@ class Bridge:
             out = route(topic, payload, int(now * 1000), self._max_clock_ahead_ms)
         except Exception as exc:  # bad input must never take the gateway down
             _log.error("route_failed", topic=topic, error=repr(exc), action="sent to the DLQ; please report")
-            out = dead_letter(topic, payload, REASON_UNPROCESSABLE, repr(exc)[:200], int(now * 1000))
+            out = dead_letter(topic, payload, contract.REASON_UNPROCESSABLE, repr(exc)[:200], int(now * 1000))
         try:
             self._metrics.received.inc()
             if out.reason is None:

@@ -12,11 +12,7 @@ from typing import Final, TypeGuard
 
 from iot import contract
 
-__all__ = ["DLQ_PAYLOAD_CAP", "MAX_CLOCK_AHEAD_MS", "Ident", "Outgoing", "dead_letter", "identify", "route"]
-
-# A payload far beyond the contract's limit is kept only in part, so the DLQ record itself stays well
-# under Kafka's default 1 MB message limit; the detail says how much was dropped.
-DLQ_PAYLOAD_CAP: Final = contract.DLQ_PAYLOAD_CAP
+__all__ = ["MAX_CLOCK_AHEAD_MS", "Ident", "Outgoing", "dead_letter", "identify", "route"]
 
 Ident = tuple[str, str, int, int]
 """(place, device, boot, seq) of a reading: the board the end-to-end ack goes to, and what it covers."""

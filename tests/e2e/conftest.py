@@ -30,8 +30,6 @@ BROKER = MqttLogin.from_env()
 # The native Prometheus scrapes these two ports (iot/stack/services.py), so the e2e services use them.
 # The default ports on purpose: the shared native Prometheus scrapes exactly these, and the live
 # dashboard test evaluates the panels' queries on what it scraped.
-GATEWAY_METRICS = contract.GATEWAY_METRICS_PORT
-BACKEND_METRICS = contract.BACKEND_METRICS_PORT
 TUMBLING_S, HOPPING_S, STEP_S, GRACE_S = 4, 8, 4, 2
 BOARDS_PER_PLACE = 2
 READINGS_PER_BOARD = 16
@@ -160,7 +158,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     try:
         # One gateway per place, each subscribed to its place only: the shared broker carries other
         # runs' traffic, which this run must neither bridge nor wait behind. Prometheus scrapes the first.
-        for n, (place, port) in enumerate(zip(places, (GATEWAY_METRICS, free_port()), strict=True)):
+        for n, (place, port) in enumerate(
+            zip(places, (contract.GATEWAY_METRICS_PORT, free_port()), strict=True)
+        ):
             gateway_env = {
                 **env,
                 "IOT_GATEWAY_CLIENT_ID": f"{tag}-gw{n}",
@@ -168,7 +168,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             }
             children.start_gateway(f"gateway{n}", gateway_env, port)
         commit_end_offsets(CFG.kafka_bootstrap, tag, contract.TOPIC_READINGS)
-        children.start_backend("backend", env, BACKEND_METRICS)
+        children.start_backend("backend", env, contract.BACKEND_METRICS_PORT)
         probe.start()
         fleet.prepare(fresh=True)
         fleet.start()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from iot import contract
-from tests.e2e.conftest import BACKEND_METRICS, CFG, GATEWAY_METRICS, Run
+from tests.e2e.conftest import CFG, Run
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hil]
@@ -156,7 +156,7 @@ def assert_exported_without_fallback(expr: str, run: Run) -> None:
     query(substitute(expr, run))
     exposition = "".join(
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        for port in (GATEWAY_METRICS, BACKEND_METRICS)
+        for port in (contract.GATEWAY_METRICS_PORT, contract.BACKEND_METRICS_PORT)
     )
     for name in set(re.findall(r"\b(iot_[a-z_]+)", expr)):
         family = name.removesuffix("_total")

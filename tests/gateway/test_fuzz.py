@@ -26,7 +26,7 @@ from backend.records import decode_reading, encode_forward
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt_source import MqttSource
 from gateway.paho_client import _without_bad_properties
-from gateway.records import DLQ_PAYLOAD_CAP, route
+from gateway.records import route
 from gateway.registry import health_fields
 from gateway.settings import GatewaySettings
 from iot import contract
@@ -111,7 +111,7 @@ def check_route(topic: str, payload: bytes) -> None:
         assert letter["reason"] in contract.DLQ_REASONS
         assert letter["reason"] != contract.REASON_UNPROCESSABLE, letter["detail"]
         assert letter["detail"] and letter["topic"] == topic and letter["received_at"] == RECEIVED
-        assert base64.b64decode(letter["payload_b64"]) == payload[:DLQ_PAYLOAD_CAP]
+        assert base64.b64decode(letter["payload_b64"]) == payload[: contract.DLQ_PAYLOAD_CAP]
         assert out.key == topic.encode("utf-8", errors="replace")
         return
     assert out.topic == contract.TOPIC_READINGS and out.reason is None

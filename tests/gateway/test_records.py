@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.records import DLQ_PAYLOAD_CAP, route
+from gateway.records import route
 from iot import contract
 
 pytestmark = pytest.mark.unit
@@ -125,11 +125,11 @@ def test_bad_message_becomes_dlq_record_with_its_reason(reason: str, topic: str,
 
 
 def test_huge_payload_is_kept_in_part_and_says_so() -> None:
-    raw = b"x" * (DLQ_PAYLOAD_CAP * 4)
+    raw = b"x" * (contract.DLQ_PAYLOAD_CAP * 4)
     record = json.loads(route(TOPIC, raw, RECEIVED).value)
     assert record["reason"] == contract.REASON_TOO_LARGE
-    assert base64.b64decode(record["payload_b64"]) == raw[:DLQ_PAYLOAD_CAP]
-    assert f"first {DLQ_PAYLOAD_CAP} of {len(raw)} bytes" in record["detail"]
+    assert base64.b64decode(record["payload_b64"]) == raw[: contract.DLQ_PAYLOAD_CAP]
+    assert f"first {contract.DLQ_PAYLOAD_CAP} of {len(raw)} bytes" in record["detail"]
 
 
 def test_null_payload_goes_to_dlq_not_a_crash() -> None:
