@@ -7,38 +7,29 @@ runs the command. Errors of the project's own kinds are printed as `Type: messag
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from backend import cli as backend_cli
+from fleetops import cli as fleet_cli
+from gateway import cli as gateway_cli
+from hil import cli as hil_cli
 from iot import log
+from iot.app import demo
+from iot.app.stack import cli as stack_cli
+from iot.devices import cli as devices_cli
 from iot.errors import IotError
 
-# Areas that contribute subcommands, in help order. A module missing here is skipped, so a
-# partially built tree still gives a working CLI for what exists.
-_AREAS = (
-    "iot.app.stack.cli",
-    "iot.devices.cli",
-    "fleetops.cli",
-    "gateway.cli",
-    "backend.cli",
-    "hil.cli",
-    "iot.app.demo",
-)
+# The areas that contribute subcommands, in help order.
+AREAS = (stack_cli, devices_cli, fleet_cli, gateway_cli, backend_cli, hil_cli, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iot", description="IoT sensor streaming: stack, services, boards")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _AREAS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+    for area in AREAS:
+        area.register(sub)
     return parser
 
 
