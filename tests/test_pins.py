@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from iot import pins
@@ -41,8 +44,32 @@ def test_an_instance_attribute_counts_when_the_class_assigns_it() -> None:
         pins.require("pytest", minor, [(_Owner, "_never_set")], "the example workaround")
 
 
-def test_the_installed_faust_and_paho_pass_their_guards() -> None:
-    import backend.transport
-    import gateway.paho_client
+def _import(modules: list[str], fake: str = "") -> subprocess.CompletedProcess[str]:
+    """Import `modules` in a fresh interpreter (a module's guard runs once, at its first import);
+    `fake`: that distribution reports version 0.0.1."""
+    code = "import importlib.metadata as m\n"
+    if fake:
+        code += f"real = m.version\nm.version = lambda d: '0.0.1' if d == {fake!r} else real(d)\n"
+    code += "".join(f"import {module}\n" for module in modules)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
-    assert backend.transport.Transport and gateway.paho_client.BatchingClient
+
+GUARDED = {
+    "gateway.paho_client": "paho-mqtt",
+    "backend.transport": "aiokafka",
+    "backend.topics": "faust-streaming",
+}
+
+
+def test_the_installed_libraries_pass_every_guard() -> None:
+    done = _import(list(GUARDED))
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("module", "distribution"), GUARDED.items())
+def test_importing_a_guarded_module_checks_its_librarys_version(module: str, distribution: str) -> None:
+    """Was: the modules were already imported by the suite, so their guards never ran here, and
+    the assertion (two classes are truthy) could not fail."""
+    done = _import([module], fake=distribution)
+    assert done.returncode == 1 and "PinError" in done.stderr, done.stderr[-2000:]
+    assert f"{distribution} 0.0.1 is installed" in done.stderr
