@@ -12,6 +12,7 @@ import pytest
 
 from iot import contract
 from iot.contract import InvalidReading, validate_reading
+from iot.harness import payloads
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,22 +20,8 @@ TOPIC = "sensors/kitchen/node-1/reading"
 
 
 def reading(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "v": 1,
-        "device": "node-1",
-        "place": "kitchen",
-        "boot": 3,
-        "seq": 41,
-        "ts": 1_795_900_000_000,
-        "time_valid": True,
-        "temperature": 21.5,
-        "humidity": 40,
-        "pressure": 1013.2,
-        "luminosity": None,
-        "fw": "0.1.0",
-    }
-    base.update(overrides)
-    return base
+    fixed = {"humidity": 40, "pressure": 1013.2, "luminosity": None, "fw": "0.1.0"}
+    return {**payloads.reading("kitchen", "node-1", 41, 1_795_900_000_000, boot=3, **fixed), **overrides}
 
 
 def reason_of(topic: str, payload: bytes) -> str:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from iot import contract
+from iot.harness.children import Child, run
 from iot.harness.metrics import scrape
 from iot.harness.ports import free_ports, listening
 from tests.accounts import remove_boards
@@ -42,36 +41,29 @@ def empty_dir(tmp_path: Path) -> Iterator[Path]:
     yield workdir
 
 
-def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [IOT, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+def start(args: list[str], cwd: Path, env: dict[str, str]) -> Child:
+    """`iot ARGS` in `cwd` with exactly `env`; its output goes beside `cwd`, not into it."""
+    return Child(args[0], [IOT, *args], cwd.parent / f"{args[0]}.log", env, cwd=cwd).start()
 
 
-def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate(timeout=10)
-    return proc.returncode, out
+def stop(child: Child) -> tuple[int | None, str]:
+    """SIGTERM (SIGKILL after 60 s), its exit code and output."""
+    return child.stop(60), child.log()
 
 
-def alive(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is not None:
-        raise AssertionError(f"exited with {proc.returncode}:\n{proc.communicate()[0][-4000:]}")
+def alive(child: Child) -> None:
+    if not child.alive():
+        raise AssertionError(f"exited with {child.returncode}:\n{child.log()[-4000:]}")
 
 
-def serving(proc: subprocess.Popen[str], port: int, metric: str, value: float) -> bool:
+def serving(child: Child, port: int, metric: str, value: float) -> bool:
     """The process is alive and its metrics endpoint has `metric` at `value`."""
-    alive(proc)
+    alive(child)
     return scrape(f"http://127.0.0.1:{port}/metrics").get(metric) == value
 
 
-def listening_alive(proc: subprocess.Popen[str], port: int) -> bool:
-    alive(proc)
+def listening_alive(child: Child, port: int) -> bool:
+    alive(child)
     return listening(port)
 
 
@@ -130,15 +122,7 @@ def test_iot_boards_starts_in_an_empty_directory_and_honours_env_file(empty_dir:
     (empty_dir / "env.json").write_text(json.dumps({"kitchen": ramp}))
     prefix = unique("fr")
     args = ["boards", "--count", "1", "--interval", "0.5", "--duration", "3", "--prefix", prefix]
-    result = subprocess.run(
-        [IOT, *args, "--env-file", "env.json"],
-        cwd=empty_dir,
-        env=bare_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run([IOT, *args, "--env-file", "env.json"], 120, env=bare_env(), cwd=empty_dir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = json.loads((empty_dir / ".cache" / "boards" / "boards.json").read_text())
     assert [b["env"] for b in manifest] == [ramp]
@@ -146,25 +130,10 @@ def test_iot_boards_starts_in_an_empty_directory_and_honours_env_file(empty_dir:
 
 
 def test_iot_windows_and_stack_status_answer_in_an_empty_directory(empty_dir: Path) -> None:
-    windows = subprocess.run(
-        [IOT, "windows", "--last", "1m", "--limit", "1"],
-        cwd=empty_dir,
-        env=bare_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    windows = run([IOT, "windows", "--last", "1m", "--limit", "1"], 60, env=bare_env(), cwd=empty_dir)
     assert windows.returncode == 0, windows.stdout + windows.stderr
     # The stack's state lives beside the checkout, not in the working directory: status finds it.
-    status = subprocess.run(
-        [IOT, "stack", "status", "--json"],
-        cwd=empty_dir,
-        env=bare_env(**{k: v for k, v in os.environ.items() if k == "IOT_STACK_DIR"}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    stack_dir = {k: v for k, v in os.environ.items() if k == "IOT_STACK_DIR"}
+    status = run([IOT, "stack", "status", "--json"], 60, env=bare_env(**stack_dir), cwd=empty_dir)
     assert status.returncode == 0, status.stdout + status.stderr
     assert {s["name"] for s in json.loads(status.stdout) if s["healthy"]} >= {"mosquitto", "kafka"}

@@ -268,18 +268,8 @@ class SerialFlash:
         self.mpy_arch = mpy_arch
 
     def flash(self, config: Path, broker: str, options: FlashOptions) -> FlashResult:
-        result = flash(
-            self.port(),
-            config,
-            broker,
-            mpy=options.mpy,
-            wait_s=options.wait_s,
-            say=options.say,
-            mpy_arch=self.mpy_arch,
-            firmware=options.firmware,
-            username=options.username,
-            password=options.password,
-        )
+        # FlashOptions' fields are hil.flash.flash's keyword arguments of the same names.
+        result = flash(self.port(), config, broker, mpy_arch=self.mpy_arch, **vars(options))
         if result is None:
             raise BoardError(f"{self.board}: the flash was a dry run")
         return result

@@ -105,14 +105,12 @@ def sensor_title(prefix: str) -> Text:
     )
 
 
+def _table() -> Table:
+    return Table(box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, show_edge=False, expand=False)
+
+
 def place_table(rows: Sequence[Latest]) -> Table:
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1),
-        collapse_padding=True,
-        show_edge=False,
-        expand=False,
-    )
+    table = _table()
     table.add_column("place", no_wrap=True)
     table.add_column("window", no_wrap=True)
     table.add_column("", no_wrap=True)
@@ -151,13 +149,7 @@ def place_table(rows: Sequence[Latest]) -> Table:
 
 
 def sensor_table(rows: Sequence[Latest], prefix: str) -> Table:
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1),
-        collapse_padding=True,
-        show_edge=False,
-        expand=False,
-    )
+    table = _table()
     table.add_column("device", no_wrap=True)
     table.add_column("window", no_wrap=True)
     table.add_column("n", justify="right", no_wrap=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,12 +25,13 @@ from pymongo import MongoClient
 
 from iot import contract
 from iot.harness import oracle
+from iot.harness.children import run
 from iot.harness.oracle import as_comparable
 from iot.harness.payloads import varied
 from iot.harness.ports import free_port
 from iot.kafka import KafkaConnection
 from iot.topics import TOPIC_PARTITIONS, TopicAdmin, TopicSpec
-from tests.services import ServiceProcess
+from tests.services import IOT, REPO, ServiceProcess
 from tests.support import failed, unique, wait_for
 
 KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
@@ -225,6 +227,12 @@ def expected_windows(
     step_ms: int = STEP_MS,
 ) -> dict[str, dict[str, Any]]:
     return oracle.expected_windows(readings, scope, tumbling_ms, hopping_ms, step_ms)
+
+
+def iot_windows(db_name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`iot windows ARGS` on this suite's database `db_name` of the shared MongoDB, nothing else set."""
+    env = {"IOT_MONGO_URI": f"{MONGO}/{db_name}", "PATH": "/usr/bin:/bin"}
+    return run([str(IOT), "windows", *args], 60, env=env, cwd=REPO)
 
 
 def wait_all_final(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,17 +20,16 @@ from typing import Any
 import pytest
 
 from iot import contract
-from tests.services import IOT, REPO
 from tests.support import unique, wait_for
 
 from .conftest import (
     BASE_TS,
-    MONGO,
     BackendRig,
     Worker,
     as_comparable,
     assert_windows_equal,
     expected_windows,
+    iot_windows,
     make_reading,
     wait_all_final,
 )
@@ -223,15 +221,7 @@ def test_metrics_expose_latest_final_window_means(run: Run) -> None:
 
 def test_iot_windows_prints_recent_windows_of_a_place(run: Run) -> None:
     place = run.counted[0]["place"]
-    env = {"IOT_MONGO_URI": f"{MONGO}/{run.rig.db_name}", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [str(IOT), "windows", "--place", place, "--last", "100000d"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = iot_windows(run.rig.db_name, "--place", place, "--last", "100000d")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split()[:5] == ["key", "kind", "size", "start", "(UTC)"]

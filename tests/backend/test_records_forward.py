@@ -14,25 +14,24 @@ from backend.records import (
     encode_forward,
 )
 from iot import contract
+from iot.harness import payloads
 
 pytestmark = pytest.mark.unit
 
-RECORD = {
-    "v": 1,
-    "device": "d1",
-    "place": "p1",
-    "boot": 2,
-    "seq": 7,
-    "ts": 1_750_000_000_123,
-    "time_valid": True,
-    "temperature": 21,  # an integer on the wire: the reading holds 21.0
-    "humidity": None,
-    "pressure": 1000.25,
-    "luminosity": 0.1,
-    "fw": "1.0",
-    "extra": "dropped by validation",
-    "received_at": 1_750_000_000_200,
-}
+RECORD = payloads.reading(
+    "p1",
+    "d1",
+    7,
+    1_750_000_000_123,
+    boot=2,
+    temperature=21,  # an integer on the wire: the reading holds 21.0
+    humidity=None,
+    pressure=1000.25,
+    luminosity=0.1,
+    fw="1.0",
+    extra="dropped by validation",
+    received_at=1_750_000_000_200,
+)
 
 
 @pytest.mark.parametrize("device_ts", [None, 1_750_000_009_000])

@@ -9,24 +9,22 @@ import pytest
 from backend import settings
 from backend.errors import ConfigError
 from backend.records import RejectedRecord, decode_reading
+from iot.harness import payloads
 
 pytestmark = pytest.mark.unit
 
-GOOD = {
-    "v": 1,
-    "device": "d1",
-    "place": "p1",
-    "boot": 0,
-    "seq": 3,
-    "ts": 1_700_000_000_000,
-    "time_valid": True,
-    "temperature": 21,
-    "humidity": None,
-    "pressure": 1000.5,
-    "luminosity": 3.0,
-    "fw": "1.0",
-    "received_at": 5,
-}
+GOOD = payloads.reading(
+    "p1",
+    "d1",
+    3,
+    1_700_000_000_000,
+    temperature=21,
+    humidity=None,
+    pressure=1000.5,
+    luminosity=3.0,
+    fw="1.0",
+    received_at=5,
+)
 
 
 def test_valid_record_decodes_to_reading_with_float_metrics_and_received_at() -> None:

@@ -20,6 +20,7 @@ from .conftest import (
     assert_windows_equal,
     expected_windows,
     make_reading,
+    wait_all_final,
 )
 
 pytestmark = pytest.mark.integration
@@ -71,14 +72,7 @@ def test_kill_9_mid_window_then_restart_gives_the_uninterrupted_results(rig: Bac
     everything = first + second
     for scope, coll in (("sensor", contract.COLL_SENSOR_WINDOWS), ("place", contract.COLL_PLACE_WINDOWS)):
         expected = expected_windows(everything, scope)
-        wait_for(
-            lambda c=coll, e=expected: all(  # type: ignore[misc]
-                i in (got := rig.docs(c)) and got[i]["final"] for i in e
-            ),
-            90,
-            f"final {coll}",
-            interval=0.2,
-        )
+        wait_all_final(rig, expected, coll, 90)
         assert_windows_equal(rig, expected, coll)
     m = worker.metrics()
     assert m.get('iot_backend_duplicates_total{scope="sensor"}', 0) > 0, "the restart replayed nothing"
@@ -106,14 +100,7 @@ def test_two_workers_split_partitions_and_give_the_results_of_one(rig: BackendRi
     rig.produce(readings, partition_of)
     for scope, coll in (("sensor", contract.COLL_SENSOR_WINDOWS), ("place", contract.COLL_PLACE_WINDOWS)):
         expected = expected_windows(readings, scope)
-        wait_for(
-            lambda c=coll, e=expected: all(  # type: ignore[misc]
-                i in (got := rig.docs(c)) and got[i]["final"] for i in e
-            ),
-            30,
-            f"final {coll}",
-            interval=0.2,
-        )
+        wait_all_final(rig, expected, coll, 30)
         assert_windows_equal(rig, expected, coll)
     counts = [w.metrics().get('iot_backend_readings_total{scope="sensor"}', 0) for w in (one, two)]
     assert all(c > 0 for c in counts), f"one worker did all the work: {counts}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,18 +20,17 @@ import pytest
 
 from iot import contract
 from iot.harness.oracle import BOOKKEEPING
-from tests.services import IOT, REPO
 from tests.support import unique, wait_for
 
 from .conftest import (
     BASE_TS,
     GRACE_MS,
-    MONGO,
     TUMBLING_MS,
     BackendRig,
     as_comparable,
     assert_windows_equal,
     expected_windows,
+    iot_windows,
     make_reading,
 )
 
@@ -261,15 +259,7 @@ def test_offline_60s_amendments_are_produced_again_with_the_same_id(run60: Run60
 
 
 def test_iot_windows_marks_amended_windows(run60: Run60) -> None:
-    env = {"IOT_MONGO_URI": f"{MONGO}/{run60.rig.db_name}", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [str(IOT), "windows", "--place", run60.script.place, "--last", "100000d"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = iot_windows(run60.rig.db_name, "--place", run60.script.place, "--last", "100000d")
     assert done.returncode == 0, done.stderr
     header, *rows = done.stdout.splitlines()
     assert header.split()[-3:] == ["state", "rev", "late"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hil import paths
+from iot.harness import children
 
 
 def run(
@@ -17,15 +18,8 @@ def run(
     script = workdir / "snippet.py"
     script.write_text(code)
     env = dict(os.environ, MICROPYPATH=f"{paths.FIRMWARE}:{paths.VIRTUAL}")
-    return subprocess.run(
-        [paths.venv_tool("micropython"), "-X", f"heapsize={heap}", str(script)],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    argv = [paths.venv_tool("micropython"), "-X", f"heapsize={heap}", str(script)]
+    return children.run(argv, timeout, env, workdir)
 
 
 def run_json(code: str, workdir: Path, heap: str = "110K", timeout: float = 120) -> Any:

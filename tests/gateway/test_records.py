@@ -10,6 +10,7 @@ import pytest
 
 from gateway.records import route
 from iot import contract
+from iot.harness import payloads
 
 pytestmark = pytest.mark.unit
 
@@ -17,22 +18,8 @@ RECEIVED = 1_764_370_000_123
 
 
 def reading(**over: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "v": 1,
-        "device": "dev-1",
-        "place": "lab",
-        "boot": 3,
-        "seq": 42,
-        "ts": 1_764_369_999_000,
-        "time_valid": True,
-        "temperature": 21.5,
-        "humidity": 40,
-        "pressure": 1013.2,
-        "luminosity": None,
-        "fw": "1.0.0",
-    }
-    base.update(over)
-    return base
+    fixed = {"humidity": 40, "pressure": 1013.2, "luminosity": None, "fw": "1.0.0"}
+    return {**payloads.reading("lab", "dev-1", 42, 1_764_369_999_000, boot=3, **fixed), **over}
 
 
 def payload(obj: Any) -> bytes:
