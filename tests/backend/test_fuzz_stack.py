@@ -55,7 +55,7 @@ def produce(rig: BackendRig, value: bytes | None, key: bytes) -> tuple[int, int]
     where: list[tuple[int, int]] = []
     producer = Producer({"bootstrap.servers": KAFKA})
     producer.produce(
-        rig.source, value, key, on_delivery=lambda err, msg: where.append((msg.partition(), msg.offset()))
+        rig.source, value, key, on_delivery=lambda _err, msg: where.append((msg.partition(), msg.offset()))
     )
     assert producer.flush(30) == 0 and where
     return where[0]
@@ -137,7 +137,7 @@ def test_any_records_leave_every_good_reading_stored_and_counted_once_and_every_
     assert sources <= bad | conflicts, sources - bad - conflicts
     assert all(r["reason"] in contract.DLQ_REASONS for r in mine)
     assert not [r for r in mine if r["reason"] == contract.REASON_UNPROCESSABLE]
-    assert worker.running()
+    assert worker.alive()
 
 
 def _all_sources(records: list[dict[str, Any]], ids: dict[str, str]) -> set[tuple[int, int]]:
