@@ -19,9 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.reasoncodes import ReasonCode
 
 from iot import contract
 from iot.app.stack import tls
@@ -31,6 +29,7 @@ from iot.broker.dynsec import Dynsec
 from iot.env import parse_mqtt_url
 from iot.harness import payloads
 from iot.harness.ports import free_ports, listening
+from tests.peer import Peer, refused
 from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration
@@ -131,69 +130,6 @@ def shipped(tmp_path_factory: pytest.TempPathFactory, made: tls.TlsFiles) -> Ite
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-class Peer:
-    """One MQTT v5 client on the broker, with what it got back: CONNACK, SUBACKs, PUBACKs, messages,
-    disconnects."""
-
-    def __init__(
-        self,
-        port: int,
-        login: Credentials | None,
-        client_id: str = "",
-        ca: Path | None = None,
-        clean_start: bool = True,
-    ) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        if ca is not None:
-            self.client.tls_set(ca_certs=str(ca))
-        if login is not None:
-            self.client.username_pw_set(login.username, login.password)
-        self.connack: list[ReasonCode] = []
-        self.subacks: dict[int, list[ReasonCode]] = {}
-        self.pubacks: dict[int, ReasonCode] = {}
-        self.messages: list[tuple[str, bytes]] = []
-        self.disconnects: list[ReasonCode] = []
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda _c, _u, mid, rcs, _p: self.subacks.__setitem__(mid, list(rcs))
-        self.client.on_publish = lambda _c, _u, mid, rc, _p: self.pubacks.__setitem__(mid, rc)
-        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
-        self.client.on_disconnect = lambda _c, _u, _f, rc, _p: self.disconnects.append(rc)
-        self.client.reconnect_delay_set(1, 2)
-        self.client.connect("127.0.0.1", port, clean_start=clean_start)
-        self.client.loop_start()
-        wait_for(lambda: self.connack, 5, "CONNACK")
-
-    def _on_connect(
-        self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
-    ) -> None:
-        self.connack.append(reason)
-        if reason.is_failure:
-            client.disconnect()  # no reconnect attempts (and no second's wait for one in close())
-
-    @property
-    def accepted(self) -> bool:
-        return not self.connack[0].is_failure
-
-    def subscribe(self, *topics: str, qos: int = 1) -> list[ReasonCode]:
-        _rc, mid = self.client.subscribe([(t, qos) for t in topics])
-        return wait_for(lambda: self.subacks.get(mid), 5, f"SUBACK for {topics}")
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> ReasonCode:
-        mid = self.client.publish(topic, payload, qos=1, retain=retain).mid
-        return wait_for(lambda: self.pubacks.get(mid), 5, f"PUBACK for {topic}")
-
-    def topics(self) -> set[str]:
-        return {t for t, _p in self.messages}
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def refused(codes: list[ReasonCode]) -> bool:
-    return all(c.is_failure for c in codes)
 
 
 @pytest.fixture

@@ -9,17 +9,18 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.reasoncodes import ReasonCode
 
 from hil.flash import load_board_config
 from iot import contract
 from iot.broker import accounts
+from iot.broker.credentials import Credentials
 from iot.broker.dynsec import Dynsec
 from iot.broker.errors import BrokerError
 from iot.env import parse_mqtt_url
 from iot.harness.broker import PrivateBroker
 from iot.harness.ports import free_ports
 from tests.devices.conftest import Registry
+from tests.peer import Peer
 from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration
@@ -30,37 +31,9 @@ def iot(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(IOT), *args], env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
-class Board:
+def board_session(broker: PrivateBroker, device: str, password: str) -> Peer:
     """A board's MQTT session as the firmware opens it: MQTT 3.1.1, client id = device id."""
-
-    def __init__(self, broker: PrivateBroker, device: str, password: str) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311)
-        self.client.username_pw_set(device, password)
-        self.connack: list[ReasonCode] = []
-        self.disconnected_at: list[float] = []
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *_a: self.disconnected_at.append(time.monotonic())
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
-        wait_for(lambda: self.connack, 5, f"CONNACK for {device}")
-
-    def _on_connect(
-        self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
-    ) -> None:
-        self.connack.append(reason)
-        if reason.is_failure:
-            client.disconnect()  # no reconnect attempts (and no second's wait for one in close())
-
-    @property
-    def accepted(self) -> bool:
-        return not self.connack[-1].is_failure
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+    return Peer(broker.port, Credentials(device, password), device, protocol=mqtt.MQTTv311)
 
 
 def added(env: dict[str, str], device: str, place: str, out: Path) -> dict[str, str]:
@@ -96,7 +69,7 @@ def test_add_writes_a_config_the_board_connects_with_and_records_it(
     # The firmware's own checker takes it as it is (`iot flash` runs it).
     assert load_board_config(path)["mqtt_user"] == device
 
-    board = Board(broker, device, config["mqtt_password"])
+    board = board_session(broker, device, config["mqtt_password"])
     try:
         assert board.accepted
         info = board.client.publish(contract.reading_topic("kitchen", device), b"{}", qos=1)
@@ -135,7 +108,7 @@ def test_add_refuses_an_existing_board_and_replace_locks_out_the_old_password(
     again = iot(devices_env, "devices", "add", device, "--place", "kitchen")
     assert again.returncode == 1
     assert "exists" in again.stderr and "--replace" in again.stderr
-    board = Board(broker, device, old["mqtt_password"])
+    board = board_session(broker, device, old["mqtt_password"])
     try:
         assert board.accepted
         moved = iot(
@@ -147,10 +120,10 @@ def test_add_refuses_an_existing_board_and_replace_locks_out_the_old_password(
         board.close()
     new = json.loads((tmp_path / f"{device}.json").read_text())
     assert new["place"] == "garage" and new["mqtt_password"] != old["mqtt_password"]
-    stale = Board(broker, device, old["mqtt_password"])
+    stale = board_session(broker, device, old["mqtt_password"])
     stale.close()
     assert not stale.accepted
-    fresh = Board(broker, device, new["mqtt_password"])
+    fresh = board_session(broker, device, new["mqtt_password"])
     fresh.close()
     assert fresh.accepted
     assert (registry.doc(device) or {}).get("place") == "garage"
@@ -161,7 +134,7 @@ def test_remove_cuts_off_a_connected_board_at_once_and_for_good(
 ) -> None:
     device = unique("gone")
     config = added(devices_env, device, "attic", tmp_path)
-    board = Board(broker, device, config["mqtt_password"])
+    board = board_session(broker, device, config["mqtt_password"])
     try:
         board.publish(contract.status_topic("attic", device), b"online", retain=True)
         started = time.monotonic()
@@ -172,7 +145,7 @@ def test_remove_cuts_off_a_connected_board_at_once_and_for_good(
         print(f"\nremove -> disconnected in {took:.2f}s (the command's own start included)")
     finally:
         board.close()
-    again = Board(broker, device, config["mqtt_password"])
+    again = board_session(broker, device, config["mqtt_password"])
     again.close()
     assert not again.accepted, "a removed board logged in again"
     assert registry.doc(device) is None

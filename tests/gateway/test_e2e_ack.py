@@ -14,17 +14,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from gateway.records import dead_letter, identify, route
 from iot import contract
+from iot.harness.broker import PrivateBroker
 from iot.harness.mqtt import MqttLogin
 from iot.harness.stack import PrivateStack
-from tests.gateway.conftest import (
-    SHARED,
-    GatewayFactory,
-    KafkaReader,
-    PrivateBroker,
-    Publisher,
-    distinct_ids,
-    make_reading,
-)
+from tests.gateway.conftest import SHARED, GatewayFactory, KafkaReader, Publisher, distinct_ids, make_reading
 from tests.support import unique, wait_for
 
 

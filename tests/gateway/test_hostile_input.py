@@ -16,13 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from iot import contract
-from tests.gateway.conftest import (
-    GatewayFactory,
-    KafkaReader,
-    Publisher,
-    distinct_ids,
-    make_reading,
-)
+from tests.gateway.conftest import GatewayFactory, KafkaReader, Publisher, distinct_ids, make_reading
 from tests.gateway.test_e2e_ack import Board
 from tests.support import unique, wait_for
 

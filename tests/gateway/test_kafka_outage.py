@@ -15,13 +15,7 @@ import pytest
 
 from iot import contract
 from iot.harness.stack import PrivateStack
-from tests.gateway.conftest import (
-    GatewayFactory,
-    KafkaReader,
-    Publisher,
-    distinct_ids,
-    make_reading,
-)
+from tests.gateway.conftest import GatewayFactory, KafkaReader, Publisher, distinct_ids, make_reading
 from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration

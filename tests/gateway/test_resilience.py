@@ -8,14 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from iot import contract
-from tests.gateway.conftest import (
-    GatewayFactory,
-    KafkaReader,
-    PrivateBroker,
-    Publisher,
-    distinct_ids,
-    make_reading,
-)
+from iot.harness.broker import PrivateBroker
+from tests.gateway.conftest import GatewayFactory, KafkaReader, Publisher, distinct_ids, make_reading
 from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration

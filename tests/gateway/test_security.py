@@ -13,13 +13,7 @@ from iot import contract
 from iot.app.stack import tls
 from iot.harness.mqtt import MqttLogin
 from iot.harness.ports import HOST
-from tests.gateway.conftest import (
-    GatewayFactory,
-    KafkaReader,
-    PrivateBroker,
-    Publisher,
-    make_reading,
-)
+from tests.gateway.conftest import GatewayFactory, KafkaReader, PrivateBroker, Publisher, make_reading
 from tests.support import unique, wait_for
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 
 from hil import fleet, paths
+from hil.netfault import StallProxy
 from hil.probe import Probe, broker_address, clear_retained
 from hil.vboard_process import DEFAULT_HEAP, VirtualBoard
 from hil.virtual import outbox_reader, vprofile
 from iot import contract
 from iot.devices.provision import Provisioner
-from tests.support import unique
+from tests.support import unique, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -70,11 +71,20 @@ def make_board(tmp_path: Path, broker_url: str) -> Iterator[BoardFactory]:
             provisioned.append(cfg["device"])
         # Wi-Fi associates in 0.2 s (the board's default is 1 s): tests about association say so.
         board_spec: dict[str, Any] = {
-            "env": fleet.environment(place), "seed": len(made) + 1, "wifi_assoc_ms": 200,
+            "env": fleet.environment(place),
+            "seed": len(made) + 1,
+            "wifi_assoc_ms": 200,
         }
         board_spec.update(spec or {})
-        board = VirtualBoard(tmp_path / "boards", cfg, board_spec, serial=serial, firmware_dir=firmware_dir,
-                             heap=heap, profile=profile)
+        board = VirtualBoard(
+            tmp_path / "boards",
+            cfg,
+            board_spec,
+            serial=serial,
+            firmware_dir=firmware_dir,
+            heap=heap,
+            profile=profile,
+        )
         board.write_files()
         made.append(board)
         return board
@@ -137,3 +147,17 @@ def first_occurrences(seqs: list[int]) -> list[int]:
             seen.add(s)
             out.append(s)
     return out
+
+
+def rides_out_a_stall(board: VirtualBoard, probe: Probe, proxy: StallProxy, first_s: float = 20) -> None:
+    """Start `board` behind `proxy`, stall the broker's next packet mid-way for 1.6 s (longer than the
+    board's 1 s socket timeout), and check the board kept its one session and went on publishing."""
+    board.start()
+    wait_for(lambda: len(probe.readings(board.device)) >= 3, first_s, "3 readings")
+    proxy.stall_next(1.6)
+    wait_for(lambda: proxy.stalls == 1, 10, "the stall")
+    seen = len(probe.readings(board.device))
+    wait_for(lambda: len(probe.readings(board.device)) >= seen + 5, 20, "readings after the stall")
+    console = board.console()
+    assert "link_down" not in console, console[-1500:]
+    assert proxy.connections == 1

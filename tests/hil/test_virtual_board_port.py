@@ -9,7 +9,14 @@ import pytest
 from hil.netfault import StallProxy
 from hil.probe import Probe, broker_address
 from hil.virtual import vprofile
-from tests.hil.conftest import BoardFactory, health_of, outbox_entries, outbox_state, seqs_of
+from tests.hil.conftest import (
+    BoardFactory,
+    health_of,
+    outbox_entries,
+    outbox_state,
+    rides_out_a_stall,
+    seqs_of,
+)
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
@@ -26,15 +33,7 @@ def test_a_link_that_stalls_mid_packet_loses_nothing_and_keeps_the_session(
     host, port = broker_address(broker_url)
     with StallProxy(host, port) as proxy:
         board = make_board(broker=f"mqtt://127.0.0.1:{proxy.port}", puback_timeout_s=5, profile=profile)
-        board.start()
-        wait_for(lambda: len(probe.readings(board.device)) >= 3, 20, "3 readings")
-        proxy.stall_next(1.6)
-        wait_for(lambda: proxy.stalls == 1, 10, "the stall")
-        seen = len(probe.readings(board.device))
-        wait_for(lambda: len(probe.readings(board.device)) >= seen + 5, 20, "readings after the stall")
-        console = board.console()
-        assert "link_down" not in console, console[-1500:]
-        assert proxy.connections == 1
+        rides_out_a_stall(board, probe, proxy)
     seqs = seqs_of(probe.readings(board.device))
     assert seqs == list(range(len(seqs)))  # none lost, none sent twice
     assert all(h["reconnects"] == 0 for h in health_of(probe, board.device))
@@ -50,14 +49,20 @@ def test_losing_wifi_drops_the_session_at_once_and_readings_go_to_flash(
     board.start()
     wait_for(lambda: len(probe.readings(board.device)) >= 2, 20, "2 readings")
     board.cut_network()
-    wait_for(lambda: "link_down" in board.console() and outbox_state(board)[1] >= 1, 6,
-             "the session dropped and a reading in flash within 6 s of the cut")
+    wait_for(
+        lambda: "link_down" in board.console() and outbox_state(board)[1] >= 1,
+        6,
+        "the session dropped and a reading in flash within 6 s of the cut",
+    )
     assert 'error="wifi lost"' in board.console()
     board.restore_network()
     queued = outbox_entries(board)
     wait_for(lambda: queued[-1]["seq"] in seqs_of(probe.readings(board.device)), 30, "the backlog delivered")
-    health = wait_for(lambda: [h for h in health_of(probe, board.device) if h["reconnects"] >= 1], 20,
-                      "health after the reconnect")[-1]
+    health = wait_for(
+        lambda: [h for h in health_of(probe, board.device) if h["reconnects"] >= 1],
+        20,
+        "health after the reconnect",
+    )[-1]
     assert health["skipped_cycles"] == 0
 
 

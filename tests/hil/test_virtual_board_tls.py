@@ -26,7 +26,7 @@ from iot.harness.children import Child
 from iot.harness.ports import free_ports
 from tests.accounts import login, remove_boards
 from tests.gateway.conftest import GatewayFactory, KafkaReader
-from tests.hil.conftest import BoardFactory, health_of, seqs_of
+from tests.hil.conftest import BoardFactory, health_of, rides_out_a_stall, seqs_of
 from tests.support import unique, wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
@@ -247,14 +247,7 @@ def test_a_tls_link_that_stalls_mid_record_keeps_its_session(
     mid-record and the session was gone (link_down, reconnect). Non-blocking, it waits it out."""
     host, port = "127.0.0.1", stack.mqtt_tls_port
     with StallProxy(host, port) as proxy, Probe(stack.mqtt_url, ["sensors/+/+/#"]) as probe:
-        board = _tls_board(make_board, stack, broker=f"mqtts://localhost:{proxy.port}", puback_timeout_s=5,
-                           profile=profile)
-        board.start()
-        wait_for(lambda: len(probe.readings(board.device)) >= 3, 30, "3 readings over TLS")
-        proxy.stall_next(1.6)
-        wait_for(lambda: proxy.stalls == 1, 10, "the stall")
-        seen = len(probe.readings(board.device))
-        wait_for(lambda: len(probe.readings(board.device)) >= seen + 5, 20, "readings after the stall")
-        console = board.console()
-        assert "link_down" not in console, console[-1500:]
-        assert proxy.connections == 1
+        board = _tls_board(
+            make_board, stack, broker=f"mqtts://localhost:{proxy.port}", puback_timeout_s=5, profile=profile
+        )
+        rides_out_a_stall(board, probe, proxy, first_s=30)
