@@ -15,7 +15,7 @@ from iot.errors import IotError
 
 pytestmark = pytest.mark.unit
 
-PACKAGES = ("iot", "gateway", "backend", "hil")
+PACKAGES = ("iot", "gateway", "backend", "hil", "fleetops")
 # Code that runs on a board (the MicroPython unix port) and cannot import the kernel; hil.virtual.env
 # runs on both sides and joins the tree on CPython.
 ON_THE_BOARD = ("hil.virtual.", "hil.vserial.")

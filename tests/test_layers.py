@@ -21,11 +21,13 @@ ALLOWED: dict[str, set[str]] = {
     "gateway": {"kernel"},
     "backend": {"kernel"},
     "hil": {"kernel", "harness"},
-    "app": {"kernel", "harness", "gateway", "backend", "hil", "rig"},
+    # Remote configuration and updates: the operator's side of the fleet, beside the rig's boards.
+    "fleetops": {"kernel", "hil"},
+    "app": {"kernel", "harness", "gateway", "backend", "hil", "fleetops", "rig"},
     "rig": {"kernel", "harness", "hil"},
     # A benchmark may run the `iot` command in-process (bench/soak_traced.py: under tracemalloc).
     "bench": {"kernel", "harness", "gateway", "backend", "hil", "rig", "iot.app.cli"},
-    "tests": {"kernel", "harness", "gateway", "backend", "hil", "rig", "app", "bench"},
+    "tests": {"kernel", "harness", "gateway", "backend", "hil", "fleetops", "rig", "app", "bench"},
 }
 
 
@@ -38,7 +40,7 @@ def layer(module: str) -> str | None:
         return {"harness": "harness", "app": "app"}.get(parts[1] if len(parts) > 1 else "", "kernel")
     if parts[0] == "hil":
         return "rig" if len(parts) > 1 and parts[1] == "rig" else "hil"
-    if parts[0] in ("gateway", "backend", "bench", "tests"):
+    if parts[0] in ("gateway", "backend", "fleetops", "bench", "tests"):
         return parts[0]
     if parts[0].startswith("soak_"):  # bench/soak*.py import each other by their file names
         return "bench"
@@ -64,7 +66,7 @@ def imports(path: Path, module: str) -> list[str]:
 def violations() -> list[str]:
     """`file (layer) imports module (layer)` for every import the layers forbid."""
     out: list[str] = []
-    for folder in ("iot", "gateway", "backend", "hil", "bench", "tests"):
+    for folder in ("iot", "gateway", "backend", "hil", "fleetops", "bench", "tests"):
         for path in sorted((REPO / folder).rglob("*.py")):
             rel = path.relative_to(REPO)
             if path.name == "__main__.py":  # an entry point: nothing imports it

@@ -19,11 +19,11 @@ from fleetops.operator import Session, Target
 from hil import flash, paths
 from hil.probe import Probe
 from hil.vboard_process import EXIT_CONFIG, VirtualBoard
-from iot.app.stack.private import PrivateBroker
 from iot.devices.provision import DevicesSettings, Provisioner
 from iot.devices.registry import Registry
 from iot.env import parse_mqtt_url
 from iot.errors import ConfigError
+from iot.harness.broker import PrivateBroker
 from tests.devices.conftest import MONGO
 from tests.hil.conftest import BoardFactory
 from tests.support import unique, wait_for
