@@ -19,7 +19,10 @@ def test_readings_arrive_through_a_network_cut(rig, board):
     rig.step(None, "wait", seconds=3)
     rig.step(board, "cut_network", seconds=3)
     rig.step(None, "wait", seconds=8)
-    measured = rig.step(board, "expect", windows=False, latency_s=5, timeout_s=30)
+    # The worst reading's path: the 3 s cut, up to backoff_max_s (2 s) until the board's next
+    # connect attempt, then connect, subscribe and drain its outbox: 5 s was below that and failed
+    # 1 run in 4 on a loaded box.
+    measured = rig.step(board, "expect", windows=False, latency_s=7, timeout_s=30)
     failed = [(m.name, m.value) for m in measured if m.outcome != "passed"]
     assert not failed
     assert {m.name for m in measured} >= {"missing_in_kafka", "missing_in_mongo", "latency_p95_s"}
