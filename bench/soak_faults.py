@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from soak_common import HOST, log, poll_until
@@ -45,24 +45,19 @@ class Fault:
         }
 
 
+@dataclass
 class FaultInjector:
-    def __init__(
-        self,
-        args: Any,
-        services: dict[str, Service],
-        stack: PrivateStack,
-        fleets: Sequence[FleetProc],
-        lock: threading.Lock,
-        fleet_sum: Callable[[str], int],
-    ) -> None:
-        self.args = args
-        self.services = services
-        self.stack = stack
-        self.fleets = fleets
-        self.lock = lock
-        self.fleet_sum = fleet_sum
-        self.faults: list[Fault] = []
-        self.hostile: HostileBoard | None = None
+    """The faults of the soak, one after another, on its services, stack and fleets; `lock` is the
+    soak's, held while a service is killed or launched (the sampler reads no half-replaced process)."""
+
+    args: Any
+    services: dict[str, Service]
+    stack: PrivateStack
+    fleets: Sequence[FleetProc]
+    lock: threading.Lock
+    fleet_sum: Callable[[str], int]
+    faults: list[Fault] = field(default_factory=list)
+    hostile: HostileBoard | None = None
 
     def run(self, load_started: float, on_warm: Callable[[], None]) -> None:
         """Wait out the warm-up, call `on_warm`, inject every fault on schedule, then let the load run

@@ -12,7 +12,7 @@ import base64
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
@@ -235,32 +235,22 @@ class TopicIds:
     device: str
 
 
-def reading_topic(place: str, device: str) -> str:
-    return READING_TOPIC.format(place=place, device=device)
+def _board_topic(pattern: str) -> Callable[[str, str], str]:
+    """The function that names one of a board's topics: `f(place, device)`."""
+
+    def topic(place: str, device: str) -> str:
+        return pattern.format(place=place, device=device)
+
+    return topic
 
 
-def status_topic(place: str, device: str) -> str:
-    return STATUS_TOPIC.format(place=place, device=device)
-
-
-def health_topic(place: str, device: str) -> str:
-    return HEALTH_TOPIC.format(place=place, device=device)
-
-
-def ack_topic(place: str, device: str) -> str:
-    return ACK_TOPIC.format(place=place, device=device)
-
-
-def config_topic(place: str, device: str) -> str:
-    return CONFIG_TOPIC.format(place=place, device=device)
-
-
-def ota_topic(place: str, device: str) -> str:
-    return OTA_TOPIC.format(place=place, device=device)
-
-
-def ota_chunk_topic(place: str, device: str) -> str:
-    return OTA_CHUNK_TOPIC.format(place=place, device=device)
+reading_topic = _board_topic(READING_TOPIC)
+status_topic = _board_topic(STATUS_TOPIC)
+health_topic = _board_topic(HEALTH_TOPIC)
+ack_topic = _board_topic(ACK_TOPIC)
+config_topic = _board_topic(CONFIG_TOPIC)
+ota_topic = _board_topic(OTA_TOPIC)
+ota_chunk_topic = _board_topic(OTA_CHUNK_TOPIC)
 
 
 def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:

@@ -142,21 +142,22 @@ def gateway(shipped: Broker) -> Iterator[Peer]:
     peer.close()
 
 
-@pytest.fixture
-def kitchen(shipped: Broker) -> Iterator[Peer]:
-    peer = Peer(shipped.port, shipped.boards["kitchen-1"], "kitchen-1")
+def _board(shipped: Broker, device: str) -> Iterator[Peer]:
+    peer = Peer(shipped.port, shipped.boards[device], device)
     assert peer.accepted
     yield peer
     peer.close()
+
+
+@pytest.fixture
+def kitchen(shipped: Broker) -> Iterator[Peer]:
+    yield from _board(shipped, "kitchen-1")
 
 
 @pytest.fixture
 def hostile(shipped: Broker) -> Iterator[Peer]:
     """garage-1's real credentials in the hands of someone who wants more than its lane."""
-    peer = Peer(shipped.port, shipped.boards["garage-1"], "garage-1")
-    assert peer.accepted
-    yield peer
-    peer.close()
+    yield from _board(shipped, "garage-1")
 
 
 class GoodTraffic:
