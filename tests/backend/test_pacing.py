@@ -37,23 +37,21 @@ def test_open_rewrites_costing_more_than_the_budget_are_spaced_until_they_fit() 
     assert pacer.interval_s <= 4 * 48.0 / pacer.budget  # spaced enough, not pushed to the ceiling
 
 
-def test_interval_comes_back_to_the_configured_one_when_the_load_goes() -> None:
-    pacer = OpenWritePacer(5.0)
-    now = _run(pacer, cost_per_round_s=48.0, seconds=1800)
-    assert pacer.interval_s > 5.0
-    _run(pacer, cost_per_round_s=0.02, seconds=1800, start=now)
-    assert pacer.interval_s == 5.0
+# 0.0 (rewrite at every tick) must come back as 0.0 exactly, not as a tiny float.
+@pytest.mark.parametrize(
+    ("configured", "loaded", "loaded_s", "unloaded"), [(5.0, 48.0, 1800, 0.02), (0.0, 3.0, 120, 0.0)]
+)
+def test_interval_comes_back_to_the_configured_one_when_the_load_goes(
+    configured: float, loaded: float, loaded_s: int, unloaded: float
+) -> None:
+    pacer = OpenWritePacer(configured)
+    now = _run(pacer, cost_per_round_s=loaded, seconds=loaded_s)
+    assert pacer.interval_s > configured
+    _run(pacer, cost_per_round_s=unloaded, seconds=1800, start=now)
+    assert pacer.interval_s == configured
 
 
 def test_interval_never_passes_its_ceiling() -> None:
     pacer = OpenWritePacer(5.0, max_s=60.0)
     _run(pacer, cost_per_round_s=1000.0, seconds=3600)
     assert pacer.interval_s == 60.0
-
-
-def test_zero_configured_interval_returns_to_zero_not_to_a_tiny_float() -> None:
-    pacer = OpenWritePacer(0.0)
-    now = _run(pacer, cost_per_round_s=3.0, seconds=120)
-    assert pacer.interval_s > 0
-    _run(pacer, cost_per_round_s=0.0, seconds=600, start=now)
-    assert pacer.interval_s == 0.0

@@ -161,3 +161,10 @@ def rides_out_a_stall(board: VirtualBoard, probe: Probe, proxy: StallProxy, firs
     console = board.console()
     assert "link_down" not in console, console[-1500:]
     assert proxy.connections == 1
+
+
+def publishing(board: VirtualBoard, probe: Probe, timeout: float = 20) -> VirtualBoard:
+    """`board` started, once its first reading reached the broker."""
+    board.start()
+    wait_for(lambda: probe.readings(board.device), timeout, "a first reading")
+    return board

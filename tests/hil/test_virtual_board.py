@@ -13,6 +13,7 @@ from hil.probe import Probe
 from iot import contract
 from tests.hil.conftest import (
     BoardFactory,
+    publishing,
 )
 from tests.support import unique, wait_for
 
@@ -52,9 +53,7 @@ def test_board_publishes_valid_payload_v1_readings_that_match_its_environment(
 
 
 def test_clean_stop_publishes_offline_and_board_exits_zero(make_board: BoardFactory, probe: Probe) -> None:
-    board = make_board()
-    board.start()
-    wait_for(lambda: probe.readings(board.device), 20, "a first reading")
+    board = publishing(make_board(), probe)
     assert board.stop() == 0
     wait_for(
         lambda: [m for m in probe.messages("status", board.device) if m.payload == b"offline"],
@@ -66,9 +65,7 @@ def test_clean_stop_publishes_offline_and_board_exits_zero(make_board: BoardFact
 def test_last_will_offline_is_published_when_a_board_loses_power(
     make_board: BoardFactory, probe: Probe
 ) -> None:
-    board = make_board()
-    board.start()
-    wait_for(lambda: probe.readings(board.device), 20, "a first reading")
+    board = publishing(make_board(), probe)
     board.kill()
     offline = wait_for(
         lambda: [m for m in probe.messages("status", board.device) if m.payload == b"offline"],

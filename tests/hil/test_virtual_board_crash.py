@@ -10,6 +10,7 @@ from hil.probe import Probe
 from tests.hil.conftest import (
     BoardFactory,
     health_of,
+    publishing,
 )
 from tests.support import wait_for
 
@@ -35,9 +36,7 @@ def test_boot_counter_survives_a_reflash_that_replaces_the_file_system(
 def test_unexpected_exception_is_recorded_and_reported_after_the_reboot_then_safe_mode_after_3(
     make_board: BoardFactory, probe: Probe
 ) -> None:
-    board = make_board()
-    board.start()
-    wait_for(lambda: probe.readings(board.device), 20, "a first reading")
+    board = publishing(make_board(), probe)
     (board.control / "crash").touch()  # the next health message raises inside the node
     assert board.wait(20) == 4  # machine.reset() from the crash handler, not a dead node
     assert "node_crashed" in board.console()
@@ -87,9 +86,7 @@ def test_safe_mode_waits_for_wifi_and_reports_itself(make_board: BoardFactory, p
 def test_a_crash_whose_record_fails_still_resets_the_board(make_board: BoardFactory, probe: Probe) -> None:
     """Before: an NVS write failing in the crash handler skipped the reset; main.py ended with a
     traceback (exit 1) and the board sat at the REPL until the watchdog."""
-    board = make_board()
-    board.start()
-    wait_for(lambda: probe.readings(board.device), 20, "a first reading")
+    board = publishing(make_board(), probe)
     (board.control / "nvs_fail").touch()
     (board.control / "crash").touch()
     assert board.wait(20) == 4

@@ -17,6 +17,7 @@ from tests.hil.conftest import (
     health_of,
     outbox_entries,
     outbox_state,
+    publishing,
     seqs_of,
 )
 from tests.support import wait_for
@@ -57,9 +58,7 @@ def test_network_outage_delivers_every_reading_in_order_after_reconnect(
 def test_reboot_while_offline_keeps_the_outbox_and_replays_it_first(
     make_board: BoardFactory, probe: Probe
 ) -> None:
-    board = make_board(interval_s=0.3)
-    board.start()
-    wait_for(lambda: probe.readings(board.device), 20, "a first reading")
+    board = publishing(make_board(interval_s=0.3), probe)
     board.cut_network()
     wait_for(lambda: outbox_state(board)[1] >= 5, 20, "5 readings queued")
     board.kill()
@@ -80,9 +79,7 @@ def test_reboot_while_offline_keeps_the_outbox_and_replays_it_first(
 
 def test_full_outbox_drops_the_oldest_and_reports_how_many(make_board: BoardFactory, probe: Probe) -> None:
     # Wi-Fi at once: with 1 s of association at boot a 5-slot outbox would drop seq 0 already.
-    board = make_board(interval_s=0.3, outbox_slots=5, spec={"wifi_assoc_ms": 0})
-    board.start()
-    wait_for(lambda: probe.readings(board.device), 20, "a first reading")
+    board = publishing(make_board(interval_s=0.3, outbox_slots=5, spec={"wifi_assoc_ms": 0}), probe)
     board.cut_network()
     wait_for(lambda: outbox_state(board)[2] >= 4, 30, "4 readings dropped")
     board.restore_network()

@@ -14,6 +14,7 @@ from iot import contract
 from tests.hil.conftest import (
     BoardFactory,
     health_of,
+    publishing,
 )
 from tests.support import unique, wait_for
 
@@ -38,9 +39,7 @@ def test_failed_sensor_gives_null_metrics_and_an_error_count_while_the_board_kee
     at_boot = fault == "wrong_id"  # the driver checks chip id and calibration CRC at start
     if at_boot:
         board.set_fault(sensor, fault)
-    board.start()
-    wait_for(lambda: probe.readings(board.device), 20, "a first reading")
-    board.set_fault(sensor, fault)
+    publishing(board, probe).set_fault(sensor, fault)
     failed = wait_for(
         lambda: [r for r in probe.readings(board.device) if r[nulled[0]] is None], 20, "a null reading"
     )[0]

@@ -9,6 +9,7 @@ from iot import contract
 from tests.hil.conftest import (
     BoardFactory,
     health_of,
+    publishing,
 )
 from tests.support import wait_for
 
@@ -33,8 +34,7 @@ def test_uptime_and_ntp_schedule_hold_past_6_2_days_and_a_week_long_ntp_period(
     board = make_board(
         interval_s=5, ntp_every_s=604800, health_every_s=3600, spec={"ticks_start_ms": (1 << 30) - 20_000}
     )
-    board.start()
-    wait_for(lambda: probe.readings(board.device), 20, "a first reading")
+    publishing(board, probe)
     days = 7.5
     (board.control / "clock_jump_ms").write_text(str(int(days * 86400_000)))
     board.wait_console("clock_jumped", 120)
