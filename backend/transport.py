@@ -44,15 +44,18 @@ that drops records fetched twice, gaps, the unacked set of `track_message` (Faus
 revocation wait on it; its per-record sensor call is left out: the quiet Monitor counts nothing), the
 commit-every count; the agent acks each record after processing it, so commits
 follow the same rule as before. The queue is one of Faust's flow-controlled queues: it is emptied
-where Faust empties its streams' queues (the flow resumed after a rebalance's seek), and records
-queued but not processed are never acked, so they are fetched again from the committed offset.
+where Faust empties its streams' queues (a revocation, and the flow resumed after a rebalance's
+seek), and records queued but not processed are never acked, so they are fetched again from the
+committed offset. The records it empties out are dropped from the unacked set at once: a revocation
+waits for that set to be empty, and the fetch loop's last round, still referenced while the loop
+waited for the flow, otherwise kept it waiting for good (`BatchQueue`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiokafka
@@ -160,10 +163,19 @@ class BatchQueue:
 
     Unbounded appends with a soft limit: the fetch loop waits for room once the queue holds `limit`
     records (back-pressure without a blocking put a `clear` could strand). Managed by Faust's flow
-    control like a stream's queue: `clear` when the flow resumes after a rebalance's seek."""
+    control like a stream's queue: `clear` when a rebalance revokes partitions and when the flow
+    resumes after its seek.
 
-    def __init__(self, limit: int) -> None:
+    `clear` hands the records it drops to `on_drop` (the consumer stops tracking them as unacked).
+    Faust forgets a cleared stream's records only when they are garbage (its unacked set is a
+    WeakSet), and a revocation waits until that set is empty (`Consumer.wait_empty`, no timeout). A
+    dropped list that is still referenced elsewhere, as the fetch loop's last round was while it
+    waited for the flow to resume, kept the revocation waiting for acks that never come, and the flow
+    never resumed: the worker stopped consuming for good (the short soak's Kafka kill)."""
+
+    def __init__(self, limit: int, on_drop: Callable[[list[Any]], None] | None = None) -> None:
         self.limit = limit
+        self.on_drop = on_drop
         self._lists: deque[list[Any]] = deque()
         self._count = 0
         self._ready = asyncio.Event()
@@ -181,6 +193,9 @@ class BatchQueue:
             self.room.clear()
 
     def clear(self) -> None:
+        if self.on_drop is not None:
+            for records in self._lists:
+                self.on_drop(records)
         self._lists.clear()
         self._count = 0
         self._ready.clear()
@@ -220,7 +235,7 @@ class BatchQueue:
 
 def batch_queue(app: Any, topic: str, limit: int) -> BatchQueue:
     """The queue the fetch loop fills with `topic`'s records instead of Faust's per-record path."""
-    queue = BatchQueue(limit)
+    queue = BatchQueue(limit, on_drop=app.consumer.untrack)
     app.flow_control.manage_queue(queue)
     app.transport.batch_queues[topic] = queue
     return queue
@@ -271,6 +286,12 @@ class _Consumer(faust_aiokafka.Consumer):
             if not self.transport.app.should_stop:
                 raise
 
+    def untrack(self, records: list[Any]) -> None:
+        """Records dropped unprocessed by a cleared BatchQueue: no longer awaited as unacked. Never
+        acked, they hold back the commit and are fetched again from the committed offset."""
+        unacked = self._unacked_messages
+        for record in records:
+            unacked.discard(record)
 
     def resume_partitions(self, tps: Iterable[Any]) -> None:
         tpset = set(tps)

@@ -73,11 +73,13 @@ class BackendRig:
     app_id: str = field(default_factory=lambda: unique("bk"))
     workers: list[Worker] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The stack's MongoDB server, or a private one a test may stop (iot.app.stack.private).
+    mongo_server: str = MONGO
 
     def __post_init__(self) -> None:
         self.source = f"{self.app_id}-src"
         self.db_name = self.app_id.replace("-", "_")
-        self.mongo: MongoClient[dict[str, Any]] = MongoClient(MONGO, tz_aware=True)
+        self.mongo: MongoClient[dict[str, Any]] = MongoClient(self.mongo_server, tz_aware=True)
         self.db = self.mongo[self.db_name]
         TopicAdmin(KafkaConnection(KAFKA)).ensure([TopicSpec(self.source, PARTITIONS)])
         # lz4 as the gateway produces by default (IOT_GATEWAY_KAFKA_COMPRESSION): Faust's client must read it.
@@ -106,7 +108,7 @@ class BackendRig:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
         env.update(
             IOT_KAFKA_BOOTSTRAP=KAFKA,
-            IOT_MONGO_URI=f"{MONGO}/{self.db_name}",
+            IOT_MONGO_URI=f"{self.mongo_server}/{self.db_name}",
             IOT_WINDOW_TUMBLING_S=str(TUMBLING_MS // 1000),
             IOT_WINDOW_HOPPING_S=str(HOPPING_MS // 1000),
             IOT_WINDOW_HOP_STEP_S=str(STEP_MS // 1000),

@@ -14,6 +14,10 @@ from backend.transport import BatchQueue
 pytestmark = pytest.mark.unit
 
 
+class _Record:
+    """Stands in for a ConsumerMessage in Faust's unacked set (a WeakSet: it must take weak refs)."""
+
+
 def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
@@ -77,9 +81,31 @@ def test_faust_resuming_the_flow_empties_the_queue_and_opens_room() -> None:
         app = faust.App("test-batch-queue", broker="kafka://127.0.0.1:1")
         transport.install(app)
         q = transport.batch_queue(app, "some-topic", limit=2)
-        q.put([1, 2, 3])
+        q.put([_Record(), _Record(), _Record()])
         app.flow_control.suspend()
         app.flow_control.resume()  # what Faust does after a rebalance's seek
         return len(q), q.room.is_set()
 
     assert run(go()) == (0, True)
+
+
+def test_records_a_revocation_clears_are_no_longer_awaited_as_unacked() -> None:
+    # Faust's revocation clears the queues, then waits until the consumer's unacked set is empty. The
+    # fetch loop still held its last round (`held`), so the cleared records never went away by
+    # themselves and the revocation waited for good (the short soak's stall after its Kafka kill).
+    async def go() -> tuple[int, int]:
+        app = faust.App("test-batch-queue-drop", broker="kafka://127.0.0.1:1")
+        transport.install(app)
+        q = transport.batch_queue(app, "some-topic", limit=100)
+        held = [_Record() for _ in range(3)]
+        kept = _Record()  # taken by the agent before the clear: still awaited until acked
+        unacked = app.consumer._unacked_messages
+        for record in (*held, kept):
+            unacked.add(record)
+        q.put([kept])
+        assert await q.get(1, 0) == [kept]
+        q.put(held)
+        app.flow_control.clear()  # what Faust's on_partitions_revoked does
+        return len(q), len(unacked)
+
+    assert run(go()) == (0, 1)

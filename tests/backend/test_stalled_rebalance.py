@@ -1,0 +1,120 @@
+"""A rebalance that comes while a worker's batch waits on a service: the worker finishes the rebalance
+and stores every reading once, in windows equal to the oracle's.
+
+The short soak's failure (CI on 44ca1d1): after its Kafka kill the backend never consumed again, its
+lag flat for 900 s, its process alive. Kafka died while a batch waited to flush and the next fetch
+rounds waited in the agent's queue; back, Kafka no longer knew the worker's member, so the worker
+rejoined, and the revocation cleared the queue, then waited (Faust's `Consumer.wait_empty`, no
+timeout) for the cleared records to be acked. The fetch loop still referenced the last round while it
+waited for the flow to resume, so they never left Faust's unacked set (a WeakSet): the revocation
+never ended and the flow never resumed.
+
+Whether Kafka forgets the member over its restart depends on when the worker's first heartbeat lands
+(a test around a Kafka SIGKILL stalled in 3 of its 4 runs). Here each ingredient is certain: the
+batch waits on a stopped MongoDB (SIGSTOP of a FerretDB of the test's own) and the rebalance comes
+from a second worker's SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from iot import contract
+from iot.harness.stack import PrivateStack, private_ferretdb
+from tests.support import failed, unique, wait_for
+
+from .conftest import (
+    BASE_TS,
+    KAFKA,
+    PARTITIONS,
+    BackendRig,
+    assert_windows_equal,
+    expected_windows,
+    make_reading,
+    wait_all_final,
+)
+
+pytestmark = pytest.mark.integration
+REVOKED = "Revoking previously assigned partitions frozenset"
+
+
+@pytest.fixture
+def ferretdb(tmp_path: Path) -> Iterator[PrivateStack]:
+    with private_ferretdb(tmp_path / "ferretdb") as stack:
+        yield stack
+
+
+@pytest.fixture
+def private_rig(
+    tmp_path: Path, ferretdb: PrivateStack, request: pytest.FixtureRequest
+) -> Iterator[BackendRig]:
+    r = BackendRig(tmp_path, mongo_server=ferretdb.mongo_uri.rsplit("/", 1)[0])
+    # Small batches: one waits on MongoDB while the fetch loop fills the queue behind it.
+    r.extra_env["IOT_BACKEND_BATCH_MAX"] = "50"
+    yield r
+    if failed(request):
+        for i, w in enumerate(r.workers):
+            print(f"--- backend worker {i} log (tail) ---\n{w.log()[-8000:]}")
+    r.close()
+
+
+def members_with_partitions(rig: BackendRig) -> int:
+    admin = AdminClient({"bootstrap.servers": KAFKA})
+    desc = admin.describe_consumer_groups([rig.app_id])[rig.app_id].result(timeout=10)
+    return sum(1 for m in desc.members if any(tp.topic == rig.source for tp in m.assignment.topic_partitions))
+
+
+def stop(stack: PrivateStack, sig: signal.Signals) -> None:
+    pid = stack.pid("ferretdb")
+    assert pid is not None
+    os.kill(pid, sig)
+
+
+def test_a_rebalance_while_a_batch_waits_on_mongodb_ends_and_every_reading_is_stored_once(
+    private_rig: BackendRig, ferretdb: PrivateStack
+) -> None:
+    rig = private_rig
+    places = [unique("p") for _ in range(3)]
+    devices = [(places[i % 3], unique("d")) for i in range(2 * PARTITIONS)]
+    partition_of = {d: i % PARTITIONS for i, (_, d) in enumerate(devices)}
+    names = list(partition_of)
+    # Event time 5 ms apart per round of devices: the whole script stays within the grace period.
+    script = [make_reading(p, d, seq, BASE_TS + 1000 + seq * 5) for seq in range(120) for p, d in devices]
+    warm, backlog = script[: 2 * len(devices)], script[2 * len(devices) :]
+    stored = rig.db[contract.COLL_READINGS]
+
+    def count() -> int:
+        return stored.count_documents({"device": {"$in": names}})
+
+    one, two = rig.worker(), rig.worker()
+    wait_for(lambda: members_with_partitions(rig) == 2, 90, "both workers owning partitions")
+    rig.produce(warm, partition_of)
+    wait_for(lambda: count() == len(warm), 60, "the first readings stored")
+
+    stop(ferretdb, signal.SIGSTOP)
+    try:
+        # Each worker's agent takes a batch and waits on MongoDB; its fetch loop fills the queue.
+        rig.produce(backlog, partition_of)
+        revoked = one.log().count(REVOKED)
+        two.kill()
+        # The dead member's session expires and the survivor's partitions are revoked: its revocation
+        # clears the queue behind the waiting batch.
+        wait_for(lambda: one.alive() and one.log().count(REVOKED) > revoked, 60, "the survivor's revocation")
+    finally:
+        stop(ferretdb, signal.SIGCONT)
+
+    # Before the fix the survivor never left that revocation: the count stayed where it was.
+    wait_for(lambda: one.alive() and count() == len(script), 60, "every reading stored")
+    for scope, collection in (
+        ("sensor", contract.COLL_SENSOR_WINDOWS),
+        ("place", contract.COLL_PLACE_WINDOWS),
+    ):
+        expected = expected_windows(script, scope)
+        wait_all_final(rig, expected, collection, 30)
+        assert_windows_equal(rig, expected, collection)
