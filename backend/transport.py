@@ -1,7 +1,8 @@
 """Faust's aiokafka transport with three corrections to how Faust positions stream partitions after a
-rebalance. The first two lost readings when a second worker joined, or one died, while readings flowed;
-the third crashed a worker. (A changelog missing from the leader's metadata is kept from happening
-before Faust starts: topics.py.)
+rebalance, and one to aiokafka's connections. The first two lost readings when a second worker joined,
+or one died, while readings flowed; the third crashed a worker; the fourth stopped a worker for good
+after a Kafka SIGKILL. (A changelog missing from the leader's metadata is kept from happening before
+Faust starts: topics.py.)
 
 1. Seeking to the committed offsets also rewinds the partitions that have no committed offset yet.
    During a rebalance Faust stops the flow and pauses every partition, which empties the set of active
@@ -36,6 +37,16 @@ before Faust starts: topics.py.)
    `TopicPartitionState.position`, which asserts there is one; a partition awaiting its offset reset
    right after a rebalance crashed the surviving worker (seen once in ~20 runs of the join + kill test).
 
+4. A write to a connection Kafka has just closed is a connection error, as aiokafka expects. Under
+   uvloop (the worker's loop, and its consumer thread's) the write raises RuntimeError ("unable to
+   perform operation on <TCPTransport closed=True ...>; the handler is closed"), not the OSError
+   `AIOKafkaConnection.send` catches (aiokafka issue 1038). When it hit the metadata request of the
+   consumer's synchronizer task at a Kafka SIGKILL, that task died, so every later metadata refresh
+   waited forever: the coordinator was never looked up again, heartbeats and commits stopped, and the
+   fetch loop's periodic commit blocked the worker for good (the short soak, after the first fix: its
+   lag flat; in the live process, `_md_synchronizer` finished with that RuntimeError, its update
+   future pending with 186 waiters, the coordinator lookup lock held, a commit pending 5 minutes).
+
 Besides the corrections, a batch path (issue #24): the records of topics given a `BatchQueue`
 (`batch_queue`) go from the fetch loop to their agent as lists, one hand-off per fetch round instead
 of Faust's per record `wait_first` (four futures), decode into an Event, queue put, stream step and
@@ -54,11 +65,13 @@ waited for the flow, otherwise kept it waiting for good (`BatchQueue`).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiokafka
+from aiokafka.conn import AIOKafkaConnection, CloseReason
 from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.consumer.subscription_state import (
     Assignment,
@@ -66,6 +79,7 @@ from aiokafka.consumer.subscription_state import (
     SubscriptionState,
     TopicPartitionState,
 )
+from aiokafka.errors import KafkaConnectionError
 from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -119,6 +133,13 @@ pins.require(
         (SubscriptionState, "subscription"),
         (Subscription, "assignment"),
         (Assignment, "state_value"),
+        # Correction 4 wraps the connection's writes and uses its own close path.
+        (AIOKafkaConnection, "send"),
+        (AIOKafkaConnection, "_send_sasl_token"),
+        (AIOKafkaConnection, "close"),
+        (AIOKafkaConnection, "_writer"),
+        (AIOKafkaConnection, "_host"),
+        (AIOKafkaConnection, "_port"),
     ],
     "backend/transport.py",
 )
@@ -319,6 +340,35 @@ class Transport(faust_aiokafka.Transport):
         self.batch_queues: dict[str, BatchQueue] = {}
 
 
+def _send_or_connection_error(send: Callable[..., Any]) -> Callable[..., Any]:
+    """Correction 4: `send` with a closed transport's RuntimeError turned into what aiokafka handles
+    everywhere, a KafkaConnectionError after closing the connection (its own OSError path)."""
+
+    @functools.wraps(send)
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        writer = self._writer
+        try:
+            return send(self, *args, **kwargs)
+        except RuntimeError as exc:
+            if writer is None or not writer.transport.is_closing():
+                raise
+            self.close(reason=CloseReason.CONNECTION_BROKEN)
+            raise KafkaConnectionError(f"Connection at {self._host}:{self._port} broken: {exc}") from exc
+
+    wrapped.iot_corrected = True  # type: ignore[attr-defined]
+    return wrapped
+
+
+def correct_aiokafka_connections() -> None:
+    """Correction 4 on aiokafka's connection class (every client of the process: the consumer and
+    Faust's producer); idempotent."""
+    for name in ("send", "_send_sasl_token"):
+        method = getattr(AIOKafkaConnection, name)
+        if not getattr(method, "iot_corrected", False):
+            setattr(AIOKafkaConnection, name, _send_or_connection_error(method))
+
+
 def install(app: Any) -> None:
     """Make `app` use this transport; call before anything touches `app.transport`."""
+    correct_aiokafka_connections()
     app.transport = Transport(app.conf.broker_consumer, app)
