@@ -40,8 +40,10 @@ from .records import (
     SENSOR,
 )
 from .settings import Settings
+from .watchdog import StallWatch
 
 _log = log.get("backend")
+WATCH_EVERY_S = 2.0
 READINGS_PARTITIONS = TOPIC_PARTITIONS[contract.TOPIC_READINGS]
 
 
@@ -76,6 +78,7 @@ class BackendRuntime:
             )
             self.batches.add_scope(name, topic, table, engine)
         self.scopes = self.batches.scopes
+        self.stall_watch = StallWatch(settings.stall_s, self.metrics)
         self.positions = self.batches.positions
         self._wire()
 
@@ -148,6 +151,13 @@ class BackendRuntime:
         async def release_free_memory() -> None:
             heap.release_free_memory()
 
+        async def watch_stalls() -> None:
+            # Its own timer: the idle tick skips rebalances and can wait on an outage for a while.
+            consumer: Any = self.app.consumer  # transport._Consumer (transport.install)
+            self.stall_watch.observe(
+                self.app.rebalancing, consumer.commit_since(), len(consumer.assignment())
+            )
+
         def on_rebalance(_sender: Any, /, *args: Any, **kwargs: Any) -> None:  # Faust's signal receiver
             self.batches.rebalanced()
 
@@ -156,6 +166,7 @@ class BackendRuntime:
         self.app.timer(s.tick_s)(idle_tick)
         # A backlog's buffers must not stay in the RSS once it drained (iot/heap.py).
         self.app.timer(heap.EVERY_S)(release_free_memory)
+        self.app.timer(WATCH_EVERY_S)(watch_stalls)
         self.app.on_partitions_revoked.connect(on_rebalance)
         self.app.on_partitions_assigned.connect(on_rebalance)
 

@@ -87,6 +87,24 @@ class BackendMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.rebalance_seconds = Gauge(
+            "iot_backend_rebalance_seconds",
+            "How long the worker's current Kafka rebalance has lasted; 0 when none (backend/watchdog.py)",
+            registry=r,
+        )
+        self.commit_wait_seconds = Gauge(
+            "iot_backend_commit_wait_seconds",
+            "How long the worker's oldest pending offset commit has waited; 0 when none "
+            "(backend/watchdog.py)",
+            registry=r,
+        )
+        self.stalls = Counter(
+            "iot_backend_stalls",
+            "Rebalances or offset commits that outlasted IOT_BACKEND_STALL_S; the worker exits after "
+            "each for its supervisor to restart it",
+            ["wait"],
+            registry=r,
+        )
         self.open_write_interval = Gauge(
             "iot_backend_open_write_interval_seconds",
             "How often each key's open windows are rewritten now (IOT_BACKEND_OPEN_WRITE_S, or longer "

@@ -52,6 +52,11 @@ VARIABLES: Final = Variables(
         "IOT_BACKEND_SESSION_TIMEOUT_S", "10", "Kafka group session: how soon a dead worker's partitions move"
     ),
     Var(
+        "IOT_BACKEND_STALL_S",
+        "300",
+        "a Kafka rebalance or offset commit lasting longer is a stall: the worker exits to be restarted",
+    ),
+    Var(
         "IOT_BACKEND_OPEN_WRITE_S",
         "5",
         "how often an open window is rewritten at most (spaced further when rewrites cost too much)",
@@ -81,6 +86,7 @@ class Settings:
     tick_s: float
     commit_interval_s: float
     session_timeout_s: float
+    stall_s: float
     open_write_s: float
     allowed_lateness_s: int
     max_clock_ahead_s: int
@@ -158,6 +164,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         commit_interval_s=e.number("IOT_BACKEND_COMMIT_INTERVAL_S", low=0.1),
         # Kafka refuses sessions under its group.min.session.timeout.ms (6 s by default).
         session_timeout_s=e.number("IOT_BACKEND_SESSION_TIMEOUT_S", low=6.0),
+        stall_s=e.number("IOT_BACKEND_STALL_S", low=10.0),
         open_write_s=e.number("IOT_BACKEND_OPEN_WRITE_S", low=0.0),
         allowed_lateness_s=e.integer("IOT_WINDOW_ALLOWED_LATENESS_S", low=0),
         max_clock_ahead_s=e.integer("IOT_MAX_CLOCK_AHEAD_S", low=0),

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -113,6 +114,8 @@ pins.require(
         (faust_aiokafka.Consumer, "_n_acked"),
         (faust_aiokafka.Consumer, "_unacked_messages"),
         (faust_aiokafka.Consumer, "suspend_flow"),
+        # The stall watch times the consumer's offset commits (backend/watchdog.py).
+        (faust_aiokafka.Consumer, "_commit"),
         (Recovery, "on_recovery_completed"),
         (Recovery, "_resume_streams"),
         (Collection, "data"),
@@ -263,6 +266,10 @@ def batch_queue(app: Any, topic: str, limit: int) -> BatchQueue:
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._commits_started: list[float] = []
+
     async def _drain_messages(self, fetcher: Any) -> None:
         queues: dict[str, BatchQueue] = self.transport.batch_queues  # type: ignore[attr-defined]
         if not queues:
@@ -306,6 +313,20 @@ class _Consumer(faust_aiokafka.Consumer):
         except (asyncio.CancelledError, *self.consumer_stopped_errors):  # type: ignore[misc]
             if not self.transport.app.should_stop:
                 raise
+
+    async def _commit(self, offsets: Any) -> bool:
+        # Since when each commit in flight has waited, for the stall watch (backend/watchdog.py).
+        started = time.monotonic()
+        self._commits_started.append(started)
+        try:
+            done: bool = await super()._commit(offsets)
+            return done
+        finally:
+            self._commits_started.remove(started)
+
+    def commit_since(self) -> float | None:
+        """When the oldest offset commit still in flight started (time.monotonic), None if none."""
+        return min(self._commits_started, default=None)
 
     def untrack(self, records: list[Any]) -> None:
         """Records dropped unprocessed by a cleared BatchQueue: no longer awaited as unacked. Never

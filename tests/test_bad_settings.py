@@ -155,6 +155,7 @@ CASES = [
     Case("IOT_BACKEND_TICK_S", "0", ("backend",)),
     Case("IOT_BACKEND_COMMIT_INTERVAL_S", "nan", ("backend",)),
     Case("IOT_BACKEND_SESSION_TIMEOUT_S", "1", ("backend",)),
+    Case("IOT_BACKEND_STALL_S", "5", ("backend",)),
     Case("IOT_BACKEND_OPEN_WRITE_S", "-1", ("backend",)),
     Case("IOT_BACKEND_EVENT_LOOP", "trio", ("backend",)),
     # --- the stack --------------------------------------------------------------------------------

@@ -118,3 +118,7 @@ def test_a_rebalance_while_a_batch_waits_on_mongodb_ends_and_every_reading_is_st
         expected = expected_windows(script, scope)
         wait_all_final(rig, expected, collection, 30)
         assert_windows_equal(rig, expected, collection)
+    metrics = one.metrics()
+    assert metrics.get("iot_backend_rebalance_seconds") == 0
+    assert metrics.get("iot_backend_commit_wait_seconds", -1) < 10  # exported; commits return
+    assert not any(name.startswith("iot_backend_stalls_total") for name in metrics)  # no stall exit
