@@ -24,7 +24,9 @@ ALLOWED: dict[str, set[str]] = {
     # Remote configuration and updates: the operator's side of the fleet, beside the rig's boards.
     "fleetops": {"kernel", "hil"},
     "app": {"kernel", "harness", "gateway", "backend", "hil", "fleetops", "rig"},
-    "rig": {"kernel", "harness", "hil"},
+    # The rig's fleet steps (hil/rig/fleet_steps.py) configure and update boards as the operator does:
+    # fleetops sits below the rig (it uses hil, never hil.rig).
+    "rig": {"kernel", "harness", "hil", "fleetops"},
     # A benchmark may run the `iot` command in-process (bench/soak_traced.py: under tracemalloc).
     "bench": {"kernel", "harness", "gateway", "backend", "hil", "rig", "iot.app.cli"},
     "tests": {"kernel", "harness", "gateway", "backend", "hil", "fleetops", "rig", "app", "bench"},

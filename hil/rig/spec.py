@@ -53,6 +53,21 @@ STEPS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "latency_s": ((int, float), 10),
         "timeout_s": ((int, float), 60),
     },
+    # Fleet operations (hil/rig/fleet_steps.py), as the operator's `iot config set` and
+    # `iot devices remove` do them. `error`: text the outcome's reason must contain.
+    "config_set": {
+        "set": (dict, None),
+        "unset": (list, None),
+        "trial_s": (int, 10),
+        "expect": (str, "applied"),
+        "error": (str, ""),
+        "timeout_s": ((int, float), 90),
+    },
+    "revoke": {"seconds": ((int, float), 10), "online_s": ((int, float), 60)},
+}
+# Values a step's text argument may take.
+CHOICES = {
+    ("config_set", "expect"): ("applied", "refused"),
 }
 VIRTUAL_ONLY = {"set_environment", "sensor_fault"}
 SENSORS = ("bme280", "bh1750")
@@ -196,6 +211,11 @@ def _step(raw: Any, where: str) -> Step:
             raise RigConfigError(f"{where}.{name}.sensor", f"one of {', '.join(SENSORS)}")
         if out["kind"] not in FAULT_KINDS:
             raise RigConfigError(f"{where}.{name}.kind", f"one of {', '.join(FAULT_KINDS)}")
+    for (step_name, key), choices in CHOICES.items():
+        if name == step_name and out[key] not in choices:
+            raise RigConfigError(f"{where}.{name}.{key}", f"one of {', '.join(choices)}, got {out[key]!r}")
+    if name == "config_set" and not (out["set"] or out["unset"]):
+        raise RigConfigError(f"{where}.{name}", "give set: {field: value} or unset: [field]")
     if name == "set_environment" and all(v is None for v in out.values()):
         raise RigConfigError(f"{where}.{name}", "give at least one of " + ", ".join(schema))
     return Step(name, out, f"{where}.{name}")

@@ -135,6 +135,12 @@ class RigStack:
         return "", ""
 
     @property
+    def settings(self) -> DevicesSettings | None:
+        """The operator's settings on the rig's broker and database (once boards were provisioned):
+        what `iot config` and `iot ota` would use; None on a broker without accounts."""
+        return self._settings
+
+    @property
     def broker_host_port(self) -> tuple[str, int]:
         return broker_address(self.broker_url)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hil.errors import HilError
+from hil.rig import fleet_steps
 from hil.rig.boards import RigBoard
 from hil.rig.checks import delivered, latency, windows
 from hil.rig.drivers import FlashOptions
@@ -202,6 +203,8 @@ BOARD_STEPS: dict[str, Callable[[Context, RigBoard, Step], list[Measurement]]] =
     "reset": _reset,
     "sensor_fault": _sensor_fault,
     "expect": _expect,
+    "config_set": fleet_steps.config_set,
+    "revoke": fleet_steps.revoke,
 }
 
 

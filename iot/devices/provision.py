@@ -143,10 +143,11 @@ class Provisioner:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def add(self, place: str, device: str, replace: bool = False) -> str:
+    def add(self, place: str, device: str, replace: bool = False, password: str | None = None) -> str:
         """A new account for the board (a new password, returned; the broker keeps only its hash) and
         its registry document. With `replace`, an existing board gets a new password and place, and is
-        disconnected; without, an existing one is an error."""
+        disconnected; without, an existing one is an error. `password`: the one a board was flashed
+        with, for an account made again after a revocation (the rig's device_revoked)."""
         accounts.check_device_id(device, place)
         existing = accounts.device_account(self.dynsec, device)
         if existing is not None and not replace:
@@ -154,7 +155,7 @@ class Provisioner:
                 f"device {device!r} exists (place {existing.place}); `iot devices add --replace` gives it a "
                 "new password (the board must be flashed with it) or `iot devices remove` it first"
             )
-        password = credentials.new_password()
+        password = password or credentials.new_password()
         accounts.reset_device(self.dynsec, place, device, password)
         try:
             self.registry.add(device, place)

@@ -188,10 +188,9 @@ def _check_apart(raw: dict[str, Any], product: Product, run_db: Any) -> None:
 
 
 def _check_reports(out: str, raw: dict[str, Any], junit: Path, report: Path, rig: Path) -> None:
-    assert "scenario 1/5 flash_and_verify" in out and "hil run " in out  # progress as it goes
-
     boards = [b["id"] for b in raw["boards"]]
     scenarios = [s["name"] for s in raw["scenarios"]]
+    assert f"scenario 1/{len(scenarios)} flash_and_verify" in out and "hil run " in out  # progress as it goes
     suite = ET.parse(junit).getroot()
     cases = suite.findall("testcase")
     assert sorted((c.get("name"), c.get("classname")) for c in cases) == sorted(
@@ -216,7 +215,8 @@ def _check_reports(out: str, raw: dict[str, Any], junit: Path, report: Path, rig
         assert measured["readings_published"]["value"] >= 5
         assert measured["mongo_copies_max"]["value"] == 1
         assert all(m["outcome"] == "passed" for m in measured.values())
-        assert any(n.startswith("window_mean_error_") for n in measured), measured.keys()
+        if expect["args"]["windows"]:  # (the fleet scenarios check delivery only: windows: false)
+            assert any(n.startswith("window_mean_error_") for n in measured), measured.keys()
     outage = next(c for c in record["cases"] if c["scenario"] == "outage_60s")
     assert [s["name"] for s in outage["steps"]][:1] == ["cut_network"]
     assert 9 <= outage["steps"][0]["ended"] - outage["steps"][0]["started"] < 20
