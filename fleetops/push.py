@@ -47,35 +47,30 @@ class Outcome:
         return self.state in OK
 
 
+@dataclass
 class Transfer:
-    def __init__(
-        self,
-        session: Session,
-        target: Target,
-        bundle: Bundle,
-        push: int,
-        trial_s: int,
-        timeout_s: float,
-        say: Callable[[str], None],
-    ) -> None:
-        self.session = session
-        self.target = target
-        self.bundle = bundle
-        self.push = push
-        self.trial_s = trial_s
-        self.timeout_s = timeout_s
-        self.say = say
-        self.started = 0.0
-        self.sent_end = 0
-        self.last_have = -1
-        self.progress_at = 0.0
-        self.bad_seen = 0
-        self.sent_bytes = 0
-        self.resends = 0
-        self.transfer_s = 0.0
-        self._shown = -1
-        self._ident = bytes.fromhex(bundle.id)
-        self.outcome: Outcome | None = None
+    """One board's update: the bundle's chunks from where the board is, and its outcome."""
+
+    session: Session
+    target: Target
+    bundle: Bundle
+    push: int
+    trial_s: int
+    timeout_s: float
+    say: Callable[[str], None]
+    started: float = 0.0
+    sent_end: int = 0
+    last_have: int = -1
+    progress_at: float = 0.0
+    bad_seen: int = 0
+    sent_bytes: int = 0
+    resends: int = 0
+    transfer_s: float = 0.0
+    outcome: Outcome | None = None
+    _shown: int = -1
+
+    def __post_init__(self) -> None:
+        self._ident = bytes.fromhex(self.bundle.id)
 
     def _done(self, state: str, error: str = "") -> Outcome:
         self.outcome = Outcome(

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["failed", "unique", "wait_for"]
+__all__ = ["FakeClock", "failed", "unique", "wait_for"]
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
@@ -36,3 +36,13 @@ def failed(request: Any) -> bool:
 def unique(prefix: str) -> str:
     """An id that matches the contract's id pattern and is unique per call."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class FakeClock:
+    """A monotonic clock a unit test moves by hand (`clock.now += 5`): pass it where time.monotonic goes."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -9,16 +9,9 @@ import pytest
 
 from backend.metrics import BackendMetrics
 from backend.watchdog import EX_TEMPFAIL, StallWatch
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.unit
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def sample(metrics: BackendMetrics, name: str, **labels: str) -> float | None:
@@ -32,7 +25,7 @@ def stalled_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_a_rebalance_past_the_limit_is_logged_counted_and_exits_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock, exits, metrics = Clock(), [], BackendMetrics()
+    clock, exits, metrics = FakeClock(), [], BackendMetrics()
     watch = StallWatch(60, metrics, linger_s=15, clock=clock, exit_later=lambda s, c: exits.append((s, c)))
     seen = []
     with caplog.at_level(logging.ERROR, logger="backend"):
@@ -51,7 +44,7 @@ def test_a_rebalance_past_the_limit_is_logged_counted_and_exits_once(
 
 
 def test_a_commit_pending_past_the_limit_is_a_stall_too(caplog: pytest.LogCaptureFixture) -> None:
-    clock, exits, metrics = Clock(), [], BackendMetrics()
+    clock, exits, metrics = FakeClock(), [], BackendMetrics()
     watch = StallWatch(60, metrics, clock=clock, exit_later=lambda s, c: exits.append((s, c)))
     with caplog.at_level(logging.ERROR, logger="backend"):
         # Commits that finish within the limit, one after another, then one that never returns.
@@ -66,7 +59,7 @@ def test_a_commit_pending_past_the_limit_is_a_stall_too(caplog: pytest.LogCaptur
 
 
 def test_waits_that_end_in_time_never_exit(caplog: pytest.LogCaptureFixture) -> None:
-    clock, exits, metrics = Clock(), [], BackendMetrics()
+    clock, exits, metrics = FakeClock(), [], BackendMetrics()
     watch = StallWatch(60, metrics, clock=clock, exit_later=lambda s, c: exits.append((s, c)))
     with caplog.at_level(logging.ERROR, logger="backend"):
         # Three rebalances of 50 s each, 150 s of rebalancing in all, and commits of 25 s each.
@@ -80,7 +73,7 @@ def test_waits_that_end_in_time_never_exit(caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_the_stall_log_says_what_happened_and_what_to_do(caplog: pytest.LogCaptureFixture) -> None:
-    clock, metrics = Clock(), BackendMetrics()
+    clock, metrics = FakeClock(), BackendMetrics()
     watch = StallWatch(60, metrics, clock=clock, exit_later=lambda _s, _c: None)
     with caplog.at_level(logging.ERROR, logger="backend"):
         watch.observe(True, None, partitions=6)

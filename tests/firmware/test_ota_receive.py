@@ -129,14 +129,19 @@ def _run(code: str, tmp_path: Path, data: Path, key: Path) -> Any:
     return unixport.run_json(prelude + _HARNESS + code, tmp_path, heap="4M", timeout=120)
 
 
+def _update(code: str, tmp_path: Path, keys: dict[str, Path], firmware_dir: Path) -> Any:
+    """`code` on a board running 0.1.0 with 128 blocks of flash (`data`: the 0.2.0 bundle signed by
+    the key it trusts, `u`: its updater)."""
+    data = _build(firmware_dir, keys["ours"], tmp_path / "b.bin", "0.2.0")
+    prologue = 'data = setup(128)\nu = ota.Updater(board.load(), "0.1.0")\n'
+    return _run(prologue + code, tmp_path, data, keys["ours_pub"])
+
+
 def test_a_bundle_received_in_chunks_is_verified_installed_and_swapped_at_the_next_boot(
     tmp_path: Path, keys: dict[str, Path], firmware_dir: Path
 ) -> None:
-    data = _build(firmware_dir, keys["ours"], tmp_path / "b.bin", "0.2.0")
-    out = _run(
+    out = _update(
         r"""
-data = setup(128)
-u = ota.Updater(board.load(), "0.1.0")
 offer(u, data, "0.2.0")
 send(u, data)
 res = {"have": u.have, "size": len(data), "state": u.state}
@@ -162,8 +167,8 @@ res["health"] = h
 print(json.dumps(res))
 """,
         tmp_path,
-        data,
-        keys["ours_pub"],
+        keys,
+        firmware_dir,
     )
     assert out["have"] == out["size"] and out["state"] == "verifying"
     assert out["act"] is True
@@ -179,11 +184,8 @@ print(json.dumps(res))
 def test_a_transfer_resumes_after_a_reboot_from_what_the_flash_holds(
     tmp_path: Path, keys: dict[str, Path], firmware_dir: Path
 ) -> None:
-    data = _build(firmware_dir, keys["ours"], tmp_path / "b.bin", "0.2.0")
-    out = _run(
+    out = _update(
         r"""
-data = setup(128)
-u = ota.Updater(board.load(), "0.1.0")
 offer(u, data, "0.2.0")
 send(u, data, until=len(data) // 2)
 half = u.have
@@ -196,8 +198,8 @@ res["act"] = u.step()
 print(json.dumps(res))
 """,
         tmp_path,
-        data,
-        keys["ours_pub"],
+        keys,
+        firmware_dir,
     )
     assert 0 < out["half"] == out["resumed"] == out["kept"]
     assert out["state"] == "receiving" and out["act"] is True
@@ -334,11 +336,8 @@ print(json.dumps({"state": u.state, "error": u.error, "have": u.have}))
 def test_a_failed_trial_asks_for_a_rollback_and_the_journal_restores_the_old_files(
     tmp_path: Path, keys: dict[str, Path], firmware_dir: Path
 ) -> None:
-    data = _build(firmware_dir, keys["ours"], tmp_path / "b.bin", "0.2.0")
-    out = _run(
+    out = _update(
         r"""
-data = setup(128)
-u = ota.Updater(board.load(), "0.1.0")
 offer(u, data, "0.2.0", trial_s=30)
 send(u, data)
 u.step()
@@ -355,8 +354,8 @@ with open("ota.d/result") as f:
 print(json.dumps(res))
 """,
         tmp_path,
-        data,
-        keys["ours_pub"],
+        keys,
+        firmware_dir,
     )
     assert out["act"] == "update_rollback"
     assert out["fw"] == {"main.py": "old main", "node.py": "old node"}

@@ -24,6 +24,11 @@ from outbox import Outbox, MAX_PAYLOAD
 def payload(boot, seq):
     return json.dumps({"boot": boot, "seq": seq, "pad": "x" * 180}).encode()
 
+def fresh_box(slots=512, blocks=64):  # an outbox on a freshly formatted flash, and its device
+    dev = vflash.BlockDevice(blocks)
+    vflash.mount(dev, fresh=True)
+    return dev, Outbox(slots)
+
 def deliver_all(box, boot_of=None):
     got = []
     while True:
@@ -44,9 +49,7 @@ def _run(tmp_path: Path, code: str, heap: str = HEAP) -> object:
 
 def test_readings_delivered_while_online_never_write_flash(tmp_path: Path) -> None:
     code = """
-dev = vflash.BlockDevice(64)
-vflash.mount(dev, fresh=True)
-box = Outbox(512)
+dev, box = fresh_box()
 before = (dev.total_erases(), dev.programs)
 for seq in range(200):
     box.push(0, seq, payload(0, seq))
@@ -58,9 +61,7 @@ print(json.dumps([dev.total_erases() - before[0], dev.programs - before[1], box.
 
 def test_readings_not_acked_stay_in_ram_and_go_to_flash_after_an_ack_timeout_spill(tmp_path: Path) -> None:
     code = """
-dev = vflash.BlockDevice(64)
-vflash.mount(dev, fresh=True)
-box = Outbox(512)
+dev, box = fresh_box()
 for seq in range(5):
     box.push(0, seq, payload(0, seq))
     box.next_entry(); box.sent(seq)
@@ -80,9 +81,7 @@ print(json.dumps([in_ram, after_gap, box.flash_count, resent, box.count]))
 
 def test_offline_readings_survive_a_reboot_and_replay_in_order(tmp_path: Path) -> None:
     code = """
-dev = vflash.BlockDevice(64)
-vflash.mount(dev, fresh=True)
-box = Outbox(512)
+dev, box = fresh_box()
 for seq in range(40):
     box.push(0, seq, payload(0, seq), spill=True)
 vflash.unmount()
@@ -98,9 +97,7 @@ print(json.dumps([again.count, deliver_all(again), os.listdir("outbox.d")]))
 
 def test_full_outbox_drops_the_oldest_and_counts_them_persistently(tmp_path: Path) -> None:
     code = """
-dev = vflash.BlockDevice(64)
-vflash.mount(dev, fresh=True)
-box = Outbox(16)  # segments of 2 records
+dev, box = fresh_box(16)  # segments of 2 records
 for seq in range(30):
     box.push(0, seq, payload(0, seq), spill=True)
 vflash.unmount()
@@ -117,9 +114,7 @@ def test_a_failed_flash_write_is_counted_as_dropped_and_the_count_survives_a_reb
     """A program the flash refuses (a worn sector: the driver's error reaches littlefs as -EIO)
     loses that reading; the drop is saved at once, not only with the next full-outbox drop."""
     code = """
-dev = vflash.BlockDevice(64)
-vflash.mount(dev, fresh=True)
-box = Outbox(16)
+dev, box = fresh_box(16)
 box.push(0, 0, payload(0, 0), spill=True)
 dev.fail_programs = 1
 box.push(0, 1, payload(0, 1), spill=True)

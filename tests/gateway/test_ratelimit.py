@@ -5,20 +5,13 @@ from __future__ import annotations
 import pytest
 
 from gateway.ratelimit import LogLimit
+from tests.support import FakeClock
 
 pytestmark = pytest.mark.unit
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_first_of_each_key_is_logged_then_once_per_interval_with_what_was_left_out() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limit = LogLimit(interval_s=60, clock=clock)
     assert limit.check("a") == 0
     assert limit.check("b") == 0
@@ -34,6 +27,6 @@ def test_first_of_each_key_is_logged_then_once_per_interval_with_what_was_left_o
 
 
 def test_made_up_keys_cannot_grow_it_without_bound() -> None:
-    limit = LogLimit(interval_s=60, max_keys=100, clock=Clock())
+    limit = LogLimit(interval_s=60, max_keys=100, clock=FakeClock())
     assert all(limit.check(f"board-{i}") == 0 for i in range(10_000))
     assert len(limit._keys) <= 100

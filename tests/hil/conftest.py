@@ -16,7 +16,10 @@ from hil.probe import Probe, broker_address, clear_retained
 from hil.vboard_process import DEFAULT_HEAP, VirtualBoard
 from hil.virtual import outbox_reader, vprofile
 from iot import contract
-from iot.devices.provision import Provisioner
+from iot.devices.provision import DevicesSettings, Provisioner
+from iot.env import parse_mqtt_url
+from iot.harness.broker import PrivateBroker
+from tests.devices.conftest import MONGO
 from tests.support import unique, wait_for
 
 
@@ -168,3 +171,40 @@ def publishing(board: VirtualBoard, probe: Probe, timeout: float = 20) -> Virtua
     board.start()
     wait_for(lambda: probe.readings(board.device), timeout, "a first reading")
     return board
+
+
+@pytest.fixture(scope="module")
+def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    """A private Mosquitto with accounts (dynamic security), as the native stack's: its operator
+    provisions the boards, each logs in with its own account."""
+    with PrivateBroker(tmp_path_factory.mktemp("auth-broker"), accounts=True, persistent=False) as broker:
+        yield broker
+
+
+@pytest.fixture
+def settings(auth_broker: PrivateBroker) -> Iterator[DevicesSettings]:
+    """Provisioning on `auth_broker`, its registry in a database of the test's own."""
+    import pymongo
+
+    name = unique("hilreg").replace("-", "_")
+    yield DevicesSettings(parse_mqtt_url(auth_broker.url), None, auth_broker.operator, f"{MONGO}/{name}")
+    pymongo.MongoClient(MONGO).drop_database(name)
+
+
+def provisioned(
+    make_board: BoardFactory,
+    settings: DevicesSettings,
+    broker: PrivateBroker,
+    prefix: str = "vt",
+    password: str = "",
+    **config: Any,
+) -> tuple[VirtualBoard, str]:
+    """A board added in kitchen by the operator (`iot devices add`) and configured with its account
+    (or with `password` instead of the one it was given); returns the board and that password."""
+    device = unique(prefix)
+    with Provisioner.open(settings) as prov:
+        given = prov.add("kitchen", device)
+    board = make_board(
+        broker=broker.url, device=device, mqtt_user=device, mqtt_password=password or given, **config
+    )
+    return board, given

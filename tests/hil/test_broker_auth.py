@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,44 +19,24 @@ from hil.board_flash import ImageFlash
 from hil.probe import Probe
 from iot.broker.credentials import OPERATOR
 from iot.devices.provision import DevicesSettings, Provisioner
-from iot.env import parse_mqtt_url
 from iot.harness.broker import PrivateBroker
-from tests.devices.conftest import MONGO
-from tests.hil.conftest import BoardFactory
+from tests.hil.conftest import BoardFactory, provisioned
 from tests.support import unique, wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 
 
-@pytest.fixture(scope="module")
-def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
-    with PrivateBroker(tmp_path_factory.mktemp("auth-broker"), accounts=True, persistent=False) as broker:
-        yield broker
-
-
-@pytest.fixture
-def settings(auth_broker: PrivateBroker) -> Iterator[DevicesSettings]:
-    """Provisioning on this broker, its registry in a database of the test's own."""
-    import pymongo
-
-    name = unique("hilreg").replace("-", "_")
-    yield DevicesSettings(parse_mqtt_url(auth_broker.url), None, auth_broker.operator, f"{MONGO}/{name}")
-    pymongo.MongoClient(MONGO).drop_database(name)
-
-
 def test_provisioned_board_publishes_through_its_acl(
     make_board: BoardFactory, auth_broker: PrivateBroker, settings: DevicesSettings
 ) -> None:
-    device = unique("vt")
-    with Provisioner.open(settings) as prov:
-        password = prov.add("kitchen", device)
+    board, password = provisioned(make_board, settings, auth_broker)
+    device = board.device
     with Probe(
         auth_broker.url,
         ["sensors/+/+/reading", "sensors/+/+/status"],
         username=auth_broker.gateway.username,
         password=auth_broker.gateway.password,
     ) as probe:
-        board = make_board(broker=auth_broker.url, device=device, mqtt_user=device, mqtt_password=password)
         board.start()
         wait_for(lambda: len(probe.readings(device)) >= 3, 20, "readings through the ACL")
         wait_for(lambda: probe.messages("status", device), 10, "the birth message")
@@ -67,10 +46,7 @@ def test_provisioned_board_publishes_through_its_acl(
 def test_board_with_a_wrong_password_is_refused_says_so_and_keeps_measuring(
     make_board: BoardFactory, auth_broker: PrivateBroker, settings: DevicesSettings
 ) -> None:
-    device = unique("vt")
-    with Provisioner.open(settings) as prov:
-        prov.add("kitchen", device)
-    board = make_board(broker=auth_broker.url, device=device, mqtt_user=device, mqtt_password="wrong-secret")
+    board, _ = provisioned(make_board, settings, auth_broker, password="wrong-secret")
     board.start()
     console = board.wait_console("connect_refused", 20)
     assert "not authorised" in console or "bad user name or password" in console
@@ -83,10 +59,8 @@ def test_board_with_a_wrong_password_is_refused_says_so_and_keeps_measuring(
 def test_a_removed_board_is_cut_off_and_keeps_its_readings(
     make_board: BoardFactory, auth_broker: PrivateBroker, settings: DevicesSettings
 ) -> None:
-    device = unique("vt")
-    with Provisioner.open(settings) as prov:
-        password = prov.add("kitchen", device)
-    board = make_board(broker=auth_broker.url, device=device, mqtt_user=device, mqtt_password=password)
+    board, _ = provisioned(make_board, settings, auth_broker)
+    device = board.device
     board.start()
     board.wait_console("link_up", 20)
     with Provisioner.open(settings) as prov:

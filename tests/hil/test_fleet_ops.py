@@ -19,14 +19,12 @@ from fleetops.operator import Session, Target
 from hil import flash, paths
 from hil.probe import Probe
 from hil.vboard_process import ESP32_FREE_HEAP_KB, EXIT_CONFIG, VIRTUAL_LAYER_KB, VirtualBoard
-from iot.devices.provision import DevicesSettings, Provisioner
+from iot.devices.provision import DevicesSettings
 from iot.devices.registry import Registry
-from iot.env import parse_mqtt_url
 from iot.errors import ConfigError
 from iot.harness.broker import PrivateBroker
-from tests.devices.conftest import MONGO
-from tests.hil.conftest import BoardFactory
-from tests.support import unique, wait_for
+from tests.hil.conftest import BoardFactory, provisioned
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 
@@ -36,21 +34,6 @@ pytestmark = [pytest.mark.hil, pytest.mark.integration]
 # the next boot (a board with a remote config: every chunk dropped). The update logic is tested here;
 # the heap budget of an update on a real board is open (docs/FLEET.md, "Heap").
 HEAP = f"{ESP32_FREE_HEAP_KB + 16 + VIRTUAL_LAYER_KB}K"
-
-
-@pytest.fixture(scope="module")
-def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
-    with PrivateBroker(tmp_path_factory.mktemp("fleet-broker"), accounts=True, persistent=False) as broker:
-        yield broker
-
-
-@pytest.fixture
-def settings(auth_broker: PrivateBroker) -> Iterator[DevicesSettings]:
-    import pymongo
-
-    name = unique("fleetreg").replace("-", "_")
-    yield DevicesSettings(parse_mqtt_url(auth_broker.url), None, auth_broker.operator, f"{MONGO}/{name}")
-    pymongo.MongoClient(MONGO).drop_database(name)
 
 
 @pytest.fixture(scope="module")
@@ -81,22 +64,21 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _board(
     make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
 ) -> VirtualBoard:
-    device = unique("fo")
-    with Provisioner.open(settings) as prov:
-        password = prov.add("kitchen", device)
-    board = make_board(
-        broker=auth_broker.url,
-        device=device,
-        mqtt_user=device,
-        mqtt_password=password,
-        interval_s=0.5,
-        firmware_dir=bundles["firmware"],
-        heap=HEAP,
+    board, _ = provisioned(
+        make_board, settings, auth_broker, "fo", interval_s=0.5, firmware_dir=bundles["firmware"], heap=HEAP
     )
     board.write_files()
     board.flash.write("ota.pub", bundles["pub"])
     board.start()
     return board
+
+
+@pytest.fixture
+def registry(settings: DevicesSettings) -> Iterator[Registry]:
+    """The device registry the operator's commands keep (MongoDB `devices`)."""
+    reg = Registry.connect(settings.mongo_uri)
+    yield reg
+    reg.close()
 
 
 @contextmanager
@@ -152,29 +134,29 @@ def _rollout(
 
 
 def test_an_update_over_mqtt_runs_the_new_version_and_loses_no_reading(
-    make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
+    make_board: BoardFactory,
+    settings: DevicesSettings,
+    auth_broker: PrivateBroker,
+    bundles: dict[str, Any],
+    registry: Registry,
 ) -> None:
     """A board configured remotely first: fleet.py unloads the idle remote config for ota.py."""
     board = _board(make_board, settings, auth_broker, bundles)
     target = Target(board.device, board.place)
-    registry = Registry.connect(settings.mongo_uri)
-    try:
-        with _probe(auth_broker, board.device) as probe:
-            with Session(settings, [target]) as session:
-                (live,) = remote.deliver(session, registry, [target], {"health_every_s": 4}, [])
-                assert remote.wait_applied(session, [live], 30, print)[board.device] == ("applied", "")
-            wait_for(lambda: probe.readings(board.device)[3:], 30, "readings from 0.1.0")
-            out = _rollout(settings, board, bundles["good"], timeout_s=90)
-            assert out.state == "updated", out
-            healths = [m.json() for m in probe.messages("health", board.device)]
-            health = [h for h in healths if h.get("fw") == "0.2.0"]
-            assert health[-1]["update_state"] == "updated" and health[-1]["update_version"] == "0.2.0"
-            assert health[-1]["config_rev"] == 1  # the remote config stays, across the update too
-            new = lambda: [r for r in probe.readings(board.device) if r["fw"] == "0.2.0"][3:]  # noqa: E731
-            wait_for(new, 30, "0.2.0 readings")
-            acc = _accounting(probe, board.device)
-    finally:
-        registry.close()
+    with _probe(auth_broker, board.device) as probe:
+        with Session(settings, [target]) as session:
+            (live,) = remote.deliver(session, registry, [target], {"health_every_s": 4}, [])
+            assert remote.wait_applied(session, [live], 30, print)[board.device] == ("applied", "")
+        wait_for(lambda: probe.readings(board.device)[3:], 30, "readings from 0.1.0")
+        out = _rollout(settings, board, bundles["good"], timeout_s=90)
+        assert out.state == "updated", out
+        healths = [m.json() for m in probe.messages("health", board.device)]
+        health = [h for h in healths if h.get("fw") == "0.2.0"]
+        assert health[-1]["update_state"] == "updated" and health[-1]["update_version"] == "0.2.0"
+        assert health[-1]["config_rev"] == 1  # the remote config stays, across the update too
+        new = lambda: [r for r in probe.readings(board.device) if r["fw"] == "0.2.0"][3:]  # noqa: E731
+        wait_for(new, 30, "0.2.0 readings")
+        acc = _accounting(probe, board.device)
     assert acc["missing"] == 0, acc
     assert len(acc["boots"]) >= 2 and all(v == 0 for v in acc["first_seq"].values()), acc
     console = board.console()
@@ -243,34 +225,32 @@ def test_power_cuts_during_the_transfer_and_during_the_swap_leave_one_whole_vers
 
 
 def test_remote_config_applies_live_and_a_broker_it_cannot_reach_is_rolled_back(
-    make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
+    make_board: BoardFactory,
+    settings: DevicesSettings,
+    auth_broker: PrivateBroker,
+    bundles: dict[str, Any],
+    registry: Registry,
 ) -> None:
     board = _board(make_board, settings, auth_broker, bundles)
     target = Target(board.device, board.place)
-    registry = Registry.connect(settings.mongo_uri)
-    try:
-        with (
-            _probe(auth_broker, board.device) as probe,
-            Session(settings, [target]) as session,
-            _powered(board),
-        ):
-            wait_for(lambda: probe.readings(board.device)[2:], 30, "readings")
-            with pytest.raises(ConfigError, match=r"interval_s: must be at least 0\.28 s"):
-                remote.deliver(session, registry, [target], {"interval_s": 0.2}, [])  # the host's check
-            (live,) = remote.deliver(session, registry, [target], {"interval_s": 1}, [])
-            assert not live.restart
-            assert remote.wait_applied(session, [live], 30, print)[board.device] == ("applied", "")
-            (bad,) = remote.deliver(
-                session, registry, [target], {"broker": "mqtt://127.0.0.1:9"}, [], trial_s=10
-            )
-            assert bad.restart
-            state, detail = remote.wait_applied(session, [bad], 90, print)[board.device]
-            assert state == "refused" and "not online within 10 s" in detail, detail
-            health = session.heard(board.device).health or {}
-            assert health["config_rev"] == 1 and health["config_error"].startswith("rev 2:")
-            wanted = (registry.get(board.device) or {})["config"]
-            acc = _accounting(probe, board.device)
-    finally:
-        registry.close()
+    with (
+        _probe(auth_broker, board.device) as probe,
+        Session(settings, [target]) as session,
+        _powered(board),
+    ):
+        wait_for(lambda: probe.readings(board.device)[2:], 30, "readings")
+        with pytest.raises(ConfigError, match=r"interval_s: must be at least 0\.28 s"):
+            remote.deliver(session, registry, [target], {"interval_s": 0.2}, [])  # the host's check
+        (live,) = remote.deliver(session, registry, [target], {"interval_s": 1}, [])
+        assert not live.restart
+        assert remote.wait_applied(session, [live], 30, print)[board.device] == ("applied", "")
+        (bad,) = remote.deliver(session, registry, [target], {"broker": "mqtt://127.0.0.1:9"}, [], trial_s=10)
+        assert bad.restart
+        state, detail = remote.wait_applied(session, [bad], 90, print)[board.device]
+        assert state == "refused" and "not online within 10 s" in detail, detail
+        health = session.heard(board.device).health or {}
+        assert health["config_rev"] == 1 and health["config_error"].startswith("rev 2:")
+        wanted = (registry.get(board.device) or {})["config"]
+        acc = _accounting(probe, board.device)
     assert wanted["rev"] == 2 and json.dumps(wanted["set"])
     assert acc["missing"] == 0, acc
