@@ -244,6 +244,7 @@ def account(run: Run, case: Case) -> dict[str, Any]:
         "published": len(wanted),
         "stored": len(set(stored) & wanted),
         "missing": len(wanted - set(stored)),
+        "missing_ids": sorted(wanted - set(stored))[:5],
         "extra": len(set(stored) - wanted),
         "windows_differing": sorted(differing),
     }
