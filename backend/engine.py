@@ -251,9 +251,9 @@ class ScopeEngine:
                         continue
                     if seen == UNKNOWN or counted is not None:
                         rid = contract.reading_id(key, reading["boot"], reading["seq"])
-                        if counted is None:
+                        if counted is None:  # each counted reading under its own device
                             counted = {
-                                contract.reading_id(key, i.reading["boot"], i.reading["seq"])
+                                contract.reading_id(i.reading["device"], i.reading["boot"], i.reading["seq"])
                                 for i in out.readings
                             }
                         if seen == UNKNOWN:
