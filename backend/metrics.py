@@ -99,7 +99,7 @@ class BackendMetrics:
             registry=r,
         )
         self.stalls = Counter(
-            "iot_backend_stalls",
+            "iot_backend_stalls_total",
             "Rebalances or offset commits that outlasted IOT_BACKEND_STALL_S; the worker exits after "
             "each for its supervisor to restart it",
             ["wait"],
