@@ -61,9 +61,11 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-def _board(
+@pytest.fixture
+def board(
     make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
 ) -> VirtualBoard:
+    """A provisioned board running 0.1.0 compiled, trusting the key `bundles` signs with."""
     board, _ = provisioned(
         make_board, settings, auth_broker, "fo", interval_s=0.5, firmware_dir=bundles["firmware"], heap=HEAP
     )
@@ -71,6 +73,23 @@ def _board(
     board.flash.write("ota.pub", bundles["pub"])
     board.start()
     return board
+
+
+@pytest.fixture
+def target(board: VirtualBoard) -> Target:
+    return Target(board.device, board.place)
+
+
+@pytest.fixture
+def heard(auth_broker: PrivateBroker, board: VirtualBoard) -> Iterator[Probe]:
+    """Everything the board publishes, heard as the operator (so the accounting sees every reading)."""
+    with Probe(
+        auth_broker.url,
+        [f"sensors/+/{board.device}/#"],
+        username=auth_broker.operator.username,
+        password=auth_broker.operator.password,
+    ) as probe:
+        yield probe
 
 
 @pytest.fixture
@@ -101,15 +120,6 @@ def _powered(board: VirtualBoard) -> Iterator[None]:
         thread.join(5)
 
 
-def _probe(auth_broker: PrivateBroker, device: str) -> Probe:
-    return Probe(
-        auth_broker.url,
-        [f"sensors/+/{device}/#"],
-        username=auth_broker.operator.username,
-        password=auth_broker.operator.password,
-    )
-
-
 def _accounting(probe: Probe, device: str) -> dict[str, Any]:
     """Readings the board published: per boot, the seqs seen; missing ones inside a boot; copies."""
     seen: dict[int, list[int]] = {}
@@ -125,38 +135,35 @@ def _accounting(probe: Probe, device: str) -> dict[str, Any]:
 
 
 def _rollout(
-    settings: DevicesSettings, board: VirtualBoard, b: Bundle, timeout_s: float = 180
+    settings: DevicesSettings, board: VirtualBoard, target: Target, b: Bundle, timeout_s: float = 180
 ) -> push.Outcome:
-    target = Target(board.device, board.place)
     with Session(settings, [target]) as session, _powered(board):
         (out,) = push.rollout(session, [target], b, trial_s=60, timeout_s=timeout_s, say=print)
     return out
 
 
 def test_an_update_over_mqtt_runs_the_new_version_and_loses_no_reading(
-    make_board: BoardFactory,
+    board: VirtualBoard,
+    target: Target,
+    heard: Probe,
     settings: DevicesSettings,
-    auth_broker: PrivateBroker,
     bundles: dict[str, Any],
     registry: Registry,
 ) -> None:
     """A board configured remotely first: fleet.py unloads the idle remote config for ota.py."""
-    board = _board(make_board, settings, auth_broker, bundles)
-    target = Target(board.device, board.place)
-    with _probe(auth_broker, board.device) as probe:
-        with Session(settings, [target]) as session:
-            (live,) = remote.deliver(session, registry, [target], {"health_every_s": 4}, [])
-            assert remote.wait_applied(session, [live], 30, print)[board.device] == ("applied", "")
-        wait_for(lambda: probe.readings(board.device)[3:], 30, "readings from 0.1.0")
-        out = _rollout(settings, board, bundles["good"], timeout_s=90)
-        assert out.state == "updated", out
-        healths = [m.json() for m in probe.messages("health", board.device)]
-        health = [h for h in healths if h.get("fw") == "0.2.0"]
-        assert health[-1]["update_state"] == "updated" and health[-1]["update_version"] == "0.2.0"
-        assert health[-1]["config_rev"] == 1  # the remote config stays, across the update too
-        new = lambda: [r for r in probe.readings(board.device) if r["fw"] == "0.2.0"][3:]  # noqa: E731
-        wait_for(new, 30, "0.2.0 readings")
-        acc = _accounting(probe, board.device)
+    with Session(settings, [target]) as session:
+        (live,) = remote.deliver(session, registry, [target], {"health_every_s": 4}, [])
+        assert remote.wait_applied(session, [live], 30, print)[board.device] == ("applied", "")
+    wait_for(lambda: heard.readings(board.device)[3:], 30, "readings from 0.1.0")
+    out = _rollout(settings, board, target, bundles["good"], timeout_s=90)
+    assert out.state == "updated", out
+    healths = [m.json() for m in heard.messages("health", board.device)]
+    health = [h for h in healths if h.get("fw") == "0.2.0"]
+    assert health[-1]["update_state"] == "updated" and health[-1]["update_version"] == "0.2.0"
+    assert health[-1]["config_rev"] == 1  # the remote config stays, across the update too
+    new = lambda: [r for r in heard.readings(board.device) if r["fw"] == "0.2.0"][3:]  # noqa: E731
+    wait_for(new, 30, "0.2.0 readings")
+    acc = _accounting(heard, board.device)
     assert acc["missing"] == 0, acc
     assert len(acc["boots"]) >= 2 and all(v == 0 for v in acc["first_seq"].values()), acc
     console = board.console()
@@ -165,44 +172,38 @@ def test_an_update_over_mqtt_runs_the_new_version_and_loses_no_reading(
 
 
 def test_a_build_that_raises_at_import_is_rolled_back_and_the_reason_reported(
-    make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
+    board: VirtualBoard, target: Target, heard: Probe, settings: DevicesSettings, bundles: dict[str, Any]
 ) -> None:
-    board = _board(make_board, settings, auth_broker, bundles)
-    with _probe(auth_broker, board.device) as probe:
-        wait_for(lambda: probe.readings(board.device)[2:], 30, "readings")
-        out = _rollout(settings, board, bundles["broken"])
-        assert out.state == "rolled_back", out
-        assert out.error == "crashed at import: RuntimeError: broken build"
-        wait_for(
-            lambda: [r for r in probe.readings(board.device)[-3:] if r["fw"] == "0.1.0"][2:],
-            30,
-            "0.1.0 readings after the rollback",
-        )
-        acc = _accounting(probe, board.device)
+    wait_for(lambda: heard.readings(board.device)[2:], 30, "readings")
+    out = _rollout(settings, board, target, bundles["broken"])
+    assert out.state == "rolled_back", out
+    assert out.error == "crashed at import: RuntimeError: broken build"
+    wait_for(
+        lambda: [r for r in heard.readings(board.device)[-3:] if r["fw"] == "0.1.0"][2:],
+        30,
+        "0.1.0 readings after the rollback",
+    )
+    acc = _accounting(heard, board.device)
     assert acc["missing"] == 0, acc
     assert "ota_rollback" in board.console()
 
 
 def test_a_bundle_signed_by_another_key_is_refused_before_its_files_come(
-    make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
+    board: VirtualBoard, target: Target, heard: Probe, settings: DevicesSettings, bundles: dict[str, Any]
 ) -> None:
-    board = _board(make_board, settings, auth_broker, bundles)
-    with _probe(auth_broker, board.device) as probe:
-        wait_for(lambda: probe.readings(board.device), 30, "a reading")
-        out = _rollout(settings, board, bundles["theirs"])
+    wait_for(lambda: heard.readings(board.device), 30, "a reading")
+    out = _rollout(settings, board, target, bundles["theirs"])
     assert out.state == "refused" and "signed by another key" in out.error
     assert out.sent_bytes < 3 * 8192  # the header was enough to refuse it
     assert board.running and "ota_swap" not in board.console()
 
 
 def test_power_cuts_during_the_transfer_and_during_the_swap_leave_one_whole_version(
-    make_board: BoardFactory, settings: DevicesSettings, auth_broker: PrivateBroker, bundles: dict[str, Any]
+    board: VirtualBoard, target: Target, heard: Probe, settings: DevicesSettings, bundles: dict[str, Any]
 ) -> None:
-    board = _board(make_board, settings, auth_broker, bundles)
     b = bundles["good"]
-    target = Target(board.device, board.place)
-    with _probe(auth_broker, board.device) as probe, Session(settings, [target]) as session, _powered(board):
-        wait_for(lambda: probe.readings(board.device)[2:], 30, "readings")
+    with Session(settings, [target]) as session, _powered(board):
+        wait_for(lambda: heard.readings(board.device)[2:], 30, "readings")
         board.cut_power_in_boot(5)  # armed: the swap's 5th flash operation
         transfer = push.Transfer(session, target, b, 1, 60, 240, print)
         assert transfer.start() is None
@@ -216,29 +217,23 @@ def test_power_cuts_during_the_transfer_and_during_the_swap_leave_one_whole_vers
             session.wait(0.05)
         assert outcome.state == "updated", outcome
         wait_for(
-            lambda: [r for r in probe.readings(board.device) if r["fw"] == "0.2.0"][3:], 30, "0.2.0 readings"
+            lambda: [r for r in heard.readings(board.device) if r["fw"] == "0.2.0"][3:], 30, "0.2.0 readings"
         )
-        acc = _accounting(probe, board.device)
+        acc = _accounting(heard, board.device)
     console = board.console()
     assert cut and "ota_resume" in console and "power_cut during=boot.py" in console
     assert acc["missing"] == 0, acc
 
 
 def test_remote_config_applies_live_and_a_broker_it_cannot_reach_is_rolled_back(
-    make_board: BoardFactory,
+    board: VirtualBoard,
+    target: Target,
+    heard: Probe,
     settings: DevicesSettings,
-    auth_broker: PrivateBroker,
-    bundles: dict[str, Any],
     registry: Registry,
 ) -> None:
-    board = _board(make_board, settings, auth_broker, bundles)
-    target = Target(board.device, board.place)
-    with (
-        _probe(auth_broker, board.device) as probe,
-        Session(settings, [target]) as session,
-        _powered(board),
-    ):
-        wait_for(lambda: probe.readings(board.device)[2:], 30, "readings")
+    with Session(settings, [target]) as session, _powered(board):
+        wait_for(lambda: heard.readings(board.device)[2:], 30, "readings")
         with pytest.raises(ConfigError, match=r"interval_s: must be at least 0\.28 s"):
             remote.deliver(session, registry, [target], {"interval_s": 0.2}, [])  # the host's check
         (live,) = remote.deliver(session, registry, [target], {"interval_s": 1}, [])
@@ -251,6 +246,6 @@ def test_remote_config_applies_live_and_a_broker_it_cannot_reach_is_rolled_back(
         health = session.heard(board.device).health or {}
         assert health["config_rev"] == 1 and health["config_error"].startswith("rev 2:")
         wanted = (registry.get(board.device) or {})["config"]
-        acc = _accounting(probe, board.device)
+        acc = _accounting(heard, board.device)
     assert wanted["rev"] == 2 and json.dumps(wanted["set"])
     assert acc["missing"] == 0, acc
