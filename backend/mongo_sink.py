@@ -98,8 +98,10 @@ def source_of(doc: Mapping[str, Any]) -> tuple[int, int]:
     """The (partition, offset) a stored reading was first stored from; (-1, -1) when the document does
     not say (the caller then takes it for another record's)."""
     src = doc.get("src")
-    if type(src) is not int or src < 0:
+    # int64 (every partition above 0) comes back from the client as bson.int64.Int64, an int subclass.
+    if isinstance(src, bool) or not isinstance(src, int) or src < 0:
         return -1, -1
+    src = int(src)
     return src >> SRC_SHIFT, src & ((1 << SRC_SHIFT) - 1)
 
 
