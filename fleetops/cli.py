@@ -125,14 +125,21 @@ def _config_set(args: argparse.Namespace) -> int:
     settings, registry, targets = _open(args)
     try:
         with Session(settings, targets) as session:
+            session.settle()  # the boards' retained health: whether one refused its last revision
             deliveries = remote.deliver(session, registry, targets, changes, args.unset, args.trial)
             for d in deliveries:
+                if d.refused:
+                    left_out = json.dumps(remote.masked(d.dropped))
+                    print(
+                        f"{d.target.device}: rev {d.rev - 1} was refused ({d.refused}); rev {d.rev} starts "
+                        f"from the config it runs, without {left_out} (give them again to retry)"
+                    )
                 how = f"restarts on trial for up to {args.trial}s" if d.restart else "applies at once"
                 print(f"{d.target.device}: rev {d.rev} sent ({how}): {json.dumps(remote.masked(d.wanted))}")
             if args.wait <= 0:
                 return 0
             longest = args.wait + (args.trial if any(d.restart for d in deliveries) else 0)
-            results = remote.wait_applied(session, deliveries, longest, print)
+            results = remote.wait_applied(session, deliveries, longest, print, registry)
     finally:
         registry.close()
     return 0 if all(state == "applied" for state, _detail in results.values()) else 1

@@ -2,7 +2,10 @@
 kept as the wanted state in the registry and delivered retained on the board's config topic.
 
 The registry document's `config` is what the operator wants: `{"rev": N, "set": {...}, "trial_s": S,
-"at": date}`; the board's health says what it applied (`config_rev`) or why not (`config_error`).
+"at": date, "sets": {"<rev>": {...}, ...}, "refused": {"rev": R, "error": "..."}}`; the board's health
+says what it applied (`config_rev`) or why not (`config_error`). `sets` keeps the last `KEEP_SETS`
+revisions sent, so that a revision the board refused is not built on: the next one starts from the
+revision the board runs (docs/FLEET.md, "Remote configuration").
 Wire: docs/CONTRACT.md, "Remote configuration"; the board's side: firmware/remote_config.py.
 """
 
@@ -13,19 +16,21 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fleetops.errors import RolloutError
 from fleetops.operator import Session, Target, config_topic
 from hil import paths
 from hil.flash import firmware_config_module
+from iot import contract
 from iot.devices.registry import Registry, RegistryError
 from iot.errors import ConfigError
 
-__all__ = ["LIVE", "NOT_REMOTE", "Delivery", "check", "deliver", "parse_pairs", "wait_applied"]
+__all__ = ["LIVE", "NOT_REMOTE", "Delivery", "base", "check", "deliver", "parse_pairs", "wait_applied"]
 
 TRIAL_S = 120  # firmware/remote_config.py TRIAL_S
+KEEP_SETS = 8  # revisions whose fields the registry keeps: what a board may still run
 _SECRET = ("password", "secret", "key")
 
 
@@ -89,6 +94,36 @@ class Delivery:
     rev: int
     wanted: dict[str, Any]
     restart: bool  # some field needs the board to restart (on trial)
+    # When the last revision sent was refused: its fields this one leaves out, and why it was refused.
+    dropped: dict[str, Any] = field(default_factory=dict)
+    refused: str = ""
+
+
+def base(
+    config: Mapping[str, Any], health: Mapping[str, Any] | None, applied_rev: int | None
+) -> dict[str, Any]:
+    """The fields a new revision starts from: the last revision sent, unless the board refused it
+    (its health says so, or the registry recorded it): then the revision the board runs
+    (`applied_rev`, from its health or the registry; 0: its config.json alone). A board that refused
+    a broker it could not reach is not sent that broker again with the next change."""
+    last = dict(config.get("set") or {})
+    rev = int(config.get("rev") or 0)
+    refused = outcome(health, rev)[0] == "refused" or (config.get("refused") or {}).get("rev") == rev
+    if not rev or not refused or applied_rev is None:
+        return last
+    if applied_rev == 0:
+        return {}
+    kept = (config.get("sets") or {}).get(str(applied_rev))
+    return dict(kept) if isinstance(kept, Mapping) else last  # not on record: as before
+
+
+def _refusal(config: Mapping[str, Any], health: Mapping[str, Any] | None) -> str:
+    rev = int(config.get("rev") or 0)
+    state, detail = outcome(health, rev)
+    if state == "refused":
+        return detail
+    recorded = config.get("refused") or {}
+    return str(recorded.get("error") or "") if rev and recorded.get("rev") == rev else ""
 
 
 def deliver(
@@ -99,30 +134,44 @@ def deliver(
     unset: list[str],
     trial_s: int = TRIAL_S,
 ) -> list[Delivery]:
-    """For each board: the new wanted config (its last one with `changes`, without `unset`), checked
-    (every board before any is sent to), published retained, then recorded in the registry."""
+    """For each board: the new wanted config (its last one, or the one it runs if it refused the last,
+    with `changes`, without `unset`), checked (every board before any is sent to), published retained,
+    then recorded in the registry."""
     if not 10 <= trial_s <= 3600:
         raise ConfigError("--trial", f"must be 10..3600 seconds, got {trial_s}")
-    planned: list[Delivery] = []
+    planned: list[tuple[Delivery, dict[str, Any]]] = []
     for t in targets:
         doc = registry.get(t.device) or {}
         old = doc.get("config") or {}
-        wanted = {k: v for k, v in dict(old.get("set") or {}).items() if k not in unset}
+        health = session.heard(t.device).health
+        applied = health.get(contract.HEALTH_CONFIG_REV) if health else doc.get(contract.HEALTH_CONFIG_REV)
+        applied_rev = applied if isinstance(applied, int) and not isinstance(applied, bool) else None
+        start = base(old, health, applied_rev)
+        last = dict(old.get("set") or {})
+        wanted = {k: v for k, v in start.items() if k not in unset}
         wanted.update(changes)
         check(t, wanted)
         restart = any(k not in LIVE for k in wanted)
-        planned.append(Delivery(t, int(old.get("rev") or 0) + 1, wanted, restart))
-    for d in planned:
+        # What the refused revision had that this one does not, unless the operator says so now.
+        gone = object()
+        dropped = {
+            k: v for k, v in last.items() if start.get(k, gone) != v and k not in changes and k not in unset
+        }
+        rev = int(old.get("rev") or 0) + 1
+        sets = {str(r): v for r, v in dict(old.get("sets") or {}).items() if int(r) > rev - KEEP_SETS}
+        sets[str(rev)] = wanted
+        planned.append((Delivery(t, rev, wanted, restart, dropped, _refusal(old, health)), sets))
+    for d, sets in planned:
         message = {"rev": d.rev, "set": d.wanted, "trial_s": trial_s}
         session.publish(config_topic(d.target), json.dumps(message).encode(), retain=True)
         try:
-            registry.set_config(d.target.device, {**message, "at": dt.datetime.now(dt.UTC)})
+            registry.set_config(d.target.device, {**message, "at": dt.datetime.now(dt.UTC), "sets": sets})
         except RegistryError as exc:
             raise RolloutError(
                 f"{d.target.device}: rev {d.rev} was sent but not recorded ({exc}); run the same command "
                 "again once MongoDB answers"
             ) from None
-    return planned
+    return [d for d, _sets in planned]
 
 
 def outcome(health: Mapping[str, Any] | None, rev: int) -> tuple[str, str]:
@@ -140,9 +189,14 @@ def outcome(health: Mapping[str, Any] | None, rev: int) -> tuple[str, str]:
 
 
 def wait_applied(
-    session: Session, deliveries: list[Delivery], timeout_s: float, say: Callable[[str], None]
+    session: Session,
+    deliveries: list[Delivery],
+    timeout_s: float,
+    say: Callable[[str], None],
+    registry: Registry | None = None,
 ) -> dict[str, tuple[str, str]]:
-    """Each board's outcome for its revision as its health reports it, until all are final or timeout."""
+    """Each board's outcome for its revision as its health reports it, until all are final or timeout;
+    refusals recorded in `registry` (the next revision then starts from what the board runs)."""
     deadline = time.monotonic() + timeout_s
     result: dict[str, tuple[str, str]] = {}
     trial_said: set[str] = set()
@@ -153,6 +207,8 @@ def wait_applied(
             state, detail = outcome(session.heard(d.target.device).health, d.rev)
             if state in ("applied", "refused"):
                 result[d.target.device] = (state, detail)
+                if state == "refused" and registry is not None:
+                    registry.note_config_refused(d.target.device, d.rev, detail)
                 say(f"{d.target.device}: rev {d.rev} {state}" + (f": {detail}" if detail else ""))
             elif state == "trial" and d.target.device not in trial_said:
                 trial_said.add(d.target.device)

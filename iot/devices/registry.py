@@ -12,8 +12,8 @@
     config_rev    applied configuration revision, from health (boards with remote configuration)
     update_state  state of an over-the-air update, from health (boards with OTA)
     health_at     when the last health message was received
-    config        the remote configuration the operator wants: {rev, set, trial_s, at} (`iot config set`;
-                  kept when the board is re-provisioned)
+    config        the remote configuration the operator wants: {rev, set, trial_s, at, sets, refused}
+                  (`iot config set`, fleetops/remote.py; kept when the board is re-provisioned)
 
 `iot devices` writes the identity fields; the gateway keeps the rest current (gateway/registry.py)
 with updates that match a document by `_id` and `place` and never create one: a board that is not
@@ -107,6 +107,15 @@ class Registry:
     def set_config(self, device: str, config: Mapping[str, Any]) -> None:
         """The remote configuration the operator wants for the board (`iot config set`): `config`."""
         self._do("config", lambda: self._coll.update_one({"_id": device}, {"$set": {"config": dict(config)}}))
+
+    def note_config_refused(self, device: str, rev: int, error: str) -> None:
+        """The board refused revision `rev` of its remote configuration (`error`, from its health)."""
+        self._do(
+            "config",
+            lambda: self._coll.update_one(
+                {"_id": device, "config.rev": rev}, {"$set": {"config.refused": {"rev": rev, "error": error}}}
+            ),
+        )
 
     def remove(self, device: str) -> bool:
         result = self._do("remove", lambda: self._coll.delete_one({"_id": device}))
