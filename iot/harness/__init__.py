@@ -13,7 +13,8 @@ they publish (metrics, Kafka, MongoDB) against its own oracle.
 
 - `children`: the one launcher of child processes (ready with a deadline, dies with its parent,
   SIGTERM then SIGKILL, log tail, RSS and CPU);
-- `ports`: free ports and whether something listens;
+- `ports`: free ports (outside the ephemeral range, leased across processes) and whether something
+  listens;
 - `metrics`: scraping a Prometheus text endpoint;
 - `broker`: a private Mosquitto a test, benchmark or rig may stop, kill or reconfigure;
 - `stack`: private native stacks (a Kafka, a FerretDB of their own), through `iot stack`;
