@@ -38,6 +38,8 @@ KAFKA = contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"]
 # The server of IOT_MONGO_URI (its database part is replaced by one per test).
 MONGO = os.environ.get("IOT_MONGO_URI", contract.ENV_DEFAULTS["IOT_MONGO_URI"]).rsplit("/", 1)[0]
 PARTITIONS = TOPIC_PARTITIONS[contract.TOPIC_READINGS]
+# Each window scope and the collection its documents go to.
+SCOPES = (("sensor", contract.COLL_SENSOR_WINDOWS), ("place", contract.COLL_PLACE_WINDOWS))
 
 # Small windows so a test sees many of them finalise in seconds.
 TUMBLING_MS, HOPPING_MS, STEP_MS, GRACE_MS, IDLE_MS = 2000, 4000, 2000, 2000, 2000
@@ -167,6 +169,13 @@ class BackendRig:
         finally:
             c.close()
 
+    def members_with_partitions(self, topic: str | None = None) -> int:
+        """Members of this rig's consumer group that own partitions of `topic` (the source topic)."""
+        topic = topic or self.source
+        admin = AdminClient({"bootstrap.servers": KAFKA})
+        desc = admin.describe_consumer_groups([self.app_id])[self.app_id].result(timeout=10)
+        return sum(1 for m in desc.members if any(tp.topic == topic for tp in m.assignment.topic_partitions))
+
     def docs(self, collection: str) -> dict[str, dict[str, Any]]:
         return {d["_id"]: d for d in self.db[collection].find()}
 
@@ -206,9 +215,10 @@ class BackendRig:
                     fut.result(timeout=30)
 
 
-@pytest.fixture
-def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BackendRig]:
-    r = BackendRig(tmp_path)
+@contextlib.contextmanager
+def backend_rig(tmp: Path, request: pytest.FixtureRequest, mongo_server: str = MONGO) -> Iterator[BackendRig]:
+    """A rig for one test, closed after it; when the test failed, each worker's counters and log tail."""
+    r = BackendRig(tmp, mongo_server=mongo_server)
     yield r
     if failed(request):
         for i, w in enumerate(r.workers):
@@ -216,8 +226,14 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BackendRig]:
                 k: v for k, v in w.metrics().items() if k.startswith("iot_backend_") and "_created" not in k
             }
             print(f"--- backend worker {i} metrics: {counts}")
-            print(f"--- backend worker {i} log (tail) ---\n{w.log()[-6000:]}")
+            print(f"--- backend worker {i} log (tail) ---\n{w.log()[-8000:]}")
     r.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BackendRig]:
+    with backend_rig(tmp_path, request) as r:
+        yield r
 
 
 # --- the oracle (iot/harness/oracle.py) with this suite's window sizes ----------------------------
@@ -252,3 +268,12 @@ def assert_windows_equal(rig: BackendRig, expected: dict[str, dict[str, Any]], c
     assert set(got) == set(expected), f"extra {set(got) - set(expected)}, missing {set(expected) - set(got)}"
     for i, doc in expected.items():
         assert got[i] == doc, f"{collection} {i}"
+
+
+def assert_results_of_one_run(rig: BackendRig, readings: list[dict[str, Any]], timeout: float) -> None:
+    """Every sensor and place window of `readings` final (within `timeout` each) and equal to the oracle's:
+    what one clean run over them gives, whatever happened to the workers on the way."""
+    for scope, collection in SCOPES:
+        expected = expected_windows(readings, scope)
+        wait_all_final(rig, expected, collection, timeout)
+        assert_windows_equal(rig, expected, collection)

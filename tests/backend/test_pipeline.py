@@ -24,6 +24,7 @@ from tests.support import unique, wait_for
 
 from .conftest import (
     BASE_TS,
+    SCOPES,
     BackendRig,
     Worker,
     as_comparable,
@@ -100,7 +101,7 @@ def _script(rig: BackendRig) -> Run:
         make_reading(p2, c, 3, B + 9200),
     ]
     rig.produce(phase_b)
-    for scope, coll in (("sensor", contract.COLL_SENSOR_WINDOWS), ("place", contract.COLL_PLACE_WINDOWS)):
+    for scope, coll in SCOPES:
         wait_all_final(rig, expected_windows(phase_a, scope), coll, 30)
 
     late = [
@@ -110,7 +111,7 @@ def _script(rig: BackendRig) -> Run:
     rig.produce([*late, phase_a[0]])
     duplicates.append(phase_a[0])
     counted = phase_a + phase_b
-    for scope, coll in (("sensor", contract.COLL_SENSOR_WINDOWS), ("place", contract.COLL_PLACE_WINDOWS)):
+    for scope, coll in SCOPES:
         wait_all_final(rig, expected_windows(counted, scope), coll, 60)
     wait_for(lambda: count_readings() == 17, 30, "17 distinct readings in MongoDB")
     return Run(rig, worker, counted, late, phase_b, marker, len(duplicates))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from iot import contract
 from tests.support import unique, wait_for
@@ -16,11 +15,12 @@ from .conftest import (
     BASE_TS,
     KAFKA,
     PARTITIONS,
+    SCOPES,
     BackendRig,
+    assert_results_of_one_run,
     assert_windows_equal,
     expected_windows,
     make_reading,
-    wait_all_final,
 )
 
 pytestmark = pytest.mark.integration
@@ -70,20 +70,11 @@ def test_kill_9_mid_window_then_restart_gives_the_uninterrupted_results(rig: Bac
     rig.restart(worker)
     rig.produce(second)
     everything = first + second
-    for scope, coll in (("sensor", contract.COLL_SENSOR_WINDOWS), ("place", contract.COLL_PLACE_WINDOWS)):
-        expected = expected_windows(everything, scope)
-        wait_all_final(rig, expected, coll, 90)
-        assert_windows_equal(rig, expected, coll)
+    assert_results_of_one_run(rig, everything, 90)
     m = worker.metrics()
     assert m.get('iot_backend_duplicates_total{scope="sensor"}', 0) > 0, "the restart replayed nothing"
     stored = rig.db[contract.COLL_READINGS].count_documents({"device": {"$in": names}})
     assert stored == len(everything)
-
-
-def _members_with_partitions(group: str, topic: str) -> int:
-    admin = AdminClient({"bootstrap.servers": KAFKA})
-    desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
-    return sum(1 for m in desc.members if any(tp.topic == topic for tp in m.assignment.topic_partitions))
 
 
 def test_two_workers_split_partitions_and_give_the_results_of_one(rig: BackendRig) -> None:
@@ -91,17 +82,10 @@ def test_two_workers_split_partitions_and_give_the_results_of_one(rig: BackendRi
     devices = [(places[i % 2], unique(f"d{i}")) for i in range(PARTITIONS)]
     partition_of = {dev: i for i, (_, dev) in enumerate(devices)}  # one device per partition
     one, two = rig.worker(), rig.worker()
-    wait_for(
-        lambda: _members_with_partitions(rig.app_id, rig.source) == 2,
-        90,
-        "both workers to own partitions of the source topic",
-    )
+    wait_for(lambda: rig.members_with_partitions() == 2, 90, "both workers to own partitions of the source")
     readings = _script(devices, 0, 100)
     rig.produce(readings, partition_of)
-    for scope, coll in (("sensor", contract.COLL_SENSOR_WINDOWS), ("place", contract.COLL_PLACE_WINDOWS)):
-        expected = expected_windows(readings, scope)
-        wait_all_final(rig, expected, coll, 30)
-        assert_windows_equal(rig, expected, coll)
+    assert_results_of_one_run(rig, readings, 30)
     counts = [w.metrics().get('iot_backend_readings_total{scope="sensor"}', 0) for w in (one, two)]
     assert all(c > 0 for c in counts), f"one worker did all the work: {counts}"
     # At-least-once: a rebalance may hand a worker records its predecessor already processed; they
@@ -136,20 +120,20 @@ def test_a_worker_joining_and_one_dying_while_readings_flow_give_the_results_of_
     # The cause of this test's CI flake: a changelog missing from the leader's first metadata is left
     # out of every assignment, and a partition then moves without its table state.
     changelogs = [f"{rig.app_id}-{t}-state-changelog" for t in ("sensor", "place")]
-    assert all(_members_with_partitions(rig.app_id, t) == 1 for t in changelogs), "changelog not assigned"
+    assert all(rig.members_with_partitions(t) == 1 for t in changelogs), "changelog not assigned"
     # The second worker joins while a chunk is produced between each poll of the group's state.
     two = rig.worker(start=False)
     two.start()
-    while _members_with_partitions(rig.app_id, rig.source) < 2 and sent < len(chunks) // 4:
+    while rig.members_with_partitions() < 2 and sent < len(chunks) // 4:
         produce_next()
-    wait_for(lambda: _members_with_partitions(rig.app_id, rig.source) == 2, 90, "both workers own partitions")
+    wait_for(lambda: rig.members_with_partitions() == 2, 90, "both workers own partitions")
     while sent < len(chunks) // 2:
         produce_next()
     wait_for(lambda: processed(two) > 0, 60, "the second worker processing")
     one.kill()
     while sent < len(chunks):
         produce_next()
-    for scope, coll in (("sensor", contract.COLL_SENSOR_WINDOWS), ("place", contract.COLL_PLACE_WINDOWS)):
+    for scope, coll in SCOPES:
         expected = expected_windows(readings, scope)
         # A window can turn final by the idle timer while the survivor still recovers the dead worker's
         # partitions; the replayed readings then amend it (revision 3). So wait for the counts, not for
@@ -230,7 +214,7 @@ def test_a_changelog_late_in_the_metadata_loses_no_place_readings_when_a_worker_
         "the first worker's place stage processed and committed the first readings",
     )
     rig.worker()
-    wait_for(lambda: _members_with_partitions(rig.app_id, place_topic) == 2, 90, "both own place partitions")
+    wait_for(lambda: rig.members_with_partitions(place_topic) == 2, 90, "both own place partitions")
     rig.produce(second, partition_of)
     everything = first + second
     expected = expected_windows(everything, "place")

@@ -25,6 +25,7 @@ from tests.support import unique, wait_for
 from .conftest import (
     BASE_TS,
     GRACE_MS,
+    SCOPES,
     TUMBLING_MS,
     BackendRig,
     as_comparable,
@@ -142,7 +143,7 @@ def settle(rig: BackendRig, s: Script, extra: int = 0, **sizes: int) -> dict[str
         interval=0.5,
     )
     expected = {}
-    for scope, coll in (("sensor", contract.COLL_SENSOR_WINDOWS), ("place", contract.COLL_PLACE_WINDOWS)):
+    for scope, coll in SCOPES:
         want = expected[coll] = expected_windows(s.order, scope, **sizes)
 
         def final(c: str = coll, w: dict[str, Any] = want) -> bool:

@@ -23,22 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
 from iot import contract
 from iot.harness.stack import PrivateStack, private_ferretdb
-from tests.support import failed, unique, wait_for
+from tests.support import unique, wait_for
 
-from .conftest import (
-    BASE_TS,
-    KAFKA,
-    PARTITIONS,
-    BackendRig,
-    assert_windows_equal,
-    expected_windows,
-    make_reading,
-    wait_all_final,
-)
+from .conftest import BASE_TS, PARTITIONS, BackendRig, assert_results_of_one_run, backend_rig, make_reading
 
 pytestmark = pytest.mark.integration
 REVOKED = "Revoking previously assigned partitions frozenset"
@@ -54,20 +44,10 @@ def ferretdb(tmp_path: Path) -> Iterator[PrivateStack]:
 def private_rig(
     tmp_path: Path, ferretdb: PrivateStack, request: pytest.FixtureRequest
 ) -> Iterator[BackendRig]:
-    r = BackendRig(tmp_path, mongo_server=ferretdb.mongo_uri.rsplit("/", 1)[0])
-    # Small batches: one waits on MongoDB while the fetch loop fills the queue behind it.
-    r.extra_env["IOT_BACKEND_BATCH_MAX"] = "50"
-    yield r
-    if failed(request):
-        for i, w in enumerate(r.workers):
-            print(f"--- backend worker {i} log (tail) ---\n{w.log()[-8000:]}")
-    r.close()
-
-
-def members_with_partitions(rig: BackendRig) -> int:
-    admin = AdminClient({"bootstrap.servers": KAFKA})
-    desc = admin.describe_consumer_groups([rig.app_id])[rig.app_id].result(timeout=10)
-    return sum(1 for m in desc.members if any(tp.topic == rig.source for tp in m.assignment.topic_partitions))
+    with backend_rig(tmp_path, request, ferretdb.mongo_uri.rsplit("/", 1)[0]) as r:
+        # Small batches: one waits on MongoDB while the fetch loop fills the queue behind it.
+        r.extra_env["IOT_BACKEND_BATCH_MAX"] = "50"
+        yield r
 
 
 def stop(stack: PrivateStack, sig: signal.Signals) -> None:
@@ -93,7 +73,7 @@ def test_a_rebalance_while_a_batch_waits_on_mongodb_ends_and_every_reading_is_st
         return stored.count_documents({"device": {"$in": names}})
 
     one, two = rig.worker(), rig.worker()
-    wait_for(lambda: members_with_partitions(rig) == 2, 90, "both workers owning partitions")
+    wait_for(lambda: rig.members_with_partitions() == 2, 90, "both workers owning partitions")
     rig.produce(warm, partition_of)
     wait_for(lambda: count() == len(warm), 60, "the first readings stored")
 
@@ -111,13 +91,7 @@ def test_a_rebalance_while_a_batch_waits_on_mongodb_ends_and_every_reading_is_st
 
     # Before the fix the survivor never left that revocation: the count stayed where it was.
     wait_for(lambda: one.alive() and count() == len(script), 60, "every reading stored")
-    for scope, collection in (
-        ("sensor", contract.COLL_SENSOR_WINDOWS),
-        ("place", contract.COLL_PLACE_WINDOWS),
-    ):
-        expected = expected_windows(script, scope)
-        wait_all_final(rig, expected, collection, 30)
-        assert_windows_equal(rig, expected, collection)
+    assert_results_of_one_run(rig, script, 30)
     metrics = one.metrics()
     assert metrics.get("iot_backend_rebalance_seconds") == 0
     assert metrics.get("iot_backend_commit_wait_seconds", -1) < 10  # exported; commits return
