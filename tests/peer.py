@@ -5,6 +5,7 @@ refused: no reconnect attempts behind the test's back."""
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -75,6 +76,14 @@ class Peer:
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> ReasonCode:
         mid = self.client.publish(topic, payload, qos=1, retain=retain).mid
         return wait_for(lambda: self.pubacks.get(mid), 5, f"PUBACK for {topic}")
+
+    def round_trip(self) -> None:
+        """A SUBSCRIBE answered on this connection (refused or not, to a topic no one uses): the broker
+        handles a connection's packets in order, so whatever it did to this connection before (a
+        disconnect after an account change) has reached this client by the time the SUBACK does. Returns
+        once one of them came; the caller asserts on `disconnects`."""
+        _rc, mid = self.client.subscribe(f"barrier/{uuid.uuid4().hex}", qos=0)
+        wait_for(lambda: mid in self.subacks or self.disconnects, 5, "a SUBACK or a disconnect")
 
     def topics(self) -> set[str]:
         return {t for t, _p in self.messages}

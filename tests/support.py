@@ -12,18 +12,25 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["FakeClock", "failed", "unique", "wait_for"]
+__all__ = ["FakeClock", "failed", "poll_until", "unique", "wait_for"]
+
+
+def poll_until(condition: Callable[[], T], timeout: float, interval: float = 0.05) -> T:
+    """Poll `condition` until it returns a truthy value or `timeout` seconds pass; its last value
+    either way (falsy: the deadline passed), for a caller that reports rather than fails."""
+    deadline = time.monotonic() + timeout
+    last: T = condition()
+    while not last and time.monotonic() <= deadline:
+        time.sleep(interval)
+        last = condition()
+    return last
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll `condition` until it returns a truthy value or `timeout` seconds pass (then fail)."""
-    deadline = time.monotonic() + timeout
-    last: T = condition()
-    while not last:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value {last!r}")
-        time.sleep(interval)
-        last = condition()
+    last = poll_until(condition, timeout, interval)
+    if not last:
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value {last!r}")
     return last
 
 

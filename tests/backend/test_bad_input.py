@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from iot import contract
-from tests.support import unique
+from tests.support import poll_until, unique
 
 from .conftest import (
     BASE_TS,
@@ -77,14 +77,7 @@ def committed_to_end(rig: BackendRig) -> bool:
 def settle(condition: Callable[[], bool], timeout: float) -> bool:
     """Wait for `condition` like tests.support.wait_for, but report instead of failing: the script
     goes on, and each test asserts its own case (so the old code fails case by case)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
+    return poll_until(condition, timeout, interval=0.2)
 
 
 def produce_value(rig: BackendRig, value: bytes, key: bytes) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from iot.broker import accounts
@@ -14,7 +12,7 @@ from iot.broker.credentials import Credentials
 from iot.broker.dynsec import Dynsec
 from iot.env import parse_mqtt_url
 from iot.harness.broker import PrivateBroker
-from tests.support import wait_for
+from tests.peer import Peer
 
 pytestmark = pytest.mark.integration
 
@@ -25,30 +23,18 @@ def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
         yield broker
 
 
-def connected(broker: PrivateBroker, login: Credentials) -> tuple[mqtt.Client, list[float]]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.username_pw_set(login.username, login.password)
-    gone: list[float] = []
-    client.on_disconnect = lambda *_a: gone.append(time.monotonic())
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    wait_for(client.is_connected, 5, f"{login.username} connected")
-    return client, gone
-
-
 def test_setting_up_again_changes_nothing_and_disconnects_no_one(broker: PrivateBroker) -> None:
     """`iot stack up` and compose's broker-accounts run it at every start: the plugin disconnects
     every client of an account or role it changes, so an unchanged one must be left alone."""
-    gateway, gone = connected(broker, broker.gateway)
+    gateway = Peer(broker.port, broker.gateway)
     try:
         with Dynsec(parse_mqtt_url(broker.url), broker.operator) as dynsec:
             assert accounts.ensure_base(dynsec, broker.gateway) == []
             operator = dynsec.get_client(broker.operator.username) or {}
-        time.sleep(0.5)  # a disconnect comes at once; there is nothing to poll for when none comes
-        assert gone == []
+        gateway.round_trip()  # a change would have closed this connection before its answer
+        assert gateway.disconnects == []
     finally:
-        gateway.disconnect()
-        gateway.loop_stop()
+        gateway.close()
     assert {r["rolename"] for r in operator["roles"]} == {accounts.ADMIN_ROLE, accounts.OPERATOR_ROLE}
 
 

@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient
 from iot.app.stack.config import StackConfig
 from iot.harness.ports import free_ports, listening
 from tests.compose.test_compose_variables import SERVICES
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,12 +131,13 @@ def compose_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         stderr=subprocess.DEVNULL,
     )
     by_name = {n: ours(*hp) for n, hp in advertised.items()}
+
+    def up() -> bool:
+        assert proc.poll() is None, f"Kafka with the compose settings exited: {folder / 'kafka.log'}"
+        return all(listening(int(a.rsplit(":", 1)[1])) for a in by_name.values())
+
     try:
-        deadline = time.monotonic() + 90
-        while not all(listening(int(a.rsplit(":", 1)[1])) for a in by_name.values()):
-            assert proc.poll() is None, f"Kafka with the compose settings exited: {folder / 'kafka.log'}"
-            assert time.monotonic() < deadline, "Kafka with the compose settings did not listen in 90 s"
-            time.sleep(0.2)
+        wait_for(up, 90, "Kafka with the compose settings listening on each listener", interval=0.2)
         yield by_name
     finally:
         proc.terminate()
@@ -204,34 +206,30 @@ def test_prometheus_runs_the_compose_config_and_rules(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/{path}", timeout=5) as resp:
             return json.load(resp)["data"]
 
+    def loaded() -> list[dict[str, Any]] | None:
+        """Every rule once evaluated, and every job listed (discovery runs asynchronously)."""
+        assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+        try:
+            groups = api("rules")["groups"]
+            jobs = {t["labels"]["job"] for t in api("targets")["activeTargets"]}
+        except OSError:  # not answering yet
+            return None
+        rules = [r for g in groups for r in g["rules"]]
+        evaluated = rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules)
+        return rules if evaluated and jobs == {j["job_name"] for j in config["scrape_configs"]} else None
+
+    def self_scraped() -> bool:
+        """The compose hosts are service names; only Prometheus itself can be scraped here."""
+        targets = api("targets")["activeTargets"]
+        return any(t["labels"]["job"] == "prometheus" and t["health"] == "up" for t in targets)
+
     try:
         rules_file = yaml.safe_load(Path(config["rule_files"][0]).read_text())
         want_rules = {r["alert"] for g in rules_file["groups"] for r in g["rules"]}
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "rules not all evaluated or jobs not all listed in 60 s"
-            try:
-                groups = api("rules")["groups"]
-                targets = api("targets")["activeTargets"]
-            except OSError:
-                time.sleep(0.2)
-                continue
-            rules = [r for g in groups for r in g["rules"]]
-            jobs = {t["labels"]["job"] for t in targets}  # listed once discovery ran (asynchronous)
-            evaluated = rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules)
-            if evaluated and jobs == {j["job_name"] for j in config["scrape_configs"]}:
-                break
-            time.sleep(0.5)
+        rules = wait_for(loaded, 60, "every rule evaluated and every job listed", interval=0.2)
         assert {r["name"] for r in rules} == want_rules
         assert [r["name"] for r in rules if r["health"] != "ok"] == []
-        # The compose hosts are service names; only Prometheus itself can be scraped here.
-        self_up = [t for t in targets if t["labels"]["job"] == "prometheus"]
-        deadline = time.monotonic() + 30
-        while self_up[0]["health"] != "up":
-            assert time.monotonic() < deadline, self_up
-            time.sleep(0.5)
-            self_up = [t for t in api("targets")["activeTargets"] if t["labels"]["job"] == "prometheus"]
+        wait_for(self_scraped, 30, "Prometheus scraping itself", interval=0.2)
     finally:
         proc.terminate()
         proc.wait(30)

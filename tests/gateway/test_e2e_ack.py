@@ -27,6 +27,7 @@ class Board:
     def __init__(self, place: str, device: str, broker: MqttLogin = SHARED) -> None:
         self.topic = contract.ack_topic(place, device)
         self.acks: list[tuple[float, int, list[tuple[int, int]]]] = []
+        self.barriers: set[str] = set()
         self._lock = threading.Lock()
         subscribed = threading.Event()
         self._client = broker.client(unique("board"))
@@ -37,6 +38,10 @@ class Board:
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         assert msg.topic == self.topic
+        if msg.payload.startswith(b'{"barrier"'):
+            with self._lock:
+                self.barriers.add(json.loads(msg.payload)["barrier"])
+            return
         boot, ranges = contract.decode_ack(bytes(msg.payload))
         with self._lock:
             self.acks.append((time.monotonic(), boot, ranges))
@@ -44,6 +49,13 @@ class Board:
     def covered(self, boot: int) -> set[int]:
         with self._lock:
             return {s for _t, b, ranges in self.acks if b == boot for a, z in ranges for s in range(a, z + 1)}
+
+    def barrier(self, via: Publisher) -> None:
+        """A marker published to this board's ack topic now has reached it: the broker delivers one
+        subscriber's messages in the order they came, so any ack published before it has come too."""
+        token = unique("barrier")
+        via.publish_raw(self.topic, json.dumps({"barrier": token}).encode())
+        wait_for(lambda: token in self.barriers, 10, "the marker on the ack topic")
 
     def close(self) -> None:
         self._client.disconnect()
@@ -178,11 +190,15 @@ def test_no_ack_while_kafka_is_away_then_acks_once_it_holds_them(
         acks_before = len(board.acks)
         publisher.publish_readings(make_reading(gateways.place, device, seq) for seq in range(50, 150))
         wait_for(lambda: gateway.metric("iot_gateway_in_flight") == 100.0, 30, "100 readings in flight")
-        # The gateway holds them and cannot confirm them: over a few of its poll cycles, no ack may come.
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            assert len(board.acks) == acks_before, f"acked while Kafka was away: {board.acks[acks_before:]}"
-            time.sleep(0.05)
+        # The gateway holds them and cannot confirm them: no ack may come. Once its main loop has served
+        # two more of the Kafka client's reconnect failures (their callbacks run in the poll() that serves
+        # the delivery reports an ack comes from) and a marker sent to the board's ack topic after that
+        # has arrived, an ack the gateway had sent for them would have arrived before it.
+        transport = 'iot_gateway_kafka_errors_total{error="transport"}'
+        failures = gateway.metrics().get(transport, 0.0)
+        wait_for(lambda: gateway.metrics().get(transport, 0.0) >= failures + 2, 60, "two reconnects served")
+        board.barrier(publisher)
+        assert len(board.acks) == acks_before, f"acked while Kafka was away: {board.acks[acks_before:]}"
 
         private_kafka.up(["kafka"])
         wait_for(lambda: board.covered(0) == set(range(150)), 120, "acks for all 150 after Kafka returned")

@@ -93,7 +93,7 @@ def product(tmp_path: Path) -> Iterator[Product]:
             reading = {**payloads.reading("prodplace", device, seq), "received_at": int(time.time() * 1000)}
             producer.produce(contract.TOPIC_READINGS, json.dumps(reading).encode(), key=device.encode())
             producer.flush(5)
-            if stop.wait(1.0):
+            if stop.wait(1.0):  # a production board's 1 Hz pace, not synchronisation
                 return
 
     feeder = threading.Thread(target=publish, daemon=True)
