@@ -1,8 +1,10 @@
 """`iot demo`: the whole product on this machine, with a live view of the windows in MongoDB.
 
 Starts the native stack (if not running), the gateway, the backend (with small demo windows) and
-virtual boards in several places, then shows the latest window per place and per sensor. Ctrl-C (or
---duration) stops everything the demo started, in reverse order, cleanly.
+virtual boards in several places, then shows the latest window per place and per sensor. A child that
+exits is started again, with its reason logged and shown (iot/harness/supervisor.py: the backend's
+stall exit, 75, asks for exactly that; compose's restart policy does the same). Ctrl-C (or --duration)
+stops everything the demo started, in reverse order, cleanly.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from iot.env import CONTRACT, Variables
 from iot.harness import metrics
 from iot.harness.children import Children
 from iot.harness.errors import ChildFailed
+from iot.harness.supervisor import Supervisor
 
 DEMO_PREFIX = "demo"
 
@@ -176,14 +179,14 @@ def _live(
     first_window: float | None = None
     deadline = time.monotonic() + args.duration if args.duration else None
     manifest = children.log_dir / "boards" / "boards.json"
+    supervisor = Supervisor(children)
+    events: list[str] = []  # the last exits and restarts, shown under the view
     # Windows of an earlier demo within the last minutes are on the screen too; the first window of
     # this one is one that ended after the demo started (naive UTC, as pymongo returns dates).
     since_start = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=time.monotonic() - started)
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         while deadline is None or time.monotonic() < deadline:
-            gone = children.failed()
-            if gone is not None:
-                raise ChildFailed(f"{gone.name} exited ({gone.returncode}):\n{gone.log_tail()}")
+            events = (events + [f"{time.strftime('%H:%M:%S')} {e}" for e in supervisor.check()])[-3:]
             places, devices = _fleet(manifest)
             since = datetime.now(UTC) - timedelta(minutes=10)
             place_rows = demo_view.latest(
@@ -194,7 +197,7 @@ def _live(
             )
             if first_window is None and any(_ours(r.final, since_start) for r in place_rows + sensor_rows):
                 first_window = time.monotonic() - started
-            live.update(_view(cfg, ports, place_rows, sensor_rows, first_window, args))
+            live.update(_view(cfg, ports, place_rows, sensor_rows, first_window, args, events))
             time.sleep(1.0)
     client.close()
 
@@ -228,6 +231,7 @@ def _view(
     sensors: list[demo_view.Latest],
     first_window: float | None,
     args: argparse.Namespace,
+    events: list[str],
 ) -> RenderableType:
     gateway = f"http://127.0.0.1:{ports.gateway}/metrics"
     backend = f"http://127.0.0.1:{ports.backend}/metrics"
@@ -241,6 +245,7 @@ def _view(
         f"Prometheus http://{cfg.host}:{cfg.prometheus_port} · metrics :{ports.gateway} (gateway) "
         f":{ports.backend} (backend) · `iot windows --last 5m` · environment: {args.env}",
         f"logs in {cfg.state_dir / 'demo'} · Ctrl-C stops everything the demo started",
+        *events,
     ]
     title = (
         f"IoT demo — {args.boards} boards in {args.places} places · windows {args.window} s tumbling, "

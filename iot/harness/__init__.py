@@ -13,6 +13,7 @@ they publish (metrics, Kafka, MongoDB) against its own oracle.
 
 - `children`: the one launcher of child processes (ready with a deadline, dies with its parent,
   SIGTERM then SIGKILL, log tail, RSS and CPU);
+- `supervisor`: children started again when they exit, with the reason logged (what `iot demo` runs);
 - `ports`: free ports (outside the ephemeral range, leased across processes) and whether something
   listens;
 - `metrics`: scraping a Prometheus text endpoint;

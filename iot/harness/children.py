@@ -317,10 +317,6 @@ class Children:
         )
         return child.wait_ready(child.answers, timeout, "serving metrics")
 
-    def failed(self) -> Child | None:
-        """The first child that exited, None while all run."""
-        return next((c for c in self.children if not c.alive()), None)
-
     def stop_all(self) -> None:
         for child in reversed(self.children):
             child.stop()

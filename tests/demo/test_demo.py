@@ -4,6 +4,7 @@ started stops again."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -14,17 +15,34 @@ import pytest
 
 from iot import contract
 from iot.app.stack.config import StackConfig
+from iot.harness import metrics
 from iot.harness.kafka import commit_end_offsets
 from iot.harness.mqtt import MqttLogin
 from iot.harness.ports import free_ports, listening
 from tests.accounts import remove_boards
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.hil]
 IOT = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "iot")
 CFG = StackConfig.from_env()
 
 
-def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started(tmp_path: Path) -> None:
+def _service_pid(tag: str, command: str) -> int | None:
+    """The pid of this demo's `iot <command>` (its environment carries the test's tag), if it runs."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if command.encode() in argv[1:3] and f"IOT_BACKEND_APP_ID={tag}".encode() in environ:
+            return int(proc.name)
+    return None
+
+
+def test_demo_shows_windows_of_its_boards_restarts_a_dead_backend_and_stops_everything_it_started(
+    tmp_path: Path,
+) -> None:
     tag = f"demo{uuid.uuid4().hex[:8]}"
     gateway_port, backend_port = free_ports(2)
     env = {
@@ -40,13 +58,14 @@ def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started(tmp_pa
     }
     commit_end_offsets(CFG.kafka_bootstrap, tag, contract.TOPIC_READINGS)
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(CFG.host, CFG.mongo_port)
+    backend = f"http://127.0.0.1:{backend_port}/metrics"
     try:
-        result = subprocess.run(
+        demo = subprocess.Popen(
             [
                 IOT,
                 "demo",
                 "--duration",
-                "25",
+                "45",
                 "--boards",
                 "2",
                 "--places",
@@ -66,11 +85,28 @@ def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started(tmp_pa
             env=env,
             # From an empty directory, as on a fresh clone: nothing it needs may be assumed to exist.
             cwd=tmp_path,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=240,
-            check=False,
         )
+        try:
+            # The backend dies (as its stall watch makes it exit, or the OOM killer): the demo starts it
+            # again, as compose's restart policy does, and it windows the boards' readings again.
+            first = wait_for(lambda: _service_pid(tag, "backend"), 120, "the demo's backend")
+            wait_for(lambda: (metrics.total(backend, "iot_backend_readings_total") or 0) > 0, 90, "readings")
+            os.kill(first, signal.SIGKILL)
+            wait_for(
+                lambda: _service_pid(tag, "backend") not in (None, first), 30, "the backend started again"
+            )
+            wait_for(
+                lambda: (metrics.total(backend, "iot_backend_readings_total") or 0) > 0, 90, "readings again"
+            )
+            stdout, stderr = demo.communicate(timeout=180)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait(10)
+        result = subprocess.CompletedProcess(demo.args, demo.returncode, stdout, stderr)
         log = (CFG.state_dir / "demo" / "demo.log").read_text()
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + log[-3000:]
         assert "first window after" in result.stdout
@@ -81,6 +117,8 @@ def test_demo_shows_windows_of_its_boards_and_stops_everything_it_started(tmp_pa
         assert "INFO" not in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
         for child in ("boards", "backend", "gateway"):
             assert f"child_stopped child={child} code=0" in log, f"{child} did not stop cleanly"
+        assert 'child_exited child=backend code=-9 reason="killed by SIGKILL"' in log, log[-3000:]
+        assert "child_restarted child=backend" in log
         assert not listening(gateway_port) and not listening(backend_port), "a demo service still listens"
         windows = client[tag][contract.COLL_SENSOR_WINDOWS]
         final = list(windows.find({"device": {"$regex": "^demo-"}, "final": True}))
