@@ -27,7 +27,8 @@ from tests.support import wait_for
 
 CFG = StackConfig.from_env()
 BROKER = MqttLogin.from_env()
-# The native Prometheus scrapes these two ports (iot/stack/services.py), so the e2e services use them.
+# The native Prometheus scrapes these two ports (iot/app/stack/services/prometheus.py): the e2e services
+# use them.
 # The default ports on purpose: the shared native Prometheus scrapes exactly these, and the live
 # dashboard test evaluates the panels' queries on what it scraped.
 TUMBLING_S, HOPPING_S, STEP_S, GRACE_S = 4, 8, 4, 2
