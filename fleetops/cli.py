@@ -160,6 +160,7 @@ def _config_show(args: argparse.Namespace) -> int:
         session.settle()
         health = session.heard(args.device).health or {}
     wanted = doc.get("config") or {}
+    refused = remote.refusal(wanted, health or None)
     row: dict[str, Any] = {
         "device": args.device,
         "place": target.place,
@@ -167,16 +168,26 @@ def _config_show(args: argparse.Namespace) -> int:
         "wanted": remote.masked(wanted.get("set") or {}),
         "applied_rev": health.get(contract.HEALTH_CONFIG_REV, doc.get(contract.HEALTH_CONFIG_REV)),
         "trial_rev": health.get("config_trial"),
-        "error": health.get("config_error"),
+        "error": health.get("config_error") or refused or None,
         "online": bool(doc.get("online")),
+        # What the next `iot config set` adds its fields to: the wanted ones, or after a refusal the
+        # ones the board runs.
+        "next_set_from": remote.masked(
+            remote.base(wanted, health or None, remote.applied_rev(doc, health or None))
+        ),
     }
     if args.json:
         print(json.dumps(row, indent=1))
         return 0
     for key, value in row.items():
-        print(f"{key:<12} {'-' if value in (None, {}) else value}")
+        print(f"{key:<14} {'-' if value in (None, {}) else value}")
     if row["applied_rev"] != row["wanted_rev"] and not row["error"]:
         print("note: the board has not reported the wanted revision yet (offline, or restarting on trial)")
+    if refused:
+        print(
+            f"note: rev {row['wanted_rev']} was refused: the next `iot config set` starts from the config "
+            "the board runs (next_set_from); give a refused field again to retry it"
+        )
     return 0
 
 

@@ -27,7 +27,18 @@ from iot import contract
 from iot.devices.registry import Registry, RegistryError
 from iot.errors import ConfigError
 
-__all__ = ["LIVE", "NOT_REMOTE", "Delivery", "base", "check", "deliver", "parse_pairs", "wait_applied"]
+__all__ = [
+    "LIVE",
+    "NOT_REMOTE",
+    "Delivery",
+    "applied_rev",
+    "base",
+    "check",
+    "deliver",
+    "parse_pairs",
+    "refusal",
+    "wait_applied",
+]
 
 TRIAL_S = 120  # firmware/remote_config.py TRIAL_S
 KEEP_SETS = 8  # revisions whose fields the registry keeps: what a board may still run
@@ -117,7 +128,14 @@ def base(
     return dict(kept) if isinstance(kept, Mapping) else last  # not on record: as before
 
 
-def _refusal(config: Mapping[str, Any], health: Mapping[str, Any] | None) -> str:
+def applied_rev(doc: Mapping[str, Any], health: Mapping[str, Any] | None) -> int | None:
+    """The revision a board runs: its health's `config_rev`, else the registry's copy of it."""
+    applied = health.get(contract.HEALTH_CONFIG_REV) if health else doc.get(contract.HEALTH_CONFIG_REV)
+    return applied if isinstance(applied, int) and not isinstance(applied, bool) else None
+
+
+def refusal(config: Mapping[str, Any], health: Mapping[str, Any] | None) -> str:
+    """Why the board refused the last revision sent (its health, else the registry), '' if it did not."""
     rev = int(config.get("rev") or 0)
     state, detail = outcome(health, rev)
     if state == "refused":
@@ -144,9 +162,7 @@ def deliver(
         doc = registry.get(t.device) or {}
         old = doc.get("config") or {}
         health = session.heard(t.device).health
-        applied = health.get(contract.HEALTH_CONFIG_REV) if health else doc.get(contract.HEALTH_CONFIG_REV)
-        applied_rev = applied if isinstance(applied, int) and not isinstance(applied, bool) else None
-        start = base(old, health, applied_rev)
+        start = base(old, health, applied_rev(doc, health))
         last = dict(old.get("set") or {})
         wanted = {k: v for k, v in start.items() if k not in unset}
         wanted.update(changes)
@@ -160,7 +176,7 @@ def deliver(
         rev = int(old.get("rev") or 0) + 1
         sets = {str(r): v for r, v in dict(old.get("sets") or {}).items() if int(r) > rev - KEEP_SETS}
         sets[str(rev)] = wanted
-        planned.append((Delivery(t, rev, wanted, restart, dropped, _refusal(old, health)), sets))
+        planned.append((Delivery(t, rev, wanted, restart, dropped, refusal(old, health)), sets))
     for d, sets in planned:
         message = {"rev": d.rev, "set": d.wanted, "trial_s": trial_s}
         session.publish(config_topic(d.target), json.dumps(message).encode(), retain=True)

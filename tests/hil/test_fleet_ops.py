@@ -4,6 +4,8 @@ code (fleetops) as the operator, every reading the boards publish accounted for 
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -22,7 +24,9 @@ from iot.devices.provision import DevicesSettings
 from iot.devices.registry import Registry
 from iot.errors import ConfigError
 from iot.harness.broker import PrivateBroker
+from iot.harness.children import run
 from tests.hil.conftest import BoardFactory, provisioned
+from tests.services import IOT, REPO
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
@@ -141,6 +145,20 @@ def _rollout(
     return out
 
 
+def _config_show(auth_broker: PrivateBroker, settings: DevicesSettings, device: str) -> dict[str, Any]:
+    """`iot config show DEVICE --json` as the operator runs it, on this test's broker and registry."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
+    env.update(
+        IOT_MQTT_URL=auth_broker.url,
+        IOT_MONGO_URI=settings.mongo_uri,
+        **auth_broker.operator.as_env("operator"),
+    )
+    done = run([str(IOT), "config", "show", device, "--json"], 60, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown: dict[str, Any] = json.loads(done.stdout)
+    return shown
+
+
 def test_an_update_over_mqtt_runs_the_new_version_and_loses_no_reading(
     board: VirtualBoard,
     target: Target,
@@ -228,6 +246,7 @@ def test_remote_config_applies_live_and_a_broker_it_cannot_reach_is_rolled_back_
     board: VirtualBoard,
     target: Target,
     heard: Probe,
+    auth_broker: PrivateBroker,
     settings: DevicesSettings,
     registry: Registry,
 ) -> None:
@@ -246,6 +265,8 @@ def test_remote_config_applies_live_and_a_broker_it_cannot_reach_is_rolled_back_
         assert health["config_rev"] == 1 and health["config_error"].startswith("rev 2:")
         wanted = (registry.get(board.device) or {})["config"]
         assert wanted["rev"] == 2 and wanted["refused"] == {"rev": 2, "error": detail}
+        shown = _config_show(auth_broker, settings, board.device)
+        assert shown["error"] == detail and shown["next_set_from"] == {"interval_s": 1}, shown
         # The next change starts from rev 1, the config the board runs: the broker it could not reach
         # is not sent again (before: rev 3 carried it, restarted the board on trial and was refused).
         (after,) = remote.deliver(session, registry, [target], {"interval_s": 2}, [])
