@@ -51,7 +51,7 @@ class BackendRuntime:
     def __init__(self, settings: Settings, metrics: BackendMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or BackendMetrics()
-        self.sink = MongoSink(settings.mongo_uri, self.metrics)
+        self.sink = MongoSink(settings.mongo_uri, self.metrics, source_topic=settings.source_topic)
         self.kafka = KafkaSink(settings.kafka)
         self.app = self._make_app()
         self.readings_topic = self.app.topic(

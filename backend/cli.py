@@ -1,4 +1,5 @@
-"""`iot backend` (the stream processor) and `iot windows` (recent windows from MongoDB)."""
+"""`iot backend` (the stream processor), `iot windows` (recent windows from MongoDB) and `iot readings`
+(migrate the stored readings to contract revision 4; show a device's readings)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,23 @@ def _windows(args: argparse.Namespace) -> int:
     return 0
 
 
+def _readings(args: argparse.Namespace) -> int:
+    from .query import parse_duration
+    from .readings_cmd import migrate, render, show
+
+    uri = WINDOWS_VARIABLES.reader(error=ConfigError).mongo_uri("IOT_MONGO_URI")
+    if args.action == "migrate":
+        migrate(uri)
+        return 0
+    if not args.device:
+        raise ConfigError("--device", "`iot readings show` needs --device D")
+    rows = show(uri, args.device, parse_duration(args.last))
+    print(render(rows))
+    if not rows:
+        print(f"no readings of device {args.device!r} in the last {args.last}", file=sys.stderr)
+    return 0
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "backend",
@@ -75,3 +93,16 @@ def register(subparsers: Any) -> None:
     w.add_argument("--last", default="1h", help="how far back by window start: 90s, 15m, 1h, 2d (default 1h)")
     w.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
     w.set_defaults(func=_windows)
+    r = subparsers.add_parser(
+        "readings",
+        help="the stored readings: migrate them to contract revision 4 (buckets), or show a device's",
+        description="migrate: rewrite revision 3 reading documents (one per reading) as revision 4 buckets;"
+        " idempotent, safe beside a running backend, and resumable after a kill at any point (run it"
+        " again). show: one device's readings in a time range.",
+        epilog=WINDOWS_VARIABLES.help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("action", choices=("migrate", "show"))
+    r.add_argument("--device", help="show: the device")
+    r.add_argument("--last", default="1h", help="show: how far back by ts: 90s, 15m, 1h, 2d (default 1h)")
+    r.set_defaults(func=_readings)

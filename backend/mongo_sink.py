@@ -48,7 +48,7 @@ from bson.datetime_ms import DatetimeMS
 from pymongo import ASCENDING, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from iot import contract, log
+from iot import contract, log, readings_store
 
 from .errors import SinkError
 from .metrics import BackendMetrics
@@ -87,7 +87,7 @@ def _epoch_ms(doc: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
 # A stored reading's `src`, the iot.readings record it was first stored from, is one integer:
 # partition * 2**40 + offset. Two fields (partition, offset) cost FerretDB ~15 % more per inserted
 # reading than none (20k inserts, 7 interleaved rounds, medians 2.97 s / 2.51 s); one ~ none (2.29 s).
-SRC_SHIFT = 40
+SRC_SHIFT = readings_store.SRC_SHIFT
 
 
 def source_code(partition: int, offset: int) -> int:
@@ -105,18 +105,33 @@ def source_of(doc: Mapping[str, Any]) -> tuple[int, int]:
     return src >> SRC_SHIFT, src & ((1 << SRC_SHIFT) - 1)
 
 
+def _rid(item: Item) -> str:
+    r = item.reading
+    return contract.reading_id(r["device"], r["boot"], r["seq"])
+
+
 def _collection(scope: str) -> str:
     return contract.COLL_SENSOR_WINDOWS if scope == SENSOR else contract.COLL_PLACE_WINDOWS
 
 
 class MongoSink:
     # A MongoDB that does not answer is a SinkError (logged, retried by the caller) within 5 s.
-    def __init__(self, uri: str, metrics: BackendMetrics | None = None, timeout_ms: int = 5_000) -> None:
+    def __init__(
+        self,
+        uri: str,
+        metrics: BackendMetrics | None = None,
+        timeout_ms: int = 5_000,
+        source_topic: str = contract.TOPIC_READINGS,
+    ) -> None:
         self.client: MongoClient[dict[str, Any]] = MongoClient(
             uri, serverSelectionTimeoutMS=timeout_ms, socketTimeoutMS=60_000, tz_aware=True
         )
         self.db = self.client.get_default_database(default=contract.DEFAULT_DATABASE)
         self.metrics = metrics
+        self.source_topic = source_topic
+        # Per source partition, the highest offset whose readings may be stored (readings_store.MARKS),
+        # read once after a start or a rebalance and kept current by this sink's own writes.
+        self._marks: dict[int, int] = {}
         # One update command in flight per sink (module doc: FerretDB's connection pool).
         self._update_lock = threading.Lock()
         # Window ids this sink wrote open and not final since, per scope (module doc).
@@ -132,13 +147,23 @@ class MongoSink:
         try:
             self.db[contract.COLL_SENSOR_WINDOWS].create_index([("device", ASCENDING), ("start", ASCENDING)])
             self.db[contract.COLL_PLACE_WINDOWS].create_index([("place", ASCENDING), ("start", ASCENDING)])
-            self.db[contract.COLL_READINGS].create_index([("device", ASCENDING), ("ts", ASCENDING)])
+            readings_store.ensure_indexes(self.db[contract.COLL_READINGS])
+            unmigrated = readings_store.unmigrated(self.db)
         except PyMongoError as exc:
             raise SinkError(f"creating MongoDB indexes failed: {exc}") from exc
+        if unmigrated:
+            _log.warning(
+                "readings_not_migrated",
+                collection=contract.COLL_READINGS,
+                contract_revision=contract.CONTRACT_REVISION,
+                action="stop the backend and run `iot readings migrate` (revision 3 documents, one per"
+                " reading, are read as they are meanwhile; a replay after a crash could store some twice)",
+            )
 
     def forget(self) -> None:
         """Forget which windows this sink wrote (after a rebalance a key may have had another owner
         meanwhile): their next write or amendment reads the stored document first."""
+        self._marks.clear()
         for ids in self._open.values():
             ids.clear()
         for cache in self._finals.values():
@@ -217,46 +242,67 @@ class MongoSink:
         return len(latest)
 
     def write_readings(self, items: Iterable[Item]) -> int:
-        """Insert new readings by `_id`, each with the iot.readings record it came from (`src`, how the
-        de-duplication tells a replay of that record from a duplicate)."""
-        docs = []
+        """Insert new readings, each with the iot.readings record it came from (`src`, how the
+        de-duplication tells a replay of that record from a duplicate), as buckets: one document per
+        aligned run of a device's seqs in this batch (iot/readings_store.py). Readings of records at
+        or below a partition's written mark (a replay: a process may have stored them and died before
+        its states were persisted) are looked up first, so none is stored twice. Measured on the
+        stack's FerretDB: backend/README.md, "Beside its peers"."""
+        items = list(items)
+        if not items:
+            return 0
+        top: dict[int, int] = {}
         for item in items:
-            r = item.reading
-            doc = _dates(r, READING_DATES)
-            doc["_id"] = contract.reading_id(r["device"], r["boot"], r["seq"])
-            doc["src"] = source_code(*item.source)
-            docs.append(doc)
-        # A duplicate is a replayed reading, stored already: nothing more to do for it.
-        self._insert(contract.COLL_READINGS, docs)
-        return len(docs)
-
-    def find_readings(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Stored readings by `_id` (dates as epoch ms); absent ids are absent. One `{_id}` find each
-        (a `$in` find reads the whole collection on FerretDB, module doc): the de-duplication asks
-        only about what its bounded memory forgot, and about duplicates' first copies."""
-        found: dict[str, dict[str, Any]] = {}
+            partition, offset = item.source
+            if offset > top.get(partition, -1):
+                top[partition] = offset
         start = time.perf_counter()
         try:
-            for rid in ids:
-                doc = self.db[contract.COLL_READINGS].find_one({"_id": rid})
-                if doc is not None:
-                    found[rid] = _epoch_ms(doc, READING_DATES)
+            for partition in top:
+                if partition not in self._marks:
+                    self._marks[partition] = readings_store.written_mark(
+                        self.db, self.source_topic, partition
+                    )
+            replayed = [i for i in items if i.source[1] <= self._marks[i.source[0]]]
+            if replayed:
+                stored = readings_store.find(self.db[contract.COLL_READINGS], map(_rid, replayed))
+                items = [i for i in items if _rid(i) not in stored]
+            ahead = {p: o for p, o in top.items() if o > self._marks[p]}
+            readings_store.mark_written(self.db, self.source_topic, ahead)
+        except PyMongoError as exc:
+            raise SinkError(f"reading or writing {readings_store.MARKS} failed: {exc}") from exc
+        finally:
+            self._observe(readings_store.MARKS, start)
+        self._marks.update(ahead)
+        docs = readings_store.pack((i.reading, source_code(*i.source)) for i in items)
+        # A bucket that exists holds these very identities, stored before: nothing to do.
+        self._insert(contract.COLL_READINGS, docs)
+        return len(items)
+
+    def find_readings(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Stored readings by reading id (dates as epoch ms); absent ids are absent. At most
+        len(readings_store.SIZES) `{_id}` finds each, the only look-up FerretDB serves from an index
+        (module doc): the de-duplication asks only about what its bounded memory forgot, and about
+        duplicates' first copies."""
+        start = time.perf_counter()
+        try:
+            found = readings_store.find(self.db[contract.COLL_READINGS], ids)
         except PyMongoError as exc:
             raise SinkError(f"reading {contract.COLL_READINGS} failed: {exc}") from exc
         finally:
             self._observe(contract.COLL_READINGS, start)
-        return found
+        return {rid: _epoch_ms(doc, READING_DATES) for rid, doc in found.items()}
 
     def window_readings(self, scope: str, key: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
         """Every stored reading of a window (its key's, event time in [start, end)), dates as epoch ms:
         what a corrupt window document is rebuilt from. Rare; on FerretDB this filter reads the whole
         collection (module doc)."""
         field = "device" if scope == SENSOR else "place"
-        query = {field: key, "ts": {"$gte": DatetimeMS(start_ms), "$lt": DatetimeMS(end_ms)}}
         try:
-            return [_epoch_ms(doc, READING_DATES) for doc in self.db[contract.COLL_READINGS].find(query)]
+            found = readings_store.in_range(self.db[contract.COLL_READINGS], field, key, start_ms, end_ms)
         except PyMongoError as exc:
             raise SinkError(f"reading {contract.COLL_READINGS} to rebuild a window failed: {exc}") from exc
+        return [_epoch_ms(doc, READING_DATES) for doc in found]
 
     def _insert(self, coll: str, docs: list[dict[str, Any]]) -> list[Any]:
         """One unordered `insert_many` (pymongo splits it by size, FerretDB commits 100 per

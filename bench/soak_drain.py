@@ -18,7 +18,7 @@ from typing import Any
 
 from soak_common import log, poll_until
 
-from iot import contract
+from iot import contract, readings_store
 from iot.harness.oracle import windows_complete, windows_of_slots
 
 
@@ -63,7 +63,7 @@ def wait_for_the_end(
 
     def stored_all() -> bool:
         try:
-            return count(contract.COLL_READINGS, {}) >= total
+            return readings_store.count(readings_store.collection(db)) >= total
         except pymongo.errors.PyMongoError:
             return False
 

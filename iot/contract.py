@@ -21,7 +21,9 @@ from iot.errors import IotError
 # Revision 2 added the health topic (retained board telemetry); nothing existing changed.
 # Revision 3: window amendments within an allowed lateness (`revision`, `late_count`), and the clock
 # guard (a `ts` too far ahead is re-stamped by the gateway, the board's claim kept in `device_ts`).
-CONTRACT_REVISION: Final = 3
+# Revision 4: the `readings` collection stores buckets (a document per aligned run of a device's
+# seqs, iot/readings_store.py owns the shape); `iot readings migrate` rewrites revision 3 documents.
+CONTRACT_REVISION: Final = 4
 PAYLOAD_VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 1024
 

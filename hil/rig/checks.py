@@ -17,7 +17,7 @@ from typing import Any
 from hil.rig.boards import RigBoard
 from hil.rig.record import Measurement
 from hil.rig.stack import RigStack
-from iot import contract
+from iot import contract, readings_store
 
 ReadingId = tuple[str, int, int]
 
@@ -43,29 +43,23 @@ def _gaps(ids: set[ReadingId]) -> int:
     return sum(max(s) - min(s) + 1 - len(set(s)) for s in by_boot.values())
 
 
-def _mongo_counts(db: Any, device: str, ids: set[ReadingId]) -> dict[ReadingId, int]:
-    counts: dict[ReadingId, int] = {}
-    by_boot: dict[int, list[int]] = {}
-    for _d, boot, seq in ids:
-        by_boot.setdefault(boot, []).append(seq)
-    for boot, seqs in by_boot.items():
-        for doc in db[contract.COLL_READINGS].find(
-            {"device": device, "boot": boot, "seq": {"$in": seqs}}, {"boot": 1, "seq": 1}
-        ):
-            key = (device, int(doc["boot"]), int(doc["seq"]))
-            counts[key] = counts.get(key, 0) + 1
-    return counts
+def _mongo_copies(db: Any, device: str, ids: set[ReadingId]) -> dict[ReadingId, list[dict[str, Any]]]:
+    """Every stored copy of these readings of `device` (there must be one each), found by scanning its
+    documents, not by `_id`."""
+    copies: dict[ReadingId, list[dict[str, Any]]] = {}
+    for r in readings_store.every_copy(readings_store.collection(db), [device]):
+        key = (device, r.get("boot"), r.get("seq"))
+        if key in ids:
+            copies.setdefault(key, []).append(r)
+    return copies
 
 
-def _in_mongo(db: Any, ids: set[ReadingId]) -> set[ReadingId]:
-    """Which of these readings MongoDB holds, by their deterministic _id (an indexed lookup)."""
-    by_id = {contract.reading_id(*i): i for i in ids}
-    found: set[ReadingId] = set()
-    keys = list(by_id)
-    for n in range(0, len(keys), 500):
-        for doc in db[contract.COLL_READINGS].find({"_id": {"$in": keys[n : n + 500]}}, {"_id": 1}):
-            found.add(by_id[doc["_id"]])
-    return found
+def _in_mongo(db: Any, device: str, ids: set[ReadingId]) -> set[ReadingId]:
+    """Which of these readings of `device` MongoDB holds."""
+    if not ids:
+        return set()
+    coll = readings_store.collection(db)
+    return {(device, r["boot"], r["seq"]) for r in readings_store.readings(coll, [device])} & ids
 
 
 def _ms(value: Any) -> int:
@@ -97,15 +91,15 @@ def delivered(
         seen = _published(stack, board)
         ids = set(seen)
         kafka = stack.kafka.snapshot()
-        in_mongo |= _in_mongo(stack.db, ids - in_mongo)
+        in_mongo |= _in_mongo(stack.db, board.device, ids - in_mongo)
         missing_kafka = [i for i in ids if i not in kafka]
         missing_mongo = [i for i in ids if i not in in_mongo]
         gaps = _gaps(ids)
         if (ids and not missing_kafka and not missing_mongo and not gaps) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    # Once, at the end: how many documents each reading has, found by its fields (not its _id).
-    mongo = _mongo_counts(stack.db, board.device, ids)
+    # Once, at the end: every stored copy of each reading, found by its fields (not its _id).
+    mongo = _mongo_copies(stack.db, board.device, ids)
     scenario = {i: r for i, (r, at) in seen.items() if at >= since or int(r["ts"]) / 1000 >= since}
     newest = max((at for _r, at in seen.values()), default=0.0)
     # A board that stopped publishing leaves no gap: its newest reading gets old.
@@ -117,7 +111,7 @@ def delivered(
         Measurement.check("seq_gaps", gaps, 0, "readings"),
         Measurement.check("missing_in_kafka", len(missing_kafka), 0, "readings"),
         Measurement.check("missing_in_mongo", len(missing_mongo), 0, "readings"),
-        Measurement.check("mongo_copies_max", max(mongo.values(), default=0), 1, "copies"),
+        Measurement.check("mongo_copies_max", max(map(len, mongo.values()), default=0), 1, "copies"),
         Measurement.check(
             "kafka_duplicates", sum(len(kafka.get(i, [])) - 1 for i in ids if i in kafka), None, "records"
         ),
@@ -200,12 +194,9 @@ def windows(
         Measurement.check("fault_free_windows_missing", len(missing), 0, "windows"),
     ]
     errors: dict[str, float] = {}
+    stored = list(readings_store.readings(readings_store.collection(stack.db), [board.device]))
     for doc in docs:
-        readings = list(
-            stack.db[contract.COLL_READINGS].find(
-                {"device": board.device, "ts": {"$gte": doc["start"], "$lt": doc["end"]}}
-            )
-        )
+        readings = [r for r in stored if doc["start"] <= r["ts"] < doc["end"]]
         if not readings or any(board.sensors.near_change(_ms(r["ts"]) / 1000) for r in readings):
             continue
         for metric in contract.METRICS:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from iot import contract
+from iot import contract, readings_store
 from tests.support import poll_until, unique
 
 from .conftest import (
@@ -223,7 +223,9 @@ def _script(rig: BackendRig) -> Run:
 def account(run: Run, case: Case) -> dict[str, Any]:
     """Published good readings, stored once, missing, and the windows that differ from the oracle."""
     wanted = {contract.reading_id(r["device"], r["boot"], r["seq"]) for r in case.good}
-    stored = [d["_id"] for d in run.rig.db[contract.COLL_READINGS].find({"device": {"$in": case.devices}})]
+    stored = [
+        d["_id"] for d in readings_store.every_copy(readings_store.collection(run.rig.db), case.devices)
+    ]
     differing = []
     for scope, coll, field_ in (
         ("sensor", contract.COLL_SENSOR_WINDOWS, "device"),
@@ -276,7 +278,7 @@ def test_poison_records_go_to_the_dlq_with_their_context_and_their_batch_is_coun
 
 def test_a_trailing_newline_in_a_device_id_is_a_bad_id_not_a_device(run: Run) -> None:
     assert_exact(run, "newline")
-    assert run.rig.db[contract.COLL_READINGS].count_documents({"device": run.newline_device}) == 0
+    assert readings_store.count(readings_store.collection(run.rig.db), [run.newline_device]) == 0
     assert run.rig.db[contract.COLL_SENSOR_WINDOWS].count_documents({"device": run.newline_device}) == 0
     bad = [
         r
@@ -298,9 +300,8 @@ def test_a_conflicting_duplicate_keeps_the_first_reading_and_goes_to_the_dlq(run
     assert_exact(run, "dups")
     case = run.cases["dups"]
     first = case.good[1]
-    stored = run.rig.db[contract.COLL_READINGS].find_one(
-        {"_id": contract.reading_id(first["device"], first["boot"], first["seq"])}
-    )
+    rid = contract.reading_id(first["device"], first["boot"], first["seq"])
+    stored = readings_store.find(readings_store.collection(run.rig.db), [rid]).get(rid)
     assert stored is not None and stored["temperature"] == first["temperature"]
     conflicts = [r for r in run.dlq if r["reason"] == "conflicting_duplicate"]
     assert len(conflicts) == 1, [r["reason"] for r in run.dlq]

@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iot import contract
+from iot import contract, readings_store
 from tests.support import unique, wait_for
 
 from .conftest import KAFKA, BackendRig, Worker, as_comparable, expected_windows
@@ -100,7 +100,9 @@ def test_any_records_leave_every_good_reading_stored_and_counted_once_and_every_
     devices = [ids[d] for d in DEVICES]
     places = sorted({ids[p] for p in PLACES.values()})
     # Stored once, as first sent.
-    stored = {d["_id"]: d for d in rig.db[contract.COLL_READINGS].find({"device": {"$in": devices}})}
+    held = list(readings_store.every_copy(readings_store.collection(rig.db), devices))
+    stored = {d["_id"]: d for d in held}
+    assert len(held) == len(stored), "a reading held twice"
     assert set(stored) == set(first)
     for rid, r in first.items():
         assert stored[rid]["temperature"] == r["temperature"], rid

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from iot import contract
+from iot import contract, readings_store
 from tests.support import unique, wait_for
 
 from .conftest import (
@@ -86,7 +86,7 @@ def _script(rig: BackendRig) -> Run:
     rig.produce_raw(b'{"broken": "' + marker.encode(), key=b"junk")
 
     def count_readings() -> int:
-        return rig.db[contract.COLL_READINGS].count_documents({"device": {"$in": [a, b, c]}})
+        return readings_store.count(readings_store.collection(rig.db), [a, b, c])
 
     def place_tumbling_total() -> int:
         docs = rig.docs(contract.COLL_PLACE_WINDOWS).values()
@@ -176,7 +176,7 @@ def test_idle_devices_last_windows_are_final(run: Run) -> None:
 
 def test_every_distinct_reading_is_stored_once_with_bson_dates(run: Run) -> None:
     devices = sorted({r["device"] for r in run.counted})
-    stored = list(run.rig.db[contract.COLL_READINGS].find({"device": {"$in": devices}}))
+    stored = list(readings_store.every_copy(readings_store.collection(run.rig.db), devices))
     ids = [d["_id"] for d in stored]
     wanted = {contract.reading_id(r["device"], r["boot"], r["seq"]) for r in run.counted + run.late}
     assert sorted(ids) == sorted(wanted)

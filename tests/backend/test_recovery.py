@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from iot import contract
+from iot import contract, readings_store
 from tests.support import unique, wait_for
 
 from .conftest import (
@@ -51,7 +51,7 @@ def test_kill_9_mid_window_then_restart_gives_the_uninterrupted_results(rig: Bac
     worker = rig.worker()
     rig.produce(first)
     wait_for(
-        lambda: rig.db[contract.COLL_READINGS].count_documents({"device": {"$in": names}}) == len(first),
+        lambda: readings_store.count(readings_store.collection(rig.db), names) == len(first),
         60,
         "the first half processed",
     )
@@ -73,7 +73,7 @@ def test_kill_9_mid_window_then_restart_gives_the_uninterrupted_results(rig: Bac
     assert_results_of_one_run(rig, everything, 90)
     m = worker.metrics()
     assert m.get('iot_backend_duplicates_total{scope="sensor"}', 0) > 0, "the restart replayed nothing"
-    stored = rig.db[contract.COLL_READINGS].count_documents({"device": {"$in": names}})
+    stored = readings_store.count(readings_store.collection(rig.db), names)
     assert stored == len(everything)
 
 

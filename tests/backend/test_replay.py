@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from iot import contract
+from iot import contract, readings_store
 from iot.harness.oracle import BOOKKEEPING
 from tests.support import unique, wait_for
 
@@ -134,10 +134,7 @@ def settle(rig: BackendRig, s: Script, extra: int = 0, **sizes: int) -> dict[str
     final; return both scopes' oracles."""
     distinct = {contract.reading_id(r["device"], r["boot"], r["seq"]) for r in s.order}
     wait_for(
-        lambda: (
-            rig.db[contract.COLL_READINGS].count_documents({"device": {"$in": s.devices}})
-            == len(distinct) + extra
-        ),
+        lambda: readings_store.count(readings_store.collection(rig.db), s.devices) == len(distinct) + extra,
         600,  # generous: the 6 h replay's amendments are upserts, slow on FerretDB under load
         f"{len(distinct)} distinct readings in MongoDB",
         interval=0.5,
@@ -166,7 +163,7 @@ def late_records(rig: BackendRig, s: Script) -> list[dict[str, Any]]:
 def figures(rig: BackendRig, s: Script, label: str) -> dict[str, Any]:
     """What the run did, for the issue's closing note (printed; -s shows it)."""
     out: dict[str, Any] = {"case": label, "produced": len(s.order), "outage_readings": len(s.outage)}
-    out["distinct"] = rig.db[contract.COLL_READINGS].count_documents({"device": {"$in": s.devices}})
+    out["distinct"] = readings_store.count(readings_store.collection(rig.db), s.devices)
     for coll in (contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS):
         docs = list(rig.db[coll].find({}, {"count": 1, "revision": 1, "late_count": 1}))
         out[coll] = {
@@ -280,10 +277,10 @@ def test_reading_past_allowed_lateness_goes_to_dlq_late_and_changes_no_window(ru
     for coll, before in run60.before_late.items():
         after = run60.rig.docs(coll)
         assert after == before, f"{coll} changed"
-    stored = run60.rig.db[contract.COLL_READINGS].find_one(
-        {"_id": contract.reading_id(run60.late["device"], 0, 10_000)}
-    )
-    assert stored is not None  # kept in readings, as the contract says
+    rid = contract.reading_id(run60.late["device"], 0, 10_000)
+    assert rid in readings_store.find(
+        readings_store.collection(run60.rig.db), [rid]
+    )  # kept in readings, as the contract says
 
 
 # --- six hours, a reboot while offline, and a board that publishes live before its outbox -----------

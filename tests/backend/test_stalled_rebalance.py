@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from iot import contract
+from iot import readings_store
 from iot.harness.stack import PrivateStack, private_ferretdb
 from tests.support import unique, wait_for
 
@@ -67,10 +67,10 @@ def test_a_rebalance_while_a_batch_waits_on_mongodb_ends_and_every_reading_is_st
     # Event time 5 ms apart per round of devices: the whole script stays within the grace period.
     script = [make_reading(p, d, seq, BASE_TS + 1000 + seq * 5) for seq in range(120) for p, d in devices]
     warm, backlog = script[: 2 * len(devices)], script[2 * len(devices) :]
-    stored = rig.db[contract.COLL_READINGS]
+    stored = readings_store.collection(rig.db)
 
     def count() -> int:
-        return stored.count_documents({"device": {"$in": names}})
+        return readings_store.count(stored, names)
 
     one, two = rig.worker(), rig.worker()
     wait_for(lambda: rig.members_with_partitions() == 2, 90, "both workers owning partitions")

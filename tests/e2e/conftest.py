@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from hil.fleet import BoardPlan, Broker, Fleet, environment
 from hil.probe import Probe
-from iot import contract
+from iot import contract, readings_store
 from iot.app.stack.config import StackConfig
 from iot.harness.children import Children
 from iot.harness.kafka import commit_end_offsets
@@ -65,7 +65,7 @@ class Run:
             if isinstance(payload, dict) and payload.get("device") in self.devices:
                 if payload.get("time_valid") is False:
                     rid = contract.reading_id(payload["device"], payload["boot"], payload["seq"])
-                    stored = self.db[contract.COLL_READINGS].find_one({"_id": rid})
+                    stored = readings_store.find(readings_store.collection(self.db), [rid]).get(rid)
                     if stored is None:
                         continue  # not stored yet: the windows' wait asks again
                     payload["ts"] = int(stored["ts"].replace(tzinfo=UTC).timestamp() * 1000)

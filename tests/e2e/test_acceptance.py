@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from iot import contract
+from iot import contract, readings_store
 from iot.harness.oracle import as_comparable, expected_windows
 from tests.e2e.conftest import HOPPING_S, STEP_S, TUMBLING_S, Run
 from tests.support import wait_for
@@ -61,15 +61,16 @@ def test_every_published_reading_is_stored_exactly_once(run: Run) -> None:
     published = [r for r in valid_readings(run)]
     distinct = {contract.reading_id(r["device"], r["boot"], r["seq"]) for r in published}
     assert len(published) > len(distinct), "the run should have delivered at least one duplicate"
-    coll = run.db[contract.COLL_READINGS]
+    coll = readings_store.collection(run.db)
     wait_for(
-        lambda: coll.count_documents({"_id": {"$in": sorted(distinct)}}) == len(distinct),
+        lambda: len(readings_store.find(coll, distinct)) == len(distinct),
         30,
         "every distinct reading in the readings collection",
     )
-    stored = {d["_id"] for d in coll.find({"device": {"$in": run.devices}}, {"_id": 1})}
-    assert stored - {run.late_id} == distinct
-    sample = coll.find_one({"_id": sorted(distinct)[0]})
+    held = [d["_id"] for d in readings_store.every_copy(coll, run.devices)]
+    assert len(held) == len(set(held)), "a reading held twice"
+    assert set(held) - {run.late_id} == distinct
+    sample = readings_store.find(coll, [sorted(distinct)[0]]).get(sorted(distinct)[0])
     assert (
         sample is not None
         and isinstance(sample["ts"], datetime)

@@ -20,7 +20,7 @@ from typing import Any
 import pymongo
 import pytest
 
-from iot import contract
+from iot import contract, readings_store
 from iot.app.stack.config import StackConfig
 from iot.harness.children import Children
 from iot.harness.kafka import commit_end_offsets
@@ -117,13 +117,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 readings.append(r)
         _publish(readings)
         out = Run(client[tag], place, good, one_bad, all_bad, claims, gateway_metrics)
-        coll = out.db[contract.COLL_READINGS]
+        coll = readings_store.collection(out.db)
         counts: list[int] = []
 
         def stored() -> bool:
             # The backend reads the shared iot.readings: other runs' readings land in this database
             # too; only this run's boards are counted and compared.
-            counts.append(coll.count_documents({"device": {"$in": out.devices}}))
+            counts.append(readings_store.count(coll, out.devices))
             return counts[-1] == len(readings)
 
         try:
@@ -140,7 +140,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 def _stored(run: Run) -> list[dict[str, Any]]:
     """The readings as the gateway stamped them, ts back to epoch ms for the oracle."""
     out = []
-    for d in run.db[contract.COLL_READINGS].find({"device": {"$in": run.devices}}):
+    for d in readings_store.readings(readings_store.collection(run.db), run.devices):
         r = {k: v for k, v in d.items() if k != "_id"}
         r["ts"] = int(d["ts"].timestamp() * 1000)
         r["received_at"] = int(d["received_at"].timestamp() * 1000)

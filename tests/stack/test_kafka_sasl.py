@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pymongo import MongoClient
 
-from iot import contract
+from iot import contract, readings_store
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack
 from iot.app.stack.services import sasl_connection, sasl_env_file
@@ -144,9 +144,9 @@ def test_gateway_and_backend_carry_readings_to_mongodb_only_through_sasl_ssl(
         )
         backend.wait_ready(backend.answers, 120, "backend metrics (topics made and seen over SASL_SSL)")
         publish(tag, "dev-1", READINGS)
-        readings = mongo.get_default_database()[contract.COLL_READINGS]
-        wait_for(lambda: readings.count_documents({}) == READINGS, 120, f"{READINGS} readings in MongoDB")
-        assert sorted(d["seq"] for d in readings.find({}, {"seq": 1})) == list(range(READINGS))
+        readings = readings_store.collection(mongo.get_default_database())
+        wait_for(lambda: readings_store.count(readings) == READINGS, 120, f"{READINGS} readings in MongoDB")
+        assert sorted(d["seq"] for d in readings_store.every_copy(readings)) == list(range(READINGS))
         # Where they talk to Kafka: the SASL_SSL listener, never the plain one.
         for service in (gateway, backend):
             assert service.proc is not None

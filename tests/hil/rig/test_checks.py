@@ -14,7 +14,7 @@ from typing import Any, cast
 from hil.rig.boards import RigBoard
 from hil.rig.checks import expected_windows, windows
 from hil.rig.stack import RigStack
-from iot import contract
+from iot import contract, readings_store
 
 SIZE_S = 5
 DEVICE = "hil-test-kitchen"
@@ -64,14 +64,16 @@ class _Collection:
     def __init__(self, docs: list[dict[str, Any]]) -> None:
         self.docs = docs
 
-    def find(self, query: dict[str, Any], _projection: Any = None) -> list[dict[str, Any]]:
-        out = []
-        for d in self.docs:
-            if all(k == "ts" or d.get(k) == v for k, v in query.items()):
-                ts = query.get("ts")
-                if ts is None or ts["$gte"] <= d["ts"] < ts["$lt"]:
-                    out.append(d)
-        return out
+    def find(
+        self, query: dict[str, Any], _projection: Any = None, batch_size: int = 0
+    ) -> list[dict[str, Any]]:
+        """The equality and `$in` filters the checks send."""
+        del batch_size
+        return [
+            d
+            for d in self.docs
+            if all(d.get(k) in v["$in"] if isinstance(v, dict) else d.get(k) == v for k, v in query.items())
+        ]
 
 
 class _Stack:
@@ -80,7 +82,24 @@ class _Stack:
     def __init__(self, reading_ts: list[float], window_starts: set[int]) -> None:
         self.rig = type("Rig", (), {"stack": type("StackSpec", (), {"tumbling_s": SIZE_S})()})()
         self.probe = _Probe(reading_ts)
-        readings = [{"device": DEVICE, "ts": _date(int(t * 1000)), "temperature": 22.5} for t in reading_ts]
+        readings = [
+            {
+                "device": DEVICE,
+                "place": "kitchen",
+                "boot": 1,
+                "seq": n,
+                "ts": int(t * 1000),
+                "received_at": int(t * 1000),
+                "temperature": 22.5,
+            }
+            for n, t in enumerate(reading_ts)
+        ]
+        # As the backend stores them (iot/readings_store.py), dates as the client reads them back.
+        buckets = readings_store.pack((r, 0) for r in readings)
+        for b in buckets:
+            b["start"], b["end"] = _date(int(b["start"])), _date(int(b["end"]))
+            b["ts"] = [_date(int(t)) for t in b["ts"]]
+            b["received_at"] = [_date(int(t)) for t in b["received_at"]]
         wins = [
             {
                 "device": DEVICE,
@@ -93,7 +112,7 @@ class _Stack:
             for s in sorted(window_starts)
         ]
         self.db = {
-            contract.COLL_READINGS: _Collection(readings),
+            contract.COLL_READINGS: _Collection(buckets),
             contract.COLL_SENSOR_WINDOWS: _Collection(wins),
         }
 

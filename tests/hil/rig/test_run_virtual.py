@@ -23,7 +23,7 @@ import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from hil import paths
-from iot import contract
+from iot import contract, readings_store
 from iot.harness import payloads
 from iot.harness.children import Children, run
 from iot.harness.kafka import commit_end_offsets
@@ -174,15 +174,15 @@ def _check_apart(raw: dict[str, Any], product: Product, run_db: Any) -> None:
     the product reached the run (its database), though both ran at once on the same machine."""
     product.stop.set()
     bootstrap = os.environ.get("IOT_KAFKA_BOOTSTRAP", contract.ENV_DEFAULTS["IOT_KAFKA_BOOTSTRAP"])
-    run_devices = set(run_db[contract.COLL_READINGS].distinct("device"))
+    run_devices = {r["device"] for r in readings_store.readings(readings_store.collection(run_db))}
     assert run_devices and all(d.startswith("hil-") for d in run_devices), run_devices
     # The product's backend ran all along: the product board's readings are in its database.
-    assert product.db[contract.COLL_READINGS].count_documents({"device": product.device}) >= 10
-    assert product.db[contract.COLL_READINGS].count_documents({"device": {"$in": sorted(run_devices)}}) == 0
+    assert readings_store.count(readings_store.collection(product.db), [product.device]) >= 10
+    assert readings_store.count(readings_store.collection(product.db), run_devices) == 0
     assert product.db[contract.COLL_SENSOR_WINDOWS].count_documents({"device": {"$regex": "^hil-"}}) == 0
     in_shared_kafka = devices_in_kafka(bootstrap, product.kafka_start)
     assert product.device in in_shared_kafka and not in_shared_kafka & run_devices
-    assert run_db[contract.COLL_READINGS].count_documents({"device": product.device}) == 0
+    assert readings_store.count(readings_store.collection(run_db), [product.device]) == 0
     places = {b.get("place") for b in raw["boards"]}
     assert set(run_db[contract.COLL_PLACE_WINDOWS].distinct("place")) <= places
 
