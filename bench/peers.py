@@ -16,6 +16,10 @@ place, count/mean/min/max of the four metrics, event time from `ts`):
                       graces; final windows to a Kafka topic
   plain               bench/backend_throughput.py's `baseline`: a confluent-kafka loop running the
                       backend's own window code in memory, no outputs
+  backend-baseline    with `--baseline-tree PATH`: the same worker run from another source tree (e.g.
+                      `git worktree add --detach /tmp/before main`), so a lever is measured before
+                      and after in one run; its ratio to the backend and to kafka-streams-exact is
+                      printed too
 
 For each run: readings/s (from the first reading processed until every reading went through the place
 stage; for the JVM also "warm", after its first 5 s), CPU per reading of the process, of FerretDB and
@@ -71,7 +75,15 @@ QUIX_JOB = REPO / "bench/peers/quix_job.py"
 # The Quix Streams release these figures are for (the peer the issue measured).
 QUIX_VERSION = "3.28.1"
 WARMUP_S = 5.0
-SYSTEMS = ("backend", "kafka-streams", "kafka-streams-exact", "quix", "quix-exact", "plain")
+SYSTEMS = (
+    "backend",
+    "backend-baseline",
+    "kafka-streams",
+    "kafka-streams-exact",
+    "quix",
+    "quix-exact",
+    "plain",
+)
 GRACE_S = int(os.environ.get("IOT_WINDOW_GRACE_S", contract.ENV_DEFAULTS["IOT_WINDOW_GRACE_S"]))
 EXACT_GRACE_S = int(
     os.environ.get("IOT_WINDOW_ALLOWED_LATENESS_S", contract.ENV_DEFAULTS["IOT_WINDOW_ALLOWED_LATENESS_S"])
@@ -257,6 +269,7 @@ class Bench:
         self.databases: list[str] = []
         self.state = Path(tempfile.mkdtemp(prefix=f"peers-{self.tag}-"))
         self.n = (args.readings // args.devices) * args.devices
+        self.baseline = str(args.baseline_tree.resolve()) if args.baseline_tree else ""
 
     def create_topic(self, name: str) -> None:
         TopicAdmin(bt.KAFKA_CONN).ensure([TopicSpec(name, bt.PARTITIONS)])
@@ -267,11 +280,14 @@ class Bench:
             stats: dict[str, float] = {}
             rate = bt.baseline(self.topic, self.n, stats)
             return Run(system, rnd, rate, stats["cpu_us"], note="in memory, no outputs")
-        if system == "backend":
+        if system in ("backend", "backend-baseline"):
             db = name.replace("-", "_")
             self.databases.append(db)
             stats = {}
-            _, rate = bt.backend_run(self.topic, name, db, self.n, stats=stats)
+            # The baseline's packages first on the path (the venv's own are an editable install's
+            # finder, which Python asks after the path).
+            extra = {"PYTHONPATH": self.baseline} if system == "backend-baseline" else None
+            _, rate = bt.backend_run(self.topic, name, db, self.n, stats=stats, extra=extra)
             return Run(
                 system,
                 rnd,
@@ -340,13 +356,15 @@ def table(runs: list[Run], n: int) -> list[str]:
     return lines
 
 
-def ratios(runs: list[Run]) -> dict[str, float]:
-    """Median over the rounds of backend / peer, both from the same round."""
+def ratios(runs: list[Run], system: str = "backend") -> dict[str, float]:
+    """Median over the rounds of `system` / peer, both from the same round."""
     out: dict[str, float] = {}
-    for peer in SYSTEMS[1:]:
+    for peer in SYSTEMS:
+        if peer == system:
+            continue
         per_round = []
         for rnd in {r.round for r in runs}:
-            b = [r for r in runs if r.round == rnd and r.system == "backend"]
+            b = [r for r in runs if r.round == rnd and r.system == system]
             p = [r for r in runs if r.round == rnd and r.system == peer]
             if b and p:
                 per_round.append(b[0].rate / p[0].best_rate)
@@ -364,6 +382,11 @@ def main() -> int:
     ap.add_argument("--places", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="another source tree of this repository: adds the system backend-baseline (module doc)",
+    )
+    ap.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
         help=f"comma-separated, of: {', '.join(SYSTEMS)} (backend is always run: the ratios need it)",
@@ -375,7 +398,15 @@ def main() -> int:
         raise SystemExit(f"--systems: unknown {', '.join(sorted(unknown))}; known: {', '.join(SYSTEMS)}")
     if "backend" not in systems:
         systems.insert(0, "backend")
-    if any(s != "backend" and s != "plain" for s in systems):
+    if args.baseline_tree and "backend-baseline" not in systems:
+        systems.insert(1, "backend-baseline")
+    if "backend-baseline" in systems and not (
+        args.baseline_tree and (args.baseline_tree / "backend").is_dir()
+    ):
+        raise SystemExit(
+            "--systems backend-baseline needs --baseline-tree PATH, a source tree of this repository"
+        )
+    if any(s not in ("backend", "backend-baseline", "plain") for s in systems):
         _ready()
     bench = Bench(args)
     runs: list[Run] = []
@@ -403,6 +434,10 @@ def main() -> int:
     for peer, value in found.items():
         if peer != "kafka-streams-exact":
             print(f"ratio backend/{peer}: {value:.2f}")
+    if "backend-baseline" in systems and "kafka-streams-exact" in systems:
+        before = ratios(runs, "backend-baseline").get("kafka-streams-exact")
+        if before is not None:
+            print(f"ratio backend-baseline/kafka-streams-exact: {before:.2f}")
     if "kafka-streams-exact" in found:
         print(f"ratio backend/kafka-streams-exact: {found['kafka-streams-exact']:.2f}")
     return 0

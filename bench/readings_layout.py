@@ -9,8 +9,12 @@ layout:
   bucket, insert       a document per device per minute per batch, the readings as sub-documents
   bucket, columns      the same with the fields as arrays (one array per field), as MongoDB's own
                        time-series buckets store them
+  revision 4           what the backend writes now (iot/readings_store.py): a document per aligned
+                       run of a device's seqs per batch, readings as sub-documents, written through
+                       the sink (MongoSink.write_readings: its written marks included)
 Prints readings/s, the server's CPU per reading (/proc, the process listening on the Mongo port) and
-the client's, and the load average.
+the client's, and the load average; then, for today's layout and revision 4, what the backend's
+de-duplication look-up of one (device, boot, seq) costs, stored or not (wall and server CPU per look-up).
 
     .venv/bin/python bench/readings_layout.py [--readings 50000]
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import time
 import uuid
@@ -35,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import backend_throughput as bt
 
-from iot import contract
+from backend.engine import Item
+from backend.mongo_sink import MongoSink
+from iot import contract, readings_store
 
 DEVICES = 100
 PARTITIONS = 6
@@ -147,24 +154,71 @@ def bucket_columns(db: Database[Doc], batch: list[Doc]) -> None:
     )
 
 
+def revision_4(db: Database[Doc], batch: list[Doc]) -> None:
+    sink = _sinks.get(db.name)
+    if sink is None:
+        sink = _sinks[db.name] = MongoSink(f"{bt.MONGO}/{db.name}")
+    offsets = _offsets.setdefault(db.name, {})
+    items = []
+    for r in batch:
+        partition = int(r["device"].rsplit("d", 1)[1]) % PARTITIONS
+        offset = offsets[partition] = offsets.get(partition, -1) + 1
+        items.append(Item(r, partition, offset))
+    sink.write_readings(items)
+
+
+_sinks: dict[str, MongoSink] = {}
+_offsets: dict[str, dict[int, int]] = {}
+
+
+def lookups(db: Database[Doc], name: str, rs: list[Doc], store: list[int], n: int = 400) -> None:
+    """The de-duplication's look-up of one identity, as each layout answers it: stored ones and absent
+    ones (another boot), one call each."""
+    rng = random.Random(5)
+    hits = [contract.reading_id(r["device"], r["boot"], r["seq"]) for r in rng.sample(rs, n)]
+    misses = [contract.reading_id(r["device"], 9, r["seq"]) for r in rng.sample(rs, n)]
+    coll = readings_store.collection(db) if name.startswith("revision") else db.r
+    for label, ids in (("stored", hits), ("absent", misses)):
+        server0 = sum(bt.cpu_seconds(p) for p in store)
+        t0 = time.perf_counter()
+        found = 0
+        for rid in ids:
+            if name.startswith("revision"):
+                found += len(readings_store.find(coll, [rid]))
+            else:
+                found += coll.find_one({"_id": rid}) is not None
+        wall = time.perf_counter() - t0
+        server = sum(bt.cpu_seconds(p) for p in store) - server0
+        assert found == (n if label == "stored" else 0), (name, label, found)
+        print(
+            f"  look-up, {label}: {1e3 * wall / n:.2f} ms wall, "
+            f"server CPU {1e6 * server / n:.0f} us per look-up",
+            flush=True,
+        )
+
+
 LAYOUTS: tuple[tuple[str, Callable[[Database[Doc], list[Doc]], None], list[tuple[str, int]] | None], ...] = (
     ("per-reading (today)", per_reading, [("device", ASCENDING), ("ts", ASCENDING)]),
     ("per-reading, _id only", per_reading, None),
     ("bucket, upsert per batch", bucket_upsert, [("device", ASCENDING), ("start", ASCENDING)]),
     ("bucket, insert per batch", bucket_insert, [("device", ASCENDING), ("start", ASCENDING)]),
     ("bucket, columns, insert", bucket_columns, [("device", ASCENDING), ("start", ASCENDING)]),
+    ("revision 4 (readings_store)", revision_4, None),
 )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--readings", type=int, default=50_000)
+    ap.add_argument("--only", default="", help="run only the layouts whose name contains this")
     args = ap.parse_args()
     rs = readings(args.readings)
     work = batches(rs)
     client: MongoClient[Doc] = MongoClient(bt.MONGO)
     store = bt.listener_pids(int(bt.MONGO.rsplit(":", 1)[1]))
     for name, write, index in LAYOUTS:
+        if args.only not in name:
+            continue
         db_name = f"layout_{uuid.uuid4().hex[:8]}"
         db = client[db_name]
         try:
@@ -177,13 +231,21 @@ def main() -> int:
             wall = time.perf_counter() - t0
             mine = time.process_time() - client0
             server = sum(bt.cpu_seconds(p) for p in store) - server0
+            docs = (
+                db[contract.COLL_READINGS] if name.startswith("revision") else db.r
+            ).estimated_document_count()
             print(
                 f"{name}: {len(rs) / wall:,.0f} readings/s; CPU per reading: server "
                 f"{1e6 * server / len(rs):.0f} us, client {1e6 * mine / len(rs):.0f} us; "
-                f"{db.r.estimated_document_count():,} documents; load {os.getloadavg()[0]:.1f}",
+                f"{docs:,} documents; load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
+            if name.startswith(("per-reading (today)", "revision")):
+                lookups(db, name, rs, store)
         finally:
+            sink = _sinks.pop(db_name, None)
+            if sink is not None:
+                sink.close()
             client.drop_database(db_name)
     client.close()
     return 0
