@@ -103,6 +103,7 @@ class Clock:
     def __init__(self, speed: float, ticks_start_ms: int, control_dir: str) -> None:
         self.speed = speed  # while the board waits for nobody
         self._rate = speed  # virtual ms per real ms now
+        self._milli = round(speed * 1000)  # the same per 1000 real ms: run_ms in ints, no float per call
         self._host0 = host_ms()
         self._run0 = 0  # virtual ms at _host0
         self._holds = 0
@@ -114,7 +115,7 @@ class Clock:
 
     def run_ms(self) -> int:
         """Virtual ms since power-on, without jumps."""
-        return self._run0 + int((host_ms() - self._host0) * self._rate)
+        return self._run0 + (host_ms() - self._host0) * self._milli // 1000
 
     def hold(self, on: bool) -> None:
         """Run at host speed while held (on) until as many releases (not on): the board waits for the
@@ -124,8 +125,8 @@ class Clock:
         rate = 1 if self._holds else self.speed
         if rate != self._rate:
             host = host_ms()
-            self._run0 += int((host - self._host0) * self._rate)
-            self._host0, self._rate = host, rate
+            self._run0 += (host - self._host0) * self._milli // 1000
+            self._host0, self._rate, self._milli = host, rate, round(rate * 1000)
 
     def now_ms(self) -> int:
         """Virtual ms since power-on, jumps included (what the firmware's clocks count)."""
@@ -181,6 +182,11 @@ class VRaw(io.IOBase):
     -104 for a connection the peer reset). mbedTLS reads and writes through it, as through the
     raw socket on the port, so a timeout under TLS becomes the session's sticky error there too.
 
+    Bytes move between the host socket and the caller's buffer, as lwip_recvfrom(fd, buf, size) and
+    lwip_write do on the port: a call allocates nothing on the board's heap. Once connected the host
+    socket is non-blocking; a call that may block waits in virtual time for it (the timeout, at the
+    clock's rate), then moves what is there.
+
     Wi-Fi loss is lwIP's: an open socket raises nothing; nothing arrives, and writes go into the
     send buffer (SND_BUF) until it is full, then block. The host connection is closed at once, so
     the broker notices now (a real broker waits 1.5 keepalives); when Wi-Fi comes back the peer has
@@ -190,6 +196,7 @@ class VRaw(io.IOBase):
         self.sock = sock
         self._board = board
         self.timeout: float | None = None  # board seconds; 0: non-blocking
+        self.live = False  # connected: the host socket is non-blocking from then on
         self.shut = False
         self.silent = False
         self.reset = False
@@ -200,11 +207,17 @@ class VRaw(io.IOBase):
         self._full = False
         self._hpoll = select.poll()
         self._hpoll.register(sock, select.POLLIN)
+        self._wpoll: Any = None  # POLLOUT, made when a blocking write first has to wait
 
     def apply_timeout(self) -> None:
+        """Before the connect is done: the host's connect waits as long as the board's would."""
         t = self.timeout
-        if not self.shut and not self.silent:
+        if not self.live and not self.shut and not self.silent:
             self.sock.settimeout(None if t is None else 0 if t == 0 else self._board.clock.real_s(t * 1000))
+
+    def connected(self) -> None:
+        self.live = True
+        self.sock.setblocking(False)
 
     def _state(self) -> int:
         """0 if the socket can move bytes now, else what a call reports (as a positive errno)."""
@@ -212,7 +225,7 @@ class VRaw(io.IOBase):
         board.check_watchdog()
         if self.shut:
             return EBADF
-        if not board.net.up():
+        if not board.net.seen_up():
             if not self.silent:
                 self.silent = True
                 self.sock.close()
@@ -229,24 +242,47 @@ class VRaw(io.IOBase):
         self._board.block_ms(int((self.timeout or 3600) * 1000))
         return -ETIMEDOUT
 
-    def readinto(self, buf: "bytearray | memoryview") -> int | None:
-        err = self._state()
-        if err:
-            return -err
-        if self.silent:
-            return self._stall()
-        try:
-            data = self.sock.recv(len(buf))
-        except OSError as exc:
-            return self._host_error(exc)
-        buf[: len(data)] = data
-        return len(data)
+    def _deadline(self) -> int:
+        return self._board.clock.run_ms() + int((self.timeout or 3600) * 1000)
 
-    def write(self, buf: "bytes | bytearray | memoryview") -> int | None:
+    def _waited(self, poll: "Any", deadline: int) -> bool:
+        """A blocking call found nothing to move: wait a slice for the host socket; False once the
+        timeout passed."""
+        clock = self._board.clock
+        left = deadline - clock.run_ms()
+        if left <= 0:
+            return False
+        for _obj, _ev in poll.ipoll(min(SLICE_REAL_MS, max(1, int(clock.real_s(left) * 1000)))):
+            break
+        return True
+
+    def readinto(self, buf: "bytearray | memoryview", nbytes: int = -1) -> int | None:
+        deadline = -1
+        while True:
+            err = self._state()
+            if err:
+                return -err
+            if self.silent:
+                return self._stall()
+            try:
+                # (MicroPython's socket: a stream with readinto and write(buf, off, n))
+                sock: Any = self.sock
+                n: int | None = sock.readinto(buf) if nbytes < 0 else sock.readinto(buf, nbytes)
+            except OSError as exc:
+                return self._host_error(exc)
+            if n is not None or self.timeout == 0:
+                return n
+            if deadline < 0:
+                deadline = self._deadline()
+            if not self._waited(self._hpoll, deadline):
+                return -ETIMEDOUT
+
+    def write(self, buf: "bytes | bytearray | memoryview", off: int = 0, n: int = -1) -> int | None:
         err = self._state()
         if err:
             return -err
-        n = len(buf)
+        if n < 0:
+            n = len(buf) - off
         if self.silent:
             room = SND_BUF - self.queued
             if room <= 0:
@@ -261,10 +297,27 @@ class VRaw(io.IOBase):
                 n = 1 + self._rand.next() % (n - 1)  # lwIP's send buffer took only part of it
                 self._full = True
                 self.short_writes += 1
-        try:
-            return self.sock.send(memoryview(buf)[:n])
-        except OSError as exc:
-            return self._host_error(exc)
+        deadline = -1
+        while True:
+            try:
+                sock: Any = self.sock
+                sent: int | None = sock.write(buf, off, n)
+            except OSError as exc:
+                return self._host_error(exc)
+            if sent is not None or self.timeout == 0:
+                return sent
+            if deadline < 0:
+                deadline = self._deadline()
+                if self._wpoll is None:
+                    self._wpoll = select.poll()
+                    self._wpoll.register(self.sock, select.POLLOUT)
+            if not self._waited(self._wpoll, deadline):
+                return -ETIMEDOUT
+            err = self._state()
+            if err:
+                return -err
+            if self.silent:
+                return self._stall()
 
     def _host_error(self, exc: OSError) -> int | None:
         code = exc.args[0] if exc.args else 0
@@ -360,7 +413,7 @@ class VSocket(io.IOBase):
     def short_writes(self) -> int:
         return self._raw.short_writes
 
-    def _frame(self, view: memoryview, i: int, n: int) -> None:
+    def _frame(self, view: "bytes | bytearray | memoryview", i: int, n: int) -> None:
         """Follow MQTT framing over the bytes written (view[i:n]); hold the clock once a packet's
         fixed header says the broker will answer it."""
         while i < n:
@@ -413,12 +466,18 @@ class VSocket(io.IOBase):
         self._sticky = code
         return OSError(code)
 
-    def _rw(self, view: memoryview, want: int, writing: bool) -> int | None:
-        """py/stream.c's mp_stream_rw over one VRaw call at a time."""
+    def _rw(self, buf: "bytes | bytearray | memoryview", off: int, want: int, writing: bool) -> int | None:
+        """py/stream.c's mp_stream_rw over one VRaw call at a time, on the caller's buffer: only the
+        rest of a blocking read that came in pieces needs a slice (the port passes a pointer)."""
         raw = self._raw
         done = 0
         while done < want:
-            r = raw.write(view[done:want]) if writing else raw.readinto(view[done:want])
+            if writing:
+                r = raw.write(buf, off + done, want - done)
+            elif not done:
+                r = raw.readinto(buf, want)  # type: ignore[arg-type]
+            else:
+                r = raw.readinto(memoryview(buf)[done:want])
             if r is None:  # EAGAIN: only a non-blocking socket gets here
                 return done if done else None
             if r < 0:
@@ -426,35 +485,39 @@ class VSocket(io.IOBase):
             if r == 0:
                 return done
             if writing:
-                self._frame(view, done, done + r)
+                self._frame(buf, off + done, off + done + r)
             else:
                 self._await(False)
             done += r
         return done
 
-    def write(self, buf: "bytes | bytearray | memoryview", *args: int) -> int | None:
+    def write(self, buf: "bytes | bytearray | memoryview", a: int = -1, b: int = -1) -> int | None:
         """The port's stream write: write(buf), write(buf, max_len) or write(buf, off, max_len)."""
-        view = memoryview(buf)
-        if args:
-            off, max_len = (0, args[0]) if len(args) == 1 else (min(args[0], len(view)), args[1])
-            view = view[off : off + max_len]
+        size = len(buf)
+        off = 0
+        want = size
+        if b >= 0:  # (no tuples: the port's call allocates nothing)
+            off = min(a, size)
+            want = min(b, size - off)
+        elif a >= 0:
+            want = min(a, size)
         if self._tls is None:
-            return self._rw(view, len(view), True)
+            return self._rw(buf, off, want, True)
         self._board.check_watchdog()
         if self._sticky:
             raise OSError(self._sticky)
         try:
-            n: int | None = self._tls.write(view)
+            n: int | None = self._tls.write(buf, off, want)
         except OSError as exc:
             raise self._tls_error(exc) from None
         if n:
-            self._frame(view, 0, n)
+            self._frame(buf, off, off + n)
         return n
 
     def readinto(self, buf: "bytearray | memoryview", nbytes: int = -1) -> int | None:
         want = len(buf) if nbytes < 0 else min(nbytes, len(buf))
         if self._tls is None:
-            return self._rw(memoryview(buf), want, False)
+            return self._rw(buf, 0, want, False)
         self._board.check_watchdog()
         if self._sticky:
             raise OSError(self._sticky)

@@ -208,3 +208,56 @@ except OverflowError:
 print(json.dumps(out))
 """
     assert _run(tmp_path, code) == [(1 << 29) - 1, "overflow"]
+
+
+def test_reads_and_writes_go_through_the_callers_buffer_without_allocating(tmp_path: Path) -> None:
+    """The port reads into the caller's buffer (modsocket.c: lwip_recvfrom(fd, buf, size)) and writes
+    from it: a call allocates nothing on the Python heap. Before: the virtual socket received into a
+    new bytes object of the buffer's size (1,085 bytes for an update's chunk, a MemoryError on a
+    board whose heap the chunk already filled) and sliced memoryviews per call."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            for _ in range(3):
+                conn.sendall(bytes(1085))
+                conn.recv(1)  # the board read it
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    code = f"""
+import gc, json
+from vboard import Board
+b = Board()
+b.wifi_start("", "")  # associated at once (wifi_assoc_ms 0)
+s = b.connect_tcp(b.resolve("127.0.0.1", {srv.getsockname()[1]}), 2000)
+s.setblocking(False)
+p = b.poller(s)
+buf = bytearray(1800)
+mv = memoryview(buf)
+one = b"x"
+out = []
+for blocking in (False, False, True):
+    s.setblocking(blocking)
+    p.readable(2000)
+    gc.collect()
+    gc.disable()
+    before = gc.mem_alloc()
+    got = s.readinto(mv, 1085)
+    read = gc.mem_alloc() - before
+    before = gc.mem_alloc()
+    s.write(one, 0, 1)
+    wrote = gc.mem_alloc() - before
+    gc.enable()
+    out.append([got, read, wrote])
+print(json.dumps(out))
+"""
+    try:
+        out = _run(tmp_path, code)
+    finally:
+        srv.close()
+        thread.join(5)
+    assert out == [[1085, 0, 0]] * 3, out
