@@ -95,6 +95,23 @@ def _clear(folder: str) -> None:
         os.remove(folder + "/" + name)
 
 
+def _entries(files: list) -> list | str:
+    """The manifest's files as the transfer keeps them, [(name, size), ...], or why the list is bad
+    (refused only once the signature checked out: the reasons come in the order they always did)."""
+    out = []
+    last = len(files) - 1
+    for i, entry in enumerate(files):
+        name, size, digest_hex = entry
+        if (not isinstance(name, str) or "/" in name or name in _BOOT_FILES
+                or not (name.endswith(".py") or name.endswith(".mpy")) or not isinstance(size, int)
+                or size < 0 or not isinstance(digest_hex, str) or len(digest_hex) != 64):
+            return "bad file entry %r in the manifest" % (name,)
+        if name == "main.py" and i != last:
+            return "main.py must be the manifest's last file (it is swapped last)"
+        out.append((name, size))
+    return out
+
+
 class Refused(Exception):
     pass
 
@@ -107,7 +124,8 @@ class Updater:
         self._idb = b""
         self.have = 0
         self._head_len = 0  # known once the first HEAD bytes are in
-        self.files: list | None = None  # the verified manifest's files, once the header checked out
+        self.files: list | None = None  # the verified manifest's (name, size)s, once the header checked out
+        self._digest = b""  # the manifest's SHA-256, once checked
         self.version = ""
         self.bad_chunks = 0
         self.error = ""
@@ -256,53 +274,80 @@ class Updater:
 
     def _check_header(self, resuming: bool = False) -> None:
         """Everything about the bundle that can be known before its files: refuse early. Resuming,
-        the files already staged stay and the space they take was checked when they began."""
+        the files already staged stay and the space they take was checked when they began.
+
+        The signature is checked first, on a heap that holds little else: its numbers need ~5 KB at
+        pow's peak in runs of 770 bytes (unix port), and the manifest's objects, parsed first, had
+        left the heap in pieces too small for them (on the rig's boards every header chunk was
+        dropped, "no heap"). The manifest is hashed from flash, parsed only once the signature
+        checked out (or to say why it did not), and the transfer keeps only the files' names and
+        sizes: their SHA-256s are read again from the header at the end (_verify)."""
         offer = self.offer
         assert offer is not None
-        gc.collect()  # the manifest, its objects and the RSA numbers take a few KB at once
-        with open(HEADER, "rb") as f:
-            mlen, slen = struct.unpack(">HH", f.read(HEAD)[4:])
-            manifest = f.read(mlen)
-            sig = f.read(slen)
-        digest = hashlib.sha256(manifest).digest()
-        if hexstr(digest[:8]) != offer["id"]:
-            raise Refused("the offer's id does not match the bundle's manifest")
-        try:
-            m = json.loads(manifest)
-            files = m["files"]
-            version = m["version"]
-            key_id = m["key"]
-        except (ValueError, KeyError, TypeError):
-            raise Refused("the manifest is not valid JSON with version, key and files")
+        gc.collect()
+        # What the signature check holds is read first, so that it lies low in the heap and the
+        # check's own numbers find the runs above it free; the manifest's hash only uses the heap
+        # for moments.
         try:
             with open(KEY_FILE, "rb") as f:
                 key = f.read()
         except OSError:
             raise Refused("no " + KEY_FILE + " on the board: it takes no updates (iot flash --ota-key)")
-        trusted = hexstr(hashlib.sha256(key).digest()[:8])
+        with open(HEADER, "rb") as f:
+            mlen, slen = struct.unpack(">HH", f.read(HEAD)[4:])
+            f.seek(HEAD + mlen)
+            sig = f.read(slen)
+        h = hashlib.sha256(key)
+        trusted = hexstr(h.digest()[:8])
+        h = hashlib.sha256()
+        mv = memoryview(bytearray(256))
+        with open(HEADER, "rb") as f:
+            f.seek(HEAD)
+            left = mlen
+            while left:
+                n = f.readinto(mv[: min(256, left)])
+                if not n:
+                    break  # a short header: its digest is not the offer's id
+                h.update(mv[:n])
+                left -= n
+        digest = h.digest()
+        del h, mv
+        if hexstr(digest[:8]) != offer["id"]:
+            raise Refused("the offer's id does not match the bundle's manifest")
+        self.board.feed()
+        gc.collect()
+        signed = rsa_verify(key, sig, digest)
+        del key, sig
+        gc.collect()
+        with open(HEADER, "rb") as f:
+            f.seek(HEAD)
+            manifest = f.read(mlen)
+        try:
+            m = json.loads(manifest)
+            version = m["version"]
+            key_id = m["key"]
+            force = m.get("force") is True
+            files = _entries(m["files"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise Refused("the manifest is not valid JSON with version, key and files")
+        del m, manifest
         if key_id != trusted:
             raise Refused("signed by another key (%s); this board trusts %s" % (key_id, trusted))
-        self.board.feed()
-        if not rsa_verify(key, sig, digest):
+        if not signed:
             raise Refused("bad signature: the manifest was not signed by key " + trusted)
         if not isinstance(version, str) or version != offer["version"]:
             raise Refused("the manifest's version %r is not the offered %r" % (version, offer["version"]))
-        if version_key(version) <= version_key(self.running) and m.get("force") is not True:
+        if version_key(version) <= version_key(self.running) and not force:
             raise Refused("version %s is not newer than the running %s (a bundle built with --force may "
                           "go back)" % (version, self.running))
+        if isinstance(files, str):
+            raise Refused(files)
         total = self._head_len
         blocks = 0
         bs = os.statvfs(".")[0]
-        for i, entry in enumerate(files):
-            name, size, digest_hex = entry
-            if (not isinstance(name, str) or "/" in name or name in _BOOT_FILES
-                    or not (name.endswith(".py") or name.endswith(".mpy")) or not isinstance(size, int)
-                    or size < 0 or not isinstance(digest_hex, str) or len(digest_hex) != 64):
-                raise Refused("bad file entry %r in the manifest" % (name,))
-            if name == "main.py" and i != len(files) - 1:
-                raise Refused("main.py must be the manifest's last file (it is swapped last)")
-            total += size
-            blocks += size // bs + 2
+        for entry in files:
+            total += entry[1]
+            blocks += entry[1] // bs + 2
         if total != offer["size"]:
             raise Refused("the bundle holds %d bytes, the offer says %d" % (total, offer["size"]))
         if not resuming:
@@ -317,6 +362,7 @@ class Updater:
             with open(STAGED, "wb") as f:  # new/ is this bundle's now: a resume may count what it holds
                 f.write(b"1")
         self.files = files
+        self._digest = digest
         log.event("ota_header_ok", version=version, files=len(files), signed_by=trusted)
 
     def _resume(self, offer: dict) -> None:
@@ -359,10 +405,25 @@ class Updater:
             self._verify()
         return self.ready
 
+    def _digests(self) -> list:
+        """The files' SHA-256s (hex), from the manifest in the header, which must still be the one
+        whose signature was checked."""
+        with open(HEADER, "rb") as f:
+            mlen = struct.unpack(">H", f.read(HEAD)[4:6])[0]
+            manifest = f.read(mlen)
+        if hashlib.sha256(manifest).digest() != self._digest:
+            raise Refused("the header changed on flash since its signature was checked")
+        return [e[2] for e in json.loads(manifest)["files"]]
+
     def _verify(self) -> None:
+        try:
+            digests = self._digests()
+        except (Refused, OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            self._refuse("the manifest could not be read again: " + str(exc))
+            return
         buf = bytearray(512)
         mv = memoryview(buf)
-        for name, size, digest_hex in self.files:  # type: ignore[union-attr]
+        for i, (name, size) in enumerate(self.files):  # type: ignore[arg-type]
             h = hashlib.sha256()
             got = 0
             try:
@@ -376,7 +437,7 @@ class Updater:
                         self.board.feed()
             except OSError:
                 pass
-            if got != size or hexstr(h.digest()) != digest_hex:
+            if got != size or hexstr(h.digest()) != digests[i]:
                 self._refuse("file %s does not match the manifest's SHA-256 (corrupted in transfer or "
                              "on flash)" % name)
                 return
