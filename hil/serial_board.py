@@ -56,6 +56,17 @@ VSERIAL = Path(__file__).resolve().parent / "vserial"
 MAIN, REPL, RAW = "main", "repl", "raw"
 
 
+def hardware(hw: Path) -> Path:
+    """The modules of the chip around the firmware, fresh at every boot: the board model
+    (hil/virtual) with hil/vserial's `machine` and climate-chamber `env` over it."""
+    hw.mkdir(exist_ok=True)
+    for name in paths.VIRTUAL_MODULES:
+        shutil.copyfile(paths.VIRTUAL / name, hw / ("env_model.py" if name == "env.py" else name))
+    for source in VSERIAL.glob("*.py"):
+        shutil.copyfile(source, hw / source.name)
+    return hw
+
+
 def _child_setup() -> None:
     """In the board process: a session of its own with the board terminal as controlling tty."""
     os.setsid()
@@ -153,15 +164,7 @@ class SerialBoard:
         )
 
     def hardware(self) -> Path:
-        """The modules of the chip around the firmware, fresh at every boot: the board model
-        (hil/virtual) with hil/vserial's `machine` and climate-chamber `env` over it."""
-        hw = self.dir / "hw"
-        hw.mkdir(exist_ok=True)
-        for name in paths.VIRTUAL_MODULES:
-            shutil.copyfile(paths.VIRTUAL / name, hw / ("env_model.py" if name == "env.py" else name))
-        for source in VSERIAL.glob("*.py"):
-            shutil.copyfile(source, hw / source.name)
-        return hw
+        return hardware(self.dir / "hw")
 
     def kill_board(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

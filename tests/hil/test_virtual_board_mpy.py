@@ -49,8 +49,12 @@ def test_mpy_cross_emits_the_mpy_version_the_unix_port_loads(mpy_build: Path, tm
 # 2026-12-07 (VIRTUAL_LAYER_KB 42 -> 51), so both figures move by 9 KB. Remote configuration and
 # updates (issue 22) cost the compiled firmware 1.6 KB at boot (free at node_boot on this heap at 137 KB:
 # 16,640 -> 15,008 bytes, and a first spill then failed for a 304-byte block): 2 KB more heap, which is
-# still 6 KB short of what the sources need.
-SMALL_HEAP = "139K"
+# still 6 KB short of what the sources need. 2 KB more again on 2026-12-07: the layer's sockets stopped
+# allocating per call (~0.9 KB more code, compiled from source here) and the flash allowance is the
+# mount's measured 3,328 bytes, not 4 KB: at 139K the layer's own compile (vtls.py) found no 3.5 KB
+# block. At 141K the compiled board boots with 26.8 KB free (config.py leaves the heap once the node
+# runs) and the sources still die.
+SMALL_HEAP = "141K"
 
 
 def test_board_on_the_compiled_firmware_boots_publishes_and_releases_readings_on_an_ack(
