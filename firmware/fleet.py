@@ -13,7 +13,6 @@ import json
 import os
 import sys
 
-import config
 import log
 
 TYPE_CHECKING = False
@@ -69,16 +68,20 @@ class Fleet:
         self._archive = bool(self.last)
         self.unavailable = ""  # why an update could not even be received (no heap for ota.py)
         self.remote_fields: dict = {}  # what health says of a remote config unloaded for ota.py
+        # A transfer to resume: from the loop's first step, not from here (the caller's frame still
+        # holds the remote config, whose heap ota.py may need).
         try:
             os.stat(OFFER)
-            self.updater()  # a transfer to resume
+            self._resume = True
         except OSError:
-            pass
+            self._resume = False
+        self._unload_remote()  # an idle remote config: health keeps its fields
 
     def _unload_remote(self) -> None:
-        """ota.py needs the heap remote_config.py holds (~4.5 KB; on a board configured remotely the
-        transfer dropped every chunk for want of it): an idle remote config leaves what health says of
-        it and goes; the next config message loads it again from remote.json."""
+        """An idle remote config (none on trial) leaves what health says of it and goes, with
+        config.py (remote_config.py ~4.5 KB + config.py ~11.5 KB of heap, measured on the unix port):
+        the next config message loads both again from remote.json. On a board configured remotely
+        an update's transfer dropped every chunk while they stayed."""
         r = self.remote
         if r is None or r.trial is not None:
             return
@@ -88,6 +91,7 @@ class Fleet:
         self.report = self.report or r.report
         self.remote = None
         sys.modules.pop("remote_config", None)
+        sys.modules.pop("config", None)  # loaded for remote_config.py only (node.main let it go)
 
     def updater(self) -> Updater | None:
         if self.ota is None and not self.unavailable:
@@ -96,7 +100,7 @@ class Fleet:
             try:
                 from ota import Updater
 
-                self.ota = Updater(self.node.board, config.FW_VERSION)
+                self.ota = Updater(self.node.board, self.node.fw)
             except MemoryError:
                 gc.collect()
                 self.unavailable = ("no heap to load ota.py (%d bytes free): flash the firmware compiled "
@@ -120,6 +124,8 @@ class Fleet:
                 self.remote_fields = {}
             if self.remote.handle(self.node, payload):
                 self._restart_for = "config"
+            else:
+                self._unload_remote()  # applied, refused or the same again (the retained one): idle
         elif kind == b"ota":
             if self.trial is not None:
                 return  # a version on trial takes no offer: it is judged first
@@ -152,6 +158,9 @@ class Fleet:
     def step(self) -> None:
         """Restart when a config or an update asks for it; judge a trial; report progress in health."""
         node = self.node
+        if self._resume:
+            self._resume = False
+            self.updater()
         why = self._restart_for
         remote, ota = self.remote, self.ota
         if remote is not None and remote.step(node):

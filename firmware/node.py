@@ -10,6 +10,7 @@ counts it.
 import gc
 import json
 import os
+import sys
 
 # Largest modules first, a collection after each: compiling from source on a ~110 KB heap needs
 # contiguous blocks that later imports would have fragmented (measured: importing in alphabetical
@@ -89,7 +90,6 @@ def next_boot(board: Board | None = None) -> int:
 def record_crash(board: Board, exc: BaseException) -> None:
     """Keep the reason and the end of the traceback for the next boot's health, count the crash."""
     import io
-    import sys
 
     buf = io.StringIO()
     sys.print_exception(exc, buf)  # type: ignore[attr-defined]
@@ -165,6 +165,7 @@ class Node:
         self.last_crash = take_crash()
         self.crashes = board.nvs_get("crashes") or 0
         self.seq = 0
+        self.fw = config.FW_VERSION  # config.py itself leaves the heap once the node is made (main)
         host, port, tls = config.parse_broker(cfg["broker"])
         i2c = board.i2c(cfg["i2c_id"], cfg["i2c_scl"], cfg["i2c_sda"], cfg["i2c_freq"])
         self.bme = Sensor("bme280", BME280(i2c, cfg["bme280_addr"], board, cfg["stuck_after"]))
@@ -182,9 +183,7 @@ class Node:
         # Remote configuration and updates (fleet.py) load only when in use: the heap at boot is an
         # ESP32's, and most boots have neither.
         self.fleet: Fleet | None = None
-        self._remote = remote
-        if remote or _exists("ota.d/state") or _exists("ota.d/offer") or _exists("ota.d/result"):
-            self.on_fleet(b"", None)  # a remote config, an update under way or its outcome: loaded now
+        self._remote = remote  # handed to fleet.py at the start of run()
         self.time_valid = False
         # Uptime as an unbounded int, summed from tick differences each pass (a pass is far shorter
         # than 2^29 ms): ticks wrap at 2^30 ms (12.4 days) and a difference of ticks is only valid
@@ -233,7 +232,7 @@ class Node:
             "humidity": self._metric("humidity", h),
             "pressure": self._metric("pressure", p),
             "luminosity": self._metric("luminosity", lux),
-            "fw": config.FW_VERSION,
+            "fw": self.fw,
         }
         self.seq += 1
         return json.dumps(reading).encode()
@@ -293,7 +292,7 @@ class Node:
             "device": self.cfg["device"],
             "place": self.cfg["place"],
             "boot": self.boot,
-            "fw": config.FW_VERSION,
+            "fw": self.fw,
             "uptime_s": self.uptime_ms // 1000,
             "rssi": self.board.rssi(),
             "mem_free": self.board.mem_free(),
@@ -361,8 +360,14 @@ class Node:
     # --- main loop --------------------------------------------------------------------------
     def run(self) -> None:
         board = self.board
+        # A remote config, an update under way or its outcome: fleet.py loads now, not in __init__,
+        # so that main() holds no reference to the remote config any more and fleet.py can let it go
+        # (with config.py) when ota.py needs the heap: a transfer resumed at boot on a board with a
+        # remote config found no heap to load ota.py while main() held it.
+        if self._remote or _exists("ota.d/state") or _exists("ota.d/offer") or _exists("ota.d/result"):
+            self.on_fleet(b"", None)
         log.event("node_boot", device=self.cfg["device"], place=self.cfg["place"], boot=self.boot,
-                  fw=config.FW_VERSION, board=board.name, outbox_depth=self.outbox.count,
+                  fw=self.fw, board=board.name, outbox_depth=self.outbox.count,
                   mem_free=board.mem_free())
         wdt = board.watchdog(self._wdt_ms)
         next_measure = board.ticks_ms()
@@ -415,12 +420,32 @@ def main() -> None:
 
     board = load()
     try:
+        node = _start(board)
+        if node is not None:
+            node.run()
+    except Exception as exc:  # the crash handler: anything the node did not expect
+        log.event("node_crashed", error=exc, action="recorded for the next boot's health; rebooting")
+        try:
+            record_crash(board, exc)
+        except Exception as err:  # NVS full, no heap left: the reset matters more than the record
+            print("crash_record_failed error=" + str(err))
+        finally:
+            board.reset()
+
+
+def _start(board: Board) -> Node | None:
+    """The config (config.json, with the operator's remote config over it) and the node, or None
+    (halted on a bad config, or safe mode). A function of its own: what it held (config.py, a remote
+    config) is no longer referenced once it returns, even from a stack slot the garbage collector
+    scans, so fleet.py can give their heap to an update (main() runs as long as the node)."""
+    global config
+    try:
         cfg = config.load()
     except config.ConfigError as exc:
         log.event("config_invalid", field=exc.field, problem=exc.problem,
                   action="fix config.json and copy it again with `iot flash --config FILE`")
         board.halt(str(exc))
-        return
+        return None
     remote = None
     if _exists("remote.json") or _exists("remote.try"):
         from remote_config import Remote
@@ -431,19 +456,14 @@ def main() -> None:
     crashes = board.nvs_get("crashes") or 0
     if crashes >= SAFE_MODE_AFTER:
         safe_mode(board, cfg, crashes)
-        return
-    try:
-        node = Node(board, cfg, remote)
-        remote = None  # the node's (fleet.py may unload it): no reference left in this frame
-        node.run()
-    except Exception as exc:  # the crash handler: anything the node did not expect
-        log.event("node_crashed", error=exc, action="recorded for the next boot's health; rebooting")
-        try:
-            record_crash(board, exc)
-        except Exception as err:  # NVS full, no heap left: the reset matters more than the record
-            print("crash_record_failed error=" + str(err))
-        finally:
-            board.reset()
+        return None
+    node = Node(board, cfg, remote)
+    # config.py checks a config (~11.5 KB of heap loaded as .mpy, measured on the unix port); nothing
+    # needs it again until a remote config comes (remote_config.py loads it then), and its heap is
+    # what an update needs: ota.py and the signature check did not fit beside it.
+    del config
+    sys.modules.pop("config", None)
+    return node
 
 
 def safe_mode(board: Board, cfg: dict, crashes: int) -> None:

@@ -96,7 +96,9 @@ def test_board_heap_is_esp32_sized(make_board: BoardFactory) -> None:
     # The firmware sees what an ESP32 leaves after loading it: well under 110 KB, yet room to run.
     # 39.9 KB on 2026-12-07 (42.2-42.9 before): the firmware's own NTP client, TLS setup module and
     # Wi-Fi, safe-mode and watchdog handling take ~2.6 KB more; the layer's allowance is measured.
-    assert 38_000 < free < 110 * 1024
+    # 47.9 KB later that day: config.py (11.5 KB loaded) leaves the heap once the node runs, which an
+    # over-the-air update needs (docs/FLEET.md, "Heap").
+    assert 44_000 < free < 110 * 1024
 
 
 def test_board_powers_off_when_the_rig_that_started_it_is_gone(make_board: BoardFactory) -> None:
