@@ -121,17 +121,26 @@ def _trial_failed(st: dict, board: object) -> str:
     return ""
 
 
-def _load_firmware() -> str:
-    """Import what main.py imports, in its order; "" when it loads, else why (the modules it left are
-    dropped, so main.py then loads the old version cleanly once rolled back). Checked here, at a trial
-    boot, so neither main.py nor the board layer has to survive a new version that does not load."""
+def _load_firmware(files: list) -> str:
+    """Import what main.py imports, in its order; "" when it loads, else why. What the attempt loaded
+    of the firmware (board, the update's `files`, what mqtt and node brought) is dropped, so main.py
+    then loads the old version cleanly once rolled back; what board.py brought of the port stays, as
+    the port's own modules stay loaded on an ESP32 (the virtual boards' layer: compiled again on a
+    heap the failed attempt had cut up, it found no room and the board stopped at the REPL). Checked
+    here, at a trial boot, so neither main.py nor the board layer has to survive a new version that
+    does not load."""
     import gc
     import sys
 
     before = set(sys.modules)
+    port: set = set()
     try:
         import board  # noqa: F401
 
+        port = set(sys.modules) - before
+        port.discard("board")
+        for name in files:
+            port.discard(name.rsplit(".", 1)[0])
         gc.collect()
         import mqtt  # noqa: F401
 
@@ -139,7 +148,7 @@ def _load_firmware() -> str:
         import node  # noqa: F401
     except Exception as exc:
         for name in list(sys.modules):
-            if name not in before:
+            if name not in before and name not in port:
                 del sys.modules[name]
         gc.collect()
         with open(CRASH_FILE, "w") as f:
@@ -170,7 +179,7 @@ def run() -> None:
         st["boots"] = 0
         write_json(STATE, st)
     if st["s"] == "trial":
-        why = _load_firmware()
+        why = _load_firmware(st.get("files", []))
         if not why:
             from board import load
 

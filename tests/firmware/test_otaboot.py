@@ -13,8 +13,10 @@ from tests.firmware import unixport
 
 pytestmark = pytest.mark.unit
 
-# The board layer as otaboot sees it: the reset cause and the watchdog (vboard needs a whole spec).
+# The board layer as otaboot sees it: the reset cause and the watchdog (vboard needs a whole spec);
+# `port` stands for what board.py imports of the port (the virtual board layer, C modules on an ESP32).
 _BOARD = """
+import port  # noqa: F401
 CAUSE = ["power_on"]
 class _Board:
     armed = 0
@@ -155,6 +157,7 @@ else:
 def _run(code: str, tmp_path: Path) -> Any:
     (tmp_path / "board.py").write_text(_BOARD)
     (tmp_path / "mqtt.py").write_text("")
+    (tmp_path / "port.py").write_text("")
     (tmp_path / "node.py").write_text(_NODE)
     return unixport.run_json(_HARNESS + code, tmp_path, heap="2M", timeout=300)
 
@@ -240,6 +243,15 @@ write("broken", "")
 sys.modules.pop("node", None)  # a new interpreter at every boot on a board
 boot(-1)
 res["import"] = [result()["error"], firmware() == OLD, "node" in sys.modules, "board" in sys.modules]
+trial_layout(0)              # the same at a board's boot, where board.py is not loaded yet
+write("broken", "")
+_board = sys.modules.pop("board")
+sys.modules.pop("port")
+sys.modules.pop("mqtt", None)
+sys.modules.pop("node", None)
+boot(-1)
+res["fresh"] = [result()["error"], [n in sys.modules for n in ("board", "mqtt", "node", "port")]]
+sys.modules["board"] = _board
 fresh()
 write("ota.d/state", "{not json")
 write("main.py", "old main")
@@ -256,5 +268,8 @@ print(json.dumps(res))
     assert out["twice"] == ["no commit after 2 boots (last reset: power_on)", "2.0.0", "1.0.0", True]
     # What the failed attempt loaded is dropped (board was loaded before it: the harness's own).
     assert out["import"] == ["crashed at import: RuntimeError: broken build", True, False, True]
+    # The firmware it loaded goes, the port's modules board.py brought stay (before: dropped too, and
+    # on the rig's board the layer's second compile after the rollback found no heap).
+    assert out["fresh"] == ["crashed at import: RuntimeError: broken build", [False, False, False, True]]
     assert out["garbage"] == [None, {"main.py": "old main"}]
 
