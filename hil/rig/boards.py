@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hil.errors import BoardError
 from hil.netfault import MqttProxy
 from hil.rig.drivers import (
     BoardSensors,
@@ -65,9 +66,10 @@ class RigBoard:
         self.broker_url = f"mqtt://{advertise}:{self.proxy.port}"
         self.workdir = workdir
         self.config_path = workdir / "config" / f"{spec.id}.json"
+        self.chip: VirtualBoard | None = None  # a virtual board's chip (power cuts inside boot.py)
         if spec.virtual:
             # The chip around the firmware (hil/serial_board.py): made now, powered by power_up.
-            chip = VirtualBoard(
+            chip = self.chip = VirtualBoard(
                 workdir / "boards",
                 self.config(),
                 {"env": spec.env, "seed": 1},
@@ -113,3 +115,10 @@ class RigBoard:
     def shutdown(self) -> None:
         self.serial.detach()
         self.proxy.stop()
+
+    def cut_power_in_boot(self, after_ops: int) -> None:
+        """A virtual board's power goes after boot.py's `after_ops`-th flash operation of its next
+        update swap (or rollback); a real board has no such switch."""
+        if self.chip is None:
+            raise BoardError(f"{self.id}: a power cut at a flash operation needs a virtual board")
+        self.chip.cut_power_in_boot(after_ops)

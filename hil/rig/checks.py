@@ -22,10 +22,17 @@ from iot import contract, readings_store
 ReadingId = tuple[str, int, int]
 
 
-def _published(stack: RigStack, board: RigBoard) -> dict[ReadingId, tuple[dict[str, Any], float]]:
-    """Every reading of the board the rig's probe saw during the run, with its first arrival."""
+def _published(
+    stack: RigStack, board: RigBoard
+) -> tuple[dict[ReadingId, tuple[dict[str, Any], float]], set[ReadingId]]:
+    """Every reading of the board the rig's probe saw during the run, with its first arrival; and the
+    identities published with two different payloads (a board re-sends a reading byte for byte from
+    its outbox: another payload under the same (device, boot, seq) is a reused identity, e.g. a new
+    firmware counting its boots or seqs again)."""
     assert stack.probe is not None
     out: dict[ReadingId, tuple[dict[str, Any], float]] = {}
+    payloads: dict[ReadingId, bytes] = {}
+    reused: set[ReadingId] = set()
     for m in stack.probe.messages("reading", board.device):
         try:
             r = m.json()
@@ -33,7 +40,9 @@ def _published(stack: RigStack, board: RigBoard) -> dict[ReadingId, tuple[dict[s
         except (ValueError, KeyError, TypeError):
             continue
         out.setdefault(key, (r, m.at))
-    return out
+        if payloads.setdefault(key, m.payload) != m.payload:
+            reused.add(key)
+    return out, reused
 
 
 def _gaps(ids: set[ReadingId]) -> int:
@@ -88,7 +97,7 @@ def delivered(
     in_mongo: set[ReadingId] = set()
     while True:
         now = time.time()
-        seen = _published(stack, board)
+        seen, reused = _published(stack, board)
         ids = set(seen)
         kafka = stack.kafka.snapshot()
         in_mongo |= _in_mongo(stack.db, board.device, ids - in_mongo)
@@ -109,6 +118,7 @@ def delivered(
         Measurement.check("readings_in_run", len(ids), None, "readings"),
         Measurement.check("newest_reading_age_s", round(now - newest, 1), fresh_limit, "s"),
         Measurement.check("seq_gaps", gaps, 0, "readings"),
+        Measurement.check("ids_reused", len(reused), 0, "readings"),
         Measurement.check("missing_in_kafka", len(missing_kafka), 0, "readings"),
         Measurement.check("missing_in_mongo", len(missing_mongo), 0, "readings"),
         Measurement.check("mongo_copies_max", max(map(len, mongo.values()), default=0), 1, "copies"),
@@ -175,7 +185,7 @@ def windows(
     size_ms = stack.rig.stack.tumbling_s * 1000
     first = (int(since * 1000) // size_ms + 1) * size_ms
     last_end = int(until * 1000) // size_ms * size_ms
-    measured = [int(r["ts"]) for r, _at in _published(stack, board).values() if r.get("time_valid")]
+    measured = [int(r["ts"]) for r, _at in _published(stack, board)[0].values() if r.get("time_valid")]
     clear = expected_windows(first, last_end, size_ms, faults, measured)
     deadline = time.monotonic() + timeout_s
     while True:

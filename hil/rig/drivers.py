@@ -71,6 +71,7 @@ class FlashOptions:
     say: Callable[[str], None]
     username: str = ""
     password: str = ""
+    ota_key: Path | None = None  # the public key its over-the-air updates must be signed with
 
 
 class Port(Protocol):

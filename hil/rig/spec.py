@@ -53,7 +53,7 @@ STEPS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "latency_s": ((int, float), 10),
         "timeout_s": ((int, float), 60),
     },
-    # Fleet operations (hil/rig/fleet_steps.py), as the operator's `iot config set` and
+    # Fleet operations (hil/rig/fleet_steps.py), as the operator's `iot config set` / `iot ota push` /
     # `iot devices remove` do them. `error`: text the outcome's reason must contain.
     "config_set": {
         "set": (dict, None),
@@ -63,10 +63,22 @@ STEPS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "error": (str, ""),
         "timeout_s": ((int, float), 90),
     },
+    "ota_push": {
+        "build": (str, "good"),  # good | raises_at_import | other_key (signed by a key boards do not trust)
+        "version": (str, ""),  # "": one patch above what the board runs
+        "cut": (str, "none"),  # none | transfer (power off a third in) | swap (virtual: inside boot.py)
+        "expect": (str, "updated"),
+        "error": (str, ""),
+        "trial_s": (int, 60),
+        "timeout_s": ((int, float), 240),
+    },
     "revoke": {"seconds": ((int, float), 10), "online_s": ((int, float), 60)},
 }
 # Values a step's text argument may take.
 CHOICES = {
+    ("ota_push", "build"): ("good", "raises_at_import", "other_key"),
+    ("ota_push", "cut"): ("none", "transfer", "swap"),
+    ("ota_push", "expect"): ("updated", "rolled_back", "refused"),
     ("config_set", "expect"): ("applied", "refused"),
 }
 VIRTUAL_ONLY = {"set_environment", "sensor_fault"}

@@ -37,6 +37,9 @@ class Context:
     scenario_start: float = 0.0
     firmware: dict[str, str] = field(default_factory=dict)  # board id -> version seen
     cut_since: dict[str, float] = field(default_factory=dict)  # board id -> network cut until restored
+    # board id -> the version an update left it on (verify_version then expects it, not the flashed one)
+    updated_to: dict[str, str] = field(default_factory=dict)
+    ota: fleet_steps.OtaKit | None = None  # the run's update keys and bundles, made at the first flash
 
     def fault(self, board: str, kind: str, start: float, end: float, label: str) -> None:
         self.faults.setdefault(board, []).append((start, end))
@@ -65,9 +68,11 @@ def _flash(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
         say=lambda line: ctx.say(f"  {board.id}: {line}"),
         username=ctx.stack.login[0],
         password=ctx.stack.login[1],
+        ota_key=fleet_steps.kit(ctx).public,  # it takes the run's updates (ota_push)
     )
     result = board.flash.flash(board.write_config(), ctx.stack.broker_url, options)
     ctx.firmware[board.id] = result.fw
+    ctx.updated_to.pop(board.id, None)
     return [
         Measurement.check("flash_copy_s", round(result.copy_s, 2), None, "s"),
         Measurement.check("flash_online_s", round(result.online_s, 2), float(step.arg("wait_s")), "s"),
@@ -84,11 +89,14 @@ def _verify_version(ctx: Context, board: RigBoard, step: Step) -> list[Measureme
         if not fw:
             time.sleep(0.2)
     ctx.firmware[board.id] = fw
-    want = ctx.rig.firmware.version
+    want = ctx.updated_to.get(board.id) or ctx.rig.firmware.version
     if not fw:
         raise StepFailed(f"{board.id}: no health message with a firmware version; is the board online?")
     if want and fw != want:
-        raise StepFailed(f"{board.id}: runs firmware {fw!r}, the rig expects {want!r} (firmware.version)")
+        raise StepFailed(
+            f"{board.id}: runs firmware {fw!r}, the rig expects {want!r} "
+            "(firmware.version, or the version its last update left)"
+        )
     return []
 
 
@@ -204,6 +212,7 @@ BOARD_STEPS: dict[str, Callable[[Context, RigBoard, Step], list[Measurement]]] =
     "sensor_fault": _sensor_fault,
     "expect": _expect,
     "config_set": fleet_steps.config_set,
+    "ota_push": fleet_steps.ota_push,
     "revoke": fleet_steps.revoke,
 }
 

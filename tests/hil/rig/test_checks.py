@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from hil.rig.boards import RigBoard
-from hil.rig.checks import expected_windows, windows
+from hil.rig.checks import _published, expected_windows, windows
 from hil.rig.stack import RigStack
 from iot import contract, readings_store
 
@@ -162,3 +162,27 @@ def test_expected_windows_skip_faults_and_windows_without_readings() -> None:
     # A fault over [14 s, 14.5 s] and the 10 s after it touch the windows at 10, 15 and 20 s.
     assert expected_windows(0, 30_000, size, [(14.0, 14.5)], measured) == [0, 25_000]
     assert expected_windows(0, 30_000, size, [], measured) == [0, 10_000, 15_000, 20_000, 25_000]
+
+
+def test_an_identity_published_with_another_payload_is_a_reused_one_a_resend_is_not() -> None:
+    """A board re-sends a reading byte for byte from its outbox; another reading under the same
+    (device, boot, seq) (a new firmware numbering its boots or seqs again after an update) is what the
+    fleet scenarios' accounting must catch: `ids_reused`."""
+    probe = _Probe([SINCE, SINCE + 1])
+    first, second = probe.msgs
+    probe.msgs.append(_Message(first.payload, first.at + 5))  # re-sent after a lost ack
+    later = json.loads(second.payload)
+    later["ts"] += 60_000  # measured a minute later under the same identity
+    probe.msgs.append(_Message(json.dumps(later).encode(), second.at + 60))
+
+    class _Board:
+        device = DEVICE
+
+    class _ProbeStack:
+        pass
+
+    stack = _ProbeStack()
+    stack.probe = probe  # type: ignore[attr-defined]
+    seen, reused = _published(cast(RigStack, stack), cast(RigBoard, _Board()))
+    assert set(seen) == {(DEVICE, 1, 0), (DEVICE, 1, 1)}
+    assert reused == {(DEVICE, 1, 1)}

@@ -41,7 +41,8 @@ def test_shipped_rigs_load(monkeypatch: pytest.MonkeyPatch) -> None:
     assert virtual.firmware.mpy
     steps = {s.name for sc in virtual.scenarios for s in sc.steps}
     assert {"flash", "verify_version", "cut_network", "power_cut", "sensor_fault", "broker_restart"} <= steps
-    assert {"remote_config", "device_revoked"} <= {sc.name for sc in virtual.scenarios}  # issue #22's
+    fleet = {"remote_config", "ota_update", "ota_rollback", "ota_bad_signature", "ota_power_cut"}
+    assert fleet | {"device_revoked"} <= {sc.name for sc in virtual.scenarios}  # issue #22's
     with pytest.raises(RigConfigError, match="IOT_GATEWAY_MQTT_PASSWORD"):
         spec.load(RIGS / "esp32-bench.yaml")  # the broker password comes from the environment
     monkeypatch.setenv("IOT_GATEWAY_MQTT_PASSWORD", "pw")
@@ -84,7 +85,10 @@ def test_a_good_rig_expands_counts_and_fills_step_defaults(tmp_path: Path) -> No
         # A MicroPython version not modelled; a real board runs what it was flashed with.
         (("count: 2}", "count: 2, profile: '1.19'}"), "boards[0].profile"),
         (("{id: a, place: kitchen, count: 2}", ESP32_WITH_PROFILE), "boards[0].profile"),
-        # Fleet steps: an outcome the rig does not know; a config step with nothing to set.
+        # Fleet steps: a build, a cut or an outcome the rig does not know; a config step with nothing.
+        (("{wait: 3}", "{ota_push: {build: unsigned}}"), "scenarios[0].steps[1].ota_push.build"),
+        (("{wait: 3}", "{ota_push: {cut: middle}}"), "scenarios[0].steps[1].ota_push.cut"),
+        (("{wait: 3}", "{ota_push: {expect: fine}}"), "scenarios[0].steps[1].ota_push.expect"),
         (("{wait: 3}", "{config_set: {unset: [x], expect: ok}}"), "scenarios[0].steps[1].config_set.expect"),
         (("{wait: 3}", "{config_set: {trial_s: 10}}"), "scenarios[0].steps[1].config_set"),
         (("{wait: 3}", "{config_set: {set: [interval_s]}}"), "scenarios[0].steps[1].config_set.set"),
