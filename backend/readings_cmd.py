@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,8 +29,17 @@ def migrate(uri: str) -> readings_store.Migrated:
     try:
         db = client.get_default_database(default=contract.DEFAULT_DATABASE)
         _log.info("readings_migration_started", chunk=readings_store.MIGRATE_CHUNK)
+        started = time.monotonic()
 
         def progress(done: readings_store.Migrated) -> None:
+            if not done.chunks:
+                _log.info(
+                    "readings_marks_set",
+                    partitions=done.marked,
+                    seconds=round(time.monotonic() - started, 1),
+                    action="the revision 4 backend may start now; the migration goes on beside it",
+                )
+                return
             _log.info(
                 "readings_migrating",
                 readings=done.readings,

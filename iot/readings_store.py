@@ -329,6 +329,7 @@ class Migrated:
     readings: int = 0  # revision 3 documents rewritten
     buckets: int = 0  # revision 4 documents they became
     resumed: bool = False  # a killed run's chunk was finished first
+    marked: int | None = None  # partitions whose written marks were raised (None: not yet)
     seconds: float = 0.0
     chunks: list[int] = field(default_factory=list)
 
@@ -347,10 +348,10 @@ def migrate(
     journal goes. Killed anywhere, a run starts by finishing the journal's chunk (a bucket not in yet
     is made again from its documents, all still there), so no reading is lost or left stored twice
     (until then, a killed chunk's readings may be held twice: readers here take each once), and a
-    finished migration finds nothing to do. Each chunk also raises the written marks (`MARKS`) of
-    `topic`'s partitions to the records its readings came from: a backend that replays those records
-    after the upgrade looks them up before writing. Readable throughout by the backend (it reads
-    both shapes); run it with the backend stopped so the marks are in place before it starts."""
+    finished migration finds nothing to do. Its first step raises the written marks (`MARKS`) of
+    `topic`'s partitions to the records the readings came from (`progress` is called then with
+    `marked` set): from then on a revision 4 backend may run beside it (it reads both shapes, and a
+    replay of those records looks their readings up before writing them)."""
     coll, journal = collection(db), db[MIGRATION]
     done = Migrated()
     started = time.monotonic()
@@ -360,29 +361,41 @@ def migrate(
         _apply(coll, journal, [(str(p["b"]), [str(m) for m in p["m"]]) for p in pending["plan"]], {})
     # One pass for the identities alone (~150 bytes each in memory), so that a device's readings become
     # the fewest buckets whatever order they were stored in; then each chunk reads its documents by `_id`.
-    fields = {name: 1 for name in (*_TOP, "seq", *DATES)}
-    idents = sorted(
-        (d["device"], d["boot"], d["place"], d["seq"])
-        for d in coll.find({"n": {"$exists": False}}, fields, batch_size=10_000)
-        if _is_v3_reading(d)
-    )
+    # The same pass raises the written marks (`MARKS`) of `topic`'s partitions to every record a
+    # revision 3 reading came from, before anything else: from then on a backend that replays those
+    # records looks their readings up before writing them, so it may run beside the rest.
+    fields = {name: 1 for name in (*_TOP, "seq", *DATES, "src")}
+    idents: list[tuple[str, int, str, int]] = []
+    marks: dict[int, int] = {}
+    for d in coll.find({"n": {"$exists": False}}, fields, batch_size=10_000):
+        if not _is_v3_reading(d):
+            continue
+        idents.append((d["device"], d["boot"], d["place"], d["seq"]))
+        src = d.get("src")
+        if isinstance(src, int) and not isinstance(src, bool) and src >= 0:
+            partition, offset = int(src) >> SRC_SHIFT, int(src) & ((1 << SRC_SHIFT) - 1)
+            marks[partition] = max(offset, marks.get(partition, -1))
+    idents.sort()
+    mark_written(db, topic, marks)
+    done.marked = len(marks)
+    if progress is not None:
+        progress(done)
     plan: list[tuple[str, list[str]]] = []
     for (device, boot, _place), group in groupby(idents, key=lambda i: i[:3]):
         for first, n in blocks(sorted({i[3] for i in group})):
             members = [contract.reading_id(device, boot, s) for s in range(first, first + n)]
             plan.append((bucket_id(device, boot, first, n), members))
             if sum(len(m) for _, m in plan) >= chunk:
-                _migrate_chunk(db, topic, plan, done, progress, started)
+                _migrate_chunk(db, plan, done, progress, started)
                 plan = []
     if plan:
-        _migrate_chunk(db, topic, plan, done, progress, started)
+        _migrate_chunk(db, plan, done, progress, started)
     done.seconds = time.monotonic() - started
     return done
 
 
 def _migrate_chunk(
     db: Database[Doc],
-    topic: str,
     plan: list[tuple[str, list[str]]],
     done: Migrated,
     progress: Callable[[Migrated], None] | None,
@@ -390,18 +403,12 @@ def _migrate_chunk(
 ) -> None:
     coll, journal = collection(db), db[MIGRATION]
     by_id: dict[str, Doc] = {}
-    marks: dict[int, int] = {}
     for _bid, members in plan:
         for rid in members:
             doc = coll.find_one({"_id": rid})
             if doc is None or not _is_v3_reading(doc):
                 raise MigrationError(f"reading {rid} changed while migrating: is another migration running?")
             by_id[rid] = doc
-            src = doc.get("src")
-            if isinstance(src, int) and not isinstance(src, bool) and src >= 0:
-                partition, offset = int(src) >> SRC_SHIFT, int(src) & ((1 << SRC_SHIFT) - 1)
-                marks[partition] = max(offset, marks.get(partition, -1))
-    mark_written(db, topic, marks)
     # A list of documents: FerretDB 1.24 stores no arrays in arrays.
     entries = [{"b": b, "m": ms} for b, ms in plan]
     journal.replace_one({"_id": _JOURNAL_ID}, {"_id": _JOURNAL_ID, "plan": entries}, upsert=True)
