@@ -126,6 +126,9 @@ COLL_PLACE_WINDOWS: Final = "place_windows"
 # The device registry: one document per provisioned board, `_id` = device id (`iot devices`; the
 # gateway keeps it current from status and health). Fields: docs/CONTRACT.md, "Device registry".
 COLL_DEVICES: Final = "devices"
+# The remote configuration the operator wants per board (`iot config set`), apart from `devices` so
+# that each document has one writer (docs/CONTRACT.md, "Device registry").
+COLL_DEVICE_CONFIGS: Final = "device_configs"
 # Health fields the registry keeps besides `fw`: the applied configuration revision and the state of
 # an over-the-air update, as boards with remote configuration and OTA report them.
 HEALTH_CONFIG_REV: Final = "config_rev"

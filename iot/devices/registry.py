@@ -13,11 +13,18 @@
     update_state  state of an over-the-air update, from health (boards with OTA)
     health_at     when the last health message was received
     config        the remote configuration the operator wants: {rev, set, trial_s, at, sets, refused}
-                  (`iot config set`, fleetops/remote.py; kept when the board is re-provisioned)
+                  (`iot config set`, fleetops/remote.py; kept when the board is re-provisioned).
+                  Stored apart, in `device_configs` (`_id` = device), and merged in by `get`/`all`.
 
 `iot devices` writes the identity fields; the gateway keeps the rest current (gateway/registry.py)
 with updates that match a document by `_id` and `place` and never create one: a board that is not
 provisioned, or was removed, has no document.
+
+Each document has one writer at a time: the gateway writes `devices` all the time, the operator's
+commands write `device_configs`. FerretDB 1.24 updates a document by reading and rewriting it whole,
+so two writers of one document lost each other's changes (the wanted config went back to an older
+revision while the gateway wrote the board's health: tests/gateway/test_registry.py). A `config`
+field left in `devices` by an older version is still read until the next `iot config set` moves it.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ def _now() -> dt.datetime:
 class Registry:
     def __init__(self, collection: Collection[dict[str, Any]]) -> None:
         self._coll = collection
+        self._configs: Collection[dict[str, Any]] = collection.database[contract.COLL_DEVICE_CONFIGS]
 
     @classmethod
     def connect(cls, uri: str, timeout_s: float = 5.0) -> Registry:
@@ -98,25 +106,39 @@ class Registry:
 
     def get(self, device: str) -> dict[str, Any] | None:
         found: dict[str, Any] | None = self._do("get", lambda: self._coll.find_one({"_id": device}))
+        if found is not None:
+            wanted = self._do("get", lambda: self._configs.find_one({"_id": device}))
+            if wanted is not None:
+                found["config"] = wanted["config"]
         return found
 
     def all(self) -> list[dict[str, Any]]:
         docs: list[dict[str, Any]] = self._do("list", lambda: list(self._coll.find({})))
+        wanted = {w["_id"]: w["config"] for w in self._do("list", lambda: list(self._configs.find({})))}
+        for doc in docs:
+            if doc["_id"] in wanted:
+                doc["config"] = wanted[doc["_id"]]
         return sorted(docs, key=lambda d: (str(d.get("place")), str(d["_id"])))
 
     def set_config(self, device: str, config: Mapping[str, Any]) -> None:
         """The remote configuration the operator wants for the board (`iot config set`): `config`."""
-        self._do("config", lambda: self._coll.update_one({"_id": device}, {"$set": {"config": dict(config)}}))
+        self._do(
+            "config",
+            lambda: self._configs.replace_one(
+                {"_id": device}, {"_id": device, "config": dict(config)}, upsert=True
+            ),
+        )
 
     def note_config_refused(self, device: str, rev: int, error: str) -> None:
         """The board refused revision `rev` of its remote configuration (`error`, from its health)."""
         self._do(
             "config",
-            lambda: self._coll.update_one(
+            lambda: self._configs.update_one(
                 {"_id": device, "config.rev": rev}, {"$set": {"config.refused": {"rev": rev, "error": error}}}
             ),
         )
 
     def remove(self, device: str) -> bool:
         result = self._do("remove", lambda: self._coll.delete_one({"_id": device}))
+        self._do("remove", lambda: self._configs.delete_one({"_id": device}))
         return bool(result.deleted_count)
