@@ -23,6 +23,7 @@ from backend.engine import Item
 from backend.mongo_sink import MongoSink, source_code, source_of
 from backend.records import PLACE, SENSOR
 from iot import contract, readings_store
+from iot.harness import payloads
 from tests.services import IOT
 from tests.support import unique, wait_for
 
@@ -35,21 +36,20 @@ TOPIC = "iot.readings"
 
 
 def reading(device: str, seq: int, boot: int = 0, place: str = "p1") -> dict[str, Any]:
-    return {
-        "v": 1,
-        "device": device,
-        "place": place,
-        "boot": boot,
-        "seq": seq,
-        "ts": T0 + seq * 1000,
-        "time_valid": True,
-        "temperature": 20 + seq / 100,
-        "humidity": None if seq % 7 == 0 else 40.5,
-        "pressure": 1000.25,
-        "luminosity": float(seq % 5),
-        "fw": "0.1.0",
-        "received_at": T0 + seq * 1000 + 300,
-    }
+    ts = T0 + seq * 1000
+    return payloads.reading(
+        place,
+        device,
+        seq,
+        ts=ts,
+        boot=boot,
+        temperature=20 + seq / 100,
+        humidity=None if seq % 7 == 0 else 40.5,
+        pressure=1000.25,
+        luminosity=float(seq % 5),
+        fw="0.1.0",
+        received_at=ts + 300,
+    )
 
 
 def items(readings: list[dict[str, Any]], partition: int = 0, first_offset: int = 0) -> list[Item]:

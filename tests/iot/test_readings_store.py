@@ -9,26 +9,15 @@ from typing import Any
 import pytest
 
 from iot import contract, readings_store
+from iot.harness import payloads
 
 pytestmark = pytest.mark.unit
 
 
 def _reading(seq: int, device: str = "d-1", boot: int = 0, place: str = "kitchen") -> dict[str, Any]:
-    return {
-        "v": 1,
-        "device": device,
-        "place": place,
-        "boot": boot,
-        "seq": seq,
-        "ts": 1_700_000_000_000 + seq * 1000,
-        "time_valid": True,
-        "temperature": 20.5,
-        "humidity": None,
-        "pressure": 1000.25,
-        "luminosity": 3.0,
-        "fw": "0.1.0",
-        "received_at": 1_700_000_000_500 + seq * 1000,
-    }
+    ts = 1_700_000_000_000 + seq * 1000
+    # A null metric among the columns: it must come back null.
+    return payloads.reading(place, device, seq, ts=ts, boot=boot, humidity=None, received_at=ts + 500)
 
 
 def test_a_run_becomes_the_fewest_aligned_blocks() -> None:
