@@ -12,7 +12,7 @@ from fleetops import bundle, push, remote
 from fleetops.operator import Session, Target, select
 from iot import contract
 from iot.devices.provision import DevicesSettings
-from iot.devices.registry import Registry
+from iot.devices.registry import UNREADABLE, Registry
 from iot.env import stack_dir
 
 _EPILOG = """The broker is IOT_MQTT_URL (IOT_MQTT_TLS_CA for mqtts://), the registry IOT_MONGO_URI; the
@@ -168,7 +168,7 @@ def _config_show(args: argparse.Namespace) -> int:
         "wanted": remote.masked(wanted.get("set") or {}),
         "applied_rev": health.get(contract.HEALTH_CONFIG_REV, doc.get(contract.HEALTH_CONFIG_REV)),
         "trial_rev": health.get("config_trial"),
-        "error": health.get("config_error") or refused or None,
+        "error": doc.get(UNREADABLE) or health.get("config_error") or refused or None,
         "online": bool(doc.get("online")),
         # What the next `iot config set` adds its fields to: the wanted ones, or after a refusal the
         # ones the board runs.

@@ -24,7 +24,7 @@ from fleetops.operator import Session, Target, config_topic
 from hil import paths
 from hil.flash import firmware_config_module
 from iot import contract
-from iot.devices.registry import Registry, RegistryError
+from iot.devices.registry import UNREADABLE, Registry, RegistryError
 from iot.errors import ConfigError
 
 __all__ = [
@@ -160,6 +160,14 @@ def deliver(
     planned: list[tuple[Delivery, dict[str, Any]]] = []
     for t in targets:
         doc = registry.get(t.device) or {}
+        if doc.get(UNREADABLE):
+            # Its next revision and the fields it keeps cannot be known: guessing could send a revision
+            # the board ignores (not above its own) or drop fields it runs.
+            raise RolloutError(
+                f"{t.device}: its wanted config is unreadable ({doc[UNREADABLE]}); nothing was sent to"
+                " any board. Repair that document, or delete it: the next `iot config set` then starts"
+                " after the revision the board runs, with only the fields it gives"
+            )
         old = doc.get("config") or {}
         health = session.heard(t.device).health
         start = base(old, health, applied_rev(doc, health))
@@ -173,7 +181,8 @@ def deliver(
         dropped = {
             k: v for k, v in last.items() if start.get(k, gone) != v and k not in changes and k not in unset
         }
-        rev = int(old.get("rev") or 0) + 1
+        # Above the revision the board runs too: one it has (or had) is not taken again.
+        rev = max(int(old.get("rev") or 0), applied_rev(doc, health) or 0) + 1
         sets = {str(r): v for r, v in dict(old.get("sets") or {}).items() if int(r) > rev - KEEP_SETS}
         sets[str(rev)] = wanted
         planned.append((Delivery(t, rev, wanted, restart, dropped, refusal(old, health)), sets))

@@ -25,22 +25,30 @@ commands write `device_configs`. FerretDB 1.24 updates a document by reading and
 so two writers of one document lost each other's changes (the wanted config went back to an older
 revision while the gateway wrote the board's health: tests/gateway/test_registry.py). A `config`
 field left in `devices` by an older version is still read until the next `iot config set` moves it.
+
+Stored documents are input: a wanted config that is not one (`wanted_config`) is left out of the
+merged document, which says why in `config_unreadable` instead, and is logged once per read; listing
+the fleet goes on, and `iot config set` refuses that board rather than guess its next revision.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import pymongo
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from iot import contract
+from iot import contract, log
 from iot.errors import IotError
 
-__all__ = ["STATE_FIELDS", "Registry", "RegistryError"]
+__all__ = ["STATE_FIELDS", "UNREADABLE", "Registry", "RegistryError", "wanted_config"]
+
+_log = log.get("devices")
+# The merged document's field that says why its wanted config was left out.
+UNREADABLE: Final = "config_unreadable"
 
 # Reset when a board is (re-)provisioned: they describe what it reported, not who it is.
 STATE_FIELDS: Mapping[str, Any] = {
@@ -61,6 +69,30 @@ class RegistryError(IotError):
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def wanted_config(config: Any) -> str:
+    """Why `config` (a stored wanted config: {rev, set, trial_s, at, sets, refused}) is not one, or ''
+    if it is. Only what `iot config set` and `show` build on is checked."""
+    if not isinstance(config, Mapping):
+        return f"config is {type(config).__name__}, not a document"
+    if not _count(config.get("rev")) or config["rev"] < 1:
+        return f"config.rev is {config.get('rev')!r}, not a revision number >= 1"
+    if not isinstance(config.get("set"), Mapping):
+        return f"config.set is {type(config.get('set')).__name__}, not a document of fields"
+    sets = config.get("sets", {})
+    if not isinstance(sets, Mapping) or not all(
+        isinstance(r, str) and r.isdigit() and isinstance(v, Mapping) for r, v in sets.items()
+    ):
+        return "config.sets is not a document of revision -> fields"
+    refused = config.get("refused")
+    if refused is not None and not (isinstance(refused, Mapping) and _count(refused.get("rev"))):
+        return f"config.refused is {refused!r:.80}, not {{rev, error}}"
+    return ""
 
 
 class Registry:
@@ -108,16 +140,14 @@ class Registry:
         found: dict[str, Any] | None = self._do("get", lambda: self._coll.find_one({"_id": device}))
         if found is not None:
             wanted = self._do("get", lambda: self._configs.find_one({"_id": device}))
-            if wanted is not None:
-                found["config"] = wanted["config"]
+            _merge(found, wanted)
         return found
 
     def all(self) -> list[dict[str, Any]]:
         docs: list[dict[str, Any]] = self._do("list", lambda: list(self._coll.find({})))
-        wanted = {w["_id"]: w["config"] for w in self._do("list", lambda: list(self._configs.find({})))}
+        wanted = {w.get("_id"): w for w in self._do("list", lambda: list(self._configs.find({})))}
         for doc in docs:
-            if doc["_id"] in wanted:
-                doc["config"] = wanted[doc["_id"]]
+            _merge(doc, wanted.get(doc["_id"]))
         return sorted(docs, key=lambda d: (str(d.get("place")), str(d["_id"])))
 
     def set_config(self, device: str, config: Mapping[str, Any]) -> None:
@@ -142,3 +172,30 @@ class Registry:
         result = self._do("remove", lambda: self._coll.delete_one({"_id": device}))
         self._do("remove", lambda: self._configs.delete_one({"_id": device}))
         return bool(result.deleted_count)
+
+
+def _merge(doc: dict[str, Any], wanted: Mapping[str, Any] | None) -> None:
+    """The board's wanted config (its `device_configs` document, else a legacy `config` field) into
+    `doc` as `config`, or why it is unreadable as UNREADABLE."""
+    if wanted is not None:
+        where = f"{contract.COLL_DEVICE_CONFIGS} {{_id: {doc['_id']!r}}}"
+        config = wanted.get("config")
+    elif "config" in doc:
+        where = f"{contract.COLL_DEVICES} {{_id: {doc['_id']!r}}}.config"
+        config = doc["config"]
+    else:
+        return
+    why = wanted_config(config)
+    if not why:
+        doc["config"] = config
+        return
+    doc.pop("config", None)
+    doc[UNREADABLE] = f"{where}: {why}"
+    _log.warning(
+        "device_config_unreadable",
+        device=doc["_id"],
+        document=where,
+        error=why,
+        action="`iot config set` refuses this board until the document is repaired or deleted"
+        " (after a delete, the next set starts after the revision the board runs)",
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from fleetops.remote import base
+from iot.devices.registry import wanted_config
 
 pytestmark = pytest.mark.unit
 
@@ -39,3 +40,27 @@ def test_a_refused_revision_gives_way_to_the_one_the_board_runs() -> None:
 def test_a_refusal_of_an_older_revision_or_a_run_revision_not_on_record_keeps_the_last() -> None:
     assert base(SENT, {"config_rev": 2, "config_error": "rev 2: …"}, 2) == SENT["set"]
     assert base({**SENT, "sets": {}}, REFUSED, 2) == SENT["set"]
+
+
+@pytest.mark.parametrize(
+    ("config", "why"),
+    [
+        (None, "config is NoneType"),
+        ("rev 3", "config is str"),
+        ({"set": {}}, "config.rev is None"),
+        ({"rev": True, "set": {}}, "config.rev is True"),
+        ({"rev": 0, "set": {}}, "config.rev is 0"),
+        ({"rev": 2, "set": ["interval_s"]}, "config.set is list"),
+        ({"rev": 2, "set": {}, "sets": {"x": {}}}, "config.sets is not"),
+        ({"rev": 2, "set": {}, "sets": {"1": 5}}, "config.sets is not"),
+        ({"rev": 2, "set": {}, "refused": "yes"}, "config.refused is 'yes'"),
+    ],
+)
+def test_a_stored_wanted_config_that_is_none_says_why(config: object, why: str) -> None:
+    assert wanted_config(config).startswith(why)
+
+
+def test_a_wanted_config_as_iot_config_set_stores_it_is_one() -> None:
+    stored = {**SENT, "trial_s": 120, "at": "2026-12-07", "refused": {"rev": 3, "error": "…"}}
+    assert wanted_config(stored) == ""
+    assert wanted_config({"rev": 1, "set": {}}) == ""

@@ -12,22 +12,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pymongo
 import pytest
 
 from fleetops import bundle, push, remote
 from fleetops.bundle import Bundle
+from fleetops.errors import RolloutError
 from fleetops.operator import Session, Target
 from hil import flash, paths
 from hil.probe import Probe
 from hil.vboard_process import EXIT_CONFIG, VirtualBoard
+from iot import contract
 from iot.devices.provision import DevicesSettings
-from iot.devices.registry import Registry
+from iot.devices.registry import UNREADABLE, Registry
 from iot.errors import ConfigError
 from iot.harness.broker import PrivateBroker
 from iot.harness.children import run
 from tests.hil.conftest import BoardFactory, provisioned
 from tests.services import IOT, REPO
-from tests.support import wait_for
+from tests.support import unique, wait_for
 
 pytestmark = [pytest.mark.hil, pytest.mark.integration]
 
@@ -278,3 +281,49 @@ def test_remote_config_applies_live_and_a_broker_it_cannot_reach_is_rolled_back_
         assert remote.wait_applied(session, [after], 30, print, registry)[board.device] == ("applied", "")
         acc = _accounting(heard, board.device)
     assert acc["missing"] == 0, acc
+
+
+def test_an_unreadable_wanted_config_stops_the_set_and_a_deleted_one_starts_above_the_boards(
+    settings: DevicesSettings, auth_broker: PrivateBroker, registry: Registry
+) -> None:
+    """Stored documents are input. A `device_configs` document that is no wanted config (edited by
+    hand, written by a broken tool) made every registry read raise KeyError: `iot devices list`,
+    `iot config show` and a fleet-wide `iot config set` stopped for every board. Now the fleet is
+    listed, the set refuses before anything is sent to any board, and once the document is deleted
+    the next revision is above the one the board runs (a board ignores one that is not)."""
+    good, bad = unique("fo"), unique("fo")
+    for device in (good, bad):
+        registry.add(device, "kitchen")
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongo_uri)
+    db = client.get_default_database()
+    try:
+        registry.set_config(good, {"rev": 1, "set": {"interval_s": 2}, "trial_s": 120, "sets": {}})
+        db[contract.COLL_DEVICES].update_one({"_id": bad}, {"$set": {contract.HEALTH_CONFIG_REV: 5}})
+        # Written by hand with the fields at the top: there is no `config`.
+        db[contract.COLL_DEVICE_CONFIGS].insert_one({"_id": bad, "rev": 7, "set": {"interval_s": 1}})
+        listed = {d["_id"]: d for d in registry.all()}
+        assert listed[good]["config"]["rev"] == 1 and UNREADABLE not in listed[good]
+        shown = registry.get(bad)
+        assert shown is not None and "config" not in shown
+        assert "device_configs" in shown[UNREADABLE] and "config is NoneType" in shown[UNREADABLE]
+        targets = [Target(good, "kitchen"), Target(bad, "kitchen")]
+        with (
+            Probe(
+                auth_broker.url,
+                [f"sensors/kitchen/{device}/config" for device in (good, bad)],
+                username=auth_broker.operator.username,
+                password=auth_broker.operator.password,
+            ) as probe,
+            Session(settings, targets) as session,
+        ):
+            with pytest.raises(RolloutError, match=f"{bad}: its wanted config is unreadable"):
+                remote.deliver(session, registry, targets, {"interval_s": 3}, [])
+            db[contract.COLL_DEVICE_CONFIGS].delete_one({"_id": bad})
+            sent = remote.deliver(session, registry, targets, {"interval_s": 3}, [])
+            assert [(d.target.device, d.rev) for d in sent] == [(good, 2), (bad, 6)]
+            # One publisher, in order: had the refused set sent anything, it would be heard first.
+            wait_for(lambda: len(probe.messages("config")) >= 2, 10, "the two config messages")
+            heard = [(m.topic.split("/")[2], m.json()["rev"]) for m in probe.messages("config")]
+            assert heard == [(good, 2), (bad, 6)]
+    finally:  # the broker is the module's own and keeps nothing: its retained messages go with it
+        client.close()
