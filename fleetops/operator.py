@@ -139,11 +139,18 @@ class Session:
         with self._lock:
             self._lock.wait(timeout)
 
-    def settle(self, seconds: float = 1.0) -> None:
-        """Let the retained health and status of every board arrive after subscribing."""
+    def settle(self, seconds: float = 2.0) -> None:
+        """Let the retained health and status of every board arrive after subscribing: until each
+        target was heard with both, or `seconds` (a board that never connected has neither, and a
+        large fleet's retained messages take a while: the broker sends them after the subscription's
+        acknowledgement, a thousand in flight at a time)."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.wait(deadline - time.monotonic())
+        with self._lock:
+            while not all(b.heard.health_at and b.heard.status_at for b in self.boards.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._lock.wait(left)
 
     def publish(self, topic: str, payload: bytes, retain: bool, qos: int = 1, timeout: float = 10.0) -> None:
         """Publish and, for QoS 1, wait until the broker has it."""

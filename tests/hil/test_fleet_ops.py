@@ -327,3 +327,33 @@ def test_an_unreadable_wanted_config_stops_the_set_and_a_deleted_one_starts_abov
             assert heard == [(good, 2), (bad, 6)]
     finally:  # the broker is the module's own and keeps nothing: its retained messages go with it
         client.close()
+
+
+def test_a_session_settles_once_every_target_was_heard_and_gives_up_on_one_never_seen(
+    settings: DevicesSettings, auth_broker: PrivateBroker
+) -> None:
+    """`iot config` and `iot ota` read each board's retained health before they act (did it refuse its
+    last revision? which version runs?). The session waits until every target was heard with its
+    retained status and health; a board that never connected has neither, and is given up on at the
+    deadline instead of holding the command."""
+    seen, never = unique("fo"), unique("fo")
+    with Probe(
+        auth_broker.url,
+        [f"sensors/kitchen/{seen}/#"],
+        username=auth_broker.operator.username,
+        password=auth_broker.operator.password,
+    ) as probe:
+        session = Session(settings, [])
+        with session:
+            session.publish(f"sensors/kitchen/{seen}/status", b"online", retain=True)
+            session.publish(f"sensors/kitchen/{seen}/health", b'{"fw": "0.1.0", "boot": 3}', retain=True)
+        wait_for(lambda: len(probe.messages()) >= 2, 10, "the retained status and health")
+    with Session(settings, [Target(seen, "kitchen")]) as session:
+        session.settle(seconds=30)
+        heard = session.heard(seen)
+        assert heard.status == "online" and heard.health == {"fw": "0.1.0", "boot": 3}
+        assert heard.health_retained
+    with Session(settings, [Target(seen, "kitchen"), Target(never, "kitchen")]) as session:
+        session.settle(seconds=1)
+        assert session.heard(seen).health == {"fw": "0.1.0", "boot": 3}
+        assert session.heard(never).health is None and session.heard(never).status == ""
