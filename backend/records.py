@@ -3,6 +3,7 @@ DLQ records. Pure functions; dates stay epoch ms here and become BSON dates in t
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -66,6 +67,10 @@ def encoded_size_bound(value: bytes) -> int | None:
     return len(value) + NUMBER_GROWTH * numbers
 
 
+# A board's topic, formatted once per board rather than once per reading (~0.4 us).
+_reading_topic: Final = functools.lru_cache(maxsize=16_384)(contract.reading_topic)
+
+
 def decode_reading(value: bytes | None) -> dict[str, Any]:
     """Validate one iot.readings value (payload v1 plus `received_at`) and return the reading."""
     if value is None:
@@ -85,7 +90,7 @@ def decode_reading(value: bytes | None) -> dict[str, Any]:
         raise RejectedRecord(contract.REASON_NOT_OBJECT, f"value is a JSON {kind}", UNKNOWN_TOPIC)
     place, device = obj.get("place"), obj.get("device")
     topic = (
-        contract.reading_topic(place, device)
+        _reading_topic(place, device)
         if contract.is_id(place) and contract.is_id(device)
         else UNKNOWN_TOPIC
     )

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iot import contract
 from iot.contract import InvalidReading, validate_reading
@@ -63,6 +65,95 @@ def test_valid_reading_is_normalised_to_floats_and_nulls() -> None:
 )
 def test_each_bad_payload_gets_its_stable_reason(payload: bytes, reason: str) -> None:
     assert reason_of(TOPIC, payload) == reason
+
+
+class _IntSub(int):
+    pass
+
+
+# Values at and beyond every edge the validation has, for any field.
+_EDGES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    2,
+    -1,
+    2**63 - 1,
+    2**63,
+    -(2**63),
+    -(2**63) - 1,
+    _IntSub(1),
+    1.0,
+    -40.0,
+    -40.01,
+    85.0,
+    85.01,
+    100.0,
+    300.0,
+    1100.0,
+    150000.0,
+    150000.5,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    1e308,
+    12,
+    1_795_900_000_000,
+    contract.TS_MAX_MS,
+    contract.TS_MAX_MS - 1,
+    "",
+    "x",
+    "x" * 64,
+    "x" * 65,
+    "node-1",
+    "kitchen",
+    "garage",
+    "n\u00f6de",
+    "fw-\ud800",
+    "1",
+    [],
+    {},
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from([*contract.FIELDS, "extra"]), st.sampled_from(_EDGES), max_size=4),
+    st.sets(st.sampled_from(list(contract.FIELDS)), max_size=2),
+)
+def test_the_fast_path_accepts_only_what_the_full_checks_accept_and_returns_the_same(
+    changes: dict[str, Any], missing: set[str]
+) -> None:
+    # _validate_fields tries a fast path for plain readings first; the full checks name every error.
+    _fast_agrees(changes, missing)
+
+
+def _fast_agrees(changes: dict[str, Any], missing: set[str]) -> None:
+    obj = {**reading(), **changes}
+    for name in missing:
+        obj.pop(name, None)
+    ids = contract.TopicIds(place="kitchen", device="node-1")
+    fast = contract._valid_fields_fast(ids, obj)
+    try:
+        full = contract._validate_fields_fully(ids, obj)
+    except InvalidReading:
+        assert fast is None
+        return
+    if fast is not None:
+        assert list(fast.items()) == list(full.items())
+        assert [type(v) for v in fast.values()] == [type(v) for v in full.values()]
+
+
+def test_the_fast_path_agrees_with_the_full_checks_on_every_edge_of_every_field() -> None:
+    for name in [*contract.FIELDS, "extra"]:
+        for value in _EDGES:
+            _fast_agrees({name: value}, set())
+        _fast_agrees({}, {name})
+    # So that the comparisons compare something: a plain reading takes the fast path.
+    ids = contract.TopicIds(place="kitchen", device="node-1")
+    assert contract._valid_fields_fast(ids, reading()) == contract._validate_fields_fully(ids, reading())
 
 
 def test_json_nested_beyond_the_parser_is_malformed_json_not_an_exception() -> None:
