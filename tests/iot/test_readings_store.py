@@ -6,7 +6,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import bson
 import pytest
+from bson.datetime_ms import DatetimeMS
 
 from iot import contract, readings_store
 from iot.harness import payloads
@@ -92,3 +94,59 @@ def test_a_revision_3_document_reads_as_a_bucket_of_one_and_bad_shapes_give_what
     assert readings_store.unpack({"_id": "x", "n": 10_000, "seq": 0}) == []
     odd = readings_store.unpack({"_id": "d:0:0+4", "device": "d", "boot": 0, "n": 2, "seq": 0, "ts": [5]})
     assert [(r["_id"], r["seq"], r["ts"]) for r in odd] == [("d:0:0", 0, 5), ("d:0:1", 1, None)]
+
+
+def test_a_bucket_document_is_exactly_the_revision_4_layout() -> None:
+    # The stored shape is the contract (docs/CONTRACT.md): pack builds it column by column, and a
+    # bucket of one (live traffic) on a path of its own; both must give exactly these documents.
+    base = 1_700_000_000_000
+    restamped = {**_reading(5), "device_ts": 1_900_000_000_000}
+    docs = readings_store.pack([(_reading(4), 7), (restamped, 8), (_reading(6), 9), (_reading(7), 10)])
+    docs += readings_store.pack([(_reading(9, boot=2), 11)])
+    dates = [DatetimeMS(base + s * 1000) for s in range(4, 8)]
+    rx = [DatetimeMS(base + s * 1000 + 500) for s in range(4, 8)]
+    expected = [
+        {
+            "_id": "d-1:0:4+4",
+            "device": "d-1",
+            "place": "kitchen",
+            "boot": 0,
+            "seq": 4,
+            "n": 4,
+            "start": dates[0],
+            "end": dates[3],
+            "v": [1] * 4,
+            "ts": dates,
+            "received_at": rx,
+            "time_valid": [True] * 4,
+            "temperature": [21.5] * 4,
+            "humidity": [None] * 4,
+            "pressure": [1012.5] * 4,
+            "luminosity": [300.0] * 4,
+            "fw": ["test-1.0"] * 4,
+            "src": [7, 8, 9, 10],
+            "device_ts": [None, 1_900_000_000_000, None, None],
+        },
+        {
+            "_id": "d-1:2:9",
+            "device": "d-1",
+            "place": "kitchen",
+            "boot": 2,
+            "seq": 9,
+            "n": 1,
+            "start": DatetimeMS(base + 9000),
+            "end": DatetimeMS(base + 9000),
+            "v": [1],
+            "ts": [DatetimeMS(base + 9000)],
+            "received_at": [DatetimeMS(base + 9500)],
+            "time_valid": [True],
+            "temperature": [21.5],
+            "humidity": [None],
+            "pressure": [1012.5],
+            "luminosity": [300.0],
+            "fw": ["test-1.0"],
+            "src": [11],
+        },
+    ]
+    assert [list(d.items()) for d in docs] == [list(d.items()) for d in expected]
+    assert [bson.encode(d) for d in docs] == [bson.encode(d) for d in expected]
