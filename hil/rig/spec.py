@@ -49,6 +49,7 @@ STEPS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "wait": {"seconds": ((int, float), 5)},
     "expect": {
         "delivered": (bool, True),
+        "readings": (int, 1),  # at least this many readings published in the scenario, waited for
         "windows": (bool, True),
         "latency_s": ((int, float), 10),
         "timeout_s": ((int, float), 60),

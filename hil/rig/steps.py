@@ -171,7 +171,9 @@ def _expect(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
     timeout = float(step.arg("timeout_s"))
     out: list[Measurement] = []
     if step.arg("delivered") or step.arg("latency_s"):
-        found, published, kafka = delivered(ctx.stack, board, ctx.scenario_start, timeout)
+        found, published, kafka = delivered(
+            ctx.stack, board, ctx.scenario_start, timeout, int(step.arg("readings"))
+        )
         if step.arg("delivered"):
             out += found
         if step.arg("latency_s"):

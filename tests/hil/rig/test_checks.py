@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from hil.rig.boards import RigBoard
-from hil.rig.checks import _published, expected_windows, windows
+from hil.rig.checks import _published, delivered, expected_windows, windows
+from hil.rig.record import FAILED, PASSED
 from hil.rig.stack import RigStack
 from iot import contract, readings_store
 
@@ -186,3 +187,53 @@ def test_an_identity_published_with_another_payload_is_a_reused_one_a_resend_is_
     seen, reused = _published(cast(RigStack, stack), cast(RigBoard, _Board()))
     assert set(seen) == {(DEVICE, 1, 0), (DEVICE, 1, 1)}
     assert reused == {(DEVICE, 1, 1)}
+
+
+class _Publishing(_Probe):
+    """A board publishing as the rig looks: one more of its readings each time the probe is read."""
+
+    def __init__(self, ts: list[float]) -> None:
+        super().__init__(ts)
+        self.shown = 0
+
+    def messages(self, kind: str, device: str) -> list[_Message]:
+        self.shown += 1
+        return super().messages(kind, device)[: self.shown]
+
+
+class _Kafka:
+    def __init__(self, ts: list[float]) -> None:
+        self.held = {(DEVICE, 1, n): [int(t * 1000) + 300] for n, t in enumerate(ts)}
+
+    def snapshot(self) -> dict[tuple[str, int, int], list[int]]:
+        return self.held
+
+
+class _PublishingBoard(_Board):
+    def config(self) -> dict[str, Any]:
+        return {"interval_s": 1}
+
+
+def _delivered_in_short_scenario(min_readings: int, timeout_s: float) -> Any:
+    """A scenario of a few seconds (an update refused): its steps are done when the board has
+    published its first reading in it; every reading it publishes is delivered at once."""
+    ts = [SINCE + n for n in range(8)]
+    stack = _Stack(ts, set())
+    stack.probe = _Publishing(ts)
+    stack.kafka = _Kafka(ts)  # type: ignore[attr-defined]
+    found, _scenario, _kafka = delivered(
+        cast(RigStack, stack), cast(RigBoard, _PublishingBoard()), SINCE, timeout_s, min_readings
+    )
+    return next(m for m in found if m.name == "readings_published")
+
+
+def test_expect_waits_until_the_scenario_has_the_readings_it_asks_for() -> None:
+    # Before `readings`, expect stopped at the first look with everything delivered: a scenario
+    # counted what its seconds happened to hold (4 in a CI run whose test asked for 5).
+    published = _delivered_in_short_scenario(min_readings=5, timeout_s=30)
+    assert (published.value, published.low, published.outcome) == (5, 5, PASSED)
+
+
+def test_a_scenario_short_of_its_readings_at_the_deadline_fails_its_expect() -> None:
+    published = _delivered_in_short_scenario(min_readings=5, timeout_s=0)
+    assert (published.value, published.outcome) == (1, FAILED)
