@@ -572,7 +572,7 @@ class Batches:
             "check MongoDB/Kafka (iot stack status); the batch is retried, nothing is lost",
             scope=scope.name,
         )
-        self._pace(open_s)
+        self._pace(open_s, out.open_deferred > 0)
 
     def _write(
         self, scope: str, out: Outputs, forwards: list[Forward], rejected: list[dict[str, Any]]
@@ -598,8 +598,8 @@ class Batches:
         self.kafka.flush()
         return open_s
 
-    def _pace(self, open_s: float) -> None:
-        interval = self.pacer.record(open_s, time.monotonic())
+    def _pace(self, open_s: float, deferred: bool) -> None:
+        interval = self.pacer.record(open_s, time.monotonic(), deferred)
         if interval is None:
             return
         for scope in self.scopes.values():
@@ -610,7 +610,8 @@ class Batches:
             seconds=round(interval, 2),
             configured_s=self.settings.open_write_s,
             budget=self.pacer.budget,
-            why="open-window rewrites cost more than their share of the worker's time"
+            why="open-window rewrites cost more than their share of the worker's time (or more keys are"
+            " due than a batch or tick writes)"
             if interval > self.settings.open_write_s
             else "back within budget",
         )

@@ -30,6 +30,7 @@ class OpenWritePacer:
     interval_s: float = field(init=False)
     _since: float | None = field(default=None, init=False)
     _spent: float = field(default=0.0, init=False)
+    _deferred: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.interval_s = self.base_s
@@ -39,20 +40,23 @@ class OpenWritePacer:
     def interval_ms(self) -> int:
         return int(self.interval_s * 1000)
 
-    def record(self, spent_s: float, now_s: float) -> float | None:
-        """Count `spent_s` of open-window writing done by `now_s` (monotonic); returns the new interval
-        when it moved at the end of a period, else None."""
+    def record(self, spent_s: float, now_s: float, deferred: bool = False) -> float | None:
+        """Count `spent_s` of open-window writing done by `now_s` (monotonic), and whether keys due were
+        left for later (the engine's cap per call: more are due than the budget writes); returns the
+        new interval when it moved at the end of a period, else None."""
         if self._since is None:
             self._since = now_s - spent_s
         self._spent += spent_s
+        self._deferred = self._deferred or deferred
         elapsed = now_s - self._since
         # Over at least two intervals, so that a period always holds each key's rewrite.
         if elapsed < max(self.period_s, 2 * self.interval_s):
             return None
         share = self._spent / elapsed
+        deferred, self._deferred = self._deferred, False
         self._since, self._spent = now_s, 0.0
         before = self.interval_s
-        if share > self.budget:
+        if share > self.budget or deferred:
             self.interval_s = min(self.max_s, max(self.interval_s, 0.5) * 2)
         elif share < self.budget / 4:
             half = self.interval_s / 2

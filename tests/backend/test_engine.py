@@ -237,3 +237,26 @@ def test_a_forgotten_seq_is_looked_up_even_when_another_device_counted_the_same_
     again = eng.process(batch, now_ms=0, known={rid: None})  # not stored: a new reading
     counted = sorted((i.reading["device"], i.reading["seq"]) for i in again.readings)
     assert counted == [("gap", 5), ("other", 5)] and again.duplicates == 0
+
+
+def test_open_windows_due_together_are_written_a_cap_at_a_time_the_longest_unwritten_first() -> None:
+    """A 2,000-board fleet's keys all came due at one tick: ~12,000 open rewrites in one call held the
+    scope's lock for 11-22 s while readings waited (the soak's lag grew from its first seconds)."""
+    eng = ScopeEngine(SENSOR, SPECS, 1000, 60_000, {}.get, open_write_ms=5000)
+    eng.open_docs_max = 30  # 10 keys of 3 open windows
+    devices = [f"d{i:02d}" for i in range(25)]
+    first = eng.process([Item(reading(d, 0, 1000), 0, i) for i, d in enumerate(devices)], now_ms=0)
+    assert len(first.open_docs) == 30 and first.open_deferred == 15
+    written = [{d["device"] for d in first.open_docs}]
+    for now in (1000, 2000):
+        out = eng.expire(now_ms=now, partitions={0}, keys=[])
+        assert len(out.open_docs) <= 30
+        written.append({d["device"] for d in out.open_docs})
+    assert [len(w) for w in written] == [10, 10, 5]
+    assert set().union(*written) == set(devices)  # each once, none starved
+    assert eng.expire(now_ms=3000, partitions={0}, keys=[]).open_docs == []  # nothing dirty is left
+    # Rewritten again once due, those written longest ago first.
+    for i, d in enumerate(devices):
+        eng.process([Item(reading(d, 1, 1500), 0, 100 + i)], now_ms=4000)  # within the interval
+    again = eng.expire(now_ms=5000, partitions={0}, keys=[])
+    assert {d["device"] for d in again.open_docs} == written[0]

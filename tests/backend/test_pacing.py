@@ -55,3 +55,19 @@ def test_interval_never_passes_its_ceiling() -> None:
     pacer = OpenWritePacer(5.0, max_s=60.0)
     _run(pacer, cost_per_round_s=1000.0, seconds=3600)
     assert pacer.interval_s == 60.0
+
+
+def test_keys_left_over_by_the_engines_cap_space_the_interval_even_when_cheap() -> None:
+    """The engine writes a capped number of open documents per call: when keys due are left over, the
+    interval is too short for the fleet even though the time spent stays within the budget."""
+    pacer = OpenWritePacer(5.0)
+    now = 0.0
+    for _ in range(40):
+        now += 0.5
+        pacer.record(0.01, now, deferred=True)
+    assert pacer.interval_s > 5.0
+    spaced = pacer.interval_s
+    for _ in range(400):
+        now += 0.5
+        pacer.record(0.01, now)
+    assert pacer.interval_s < spaced  # back towards the configured interval once nothing is left over
