@@ -9,6 +9,7 @@ its port is read by `iot hil check`, see `version_problem`.)
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,6 @@ class Service:
 def services(rig: Rig, timeout: float = 3.0) -> list[Service]:
     """Each shared service the run needs, and whether it answered."""
     spec = rig.stack
-    out = []
     checks: list[tuple[str, str, Callable[[], None]]] = []
     if spec.broker != "private":
         host, port = broker_address(spec.broker)
@@ -37,13 +37,17 @@ def services(rig: Rig, timeout: float = 3.0) -> list[Service]:
         checks.append(("Kafka", spec.kafka.bootstrap, lambda: check_kafka(spec.kafka, timeout)))
     where = spec.mongo.split("://", 1)[-1].rsplit("@", 1)[-1].split("/", 1)[0]
     checks.append(("MongoDB", where, lambda: check_mongo(spec.mongo, timeout)))
-    for name, address, check in checks:
+
+    def answer(name: str, address: str, check: Callable[[], None]) -> Service:
         try:
             check()
-            out.append(Service(name, address))
+            return Service(name, address)
         except Unreachable as exc:
-            out.append(Service(name, address, str(exc)))
-    return out
+            return Service(name, address, str(exc))
+
+    # At once: a service that is down costs its whole timeout, and one after another they added up.
+    with ThreadPoolExecutor(max_workers=len(checks)) as pool:
+        return list(pool.map(lambda c: answer(*c), checks))
 
 
 def services_line(down: list[Service]) -> str:
