@@ -135,10 +135,12 @@ def test_healthy_board_keeps_one_connection_for_minutes_of_virtual_time(
 ) -> None:
     """ESP32 sockets raise OSError(116) when an idle read times out and writes can be short: a
     client that takes 116 for a dead link (110 is Linux's ETIMEDOUT) reconnects every few seconds.
-    The clock runs 10x, so ~30 s of real time are 5 minutes on the board, with a ping every
-    2.5 s (keepalive 5 s) between readings."""
+    The clock runs 20x (as the TLS listener's test does), so ~15 s of real time are 5 minutes on the
+    board, with a ping every 2.5 s (keepalive 5 s) between readings; while the board waits for the
+    broker its clock runs at host speed (hil/virtual/vnet.py Clock.hold), so a PUBACK or PINGRESP
+    takes as long on the board as on the wire."""
     board = make_board(
-        interval_s=10, keepalive_s=5, health_every_s=60, puback_timeout_s=10, spec={"clock_speed": 10}
+        interval_s=10, keepalive_s=5, health_every_s=60, puback_timeout_s=10, spec={"clock_speed": 20}
     )
     board.start()
     wait_for(
