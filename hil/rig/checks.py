@@ -85,14 +85,21 @@ def _in_fault(ts_s: float, faults: list[tuple[float, float]]) -> bool:
 
 
 def delivered(
-    stack: RigStack, board: RigBoard, since: float, timeout_s: float, min_readings: int = 1
+    stack: RigStack,
+    board: RigBoard,
+    since: float,
+    timeout_s: float,
+    min_readings: int = 1,
+    after: float = 0.0,
 ) -> tuple[list[Measurement], dict[ReadingId, dict[str, Any]], dict[ReadingId, list[int]]]:
-    """Polls until the board published at least `min_readings` readings in this scenario, Kafka and
-    MongoDB hold every reading it published during the run (not only this scenario: a reading
-    measured in an outage may arrive much later) and no seq is missing in a boot (a gap is a reading
-    still on the board, or lost), or the deadline. A scenario of a few seconds (an update refused)
-    has published only as many readings as its seconds when its steps are done: the count it must
-    reach is waited for, not hoped for.
+    """Polls until the board published at least `min_readings` readings in this scenario and one
+    measured after `after` (the end of its last fault, 0 for none), Kafka and MongoDB hold every
+    reading it published during the run (not only this scenario: a reading measured in an outage may
+    arrive much later) and no seq is missing in a boot (a gap is a reading still on the board, or
+    lost), or the deadline. A scenario of a few seconds (an update refused) has published only as
+    many readings as its seconds when its steps are done: the count it must reach is waited for, not
+    hoped for. So is the board's return after a fault: until it published a reading measured after
+    it, what it kept in its outbox meanwhile is not in the probe's view, and no gap would show it.
 
     Returns the measurements, the readings measured or first seen in this scenario, Kafka's view."""
     assert stack.kafka is not None
@@ -109,7 +116,11 @@ def delivered(
         gaps = _gaps(ids)
         scenario = {i: r for i, (r, at) in seen.items() if at >= since or int(r["ts"]) / 1000 >= since}
         complete = ids and not missing_kafka and not missing_mongo and not gaps
-        if (complete and len(scenario) >= min_readings) or time.monotonic() > deadline:
+        # A reading measured after the fault (its arrival, for a board whose clock is not set).
+        back = not after or any(
+            (int(r["ts"]) / 1000 if r.get("time_valid") else at) > after for r, at in seen.values()
+        )
+        if (complete and back and len(scenario) >= min_readings) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     # Once, at the end: every stored copy of each reading, found by its fields (not its _id).
@@ -120,6 +131,7 @@ def delivered(
     measurements = [
         Measurement.check("readings_published", len(scenario), None, "readings", low=max(1, min_readings)),
         Measurement.check("readings_in_run", len(ids), None, "readings"),
+        Measurement.check("back_after_fault", int(back), None, "", low=1),
         Measurement.check("newest_reading_age_s", round(now - newest, 1), fresh_limit, "s"),
         Measurement.check("seq_gaps", gaps, 0, "readings"),
         Measurement.check("ids_reused", len(reused), 0, "readings"),

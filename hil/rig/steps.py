@@ -171,8 +171,10 @@ def _expect(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
     timeout = float(step.arg("timeout_s"))
     out: list[Measurement] = []
     if step.arg("delivered") or step.arg("latency_s"):
+        faults = ctx.faults.get(board.id, [])
+        last_fault_end = max((end for _start, end in faults), default=0.0)
         found, published, kafka = delivered(
-            ctx.stack, board, ctx.scenario_start, timeout, int(step.arg("readings"))
+            ctx.stack, board, ctx.scenario_start, timeout, int(step.arg("readings")), last_fault_end
         )
         if step.arg("delivered"):
             out += found

@@ -214,7 +214,9 @@ class _PublishingBoard(_Board):
         return {"interval_s": 1}
 
 
-def _delivered_in_short_scenario(min_readings: int, timeout_s: float) -> Any:
+def _delivered_in_short_scenario(
+    min_readings: int, timeout_s: float, after: float = 0.0, name: str = "readings_published"
+) -> Any:
     """A scenario of a few seconds (an update refused): its steps are done when the board has
     published its first reading in it; every reading it publishes is delivered at once."""
     ts = [SINCE + n for n in range(8)]
@@ -222,9 +224,9 @@ def _delivered_in_short_scenario(min_readings: int, timeout_s: float) -> Any:
     stack.probe = _Publishing(ts)
     stack.kafka = _Kafka(ts)  # type: ignore[attr-defined]
     found, _scenario, _kafka = delivered(
-        cast(RigStack, stack), cast(RigBoard, _PublishingBoard()), SINCE, timeout_s, min_readings
+        cast(RigStack, stack), cast(RigBoard, _PublishingBoard()), SINCE, timeout_s, min_readings, after
     )
-    return next(m for m in found if m.name == "readings_published")
+    return next(m for m in found if m.name == name)
 
 
 def test_expect_waits_until_the_scenario_has_the_readings_it_asks_for() -> None:
@@ -237,3 +239,13 @@ def test_expect_waits_until_the_scenario_has_the_readings_it_asks_for() -> None:
 def test_a_scenario_short_of_its_readings_at_the_deadline_fails_its_expect() -> None:
     published = _delivered_in_short_scenario(min_readings=5, timeout_s=0)
     assert (published.value, published.outcome) == (1, FAILED)
+
+
+def test_expect_waits_until_the_board_is_back_with_a_reading_measured_after_the_fault() -> None:
+    # Until then what it kept during the fault is not in the probe's view: no gap would show it.
+    fault_end = SINCE + 4.5
+    back = _delivered_in_short_scenario(1, 30, after=fault_end, name="back_after_fault")
+    published = _delivered_in_short_scenario(1, 30, after=fault_end)
+    assert (back.value, back.outcome, published.value) == (1, PASSED, 6)  # ts SINCE+5 is the 6th
+    not_back = _delivered_in_short_scenario(1, 0, after=fault_end, name="back_after_fault")
+    assert (not_back.value, not_back.outcome) == (0, FAILED)
