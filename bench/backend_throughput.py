@@ -146,6 +146,39 @@ def cpu_seconds(pid: int | None) -> float:
     return cpu_s(pid) or 0.0
 
 
+def sched_seconds(pid: int | None) -> dict[int, tuple[float, float]]:
+    """Per thread of a process: (seconds running, seconds runnable but waiting for a CPU) so far, from
+    /proc/PID/task/TID/schedstat. The second is what a shared box takes from a process: time it could
+    have run and did not, which neither its CPU nor its idle share shows."""
+    out: dict[int, tuple[float, float]] = {}
+    if pid is None:
+        return out
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                run, wait, _ = (task / "schedstat").read_text().split()
+                out[int(task.name)] = (int(run) / 1e9, int(wait) / 1e9)
+    return out
+
+
+def sched_share(before: dict[int, tuple[float, float]], pid: int | None, span_s: float) -> str:
+    """The process's threads over `span_s` since `before`: cores running, and the main thread's shares
+    of the span running, waiting for a CPU and neither (blocked: I/O, locks, the GIL, no input)."""
+    after = sched_seconds(pid)
+    both = [t for t in after if t in before]
+    if not both or span_s <= 0:
+        return "no scheduler statistics"
+    run = sum(after[t][0] - before[t][0] for t in both) / span_s
+    queued = sum(after[t][1] - before[t][1] for t in both) / span_s
+    main_run = (after[pid][0] - before[pid][0]) / span_s if pid in both else 0.0
+    main_queued = (after[pid][1] - before[pid][1]) / span_s if pid in both else 0.0
+    return (
+        f"threads running {run:.2f} cores, runnable but waiting for a CPU {queued:.2f}; main thread"
+        f" running {100 * main_run:.0f} %, waiting for a CPU {100 * main_queued:.0f} %, blocked"
+        f" {100 * max(0.0, 1 - main_run - main_queued):.0f} % of the span"
+    )
+
+
 def listener_pids(port: int) -> list[int]:
     """Processes holding a listening TCP socket on `port` (the store's server, to charge its CPU to
     the run; not the private FerretDBs other tests on the box run)."""
@@ -279,6 +312,7 @@ def backend_run(
             [cpu_seconds(pid) for pid in stores],
             [cpu_seconds(pid) for pid in brokers],
         )
+        sched0 = sched_seconds(procs[0].pid)
         t_sensor = None
         deadline = time.monotonic() + 900
         while True:
@@ -314,6 +348,7 @@ def backend_run(
         }
         detail = ", ".join(f"{c} {v:.1f}s" for c, v in per.items())
         print(f"backend: {now - t0:.1f}s wall; MongoDB bulk writes (both stages): {detail}")
+        print(f"backend: scheduler (first worker): {sched_share(sched0, procs[0].pid, now - t0)}")
         # Readings arriving behind a place's watermark (partitions consumed unevenly in a backlog)
         # amend final place windows: a read and a rewrite of the window, work the plain loop skips.
         counts = {
