@@ -104,7 +104,18 @@ class WindowAcc:
         for name, acc in self.metrics.items():
             value = reading[name]
             if value is not None:
-                acc.add(value)
+                # MetricAcc.add, inlined: a call per metric was a fifth of this (4 per reading, twice).
+                n, d = value.as_integer_ratio()
+                e = d.bit_length() - 1
+                if e > acc.exp:
+                    acc.num <<= e - acc.exp
+                    acc.exp = e
+                acc.num += n << (acc.exp - e)
+                acc.count += 1
+                if acc.min is None or value < acc.min:
+                    acc.min = value
+                if acc.max is None or value > acc.max:
+                    acc.max = value
 
     def merge(self, other: WindowAcc) -> None:
         self.count += other.count

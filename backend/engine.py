@@ -476,6 +476,8 @@ class ScopeEngine:
 
     def _close(self, key: str, st: KeyState, out: Outputs, now_ms: int, wm: int | None) -> list[Any]:
         closed = st.close_ready(self.grace_ms, wm)
+        if not closed:
+            return closed
         dirty = self._dirty.get(key)
         if dirty:
             dirty.difference_update(c.key for c in closed)

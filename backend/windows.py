@@ -159,6 +159,10 @@ class ClosedWindow:
     acc: WindowAcc
 
 
+# Later than any window's end (epoch ms fit 64 bits): no window open.
+NEVER: Final = 1 << 64
+
+
 @dataclass(slots=True)
 class AddOutcome:
     """What adding one reading did: the open windows it updated, the closed ones it is to amend (within
@@ -168,6 +172,11 @@ class AddOutcome:
     updated: list[WindowKey] = field(default_factory=list)
     amend: list[WindowKey] = field(default_factory=list)
     late: list[WindowKey] = field(default_factory=list)
+
+
+# The outcome of a key that has no hint yet. Outcomes handed out for a hinted pane are shared by
+# every reading of that pane: callers read them, never change them.
+_NOTHING: Final = AddOutcome()
 
 
 class KeyState:
@@ -190,8 +199,9 @@ class KeyState:
     (`mark_seen`), bounded: the oldest boots and lowest ranges are forgotten, never assumed."""
 
     __slots__ = (
+        "_first_end",
+        "_hint_outcome",
         "_hint_pane",
-        "_hint_updated",
         "boots",
         "fences",
         "forgot_boot",
@@ -217,10 +227,15 @@ class KeyState:
         self.fences: dict[int, int] = {}  # iot.readings partition -> highest offset counted
         self.partition = partition  # the Kafka partition this key's state belongs to
         self.last_place = ""
-        # The pane whose windows were all open at the last reading, and those windows: the next
-        # reading in that pane needs no window look-up (only close_ready closes windows).
+        # The pane whose windows were all open at the last reading, and what adding a reading there
+        # does (updates those windows): the next reading in that pane needs no window look-up and no
+        # outcome of its own (only close_ready closes windows).
         self._hint_pane: int | None = None
-        self._hint_updated: list[WindowKey] = []
+        self._hint_outcome = _NOTHING
+        # The earliest end of an open window (NEVER: none open; None: not known, computed when
+        # needed): close_ready, called after every reading that moves the watermark, returns at once
+        # while the watermark is below it plus the grace.
+        self._first_end: int | None = None
 
     @property
     def windows(self) -> dict[WindowKey, WindowAcc]:
@@ -278,15 +293,15 @@ class KeyState:
         open windows; report the closed windows it amends and the ones it is too late for.
         `watermark_cap` (wall clock + clock-ahead bound) is the furthest the watermark may move; `offset`
         is the reading's input offset (the amendment fence)."""
-        out = AddOutcome()
         ts: int = reading["ts"]
         self.last_place = reading["place"]
         wm = self.watermark
         pane_ms = self.pane_ms(specs)
         pane_start = ts - ts % pane_ms  # floor, also for negative ts
         if pane_start == self._hint_pane:
-            out.updated = self._hint_updated
+            out = self._hint_outcome
         else:
+            out = AddOutcome()
             # Per reading, not per window: a reading is either within the allowed lateness for all its
             # closed windows or for none, so a replay never leaves a reading in half of its hopping
             # windows.
@@ -307,8 +322,11 @@ class KeyState:
                     else:
                         self.open.add(key)
                         updated.append(key)
+                        first = self._first_end
+                        if first is not None and key.end < first:
+                            self._first_end = key.end
             if all_open:
-                self._hint_pane, self._hint_updated = pane_start, updated
+                self._hint_pane, self._hint_outcome = pane_start, out
         if out.updated:
             pane = self.panes.get(pane_start)
             if pane is None:
@@ -346,12 +364,18 @@ class KeyState:
         wm = self.watermark
         if wm is None:
             return []
+        first = self._first_end
+        if first is None:
+            first = self._first_end = min((k.end for k in self.open), default=NEVER)
+        if first + grace_ms > wm:
+            return []
         ready = sorted((k for k in self.open if k.end + grace_ms <= wm), key=lambda k: (k.end, k.kind))
         if not ready:
             return []
         self.open.difference_update(ready)
+        self._first_end = None
         closed = [ClosedWindow(k, self._assemble(k)) for k in ready]
-        self._hint_pane, self._hint_updated = None, []
+        self._hint_pane, self._hint_outcome = None, _NOTHING
         for pane_start in [p for p in self.panes if not any(k.start <= p < k.end for k in self.open)]:
             del self.panes[pane_start]
         return closed
