@@ -93,3 +93,27 @@ def test_a_malformed_watermarks_record_is_rejected_with_a_reason(value: bytes) -
 
 def test_the_watermarks_key_can_be_no_place() -> None:
     assert not contract.is_id(records.WATERMARKS_KEY)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"temperature": 21},  # an integer where the sensor stage always forwards a float
+        {"humidity": "45.0"},
+        {"pressure": True},
+        {"luminosity": [1.0]},
+    ],
+)
+def test_a_forwarded_reading_with_a_metric_not_float_or_null_is_rejected(change: dict[str, object]) -> None:
+    good = decode_reading(contract.encode(RECORD))
+    bad = {**good, **change}
+    items = decode_forwarded(encode_bundle([(0, 1, encode_forward(good)), (0, 2, encode_forward(bad))]))
+    assert items[0] == (good, (0, 1))
+    assert isinstance(items[1], RejectedRecord) and items[1].reason == contract.REASON_SCHEMA
+
+
+@pytest.mark.parametrize("origin", [b"-1,5", b"0,-1", b"true,5", b"0,5.0", b'"0",5'])
+def test_a_forwarded_reading_with_a_bad_origin_is_rejected(origin: bytes) -> None:
+    good = encode_forward(decode_reading(contract.encode(RECORD)))
+    items = decode_forwarded(b"[[" + origin + b"," + good + b"]]")
+    assert len(items) == 1 and isinstance(items[0], RejectedRecord)
