@@ -237,20 +237,30 @@ class ScopeEngine:
         answers = dict(known) if known else {}
         # Identities counted in this batch, made at the first one the memory forgot (rarely needed).
         counted: set[str] | None = None
+        # Per item, what the loop touches on self and out, looked up once (this loop runs once per
+        # reading in each scope).
+        cache, key_field, keys = self._cache, self._key_field, out.keys
+        last_wall, received, partition_rx = self._last_wall, self._received, self._partition_rx
         for index, item in enumerate(batch):
             try:
-                reading, partition, offset = item.reading, item.partition, item.offset
+                reading, partition, offset, origin, _ = item
                 cap = caps.get(partition, cap_any) if holds else cap_any
-                out.processed += 1
-                key = reading[self._key_field]
-                st = self.state(key, partition)
-                out.keys.add(key)
-                self._last_wall[key] = now_ms
-                rx = self._received[key] = reading.get("received_at", now_ms)
-                if rx > self._partition_rx.get(partition, rx - 1):
-                    self._partition_rx[partition] = rx
-                src_partition, src_offset = origin = item.source
-                if 0 <= src_offset <= st.fences.get(src_partition, -1):
+                key = reading[key_field]
+                st = cache.get(key)
+                if st is None:
+                    st = self.state(key, partition)
+                else:
+                    st.partition = partition
+                keys.add(key)
+                last_wall[key] = now_ms
+                rx = received[key] = reading.get("received_at", now_ms)
+                if rx > partition_rx.get(partition, rx - 1):
+                    partition_rx[partition] = rx
+                if origin is None:
+                    origin = (partition, offset)
+                src_partition, src_offset = origin
+                fence = st.fences.get(src_partition, -1)
+                if 0 <= src_offset <= fence:
                     out.duplicates += 1  # a replay: this record was counted before
                     continue
                 if sensor:
@@ -281,7 +291,7 @@ class ScopeEngine:
                                 continue
                         counted.add(rid)
                     out.readings.append(item)
-                if src_offset > st.fences.get(src_partition, -1):
+                if src_offset > fence:
                     st.fences[src_partition] = src_offset
                 out.changed[key] = st
                 wm_before = st.watermark
@@ -307,6 +317,7 @@ class ScopeEngine:
                     self._close(key, st, out, now_ms, None)
             except Exception as exc:
                 raise ItemFailed(index, exc, out.keys) from exc
+        out.processed = len(batch)
         if out.lookups:
             return out  # to be processed again once answered: nothing else of this pass may stay
         if holds_after is not None:
