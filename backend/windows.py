@@ -202,6 +202,9 @@ class KeyState:
         "_first_end",
         "_hint_outcome",
         "_hint_pane",
+        "_json_open",
+        "_json_panes",
+        "_json_stale",
         "boots",
         "fences",
         "forgot_boot",
@@ -236,6 +239,13 @@ class KeyState:
         # needed): close_ready, called after every reading that moves the watermark, returns at once
         # while the watermark is below it plus the grace.
         self._first_end: int | None = None
+        # to_json's parts as last built, for the panes and open windows unchanged since: the changelog
+        # value is built after every batch that touched the key, and live (a reading per key per
+        # batch) only the newest pane changes. Never changed once handed out (a change builds anew),
+        # so the values given to Faust's producer stay what they were when made.
+        self._json_panes: dict[str, dict[str, Any]] | None = None  # "pn" as last handed out
+        self._json_stale: set[int] = set()  # panes changed or gone since
+        self._json_open: list[str] | None = None
 
     @property
     def windows(self) -> dict[WindowKey, WindowAcc]:
@@ -321,6 +331,7 @@ class KeyState:
                         all_open = False
                     else:
                         self.open.add(key)
+                        self._json_open = None
                         updated.append(key)
                         first = self._first_end
                         if first is not None and key.end < first:
@@ -332,6 +343,7 @@ class KeyState:
             if pane is None:
                 pane = self.panes[pane_start] = WindowAcc()
             pane.add(reading, offset)
+            self._json_stale.add(pane_start)
         if self.top is None or ts > self.top:
             self.top = ts
         if watermark_cap is not None and ts > watermark_cap:
@@ -374,10 +386,12 @@ class KeyState:
             return []
         self.open.difference_update(ready)
         self._first_end = None
+        self._json_open = None
         closed = [ClosedWindow(k, self._assemble(k)) for k in ready]
         self._hint_pane, self._hint_outcome = None, _NOTHING
         for pane_start in [p for p in self.panes if not any(k.start <= p < k.end for k in self.open)]:
             del self.panes[pane_start]
+            self._json_stale.add(pane_start)
         return closed
 
     def to_json(self) -> dict[str, Any]:
@@ -386,8 +400,8 @@ class KeyState:
             "top": self.top,
             "p": self.partition,
             "pl": self.last_place,
-            "ow": sorted(k.code() for k in self.open),
-            "pn": {str(start): acc.to_json() for start, acc in self.panes.items()},
+            "ow": self._open_json(),
+            "pn": self._panes_json(),
             # Copies, not the live lists: the runtime hands this value to Faust's producer, which
             # serialises it later; a range extended by the next batch meanwhile would put readings
             # in the changelog whose outputs were never written (lost after a kill -9).
@@ -400,6 +414,28 @@ class KeyState:
         if self.forgot_boot >= 0:
             data["fb"] = self.forgot_boot
         return data
+
+    def _open_json(self) -> list[str]:
+        codes = self._json_open
+        if codes is None:
+            codes = self._json_open = sorted(k.code() for k in self.open)
+        return codes
+
+    def _panes_json(self) -> dict[str, dict[str, Any]]:
+        panes, stale = self._json_panes, self._json_stale
+        if panes is None:
+            panes = {str(start): acc.to_json() for start, acc in self.panes.items()}
+        elif stale:
+            panes = dict(panes)  # the one handed out stays as it was
+            for start in stale:
+                acc = self.panes.get(start)
+                if acc is None:
+                    panes.pop(str(start), None)
+                else:
+                    panes[str(start)] = acc.to_json()
+        stale.clear()
+        self._json_panes = panes
+        return panes
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> KeyState:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from fractions import Fraction
 from typing import Any
@@ -285,3 +286,27 @@ def test_close_ready_closes_exactly_the_windows_the_watermark_passed_after_every
         assert not any(k.end + GRACE <= wm for k in st.open)
         closed += len(got)
     assert closed > 50  # windows did close along the way
+
+
+def test_to_json_reuses_unchanged_parts_and_never_changes_a_value_handed_out() -> None:
+    # to_json keeps the JSON of panes and open windows unchanged since the last call. Two states fed
+    # the same readings: one keeps that cache, the other's is emptied before each call; their values
+    # must be equal after every step, and a value handed out earlier (to Faust's producer, which
+    # serialises it later) must still be what it was when made.
+    specs = (WindowSpec(TUMBLING, 3000, 3000), WindowSpec(HOPPING, 6000, 2000))
+    rng = random.Random(5)
+    kept, fresh = KeyState(), KeyState()
+    handed: list[tuple[dict[str, Any], str]] = []
+    for seq in range(500):
+        r = reading(seq, seq * 300 + rng.randrange(-5000, 800), temperature=rng.uniform(0, 30))
+        close = rng.random() < 0.3
+        for st in (kept, fresh):
+            st.add(r, specs, GRACE, allowed_lateness_ms=10**9)
+            if close:
+                st.close_ready(GRACE)
+        value = kept.to_json()
+        handed.append((value, json.dumps(value, sort_keys=True)))
+        fresh._json_panes = None
+        fresh._json_open = None
+        assert value == fresh.to_json(), seq
+    assert all(json.dumps(v, sort_keys=True) == text for v, text in handed)
