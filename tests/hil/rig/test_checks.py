@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from hil.rig.boards import RigBoard
-from hil.rig.checks import _published, delivered, expected_windows, windows
+from hil.rig.checks import _published, delivered, expected_windows, latency, windows
 from hil.rig.record import FAILED, PASSED
 from hil.rig.stack import RigStack
 from iot import contract, readings_store
@@ -249,3 +249,17 @@ def test_expect_waits_until_the_board_is_back_with_a_reading_measured_after_the_
     assert (back.value, back.outcome, published.value) == (1, PASSED, 6)  # ts SINCE+5 is the 6th
     not_back = _delivered_in_short_scenario(1, 0, after=fault_end, name="back_after_fault")
     assert (not_back.value, not_back.outcome) == (0, FAILED)
+
+
+def test_a_reading_the_cut_caught_on_its_way_is_not_a_latency_sample() -> None:
+    # The garage board's outage_60s in a CI run at load 11 (latency_p95_s=11.584, limit 5): seq 12,
+    # measured 1.03 s before the 10 s cut, reached Kafka after it with the outbox; the readings of
+    # the last 5 s, clear of the cut and of the 10 s after it, took 1.1 s.
+    cut = (SINCE + 0.001, SINCE + 10.0)
+    measured = {12: SINCE - 1.03, 34: SINCE + 21.0, 35: SINCE + 22.0, 36: SINCE + 23.0, 37: SINCE + 24.0}
+    in_kafka = {12: SINCE + 10.55, 34: SINCE + 22.1, 35: SINCE + 23.1, 36: SINCE + 24.1, 37: SINCE + 25.1}
+    published = {(DEVICE, 1, n): {"ts": int(t * 1000), "time_valid": True} for n, t in measured.items()}
+    kafka = {(DEVICE, 1, n): [int(t * 1000)] for n, t in in_kafka.items()}
+    out = {m.name: m for m in latency(published, kafka, [cut], 5)}
+    assert out["latency_samples"].value == 4
+    assert (out["latency_p95_s"].value, out["latency_p95_s"].outcome) == (1.1, PASSED)
