@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from typing import Any
 
@@ -23,7 +24,20 @@ def _run_backend(_args: argparse.Namespace) -> int:
         _use_uvloop()
     from .app import BackendRuntime  # faust is heavy to import; only the worker needs it
 
-    return BackendRuntime(settings).run()
+    runtime = BackendRuntime(settings)
+    _freeze_startup_heap()
+    return runtime.run()
+
+
+def _freeze_startup_heap() -> None:
+    """Leave what exists once the worker is built (modules, classes, Faust's and the clients' objects)
+    out of the cyclic garbage collector's full passes. Each full pass walked all of it: measured with
+    gc.callbacks in a 250k-reading backlog, 36 full collections took 2.4 s of the worker's 15 s of
+    CPU (all collections 3.3 s); frozen, 0.7 s (1.4 s), worker CPU 54 -> 46 us a reading
+    (issue #24). Frozen objects are still freed when their last reference goes; garbage in cycles
+    made before the freeze is collected first."""
+    gc.collect()
+    gc.freeze()
 
 
 def _use_uvloop() -> None:
