@@ -5,9 +5,9 @@
 
 Runs on its OWN PRIVATE STACK (Mosquitto, Kafka, FerretDB started through the stack module in a temp
 IOT_STACK_DIR on free ports), never the shared one: it kills services. On it: `--gateways` gateway
-processes in one shared group, one backend, and fleet processes (bench/soak_fleet.py) of
-firmware-like boards: QoS 1, (device, boot, seq) ids, every reading kept until the gateway's
-end-to-end ack covers it, re-sent after a reconnect or an ack timeout.
+processes in one shared group, one backend (`--backends` workers of one app), and fleet processes
+(bench/soak_fleet.py) of firmware-like boards: QoS 1, (device, boot, seq) ids, every reading kept
+until the gateway's end-to-end ack covers it, re-sent after a reconnect or an ack timeout.
 
 Fault schedule (each once, one after another, each brought back after `--pause` seconds): a hostile
 board (bench/soak_hostile.py: bad retained health, poison readings, a burst of `--hostile-burst`
@@ -165,28 +165,31 @@ class Soak:
             self.services[svc.name] = svc
             if not svc.launch():
                 raise SystemExit(f"gateway{i} did not start; see {svc.log_path}")
-        port = free_port()
         a = self.args
-        env = {
-            **self.common_env(),
-            "IOT_BACKEND_APP_ID": BACKEND_APP,
-            "IOT_BACKEND_METRICS_PORT": str(port),
-            "IOT_BACKEND_IDLE_TIMEOUT_S": str(a.idle),
-            **({"IOT_BACKEND_OPEN_WRITE_S": str(a.open_write_s)} if a.open_write_s else {}),
-            "IOT_BACKEND_DATA_DIR": str(self.folder / "backend"),
-        }
-        backend = Service(
-            "backend",
-            ["backend"],
-            env,
-            self.folder / "backend.log",
-            port,
-            Service.answers,
-            command=self.traced("backend", "backend"),
-        )
-        self.services["backend"] = backend
-        if not backend.launch(180):
-            raise SystemExit(f"backend did not start; see {backend.log_path}")
+        for i in range(a.backends):
+            # Workers of one app (one consumer group): the group splits the partitions between them.
+            name = "backend" if i == 0 else f"backend{i}"
+            port = free_port()
+            env = {
+                **self.common_env(),
+                "IOT_BACKEND_APP_ID": BACKEND_APP,
+                "IOT_BACKEND_METRICS_PORT": str(port),
+                "IOT_BACKEND_IDLE_TIMEOUT_S": str(a.idle),
+                **({"IOT_BACKEND_OPEN_WRITE_S": str(a.open_write_s)} if a.open_write_s else {}),
+                "IOT_BACKEND_DATA_DIR": str(self.folder / name),
+            }
+            backend = Service(
+                name,
+                ["backend"],
+                env,
+                self.folder / f"{name}.log",
+                port,
+                Service.answers,
+                command=self.traced(name, "backend"),
+            )
+            self.services[name] = backend
+            if not backend.launch(180):
+                raise SystemExit(f"{name} did not start; see {backend.log_path}")
         self.watch = KafkaWatch(self.kafka(), slot_ms(self.specs))
         self.watch.start()
 
@@ -353,6 +356,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--places", type=int, default=20)
     p.add_argument("--gateways", type=int, default=2)
+    p.add_argument(
+        "--backends", type=int, default=1, help="backend workers of one app (the backend fault kills one)"
+    )
     p.add_argument(
         "--fleet-procs", type=int, default=0, help="fleet processes (default: one per 1000 boards)"
     )
