@@ -18,12 +18,13 @@ from pathlib import Path
 
 # (activity, frame substrings that put a sample in it); the first match, innermost frame first, wins.
 MAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("decode + validate", ("decode_reading", "decode_trusted", "validate_reading")),
+    ("decode + validate", ("decode_reading", "decode_forwarded", "validate_reading", "_valid_fields")),
     ("window docs (shape)", ("window_doc",)),
-    ("changelog state (to_json + send)", ("_persist", "KeyState.to_json", "send_changelog")),
+    ("changelog state (to_json + send)", ("Batches.persist", "KeyState.to_json", "send_changelog")),
     ("windows + dedup (engine)", ("ScopeEngine.", "KeyState.", "WindowAcc.", "MetricAcc.", "SeqSet.")),
-    ("metrics", ("_count",)),
-    ("batch glue (our agents)", ("BackendRuntime._batch", "_decode_readings", "_decode_forwards", "_tick")),
+    ("metrics", ("Batches.count", "BackendMetrics.")),
+    # backend/batches.py's path around the engine, and the agents' loop in backend/app.py.
+    ("batch glue (our agents)", ("Batches.", "agent.<locals>.windows", "BackendRuntime._tick")),
     ("idle (event loop select)", ("EpollSelector.select",)),
     ("aiokafka (protocol, fetch, produce)", ("aiokafka",)),
     ("faust/mode (streams, acks, commits)", ("faust", "mode/", "Stream.", "Consumer.", "Conductor", "Agent")),
