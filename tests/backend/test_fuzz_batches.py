@@ -181,16 +181,19 @@ def poison_value(
 
 
 def corrupt(doc: dict[str, Any], how: str) -> None:
+    """Damage a stored window document; a document damaged before (nothing amended it since) is
+    damaged once more, as a second bad write would."""
     if how == "count_string":
         doc["temperature"]["count"] = "three"
     elif how == "metric_missing":
-        del doc["humidity"]
+        doc.pop("humidity", None)
     elif how == "sums_wrong_type":
         doc["sums"]["temperature"] = 5
     elif how == "devices_not_list":
         doc["devices" if "devices" in doc else "device"] = 42
     elif how == "mean_off":
-        doc["humidity"]["mean"] = (doc["humidity"]["mean"] or 0.0) + 0.5
+        humidity = doc.setdefault("humidity", {"mean": None})
+        humidity["mean"] = (humidity.get("mean") or 0.0) + 0.5
     elif how == "final_string":
         doc["final"] = "yes"
     elif how == "offset_string":
