@@ -78,8 +78,28 @@ DUPLICATE_KEY: Final = 11000
 # Per source partition (`_id` "topic:partition"), the highest input offset whose readings may have
 # been written (`offset`): a replay at or below it looks its readings up before writing them.
 MARKS: Final = "readings_marks"
-# A stored reading's `src`: partition << SRC_SHIFT | offset (backend/mongo_sink.source_code).
+# A stored reading's `src`, the iot.readings record it was first stored from, is one integer:
+# partition << SRC_SHIFT | offset. Two fields (partition, offset) cost FerretDB ~15 % more per inserted
+# reading than none (20k inserts, 7 interleaved rounds, medians 2.97 s / 2.51 s); one ~ none (2.29 s).
 SRC_SHIFT: Final = 40
+
+
+def source_code(partition: int, offset: int) -> int:
+    """A reading's `src` for the iot.readings record at (partition, offset)."""
+    return (partition << SRC_SHIFT) | offset
+
+
+def source_of(doc: Mapping[str, Any]) -> tuple[int, int]:
+    """The (partition, offset) a stored reading was first stored from; (-1, -1) when the document does
+    not say (the caller then takes it for another record's)."""
+    src = doc.get("src")
+    # int64 (every partition above 0) comes back from the client as bson.int64.Int64, an int subclass.
+    if isinstance(src, bool) or not isinstance(src, int) or src < 0:
+        return -1, -1
+    src = int(src)
+    return src >> SRC_SHIFT, src & ((1 << SRC_SHIFT) - 1)
+
+
 # The migration journal: one document in this collection while a chunk of the migration is applied.
 MIGRATION: Final = "readings_migration"
 _JOURNAL_ID: Final = "rev4"
@@ -143,7 +163,7 @@ _COLUMN_KINDS: Final = tuple(
 
 def pack(readings: Iterable[tuple[Mapping[str, Any], int]]) -> list[Doc]:
     """Bucket documents for readings (payload fields, `ts` and `received_at` as epoch ms) with the
-    `src` each was first stored from (backend/mongo_sink.source_code). Identities repeated take the
+    `src` each was first stored from (`source_code`). Identities repeated take the
     first."""
     runs: dict[tuple[str, int, str], dict[int, tuple[Mapping[str, Any], int]]] = {}
     for reading, src in readings:
@@ -393,9 +413,8 @@ def migrate(
         if not _is_v3_reading(d):
             continue
         idents.append((d["device"], d["boot"], d["place"], d["seq"]))
-        src = d.get("src")
-        if isinstance(src, int) and not isinstance(src, bool) and src >= 0:
-            partition, offset = int(src) >> SRC_SHIFT, int(src) & ((1 << SRC_SHIFT) - 1)
+        partition, offset = source_of(d)
+        if partition >= 0:
             marks[partition] = max(offset, marks.get(partition, -1))
     idents.sort()
     mark_written(db, topic, marks)
