@@ -79,15 +79,15 @@ def target(board: VirtualBoard) -> Target:
     return Target(board.device, board.place)
 
 
+def operator_probe(broker: PrivateBroker, topics: list[str]) -> Probe:
+    """A probe on `topics` logged in as the operator, who may read every board's topics."""
+    return Probe(broker.url, topics, username=broker.operator.username, password=broker.operator.password)
+
+
 @pytest.fixture
 def heard(auth_broker: PrivateBroker, board: VirtualBoard) -> Iterator[Probe]:
     """Everything the board publishes, heard as the operator (so the accounting sees every reading)."""
-    with Probe(
-        auth_broker.url,
-        [f"sensors/+/{board.device}/#"],
-        username=auth_broker.operator.username,
-        password=auth_broker.operator.password,
-    ) as probe:
+    with operator_probe(auth_broker, [f"sensors/+/{board.device}/#"]) as probe:
         yield probe
 
 
@@ -308,11 +308,8 @@ def test_an_unreadable_wanted_config_stops_the_set_and_a_deleted_one_starts_abov
         assert "device_configs" in shown[UNREADABLE] and "config is NoneType" in shown[UNREADABLE]
         targets = [Target(good, "kitchen"), Target(bad, "kitchen")]
         with (
-            Probe(
-                auth_broker.url,
-                [f"sensors/kitchen/{device}/config" for device in (good, bad)],
-                username=auth_broker.operator.username,
-                password=auth_broker.operator.password,
+            operator_probe(
+                auth_broker, [f"sensors/kitchen/{device}/config" for device in (good, bad)]
             ) as probe,
             Session(settings, targets) as session,
         ):
@@ -337,12 +334,7 @@ def test_a_session_settles_once_every_target_was_heard_and_gives_up_on_one_never
     retained status and health; a board that never connected has neither, and is given up on at the
     deadline instead of holding the command."""
     seen, never = unique("fo"), unique("fo")
-    with Probe(
-        auth_broker.url,
-        [f"sensors/kitchen/{seen}/#"],
-        username=auth_broker.operator.username,
-        password=auth_broker.operator.password,
-    ) as probe:
+    with operator_probe(auth_broker, [f"sensors/kitchen/{seen}/#"]) as probe:
         session = Session(settings, [])
         with session:
             session.publish(f"sensors/kitchen/{seen}/status", b"online", retain=True)
