@@ -1,7 +1,8 @@
 """One batch path for both scopes, independent of Faust: a batch of input records in, every output
-written, the changed key states persisted; and the one place where a record is isolated.
+written, the changed key states persisted.
 
-Per batch: decode each record (a record that is not a reading goes to the DLQ with its context) →
+Per batch: decode each record (backend/intake.py, the one place where a record is isolated: a record
+that is not a reading goes to the DLQ with its context) →
 the engine (an item it fails on goes to the DLQ and the batch is processed again from the persisted
 states; so do identities its bounded de-duplication memory forgot, once the `readings` collection
 answered them) → amend the closed windows it reached (a stored document that is no window is rebuilt
@@ -21,20 +22,18 @@ depend on it).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Protocol
 
 from iot import contract, log
 from iot.topics import TOPIC_PARTITIONS
 
 from . import retry
-from .engine import Item, ItemFailed, Origin, Outputs, ScopeEngine
+from .engine import ItemFailed, Origin, Outputs, ScopeEngine
+from .intake import Decoded, Intake, PlaceMarks, document_bytes, where
 from .kafka_sink import KafkaSink
 from .metrics import BackendMetrics
 from .mongo_sink import MongoSink, source_of
@@ -44,12 +43,7 @@ from .records import (
     FORWARD_SLOTS,
     PLACE,
     SENSOR,
-    UNKNOWN_TOPIC,
     WATERMARKS_KEY,
-    RejectedRecord,
-    decode_forwarded,
-    decode_reading,
-    decode_watermarks,
     dlq_record,
     encode_bundle,
     encode_forward,
@@ -60,7 +54,6 @@ from .stored import Rebuilt, conflict, rebuild
 from .windows import KeyState
 
 _log = log.get("backend")
-_WATERMARKS_KEY = WATERMARKS_KEY.encode()
 # A hold below every reading's ts (epoch ms are positive): no window closes under it.
 HELD = -1
 # (key, value, partition or None for the key's): a record for the place repartition topic.
@@ -87,27 +80,6 @@ class Table(Protocol):
     def data(self) -> Any: ...
 
     def send_changelog(self, partition: int, key: Any, value: Any) -> Any: ...
-
-
-@dataclass(slots=True)
-class Decoded:
-    """One batch of input records as the engine takes them, with the records it came from, the DLQ
-    records of what it rejected, and the stored readings read for it (de-duplication)."""
-
-    messages: Sequence[Any]
-    items: list[Item] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    stored: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # (place scope) the holds of its windows once the batch is in (ScopeEngine.process)
-    holds: dict[int, int] | None = None
-    _by_position: dict[tuple[int, int], Any] | None = None
-
-    def record(self, partition: int, offset: int) -> Any:
-        """The input message at (partition, offset) of this batch (a DLQ record's context), None if
-        the batch has none there. Indexed at the first call: only a batch with a DLQ record needs it."""
-        if self._by_position is None:
-            self._by_position = {(m.partition, m.offset): m for m in self.messages}
-        return self._by_position.get((partition, offset))
 
 
 @dataclass(slots=True)
@@ -139,6 +111,7 @@ class Batches:
         self.kafka = kafka
         self.metrics = metrics
         self.partitions = partitions
+        self.intake = Intake(metrics)
         self.place_partitions = TOPIC_PARTITIONS[contract.TOPIC_READINGS]  # the repartition topic's
         # Open windows are rewritten every open_write_s, or less often when that costs too much.
         self.pacer = OpenWritePacer(settings.open_write_s)
@@ -149,14 +122,14 @@ class Batches:
         # watermarks each place partition received: (place partition, source partition) ->
         # (watermark or None once caught up, monotonic time received). records.WATERMARKS_KEY.
         self.source_marks: dict[int, int] = {}
-        self.place_marks: dict[tuple[int, int], tuple[int | None, float]] = {}
+        self.place_marks: PlaceMarks = {}
         # Since the last rebalance (monotonic): for up to the idle timeout after it, a source partition
         # not read yet, and a place partition no watermarks reached yet, hold everything (HELD); after
         # that they hold nothing back.
         self.hold_since = time.monotonic()
 
     def add_scope(self, name: str, topic: str, table: Table, engine: ScopeEngine) -> Scope:
-        decode = self.decode_readings if name == SENSOR else self.decode_forwards
+        decode = self.intake.readings if name == SENSOR else self.decode_forwards
         scope = self.scopes[name] = Scope(name, topic, table, engine, decode)
         return scope
 
@@ -204,103 +177,13 @@ class Batches:
         return holds
 
     # --- input ---------------------------------------------------------------------------------
-    def decode_readings(self, messages: Sequence[Any], now: int) -> Decoded:
-        """iot.readings records, each on its own: a record that is not a reading (or that this code
-        fails on) goes to the DLQ with its context, never taking another with it."""
-        out = Decoded(messages)
-        for msg in messages:
-            value = msg.value
-            try:
-                reading = decode_reading(value)
-                if msg.key != reading["device"].encode():
-                    raise RejectedRecord(
-                        contract.REASON_KEY_MISMATCH,
-                        f"record key {msg.key!r} is not the device id {reading['device']!r}: a device's"
-                        " readings must be one partition, in order",
-                        contract.reading_topic(reading["place"], reading["device"]),
-                    )
-                # The form forwarded to the place scope; made here, where a reading that cannot be
-                # encoded is still one record to set aside.
-                forward = encode_forward(reading)
-            except RejectedRecord as exc:
-                out.rejected.append(self._reject(exc.reason, exc.detail, exc.topic, msg, value, now))
-                continue
-            except Exception as exc:
-                out.rejected.append(self._unprocessable(SENSOR, exc, msg, value, now))
-                continue
-            out.items.append(Item(reading, msg.partition, msg.offset, None, forward))
-        return out
-
     def decode_forwards(self, messages: Sequence[Any], now: int) -> Decoded:
-        """Place repartition records, written by our own sensor scope after validation: only decoding
-        is left to do. A bundle's readings get consecutive input offsets of their own
-        (records.FORWARD_SLOTS) and keep their origin in iot.readings."""
-        out = Decoded(messages)
+        """Place repartition records (Intake.forwards), then the holds of the place scope's windows
+        once the watermarks they carried are in."""
         received = time.monotonic()
-        for msg in messages:
-            if msg.key == _WATERMARKS_KEY:
-                try:
-                    marks = decode_watermarks(msg.value)
-                except RejectedRecord as exc:
-                    out.rejected.append(self._reject(exc.reason, exc.detail, exc.topic, msg, msg.value, now))
-                    continue
-                for source, mark in marks.items():
-                    self.place_marks[msg.partition, source] = (mark, received)
-                continue
-            base = msg.offset * FORWARD_SLOTS
-            try:
-                decoded = decode_forwarded(msg.value)
-            except Exception as exc:
-                out.rejected.append(self._unprocessable(PLACE, exc, msg, msg.value, now))
-                continue
-            for index, item in enumerate(decoded):
-                if isinstance(item, RejectedRecord):
-                    out.rejected.append(
-                        self._reject(item.reason, item.detail, item.topic, msg, msg.value, now)
-                    )
-                    continue
-                reading, origin = item
-                out.items.append(Item(reading, msg.partition, base + index, origin))
+        out = self.intake.forwards(messages, now, self.place_marks, received)
         out.holds = self.holds(received)
         return out
-
-    def _reject(
-        self, reason: str, detail: str, topic: str, msg: Any, value: bytes | None, now: int
-    ) -> dict[str, Any]:
-        self.metrics.rejected.labels(reason).inc()
-        _log.warning(
-            "reading_rejected",
-            reason=reason,
-            detail=detail,
-            topic=msg.topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            action="sent to DLQ; fix the producer of this record",
-        )
-        source = contract.kafka_source(msg.topic, msg.partition, msg.offset, msg.key)
-        return dlq_record(reason, detail, topic, value or b"", now, source)
-
-    def _unprocessable(
-        self, scope: str, exc: BaseException, msg: Any, value: bytes | None, now: int
-    ) -> dict[str, Any]:
-        """A record this code failed on: a bug, but one record's. It goes to the DLQ (with the error)
-        and the batch goes on without it."""
-        self.metrics.rejected.labels(contract.REASON_UNPROCESSABLE).inc()
-        detail = f"{type(exc).__name__}: {exc}"[:300]
-        _log.error(
-            "record_unprocessable",
-            scope=scope,
-            error=detail,
-            topic=getattr(msg, "topic", None),
-            partition=getattr(msg, "partition", None),
-            offset=getattr(msg, "offset", None),
-            action="sent to DLQ (reason unprocessable): a bug in the backend, report it with this record",
-            where=_where(exc),
-        )
-        source = None
-        if msg is not None:
-            source = contract.kafka_source(msg.topic, msg.partition, msg.offset, msg.key)
-        return dlq_record(contract.REASON_UNPROCESSABLE, detail, UNKNOWN_TOPIC, value or b"", now, source)
 
     # --- batches -------------------------------------------------------------------------------
     async def guarded(self, scope: Scope, messages: Sequence[Any]) -> None:
@@ -323,7 +206,7 @@ class Batches:
                     retry_in_s=delay,
                     action="a bug in the backend: report it with this log; the batch is retried and its"
                     " offsets are not committed meanwhile",
-                    where=_where(exc),
+                    where=where(exc),
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, retry.MAX_S)
@@ -345,7 +228,7 @@ class Batches:
                 "tick_failed",
                 scope=scope.name,
                 error=f"{type(exc).__name__}: {exc}"[:300],
-                where=_where(exc),
+                where=where(exc),
                 action="a bug in the backend: report it with this log; the idle timer tries again",
             )
             return
@@ -384,7 +267,7 @@ class Batches:
                 value = (
                     msg.value if msg is not None and scope.name == SENSOR else encode_forward(item.reading)
                 )
-                decoded.rejected.append(self._unprocessable(scope.name, failed.error, msg, value, now))
+                decoded.rejected.append(self.intake.unprocessable(scope.name, failed.error, msg, value, now))
                 items = [*items[: failed.index], *items[failed.index + 1 :]]
                 continue
             if not out.lookups:
@@ -556,7 +439,7 @@ class Batches:
                 contract.REASON_CORRUPT_WINDOW,
                 f"{detail}; rebuilt from {len(again.ids)} stored readings{unusable}",
                 f"{_collection_of(scope.name)}/{wid}",
-                _document_bytes(doc),
+                document_bytes(doc),
                 now,
             )
         )
@@ -641,15 +524,6 @@ class Batches:
             m.show_window(scope, doc)
 
 
-def _where(exc: BaseException) -> str:
-    """Where an exception was raised (file:line in function), for a log line that stays one line."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "?"
-    frame = frames[-1]
-    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
-
-
 def _reading_id(reading: Mapping[str, Any]) -> str:
     return contract.reading_id(reading["device"], reading["boot"], reading["seq"])
 
@@ -662,15 +536,3 @@ def _origin(doc: Mapping[str, Any] | None) -> Origin | None:
 
 def _collection_of(scope: str) -> str:
     return contract.COLL_SENSOR_WINDOWS if scope == SENSOR else contract.COLL_PLACE_WINDOWS
-
-
-def _document_bytes(doc: Any) -> bytes:
-    """A stored document as JSON for the DLQ (dates and other BSON types as text), whatever it holds."""
-    try:
-        return json.dumps(doc, default=str, allow_nan=True).encode()
-    except (ValueError, TypeError, RecursionError):
-        pass
-    try:
-        return repr(doc)[: contract.DLQ_PAYLOAD_CAP].encode("utf-8", "backslashreplace")
-    except RecursionError:
-        return b"(a document too deeply nested to show)"

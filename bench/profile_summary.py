@@ -23,8 +23,9 @@ MAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("changelog state (to_json + send)", ("Batches.persist", "KeyState.to_json", "send_changelog")),
     ("windows + dedup (engine)", ("ScopeEngine.", "KeyState.", "WindowAcc.", "MetricAcc.", "SeqSet.")),
     ("metrics", ("Batches.count", "BackendMetrics.")),
-    # backend/batches.py's path around the engine, and the agents' loop in backend/app.py.
-    ("batch glue (our agents)", ("Batches.", "agent.<locals>.windows", "BackendRuntime._tick")),
+    # backend/batches.py's path around the engine (with backend/intake.py's loops over a batch's
+    # records), and the agents' loop in backend/app.py.
+    ("batch glue (our agents)", ("Batches.", "Intake.", "agent.<locals>.windows", "BackendRuntime._tick")),
     ("idle (event loop select)", ("EpollSelector.select",)),
     ("aiokafka (protocol, fetch, produce)", ("aiokafka",)),
     ("faust/mode (streams, acks, commits)", ("faust", "mode/", "Stream.", "Consumer.", "Conductor", "Agent")),
