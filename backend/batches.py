@@ -2,14 +2,14 @@
 written, the changed key states persisted.
 
 Per batch: decode each record (backend/intake.py, the one place where a record is isolated: a record
-that is not a reading goes to the DLQ with its context) →
-the engine (an item it fails on goes to the DLQ and the batch is processed again from the persisted
-states; so do identities its bounded de-duplication memory forgot, once the `readings` collection
-answered them) → amend the closed windows it reached (a stored document that is no window is rebuilt
-from the stored readings) → compare duplicates with the copy counted first → write every output
-(MongoDB, Kafka; retried until it lands) → persist the changed key states. `guarded` returns only once
-that is done: the agent acknowledges the records after it, so a batch's offsets are committed only
-after each of its records was counted or dead-lettered.
+that is not a reading goes to the DLQ with its context) → the engine (an item it fails on goes to the
+DLQ and the batch is processed again from the persisted states; so do identities its bounded
+de-duplication memory forgot, once the `readings` collection answered them) → amend the closed windows
+it reached (backend/amending.py: a stored document that is no window is rebuilt from the stored
+readings) → compare duplicates with the copy counted first → write every output (MongoDB, Kafka; retried
+until it lands) → persist the changed key states. `guarded` returns only once that is done: the agent
+acknowledges the records after it, so a batch's offsets are committed only after each of its records was
+counted or dead-lettered.
 
 The place scope holds its windows until every source partition's input passed them: after each batch
 the sensor scope sends every place partition a watermarks record (records.WATERMARKS_KEY) saying how
@@ -32,8 +32,9 @@ from iot import contract, log
 from iot.topics import TOPIC_PARTITIONS
 
 from . import retry
+from .amending import Amender
 from .engine import ItemFailed, Origin, Outputs, ScopeEngine
-from .intake import Decoded, Intake, PlaceMarks, document_bytes, where
+from .intake import Decoded, Intake, PlaceMarks, where
 from .kafka_sink import KafkaSink
 from .metrics import BackendMetrics
 from .mongo_sink import MongoSink, source_of
@@ -48,9 +49,10 @@ from .records import (
     encode_bundle,
     encode_forward,
     encode_watermarks,
+    reading_id_of,
 )
 from .settings import Settings
-from .stored import Rebuilt, conflict, rebuild
+from .stored import conflict
 from .windows import KeyState
 
 _log = log.get("backend")
@@ -112,6 +114,7 @@ class Batches:
         self.metrics = metrics
         self.partitions = partitions
         self.intake = Intake(metrics)
+        self.amender = Amender(sink, metrics, settings.mongo_host)
         self.place_partitions = TOPIC_PARTITIONS[contract.TOPIC_READINGS]  # the repartition topic's
         # Open windows are rewritten every open_write_s, or less often when that costs too much.
         self.pacer = OpenWritePacer(settings.open_write_s)
@@ -243,7 +246,7 @@ class Batches:
         decoded = scope.decode(messages, now)
         async with scope.lock:
             out = await self._process(scope, decoded, now)
-            await self._amend(scope, out, decoded.rejected, now)
+            await self.amender.amend(scope.name, scope.engine, out, decoded.rejected, now)
             await self._check_duplicates(scope, out, decoded, now)
             forwards = self._forwards(out) if scope.name == SENSOR else []
             await self.emit(scope, out, forwards, decoded.rejected)
@@ -291,8 +294,8 @@ class Batches:
         first stays counted, the copy goes to the DLQ."""
         if not out.dup_checks:
             return
-        firsts = {_reading_id(i.reading): i.reading for i in out.readings}
-        need = sorted({_reading_id(i.reading) for i in out.dup_checks} - set(firsts) - set(decoded.stored))
+        firsts = {reading_id_of(i.reading): i.reading for i in out.readings}
+        need = sorted({reading_id_of(i.reading) for i in out.dup_checks} - set(firsts) - set(decoded.stored))
         if need:
             decoded.stored.update(
                 await retry.until_done(
@@ -304,7 +307,7 @@ class Batches:
                 )
             )
         for item in out.dup_checks:
-            rid = _reading_id(item.reading)
+            rid = reading_id_of(item.reading)
             first = firsts.get(rid) or decoded.stored.get(rid)
             differ = conflict(first, item.reading) if first is not None else []
             if not differ:
@@ -371,80 +374,7 @@ class Batches:
         forwards.extend((WATERMARKS_KEY, value, q) for q in range(self.place_partitions))
         return forwards
 
-    # --- outputs -------------------------------------------------------------------------------
-    async def _amend(self, scope: Scope, out: Outputs, rejected: list[dict[str, Any]], now: int) -> None:
-        """Load the closed windows the batch amends and apply the late readings to them. Closed windows
-        live in MongoDB only (bounded memory), so this read is part of the batch; it is retried like a
-        write, since skipping it would drop the readings. A stored document that is no valid window is
-        rebuilt from the stored readings and goes to the DLQ as `corrupt_window`."""
-        if not out.amends:
-            return
-        ids = list(out.amends)
-        stored = await retry.until_done(
-            "amendment_read_failed",
-            lambda: self.sink.load_windows(scope.name, ids),
-            "check MongoDB (iot stack status); the batch waits, nothing is lost",
-            scope=scope.name,
-            mongo=self.settings.mongo_host,
-        )
-        scope.engine.amend(out, stored, now)
-        if out.corrupt:
-            rebuilt = {wid: await self._rebuild(scope, out, wid, rejected, now) for wid in list(out.corrupt)}
-            scope.engine.amend(out, stored, now, rebuilt)
-        if out.amended_docs:
-            _log.info(
-                "windows_amended",
-                scope=scope.name,
-                windows=len(out.amended_docs),
-                created=sum(1 for d in out.amended_docs if d["revision"] == 0),
-                readings=out.amended_readings,
-            )
-
-    async def _rebuild(
-        self, scope: Scope, out: Outputs, wid: str, rejected: list[dict[str, Any]], now: int
-    ) -> Rebuilt:
-        """Window `wid` from the stored readings it covers (and this batch's, not stored yet); its
-        corrupt document to the DLQ."""
-        doc, detail = out.corrupt[wid]
-        amendment = out.amends[wid]
-        key, start, end = amendment.key, amendment.wkey.start, amendment.wkey.end
-        readings = await retry.until_done(
-            "window_rebuild_read_failed",
-            lambda: self.sink.window_readings(scope.name, key, start, end),
-            "check MongoDB (iot stack status); the batch waits, nothing is lost",
-            scope=scope.name,
-            mongo=self.settings.mongo_host,
-        )
-        field_ = "device" if scope.name == SENSOR else "place"
-        for item in out.readings:
-            r = item.reading
-            if r[field_] == key and start <= r["ts"] < end:
-                readings.append({**r, "_id": _reading_id(r)})
-        again = rebuild(readings)
-        self.metrics.rebuilt.labels(scope.name).inc()
-        self.metrics.rejected.labels(contract.REASON_CORRUPT_WINDOW).inc()
-        _log.error(
-            "window_corrupt",
-            scope=scope.name,
-            window=wid,
-            detail=detail,
-            rebuilt_from=len(again.ids),
-            unusable=len(again.unusable),
-            action="rebuilt from the stored readings; the document is in the DLQ (corrupt_window):"
-            " find what wrote it",
-        )
-        unusable = f"; stored readings not usable: {', '.join(again.unusable[:10])}" if again.unusable else ""
-        rejected.append(
-            dlq_record(
-                contract.REASON_CORRUPT_WINDOW,
-                f"{detail}; rebuilt from {len(again.ids)} stored readings{unusable}",
-                f"{_collection_of(scope.name)}/{wid}",
-                document_bytes(doc),
-                now,
-            )
-        )
-        return again
-
+    # --- outputs ---------------------------------------------------------------------------------
     async def emit(
         self, scope: Scope, out: Outputs, forwards: list[Forward], rejected: list[dict[str, Any]]
     ) -> None:
@@ -524,15 +454,7 @@ class Batches:
             m.show_window(scope, doc)
 
 
-def _reading_id(reading: Mapping[str, Any]) -> str:
-    return contract.reading_id(reading["device"], reading["boot"], reading["seq"])
-
-
 def _origin(doc: Mapping[str, Any] | None) -> Origin | None:
     """The iot.readings record a stored reading was first stored from; (-1, -1) when the document does
     not say (so it is taken for another record's: a duplicate)."""
     return None if doc is None else source_of(doc)
-
-
-def _collection_of(scope: str) -> str:
-    return contract.COLL_SENSOR_WINDOWS if scope == SENSOR else contract.COLL_PLACE_WINDOWS

@@ -215,6 +215,11 @@ def _normalised(obj: Any) -> bool:
 dlq_record = contract.dlq_record
 
 
+def reading_id_of(reading: Mapping[str, Any]) -> str:
+    """A decoded reading's id, `{device}:{boot}:{seq}` (contract.reading_id)."""
+    return contract.reading_id(reading["device"], reading["boot"], reading["seq"])
+
+
 def late_record(
     scope: str, reading: Mapping[str, Any], windows: list[WindowKey], source: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
