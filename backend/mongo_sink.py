@@ -48,7 +48,7 @@ from bson.datetime_ms import DatetimeMS
 from pymongo import ASCENDING, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from iot import contract, log, readings_store
+from iot import contract, log, readings_migration, readings_store
 
 from .errors import SinkError
 from .metrics import BackendMetrics
@@ -132,7 +132,7 @@ class MongoSink:
             self.db[contract.COLL_SENSOR_WINDOWS].create_index([("device", ASCENDING), ("start", ASCENDING)])
             self.db[contract.COLL_PLACE_WINDOWS].create_index([("place", ASCENDING), ("start", ASCENDING)])
             readings_store.ensure_indexes(self.db[contract.COLL_READINGS])
-            unmigrated = readings_store.unmigrated(self.db)
+            unmigrated = readings_migration.unmigrated(self.db)
         except PyMongoError as exc:
             raise SinkError(f"creating MongoDB indexes failed: {exc}") from exc
         if unmigrated:

@@ -1,5 +1,6 @@
 """`iot readings migrate` (revision 3 reading documents -> revision 4 buckets) and `iot readings show`
-(one device's readings in a time range): the `readings` collection through iot/readings_store.py."""
+(one device's readings in a time range): the `readings` collection through iot/readings_store.py, and
+iot/readings_migration.py for the migration."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from iot import contract, log, readings_store
+from iot import contract, log, readings_migration, readings_store
 from iot.reach import check_mongo
 
 from .errors import BackendError
@@ -23,15 +24,15 @@ def _client(uri: str) -> MongoClient[dict[str, Any]]:
     return MongoClient(uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=120_000, tz_aware=True)
 
 
-def migrate(uri: str) -> readings_store.Migrated:
+def migrate(uri: str) -> readings_migration.Migrated:
     """Rewrite every revision 3 reading document as revision 4 buckets, logging progress per chunk."""
     client = _client(uri)
     try:
         db = client.get_default_database(default=contract.DEFAULT_DATABASE)
-        _log.info("readings_migration_started", chunk=readings_store.MIGRATE_CHUNK)
+        _log.info("readings_migration_started", chunk=readings_migration.MIGRATE_CHUNK)
         started = time.monotonic()
 
-        def progress(done: readings_store.Migrated) -> None:
+        def progress(done: readings_migration.Migrated) -> None:
             if not done.chunks:
                 _log.info(
                     "readings_marks_set",
@@ -47,7 +48,7 @@ def migrate(uri: str) -> readings_store.Migrated:
                 seconds=round(done.seconds, 1),
             )
 
-        done = readings_store.migrate(db, progress)
+        done = readings_migration.migrate(db, progress)
     except PyMongoError as exc:
         raise BackendError(
             f"migrating {contract.COLL_READINGS} failed: {exc}; run `iot readings migrate` again: it"

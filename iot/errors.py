@@ -21,7 +21,7 @@ IotError                            anything the `iot` command reports as `Type:
 │   ├── BrokerAuthError
 │   └── DynsecError
 ├── iot.devices.registry.RegistryError   the device registry (MongoDB) did not answer
-├── iot.readings_store.MigrationError    the readings migration met data it cannot rewrite losslessly
+├── iot.readings_migration.MigrationError   the readings migration met data it cannot rewrite losslessly
 ├── hil.virtual.env.EnvError        a scripted environment (virtual boards) is not valid; names the metric
 ├── iot.harness.errors.HarnessError the harness (the demo's, rig's, benchmarks' and tests' processes)
 │   └── ChildFailed                 a child process exited or did not become ready; carries its log tail

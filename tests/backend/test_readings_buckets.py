@@ -1,7 +1,7 @@
 """The `readings` collection as buckets (contract revision 4) on the real MongoDB-wire server: the
 de-duplication's look-ups stay exact, a replay after a crash stores nothing twice, revision 3 documents
-read as they did, and `iot readings migrate` rewrites them, killed with SIGKILL anywhere, without
-losing or doubling a reading."""
+read as they did, and `iot readings migrate` (iot/readings_migration.py) rewrites them, killed with
+SIGKILL anywhere, without losing or doubling a reading."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pymongo.database import Database
 from backend.engine import Item
 from backend.mongo_sink import MongoSink, source_code, source_of
 from backend.records import PLACE, SENSOR
-from iot import contract, readings_store
+from iot import contract, readings_migration, readings_store
 from iot.harness import payloads
 from tests.services import IOT
 from tests.support import unique, wait_for
@@ -160,10 +160,10 @@ def test_revision_3_documents_read_as_before_and_a_replay_does_not_copy_them(
     sink = MongoSink(f"{MONGO}/{db_name}", source_topic=TOPIC)
     some = sorted(docs)[:30]
     assert set(sink.find_readings(some)) == set(some)
-    assert readings_store.unmigrated(db)  # what the backend warns about at start
+    assert readings_migration.unmigrated(db)  # what the backend warns about at start
     # A rev-3 backend died after storing these: the migration's marks make the replay look them up.
-    readings_store.migrate(db, chunk=10_000)
-    assert not readings_store.unmigrated(db)
+    readings_migration.migrate(db, chunk=10_000)
+    assert not readings_migration.unmigrated(db)
     rows = [docs[rid] for rid in sorted(docs) if rid.startswith("m-0:0:")]
     replay = [
         dict(r, ts=int(r["ts"].timestamp() * 1000), received_at=int(r["received_at"].timestamp() * 1000))
@@ -181,9 +181,9 @@ def test_revision_3_documents_read_as_before_and_a_replay_does_not_copy_them(
 MIGRATE = """
 import sys
 from pymongo import MongoClient
-from iot import readings_store
+from iot import readings_migration
 db = MongoClient(sys.argv[1], tz_aware=True).get_default_database()
-done = readings_store.migrate(db, chunk=int(sys.argv[2]))
+done = readings_migration.migrate(db, chunk=int(sys.argv[2]))
 print("migrated", done.readings, done.buckets, done.resumed, flush=True)
 """
 
@@ -193,7 +193,7 @@ def test_migration_killed_anywhere_loses_and_doubles_nothing(
 ) -> None:
     docs = _revision_3(db, 12, 400)
     uri = f"{MONGO}/{db_name}"
-    coll, journal = readings_store.collection(db), db[readings_store.MIGRATION]
+    coll, journal = readings_store.collection(db), db[readings_migration.MIGRATION]
     rng = random.Random(int(os.environ.get("IOT_TEST_SEED", "24")))
     kills = 0
 
@@ -233,7 +233,7 @@ def test_migration_killed_anywhere_loses_and_doubles_nothing(
     for rid, r in readings_store.find(coll, list(docs)).items():
         assert r == docs[rid], rid  # every field, `src` included, as revision 3 stored it
     # Run again: nothing to do.
-    again = readings_store.migrate(db)
+    again = readings_migration.migrate(db)
     assert (again.readings, again.buckets, again.resumed) == (0, 0, False)
     assert coll.count_documents({}) < len(docs) / 4  # runs of 36 between gaps: ~8 blocks each
     # The source marks cover what revision 3 wrote: a replay after the upgrade looks it up.
