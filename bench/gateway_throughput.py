@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/gateway_throughput.py [--messages 60000] [--gateways 1]
         [--kafka private | private-sasl | shared]
+    .venv/bin/python bench/gateway_throughput.py --cpu [--baseline-tree PATH] [--rate 1000]
+        [--seconds 20] [--rounds 3] [--devices 2000]
 
 Prints, for ~190-byte payload v1 readings on this machine:
   (a) raw pass-through: one publisher process → Mosquitto → one paho subscriber process, QoS 1;
@@ -14,6 +16,16 @@ measured one. By default the gateways write to a private single-node Kafka (star
 module on free ports) so the bench never floods the shared stack's iot.readings; `private-sasl` puts the
 gateways and the bench's own reader on its SASL_SSL listener (SCRAM-SHA-512 over TLS), `shared` on the
 stack's Kafka as the IOT_KAFKA_* variables say.
+
+`--cpu` measures instead what a reading costs the gateway at a fleet's pace, the figure that matters
+when the gateway shares the box with the backend (bench/soak.py): publishers paced at `--rate`
+readings/s for `--seconds` from `--devices` boards (one end-to-end ack message per board per flush,
+as in the soak), and the gateway process's CPU (user + system, all its threads, from /proc) over that
+span, divided by the readings. With `--baseline-tree PATH` (another source tree of this repository,
+e.g. `git worktree add --detach /tmp/before main`) a second gateway runs that tree's code beside this
+one, each on a place of its own, and rounds alternate them (the order rotates each round), so the
+ratio current/baseline is taken between neighbouring runs on this shared box. Prometheus is scraped
+only after the publishers finished (a scrape renders every board's series: gateway CPU too).
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +52,8 @@ from confluent_kafka import Consumer
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iot import contract
-from iot.harness.children import Child, gateway_connected
+from iot.env import stack_dir
+from iot.harness.children import Child, cpu_s, gateway_connected
 from iot.harness.kafka import end_offsets
 from iot.harness.mqtt import MqttLogin
 from iot.harness.payloads import reading
@@ -83,11 +97,17 @@ def _payloads(place: str, devices: int, count: int, part: int) -> Iterator[tuple
         yield contract.reading_topic(place, device), json.dumps(payload).encode()
 
 
-def child_publish(place: str, devices: int, count: int, part: int) -> None:
+def child_publish(place: str, devices: int, count: int, part: int, rate: float = 0.0) -> None:
+    """Publish `count` readings at QoS 1, as fast as the broker takes them or paced at `rate`/s."""
     client = BROKER.client(_uid("bench-pub"), max_inflight=0)
     pending: deque[mqtt.MQTTMessageInfo] = deque()
     started = time.time()
-    for topic, payload in _payloads(place, devices, count, part):
+    for i, (topic, payload) in enumerate(_payloads(place, devices, count, part)):
+        if rate and i % 10 == 0:
+            # Paced in steps of ten readings: a fleet's boards publish spread over each second.
+            ahead = started + i / rate - time.time()
+            if ahead > 0:
+                time.sleep(ahead)
         pending.append(client.publish(topic, payload, qos=1))
         if len(pending) >= PUBLISH_WINDOW:
             pending.popleft().wait_for_publish(60)
@@ -133,11 +153,13 @@ def _result(proc: subprocess.Popen[str], timeout: float = 600) -> dict[str, floa
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def _publish(place: str, devices: int, count: int, publishers: int) -> float:
-    """Publish `count` readings from `publishers` processes; returns their combined rate."""
+def _publish(place: str, devices: int, count: int, publishers: int, rate: float = 0.0) -> float:
+    """Publish `count` readings from `publishers` processes (paced at `rate`/s together, 0: as fast
+    as they can); returns their combined rate."""
     share = count // publishers
     procs = [
-        _spawn_child("_publish", place, str(devices), str(share), str(part)) for part in range(publishers)
+        _spawn_child("_publish", place, str(devices), str(share), str(part), str(rate / publishers))
+        for part in range(publishers)
     ]
     results = [_result(p) for p in procs]
     started = min(r["started"] for r in results)
@@ -166,6 +188,7 @@ class Gateways:
         log_dir: Path,
         max_in_flight: int,
         profile: Path | None,
+        tree: Path | None = None,
     ) -> None:
         self.place = place
         self.profile = profile
@@ -183,6 +206,10 @@ class Gateways:
                 "IOT_GATEWAY_METRICS_PORT": str(port),
                 "IOT_GATEWAY_MAX_IN_FLIGHT": str(max_in_flight),
                 "IOT_GATEWAY_SESSION_EXPIRY_S": "900",
+                # Another source tree's packages first on the path (the venv's own are an editable
+                # install's finder, which Python asks after the path).
+                # (and this tree's stack: its credentials file is found under IOT_STACK_DIR).
+                **({"PYTHONPATH": str(tree), "IOT_STACK_DIR": str(stack_dir())} if tree is not None else {}),
             }
             log = log_dir / f"{group}-{i}.log"
             self.gateways.append(Child.iot(f"{group}-{i}", ["gateway"], log, env=env, metrics_port=port))
@@ -216,8 +243,9 @@ class Gateways:
             spies.append(
                 subprocess.Popen(
                     [
-                        "py-spy",
+                        os.environ.get("PY_SPY", "py-spy"),
                         "record",
+                        "--nonblocking",
                         "--format",
                         "raw",
                         "--rate",
@@ -247,6 +275,10 @@ class Gateways:
     def discard_sessions(self) -> None:
         for gateway in self.gateways:
             BROKER.forget_session(gateway.env["IOT_GATEWAY_CLIENT_ID"])
+
+    def cpu_s(self) -> float:
+        """CPU seconds the gateway processes used so far (user + system, every thread)."""
+        return sum(cpu_s(gateway.pid) or 0.0 for gateway in self.gateways)
 
     def totals(self, name: str) -> float:
         return sum(gateway.metric(name) or 0.0 for gateway in self.gateways)
@@ -317,6 +349,65 @@ def measure_drain(gws: Gateways, count: int, devices: int, publishers: int, kafk
     return span.rate(count)
 
 
+def measure_cpu(gws: Gateways, count: int, devices: int, publishers: int, rate: float) -> tuple[float, float]:
+    """(CPU µs per reading, achieved rate) of the gateways for `count` readings paced at `rate`/s."""
+    base = gws.totals("iot_gateway_produced_total")
+    before = gws.cpu_s()
+    pub_rate = _publish(gws.place, devices, count, publishers, rate)
+    gws.wait_produced(base + count)
+    used = gws.cpu_s() - before
+    return used / count * 1e6, pub_rate
+
+
+def compare_cpu(args: argparse.Namespace, kafka: KafkaConnection, tmp: Path) -> None:
+    """Interleaved paced runs of this tree's gateway and, with --baseline-tree, the baseline's."""
+    count = int(args.rate * args.seconds)
+    variants: dict[str, Gateways] = {
+        "current": Gateways(args.gateways, _uid("benchc"), kafka, tmp, args.max_in_flight, args.profile)
+    }
+    if args.baseline_tree is not None:
+        variants["baseline"] = Gateways(
+            args.gateways, _uid("benchb"), kafka, tmp, args.max_in_flight, None, args.baseline_tree.resolve()
+        )
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    ratios: list[float] = []
+    try:
+        for gws in variants.values():
+            gws.start()
+        names = list(variants)
+        for rnd in range(args.rounds):
+            order = names[rnd % len(names) :] + names[: rnd % len(names)]
+            got: dict[str, float] = {}
+            for name in order:
+                # py-spy (--profile) watches this tree's gateway in the last round; it costs CPU itself.
+                profiled = name == "current" and rnd == args.rounds - 1
+                spies = variants[name].start_profilers() if profiled else []
+                us, pub_rate = measure_cpu(variants[name], count, args.devices, args.publishers, args.rate)
+                variants[name].stop_profilers(spies)
+                got[name] = us
+                results[name].append(us)
+                load = os.getloadavg()[0]
+                print(
+                    f"round {rnd + 1} {name:8s}: {us:7.1f} µs CPU per reading  ({count} readings at "
+                    f"{pub_rate:,.0f}/s from {args.devices} boards, load {load:.1f})",
+                    flush=True,
+                )
+            if "baseline" in got:
+                ratios.append(got["current"] / got["baseline"])
+                print(f"round {rnd + 1} ratio current/baseline: {ratios[-1]:.2f}", flush=True)
+    finally:
+        for gws in variants.values():
+            gws.stop()
+            gws.discard_sessions()
+    for path in variants["current"].profiled:
+        print(f"profile: {path}")
+        print(_top_self_time(path))
+    for name, values in results.items():
+        print(f"median {name:8s}: {statistics.median(values):7.1f} µs CPU per reading")
+    if ratios:
+        print(f"ratio current/baseline (median of rounds): {statistics.median(ratios):.2f}")
+
+
 def _top_self_time(path: Path, top: int = 15) -> str:
     """Summarise a py-spy raw (collapsed) profile: the frames where samples were taken, by share."""
     counts: dict[str, int] = {}
@@ -360,9 +451,30 @@ def main() -> int:
     parser.add_argument("--max-in-flight", type=int, default=5000)
     parser.add_argument("--kafka", choices=("private", "private-sasl", "shared"), default="private")
     parser.add_argument(
-        "--profile", type=Path, default=None, help="folder for py-spy profiles of the gateways (needs py-spy)"
+        "--profile",
+        type=Path,
+        default=None,
+        help="folder for py-spy profiles of the gateways (py-spy on PATH, or PY_SPY=its path)",
+    )
+    parser.add_argument("--cpu", action="store_true", help="paced CPU per reading instead (module doc)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="--cpu: readings/s, all publishers")
+    parser.add_argument("--seconds", type=float, default=20.0, help="--cpu: length of one run")
+    parser.add_argument("--rounds", type=int, default=3, help="--cpu: rounds (each runs every tree once)")
+    parser.add_argument(
+        "--baseline-tree", type=Path, default=None, help="--cpu: another source tree to compare with"
     )
     args = parser.parse_args()
+    if args.baseline_tree is not None and not (args.baseline_tree / "gateway").is_dir():
+        parser.error("--baseline-tree needs a source tree of this repository (with gateway/)")
+
+    if args.cpu:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp,
+            kafka_for_bench(args.kafka, Path(tmp)) as kafka,
+        ):
+            print(f"kafka: {kafka.describe()}", flush=True)
+            compare_cpu(args, kafka, Path(tmp))
+        return 0
 
     with (
         tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp,
@@ -401,7 +513,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_publish":
-        child_publish(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        child_publish(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_subscribe":
         child_subscribe(sys.argv[2], int(sys.argv[3]))
     else:
