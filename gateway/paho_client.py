@@ -11,6 +11,8 @@ subclass
     each packet built here as bytes: paho's `publish` makes a `MQTTMessageInfo` (with a
     `threading.Condition`) per message and `_packet_write` sends each packet on its own;
   * writes consecutive queued PUBACKs and end-to-end acks with one `send`;
+  * reads a PUBLISH without properties (every reading) itself (`_plain_publish`): paho's parser
+    builds a `Properties` object and a `threading.Condition` per message, ~15 % of a reading's CPU;
   * hands on a PUBLISH whose MQTT v5 properties paho cannot parse without them (`_handle_publish`).
     A board may attach a user property holding U+FEFF: Mosquitto 2.0.11 accepts and forwards it (valid
     UTF-8), paho 2.2 refuses it as a malformed packet and drops the connection, and the broker
@@ -20,7 +22,7 @@ Measured in a 2,000-board soak (bench/soak.py --tracemalloc): with paho's `publi
 queued for the network thread were the gateway's largest allocation (30-85 MB traced, swinging:
 Conditions, packet dicts, message infos), and PUBACKs to the broker waited behind them.
 It overrides paho private methods (`_sock_recv`, `loop_read`, `_packet_queue`, `_packet_write`,
-`_handle_publish`),
+`_handle_publish`), calls `_handle_on_message` and fills `MQTTMessage`'s slots,
 which is why pyproject pins paho-mqtt < 3 and the gateway's tests run on it end to end.
 """
 
@@ -47,11 +49,32 @@ pins.require(
     "2.2",
     [
         (mqtt.Client, name)
-        for name in ("_sock_recv", "loop_read", "_packet_queue", "_packet_write", "_handle_publish")
+        for name in (
+            "_sock_recv",
+            "loop_read",
+            "_packet_queue",
+            "_packet_write",
+            "_handle_publish",
+            "_handle_on_message",
+        )
     ],
     "gateway/paho_client.py (BatchingClient)",
 )
-_INSTANCE_HOOKS = ("_sock", "_sockpairW", "_out_packet", "_protocol", "_in_packet", "_thread")
+_INSTANCE_HOOKS = (
+    "_sock",
+    "_sockpairW",
+    "_out_packet",
+    "_protocol",
+    "_in_packet",
+    "_thread",
+    "_manual_ack",
+)
+# MQTTMessage's slots, which _plain_publish fills itself instead of calling its __init__.
+_MESSAGE_SLOTS = frozenset(
+    ("_topic", "dup", "info", "mid", "payload", "properties", "qos", "retain", "state", "timestamp")
+)
+if frozenset(mqtt.MQTTMessage.__slots__) != _MESSAGE_SLOTS:
+    raise pins.PinError("paho-mqtt MQTTMessage has other slots: re-check _plain_publish")
 
 _READ_CHUNK = 65536
 _PUBACK = 0x40
@@ -85,6 +108,12 @@ class BatchingClient(mqtt.Client):
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         if self._protocol == mqtt.MQTTv5:
+            message = _plain_publish(self._in_packet["command"], self._in_packet["packet"])
+            if message is not None and (message.qos == 0 or (message.qos == 1 and self._manual_ack)):
+                # What paho's own _handle_publish does for these (its debug log aside): the message to
+                # the callbacks; no PUBACK here (manual acks), none for QoS 0.
+                self._handle_on_message(message)
+                return mqtt.MQTT_ERR_SUCCESS
             stripped = _without_bad_properties(self._in_packet["command"], self._in_packet["packet"])
             if stripped is not None:
                 packet, topic, complaint = stripped
@@ -219,6 +248,34 @@ class BatchingClient(mqtt.Client):
             out.appendleft(_raw(b"".join(parts)))
         rc: mqtt.MQTTErrorCode = super()._packet_write()
         return rc
+
+
+def _plain_publish(command: int, packet: bytes | bytearray) -> mqtt.MQTTMessage | None:
+    """The message of an MQTT v5 PUBLISH without properties (a property length of 0, what a board's
+    reading carries), parsed without paho's `decode_publish`, which builds a `Properties` object for
+    every PUBLISH, and `MQTTMessage()`, which builds a `threading.Condition` (in its message info,
+    used only for outgoing messages): together ~37 us of a reading (~15 %) on this box. None for
+    anything else (properties, QoS 2, a packet too short), which paho's own path then takes, errors
+    included. The message's `properties` is None: the gateway reads none."""
+    qos = (command & 0x06) >> 1
+    if qos == 2 or len(packet) < 2:
+        return None
+    topic_end = 2 + ((packet[0] << 8) | packet[1])
+    start = topic_end + 2 if qos else topic_end  # QoS 1: the packet id follows the topic
+    if start >= len(packet) or packet[start] != 0:
+        return None
+    message: mqtt.MQTTMessage = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
+    message.timestamp = mqtt.time_func()
+    message.state = mqtt.mqtt_ms_invalid
+    message.dup = bool(command & 0x08)
+    message.mid = (packet[topic_end] << 8) | packet[topic_end + 1] if qos else 0
+    message._topic = bytes(packet[2:topic_end])
+    message.payload = bytes(packet[start + 1 :])
+    message.qos = qos
+    message.retain = bool(command & 0x01)
+    message.info = None  # type: ignore[assignment]
+    message.properties = None
+    return message
 
 
 def _without_bad_properties(command: int, packet: bytes | bytearray) -> tuple[bytearray, bytes, str] | None:
