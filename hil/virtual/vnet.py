@@ -56,13 +56,13 @@ _HOST_TO_NEWLIB = {
 }
 _HOST_TIMEOUT = (110, 11)  # the unix port reports an SO_RCVTIMEO expiry as either
 IO_TIMEOUT_S = 1
+SLICE_REAL_MS = 50  # longest real wait between watchdog checks inside a board call
 
 
 def newlib_error(exc: OSError) -> OSError:
     """A host socket error as the ESP32 port raises it (newlib's numbers)."""
     code = exc.args[0] if exc.args else 0
     return OSError(_HOST_TO_NEWLIB.get(code, code))
-SLICE_REAL_MS = 50  # longest real wait between watchdog checks inside a board call
 
 
 TICKS_PERIOD = 1 << 30
@@ -257,25 +257,12 @@ class VRaw(io.IOBase):
         return True
 
     def readinto(self, buf: "bytearray | memoryview", nbytes: int = -1) -> int | None:
-        deadline = -1
-        while True:
-            err = self._state()
-            if err:
-                return -err
-            if self.silent:
-                return self._stall()
-            try:
-                # (MicroPython's socket: a stream with readinto and write(buf, off, n))
-                sock: Any = self.sock
-                n: int | None = sock.readinto(buf) if nbytes < 0 else sock.readinto(buf, nbytes)
-            except OSError as exc:
-                return self._host_error(exc)
-            if n is not None or self.timeout == 0:
-                return n
-            if deadline < 0:
-                deadline = self._deadline()
-            if not self._waited(self._hpoll, deadline):
-                return -ETIMEDOUT
+        err = self._state()
+        if err:
+            return -err
+        if self.silent:
+            return self._stall()
+        return self._move(buf, 0, nbytes, False)
 
     def write(self, buf: "bytes | bytearray | memoryview", off: int = 0, n: int = -1) -> int | None:
         err = self._state()
@@ -297,21 +284,33 @@ class VRaw(io.IOBase):
                 n = 1 + self._rand.next() % (n - 1)  # lwIP's send buffer took only part of it
                 self._full = True
                 self.short_writes += 1
+        return self._move(buf, off, n, True)
+
+    def _move(self, buf: "bytes | bytearray | memoryview", off: int, n: int, writing: bool) -> int | None:
+        """The one host call of a read (into `buf`, at most `n` bytes, all of it for -1; `off` is 0) or
+        a write (`buf[off:off + n]`), once the link is up: a blocking call that finds nothing to move
+        waits in virtual time for the host socket (up to its timeout) and tries again, looking at the
+        link after each wait, since Wi-Fi may have gone meanwhile. Arguments, not a closure per call:
+        the call allocates nothing on the board's heap."""
+        # (MicroPython's socket: a stream with readinto and write(buf, off, n))
+        sock: Any = self.sock
         deadline = -1
         while True:
             try:
-                sock: Any = self.sock
-                sent: int | None = sock.write(buf, off, n)
+                if writing:
+                    moved: int | None = sock.write(buf, off, n)
+                else:
+                    moved = sock.readinto(buf) if n < 0 else sock.readinto(buf, n)
             except OSError as exc:
                 return self._host_error(exc)
-            if sent is not None or self.timeout == 0:
-                return sent
+            if moved is not None or self.timeout == 0:
+                return moved
             if deadline < 0:
                 deadline = self._deadline()
-                if self._wpoll is None:
+                if writing and self._wpoll is None:
                     self._wpoll = select.poll()
-                    self._wpoll.register(self.sock, select.POLLOUT)
-            if not self._waited(self._wpoll, deadline):
+                    self._wpoll.register(sock, select.POLLOUT)
+            if not self._waited(self._wpoll if writing else self._hpoll, deadline):
                 return -ETIMEDOUT
             err = self._state()
             if err:
