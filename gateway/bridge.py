@@ -13,6 +13,7 @@ service's main thread. Counters that both read are each written by one thread on
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +40,9 @@ Notify = Callable[[list[tuple[str, bytes]]], int]
 """notify([(topic, payload), ...]): publish end-to-end acks (QoS 0); returns how many were sent."""
 
 _log = log.get("gateway.bridge")
+
+# A board's ack topic, formatted once per board rather than once per ack message.
+_ack_topic: Final = functools.lru_cache(maxsize=16_384)(contract.ack_topic)
 
 
 @dataclass(slots=True)
@@ -207,7 +211,7 @@ class Bridge:
         if not seqs:
             return
         messages = [
-            (contract.ack_topic(place, device), payload)
+            (_ack_topic(place, device), payload)
             for (place, device, boot), board_seqs in seqs.items()
             for payload in contract.encode_acks(boot, board_seqs)
         ]
