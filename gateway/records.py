@@ -7,12 +7,14 @@ gateway; whatever it cannot accept becomes a DLQ record with a stable reason cod
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, TypeGuard
+from json.encoder import encode_basestring_ascii
+from typing import Any, Final, TypeGuard
 
 from iot import contract
 
-__all__ = ["MAX_CLOCK_AHEAD_MS", "Ident", "Outgoing", "dead_letter", "identify", "route"]
+__all__ = ["MAX_CLOCK_AHEAD_MS", "Ident", "Outgoing", "dead_letter", "encode_reading", "identify", "route"]
 
 Ident = tuple[str, str, int, int]
 """(place, device, boot, seq) of a reading: the board the end-to-end ack goes to, and what it covers."""
@@ -61,11 +63,68 @@ def route(
     return Outgoing(
         topic=contract.TOPIC_READINGS,
         key=reading["device"].encode("utf-8"),
-        value=contract.encode(reading),
+        value=encode_reading(reading),
         reason=None,
         ident=(reading["place"], reading["device"], reading["boot"], reading["seq"]),
         restamped=restamped,
     )
+
+
+# The keys of a validated reading as route() completes it, in order: the only shapes encode_reading
+# formats itself.
+_READING_KEYS: Final = (*contract.FIELDS, "received_at")
+_RESTAMPED_KEYS: Final = (*contract.FIELDS, "device_ts", "received_at")
+_float_text: Final = float.__repr__  # what the JSON encoder writes for a finite float
+
+
+def _metric_text(value: object) -> str | None:
+    if value is None:
+        return "null"
+    if type(value) is float and -1e300 < value < 1e300:  # finite (a metric is range-checked anyway)
+        return _float_text(value)
+    return None
+
+
+def encode_reading(reading: Mapping[str, Any]) -> bytes:
+    """`contract.encode(reading)` for a reading route() built, byte for byte, formatted in one step:
+    the JSON encoder builds a new C encoder object per call and walks the dict generically, ~5.7 us
+    of each reading against ~2.1 us (this box, loaded). Any other shape or type goes to
+    contract.encode."""
+    keys = tuple(reading)
+    if keys != _READING_KEYS and keys != _RESTAMPED_KEYS:
+        return contract.encode(reading)
+    v, device, place, fw = reading["v"], reading["device"], reading["place"], reading["fw"]
+    boot, seq, ts, time_valid = reading["boot"], reading["seq"], reading["ts"], reading["time_valid"]
+    received_at, device_ts = reading["received_at"], reading.get("device_ts", 0)
+    temperature = _metric_text(reading["temperature"])
+    humidity = _metric_text(reading["humidity"])
+    pressure = _metric_text(reading["pressure"])
+    luminosity = _metric_text(reading["luminosity"])
+    if not (
+        type(v) is int
+        and type(boot) is int
+        and type(seq) is int
+        and type(ts) is int
+        and type(received_at) is int
+        and type(device_ts) is int
+        and type(time_valid) is bool
+        and type(device) is str
+        and type(place) is str
+        and type(fw) is str
+        and temperature is not None
+        and humidity is not None
+        and pressure is not None
+        and luminosity is not None
+    ):
+        return contract.encode(reading)
+    restamp = f',"device_ts":{device_ts}' if len(keys) == len(_RESTAMPED_KEYS) else ""
+    return (
+        f'{{"v":{v},"device":{encode_basestring_ascii(device)},"place":{encode_basestring_ascii(place)},'
+        f'"boot":{boot},"seq":{seq},"ts":{ts},"time_valid":{"true" if time_valid else "false"},'
+        f'"temperature":{temperature},"humidity":{humidity},"pressure":{pressure},'
+        f'"luminosity":{luminosity},"fw":{encode_basestring_ascii(fw)}{restamp},'
+        f'"received_at":{received_at}}}'
+    ).encode("ascii")
 
 
 def dead_letter(topic: str, payload: bytes, reason: str, detail: str, received_at_ms: int) -> Outgoing:
