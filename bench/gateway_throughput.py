@@ -23,8 +23,9 @@ readings/s for `--seconds` from `--devices` boards (one end-to-end ack message p
 as in the soak), and the gateway process's CPU (user + system, all its threads, from /proc) over that
 span, divided by the readings. With `--baseline-tree PATH` (another source tree of this repository,
 e.g. `git worktree add --detach /tmp/before main`) a second gateway runs that tree's code beside this
-one, each on a place of its own, and rounds alternate them (the order rotates each round), so the
-ratio current/baseline is taken between neighbouring runs on this shared box. Prometheus is scraped
+one, each on a place of its own with publishers of its own, both at once in every round, so the ratio
+current/baseline is taken over the same seconds on this shared box (runs a minute apart differed by
++-15 % on their own). Prometheus is scraped
 only after the publishers finished (a scrape renders every board's series: gateway CPU too).
 """
 
@@ -360,7 +361,7 @@ def measure_cpu(gws: Gateways, count: int, devices: int, publishers: int, rate: 
 
 
 def compare_cpu(args: argparse.Namespace, kafka: KafkaConnection, tmp: Path) -> None:
-    """Interleaved paced runs of this tree's gateway and, with --baseline-tree, the baseline's."""
+    """Paced runs of this tree's gateway and, with --baseline-tree, the baseline's beside it."""
     count = int(args.rate * args.seconds)
     variants: dict[str, Gateways] = {
         "current": Gateways(args.gateways, _uid("benchc"), kafka, tmp, args.max_in_flight, args.profile)
@@ -374,26 +375,35 @@ def compare_cpu(args: argparse.Namespace, kafka: KafkaConnection, tmp: Path) -> 
     try:
         for gws in variants.values():
             gws.start()
-        names = list(variants)
+        # Unmeasured warm-up: the first readings of 2,000 new boards fill every per-board cache.
+        for gws in variants.values():
+            measure_cpu(gws, min(count, args.devices * 2), args.devices, args.publishers, args.rate)
         for rnd in range(args.rounds):
-            order = names[rnd % len(names) :] + names[: rnd % len(names)]
-            got: dict[str, float] = {}
-            for name in order:
-                # py-spy (--profile) watches this tree's gateway in the last round; it costs CPU itself.
-                profiled = name == "current" and rnd == args.rounds - 1
-                spies = variants[name].start_profilers() if profiled else []
-                us, pub_rate = measure_cpu(variants[name], count, args.devices, args.publishers, args.rate)
-                variants[name].stop_profilers(spies)
-                got[name] = us
+            # Every tree's run at the same time, each with its own publishers at the same pace: they
+            # share whatever else this box is doing, which moves CPU per reading by +-15 % between
+            # runs even a minute apart.
+            got: dict[str, tuple[float, float]] = {}
+            spies = variants["current"].start_profilers() if rnd == args.rounds - 1 else []
+
+            def run_one(name: str, gws: Gateways, into: dict[str, tuple[float, float]]) -> None:
+                into[name] = measure_cpu(gws, count, args.devices, args.publishers, args.rate)
+
+            runs = [threading.Thread(target=run_one, args=(name, gws, got)) for name, gws in variants.items()]
+            for run in runs:
+                run.start()
+            for run in runs:
+                run.join()
+            variants["current"].stop_profilers(spies)
+            load = os.getloadavg()[0]
+            for name, (us, pub_rate) in got.items():
                 results[name].append(us)
-                load = os.getloadavg()[0]
                 print(
                     f"round {rnd + 1} {name:8s}: {us:7.1f} µs CPU per reading  ({count} readings at "
                     f"{pub_rate:,.0f}/s from {args.devices} boards, load {load:.1f})",
                     flush=True,
                 )
             if "baseline" in got:
-                ratios.append(got["current"] / got["baseline"])
+                ratios.append(got["current"][0] / got["baseline"][0])
                 print(f"round {rnd + 1} ratio current/baseline: {ratios[-1]:.2f}", flush=True)
     finally:
         for gws in variants.values():
