@@ -207,14 +207,19 @@ class Bridge:
         for pending in confirmed:
             ident = pending.out.ident
             if ident is not None:
-                seqs.setdefault((ident[0], ident[1], ident[2]), []).append(ident[3])
+                place, device, boot, seq = ident
+                board = seqs.get((place, device, boot))
+                if board is None:
+                    seqs[(place, device, boot)] = [seq]
+                else:
+                    board.append(seq)
         if not seqs:
             return
-        messages = [
-            (_ack_topic(place, device), payload)
-            for (place, device, boot), board_seqs in seqs.items()
-            for payload in contract.encode_acks(boot, board_seqs)
-        ]
+        messages: list[tuple[str, bytes]] = []
+        for (place, device, boot), board_seqs in seqs.items():
+            topic = _ack_topic(place, device)
+            for payload in contract.encode_acks(boot, board_seqs):
+                messages.append((topic, payload))
         sent = notify(messages)
         self._metrics.e2e_acks.inc(sent)
         if sent < len(messages):

@@ -80,6 +80,10 @@ _READ_CHUNK = 65536
 _PUBACK = 0x40
 _PUBLISH = 0x30
 _MAX_COALESCED_BYTES = 65536  # per send
+# The fixed header of a QoS 0 PUBLISH whose remaining length is under 128 (one length byte).
+_SHORT_PUBLISH = tuple(bytes([_PUBLISH, n]) for n in range(128))
+# Topics whose encoded name (length prefix, name, empty properties) publish_batch keeps.
+_MAX_TOPIC_HEADS = 16_384
 # Queued packets built here (batched PUBACKs, end-to-end acks) carry the PUBACK kind whatever bytes
 # they hold: after writing a PUBACK paho does nothing more (a QoS 0 PUBLISH would need a message info).
 _RAW = _PUBACK
@@ -95,6 +99,7 @@ class BatchingClient(mqtt.Client):
         self._rpos = 0
         self._rsock: object = None
         self._deferring_wake = False
+        self._topic_heads: dict[str, bytes] = {}
         self.on_bad_properties: Callable[[bytes, str], None] | None = None
         """Called (in the network thread) with the raw topic and paho's complaint when a PUBLISH is
         handed on without the properties paho could not parse."""
@@ -195,15 +200,29 @@ class BatchingClient(mqtt.Client):
         (no wildcards); they are not checked here."""
         if self._sock is None:
             return 0
+        heads = self._topic_heads
+        if len(heads) > _MAX_TOPIC_HEADS:
+            heads.clear()  # topics are the boards': bounded by the fleet, but never trusted to be
         props = b"\x00" if self._protocol == mqtt.MQTTv5 else b""  # no properties
-        out = self._out_packet
+        packets: list[bytes] = []
+        size = 0
         count = 0
         for topic, payload in messages:
-            name = topic.encode("utf-8")
-            body = len(name).to_bytes(2, "big") + name + props + payload
-            packet = bytes([_PUBLISH]) + remaining_length(len(body)) + body
-            out.append(_raw(packet))
+            head = heads.get(topic)
+            if head is None:
+                name = topic.encode("utf-8")
+                head = heads[topic] = len(name).to_bytes(2, "big") + name + props
+            length = len(head) + len(payload)
+            fixed = _SHORT_PUBLISH[length] if length < 128 else bytes([_PUBLISH]) + remaining_length(length)
+            packets.append(fixed + head + payload)
+            size += length
             count += 1
+            if size >= _MAX_COALESCED_BYTES:
+                # One queued write per chunk of packets rather than per packet.
+                self._out_packet.append(_raw(b"".join(packets)))
+                packets, size = [], 0
+        if packets:
+            self._out_packet.append(_raw(b"".join(packets)))
         if count:
             self._wake()
         return count

@@ -275,6 +275,9 @@ def encode_acks(boot: int, seqs: Iterable[int]) -> list[bytes]:
     most ACK_MAX_RANGES ranges each (normally exactly one message). Formatted, not JSON-encoded:
     the same bytes for ints, in a third of the time (the gateway sends about one ack a reading)."""
     ranges = seq_ranges(seqs)
+    if len(ranges) == 1:  # the usual case (a board has one or a few readings per gateway flush)
+        first, last = ranges[0]
+        return [f'{{"boot":{boot:d},"ranges":[[{first:d},{last:d}]]}}'.encode("ascii")]
     return [_ack_payload(boot, ranges[i : i + ACK_MAX_RANGES]) for i in range(0, len(ranges), ACK_MAX_RANGES)]
 
 

@@ -20,7 +20,17 @@ _COUNTS = st.integers(0, 2**63 - 1)
 
 
 @settings(max_examples=300, deadline=None)
-@given(boot=_COUNTS, seqs=st.lists(_COUNTS | st.integers(0, 300), max_size=200))
+@given(
+    boot=_COUNTS,
+    seqs=st.lists(_COUNTS | st.integers(0, 300), max_size=200)
+    # One run of seqs, shuffled and repeated: one range, the usual ack.
+    | st.builds(
+        lambda first, n, order: sorted(range(first, first + n), key=lambda s: s * order % 7) * 2,
+        _COUNTS,
+        st.integers(1, 6),
+        st.integers(1, 6),
+    ),
+)
 def test_ack_payloads_are_the_json_encoding_of_their_ranges(boot: int, seqs: list[int]) -> None:
     ranges = contract.seq_ranges(seqs)
     expected = [

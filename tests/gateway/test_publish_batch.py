@@ -1,0 +1,70 @@
+"""BatchingClient.publish_batch writes each end-to-end ack as one well-formed QoS 0 PUBLISH, in order,
+whatever the topic and payload sizes (one- and multi-byte remaining lengths, batches over one 64 KiB
+write), read back here by paho's own packet decoder from the bytes that reached the socket."""
+
+from __future__ import annotations
+
+import socket
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt import _packet
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.paho_client import BatchingClient, remaining_length
+
+pytestmark = pytest.mark.unit
+
+
+def _split(stream: bytes) -> list[tuple[int, bytes]]:
+    """(command byte, body) of each MQTT packet in `stream`."""
+    packets = []
+    pos = 0
+    while pos < len(stream):
+        command = stream[pos]
+        pos += 1
+        length, shift = 0, 0
+        while True:
+            byte = stream[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        packets.append((command, stream[pos : pos + length]))
+        pos += length
+    return packets
+
+
+def test_a_batch_of_acks_reaches_the_socket_as_one_publish_each_in_order() -> None:
+    client = BatchingClient(CallbackAPIVersion.VERSION2, client_id="pb", protocol=mqtt.MQTTv5)
+    ours, broker = socket.socketpair()
+    broker.settimeout(5)
+    ours.setblocking(False)
+    client._sock = ours  # no network thread: publish_batch writes through loop_write itself
+    messages = [
+        (f"sensors/p{i % 7}/dev-{i % 300}/ack", b'{"boot":1,"ranges":[[%d,%d]]}' % (i, i))
+        for i in range(2500)
+    ]
+    messages += [("sensors/k\u00e9/d/ack", b"x" * 90), ("sensors/k/d/ack", b"y" * 200_000), ("a/b", b"")]
+    try:
+        assert client.publish_batch(messages) == len(messages)
+        bodies = [2 + len(t.encode()) + 1 + len(p) for t, p in messages]
+        expected = sum(1 + len(remaining_length(n)) + n for n in bodies)
+        stream = b""
+        while len(stream) < expected:
+            if client.want_write():
+                client.loop_write()  # as much as the socket takes
+            chunk = broker.recv(1 << 20)
+            assert chunk, "socket closed early"
+            stream += chunk
+        got = []
+        for command, body in _split(stream):
+            decoded = _packet.decode_publish(command, body, mqtt.MQTTv5)
+            assert (decoded.qos, decoded.retain, decoded.dup) == (0, False, False)
+            assert decoded.properties is not None and decoded.properties.isEmpty()  # type: ignore[no-untyped-call]
+            got.append((decoded.topic.decode(), decoded.payload))
+        assert got == messages
+    finally:
+        ours.close()
+        broker.close()
