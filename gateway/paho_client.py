@@ -22,7 +22,8 @@ Measured in a 2,000-board soak (bench/soak.py --tracemalloc): with paho's `publi
 queued for the network thread were the gateway's largest allocation (30-85 MB traced, swinging:
 Conditions, packet dicts, message infos), and PUBACKs to the broker waited behind them.
 It overrides paho private methods (`_sock_recv`, `loop_read`, `_packet_queue`, `_packet_write`,
-`_handle_publish`), calls `_handle_on_message` and fills `MQTTMessage`'s slots,
+`_handle_publish`), calls `_handle_on_message` and `_easy_log`, fills `MQTTMessage`'s slots and, for a
+client without per-topic callbacks, calls `on_message` itself as `_handle_on_message` would (`_deliver`),
 which is why pyproject pins paho-mqtt < 3 and the gateway's tests run on it end to end.
 """
 
@@ -56,6 +57,8 @@ pins.require(
             "_packet_write",
             "_handle_publish",
             "_handle_on_message",
+            "message_callback_add",
+            "_easy_log",
         )
     ],
     "gateway/paho_client.py (BatchingClient)",
@@ -68,6 +71,10 @@ _INSTANCE_HOOKS = (
     "_in_packet",
     "_thread",
     "_manual_ack",
+    "_on_message",
+    "_userdata",
+    "_in_callback_mutex",
+    "suppress_exceptions",
 )
 # MQTTMessage's slots, which _plain_publish fills itself instead of calling its __init__.
 _MESSAGE_SLOTS = frozenset(
@@ -100,6 +107,7 @@ class BatchingClient(mqtt.Client):
         self._rsock: object = None
         self._deferring_wake = False
         self._topic_heads: dict[str, bytes] = {}
+        self._filtered_callbacks = False  # message_callback_add was called: paho's dispatch then
         self.on_bad_properties: Callable[[bytes, str], None] | None = None
         """Called (in the network thread) with the raw topic and paho's complaint when a PUBLISH is
         handed on without the properties paho could not parse."""
@@ -117,7 +125,7 @@ class BatchingClient(mqtt.Client):
             if message is not None and (message.qos == 0 or (message.qos == 1 and self._manual_ack)):
                 # What paho's own _handle_publish does for these (its debug log aside): the message to
                 # the callbacks; no PUBACK here (manual acks), none for QoS 0.
-                self._handle_on_message(message)
+                self._deliver(message)
                 return mqtt.MQTT_ERR_SUCCESS
             stripped = _without_bad_properties(self._in_packet["command"], self._in_packet["packet"])
             if stripped is not None:
@@ -127,6 +135,29 @@ class BatchingClient(mqtt.Client):
                     self.on_bad_properties(topic, complaint)
         rc: mqtt.MQTTErrorCode = super()._handle_publish()
         return rc
+
+    def message_callback_add(self, sub: str, callback: Any) -> None:
+        self._filtered_callbacks = True
+        super().message_callback_add(sub, callback)
+
+    def _deliver(self, message: mqtt.MQTTMessage) -> None:
+        """paho's _handle_on_message for a client without per-topic callbacks (the gateway's): it
+        matched every message's topic against an empty callback tree and decoded the topic twice for
+        that, ~5 % of a reading's CPU. The same locks, and an exception from on_message is logged
+        and re-raised (or suppressed) as paho does."""
+        if self._filtered_callbacks:
+            self._handle_on_message(message)
+            return
+        on_message = self._on_message
+        if on_message is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
 
     # --- reads ----------------------------------------------------------------------------------
 

@@ -4,15 +4,17 @@ left to paho."""
 
 from __future__ import annotations
 
+import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt import _packet
 from paho.mqtt.client import MQTTv5
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.paho_client import _plain_publish
+from gateway.paho_client import BatchingClient, _plain_publish
 
 pytestmark = pytest.mark.unit
 
@@ -71,3 +73,42 @@ def test_plain_publish_takes_a_reading_and_leaves_properties_and_qos2_to_paho() 
     assert _plain_publish(_command(1, False, False), with_props) is None
     assert _plain_publish(_command(2, False, False), _packet_bytes(topic, 2, 7, b"\x00", b"{}")) is None
     assert _plain_publish(_command(1, False, False), _packet_bytes(topic, 1, 7, b"", b"")) is None
+
+
+def _client_with_packet(packet: bytes, command: int) -> BatchingClient:
+    client = BatchingClient(CallbackAPIVersion.VERSION2, client_id="pp", protocol=MQTTv5, manual_ack=True)
+    client._in_packet["command"] = command
+    client._in_packet["packet"] = bytearray(packet)
+    return client
+
+
+def test_a_plain_publish_reaches_on_message_or_the_topic_callbacks_as_paho_dispatches_it() -> None:
+    topic = b"sensors/kitchen/k-1/reading"
+    packet, command = _packet_bytes(topic, 1, 9, b"\x00", b"{}"), _command(1, False, False)
+    seen: list[tuple[str, str, int]] = []
+    client = _client_with_packet(packet, command)
+    client.user_data_set("u")
+    client.on_message = lambda _c, u, m: seen.append(("on_message", u, m.mid))
+    assert client._handle_publish() == mqtt.MQTT_ERR_SUCCESS
+    assert seen == [("on_message", "u", 9)]
+    # A per-topic callback takes the messages it matches instead of on_message, as in paho.
+    client.message_callback_add("sensors/+/+/reading", lambda _c, u, m: seen.append(("filtered", u, m.mid)))
+    client.message_callback_add("sensors/other/#", lambda _c, u, m: seen.append(("other", u, m.mid)))
+    client._in_packet["packet"] = bytearray(packet)
+    client._handle_publish()
+    assert seen[1:] == [("filtered", "u", 9)]
+
+
+def test_an_exception_in_on_message_escapes_unless_suppressed_as_in_paho() -> None:
+    packet, command = _packet_bytes(b"a/b", 0, 0, b"\x00", b"x"), _command(0, False, False)
+    client = _client_with_packet(packet, command)
+
+    def fail(_c: object, _u: object, _m: object) -> None:
+        raise RuntimeError("boom")
+
+    client.on_message = fail
+    with pytest.raises(RuntimeError, match="boom"):
+        client._handle_publish()
+    client.suppress_exceptions = True
+    client._in_packet["packet"] = bytearray(packet)
+    assert client._handle_publish() == mqtt.MQTT_ERR_SUCCESS
