@@ -72,6 +72,7 @@ class Bridge:
         self._notify = notify
         self._max_in_flight = max_in_flight
         self._received = 0  # written by the MQTT thread only
+        self._received_counted = 0  # main thread only: how many of them the received metric has
         self._completed = 0  # written by the main thread only
         self._acked = 0  # main thread only: acks handed to the MQTT client after Kafka confirmed
         self._retries: deque[_Pending] = deque()
@@ -112,7 +113,6 @@ class Bridge:
             _log.error("route_failed", topic=topic, error=repr(exc), action="sent to the DLQ; please report")
             out = dead_letter(topic, payload, contract.REASON_UNPROCESSABLE, repr(exc)[:200], int(now * 1000))
         try:
-            self._metrics.received.inc()
             if out.reason is None:
                 self._metrics.devices.reading(topic, now)
                 if out.restamped:
@@ -122,8 +122,14 @@ class Bridge:
         self._send(_Pending(out, mid, qos, generation, now))
 
     def service(self) -> None:
-        """Main-thread work after each Kafka poll: ack what Kafka confirmed, re-send due retries,
-        report saturation changes."""
+        """Main-thread work after each Kafka poll: count what was received, ack what Kafka confirmed,
+        re-send due retries, report saturation changes."""
+        # The received counter in one step per poll (<= 50 ms), not per message from the MQTT thread
+        # (a lock and a check per reading); counted before the acks, so acked never runs ahead of it.
+        received = self._received
+        if received != self._received_counted:
+            self._metrics.received.inc(received - self._received_counted)
+            self._received_counted = received
         self._ack_confirmed()
         now = time.time()
         for _ in range(len(self._retries)):

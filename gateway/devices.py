@@ -130,9 +130,10 @@ class DeviceBoard(Collector):
         self._firmware: dict[tuple[str, str], tuple[str, str]] = {}  # (fw, update_state)
 
     def reading(self, reading_topic: str, received_at: float) -> None:
-        """A valid reading arrived on `reading_topic` (its ids are already validated)."""
-        parts = reading_topic.split("/")
-        self._last_reading[(parts[1], parts[2])] = received_at
+        """A valid reading arrived on `reading_topic` (its ids are already validated, and the parse
+        cached by that)."""
+        ids = contract.parse_reading_topic(reading_topic)
+        self._last_reading[(ids.place, ids.device)] = received_at
 
     def health(self, topic: str, payload: bytes) -> str | None:
         """Take a health message; None, or why it was ignored (one of IGNORED_HEALTH)."""
