@@ -87,6 +87,8 @@ _READ_CHUNK = 65536
 _PUBACK = 0x40
 _PUBLISH = 0x30
 _MAX_COALESCED_BYTES = 65536  # per send
+_PUBACK_PACKET = struct.Struct("!BBH")  # command, remaining length 2, packet id
+_PUBACKS_PER_WRITE = _MAX_COALESCED_BYTES // 4
 # The fixed header of a QoS 0 PUBLISH whose remaining length is under 128 (one length byte).
 _SHORT_PUBLISH = tuple(bytes([_PUBLISH, n]) for n in range(128))
 # Topics whose encoded name (length prefix, name, empty properties) publish_batch keeps.
@@ -212,7 +214,22 @@ class BatchingClient(mqtt.Client):
     # --- writes ---------------------------------------------------------------------------------
 
     def ack_batch(self, mids: Iterable[int]) -> int:
-        """PUBACK every QoS 1 message id in `mids` with one wake-up of the network thread."""
+        """PUBACK every QoS 1 message id in `mids` with one wake-up of the network thread.
+
+        Built here as the bytes paho's `ack` would queue (`40 02 <mid>`, no reason code: success),
+        one queued write per 16,384 of them: paho's path (ack, _send_puback, its debug log call,
+        _send_command_with_mid, a queued-packet dict) per message was ~10 % of a reading's Python
+        time. A client without manual acks keeps paho's `ack` (which then sends nothing)."""
+        if not self._manual_ack:
+            return self._ack_each(mids)
+        packets = [_PUBACK_PACKET.pack(_PUBACK, 2, mid) for mid in mids]
+        for start in range(0, len(packets), _PUBACKS_PER_WRITE):
+            self._out_packet.append(_raw(b"".join(packets[start : start + _PUBACKS_PER_WRITE])))
+        if packets:
+            self._wake()
+        return len(packets)
+
+    def _ack_each(self, mids: Iterable[int]) -> int:
         count = 0
         self._deferring_wake = True
         try:

@@ -1,6 +1,7 @@
-"""BatchingClient.publish_batch writes each end-to-end ack as one well-formed QoS 0 PUBLISH, in order,
-whatever the topic and payload sizes (one- and multi-byte remaining lengths, batches over one 64 KiB
-write), read back here by paho's own packet decoder from the bytes that reached the socket."""
+"""BatchingClient's batched writes, read back from the bytes that reached a socket: publish_batch
+writes each end-to-end ack as one well-formed QoS 0 PUBLISH, in order, whatever the topic and payload
+sizes (one- and multi-byte remaining lengths, batches over one 64 KiB write), decoded by paho's own
+packet decoder; ack_batch writes the PUBACKs paho's ack() would, in order."""
 
 from __future__ import annotations
 
@@ -65,6 +66,32 @@ def test_a_batch_of_acks_reaches_the_socket_as_one_publish_each_in_order() -> No
             assert decoded.properties is not None and decoded.properties.isEmpty()  # type: ignore[no-untyped-call]
             got.append((decoded.topic.decode(), decoded.payload))
         assert got == messages
+    finally:
+        ours.close()
+        broker.close()
+
+
+def test_a_batch_of_pubacks_reaches_the_socket_as_paho_writes_them_in_order() -> None:
+    client = BatchingClient(
+        CallbackAPIVersion.VERSION2, client_id="ab", protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    ours, broker = socket.socketpair()
+    broker.settimeout(5)
+    ours.setblocking(False)
+    client._sock = ours
+    mids = [(i * 7919) % 65535 + 1 for i in range(20_000)]  # more than one write holds
+    try:
+        assert client.ack_batch(mids) == len(mids)
+        # What paho's own ack() queues for each: PUBACK, remaining length 2, the packet id.
+        expected = b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid in mids)
+        stream = b""
+        while len(stream) < len(expected):
+            if client.want_write():
+                client.loop_write()
+            chunk = broker.recv(1 << 20)
+            assert chunk, "socket closed early"
+            stream += chunk
+        assert stream == expected
     finally:
         ours.close()
         broker.close()
