@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.exception import MQTTException
+from paho.mqtt.exception import MalformedPacket, MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 
@@ -57,6 +57,8 @@ pins.require(
             "_packet_write",
             "_handle_publish",
             "_handle_on_message",
+            "_packet_read",
+            "_packet_handle",
             "message_callback_add",
             "_easy_log",
         )
@@ -75,6 +77,8 @@ _INSTANCE_HOOKS = (
     "_userdata",
     "_in_callback_mutex",
     "suppress_exceptions",
+    "_msgtime_mutex",
+    "_last_bytes_received",
 )
 # MQTTMessage's slots, which _plain_publish fills itself instead of calling its __init__.
 _MESSAGE_SLOTS = frozenset(
@@ -175,6 +179,55 @@ class BatchingClient(mqtt.Client):
         start = self._rpos
         self._rpos = min(start + bufsize, len(self._rbuf))
         return self._rbuf[start : self._rpos]
+
+    def _packet_read(self) -> mqtt.MQTTErrorCode:
+        """One packet, as paho's _packet_read reads it, but a PUBLISH already whole in the read buffer
+        (nearly every one) is taken in one slice: paho reads a packet through 3-4 `_sock_recv` calls
+        (command byte, each length byte, body) with a dozen dict updates. A partial packet, another
+        packet type, or a packet paho has begun goes paho's way."""
+        buf, pos = self._rbuf, self._rpos
+        if (
+            self._in_packet["command"] != 0
+            or self._sock is None
+            or self._sock is not self._rsock
+            or pos >= len(buf)
+            or buf[pos] & 0xF0 != _PUBLISH
+        ):
+            return self._paho_packet_read()
+        length, shift, i = 0, 0, pos + 1
+        while True:
+            if i >= len(buf) or i > pos + 4:  # length not all here, or longer than MQTT allows
+                return self._paho_packet_read()
+            byte = buf[i]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not byte & 0x80:
+                break
+        end = i + length
+        if end > len(buf):
+            return self._paho_packet_read()
+        self._rpos = end
+        in_packet = self._in_packet
+        in_packet["command"] = buf[pos]
+        in_packet["have_remaining"] = 1
+        in_packet["remaining_length"] = length
+        in_packet["packet"] = buf[i:end]  # type: ignore[typeddict-item]  # bytes: decode_publish takes both
+        in_packet["to_process"] = 0
+        in_packet["pos"] = 0
+        try:
+            rc: mqtt.MQTTErrorCode = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = mqtt.MQTT_ERR_PROTOCOL
+        self._in_packet = _fresh_in_packet()
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        return rc
+
+    def _paho_packet_read(self) -> mqtt.MQTTErrorCode:
+        rc: mqtt.MQTTErrorCode = super()._packet_read()
+        return rc
 
     def _buffered(self) -> bool:
         return self._sock is not None and self._sock is self._rsock and self._rpos < len(self._rbuf)
@@ -369,6 +422,20 @@ def _without_bad_properties(command: int, packet: bytes | bytearray) -> tuple[by
     if end > len(packet):
         return None
     return bytearray(packet[:start]) + b"\x00" + packet[end:], bytes(packet[2:topic_end]), complaint
+
+
+def _fresh_in_packet() -> Any:  # paho's _InPacket (a TypedDict for type checkers only)
+    """The empty incoming-packet state paho sets after each packet."""
+    return {
+        "command": 0,
+        "have_remaining": 0,
+        "remaining_count": [],
+        "remaining_mult": 1,
+        "remaining_length": 0,
+        "packet": bytearray(b""),
+        "to_process": 0,
+        "pos": 0,
+    }
 
 
 def _raw(data: bytes) -> Any:  # paho's _OutPacket (a TypedDict it defines only for type checkers)

@@ -1,10 +1,13 @@
-"""BatchingClient's batched writes, read back from the bytes that reached a socket: publish_batch
-writes each end-to-end ack as one well-formed QoS 0 PUBLISH, in order, whatever the topic and payload
-sizes (one- and multi-byte remaining lengths, batches over one 64 KiB write), decoded by paho's own
-packet decoder; ack_batch writes the PUBACKs paho's ack() would, in order."""
+"""BatchingClient's own packet I/O against a socket: publish_batch writes each end-to-end ack as one
+well-formed QoS 0 PUBLISH, in order, whatever the topic and payload sizes (one- and multi-byte
+remaining lengths, batches over one 64 KiB write), decoded by paho's own packet decoder; ack_batch
+writes the PUBACKs paho's ack() would; PUBLISH packets read from its buffer arrive whole and in
+order however the stream is cut."""
 
 from __future__ import annotations
 
+import random
+import select
 import socket
 
 import paho.mqtt.client as mqtt
@@ -95,3 +98,48 @@ def test_a_batch_of_pubacks_reaches_the_socket_as_paho_writes_them_in_order() ->
     finally:
         ours.close()
         broker.close()
+
+
+def _publish_packet(topic: bytes, mid: int, payload: bytes) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big") + b"\x00" + payload
+    return bytes([0x32]) + remaining_length(len(body)) + body
+
+
+def test_packets_cut_anywhere_arrive_whole_and_in_order_through_the_read_buffer() -> None:
+    client = BatchingClient(
+        CallbackAPIVersion.VERSION2, client_id="rd", protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    seen: list[tuple[str, int, bytes]] = []
+    client.on_message = lambda _c, _u, m: seen.append((m.topic, m.mid, bytes(m.payload)))
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    rng = random.Random(7)
+    sizes = [0, 1, 120, 121, 122, 16_370, 16_371, 70_000, 200_000, *(rng.randrange(400) for _ in range(300))]
+    expected = [(f"sensors/p/d{i}/reading", i + 1, bytes([i % 251]) * size) for i, size in enumerate(sizes)]
+    packets = [_publish_packet(t.encode(), mid, p) for t, mid, p in expected]
+    packets[3:3] = packets[100:100] = [b"\xd0\x00"]  # PINGRESPs among them: paho's own path
+    stream = b"".join(packets)
+    # Where the stream is cut between two reads: inside the fixed header of some packets (after the
+    # command byte, after each length byte), a byte before the end of others, and at random offsets.
+    starts = [sum(map(len, packets[:k])) for k in range(len(packets))]
+    cuts = {start + d for start in starts[150:200] for d in (-1, 1, 2, 3)}
+    cuts |= {rng.randrange(len(stream)) for _ in range(400)}
+    try:
+        pos = 0
+        for cut in [*sorted(cuts), len(stream)]:
+            broker.sendall(stream[pos:cut])
+            pos = cut
+            for _ in range(50):  # until the socket is drained: a bounded loop
+                if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or not _readable(ours):
+                    break
+        for _ in range(50):
+            client.loop_read()
+        assert seen == expected
+    finally:
+        ours.close()
+        broker.close()
+
+
+def _readable(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
