@@ -36,6 +36,7 @@ from .metrics import BackendMetrics
 from .mongo_sink import MongoSink
 from .monitor import QuietMonitor
 from .records import (
+    FORWARD_BYTES,
     PLACE,
     SENSOR,
 )
@@ -45,6 +46,12 @@ from .watchdog import StallWatch
 _log = log.get("backend")
 WATCH_EVERY_S = 2.0
 READINGS_PARTITIONS = TOPIC_PARTITIONS[contract.TOPIC_READINGS]
+STREAM_BUFFER = 4096
+
+
+def _record_bytes(message: Any) -> int:
+    value: bytes | None = message.value
+    return len(value) if value else 1
 
 
 class BackendRuntime:
@@ -101,7 +108,10 @@ class BackendRuntime:
             broker_session_timeout=s.session_timeout_s,
             broker_heartbeat_interval=max(s.session_timeout_s / 5, 0.5),
             broker_max_poll_records=s.batch_max,
-            stream_buffer_maxsize=max(4096, 2 * s.batch_max),
+            # Faust's stream queues; the readings and place topics bypass them (transport.BatchQueue).
+            # They also hold table recovery's changelog records, a key's whole state each (~17 KB):
+            # not sized by the batch.
+            stream_buffer_maxsize=STREAM_BUFFER,
             table_standby_replicas=0,
             topic_partitions=READINGS_PARTITIONS,
             topic_replication_factor=1,
@@ -131,12 +141,16 @@ class BackendRuntime:
             # The agent reads its topic's records from the fetch loop in lists (transport.BatchQueue),
             # not from its Faust stream: Faust's per-record path cost more than the windows. It acks
             # each record once its batch is written and its state persisted, as the stream did.
-            queue = transport.batch_queue(self.app, scope.topic, 4 * s.batch_max)
+            # A place record is a bundle of readings: its batches and queue are bounded in bytes, a
+            # batch about `batch_max` forwarded readings.
+            size = s.batch_max if scope.name == SENSOR else s.batch_max * FORWARD_BYTES
+            weigh = None if scope.name == SENSOR else _record_bytes
+            queue = transport.batch_queue(self.app, scope.topic, 4 * size, weigh)
             ack = self.app.consumer.ack
 
             async def windows(_stream: Any) -> None:  # Faust's agent signature
                 while True:
-                    messages = await queue.get(s.batch_max, within)
+                    messages = await queue.get(size, within)
                     # Returns only once every record was counted or dead-lettered (batches.py): no
                     # record is acked, and so no offset committed, before.
                     await self.batches.guarded(scope, messages)

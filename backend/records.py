@@ -138,6 +138,9 @@ def encode_forward(reading: Mapping[str, Any]) -> bytes:
 # counted it from (the place scope's replay fence, engine.py).
 BUNDLE_MAX: Final = 1000
 FORWARD_SLOTS: Final = 1024
+# About what a forwarded reading takes in a bundle (a board's reading with its origin: 235 B), to
+# bound the place stage's batches in bytes.
+FORWARD_BYTES: Final = 256
 
 
 # After each batch the sensor stage tells every place partition how far each source partition it

@@ -44,7 +44,7 @@ VARIABLES: Final = Variables(
     Var("IOT_BACKEND_IDLE_TIMEOUT_S", "30", "a quiet device's or place's windows are closed after this long"),
     Var("IOT_BACKEND_DATA_DIR", ".cache/iot-backend", "Faust's data folder (must be writable)"),
     Var("IOT_BACKEND_OFFSET_RESET", "earliest", "where a new consumer group starts: earliest or latest"),
-    Var("IOT_BACKEND_BATCH_MAX", "2000", "readings per batch at most"),
+    Var("IOT_BACKEND_BATCH_MAX", "10000", "readings per batch at most"),
     Var("IOT_BACKEND_BATCH_WITHIN_MS", "200", "how long a batch gathers at most, ms"),
     Var("IOT_BACKEND_TICK_S", "1", "how often idle keys are checked"),
     Var("IOT_BACKEND_COMMIT_INTERVAL_S", "1", "how often consumed offsets are committed"),

@@ -250,11 +250,22 @@ class BatchQueue:
     WeakSet), and a revocation waits until that set is empty (`Consumer.wait_empty`, no timeout). A
     dropped list that is still referenced elsewhere, as the fetch loop's last round was while it
     waited for the flow to resume, kept the revocation waiting for acks that never come, and the flow
-    never resumed: the worker stopped consuming for good (the short soak's Kafka kill)."""
+    never resumed: the worker stopped consuming for good (the short soak's Kafka kill).
 
-    def __init__(self, limit: int, on_drop: Callable[[list[Any]], None] | None = None) -> None:
+    The limit and a batch's size count records, or with `weigh` what it gives per record: the place
+    topic's records are bundles of up to records.BUNDLE_MAX readings, so counting them bounded neither
+    the memory a queue holds nor how long a batch holds the event loop (150 bundles carried 30k
+    readings); they are weighed by their size in bytes."""
+
+    def __init__(
+        self,
+        limit: int,
+        on_drop: Callable[[list[Any]], None] | None = None,
+        weigh: Callable[[Any], int] | None = None,
+    ) -> None:
         self.limit = limit
         self.on_drop = on_drop
+        self.weigh = weigh
         self._lists: deque[list[Any]] = deque()
         self._count = 0
         self._ready = asyncio.Event()
@@ -266,7 +277,8 @@ class BatchQueue:
 
     def put(self, records: list[Any]) -> None:
         self._lists.append(records)
-        self._count += len(records)
+        weigh = self.weigh
+        self._count += len(records) if weigh is None else sum(map(weigh, records))
         self._ready.set()
         if self._count >= self.limit:
             self.room.clear()
@@ -281,8 +293,9 @@ class BatchQueue:
         self.room.set()
 
     async def get(self, max_records: int, within_s: float) -> list[Any]:
-        """At least one record, at most `max_records`: what is queued, waiting up to `within_s` after
-        the first record for the batch to fill."""
+        """At least one record, at most `max_records` (or records weighing that much, the first one
+        whatever it weighs): what is queued, waiting up to `within_s` after the first record for the
+        batch to fill."""
         while not self._count:
             self._ready.clear()
             await self._ready.wait()
@@ -298,23 +311,51 @@ class BatchQueue:
                 except TimeoutError:
                     break
         out: list[Any] = []
-        while self._lists and len(out) < max_records:
-            head = self._lists[0]
-            take = max_records - len(out)
-            if len(head) <= take:
-                out.extend(self._lists.popleft())
-            else:
-                out.extend(head[:take])
-                self._lists[0] = head[take:]
-        self._count -= len(out)
+        if self.weigh is None:
+            while self._lists and len(out) < max_records:
+                head = self._lists[0]
+                take = max_records - len(out)
+                if len(head) <= take:
+                    out.extend(self._lists.popleft())
+                else:
+                    out.extend(head[:take])
+                    self._lists[0] = head[take:]
+            self._count -= len(out)
+        else:
+            self._count -= self._take_weighed(out, max_records)
         if self._count < self.limit:
             self.room.set()
         return out
 
+    def _take_weighed(self, out: list[Any], max_weight: int) -> int:
+        """Moves queued records into `out` while they weigh at most `max_weight` together (the first
+        one always); returns their weight."""
+        weigh = self.weigh
+        assert weigh is not None
+        taken = 0
+        while self._lists:
+            head = self._lists[0]
+            n = 0
+            for record in head:
+                w = weigh(record)
+                if out and taken + w > max_weight:
+                    break
+                out.append(record)
+                taken += w
+                n += 1
+            if n == len(head):
+                self._lists.popleft()
+                continue
+            self._lists[0] = head[n:]
+            break
+        return taken
 
-def batch_queue(app: Any, topic: str, limit: int) -> BatchQueue:
+
+def batch_queue(
+    app: Any, topic: str, limit: int, weigh: Callable[[Any], int] | None = None
+) -> BatchQueue:
     """The queue the fetch loop fills with `topic`'s records instead of Faust's per-record path."""
-    queue = BatchQueue(limit, on_drop=app.consumer.untrack)
+    queue = BatchQueue(limit, on_drop=app.consumer.untrack, weigh=weigh)
     app.flow_control.manage_queue(queue)
     app.transport.batch_queues[topic] = queue
     return queue

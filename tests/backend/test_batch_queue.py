@@ -109,3 +109,60 @@ def test_records_a_revocation_clears_are_no_longer_awaited_as_unacked() -> None:
         return len(q), len(unacked)
 
     assert run(go()) == (0, 1)
+
+
+def test_a_weighed_queue_batches_and_limits_by_weight_taking_at_least_one_record() -> None:
+    # The place topic's records are bundles of up to 1,000 readings: counted as records, 150 of them
+    # made a 30k-reading batch. Weighed, a batch stops at the weight asked for.
+    async def go() -> tuple[list[bytes], list[bytes], list[bytes], bool, bool, int]:
+        q = BatchQueue(limit=1000, weigh=len)
+        q.put([b"a" * 300, b"b" * 300])
+        q.put([b"c" * 300, b"d" * 900])
+        full = q.room.is_set()
+        first = await q.get(700, 0)  # 300 + 300; the third would make 900
+        second = await q.get(700, 0)  # 300; the next weighs 900
+        third = await q.get(700, 0)  # heavier than a batch on its own: taken alone
+        return first, second, third, full, q.room.is_set(), len(q)
+
+    first, second, third, full, room, left = run(go())  # type: ignore[misc]
+    assert [len(r) for r in first] == [300, 300]
+    assert [len(r) for r in second] == [300]
+    assert [len(r) for r in third] == [900]
+    assert not full  # 1,800 queued against a limit of 1,000
+    assert room and left == 0
+
+
+def test_a_weighed_queue_fills_its_batch_across_lists_and_keeps_the_rest_in_order() -> None:
+    async def go() -> tuple[list[bytes], list[bytes], int]:
+        q = BatchQueue(limit=10_000, weigh=len)
+        q.put([b"1" * 10, b"2" * 10])
+        q.put([b"3" * 10, b"4" * 10, b"5" * 10])
+        got = await q.get(35, 0)
+        return got, await q.get(100, 0), len(q)
+
+    got, rest, left = run(go())  # type: ignore[misc]
+    assert [r[:1] for r in got] == [b"1", b"2", b"3"]
+    assert [r[:1] for r in rest] == [b"4", b"5"]
+    assert left == 0
+
+
+def test_the_worker_weighs_place_bundles_in_bytes_and_counts_readings_records() -> None:
+    from backend.app import STREAM_BUFFER, BackendRuntime
+    from backend.records import FORWARD_BYTES
+    from backend.settings import load
+
+    runtime = BackendRuntime(load({"IOT_BACKEND_APP_ID": "bk-queues", "IOT_BACKEND_BATCH_MAX": "300"}))
+    queues = runtime.app.transport.batch_queues
+    readings, place = queues["iot.readings"], queues["bk-queues-readings-by-place"]
+    assert readings.weigh is None and readings.limit == 4 * 300
+    assert place.limit == 4 * 300 * FORWARD_BYTES
+
+    class Message:
+        def __init__(self, value: bytes | None) -> None:
+            self.value = value
+
+    assert place.weigh is not None
+    assert place.weigh(Message(b"x" * 5000)) == 5000
+    assert place.weigh(Message(None)) == 1  # a record without a value still counts
+    # Faust's stream queues (table recovery's changelog records) are not sized by the batch.
+    assert runtime.app.conf.stream_buffer_maxsize == STREAM_BUFFER
