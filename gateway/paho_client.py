@@ -4,9 +4,11 @@ Measured (bench/gateway_throughput.py with --profile): stock paho spends most of
 system calls: 2-3 `recv` per incoming PUBLISH (command byte, length byte, body), one `select` per
 packet, and per PUBACK one `send` on the socket plus one wake-up byte to its network thread. This
 subclass
-  * reads the socket in 64 KiB chunks and parses every whole packet in the chunk in one pass;
-  * queues a batch of PUBACKs with a single wake-up (`ack_batch`), and writes consecutive queued
-    PUBACKs with one `send`;
+  * reads the socket in 64 KiB chunks and parses every whole packet in the chunk in one pass; a
+    PUBLISH already whole in the chunk is sliced out directly (`_packet_read`), not read through
+    3-4 `_sock_recv` calls;
+  * queues a batch of PUBACKs, built as bytes, with a single wake-up (`ack_batch`), and writes
+    consecutive queued PUBACKs with one `send`;
   * queues a batch of QoS 0 publishes (the end-to-end acks) with a single wake-up (`publish_batch`),
     each packet built here as bytes: paho's `publish` makes a `MQTTMessageInfo` (with a
     `threading.Condition`) per message and `_packet_write` sends each packet on its own;
@@ -21,10 +23,11 @@ subclass
 Measured in a 2,000-board soak (bench/soak.py --tracemalloc): with paho's `publish`, the ack packets
 queued for the network thread were the gateway's largest allocation (30-85 MB traced, swinging:
 Conditions, packet dicts, message infos), and PUBACKs to the broker waited behind them.
-It overrides paho private methods (`_sock_recv`, `loop_read`, `_packet_queue`, `_packet_write`,
-`_handle_publish`), calls `_handle_on_message` and `_easy_log`, fills `MQTTMessage`'s slots and, for a
-client without per-topic callbacks, calls `on_message` itself as `_handle_on_message` would (`_deliver`),
-which is why pyproject pins paho-mqtt < 3 and the gateway's tests run on it end to end.
+It overrides paho private methods (`_sock_recv`, `loop_read`, `_packet_read`, `_packet_queue`,
+`_packet_write`, `_handle_publish`), calls `_packet_handle`, `_handle_on_message` and `_easy_log`,
+fills `MQTTMessage`'s slots and, for a client without per-topic callbacks, calls `on_message` itself
+as `_handle_on_message` would (`_deliver`), which is why pyproject pins paho-mqtt < 3 and the
+gateway's tests run on it end to end.
 """
 
 from __future__ import annotations
