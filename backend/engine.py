@@ -220,16 +220,22 @@ class ScopeEngine:
         now_ms: int,
         known: Mapping[str, Origin | None] | None = None,
         holds_after: dict[int, int] | None = None,
+        holds_before: dict[int, int] | None = None,
     ) -> Outputs:
         """Count a batch. `known`: the `readings` collection's answers for the identities a previous
         pass of this batch listed in `lookups` (the origin each reading was stored from, None if it is
         not stored). `holds_after` replaces `holds` once the batch is in (the holds the batch's own
         watermarks records set: they cover the readings before them, so the batch's readings are
-        counted under the holds that were in force before it, which are lower). Raises ItemFailed if
+        counted under the holds that were in force before it, which are lower). `holds_before`, when
+        given, are those: the runtime computes them from the watermarks records received before the
+        batch, since `holds` is set only by a previous batch or the idle tick, and is empty - no hold -
+        until one of them ran (a first place batch after a start or a rebalance). Raises ItemFailed if
         it fails on an item."""
         out = Outputs()
         touched: dict[str, set[WindowKey]] = {}
         last_updated: dict[str, list[WindowKey]] = {}
+        if holds_before is not None:
+            self.holds = holds_before
         holds = self.holds
         caps = {p: self._cap(now_ms, p) for p in holds}
         cap_any = self._cap(now_ms)

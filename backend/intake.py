@@ -56,6 +56,8 @@ class Decoded:
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)
     # (place scope) the holds of its windows once the batch is in (ScopeEngine.process)
     holds: dict[int, int] | None = None
+    # (place scope) the holds in force before the batch: from the watermarks records received before it
+    holds_before: dict[int, int] | None = None
     _by_position: dict[tuple[int, int], Any] | None = None
 
     def record(self, partition: int, offset: int) -> Any:
