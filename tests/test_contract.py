@@ -1,10 +1,13 @@
-"""The contract module: payload v1 validation, ids, and agreement with the written contracts."""
+"""The contract module and its codec: payload v1 validation, ids, and agreement with the written
+contracts."""
 
 from __future__ import annotations
 
 import ast
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iot import contract
+from iot import codec, contract
 from iot.contract import InvalidReading, validate_reading
 from iot.harness import payloads
 
@@ -135,9 +138,9 @@ def _fast_agrees(changes: dict[str, Any], missing: set[str]) -> None:
     for name in missing:
         obj.pop(name, None)
     ids = contract.TopicIds(place="kitchen", device="node-1")
-    fast = contract._valid_fields_fast(ids, obj)
+    fast = codec._valid_fields_fast(ids, obj)
     try:
-        full = contract._validate_fields_fully(ids, obj)
+        full = codec._validate_fields_fully(ids, obj)
     except InvalidReading:
         assert fast is None
         return
@@ -153,7 +156,14 @@ def test_the_fast_path_agrees_with_the_full_checks_on_every_edge_of_every_field(
         _fast_agrees({}, {name})
     # So that the comparisons compare something: a plain reading takes the fast path.
     ids = contract.TopicIds(place="kitchen", device="node-1")
-    assert contract._valid_fields_fast(ids, reading()) == contract._validate_fields_fully(ids, reading())
+    assert codec._valid_fields_fast(ids, reading()) == codec._validate_fields_fully(ids, reading())
+
+
+def test_the_codec_imports_on_its_own_and_the_contract_hands_out_its_functions() -> None:
+    # iot.contract and iot.codec import each other; the package loads the contract first.
+    probe = "import iot.codec, iot.contract; print(iot.contract.encode is iot.codec.encode)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
 
 
 def test_json_nested_beyond_the_parser_is_malformed_json_not_an_exception() -> None:
