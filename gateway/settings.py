@@ -63,8 +63,8 @@ VARIABLES: Final = Variables(
     Var("IOT_GATEWAY_METRICS_PORT", str(contract.GATEWAY_METRICS_PORT), "port of /metrics; 0: none"),
     # 25 rather than 5: at a fleet's pace (1,000 readings/s a gateway) every produce batch costs a
     # request, a delivery wake-up of the main loop, a batch of PUBACKs and a wake-up of paho's
-    # thread; 5x fewer of them cut the gateway's CPU per reading by ~17 % (bench/gateway_throughput.py
-    # --cpu), for 20 ms more latency on readings whose windows are a minute long.
+    # thread; 5x fewer of them cut the gateway's CPU per reading by ~17 % (bench/gateway_cpu.py), for
+    # 20 ms more latency on readings whose windows are a minute long.
     Var("IOT_GATEWAY_KAFKA_LINGER_MS", "25", "how long the producer gathers a batch, ms"),
     Var("IOT_GATEWAY_KAFKA_COMPRESSION", "lz4", ", ".join(_COMPRESSIONS)),
     Var(
