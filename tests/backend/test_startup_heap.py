@@ -29,7 +29,31 @@ def test_the_worker_runs_with_what_existed_at_start_frozen(monkeypatch: pytest.M
     monkeypatch.setattr(settings_mod, "load", lambda: SimpleNamespace(event_loop="asyncio"))
     monkeypatch.setattr(backend.app, "BackendRuntime", Runtime)
     assert gc.get_freeze_count() == 0
+    before = gc.get_threshold()
     try:
         assert cli._run_backend(argparse.Namespace()) > 0
     finally:
         gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_the_worker_runs_with_the_collector_tuned_for_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Runtime:
+        def __init__(self, settings: Any) -> None:
+            self.settings = settings
+
+        def run(self) -> int:
+            seen.append(gc.get_threshold())
+            return 0
+
+    seen: list[tuple[int, ...]] = []
+    before = gc.get_threshold()
+    monkeypatch.setattr(settings_mod, "load", lambda: SimpleNamespace(event_loop="asyncio"))
+    monkeypatch.setattr(backend.app, "BackendRuntime", Runtime)
+    try:
+        cli._run_backend(argparse.Namespace())
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen == [cli.GC_THRESHOLDS]
+    assert cli.GC_THRESHOLDS[0] > 700  # a young generation bigger than CPython's default
