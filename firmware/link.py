@@ -7,7 +7,7 @@ between attempts the node keeps measuring into the outbox.
 import random
 
 import log
-from mqtt import Client, MQTTError
+from mqtt import WIFI_LOST, Client, MQTTError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -104,11 +104,17 @@ class Link:
         isconnected() on the disconnect event (network_wlan.c), so that is asked instead."""
         if self.client.connected and not self._board.wifi_up():
             self.client.close()
-            log.event("link_down", error="wifi lost", action="measuring into the outbox; will reconnect")
-            self._schedule_retry("wifi_lost")
+            self._wifi_lost()
+
+    def _wifi_lost(self) -> None:
+        log.event("link_down", error="wifi lost", action="measuring into the outbox; will reconnect")
+        self._schedule_retry("wifi_lost")
 
     def _lost(self, exc: Exception) -> None:
         self.client.close()
+        if isinstance(exc, MQTTError) and exc.kind == WIFI_LOST:  # noticed inside a wait (mqtt.py)
+            self._wifi_lost()
+            return
         log.event("link_down", error=exc, action="measuring into the outbox; will reconnect")
         self._schedule_retry("lost")
 

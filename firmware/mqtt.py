@@ -54,8 +54,12 @@ _CONNACK_REASONS = {
 }
 
 
+WIFI_LOST = "wifi_lost"  # MQTTError.kind when isconnected() turned false during a wait
+
+
 class MQTTError(Exception):
-    """The session is unusable; `kind` is a short code (connect_refused, timeout, closed, protocol)."""
+    """The session is unusable; `kind` is a short code (connect_refused, timeout, closed, protocol,
+    wifi_lost)."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(kind + ": " + detail)
@@ -255,7 +259,10 @@ class Client:
         self._last_tx = board.ticks_ms()
 
     def _readable(self, wait_ms: int) -> bool:
-        """Poll until readable or wait_ms passed, feeding the watchdog in slices."""
+        """Poll until readable or wait_ms passed, feeding the watchdog in slices. After a slice in
+        which nothing came, ask isconnected(): when the access point goes, lwIP's socket says
+        nothing (reads wait, writes fill the send buffer), so a wait for a PUBACK would otherwise
+        last its (retries + 1) timeouts. Only after an empty slice: the hot path never asks."""
         board = self._board
         poller = self._poller
         if poller is None:
@@ -265,6 +272,9 @@ class Client:
             left = board.ticks_diff(deadline, board.ticks_ms())
             if poller.readable(max(0, min(left, _SLICE_MS))):  # type: ignore[attr-defined]
                 return True
+            if not board.wifi_up():
+                self.close()
+                raise MQTTError(WIFI_LOST, "the access point is gone")
             if left <= _SLICE_MS:
                 return False
             board.feed()

@@ -93,6 +93,11 @@ class MqttProxy:
         with self._lock:
             self._drop_pubacks += n
 
+    def pass_pubacks(self) -> None:
+        """Relay every PUBACK again (the drops `drop_pubacks` asked for and not yet done are off)."""
+        with self._lock:
+            self._drop_pubacks = 0
+
     def _accept(self) -> None:
         while not self._stopped.is_set():
             try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from hil.netfault import StallProxy
+from hil.netfault import MqttProxy, StallProxy
 from hil.probe import Probe, broker_address
 from hil.virtual import vprofile
 from tests.hil.conftest import (
@@ -40,29 +40,49 @@ def test_a_link_that_stalls_mid_packet_loses_nothing_and_keeps_the_session(
 
 
 def test_losing_wifi_drops_the_session_at_once_and_readings_go_to_flash(
-    make_board: BoardFactory, probe: Probe, profile: str
+    make_board: BoardFactory, probe: Probe, broker_url: str, profile: str
 ) -> None:
     """lwIP: when the access point goes, an open socket raises nothing (reads wait, writes fill the
-    send buffer) and isconnected() turns false at once. Before: the firmware noticed only through
-    PUBACK timeouts, (3 + 1) x 5 s per drain, with readings in RAM and measuring cycles skipped."""
-    board = make_board(interval_s=1, puback_timeout_s=5, publish_retries=3, profile=profile)
-    board.start()
-    wait_for(lambda: len(probe.readings(board.device)) >= 2, 20, "2 readings")
-    board.cut_network()
-    wait_for(
-        lambda: "link_down" in board.console() and outbox_state(board)[1] >= 1,
-        6,
-        "the session dropped and a reading in flash within 6 s of the cut",
-    )
-    assert 'error="wifi lost"' in board.console()
-    board.restore_network()
-    queued = outbox_entries(board)
-    wait_for(lambda: queued[-1]["seq"] in seqs_of(probe.readings(board.device)), 30, "the backlog delivered")
-    health = wait_for(
-        lambda: [h for h in health_of(probe, board.device) if h["reconnects"] >= 1],
-        20,
-        "health after the reconnect",
-    )[-1]
+    send buffer) and isconnected() turns false at once. The cut lands where it hurts most: a
+    reading's PUBACK is owed (the proxy withholds it). Before: the main loop asked isconnected()
+    but the PUBACK wait did not, so a cut landing there was noticed only through PUBACK timeouts,
+    (3 + 1) x 5 s, with readings in RAM and measuring cycles skipped (this test failed so, and the
+    old one, cutting wherever the board happened to be, failed so once in ~20 runs on a loaded host:
+    the slower the broker's answer, the likelier the cut lands in its wait)."""
+    puback_timeout_s, retries = 5, 3
+    host, port = broker_address(broker_url)
+    with MqttProxy(host, port) as proxy:
+        board = make_board(
+            broker=f"mqtt://127.0.0.1:{proxy.port}",
+            interval_s=1,
+            puback_timeout_s=puback_timeout_s,
+            publish_retries=retries,
+            profile=profile,
+        )
+        board.start()
+        wait_for(lambda: len(probe.readings(board.device)) >= 2, 20, "2 readings")
+        proxy.drop_pubacks(retries + 1)  # every attempt of the next reading: the board waits on
+        wait_for(lambda: proxy.dropped_pubacks >= 1, 10, "a reading waiting for its PUBACK")
+        board.cut_network()
+        proxy.pass_pubacks()  # the next session's PUBACKs go through
+        # The firmware asks isconnected() after every wait slice (firmware/mqtt.py _SLICE_MS, 1 s of
+        # board time); a PUBACK timeout (5 s) is the deadline: only the Wi-Fi check can beat it.
+        wait_for(
+            lambda: "link_down" in board.console() and outbox_state(board)[1] >= 1,
+            puback_timeout_s,
+            f"the session dropped and a reading in flash within {puback_timeout_s} s of the cut",
+        )
+        assert 'error="wifi lost"' in board.console()
+        board.restore_network()
+        queued = outbox_entries(board)
+        wait_for(
+            lambda: queued[-1]["seq"] in seqs_of(probe.readings(board.device)), 30, "the backlog delivered"
+        )
+        health = wait_for(
+            lambda: [h for h in health_of(probe, board.device) if h["reconnects"] >= 1],
+            20,
+            "health after the reconnect",
+        )[-1]
     assert health["skipped_cycles"] == 0
 
 
