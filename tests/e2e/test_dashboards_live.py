@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -36,8 +37,10 @@ def panel_targets() -> list[tuple[str, str, str, str]]:
     return out
 
 
-def query(expr: str) -> list[dict[str, Any]]:
-    url = f"http://{CFG.host}:{CFG.prometheus_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+def query(expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """The query's series now, or at the instant `at` (epoch seconds)."""
+    params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+    url = f"http://{CFG.host}:{CFG.prometheus_port}/api/v1/query?" + urllib.parse.urlencode(params)
     with urllib.request.urlopen(url, timeout=10) as resp:
         body = json.load(resp)
     assert body["status"] == "success", body
@@ -128,6 +131,8 @@ def test_panel_query_returns_series_with_its_legend_labels(
         assert values and max(values.values()) > 0, f"{title} / {legend}: no activity of the run: {values}"
     if "_window_mean" in expr:
         assert_means_are_stored_final_windows(run, series)
+    if "histogram_quantile" in expr:
+        assert_quantiles_exactly_where_observed(expr, promql)
     if expr.endswith(FALLBACK):
         assert_exported_without_fallback(expr.removesuffix(FALLBACK), run)
 
@@ -148,6 +153,27 @@ def assert_means_are_stored_final_windows(run: Run, series: list[dict[str, Any]]
         assert any(m is not None and math.isclose(m, value, rel_tol=1e-12) for m in means), (
             f"{labels}: gauge {value} is the mean of none of the {len(means)} stored final windows {means}"
         )
+
+
+QUANTILE = re.compile(r"histogram_quantile\([\d.]+, sum by \(([\w, ]+)\) \(rate\((\w+)_bucket\[")
+
+
+def assert_quantiles_exactly_where_observed(expr: str, promql: str) -> None:
+    """A latency panel shows a quantile for exactly the groups (a collection, or the one gateway
+    series) with observations in the window. Which groups those are depends on when Prometheus
+    scraped (a new series' first scrape may already hold all of a run's writes: no increase), so
+    the test does not guess them: it asks the histogram's count at the same instant."""
+    match = QUANTILE.search(expr)
+    assert match, f"a quantile panel this test cannot read: {expr}"
+    labels = [label.strip() for label in match.group(1).split(",") if label.strip() != "le"]
+    observed_promql = f"sum by ({', '.join(labels)}) (increase({match.group(2)}_count[10m])) > 0"
+    at = time.time()
+
+    def groups(series: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+        return sorted(tuple(s["metric"].get(label, "") for label in labels) for s in series)
+
+    observed = groups(query(observed_promql, at))
+    assert groups(query(promql, at)) == observed, f"{promql} at {at}: shown for other groups than {observed}"
 
 
 def assert_exported_without_fallback(expr: str, run: Run) -> None:
