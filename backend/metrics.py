@@ -9,7 +9,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from backend.errors import ConfigError
 from backend.records import SENSOR
-from iot import contract
+from iot import contract, readings_store
+
+# The collections the backend writes (backend/mongo_sink.py), and those it reads: their latency series
+# exist from the start, so a burst between two scrapes shows as a rise (a series born with its first
+# observation has no earlier sample to rise from, and a panel showed no latency for it).
+WRITTEN = (
+    contract.COLL_READINGS,
+    contract.COLL_SENSOR_WINDOWS,
+    contract.COLL_PLACE_WINDOWS,
+    readings_store.MARKS,
+)
+READ = (contract.COLL_READINGS, contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS)
+MONGO_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class BackendMetrics:
@@ -78,9 +90,20 @@ class BackendMetrics:
             "iot_backend_mongo_write_seconds",
             "Duration of one bulk write to MongoDB",
             ["collection"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            buckets=MONGO_BUCKETS,
             registry=r,
         )
+        self.mongo_read = Histogram(
+            "iot_backend_mongo_read_seconds",
+            "Duration of one look-up in MongoDB (is a window final, the de-duplication's stored readings)",
+            ["collection"],
+            buckets=MONGO_BUCKETS,
+            registry=r,
+        )
+        for coll in WRITTEN:
+            self.mongo_write.labels(coll)
+        for coll in READ:
+            self.mongo_read.labels(coll)
         self.lag = Gauge(
             "iot_backend_consumer_lag",
             "Messages behind the partition's high watermark",

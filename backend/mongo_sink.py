@@ -274,7 +274,7 @@ class MongoSink:
         except PyMongoError as exc:
             raise SinkError(f"reading {contract.COLL_READINGS} failed: {exc}") from exc
         finally:
-            self._observe(contract.COLL_READINGS, start)
+            self._observe(contract.COLL_READINGS, start, read=True)
         return {rid: _epoch_ms(doc, READING_DATES) for rid, doc in found.items()}
 
     def window_readings(self, scope: str, key: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
@@ -329,12 +329,13 @@ class MongoSink:
         except PyMongoError as exc:
             raise SinkError(f"reading {coll} failed: {exc}") from exc
         finally:
-            self._observe(coll, start)
+            self._observe(coll, start, read=True)
         return doc is not None and doc.get("final") is True
 
-    def _observe(self, coll: str, start: float) -> None:
+    def _observe(self, coll: str, start: float, read: bool = False) -> None:
         if self.metrics is not None:
-            self.metrics.mongo_write.labels(coll).observe(time.perf_counter() - start)
+            histogram = self.metrics.mongo_read if read else self.metrics.mongo_write
+            histogram.labels(coll).observe(time.perf_counter() - start)
 
     def close(self) -> None:
         self.client.close()

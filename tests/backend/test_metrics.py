@@ -1,4 +1,5 @@
-"""The window-mean gauges Grafana shows: the latest window's mean per series, amendments included."""
+"""The window-mean gauges Grafana shows: the latest window's mean per series, amendments included; the
+MongoDB latency series there from the start."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from backend.accumulators import WindowAcc
 from backend.metrics import BackendMetrics
 from backend.records import PLACE, SENSOR, window_doc
 from backend.windows import TUMBLING, WindowKey
+from iot import contract, readings_store
 
 pytestmark = pytest.mark.unit
 T0 = 1_750_000_000_000 - 1_750_000_000_000 % 10_000
@@ -60,3 +62,16 @@ def test_an_amendment_of_an_older_window_leaves_the_latest_mean_shown(scope: str
     metrics.show_window(scope, _doc(scope, T0 + 10_000, [30.0]))
     metrics.show_window(scope, _doc(scope, T0, [10.0, 12.0], revision=1))
     assert _mean(metrics, scope) == 30.0
+
+
+def test_every_collection_the_backend_writes_or_reads_has_its_latency_series_from_the_start() -> None:
+    """A series born with its first observation has no earlier sample for rate() to rise from: a
+    collection written once in a burst between two scrapes showed no latency at all (Pipeline
+    dashboard, 'Backend: MongoDB write latency'). Each is there at 0 before the first write."""
+    registry = CollectorRegistry()
+    BackendMetrics(registry)
+    written = [contract.COLL_READINGS, contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS]
+    for coll in [*written, readings_store.MARKS]:
+        assert registry.get_sample_value("iot_backend_mongo_write_seconds_count", {"collection": coll}) == 0
+    for coll in written:
+        assert registry.get_sample_value("iot_backend_mongo_read_seconds_count", {"collection": coll}) == 0

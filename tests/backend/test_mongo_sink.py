@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pymongo import MongoClient
 
 from backend.engine import Item, ScopeEngine
+from backend.metrics import BackendMetrics
 from backend.mongo_sink import MongoSink
 from backend.records import PLACE, SENSOR
 from backend.windows import specs_from_seconds
@@ -83,6 +85,42 @@ def test_open_then_final_then_stale_writes_from_any_sink_leave_the_final_documen
     finally:
         a.close()
         b.close()
+
+
+def _counts(registry: CollectorRegistry, name: str) -> dict[str, float]:
+    """Observations per collection of one of the backend's MongoDB latency histograms."""
+    return {
+        s.labels["collection"]: s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name == f"{name}_count"
+    }
+
+
+def test_a_look_up_is_timed_as_a_read_and_only_writes_as_writes(db_uri: str) -> None:
+    """iot_backend_mongo_write_seconds is the duration of one bulk write: a restarted worker's look-up
+    of a window it could not insert (is it final?) and a de-duplication look-up are reads, in
+    iot_backend_mongo_read_seconds. Both histograms' series are the ones there from the start."""
+    registry = CollectorRegistry()
+    before = BackendMetrics(registry)
+    first = MongoSink(db_uri)
+    sink = MongoSink(db_uri, before)
+    try:
+        first.write_windows(SENSOR, [doc(T0, 3, True)])
+        written = set(_counts(registry, "iot_backend_mongo_write_seconds"))
+        read = set(_counts(registry, "iot_backend_mongo_read_seconds"))
+        # One insert_many (the document exists), one find_one (it is final: left as it is), no replace.
+        sink.write_windows(SENSOR, [doc(T0, 2, False)])
+        sink.find_readings([contract.reading_id("d1", 1, 0)])
+        writes = _counts(registry, "iot_backend_mongo_write_seconds")
+        reads = _counts(registry, "iot_backend_mongo_read_seconds")
+        assert writes[contract.COLL_SENSOR_WINDOWS] == 1 and sum(writes.values()) == 1, writes
+        assert reads[contract.COLL_SENSOR_WINDOWS] == 1 and reads[contract.COLL_READINGS] == 1, reads
+        assert (set(writes), set(reads)) == (written, read)
+        assert stored(db_uri)[doc(T0, 0, True)["_id"]]["count"] == 3
+    finally:
+        first.close()
+        sink.close()
 
 
 def test_amendment_base_is_the_stored_document_from_memory_or_from_mongodb(db_uri: str) -> None:
