@@ -3,7 +3,8 @@ tables, the repartition by place, and the idle timer.
 
 Per batch (a list of records from the fetch loop, transport.BatchQueue): the batch path of
 backend/batches.py (decode → engine → write outputs → persist changed key states to the table and its
-changelog), then the agent acks the records. Faust flushes the changelog before it commits offsets, so
+changelog → ack the records; the last three while the agent computes its next batch,
+backend/inflight.py). Faust flushes the changelog before it commits offsets, so
 after `kill -9` a key's restored state either holds a replayed record (then its fence skips it) or does
 not (then it is counted again into the same idempotent outputs).
 
@@ -139,23 +140,26 @@ class BackendRuntime:
 
         def agent(scope: Scope) -> Callable[[Any], Any]:
             # The agent reads its topic's records from the fetch loop in lists (transport.BatchQueue),
-            # not from its Faust stream: Faust's per-record path cost more than the windows. It acks
-            # each record once its batch is written and its state persisted, as the stream did.
+            # not from its Faust stream: Faust's per-record path cost more than the windows. Each
+            # record is acked once its batch is written and its state persisted, as the stream did.
             # A place record is a bundle of readings: its batches and queue are bounded in bytes, a
             # batch about `batch_max` forwarded readings.
             size = s.batch_max if scope.name == SENSOR else s.batch_max * FORWARD_BYTES
             weigh = None if scope.name == SENSOR else _record_bytes
             queue = transport.batch_queue(self.app, scope.topic, 4 * size, weigh)
-            ack = self.app.consumer.ack
+            ack_one = self.app.consumer.ack
+
+            def ack(messages: Any) -> None:
+                for message in messages:
+                    ack_one(message)
 
             async def windows(_stream: Any) -> None:  # Faust's agent signature
                 while True:
                     messages = await queue.get(size, within)
-                    # Returns only once every record was counted or dead-lettered (batches.py): no
-                    # record is acked, and so no offset committed, before.
-                    await self.batches.guarded(scope, messages)
-                    for message in messages:
-                        ack(message)
+                    # Returns once the batch is computed and its landing started; the landing acks
+                    # the records only once every one was counted or dead-lettered, written and
+                    # persisted (batches.py): no offset is committed before.
+                    await self.batches.guarded(scope, messages, ack)
 
             return windows
 
@@ -172,8 +176,8 @@ class BackendRuntime:
                 self.app.rebalancing, consumer.commit_since(), len(consumer.assignment())
             )
 
-        def on_rebalance(_sender: Any, /, *args: Any, **kwargs: Any) -> None:  # Faust's signal receiver
-            self.batches.rebalanced()
+        async def on_rebalance(_sender: Any, /, *args: Any, **kwargs: Any) -> None:  # Faust's receiver
+            await self.batches.rebalanced()
 
         self.app.agent(self.readings_topic, name="sensor-windows")(agent(self.scopes[SENSOR]))
         self.app.agent(self.place_topic, name="place-windows")(agent(self.scopes[PLACE]))

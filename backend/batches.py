@@ -7,9 +7,10 @@ DLQ and the batch is processed again from the persisted states; so do identities
 de-duplication memory forgot, once the `readings` collection answered them) → amend the closed windows
 it reached (backend/amending.py: a stored document that is no window is rebuilt from the stored
 readings) → compare duplicates with the copy counted first → write every output (MongoDB, Kafka; retried
-until it lands) → persist the changed key states. `guarded` returns only once that is done: the agent
-acknowledges the records after it, so a batch's offsets are committed only after each of its records was
-counted or dead-lettered.
+until it lands) → persist the changed key states → acknowledge the records, so a batch's offsets are
+committed only after each of its records was counted or dead-lettered. The last three steps are the
+batch's *landing*: it runs while the scope's next batch is computed, one landing in flight per scope
+(backend/inflight.py says what keeps that exact).
 
 The place scope holds its windows until every source partition's input passed them: after each batch
 the sensor scope sends every place partition a watermarks record (records.WATERMARKS_KEY) saying how
@@ -34,6 +35,7 @@ from iot.topics import TOPIC_PARTITIONS
 from . import retry
 from .amending import Amender
 from .engine import ItemFailed, Origin, Outputs, ScopeEngine
+from .inflight import Landings
 from .intake import Decoded, Intake, PlaceMarks, where
 from .kafka_sink import KafkaSink
 from .metrics import BackendMetrics
@@ -60,6 +62,10 @@ _log = log.get("backend")
 HELD = -1
 # (key, value, partition or None for the key's): a record for the place repartition topic.
 Forward = tuple[str, bytes, int | None]
+# (partition, key, value): a key's state as persisted (table and changelog), serialised at compute time.
+State = tuple[int, str, dict[str, Any]]
+# What acknowledges a batch's records once it landed (the agent's: Faust's consumer.ack per record).
+Ack = Callable[[Sequence[Any]], None]
 
 
 def now_ms() -> int:
@@ -130,15 +136,22 @@ class Batches:
         # not read yet, and a place partition no watermarks reached yet, hold everything (HELD); after
         # that they hold nothing back.
         self.hold_since = time.monotonic()
+        # Each scope's batch being written while its next one is computed (backend/inflight.py).
+        self.landings = Landings()
+        # A landing that fails (a bug: MongoDB and Kafka errors are retried inside `emit`) is tried
+        # again after a backoff; the tests' in-memory pipeline turns this off to see the error.
+        self.retry_landings = True
 
     def add_scope(self, name: str, topic: str, table: Table, engine: ScopeEngine) -> Scope:
         decode = self.intake.readings if name == SENSOR else self.decode_forwards
         scope = self.scopes[name] = Scope(name, topic, table, engine, decode)
         return scope
 
-    def rebalanced(self) -> None:
+    async def rebalanced(self) -> None:
         """After a rebalance: the persisted states are the truth again, and the holds start over
-        (what this worker reads now is counted from the assignment on)."""
+        (what this worker reads now is counted from the assignment on). The landings in flight land
+        first: their states are not persisted yet, and the sink's memory is theirs until then."""
+        await self.landings.drain()
         for scope in self.scopes.values():
             scope.engine.forget()
         self.sink.forget()
@@ -195,16 +208,19 @@ class Batches:
         return out
 
     # --- batches -------------------------------------------------------------------------------
-    async def guarded(self, scope: Scope, messages: Sequence[Any]) -> None:
-        """`_batch` until it completes. Records are isolated inside it; what still fails here fails for
-        the batch as a whole (a bug): it is logged and counted, the scope's cache dropped (the persisted
-        states are the truth), and the batch tried again after a backoff, its offsets uncommitted."""
+    async def guarded(self, scope: Scope, messages: Sequence[Any], ack: Ack) -> None:
+        """`_batch` until it is computed and its landing started (it acknowledges the records once
+        written and persisted). Records are isolated inside it; what still fails here fails for the
+        batch as a whole (a bug): it is logged and counted, the scope's cache dropped once the batch
+        before landed (the persisted states are the truth then), and the batch tried again after a
+        backoff, its offsets uncommitted."""
         delay = retry.FIRST_S
         while True:
             try:
-                await self._batch(scope, messages)
+                await self._batch(scope, messages, ack)
                 return
             except Exception as exc:
+                await self.landings.landed(scope.name)
                 scope.engine.forget()
                 self.metrics.batch_failures.labels(scope.name).inc()
                 _log.error(
@@ -226,11 +242,14 @@ class Batches:
         states are the truth); the next tick tries again."""
         try:
             async with scope.lock:
+                # After the batch in flight: its writes first (in order), its new keys in the table.
+                await self.landings.landed(scope.name)
                 out = scope.engine.expire(now, partitions, list(scope.table.data.keys()), behind)
                 if out.changed or out.open_docs:
                     await self.emit(scope, out, [], [])
                     self.persist(scope.table, out.changed)
         except Exception as exc:
+            await self.landings.landed(scope.name)
             scope.engine.forget()
             self.metrics.batch_failures.labels(scope.name).inc()
             _log.error(
@@ -243,21 +262,69 @@ class Batches:
             return
         self.count(scope.name, out)
 
-    async def _batch(self, scope: Scope, messages: Sequence[Any]) -> None:
+    async def _batch(self, scope: Scope, messages: Sequence[Any], ack: Ack) -> None:
         """One batch of either scope: decode -> engine -> amend the closed windows it reached -> compare
-        duplicates -> write every output (MongoDB, Kafka) -> persist the changed key states."""
+        duplicates; then, once the scope's batch before has landed, its own landing starts (`_land`:
+        write every output, persist the changed key states, acknowledge the records) and this
+        returns, so the next batch is computed while this one is written."""
         now = now_ms()
         for msg in messages:
             self.positions[msg.tp] = msg.offset
         decoded = scope.decode(messages, now)
         async with scope.lock:
             out = await self._process(scope, decoded, now)
+            if out.amends:
+                # The windows amended may be the ones the batch in flight writes (and the sink's
+                # memory of finals is updated by that write).
+                await self.landings.landed(scope.name)
             await self.amender.amend(scope.name, scope.engine, out, decoded.rejected, now)
             await self._check_duplicates(scope, out, decoded, now)
             forwards = self._forwards(out) if scope.name == SENSOR else []
-            await self.emit(scope, out, forwards, decoded.rejected)
-            self.persist(scope.table, out.changed)
+            # The states as of this batch: the next batch changes the same KeyState objects.
+            states = [(st.partition, key, st.to_json()) for key, st in out.changed.items()]
+            await self.landings.landed(scope.name)
+            self.landings.start(
+                scope.name, self._land(scope, out, forwards, decoded.rejected, states, messages, ack)
+            )
+
+    async def _land(
+        self,
+        scope: Scope,
+        out: Outputs,
+        forwards: list[Forward],
+        rejected: list[dict[str, Any]],
+        states: list[State],
+        messages: Sequence[Any],
+        ack: Ack,
+    ) -> None:
+        """A computed batch lands: every output written (retried inside `emit` while MongoDB or Kafka
+        fail; a bug here is retried after a backoff, the outputs are idempotent), then its states
+        persisted, then its records acknowledged."""
+        delay = retry.FIRST_S
+        while True:
+            try:
+                await self.emit(scope, out, forwards, rejected)
+                break
+            except Exception as exc:
+                if not self.retry_landings:
+                    raise
+                self.metrics.batch_failures.labels(scope.name).inc()
+                _log.error(
+                    "batch_failed",
+                    scope=scope.name,
+                    records=len(messages),
+                    stage="write",
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                    retry_in_s=delay,
+                    action="a bug in the backend: report it with this log; the batch's writes are retried"
+                    " and its offsets (and the next batch's) are not committed meanwhile",
+                    where=where(exc),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, retry.MAX_S)
+        self.persist_states(scope.table, states)
         self.count(scope.name, out)
+        ack(messages)
 
     async def _process(self, scope: Scope, decoded: Decoded, now: int) -> Outputs:
         """The engine over the batch; again, from the persisted states, without an item it failed on
@@ -268,6 +335,8 @@ class Batches:
             try:
                 out = scope.engine.process(items, now, known, decoded.holds, decoded.holds_before)
             except ItemFailed as failed:
+                # Rolled back to the table's states: those of the batch in flight must be in it.
+                await self.landings.landed(scope.name)
                 scope.engine.rollback(failed.keys)
                 item = items[failed.index]
                 msg = decoded.record(
@@ -281,6 +350,9 @@ class Batches:
                 continue
             if not out.lookups:
                 return out
+            # The look-up must see the readings the batch in flight writes, and the rollback reloads
+            # the table's states, which hold that batch's only once it landed.
+            await self.landings.landed(scope.name)
             scope.engine.rollback(out.keys)
             ids = sorted(out.lookups)
             found = await retry.until_done(
@@ -303,6 +375,7 @@ class Batches:
         firsts = {reading_id_of(i.reading): i.reading for i in out.readings}
         need = sorted({reading_id_of(i.reading) for i in out.dup_checks} - set(firsts) - set(decoded.stored))
         if need:
+            await self.landings.landed(scope.name)  # a first copy may be in the batch in flight
             decoded.stored.update(
                 await retry.until_done(
                     "reading_lookup_failed",
@@ -437,10 +510,13 @@ class Batches:
 
     @staticmethod
     def persist(table: Any, changed: Mapping[str, KeyState]) -> None:
-        for key, state in changed.items():
-            value = state.to_json()
+        Batches.persist_states(table, [(st.partition, key, st.to_json()) for key, st in changed.items()])
+
+    @staticmethod
+    def persist_states(table: Any, states: Sequence[State]) -> None:
+        for partition, key, value in states:
             table.data[key] = value
-            table.send_changelog(state.partition, key, value)
+            table.send_changelog(partition, key, value)
 
     def count(self, scope: str, out: Outputs) -> None:
         m = self.metrics

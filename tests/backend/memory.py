@@ -4,8 +4,10 @@ Its outputs go to in-memory stores with the write semantics of the real ones: `M
 as backend/mongo_sink.py writes it (readings inserted once by `_id`, a final window never overwritten
 by an open or final write, amendments replaced whole), `MemoryKafka` the topics it produces to, and
 `MemoryTable` a Faust table with its changelog (values stored as the JSON Kafka would carry). A
-`Pipeline` feeds records partition by partition in batches, as the agents would, and can crash between
-writing a batch's outputs and committing its offsets (a restart reads the changelog, not the memory).
+`Pipeline` feeds records partition by partition in batches, as the agents would (the next batch computed
+while the one before lands, backend/inflight.py; offsets committed when a batch's landing acks it), and
+can crash between writing a batch's outputs and committing its offsets (a restart reads the changelog,
+not the memory).
 """
 
 from __future__ import annotations
@@ -155,9 +157,11 @@ class MemoryTable:
     def __init__(self, changelog: dict[str, str]) -> None:
         self.changelog = changelog
         self.data: dict[str, Any] = {k: json.loads(v) for k, v in changelog.items()}
+        self.dead = False  # its process was killed: nothing more reaches Kafka
 
     def send_changelog(self, _partition: int, key: Any, value: Any) -> None:
-        self.changelog[key] = json.dumps(value)
+        if not self.dead:
+            self.changelog[key] = json.dumps(value)
 
 
 class _Partitions:
@@ -213,6 +217,8 @@ class Pipeline:
 
     def start(self) -> None:
         s = self.settings
+        self.generation = getattr(self, "generation", 0) + 1
+        self.tables: list[MemoryTable] = []
         self.batches = Batches(
             s,
             self.sink,  # type: ignore[arg-type]
@@ -221,8 +227,11 @@ class Pipeline:
             _Partitions(self),
         )
         self.batches.place_partitions = PARTITIONS
+        # A landing's error fails the test (at the next batch or drain) instead of being retried.
+        self.batches.retry_landings = False
         for name, topic in ((SENSOR, SOURCE), (PLACE, s.place_topic)):
             table = MemoryTable(self.changelogs[name])
+            self.tables.append(table)
             engine = ScopeEngine(
                 name,
                 s.specs,
@@ -244,9 +253,23 @@ class Pipeline:
         log.append(msg)
         return msg
 
-    def crash(self) -> None:
-        """kill -9: what was not persisted or committed is gone; MongoDB and Kafka keep theirs."""
+    async def crash(self) -> None:
+        """kill -9 once the batch in flight's outputs were written: what was not persisted or committed
+        is gone; MongoDB and Kafka keep theirs."""
+        for table in self.tables:
+            table.dead = True
+        generation = self.generation
+        self.generation = -1  # acks of the dead process are lost
+        await self.batches.landings.drain()
+        self.generation = generation
         self.start()
+
+    def ack(self, topic: str, messages: Iterable[Message]) -> None:
+        """The agent's ack: the batch's offsets may be committed (in order: landings are)."""
+        for msg in messages:
+            key = (topic, msg.partition)
+            assert self.committed.get(key, 0) == msg.offset, "acked out of order"
+            self.committed[key] = msg.offset + 1
 
     def run(self, crash_after: int | None = None) -> None:
         """Process every uncommitted record of both scopes; with `crash_after`, crash once after that
@@ -255,6 +278,8 @@ class Pipeline:
 
     async def _run(self, crash_after: int | None) -> None:
         done = 0
+        taken = dict(self.committed)  # what was handed to the agents (committed lags by a landing)
+        drained = False
         while True:
             progressed = False
             for name, topic, logs in (
@@ -263,25 +288,38 @@ class Pipeline:
             ):
                 scope = self.batches.scopes[name]
                 for partition, messages in logs.items():
-                    start = self.committed.get((topic, partition), 0)
+                    start = taken.get((topic, partition), 0)
                     batch = messages[start : start + self.batch_max]
                     if not batch:
                         continue
                     progressed = True
                     self.now += 100
+                    taken[(topic, partition)] = start + len(batch)
                     await self._batch(scope, batch)
                     done += 1
                     if crash_after is not None and done == crash_after:
                         crash_after = None
-                        self.crash()
+                        await self.crash()
+                        taken = dict(self.committed)
                         break
-                    self.committed[(topic, partition)] = start + len(batch)
-            if not progressed:
+            if progressed:
+                drained = False
+            elif drained:
                 return
+            else:
+                # The last landings bring the place scope its input.
+                await self.batches.landings.drain()
+                drained = True
 
     async def _batch(self, scope: Scope, messages: list[Message]) -> None:
         # The batch path without `guarded`'s retry: an exception escaping it fails the test.
-        await self.batches._batch(scope, messages)
+        topic, generation = messages[0].topic, self.generation
+
+        def ack(acked: Any) -> None:
+            if self.generation == generation:
+                self.ack(topic, acked)
+
+        await self.batches._batch(scope, messages, ack)
 
     def _place_messages(self) -> dict[int, list[Message]]:
         topic = self.settings.place_topic
