@@ -160,6 +160,9 @@ class FlashResult:
     copy_s: float
     online_s: float
     fw: str
+    # Epoch s when the firmware was stopped (the copy began): from then until its birth message the
+    # board measures nothing it can send, and what it had not sent waits for the new firmware.
+    stopped_at: float
 
 
 def flash_commands(mpremote: str, port: str, copies: list[Copy]) -> list[str]:
@@ -242,10 +245,11 @@ def flash(
     probe_ca = str(tls_ca) if tls_ca is not None else None
     with Probe(broker, topics, username=username, password=password, tls_ca=probe_ca) as probe:
         say(f"stopping the firmware and copying {len(copies)} files to :{STAGE}/ on {port}")
+        stopped_at = time.time()
         _run(flash_commands(mpremote, port, copies), f"flashing {port}", timeout=STEP_TIMEOUT_S * 3)
         copied = time.monotonic() - started
         say(f"copied and swapped in {copied:.1f}s; reset; waiting up to {wait_s:.0f}s for a birth message")
         fw = wait_birth(probe, device, place, wait_s)
     online = time.monotonic() - started - copied
     say(f"board {device} is online fw={fw or '?'} ({online:.1f}s after reset)")
-    return FlashResult(device, port, len(copies), copied, online, fw)
+    return FlashResult(device, port, len(copies), copied, online, fw, stopped_at)

@@ -5,12 +5,14 @@
 - windows: every final tumbling window of the board matches the scripted environment (virtual) or
   the board's own readings (real) within the sensors' noise;
 - latency: the 95th percentile of Kafka time - measurement time, readings measured during a fault
-  left out (they wait in the outbox by design).
+  left out (they wait in the outbox by design), and so are those a flash held on the board (the rig
+  stopped its firmware); how many each left out is reported beside the samples.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -92,6 +94,20 @@ def _caught_in_flight(ts_s: float, kafka_s: float, faults: list[tuple[float, flo
     return any(ts_s < start <= kafka_s for start, _end in faults)
 
 
+def _held_by_flash(
+    ts_s: float, kafka_s: float, flashes: Sequence[tuple[float, float]], limit_s: float
+) -> bool:
+    """Measured while the board was down for a flash (from the firmware's stop to its birth message:
+    a board booting the new firmware measures before it is online), or measured before the stop and
+    still not in Kafka when it came, then on time (at most `limit_s` old): it waited on the board for
+    the new firmware by design. Unlike a fault, a flash leaves nothing to recover from once the board
+    is back, so the readings after its birth count (a CI scenario waits only 10 s after one)."""
+    return any(
+        start <= ts_s <= end or (ts_s < start <= kafka_s and start - ts_s <= limit_s)
+        for start, end in flashes
+    )
+
+
 def delivered(
     stack: RigStack,
     board: RigBoard,
@@ -158,20 +174,34 @@ def latency(
     kafka: dict[ReadingId, list[int]],
     faults: list[tuple[float, float]],
     limit_s: float,
+    flashes: Sequence[tuple[float, float]] = (),
 ) -> list[Measurement]:
-    lags = sorted(
-        (min(kafka[i]) - int(r["ts"])) / 1000
-        for i, r in published.items()
-        if i in kafka
-        and r.get("time_valid")
-        and not _in_fault(int(r["ts"]) / 1000, faults)
-        and not _caught_in_flight(int(r["ts"]) / 1000, min(kafka[i]) / 1000, faults)
-    )
-    if not lags:  # every reading of the scenario was measured during or just after a fault
-        return [Measurement.check("latency_samples", 0, None, "readings")]
+    """Latency p95 and max over the readings timed by the board's clock and in Kafka, less those a
+    fault or a flash delayed by design; `latency_excluded_fault` and `latency_excluded_flash` say how
+    many each left out."""
+    lags: list[float] = []
+    by_fault = by_flash = 0
+    for i, r in published.items():
+        if i not in kafka or not r.get("time_valid"):
+            continue
+        ts_s, kafka_s = int(r["ts"]) / 1000, min(kafka[i]) / 1000
+        if _in_fault(ts_s, faults) or _caught_in_flight(ts_s, kafka_s, faults):
+            by_fault += 1
+        elif _held_by_flash(ts_s, kafka_s, flashes, limit_s):
+            by_flash += 1
+        else:
+            lags.append(kafka_s - ts_s)
+    lags.sort()
+    out = [
+        Measurement.check("latency_samples", len(lags), None, "readings"),
+        Measurement.check("latency_excluded_fault", by_fault, None, "readings"),
+        Measurement.check("latency_excluded_flash", by_flash, None, "readings"),
+    ]
+    if not lags:  # every reading of the scenario was measured during or just after a fault or a flash
+        return out
     p95 = lags[min(len(lags) - 1, int(len(lags) * 0.95))]
     return [
-        Measurement.check("latency_samples", len(lags), None, "readings"),
+        *out,
         Measurement.check("latency_p95_s", round(p95, 3), limit_s, "s"),
         Measurement.check("latency_max_s", round(lags[-1], 3), None, "s"),
     ]

@@ -34,6 +34,9 @@ class Context:
     say: Callable[[str], None]
     events: list[BoardEvent] = field(default_factory=list)
     faults: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # board id -> spans
+    # board id -> spans the rig had the board down to flash it: readings it held then are left out of
+    # latency, but unlike a fault's the seconds after one are not (hil/rig/checks.py _held_by_flash)
+    flashes: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     scenario_start: float = 0.0
     firmware: dict[str, str] = field(default_factory=dict)  # board id -> version seen
     cut_since: dict[str, float] = field(default_factory=dict)  # board id -> network cut until restored
@@ -60,6 +63,17 @@ def wait_online(ctx: Context, board: RigBoard, since: float, timeout_s: float) -
     )
 
 
+def _born_since(ctx: Context, board: RigBoard, since: float) -> float | None:
+    """When the rig's probe first saw a fresh birth message of the board after `since`."""
+    assert ctx.stack.probe is not None
+    births = [
+        m.at
+        for m in ctx.stack.probe.messages("status", board.device)
+        if m.payload == b"online" and not m.retain and m.at >= since
+    ]
+    return min(births, default=None)
+
+
 def _flash(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
     options = FlashOptions(
         firmware=ctx.rig.firmware.dir,
@@ -71,6 +85,9 @@ def _flash(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
         ota_key=fleet_steps.kit(ctx).public,  # it takes the run's updates (ota_push)
     )
     result = board.flash.flash(board.write_config(), ctx.stack.broker_url, options)
+    back = _born_since(ctx, board, result.stopped_at) or time.time()
+    ctx.flashes.setdefault(board.id, []).append((result.stopped_at, back))
+    ctx.events.append(BoardEvent(board.id, "stimulus", result.stopped_at, back, "flash"))
     ctx.firmware[board.id] = result.fw
     ctx.updated_to.pop(board.id, None)
     return [
@@ -179,7 +196,8 @@ def _expect(ctx: Context, board: RigBoard, step: Step) -> list[Measurement]:
         if step.arg("delivered"):
             out += found
         if step.arg("latency_s"):
-            out += latency(published, kafka, ctx.faults.get(board.id, []), float(step.arg("latency_s")))
+            limit = float(step.arg("latency_s"))
+            out += latency(published, kafka, faults, limit, ctx.flashes.get(board.id, []))
     if step.arg("windows"):
         grace = ctx.rig.stack.grace_s + ctx.rig.stack.tumbling_s
         faults = ctx.faults.get(board.id, [])
