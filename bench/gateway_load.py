@@ -8,6 +8,7 @@ entry point (`python bench/gateway_load.py _publish|_subscribe ...`, started by 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -189,6 +190,7 @@ class Gateways:
             log = log_dir / f"{group}-{i}.log"
             self.gateways.append(Child.iot(f"{group}-{i}", ["gateway"], log, env=env, metrics_port=port))
         self.log_dir = log_dir
+        self.in_flight_seen = 0.0  # the most readings in flight seen by wait_produced's polls
 
     def start(self) -> float:
         """Start the gateways; returns when the first of them was seen subscribed (±20 ms)."""
@@ -251,6 +253,15 @@ class Gateways:
         for gateway in self.gateways:
             BROKER.forget_session(gateway.env["IOT_GATEWAY_CLIENT_ID"])
 
+    def peak_rss_mb(self) -> float:
+        """The largest peak resident memory (VmHWM) of the running gateway processes, MB."""
+        peaks = [0]
+        for gateway in self.gateways:
+            with contextlib.suppress(OSError, TypeError):
+                status = Path(f"/proc/{gateway.pid}/status").read_text()
+                peaks += [int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:")]
+        return max(peaks) / 1024
+
     def cpu_s(self) -> float:
         """CPU seconds the gateway processes used so far (user + system, every thread)."""
         return sum(cpu_s(gateway.pid) or 0.0 for gateway in self.gateways)
@@ -271,6 +282,7 @@ class Gateways:
                 first = now
             if self.totals("iot_gateway_produced_total") >= target:
                 return first, now
+            self.in_flight_seen = max(self.in_flight_seen, self.totals("iot_gateway_in_flight"))
             # Scraping costs the gateway CPU: poll gently; the rate itself comes from Kafka timestamps.
             time.sleep(0.5)
         raise SystemExit(f"gateways confirmed {self.totals('iot_gateway_produced_total')} of {target}")

@@ -1,7 +1,7 @@
 """Gateway throughput, measured against raw Mosquitto QoS 1 pass-through in the same run.
 
     .venv/bin/python bench/gateway_throughput.py [--messages 60000] [--gateways 1] [--publishers 1]
-        [--kafka private | private-sasl | shared] [--profile DIR]
+        [--kafka private | private-sasl | shared] [--profile DIR] [--tree PATH]
 
 Prints, for ~190-byte payload v1 readings on this machine:
   (a) raw pass-through: one publisher process → Mosquitto → one paho subscriber process, QoS 1;
@@ -9,11 +9,15 @@ Prints, for ~190-byte payload v1 readings on this machine:
       Kafka acks=all, rate = readings confirmed by Kafka per second;
   (c) backlog drain: N readings queued in the broker for the gateways' sessions while they are down,
       then drained → the gateway's own sustained rate, independent of the publisher;
-and the ratios (b)/(a) and (c)/(a). Every load generator runs in its own process, never inside the
-measured one. By default the gateways write to a private single-node Kafka (started through the stack
-module on free ports) so the bench never floods the shared stack's iot.readings; `private-sasl` puts the
-gateways and the bench's own reader on its SASL_SSL listener (SCRAM-SHA-512 over TLS), `shared` on the
-stack's Kafka as the IOT_KAFKA_* variables say.
+and the ratios (b)/(a) and (c)/(a); for (c) also the gateways' peak resident memory and the most
+readings they held in flight at once (`iot_gateway_in_flight_peak`; a tree without it: the most seen by
+polls every 0.5 s, a lower bound). `--tree PATH` runs the gateways from another source tree of this
+repository (e.g. `git worktree add --detach /tmp/before main`), for before/after runs. Every load
+generator runs in its own process, never inside the measured one. By default the gateways write to
+a private single-node Kafka (started through the stack module on free ports) so the bench never
+floods the shared stack's iot.readings; `private-sasl` puts the gateways and the bench's own reader
+on its SASL_SSL listener (SCRAM-SHA-512 over TLS), `shared` on the stack's Kafka as the IOT_KAFKA_*
+variables say.
 
 What a reading costs the gateway's CPU at a fleet's pace, beside another tree's gateway:
 bench/gateway_cpu.py. What both benchmarks use (load generators, gateway processes, their Kafka):
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from pathlib import Path
 
 from confluent_kafka import Consumer
 from gateway_load import Gateways, add_gateway_arguments, kafka_for_bench, publish, result, spawn_child, uid
@@ -83,15 +88,20 @@ def measure_live(
     return span.rate(count), rate[0]
 
 
-def measure_drain(gws: Gateways, count: int, devices: int, publishers: int, kafka: KafkaConnection) -> float:
+def measure_drain(
+    gws: Gateways, count: int, devices: int, publishers: int, kafka: KafkaConnection
+) -> tuple[float, str]:
     gws.stop()
     publish(gws.place, devices, count, publishers)
     span = KafkaSpan(kafka)
     gws.start()
     spies = gws.start_profilers()
+    gws.in_flight_seen = 0.0
     gws.wait_produced(count)
     gws.stop_profilers(spies)
-    return span.rate(count)
+    peak = gws.totals("iot_gateway_in_flight_peak")
+    held = f"{peak:,.0f} (iot_gateway_in_flight_peak)" if peak else f">= {gws.in_flight_seen:,.0f} (polled)"
+    return span.rate(count), f"peak RSS {gws.peak_rss_mb():,.0f} MB, most in flight {held}"
 
 
 def main() -> int:
@@ -100,7 +110,10 @@ def main() -> int:
     )
     parser.add_argument("--messages", type=int, default=60_000, help="readings per measurement")
     add_gateway_arguments(parser)
+    parser.add_argument("--tree", type=Path, default=None, help="run the gateways from this source tree")
     args = parser.parse_args()
+    if args.tree is not None and not (args.tree / "gateway").is_dir():
+        parser.error("--tree needs a source tree of this repository (with gateway/)")
     with kafka_for_bench(args.kafka) as (kafka, tmp):
         count = args.messages - args.messages % args.publishers
         raw = measure_raw(count, args.devices, args.publishers)
@@ -110,7 +123,8 @@ def main() -> int:
             flush=True,
         )
         print(f"kafka: {kafka.describe()}", flush=True)
-        gws = Gateways(args.gateways, uid("benchp"), kafka, tmp, args.max_in_flight, args.profile)
+        tree = args.tree.resolve() if args.tree is not None else None
+        gws = Gateways(args.gateways, uid("benchp"), kafka, tmp, args.max_in_flight, args.profile, tree)
         try:
             gws.start()
             live, pub_rate = measure_live(gws, count, args.devices, args.publishers, kafka)
@@ -119,8 +133,8 @@ def main() -> int:
                 f"({args.gateways} process(es), publishers ran at {pub_rate:,.0f}/s, split {gws.shares()})",
                 flush=True,
             )
-            drain = measure_drain(gws, count, args.devices, args.publishers, kafka)
-            print(f"(c) gateway backlog drain            : {drain:9,.0f} readings/s", flush=True)
+            drain, held = measure_drain(gws, count, args.devices, args.publishers, kafka)
+            print(f"(c) gateway backlog drain            : {drain:9,.0f} readings/s  ({held})", flush=True)
         finally:
             gws.stop()
             gws.discard_sessions()

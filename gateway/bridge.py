@@ -64,6 +64,7 @@ class Bridge:
         max_in_flight: int,
         notify: Notify | None = None,
         max_clock_ahead_ms: int = MAX_CLOCK_AHEAD_MS,
+        resume: Callable[[], None] | None = None,
     ) -> None:
         self._sink = sink
         self._max_clock_ahead_ms = max_clock_ahead_ms
@@ -71,6 +72,8 @@ class Bridge:
         self._ack = ack
         self._notify = notify
         self._max_in_flight = max_in_flight
+        self._resume = resume  # tells the MQTT side that may_take() may have turned true
+        self._peak = 0  # written by the MQTT thread only
         self._received = 0  # written by the MQTT thread only
         self._received_counted = 0  # main thread only: how many of them the received metric has
         self._completed = 0  # written by the main thread only
@@ -99,6 +102,18 @@ class Bridge:
     def in_flight(self) -> int:
         return self._received - self._completed
 
+    @property
+    def peak_in_flight(self) -> int:
+        """The most readings ever in flight at once (received, Kafka not yet confirmed)."""
+        return self._peak
+
+    def may_take(self) -> bool:
+        """Asked by the MQTT side before it takes each PUBLISH from the stream: the in-flight bound.
+        The broker's Receive Maximum alone does not hold it (Mosquitto 2.0.11 refills a session's
+        in-flight window per PUBACK by the acked message's place in it, not by what is in flight:
+        a drained backlog came in at 22-138k readings at once against 5,000)."""
+        return self._received - self._completed < self._max_in_flight
+
     def on_message(self, topic: str, payload: bytes, mid: int, qos: int, generation: int) -> None:
         """Called for every message; never raises and never blocks. Whatever happens to the message's
         bookkeeping, the message itself becomes one Kafka record (a reading or a dead letter)."""
@@ -107,6 +122,9 @@ class Bridge:
             return
         now = time.time()
         self._received += 1
+        in_flight = self._received - self._completed
+        if in_flight > self._peak:
+            self._peak = in_flight
         try:
             out = route(topic, payload, int(now * 1000), self._max_clock_ahead_ms)
         except Exception as exc:  # bad input must never take the gateway down
@@ -189,8 +207,13 @@ class Bridge:
             return
         self._confirmed = []
         self._sink.delivered_ok()
+        # Counted before the acks go out: their wake-up of the MQTT thread then finds room under the
+        # in-flight bound (may_take).
+        self._completed += len(confirmed)
         # One batch of acks per Kafka poll: one wake-up of the MQTT thread instead of one per message.
         acked = self._ack([(p.mid, p.qos, p.generation) for p in confirmed])
+        if not acked and self._resume is not None:
+            self._resume()  # no PUBACK (an earlier connection's messages) woke it
         self._acked += acked
         self._metrics.acked.inc(acked)
         if self._notify is not None:
@@ -204,7 +227,6 @@ class Bridge:
             else:
                 self._metrics.rejected.labels(reason=pending.out.reason).inc()
         self._metrics.produced.inc(produced)
-        self._completed += len(confirmed)
 
     def _notify_boards(self, notify: Notify, confirmed: list[_Pending]) -> None:
         # One ack message per (board, boot) per flush. Sent even for messages of an earlier MQTT

@@ -55,6 +55,12 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "iot_gateway_in_flight", "Messages received and not yet confirmed by Kafka", registry=r
         )
+        self.in_flight_peak = Gauge(
+            "iot_gateway_in_flight_peak",
+            "Most messages ever in flight at once since the process started (bounded by "
+            "IOT_GATEWAY_MAX_IN_FLIGHT)",
+            registry=r,
+        )
         self.latency = Histogram(
             "iot_gateway_produce_latency_seconds",
             "Time from MQTT receive to Kafka delivery confirmation",

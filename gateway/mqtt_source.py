@@ -3,8 +3,10 @@
 The client id is stable and the session outlives the connection (clean_start=False plus a session
 expiry), so QoS 1 readings the gateway has not acked, and those published while it is away, wait in
 the broker and are redelivered. Receive Maximum = the in-flight bound: once acks stop (Kafka away),
-the broker sends no more than that many un-acked readings, which is the gateway's backpressure
-(Mosquitto 2.0.11 overshoots it while acks flow; measured, harmless).
+the broker sends no more than that many un-acked readings. While acks flow Mosquitto 2.0.11 does
+not hold it (each PUBACK refills the window by the acked message's place in it, fixed in 2.0.13), so
+the gateway also stops reading PUBLISHes while that many are in flight (`start`'s `may_take`): the
+rest waits in the socket and the broker, TCP backpressure.
 
 Every callback runs in paho's network thread, and an exception escaping one ends that thread for
 good while the process lives on (issue #19: a retained health message of `[` x 3,000 did so at every
@@ -131,9 +133,11 @@ class MqttSource:
                 "message",
             )
 
-    def start(self, handler: MessageHandler) -> None:
-        """Connect and hand every reading message to `handler` (in the network thread)."""
+    def start(self, handler: MessageHandler, may_take: Callable[[], bool] | None = None) -> None:
+        """Connect and hand every reading message to `handler` (in the network thread); while
+        `may_take()` says no, read no further PUBLISH (call `resume` when it may say yes again)."""
         self._handler = handler
+        self._client.take_gate = may_take
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._settings.session_expiry_s
         props.ReceiveMaximum = self._settings.max_in_flight
@@ -156,6 +160,10 @@ class MqttSource:
         return self._client.ack_batch(
             mid for mid, qos, generation in done if qos == 1 and generation == current
         )
+
+    def resume(self) -> None:
+        """The in-flight bound may have room again: the network thread asks `may_take` anew."""
+        self._client.wake()
 
     def notify(self, messages: list[tuple[str, bytes]]) -> int:
         """Publish end-to-end acks at QoS 0; returns how many were sent (none while disconnected)."""

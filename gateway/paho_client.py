@@ -15,6 +15,7 @@ subclass
   * writes consecutive queued PUBACKs and end-to-end acks with one `send`;
   * reads a PUBLISH without properties (every reading) itself (`_plain_publish`): paho's parser
     builds a `Properties` object and a `threading.Condition` per message, ~15 % of a reading's CPU;
+  * takes no PUBLISH while its `take_gate` says no (the gateway's in-flight bound, see `_loop`);
   * hands on a PUBLISH whose MQTT v5 properties paho cannot parse without them (`_handle_publish`).
     A board may attach a user property holding U+FEFF: Mosquitto 2.0.11 accepts and forwards it (valid
     UTF-8), paho 2.2 refuses it as a malformed packet and drops the connection, and the broker
@@ -23,8 +24,9 @@ subclass
 Measured in a 2,000-board soak (bench/soak.py --tracemalloc): with paho's `publish`, the ack packets
 queued for the network thread were the gateway's largest allocation (30-85 MB traced, swinging:
 Conditions, packet dicts, message infos), and PUBACKs to the broker waited behind them.
-It overrides paho private methods (`_sock_recv`, `loop_read`, `_packet_read`, `_packet_queue`,
-`_packet_write`, `_handle_publish`), calls `_packet_handle`, `_handle_on_message` and `_easy_log`,
+It overrides paho private methods (`_sock_recv`, `loop_read`, `_loop`, `_packet_read`, `_packet_queue`,
+`_packet_write`, `_handle_publish`), calls `_packet_handle`, `_handle_on_message`, `_easy_log`,
+`loop_misc` and `want_write`,
 fills `MQTTMessage`'s slots and, for a client without per-topic callbacks, calls `on_message` itself
 as `_handle_on_message` would (`_deliver`), which is why pyproject pins paho-mqtt < 3 and the
 gateway's tests run on it end to end.
@@ -33,6 +35,7 @@ gateway's tests run on it end to end.
 from __future__ import annotations
 
 import contextlib
+import select
 import struct
 import threading
 from collections.abc import Callable, Iterable
@@ -56,6 +59,9 @@ pins.require(
         for name in (
             "_sock_recv",
             "loop_read",
+            "_loop",
+            "loop_misc",
+            "want_write",
             "_packet_queue",
             "_packet_write",
             "_handle_publish",
@@ -71,6 +77,7 @@ pins.require(
 _INSTANCE_HOOKS = (
     "_sock",
     "_sockpairW",
+    "_sockpairR",
     "_out_packet",
     "_protocol",
     "_in_packet",
@@ -117,6 +124,11 @@ class BatchingClient(mqtt.Client):
         self._deferring_wake = False
         self._topic_heads: dict[str, bytes] = {}
         self._filtered_callbacks = False  # message_callback_add was called: paho's dispatch then
+        self._holding = False  # a PUBLISH waits unread in the buffer: the take gate said no
+        self.take_gate: Callable[[], bool] | None = None
+        """Asked (in the network thread) before each PUBLISH is taken from the stream; while it says no,
+        the PUBLISH and everything behind it stay unread (the broker then meets TCP backpressure) and
+        `wake()` makes the network thread ask again."""
         self.on_bad_properties: Callable[[bytes, str], None] | None = None
         """Called (in the network thread) with the raw topic and paho's complaint when a PUBLISH is
         handed on without the properties paho could not parse."""
@@ -188,6 +200,18 @@ class BatchingClient(mqtt.Client):
         (nearly every one) is taken in one slice: paho reads a packet through 3-4 `_sock_recv` calls
         (command byte, each length byte, body) with a dozen dict updates. A partial packet, another
         packet type, or a packet paho has begun goes paho's way."""
+        gate = self.take_gate
+        if gate is not None and self._in_packet["command"] == 0 and not gate():
+            if not self._buffered():
+                # The next packet's kind is known only once its first byte is read: one chunk into
+                # the buffer, nothing parsed. A PINGRESP or SUBACK at the head still goes through.
+                failed = self._fill()
+                if failed is not None:
+                    return failed
+            if self._rbuf[self._rpos] & 0xF0 == _PUBLISH:
+                self._holding = True
+                return mqtt.MQTT_ERR_AGAIN
+        self._holding = False
         buf, pos = self._rbuf, self._rpos
         if (
             self._in_packet["command"] != 0
@@ -228,6 +252,23 @@ class BatchingClient(mqtt.Client):
             self._last_bytes_received = mqtt.time_func()
         return rc
 
+    def _fill(self) -> mqtt.MQTTErrorCode | None:
+        """Read one chunk into the (consumed) buffer; None once bytes are there, else the code paho's
+        _packet_read gives for the same outcome of its own read."""
+        try:
+            data: bytes = super()._sock_recv(_READ_CHUNK)
+        except BlockingIOError:
+            return mqtt.MQTT_ERR_AGAIN
+        except OSError as err:
+            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+            return mqtt.MQTT_ERR_CONN_LOST
+        if not data:
+            return mqtt.MQTT_ERR_CONN_LOST
+        self._rsock, self._rbuf, self._rpos = self._sock, data, 0
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        return None
+
     def _paho_packet_read(self) -> mqtt.MQTTErrorCode:
         rc: mqtt.MQTTErrorCode = super()._packet_read()
         return rc
@@ -237,9 +278,59 @@ class BatchingClient(mqtt.Client):
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         rc: mqtt.MQTTErrorCode = super().loop_read(max_packets)
-        # Each pass consumes at least one buffered byte, so this ends with the buffer.
-        while rc == mqtt.MQTT_ERR_SUCCESS and self._buffered():
+        # Each pass consumes at least one buffered byte (or holds), so this ends.
+        while rc == mqtt.MQTT_ERR_SUCCESS and self._buffered() and not self._holding:
             rc = super().loop_read(1)
+        return rc
+
+    def wake(self) -> None:
+        """Make the network thread ask the take gate again (call it when the gate may have opened)."""
+        self._wake()
+
+    def _loop(self, timeout: float = 1.0) -> mqtt.MQTTErrorCode:
+        """paho's loop step, except while a PUBLISH is held: then the socket is not selected for
+        reading (it stays readable: selecting it would spin), and writes, wake-ups and keep-alive go
+        on. A held PUBLISH is taken, with the rest of the buffer, as soon as the gate opens."""
+        if self._holding and (self._sock is None or self._sock is not self._rsock):
+            # Held bytes of a connection that is gone: never parsed (the broker redelivers them).
+            self._holding = False
+        if self._holding:
+            gate = self.take_gate
+            if gate is None or gate():
+                rc = self.loop_read()
+                if rc != mqtt.MQTT_ERR_SUCCESS or self._sock is None:
+                    return rc
+            if self._holding and self._sock is not None:
+                return self._loop_holding(timeout)
+        rc2: mqtt.MQTTErrorCode = super()._loop(timeout)
+        return rc2
+
+    def _loop_holding(self, timeout: float) -> mqtt.MQTTErrorCode:
+        sock, wakeup = self._sock, self._sockpairR
+        assert sock is not None
+        try:
+            readable, writable, _ = select.select(
+                [wakeup] if wakeup is not None else [], [sock] if self.want_write() else [], [], timeout
+            )
+        except (OSError, TypeError, ValueError):
+            # The socket went away under select: paho's own step meets the same and handles it.
+            rc: mqtt.MQTTErrorCode = super()._loop(0.0)
+            return rc
+        if wakeup is not None and wakeup in readable:
+            with contextlib.suppress(BlockingIOError):
+                wakeup.recv(10000)
+            writable = [sock]  # a wake-up usually means packets were queued: write them now
+        if sock in writable:
+            rc = self.loop_write()
+            if rc != mqtt.MQTT_ERR_SUCCESS or self._sock is None:
+                return rc
+        # Keep-alive: the PINGRESP to our PINGREQ is behind the held PUBLISH, so paho, which counts
+        # only bytes it has read, would call the connection dead after 2 x keepalive. Unread bytes
+        # from the broker are waiting, so it lives; paho still sends a PINGREQ every keepalive, which
+        # keeps the broker's side of keep-alive, and a dead broker fails those writes.
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        rc = self.loop_misc()
         return rc
 
     def stop(self, timeout: float = 5.0) -> bool:

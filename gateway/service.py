@@ -42,9 +42,16 @@ def run(settings: GatewaySettings) -> int:
     source = MqttSource(settings, metrics, registry)
     notify = source.notify if settings.e2e_ack else None
     bridge = Bridge(
-        sink, metrics, source.ack, settings.max_in_flight, notify, settings.max_clock_ahead_s * 1000
+        sink,
+        metrics,
+        source.ack,
+        settings.max_in_flight,
+        notify,
+        settings.max_clock_ahead_s * 1000,
+        resume=source.resume,
     )
     metrics.in_flight.set_function(lambda: bridge.in_flight)
+    metrics.in_flight_peak.set_function(lambda: bridge.peak_in_flight)
 
     stop = threading.Event()
 
@@ -60,7 +67,7 @@ def run(settings: GatewaySettings) -> int:
         _log.info("metrics_serving", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     if registry is not None:
         registry.start()
-    source.start(bridge.on_message)
+    source.start(bridge.on_message, bridge.may_take)
     next_stats = time.monotonic() + _STATS_EVERY_S
     try:
         while not stop.is_set():

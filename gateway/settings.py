@@ -134,9 +134,8 @@ class GatewaySettings:
             # 0 = never give up on a reading: while Kafka is away readings wait in the producer and,
             # beyond the in-flight bound, in the MQTT broker; a timeout would only force a re-send.
             "message.timeout.ms": 0,
-            # Far above the in-flight bound (and Mosquitto's overshoot of it, at most its own
-            # max_inflight_messages), so produce() does not raise BufferError; if it ever does, the
-            # record is retried.
+            # Far above the in-flight bound (which the gateway holds itself, bridge.may_take), so
+            # produce() does not raise BufferError; if it ever does, the record is retried.
             "queue.buffering.max.messages": max(100_000, 4 * self.max_in_flight),
         }
         return config

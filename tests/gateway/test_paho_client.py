@@ -135,3 +135,44 @@ def test_published_batches_arrive_whole_and_in_order_and_nothing_is_queued_while
     sender.loop_stop()
     listener.disconnect()
     listener.loop_stop()
+
+
+def test_a_closed_take_gate_holds_publishes_unread_past_keepalive_then_takes_each_once() -> None:
+    """The gateway's in-flight bound: while `take_gate` says no, no PUBLISH is taken (the rest waits
+    in the socket), the connection outlives several keep-alive periods although the PINGRESPs are
+    stuck behind the held PUBLISHes, and once the gate opens every message arrives once, in order."""
+    topic = f"sensors/{unique('gate')}/dev/reading"
+    count, room = 200, 10
+    keepalive = 1
+    received: list[bytes] = []
+    disconnected = threading.Event()
+    client = BatchingClient(
+        CallbackAPIVersion.VERSION2, client_id=unique("gatesub"), protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    client.on_message = lambda _c, _u, message: received.append(bytes(message.payload))
+    client.on_disconnect = lambda *_a: disconnected.set()
+    open_gate = threading.Event()
+    client.take_gate = lambda: open_gate.is_set() or len(received) < room
+    host, port = SHARED.prepare(client)
+    client.connect(host, port, keepalive=keepalive, clean_start=True)
+    client.loop_start()
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.subscribe(topic, qos=1)
+    assert subscribed.wait(10)
+    publisher = Publisher()
+    try:
+        for i in range(count):
+            publisher.publish_raw(topic, f"{i}".encode() * 50)
+        wait_for(lambda: len(received) == room, 10, f"the first {room} messages")
+        # Five keep-alive periods held: paho alone would give up after two without a PINGRESP.
+        assert not disconnected.wait(5 * keepalive), "keep-alive dropped the connection while held"
+        assert len(received) == room
+        open_gate.set()
+        client.wake()
+        wait_for(lambda: len(received) == count, 30, f"all {count} messages once the gate opened")
+        assert received == [f"{i}".encode() * 50 for i in range(count)]
+        assert not disconnected.is_set()
+    finally:
+        publisher.close()
+        client.stop()
