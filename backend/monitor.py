@@ -10,7 +10,8 @@ loaded box) in `bench/backend_throughput.py`.
 `QuietMonitor` is passed as the app's `monitor` (a supported App argument). It stays a `Monitor`
 because Faust calls it directly (`on_tp_commit`, `track_tp_end_offset`, `stream_inbound_time` in the
 aiokafka driver's stalled-stream check), and it keeps what that check reads: the time each partition
-last delivered an event to a stream, so the "stream has not processed events" warnings stay true.
+last delivered an event to a stream (the batch path's agents stamp it for each batch they take,
+backend/app.py), so the "stream has not processed events" warnings stay true.
 Commit, rebalance and assignment hooks (a few per second at most) stay Faust's own.
 """
 

@@ -4,6 +4,7 @@ back-pressure by a soft limit, and emptied where Faust empties its streams' queu
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import faust
 import pytest
@@ -166,3 +167,38 @@ def test_the_worker_weighs_place_bundles_in_bytes_and_counts_readings_records() 
     assert place.weigh(Message(None)) == 1  # a record without a value still counts
     # Faust's stream queues (table recovery's changelog records) are not sized by the batch.
     assert runtime.app.conf.stream_buffer_maxsize == STREAM_BUFFER
+
+
+def test_a_batch_taken_by_the_agent_tells_faust_its_partitions_delivered() -> None:
+    """Faust's stalled-stream check logs "Stream has not started processing" for a partition with lag
+    whose stream never delivered an event; the batch path bypasses the streams, so the agent stamps
+    each partition of every batch it takes."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from backend.app import BackendRuntime
+    from backend.settings import load
+
+    runtime = BackendRuntime(load({"IOT_BACKEND_APP_ID": "bk-inbound", "IOT_BACKEND_BATCH_MAX": "10"}))
+    queue = runtime.app.transport.batch_queues["iot.readings"]
+    agent = next(a for a in runtime.app.agents.values() if a.name.endswith("sensor-windows"))
+    tps = [TP("iot.readings", p) for p in (1, 4)]
+    taken: list[list[Any]] = []
+
+    async def guarded(_scope: Any, messages: list[Any], _ack: Any) -> None:
+        taken.append(messages)
+        raise asyncio.CancelledError  # one batch is enough
+
+    runtime.batches.guarded = guarded  # type: ignore[method-assign]
+    inbound = runtime.app.monitor.stream_inbound_time
+    assert not any(tp in inbound for tp in tps)
+
+    async def run() -> None:
+        queue.put([SimpleNamespace(tp=tps[i % 2], value=b"{}") for i in range(4)])
+        with pytest.raises(asyncio.CancelledError):
+            await agent.fun(None)
+
+    asyncio.run(run())
+    assert len(taken) == 1 and len(taken[0]) == 4
+    assert all(tp in inbound for tp in tps)
