@@ -33,6 +33,7 @@ DEFAULTS: dict = {
     "outbox_slots": 512,
     "e2e_ack": True,
     "ack_timeout_s": 30,
+    "ack_timeout_max_s": 300,
     "keepalive_s": 60,
     "puback_timeout_s": 5,
     "publish_retries": 3,
@@ -59,6 +60,7 @@ _RANGES = {
     "bh1750_mtreg": (31, 254),
     "outbox_slots": (4, 100000),
     "ack_timeout_s": (1, 3600),
+    "ack_timeout_max_s": (1, 86400),
     "keepalive_s": (5, 3600),
     "puback_timeout_s": (0.1, 60),
     "publish_retries": (0, 10),
@@ -273,6 +275,8 @@ def validate(raw: object) -> dict:
     _check_wifi_and_pins(cfg)
     if cfg["backoff_max_s"] < cfg["backoff_min_s"]:
         raise ConfigError("backoff_max_s", "must be >= backoff_min_s")
+    if cfg["ack_timeout_max_s"] < cfg["ack_timeout_s"]:
+        raise ConfigError("ack_timeout_max_s", "must be >= ack_timeout_s")
     # A cycle must fit both conversions (BH1750: 180 ms x MTreg/69 at most) with time left to send.
     min_interval = (180 * cfg["bh1750_mtreg"] / 69 + 100) / 1000
     if cfg["interval_s"] < min_interval:

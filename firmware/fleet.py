@@ -151,7 +151,7 @@ class Fleet:
         node = self.node
         node.cfg = cfg
         node.interval_ms = max(1, int(cfg["interval_s"] * 1000))
-        node.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
+        node.set_ack_timeout(cfg)
         node.next_health = node.uptime_ms + int(cfg["health_every_s"] * 1000)
 
     # --- the loop ----------------------------------------------------------------------------

@@ -10,12 +10,13 @@ counts it.
 import gc
 import json
 import os
+import random
 import sys
 
 # Largest modules first, a collection after each: compiling from source on a ~110 KB heap needs
 # contiguous blocks that later imports would have fragmented (measured: importing in alphabetical
 # order fails at 110 KB, this order leaves ~55 KB free).
-from link import Link
+from link import Link, backoff_delay_ms
 
 gc.collect()
 from mqtt import MQTTError  # noqa: E402
@@ -177,7 +178,7 @@ class Node:
             log.event("outbox_torn_records", torn=self.outbox.torn, kept=self.outbox.flash_count,
                       action="skipped: a power cut interrupted a flash write")
         self.e2e_ack = cfg["e2e_ack"]
-        self.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
+        self.set_ack_timeout(cfg)
         self.acks = 0
         self.link = Link(board, cfg, host, port, tls, self.on_ack if self.e2e_ack else None, self.on_fleet)
         # Remote configuration and updates (fleet.py) load only when in use: the heap at boot is an
@@ -196,6 +197,13 @@ class Node:
         self.next_health = 0
         self.skipped = 0
         self._wdt_ms = int(cfg["watchdog_s"] * 1000)
+
+    def set_ack_timeout(self, cfg: dict) -> None:
+        """ack_timeout_s and its cap, at boot and from a remote config: the re-send wait starts over."""
+        self.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
+        self.ack_timeout_max_ms = int(cfg["ack_timeout_max_s"] * 1000)
+        self.ack_wait_ms = self.ack_timeout_ms  # how long the oldest unacked reading may wait now
+        self.ack_timeouts = 0  # ack timeouts in a row, with no ack between them
 
     # --- measuring --------------------------------------------------------------------------
     def _metric(self, name: str, value: float | None) -> float | None:
@@ -254,6 +262,11 @@ class Node:
             log.event("ack_invalid", error=exc, action="ignored; unacked readings are re-sent")
             return
         self.acks += released
+        if self.ack_timeouts:
+            log.event("ack_backoff_reset", timeouts=self.ack_timeouts, wait_ms=self.ack_timeout_ms,
+                      action="the gateway acks again: re-sends wait ack_timeout_s again")
+            self.ack_timeouts = 0
+            self.ack_wait_ms = self.ack_timeout_ms
 
     # --- sending ----------------------------------------------------------------------------
     def drain(self, until_ms: int) -> None:
@@ -266,9 +279,19 @@ class Node:
             return
         if self.e2e_ack:
             oldest = box.oldest_unacked_ms()
-            if oldest is not None and board.ticks_diff(board.ticks_ms(), oldest) > self.ack_timeout_ms:
+            if oldest is not None and board.ticks_diff(board.ticks_ms(), oldest) > self.ack_wait_ms:
+                # Each timeout in a row doubles the next wait, up to ack_timeout_max_s, half of it
+                # random (link.backoff_delay_ms): acks that come late because the pipeline is slow
+                # must not make the fleet send more (the 3,000-board soak re-sent 9x what it
+                # measured), and boards that timed out together do not re-send together. Never
+                # shorter than ack_timeout_s; an ack starts over (on_ack).
+                self.ack_timeouts += 1
+                self.ack_wait_ms = max(self.ack_timeout_ms, backoff_delay_ms(
+                    self.ack_timeouts, self.ack_timeout_ms, self.ack_timeout_max_ms, random.getrandbits(16)))
                 log.event("ack_timeout", in_flight=box.in_flight, queued=box.count,
-                          action="kept in flash and re-sent; is the gateway running?")
+                          timeouts=self.ack_timeouts, next_wait_ms=self.ack_wait_ms,
+                          action="kept in flash and re-sent, again after next_wait_ms without an ack;"
+                          " is the gateway running?")
                 box.spill()
         sent = 0
         # At least one entry per cycle even when running late, so a backlog always shrinks.

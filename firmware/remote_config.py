@@ -24,7 +24,8 @@ from fleet import read_json, remove, write_json
 FILE = "remote.json"  # {"rev", "set", "refused", "error"}: what is applied, and the last refusal
 TRY = "remote.try"  # {"rev", "set", "boots"}: a config on trial
 # Applied without a restart: the node and the link read them again (node.apply_config).
-LIVE = ("interval_s", "health_every_s", "offsets", "ack_timeout_s", "ntp_every_s", "ntp_host")
+LIVE = ("interval_s", "health_every_s", "offsets", "ack_timeout_s", "ack_timeout_max_s", "ntp_every_s",
+        "ntp_host")
 # Fields a remote config may not set: the board's identity and login belong to its broker account
 # (`iot devices add`), which a config message cannot move. fleetops/remote.py reads both tuples.
 NOT_REMOTE = ("device", "place", "mqtt_user", "mqtt_password")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -233,6 +234,62 @@ def test_unacked_readings_go_to_flash_are_resent_and_released_once_a_gateway_ack
         assert seqs == set(range(max(seqs) + 1))  # nothing lost on the way
     finally:
         gateways.close()
+
+
+def _ack_timeouts(console: str) -> list[dict[str, int]]:
+    """The board's ack_timeout events, oldest first: {"timeouts": N, "next_wait_ms": M}."""
+    return [
+        {k: int(v) for k, v in re.findall(r"(timeouts|next_wait_ms)=(\d+)", line)}
+        for line in console.splitlines()
+        if line.startswith("ack_timeout ")
+    ]
+
+
+def test_resends_without_acks_back_off_to_the_cap_and_an_ack_starts_the_wait_over(
+    make_board: BoardFactory, probe: Probe, tmp_path: Path
+) -> None:
+    """No gateway acks: the board re-sends its window after ack_timeout_s, then after a wait that
+    doubles (half of it random) up to ack_timeout_max_s. Before, it re-sent every ack_timeout_s for
+    as long as acks stayed away (the soak's congestion collapse): seq 0 was re-sent 53 times in
+    120 virtual seconds. The clock runs 10x; health's uptime is the board's time."""
+    from tests.gateway.conftest import GatewayFactory
+
+    timeout_s, cap_s, span_s = 2, 16, 120
+    gateways = GatewayFactory(tmp_path)  # started only for the second half
+    board = make_board(
+        place=gateways.place, e2e_ack=True, ack_timeout_s=timeout_s, ack_timeout_max_s=cap_s, interval_s=10, health_every_s=5,
+        spec={"clock_speed": 10},
+    )
+    board.start()
+    health = wait_for(
+        lambda: [h for h in health_of(probe, board.device) if h["uptime_s"] >= span_s],
+        span_s,  # 12 s of real time at 10x, the rest margin for a loaded host
+        f"health after {span_s} virtual seconds",
+    )[0]
+    resends = seqs_of(probe.readings(board.device)).count(0) - 1
+    # The most timeouts the backoff allows: the first after ack_timeout_s, each next one after the
+    # shortest wait the n-th step allows (its fixed half, never below ack_timeout_s), until the
+    # board's uptime (+10 s: it ran on while the probe was read); and one re-send per reconnect.
+    allowed, at = 0, timeout_s
+    while at <= health["uptime_s"] + 10:
+        allowed += 1
+        at += max(timeout_s, min(timeout_s << allowed, cap_s) / 2)
+    allowed += health["reconnects"]
+    # Every ack_timeout_s (+1 s of loop granularity), as before, is ~40-55.
+    assert 0 < resends <= allowed < span_s // (timeout_s + 1), (resends, allowed)
+    waits = [e["next_wait_ms"] for e in _ack_timeouts(board.console())]
+    assert waits and all(timeout_s * 1000 <= w <= cap_s * 1000 for w in waits), waits
+    assert max(waits) >= cap_s * 1000 // 2  # it reached the cap: still re-sending, no more often
+    try:
+        gateways()
+        board.wait_console("ack_backoff_reset", 60)
+        wait_for(lambda: outbox_state(board)[1] == 0, 60, "flash outbox released by the gateway's acks")
+    finally:
+        gateways.close()
+    # The gateway is gone again: the first timeout after the acks waits ack_timeout_s, not the cap.
+    seen = len(_ack_timeouts(board.console()))
+    after = wait_for(lambda: _ack_timeouts(board.console())[seen:], 60, "an ack timeout after the reset")
+    assert after[0]["timeouts"] == 1 and after[0]["next_wait_ms"] <= 2 * timeout_s * 1000, after
 
 
 def test_oversized_incoming_packet_is_dropped_unread_and_the_session_survives(
