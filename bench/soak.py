@@ -202,6 +202,7 @@ class Soak:
             "port": self.mqtt_port,
             "rate_hz": a.rate,
             "ack_timeout_s": a.ack_timeout,
+            "ack_timeout_max_s": a.ack_timeout_max,
             "boot": 1,
         }
         cfg["passwords"] = self.provision(boards)
@@ -279,7 +280,7 @@ class Soak:
         lag.close()
         self.rss_end = {name: (pid, rss_kb(pid)) for name, pid in self.pids().items()}
         names = (
-            "sent", "resent", "acks", "bad_acks", "connects", "refused", "puback_timeouts",
+            "sent", "resent", "acks", "bad_acks", "connects", "refused", "puback_timeouts", "ack_timeouts",
             "keepalive_timeouts", "revived", "not_ready_with_outbox",
         )  # fmt: skip
         counters = {k: self.fleet_sum(k) for k in names}
@@ -370,6 +371,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=20.0)
     p.add_argument("--tail", type=float, default=20.0, help="load after the last fault")
     p.add_argument("--ack-timeout", type=float, default=30.0, help="board's ack_timeout_s")
+    p.add_argument("--ack-timeout-max", type=float, default=300.0, help="board's ack_timeout_max_s")
     p.add_argument("--tumbling", type=int, default=60)
     p.add_argument("--hopping", type=int, default=300)
     p.add_argument("--hop-step", type=int, default=60)

@@ -49,7 +49,8 @@ def wait_for_the_end(
     timings: dict[str, Any] = {}
     t0 = time.time()
     timings["outboxes_empty"] = poll_until(
-        lambda: outbox() == 0, args.ack_timeout * 4 + 180, "every outbox empty"
+        # The boards' last re-sends may wait up to ack_timeout_max_s (their backoff while acks were late).
+        lambda: outbox() == 0, max(args.ack_timeout * 4, args.ack_timeout_max) + 180, "every outbox empty"
     )
     timings["outboxes_empty_s"] = round(time.time() - t0, 1)
     total = published()

@@ -3,8 +3,11 @@
 Each board has its own MQTT 3.1.1 connection (clean session, like the firmware), publishes payload v1
 readings at QoS 1 with (device, boot, seq) ids, subscribes to its own `sensors/{place}/{device}/ack`
 and keeps every reading in its outbox until an end-to-end ack covers it (docs/CONTRACT.md). Unacked
-readings are re-sent after every reconnect and, while connected, once `ack_timeout_s` passed without an
-ack, oldest first, at most RESEND_BATCH per board per second. Everything a board queues is bounded:
+readings are re-sent after every reconnect and, while connected, once they waited `ack_timeout_s`
+without an ack, oldest first, at most RESEND_BATCH per board per second. As on the firmware
+(firmware/node.py drain), each ack timeout in a row doubles the board's next wait up to
+`ack_timeout_max_s`, half of it random, and any ack from the gateway starts it over: a slow pipeline
+gets fewer re-sends, not more. Everything a board queues is bounded:
 PUBLISH_WINDOW un-PUBACKed publishes, OUTBOX_MAX readings (beyond that the oldest is dropped and
 counted, as the firmware's ring does; a drop is a loss the soak reports).
 
@@ -53,6 +56,14 @@ def _utf8(data: bytes) -> bytes:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def next_ack_wait_s(timeouts: int, timeout_s: float, max_s: float) -> float:
+    """The firmware's wait after `timeouts` ack timeouts in a row (link.backoff_delay_ms as node.py
+    uses it): a step doubling from ack_timeout_s up to ack_timeout_max_s, its second half random,
+    never below ack_timeout_s."""
+    step = min(timeout_s * 2 ** min(timeouts, 20), max_s)
+    return max(timeout_s, step / 2 + random.uniform(0, step / 2))
 
 
 class Link(asyncio.Protocol):
@@ -125,6 +136,12 @@ class Board:
         self.dropped: list[int] = []
         self.lost = asyncio.Event()
         self.ready_once = False
+        # The ack timeout's backoff: the wait now, the timeouts in a row, and the re-send round in
+        # progress (its backlog goes out at RESEND_BATCH a second, by the wait that started it).
+        self.ack_wait_s = fleet.ack_timeout_s
+        self.ack_timeouts = 0
+        self.round_at = 0.0
+        self.round_wait_s = 0.0
 
     # --- readings -----------------------------------------------------------------------------
 
@@ -218,7 +235,9 @@ class Board:
             self.last_tx = now
         if not self.outbox:
             return
-        timeout = self.fleet.ack_timeout_s
+        fleet = self.fleet
+        in_round = now - self.round_at < self.round_wait_s
+        timeout = self.round_wait_s if in_round else self.ack_wait_s
         waiting = set(self.inflight.values())
         added = 0
         for seq, entry in self.outbox.items():
@@ -228,6 +247,13 @@ class Board:
                 self._enqueue(seq)
                 added += 1
         if added:
+            if not in_round:  # an ack timeout: the next one waits longer, until an ack comes
+                self.round_at, self.round_wait_s = now, timeout
+                self.ack_timeouts += 1
+                self.ack_wait_s = next_ack_wait_s(
+                    self.ack_timeouts, fleet.ack_timeout_s, fleet.ack_timeout_max_s
+                )
+                fleet.ack_timeouts += 1
             self.pump()
 
     # --- MQTT ---------------------------------------------------------------------------------
@@ -313,6 +339,8 @@ class Board:
         self.fleet.acks += 1
         if boot != self.boot:
             return
+        self.ack_timeouts = 0  # the gateway acks: the next re-send waits ack_timeout_s again
+        self.ack_wait_s = self.fleet.ack_timeout_s
         now = now_ms()
         outbox = self.outbox
         for first, last in ranges:
@@ -343,6 +371,7 @@ class Fleet:
         self.port: int = config["port"]
         self.rate_hz: float = config["rate_hz"]
         self.ack_timeout_s: float = config["ack_timeout_s"]
+        self.ack_timeout_max_s: float = config["ack_timeout_max_s"]
         self.out: str = config["out"]
         # Each board's own account (client id = device id, bound by the broker); none: anonymous.
         self.passwords: dict[str, str] = config.get("passwords") or {}
@@ -355,7 +384,7 @@ class Fleet:
         self.outage_until = 0.0
         self.published = self.sent = self.resent = self.released = 0
         self.acks = self.bad_acks = self.connects = self.refused = 0
-        self.puback_timeouts = self.keepalive_timeouts = self.revived = 0
+        self.puback_timeouts = self.keepalive_timeouts = self.revived = self.ack_timeouts = 0
         self.tasks: list[asyncio.Task[None]] = []
         self.latency = array("q")
         self.send_ts = array("q")  # ts of each reading, in order of first PUBLISH
@@ -433,6 +462,7 @@ class Fleet:
             "connects": self.connects,
             "refused": self.refused,
             "puback_timeouts": self.puback_timeouts,
+            "ack_timeouts": self.ack_timeouts,
             "keepalive_timeouts": self.keepalive_timeouts,
             "revived": self.revived,
             "not_ready_with_outbox": sum(1 for b in self.boards if b.outbox and not b.ready),

@@ -162,7 +162,7 @@ def table(r: dict[str, Any]) -> str:
         f"  boards                    sent {b['sent']:,}, re-sent {b['resent']:,}, "
         f"ack messages {b['acks']:,}, "
         f"connects {b['connects']:,}, PUBACK timeouts {b.get('puback_timeouts', 0)}, "
-        f"keepalive timeouts {b.get('keepalive_timeouts', 0)}"
+        f"keepalive timeouts {b.get('keepalive_timeouts', 0)}, ack timeouts {b.get('ack_timeouts', 0)}"
     )
     for coll, w in r["windows"].items():
         lines.append(

@@ -150,7 +150,7 @@ class Link:
             self.client.connect(CONNECT_TIMEOUT_MS)
             if self._on_ack is not None and not self.client.subscribe(self.ack_topic, self._puback_ms):
                 log.event("ack_subscribe_refused", topic=self.ack_topic.decode(),
-                          action="unacked readings are re-sent with a growing wait; let the board read its ack topic")
+                          action="re-sent with a growing wait; let the board read its ack topic")
             for topic in self._fleet_topics:  # refused (an ACL without them): no remote config or updates
                 if not self.client.subscribe(topic, self._puback_ms, 1):
                     log.event("subscribe_refused", topic=topic.decode())

@@ -65,6 +65,8 @@ def test_mqtts_url_selects_tls_and_port_8883() -> None:
         ({"mqtt_password": "s3cret"}, "mqtt_password"),
         ({"watchdog_s": 5}, "watchdog_s"),
         ({"tls_verify": "yes"}, "tls_verify"),
+        ({"ack_timeout_max_s": 10}, "ack_timeout_max_s"),  # below ack_timeout_s (30)
+        ({"ack_timeout_max_s": 0}, "ack_timeout_max_s"),
     ],
 )
 def test_bad_field_is_rejected_with_an_error_naming_it(change: dict[str, Any], field: str) -> None:

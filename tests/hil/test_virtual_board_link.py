@@ -257,7 +257,12 @@ def test_resends_without_acks_back_off_to_the_cap_and_an_ack_starts_the_wait_ove
     timeout_s, cap_s, span_s = 2, 16, 120
     gateways = GatewayFactory(tmp_path)  # started only for the second half
     board = make_board(
-        place=gateways.place, e2e_ack=True, ack_timeout_s=timeout_s, ack_timeout_max_s=cap_s, interval_s=10, health_every_s=5,
+        place=gateways.place,
+        e2e_ack=True,
+        ack_timeout_s=timeout_s,
+        ack_timeout_max_s=cap_s,
+        interval_s=10,
+        health_every_s=5,
         spec={"clock_speed": 10},
     )
     board.start()
