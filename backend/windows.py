@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from math import gcd
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .accumulators import WindowAcc
 
@@ -131,8 +131,11 @@ class SeqSet:
             self.floor = self.ranges.pop(0)[1]
 
 
-@dataclass(frozen=True, slots=True)
-class WindowKey:
+class WindowKey(NamedTuple):
+    """A window of one spec: (kind, size, step, start). A named tuple, not a frozen dataclass: the
+    engine makes, hashes and compares several per reading (set and dict keys), and a tuple does the
+    last two in C (creation 0.23 against 0.51 µs, membership in a set 0.05 against 0.28; issue #24)."""
+
     kind: str
     size_ms: int
     step_ms: int
