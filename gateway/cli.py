@@ -18,8 +18,9 @@ _log = log.get("gateway")
 
 # The cyclic collector's thresholds while the gateway runs (CPython's default is 700, 10, 10). What lives
 # across collections is the readings in flight: each a _Pending, its Outgoing record and the delivery
-# callback's closure, held until Kafka confirms it. Draining a backlog, Mosquitto overshoots the Receive
-# Maximum (22-138k of a 150k backlog were received and not yet acked at once); with the default those
+# callback's closure, held until Kafka confirms it. Draining a backlog, Mosquitto overshot the Receive
+# Maximum (22-138k of a 150k backlog were received and not yet acked at once, before the gateway held
+# IOT_GATEWAY_MAX_IN_FLIGHT itself: bridge.may_take); with the default those
 # reached the oldest generation and each quarter of growth triggered a full pass over all of them: 9-11 full
 # passes of 32-93 ms, 10-22 % of the gateway's CPU (median 14 %, 5 drains), and 6 % while live at 8-17k
 # readings/s (gc.callbacks, issue #24). With these: 2-6 % and 0.5 %, no full pass while running, and the
