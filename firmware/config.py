@@ -275,6 +275,10 @@ def validate(raw: object) -> dict:
     _check_wifi_and_pins(cfg)
     if cfg["backoff_max_s"] < cfg["backoff_min_s"]:
         raise ConfigError("backoff_max_s", "must be >= backoff_min_s")
+    if "ack_timeout_max_s" not in raw and cfg["ack_timeout_s"] > cfg["ack_timeout_max_s"]:
+        # A config written before the cap existed, or one that raised only the timeout: the cap follows
+        # the timeout (no backoff beyond it), so a board updated in the field keeps its config.
+        cfg["ack_timeout_max_s"] = cfg["ack_timeout_s"]
     if cfg["ack_timeout_max_s"] < cfg["ack_timeout_s"]:
         raise ConfigError("ack_timeout_max_s", "must be >= ack_timeout_s")
     # A cycle must fit both conversions (BH1750: 180 ms x MTreg/69 at most) with time left to send.

@@ -79,6 +79,18 @@ def test_bad_field_is_rejected_with_an_error_naming_it(change: dict[str, Any], f
     assert f"'{field}'" in str(err.value)
 
 
+def test_a_config_from_before_the_ack_cap_keeps_a_long_ack_timeout() -> None:
+    """ack_timeout_max_s came with the re-send backoff (default 300 s). A board whose config raised only
+    ack_timeout_s above it (a config from before the cap) must still start after an update: the cap
+    follows the timeout. Before, such a config was refused and the board never came up."""
+    cfg = config.validate(dict(GOOD, ack_timeout_s=600))
+    assert cfg["ack_timeout_s"] == 600 and cfg["ack_timeout_max_s"] == 600
+    assert config.validate(dict(GOOD))["ack_timeout_max_s"] == config.DEFAULTS["ack_timeout_max_s"]
+    with pytest.raises(config.ConfigError) as err:  # a cap given below the timeout is still an error
+        config.validate(dict(GOOD, ack_timeout_s=600, ack_timeout_max_s=300))
+    assert err.value.field == "ack_timeout_max_s"
+
+
 def test_error_never_echoes_the_password() -> None:
     with pytest.raises(config.ConfigError) as err:
         config.validate(dict(GOOD, mqtt_password="hunter2"))
