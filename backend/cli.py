@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from typing import Any, Final
+from typing import Any
 
-from iot import log
+from iot import heap, log
 from iot.env import CONTRACT, LOG, Variables
 
 from . import settings as settings_mod
@@ -26,20 +26,8 @@ def _run_backend(_args: argparse.Namespace) -> int:
 
     runtime = BackendRuntime(settings)
     _freeze_startup_heap()
-    gc.set_threshold(*GC_THRESHOLDS)
+    heap.collector_tuned()  # for the batches in flight (iot/heap.py)
     return runtime.run()
-
-
-# The cyclic collector's thresholds while the worker runs (CPython's default is 700, 10, 10). What
-# lives across collections is mostly in flight: the fetched records waiting in the batch queues (up to
-# 4 batches of ConsumerMessages, each with Faust's weak references) and the batch being computed. With
-# the default, those survive two young collections, reach the oldest generation and trigger a full
-# pass every ~70k allocations (the oldest generation is small, so they soon exceed its quarter): in a
-# 250k-reading backlog 36 full passes, ~100 ms each, and 4.5 s of collection in all, a third of the
-# worker's CPU (gc.callbacks, issue #24). A young generation of 20,000 objects and fewer passes of the
-# older ones: 1.1 s in all. Cyclic garbage still goes at the next young collection (a batch makes
-# ~20 allocations a reading); nothing else changes (refcounting frees the rest as before).
-GC_THRESHOLDS: Final = (20_000, 50, 20)
 
 
 def _freeze_startup_heap() -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import gc
-from typing import Any, Final
+from typing import Any
 
-from iot import contract, log
+from iot import contract, heap, log
 from iot.topics import CONTRACT_TOPICS, TopicAdmin, TopicError
 
 from .service import run
@@ -15,20 +14,6 @@ from .settings import VARIABLES, GatewaySettings
 __all__ = ["register"]
 
 _log = log.get("gateway")
-
-# The cyclic collector's thresholds while the gateway runs (CPython's default is 700, 10, 10). What lives
-# across collections is the readings in flight: each a _Pending, its Outgoing record and the delivery
-# callback's closure, held until Kafka confirms it. Draining a backlog, Mosquitto overshot the Receive
-# Maximum (22-138k of a 150k backlog were received and not yet acked at once, before the gateway held
-# IOT_GATEWAY_MAX_IN_FLIGHT itself: bridge.may_take); with the default those
-# reached the oldest generation and each quarter of growth triggered a full pass over all of them: 9-11 full
-# passes of 32-93 ms, 10-22 % of the gateway's CPU (median 14 %, 5 drains), and 6 % while live at 8-17k
-# readings/s (gc.callbacks, issue #24). With these: 2-6 % and 0.5 %, no full pass while running, and the
-# same RSS for the same readings in flight. At a fleet's pace (1,000 readings/s) the default took 0.1-0.3 %
-# and these nothing (CPU per reading unchanged): few readings are in flight and refcounting frees them. The
-# gateway makes little cyclic garbage, so a young generation of 20,000 objects holds back little memory. (No
-# gc.freeze() of the start-up heap as in the backend: without full passes, nothing walks it.)
-GC_THRESHOLDS: Final = (20_000, 50, 20)
 
 
 def register(subparsers: Any) -> None:
@@ -51,7 +36,9 @@ def register(subparsers: Any) -> None:
 def _main(args: argparse.Namespace) -> int:
     settings = GatewaySettings.from_env()
     _check_kafka(settings, create=not args.no_create_topics)
-    gc.set_threshold(*GC_THRESHOLDS)
+    # For the readings in flight (iot/heap.py). No gc.freeze() of the start-up heap as in the backend:
+    # without full passes, nothing walks it.
+    heap.collector_tuned()
     return run(settings)
 
 

@@ -13,6 +13,7 @@ import pytest
 import backend.app
 from backend import cli
 from backend import settings as settings_mod
+from iot import heap
 
 pytestmark = pytest.mark.unit
 
@@ -55,5 +56,5 @@ def test_the_worker_runs_with_the_collector_tuned_for_batches(monkeypatch: pytes
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
-    assert seen == [cli.GC_THRESHOLDS]
-    assert cli.GC_THRESHOLDS[0] > 700  # a young generation bigger than CPython's default
+    assert seen == [heap.GC_THRESHOLDS]
+    assert heap.GC_THRESHOLDS[0] > 700  # a young generation bigger than CPython's default

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway import cli
+from iot import heap
 
 pytestmark = pytest.mark.unit
 
@@ -32,5 +33,5 @@ def test_the_gateway_runs_with_a_young_generation_bigger_than_the_default(
         assert cli._main(argparse.Namespace(no_create_topics=False)) == 0
     finally:
         gc.set_threshold(*before)
-    assert seen == [cli.GC_THRESHOLDS]
-    assert cli.GC_THRESHOLDS[0] > 700  # CPython's default young generation
+    assert seen == [heap.GC_THRESHOLDS]
+    assert heap.GC_THRESHOLDS[0] > 700  # CPython's default young generation
