@@ -530,9 +530,8 @@ class Batches:
             m.amended.labels(scope, doc["place"]).inc()
         if out.amended_readings:
             m.amended_readings.labels(scope).inc(out.amended_readings)
-        for doc in out.final_docs:
-            m.finalized.labels(scope, doc["kind"]).inc()
-        for doc in out.final_docs + out.amended_docs:
+        m.count_final(scope, out.final_docs)
+        for doc in out.amended_docs:
             m.show_window(scope, doc)
 
 
