@@ -2,14 +2,16 @@
 
 Each board has its own MQTT 3.1.1 connection (clean session, like the firmware), publishes payload v1
 readings at QoS 1 with (device, boot, seq) ids, subscribes to its own `sensors/{place}/{device}/ack`
-and keeps every reading in its outbox until an end-to-end ack covers it (docs/CONTRACT.md). Unacked
-readings are re-sent after every reconnect and, while connected, once they waited `ack_timeout_s`
-without an ack, oldest first, at most RESEND_BATCH per board per second. As on the firmware
-(firmware/node.py drain), each ack timeout in a row doubles the board's next wait up to
-`ack_timeout_max_s`, half of it random, and any ack from the gateway starts it over: a slow pipeline
-gets fewer re-sends, not more. Everything a board queues is bounded:
-PUBLISH_WINDOW un-PUBACKed publishes, OUTBOX_MAX readings (beyond that the oldest is dropped and
-counted, as the firmware's ring does; a drop is a loss the soak reports).
+and keeps every reading in its outbox until an end-to-end ack covers it (docs/CONTRACT.md). It sends
+as the firmware does (firmware/outbox.py, firmware/node.py drain): at most WINDOW readings (the
+firmware's Outbox.window) published and not yet acked, from the front of the outbox, oldest
+first; the rest wait. Acked readings leave from the front, so one missing ack holds the window. The
+window is re-sent, from the front, after every reconnect and, while connected, when its oldest
+unacked reading waited the board's ack wait without an ack: each ack timeout in a row doubles that
+wait from `ack_timeout_s` up to `ack_timeout_max_s`, half of it random, and any ack from the gateway
+starts it over, so a slow pipeline gets fewer re-sends, not more. Everything a board queues is
+bounded: PUBLISH_WINDOW un-PUBACKed publishes, OUTBOX_MAX readings (beyond that the oldest is dropped
+and counted, as the firmware's ring does; a drop is a loss the soak reports).
 
 The protocol is written out here (asyncio.Protocol, a few packet types) rather than one paho client
 per board: 2,000 paho clients means 2,000 threads, and paho in one process with many messages in
@@ -25,6 +27,7 @@ Every second it prints one JSON line of counters on stdout.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import struct
@@ -32,12 +35,13 @@ import sys
 import time
 from array import array
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from gateway.paho_client import remaining_length
 
+WINDOW = 16  # firmware/outbox.py Outbox(window=16): readings published and not yet acked
 PUBLISH_WINDOW = 16
-RESEND_BATCH = 100
 OUTBOX_MAX = 20_000
 KEEPALIVE_S = 30
 CONNECT_TIMEOUT_S = 10.0
@@ -62,7 +66,7 @@ def next_ack_wait_s(timeouts: int, timeout_s: float, max_s: float) -> float:
     """The firmware's wait after `timeouts` ack timeouts in a row (link.backoff_delay_ms as node.py
     uses it): a step doubling from ack_timeout_s up to ack_timeout_max_s, its second half random,
     never below ack_timeout_s."""
-    step = min(timeout_s * 2 ** min(timeouts, 20), max_s)
+    step = min(timeout_s * (1 << min(timeouts, 20)), max_s)
     return max(timeout_s, step / 2 + random.uniform(0, step / 2))
 
 
@@ -121,10 +125,13 @@ class Board:
         self.place, self.device, self.boot, self.index = place, device, boot, index
         self.topic = _utf8(f"sensors/{place}/{device}/reading".encode())
         self.ack_topic = f"sensors/{place}/{device}/ack"
-        self.outbox: dict[int, list[Any]] = {}  # seq -> [payload, ts_ms, last_sent_monotonic (0 = never)]
-        self.queue: deque[int] = deque()
-        self.queued: set[int] = set()
-        self.inflight: dict[int, int] = {}  # packet id -> seq
+        # [seq, payload, ts_ms, last sent (monotonic, 0 = never)], oldest first. The first `sending`
+        # were published since the last rewind (at most WINDOW); `acked` holds those of them an
+        # ack covered while an older one waits (they leave from the front, as on the firmware).
+        self.outbox: deque[list[Any]] = deque()
+        self.sending = 0
+        self.acked: set[int] = set()
+        self.inflight: dict[int, int] = {}  # packet id -> seq, not yet PUBACKed
         self.inflight_since: dict[int, float] = {}  # packet id -> when sent
         self.link: Link | None = None
         self.ready = False
@@ -136,12 +143,10 @@ class Board:
         self.dropped: list[int] = []
         self.lost = asyncio.Event()
         self.ready_once = False
-        # The ack timeout's backoff: the wait now, the timeouts in a row, and the re-send round in
-        # progress (its backlog goes out at RESEND_BATCH a second, by the wait that started it).
+        # The ack timeout's backoff: how long the oldest unacked reading may wait now, and the ack
+        # timeouts in a row.
         self.ack_wait_s = fleet.ack_timeout_s
         self.ack_timeouts = 0
-        self.round_at = 0.0
-        self.round_wait_s = 0.0
 
     # --- readings -----------------------------------------------------------------------------
 
@@ -164,42 +169,42 @@ class Board:
             "luminosity": None if seq % 97 == 5 else ((seq * 11 + d) % 64000) / 64,
             "fw": "soak-1.0",
         }
-        self.outbox[seq] = [json.dumps(reading, separators=(",", ":")).encode(), reading["ts"], 0.0]
+        self.outbox.append([seq, json.dumps(reading, separators=(",", ":")).encode(), reading["ts"], 0.0])
         self.fleet.published += 1
         if len(self.outbox) > OUTBOX_MAX:
-            oldest = next(iter(self.outbox))
-            del self.outbox[oldest]
+            oldest = self.outbox.popleft()[0]
+            if self.sending:
+                self.sending -= 1
+                self.acked.discard(oldest)
             self.dropped.append(oldest)
-        self._enqueue(seq)
         self.pump()
 
-    def _enqueue(self, seq: int) -> None:
-        if seq not in self.queued:
-            self.queued.add(seq)
-            self.queue.append(seq)
+    def rewind(self) -> None:
+        """Send the window again from the front (after a reconnect or an ack timeout)."""
+        self.sending = 0
+        self.acked.clear()
 
     def pump(self) -> None:
         link = self.link
         if link is None or not self.ready:
             return
         now = time.monotonic()
-        while self.queue and len(self.inflight) < PUBLISH_WINDOW:
-            seq = self.queue.popleft()
-            self.queued.discard(seq)
-            entry = self.outbox.get(seq)
-            if entry is None:
-                continue
+        outbox = self.outbox
+        while self.sending < WINDOW and self.sending < len(outbox) and len(self.inflight) < PUBLISH_WINDOW:
+            entry = outbox[self.sending]
+            self.sending += 1
+            seq = entry[0]
             pid = self._packet_id()
-            body = self.topic + struct.pack("!H", pid) + entry[0]
+            body = self.topic + struct.pack("!H", pid) + entry[1]
             link.write(b"\x32" + remaining_length(len(body)) + body)
-            if entry[2]:
+            if entry[3]:
                 self.fleet.resent += 1
             else:
                 # The generator's own part of ts -> Kafka: a reading measured while its board was
                 # offline or its publish window full waits here, like on a board.
-                self.fleet.send_ts.append(entry[1])
-                self.fleet.send_lag.append(now_ms() - entry[1])
-            entry[2] = now
+                self.fleet.send_ts.append(entry[2])
+                self.fleet.send_lag.append(now_ms() - entry[2])
+            entry[3] = now
             self.inflight[pid] = seq
             self.inflight_since[pid] = now
             self.fleet.sent += 1
@@ -213,7 +218,7 @@ class Board:
         raise RuntimeError("no free packet id")
 
     def housekeeping(self, now: float) -> None:
-        """Once a second: connect timeout, keepalive, ack timeout re-sends."""
+        """Once a second: connect timeout, keepalive, ack timeout."""
         link = self.link
         if link is None:
             return
@@ -233,28 +238,19 @@ class Board:
         if now - self.last_tx > KEEPALIVE_S / 2:
             link.write(_PINGREQ)
             self.last_tx = now
-        if not self.outbox:
-            return
-        fleet = self.fleet
-        in_round = now - self.round_at < self.round_wait_s
-        timeout = self.round_wait_s if in_round else self.ack_wait_s
-        waiting = set(self.inflight.values())
-        added = 0
-        for seq, entry in self.outbox.items():
-            if added >= RESEND_BATCH:
-                break
-            if entry[2] and now - entry[2] >= timeout and seq not in self.queued and seq not in waiting:
-                self._enqueue(seq)
-                added += 1
-        if added:
-            if not in_round:  # an ack timeout: the next one waits longer, until an ack comes
-                self.round_at, self.round_wait_s = now, timeout
-                self.ack_timeouts += 1
-                self.ack_wait_s = next_ack_wait_s(
-                    self.ack_timeouts, fleet.ack_timeout_s, fleet.ack_timeout_max_s
-                )
-                fleet.ack_timeouts += 1
+        oldest = next((e[3] for e in self._window() if e[0] not in self.acked), None)
+        if oldest is not None and now - oldest > self.ack_wait_s:
+            # An ack timeout: the window goes again, and the next timeout waits longer until an ack.
+            fleet = self.fleet
+            self.ack_timeouts += 1
+            self.ack_wait_s = next_ack_wait_s(self.ack_timeouts, fleet.ack_timeout_s, fleet.ack_timeout_max_s)
+            fleet.ack_timeouts += 1
+            self.rewind()
             self.pump()
+
+    def _window(self) -> Iterator[list[Any]]:
+        """The readings published since the last rewind, oldest first."""
+        return itertools.islice(self.outbox, self.sending)
 
     # --- MQTT ---------------------------------------------------------------------------------
 
@@ -322,11 +318,8 @@ class Board:
         elif kind == SUBACK:
             self.ready = self.ready_once = True
             self.fleet.connects += 1
-            # Everything unacked goes again after a (re)connect, oldest first.
-            self.queue.clear()
-            self.queued.clear()
-            for seq in self.outbox:
-                self._enqueue(seq)
+            # The window goes again after a (re)connect, oldest first.
+            self.rewind()
             self.pump()
 
     def on_ack(self, payload: bytes) -> None:
@@ -341,17 +334,21 @@ class Board:
             return
         self.ack_timeouts = 0  # the gateway acks: the next re-send waits ack_timeout_s again
         self.ack_wait_s = self.fleet.ack_timeout_s
+        # Only what is in the window counts (firmware Outbox.ack): an ack for a reading not sent since
+        # the last rewind does not release it.
+        for entry in self._window():
+            seq = entry[0]
+            if any(first <= seq <= last for first, last in ranges):
+                self.acked.add(seq)
         now = now_ms()
         outbox = self.outbox
-        for first, last in ranges:
-            if last - first + 1 > len(outbox):
-                seqs = [s for s in outbox if first <= s <= last]
-            else:
-                seqs = [s for s in range(first, last + 1) if s in outbox]
-            for seq in seqs:
-                entry = outbox.pop(seq)
-                self.fleet.latency.append(now - entry[1])
-                self.fleet.released += 1
+        while self.sending and outbox[0][0] in self.acked:
+            entry = outbox.popleft()
+            self.acked.discard(entry[0])
+            self.sending -= 1
+            self.fleet.latency.append(now - entry[2])
+            self.fleet.released += 1
+        self.pump()
 
     def on_lost(self, link: Link) -> None:
         if link is not self.link:
@@ -360,8 +357,7 @@ class Board:
         self.ready = False
         self.inflight.clear()
         self.inflight_since.clear()
-        self.queue.clear()
-        self.queued.clear()
+        self.rewind()
         self.lost.set()
 
 
@@ -492,12 +488,12 @@ class Fleet:
                 "place": b.place,
                 "boot": b.boot,
                 "next_seq": b.next_seq,
-                "unacked": sorted(b.outbox),
+                "unacked": [e[0] for e in b.outbox],
                 "dropped": b.dropped,
                 "ready": b.ready,
                 "linked": b.link is not None,
-                "inflight": len(b.inflight),
-                "queued": len(b.queue),
+                "inflight": b.sending,
+                "queued": len(b.outbox) - b.sending,
             }
             for b in self.boards
         }
