@@ -187,7 +187,13 @@ def _bucket(
                 columns[name] = [src for _, src in entries]
             else:
                 columns[name] = [r.get(name) for r in readings]
-    stamps = columns["ts"]
+    # From the readings' epoch ms, not from the column's dates (`epoch_ms` per date through min and max
+    # was a quarter of packing).
+    if len(readings) == 1:
+        first_ts = last_ts = readings[0]["ts"]
+    else:
+        stamps = [r["ts"] for r in readings]
+        first_ts, last_ts = min(stamps), max(stamps)
     doc: Doc = {
         "_id": bucket_id(device, boot, first, len(entries)),
         "device": device,
@@ -195,8 +201,8 @@ def _bucket(
         "boot": boot,
         "seq": first,
         "n": len(entries),
-        "start": min(stamps, key=epoch_ms),
-        "end": max(stamps, key=epoch_ms),
+        "start": DatetimeMS(first_ts),
+        "end": DatetimeMS(last_ts),
     }
     doc.update(columns)
     extra = [r.keys() - _PLAIN for r in readings if not r.keys() <= _PLAIN]
