@@ -23,7 +23,7 @@ import pymongo
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from iot import contract
+from iot import contract, log
 from iot.app import demo_view
 from iot.app.stack.config import StackConfig
 from iot.app.stack.manager import Stack, StackError
@@ -34,6 +34,7 @@ from iot.harness.errors import ChildFailed
 from iot.harness.supervisor import Supervisor
 
 DEMO_PREFIX = "demo"
+_log = log.get("iot.demo")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -195,9 +196,13 @@ def _live(
             sensor_rows = demo_view.latest(
                 _windows(db[contract.COLL_SENSOR_WINDOWS], "device", devices, since), "device", devices
             )
+            shown = first_window is not None
             if first_window is None and any(_ours(r.final, since_start) for r in place_rows + sensor_rows):
                 first_window = time.monotonic() - started
             live.update(_view(cfg, ports, place_rows, sensor_rows, first_window, args, events))
+            if not shown and first_window is not None:
+                # After the update: once this is in the log, the screen shows a final window.
+                _log.info("demo_first_window", seconds=round(first_window, 1))
             time.sleep(1.0)
     client.close()
 

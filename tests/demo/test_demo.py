@@ -25,6 +25,28 @@ from tests.support import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.hil]
 IOT = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "iot")
 CFG = StackConfig.from_env()
+DEVICES = ("demo-kitchen-01", "demo-garage-01")
+PLACES = ("kitchen", "garage")
+DEMO_LOG = CFG.state_dir / "demo" / "demo.log"
+
+
+def _demo_log(start: int) -> str:
+    """What this demo wrote to its log, which every demo appends to, from byte `start` on."""
+    try:
+        with DEMO_LOG.open("rb") as f:
+            f.seek(start)
+            return f.read().decode()
+    except FileNotFoundError:
+        return ""
+
+
+def _final_devices(db: Any) -> set[str]:
+    windows = db[contract.COLL_SENSOR_WINDOWS]
+    return set(windows.distinct("device", {"device": {"$in": list(DEVICES)}, "final": True}))
+
+
+def _places(db: Any) -> set[str]:
+    return set(db[contract.COLL_PLACE_WINDOWS].distinct("place"))
 
 
 def _service_pid(tag: str, command: str) -> int | None:
@@ -57,6 +79,7 @@ def test_demo_shows_windows_of_its_boards_restarts_a_dead_backend_and_stops_ever
         "COLUMNS": "200",
     }
     commit_end_offsets(CFG.kafka_bootstrap, tag, contract.TOPIC_READINGS)
+    log_start = DEMO_LOG.stat().st_size if DEMO_LOG.exists() else 0
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(CFG.host, CFG.mongo_port)
     backend = f"http://127.0.0.1:{backend_port}/metrics"
     try:
@@ -64,8 +87,9 @@ def test_demo_shows_windows_of_its_boards_restarts_a_dead_backend_and_stops_ever
             [
                 IOT,
                 "demo",
+                # A cap only: the test stops the demo as soon as it has seen what it checks.
                 "--duration",
-                "45",
+                "300",
                 "--boards",
                 "2",
                 "--places",
@@ -101,13 +125,20 @@ def test_demo_shows_windows_of_its_boards_restarts_a_dead_backend_and_stops_ever
             wait_for(
                 lambda: (metrics.total(backend, "iot_backend_readings_total") or 0) > 0, 90, "readings again"
             )
+            # What the checks below read of the running demo, there before it is stopped (it ran a fixed
+            # 45 s, mostly waiting after all of this had happened): a final window of each board in
+            # MongoDB, and the screen showing a final window (logged after that update).
+            wait_for(lambda: _final_devices(client[tag]) == set(DEVICES), 120, "a final window of each board")
+            wait_for(lambda: "demo_first_window" in _demo_log(log_start), 60, "a final window on the screen")
+            # Stopped as a service manager stops it: SIGTERM takes Ctrl-C's path (iot/app/demo.py).
+            demo.send_signal(signal.SIGTERM)
             stdout, stderr = demo.communicate(timeout=180)
         finally:
             if demo.poll() is None:
                 demo.kill()
                 demo.wait(10)
         result = subprocess.CompletedProcess(demo.args, demo.returncode, stdout, stderr)
-        log = (CFG.state_dir / "demo" / "demo.log").read_text()
+        log = _demo_log(log_start)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + log[-3000:]
         assert "first window after" in result.stdout
         # The screen: the last final window with its min–max, each reading counted once.
@@ -122,12 +153,11 @@ def test_demo_shows_windows_of_its_boards_restarts_a_dead_backend_and_stops_ever
         assert not listening(gateway_port) and not listening(backend_port), "a demo service still listens"
         windows = client[tag][contract.COLL_SENSOR_WINDOWS]
         final = list(windows.find({"device": {"$regex": "^demo-"}, "final": True}))
-        assert {w["device"] for w in final} == {"demo-kitchen-01", "demo-garage-01"}
+        assert {w["device"] for w in final} == set(DEVICES)
         assert all(w["count"] > 0 and w["temperature"]["count"] > 0 for w in final)
-        places = client[tag][contract.COLL_PLACE_WINDOWS].distinct("place")
-        assert set(places) == {"kitchen", "garage"}
+        assert _places(client[tag]) == set(PLACES)
     finally:
         client.drop_database(tag)
         client.close()
         MqttLogin.from_env().forget_session(f"{tag}-gw")
-        remove_boards(["demo-kitchen-01", "demo-garage-01"])
+        remove_boards(list(DEVICES))
