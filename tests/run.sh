@@ -24,11 +24,14 @@ no_tests() {
   echo "pytest collected no tests: that is a failure of the test run, not a pass" >&2
 }
 
-# The rig's end-to-end runs spend about 5 minutes mostly waiting out their scripted faults, on a
-# broker, Kafka, gateway and backend of their own (about a fifth of a core): with no arguments they
-# run in a second pytest beside the rest, and their output follows the rest's. With arguments, one
-# pytest runs exactly what was asked.
-BESIDE=(tests/hil/rig/test_run_virtual.py tests/hil/rig/test_pytest_plugin.py)
+# The rig's end-to-end runs (about 5 minutes) and the short soak (about 3) spend their time mostly
+# waiting out scripted faults and the restarts after them, each on a broker, Kafka, gateway and
+# backend of its own, so nothing of the rest's stack is touched: with no arguments they run in a
+# second pytest beside the rest, and their output follows the rest's. The rest leaves most of a core
+# idle (measured 2026-12-08 at load ~15: ~650 CPU-s in 43 min, its stack included), the rig takes about a fifth of
+# a core and the soak about 0.8 of one for its ~3 minutes (196 CPU-s in 240 s at load 15).
+# With arguments, one pytest runs exactly what was asked.
+BESIDE=(tests/hil/rig/test_run_virtual.py tests/hil/rig/test_pytest_plugin.py tests/soak/test_short_soak.py)
 if [ $# -eq 0 ]; then
   # Each session a basetemp of its own: pytest prunes old ones at start, and a run of five minutes
   # must not lose its folders to a session that starts beside it.
