@@ -345,6 +345,7 @@ def count(coll: Collection[Doc], devices: Iterable[str] | None = None) -> int:
 
 
 def ensure_indexes(coll: Collection[Doc]) -> None:
-    """Indexes for users' time-range queries on MongoDB (FerretDB 1.24 keeps but never uses them)."""
+    """Indexes for users' time-range queries on MongoDB (the backend makes them on MongoDB only: FerretDB
+    1.24 never uses them and would keep them on every write, backend/mongo_sink.py)."""
     coll.create_index([("device", ASCENDING), ("start", ASCENDING)])
     coll.create_index([("place", ASCENDING), ("start", ASCENDING)])

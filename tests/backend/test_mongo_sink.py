@@ -14,10 +14,11 @@ from pymongo import MongoClient
 
 from backend.engine import Item, ScopeEngine
 from backend.metrics import BackendMetrics
-from backend.mongo_sink import MongoSink
+from backend.mongo_sink import MongoSink, is_ferretdb
 from backend.records import PLACE, SENSOR
 from backend.windows import specs_from_seconds
 from iot import contract
+from iot.harness import payloads
 from iot.harness.stack import private_ferretdb
 from tests.support import unique
 
@@ -95,6 +96,29 @@ def _counts(registry: CollectorRegistry, name: str) -> dict[str, float]:
         for s in metric.samples
         if s.name == f"{name}_count"
     }
+
+
+def test_on_ferretdb_the_sink_creates_no_index_it_would_pay_for_on_every_write(db_uri: str) -> None:
+    sink = MongoSink(db_uri)
+    sink.ensure_indexes()
+    sink.write_readings([Item(payloads.reading("p1", "d-ix", 0, ts=T0, received_at=T0 + 5), 0, 0)])
+    sink.write_windows(SENSOR, [doc(T0, 1, True, device="d-ix")])
+    client: MongoClient[dict[str, Any]] = MongoClient(db_uri)
+    try:
+        db = client.get_default_database()
+        for coll in (contract.COLL_READINGS, contract.COLL_SENSOR_WINDOWS, contract.COLL_PLACE_WINDOWS):
+            # The stack's server is FerretDB: only `_id`'s index (place_windows, not written to, may not
+            # exist yet), the one look-up it serves by index.
+            assert set(db[coll].index_information()) <= {"_id_"}, coll
+    finally:
+        client.close()
+        sink.close()
+
+
+def test_ferretdb_and_mongodb_are_told_apart_by_their_build_info() -> None:
+    # MongoDB 7.0's buildInfo (the keys that matter) and FerretDB 1.24's, as the stack's answers.
+    assert not is_ferretdb({"version": "7.0.14", "gitVersion": "ce59cfc", "modules": [], "ok": 1.0})
+    assert is_ferretdb({"version": "7.0.42", "ferretdbFeatures": {"aggregationStages": []}, "ok": 1.0})
 
 
 def test_a_look_up_is_timed_as_a_read_and_only_writes_as_writes(db_uri: str) -> None:
