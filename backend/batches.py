@@ -220,21 +220,16 @@ class Batches:
                 await self._batch(scope, messages, ack)
                 return
             except Exception as exc:
-                await self.landings.landed(scope.name)
-                scope.engine.forget()
-                self.metrics.batch_failures.labels(scope.name).inc()
-                _log.error(
+                await self._drop_cache(scope)
+                delay = await self._failed(
+                    scope,
                     "batch_failed",
-                    scope=scope.name,
-                    records=len(messages),
-                    error=f"{type(exc).__name__}: {exc}"[:300],
-                    retry_in_s=delay,
+                    exc,
                     action="a bug in the backend: report it with this log; the batch is retried and its"
                     " offsets are not committed meanwhile",
-                    where=where(exc),
+                    delay=delay,
+                    records=len(messages),
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, retry.MAX_S)
 
     async def expire(self, scope: Scope, now: int, partitions: set[int], behind: set[int]) -> None:
         """The idle timer's turn for one scope: close what went quiet, write it, persist the states.
@@ -249,18 +244,45 @@ class Batches:
                     await self.emit(scope, out, [], [])
                     self.persist(scope.table, out.changed)
         except Exception as exc:
-            await self.landings.landed(scope.name)
-            scope.engine.forget()
-            self.metrics.batch_failures.labels(scope.name).inc()
-            _log.error(
+            await self._drop_cache(scope)
+            await self._failed(
+                scope,
                 "tick_failed",
-                scope=scope.name,
-                error=f"{type(exc).__name__}: {exc}"[:300],
-                where=where(exc),
+                exc,
                 action="a bug in the backend: report it with this log; the idle timer tries again",
             )
             return
         self.count(scope.name, out)
+
+    async def _drop_cache(self, scope: Scope) -> None:
+        """After a failure: the scope's cache dropped once the batch before landed (the persisted
+        states are the truth then)."""
+        await self.landings.landed(scope.name)
+        scope.engine.forget()
+
+    async def _failed(
+        self,
+        scope: Scope,
+        event: str,
+        exc: Exception,
+        *,
+        action: str,
+        delay: float | None = None,
+        **fields: Any,
+    ) -> float:
+        """A batch, a landing or a tick that failed as a whole (a bug): counted, logged as `event` with
+        `fields` and what to do, and, when it is retried after `delay`, waited out; returns the next
+        delay (doubled, at most retry.MAX_S)."""
+        self.metrics.batch_failures.labels(scope.name).inc()
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        retrying = {} if delay is None else {"retry_in_s": delay}
+        _log.error(
+            event, scope=scope.name, **fields, error=error, **retrying, action=action, where=where(exc)
+        )
+        if delay is None:
+            return 0.0
+        await asyncio.sleep(delay)
+        return min(delay * 2, retry.MAX_S)
 
     async def _batch(self, scope: Scope, messages: Sequence[Any], ack: Ack) -> None:
         """One batch of either scope: decode -> engine -> amend the closed windows it reached -> compare
@@ -308,20 +330,16 @@ class Batches:
             except Exception as exc:
                 if not self.retry_landings:
                     raise
-                self.metrics.batch_failures.labels(scope.name).inc()
-                _log.error(
+                delay = await self._failed(
+                    scope,
                     "batch_failed",
-                    scope=scope.name,
-                    records=len(messages),
-                    stage="write",
-                    error=f"{type(exc).__name__}: {exc}"[:300],
-                    retry_in_s=delay,
+                    exc,
                     action="a bug in the backend: report it with this log; the batch's writes are retried"
                     " and its offsets (and the next batch's) are not committed meanwhile",
-                    where=where(exc),
+                    delay=delay,
+                    records=len(messages),
+                    stage="write",
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, retry.MAX_S)
         self.persist_states(scope.table, states)
         self.count(scope.name, out)
         ack(messages)
