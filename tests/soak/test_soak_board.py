@@ -1,6 +1,6 @@
-"""A soak board sends like the firmware (firmware/outbox.py, firmware/node.py drain): at most `window`
+"""A soak board sends like the firmware (firmware/outbox.py, firmware/node.py drain): at most WINDOW
 readings published and unacked, the rest wait in its outbox; an ack timeout or a reconnect re-sends
-that window, never the whole outbox; each ack timeout in a row waits longer, an ack starts over.
+that window, never the whole outbox (the backoff between ack timeouts: test_soak_outbox.py).
 
 The board is driven as on a live connection whose broker PUBACKs every PUBLISH: what it writes is
 read back as MQTT packets, and end-to-end acks are the gateway's JSON messages."""
@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from soak_fleet import PUBACK, PUBLISH, SUBACK, WINDOW, Board, Fleet
+from soak_board import Board
+from soak_fleet import Fleet
+from soak_mqtt import PUBACK, PUBLISH, SUBACK, publish_fields, take_packets
+from soak_outbox import WINDOW
 
 pytestmark = pytest.mark.unit
 
@@ -39,32 +42,20 @@ class Wire:
     def publishes(self) -> list[tuple[int, int]]:
         """(packet id, seq) of every PUBLISH written since the last call, in order."""
         out: list[tuple[int, int]] = []
-        buf, pos = self.data, 0
-        while pos < len(buf):
-            kind, length, i, mult = buf[pos] >> 4, 0, pos + 1, 1
-            while True:
-                length += (buf[i] & 0x7F) * mult
-                mult *= 128
-                i += 1
-                if not buf[i - 1] & 0x80:
-                    break
-            body = bytes(buf[i : i + length])
+        for kind, body in take_packets(self.data):
             if kind == PUBLISH:
-                (n,) = struct.unpack_from("!H", body)
-                (pid,) = struct.unpack_from("!H", body, 2 + n)
-                out.append((pid, json.loads(body[4 + n :])["seq"]))
-            pos = i + length
-        del buf[:pos]
+                _topic, pid, payload = publish_fields(body, qos=1)
+                out.append((pid, json.loads(payload)["seq"]))
         return out
 
 
-def _board(ack_timeout_s: float = ACK_TIMEOUT_S, max_s: float = 300.0) -> tuple[Board, Wire, Fleet]:
+def _board() -> tuple[Board, Wire, Fleet]:
     config: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 1,
         "rate_hz": 1.0,
-        "ack_timeout_s": ack_timeout_s,
-        "ack_timeout_max_s": max_s,
+        "ack_timeout_s": ACK_TIMEOUT_S,
+        "ack_timeout_max_s": 300.0,
         "out": "unused.json",
         "boot": 1,
         "boards": [["place000", "soak00000"]],
@@ -144,28 +135,6 @@ def test_a_reconnect_resends_the_window_not_the_outbox() -> None:
     board.on_packet(SUBACK, b"\x00\x01\x00")
     assert _sent(board, wire) == list(range(WINDOW))
     assert fleet.resent == WINDOW
-
-
-def test_ack_timeouts_in_a_row_wait_longer_and_an_ack_starts_over() -> None:
-    # Short waits: every one stays inside the keepalive, which the broker's PINGRESP would refresh.
-    timeout_s, max_s = 5.0, 40.0
-    board, wire, fleet = _board(timeout_s, max_s)
-    for _ in range(50):
-        board.measure()
-    _sent(board, wire)
-    for timeouts in range(1, 6):
-        wait = board.ack_wait_s
-        now = time.monotonic()  # the window went out just now
-        # Never re-sent before the wait it was given: the step doubles, half of it random.
-        board.housekeeping(now + wait - 0.5)
-        assert _sent(board, wire) == []
-        board.housekeeping(now + wait + 0.5)
-        assert _sent(board, wire) == list(range(WINDOW))
-        assert fleet.ack_timeouts == timeouts and fleet.resent == timeouts * WINDOW
-        step = min(timeout_s * 2**timeouts, max_s)
-        assert step / 2 <= board.ack_wait_s <= step
-    _ack(board, 0, 0)
-    assert board.ack_wait_s == timeout_s and board.ack_timeouts == 0
 
 
 def test_the_window_is_the_firmwares() -> None:
