@@ -11,7 +11,7 @@ import asyncio
 import struct
 from typing import Protocol
 
-from gateway.paho_client import remaining_length
+from gateway.mqtt_packets import remaining_length
 
 # Packet types (the fixed header's high nibble).
 CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP = 2, 3, 4, 9, 13

@@ -56,6 +56,9 @@ def _import(modules: list[str], fake: str = "") -> subprocess.CompletedProcess[s
 
 GUARDED = {
     "gateway.paho_client": "paho-mqtt",
+    "gateway.batched_writes": "paho-mqtt",
+    "gateway.read_buffer": "paho-mqtt",
+    "gateway.take_gate": "paho-mqtt",
     "backend.transport": "aiokafka",
     "backend.topics": "faust-streaming",
 }

@@ -24,8 +24,8 @@ from paho.mqtt.enums import MQTTProtocolVersion
 
 from backend.records import decode_reading, encode_forward
 from gateway.metrics import GatewayMetrics
+from gateway.mqtt_packets import without_bad_properties
 from gateway.mqtt_source import MqttSource
-from gateway.paho_client import _without_bad_properties
 from gateway.records import route
 from gateway.registry import health_fields
 from gateway.settings import GatewaySettings
@@ -244,7 +244,7 @@ def publish_packets(draw: st.DrawFn) -> tuple[int, bytes]:
 @given(publish_packets())
 def test_stripping_unparsable_properties_keeps_topic_packet_id_and_payload(case: tuple[int, bytes]) -> None:
     command, packet = case
-    stripped = _without_bad_properties(command, bytearray(packet))
+    stripped = without_bad_properties(command, bytearray(packet))
     if stripped is None:
         return
     new, topic, complaint = stripped

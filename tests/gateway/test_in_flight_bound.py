@@ -5,7 +5,7 @@ Mosquitto 2.0.11 does not hold a session to its Receive Maximum while acks flow:
 the session's in-flight window by the acked message's place in the window, not by how many are in
 flight (src/database.c, db__message_delete_outgoing; fixed in 2.0.13). A backlog drained by a gateway
 that acks in order therefore arrives nearly whole at once. The gateway stops reading PUBLISHes at its
-bound instead (gateway/paho_client.py, `take_gate`).
+bound instead (gateway/take_gate.py).
 """
 
 from __future__ import annotations

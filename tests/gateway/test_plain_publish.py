@@ -1,6 +1,6 @@
-"""BatchingClient's own PUBLISH parser (`_plain_publish`) against paho's `decode_publish`: on every
-packet it takes, the same message; everything else (properties, QoS 2, packets paho calls malformed)
-left to paho."""
+"""BatchingClient's own PUBLISH parser (`mqtt_packets.plain_publish`) against paho's `decode_publish`:
+on every packet it takes, the same message; everything else (properties, QoS 2, packets paho calls
+malformed) left to paho."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.paho_client import BatchingClient, _plain_publish
+from gateway.mqtt_packets import plain_publish
+from gateway.paho_client import BatchingClient
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +53,7 @@ def test_plain_publish_reads_what_paho_reads_or_leaves_it_to_paho(
     if cut is not None:
         packet = packet[:cut]  # truncated anywhere: paho may call it malformed, or read a shorter one
     command = _command(qos, dup, retain)
-    mine = _plain_publish(command, bytearray(packet))
+    mine = plain_publish(command, bytearray(packet))
     if mine is None:
         return
     paho = _packet.decode_publish(command, packet, MQTTv5)  # never raises where ours answered
@@ -66,13 +67,13 @@ def test_plain_publish_reads_what_paho_reads_or_leaves_it_to_paho(
 def test_plain_publish_takes_a_reading_and_leaves_properties_and_qos2_to_paho() -> None:
     topic = b"sensors/kitchen/k-1/reading"
     reading = _packet_bytes(topic, 1, 7, b"\x00", b'{"v":1}')
-    message = _plain_publish(_command(1, False, False), reading)
+    message = plain_publish(_command(1, False, False), reading)
     assert message is not None
     assert (message.topic, message.payload, message.mid, message.qos) == (topic.decode(), b'{"v":1}', 7, 1)
     with_props = _packet_bytes(topic, 1, 7, _user_property(), b"{}")
-    assert _plain_publish(_command(1, False, False), with_props) is None
-    assert _plain_publish(_command(2, False, False), _packet_bytes(topic, 2, 7, b"\x00", b"{}")) is None
-    assert _plain_publish(_command(1, False, False), _packet_bytes(topic, 1, 7, b"", b"")) is None
+    assert plain_publish(_command(1, False, False), with_props) is None
+    assert plain_publish(_command(2, False, False), _packet_bytes(topic, 2, 7, b"\x00", b"{}")) is None
+    assert plain_publish(_command(1, False, False), _packet_bytes(topic, 1, 7, b"", b"")) is None
 
 
 def _client_with_packet(packet: bytes, command: int) -> BatchingClient:

@@ -15,7 +15,8 @@ import pytest
 from paho.mqtt import _packet
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.paho_client import BatchingClient, remaining_length
+from gateway.mqtt_packets import remaining_length
+from gateway.paho_client import BatchingClient
 
 pytestmark = pytest.mark.unit
 
