@@ -177,6 +177,11 @@ def test_a_latency_quantile_has_no_point_where_nothing_was_timed_not_nan(
         }
         for series, expected in cases
     ]
+    assert_promtool_passes(tests, tmp_path)
+
+
+def assert_promtool_passes(tests: list[dict[str, Any]], tmp_path: Path) -> None:
+    """Run promtool's unit tests `tests` (input series and the samples a query must give)."""
     (tmp_path / "rules.yml").write_text("groups: []\n")
     (tmp_path / "panel.test.yml").write_text(yaml.safe_dump({"rule_files": ["rules.yml"], "tests": tests}))
     result = subprocess.run(
@@ -187,3 +192,59 @@ def test_a_latency_quantile_has_no_point_where_nothing_was_timed_not_nan(
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _overlap(a: dict[str, int], b: dict[str, int]) -> bool:
+    return (
+        a["x"] < b["x"] + b["w"]
+        and b["x"] < a["x"] + a["w"]
+        and a["y"] < b["y"] + b["h"]
+        and b["y"] < a["y"] + a["h"]
+    )
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_panels_lie_side_by_side_within_the_grid_never_on_one_another(path: Path) -> None:
+    panels = json.loads(path.read_text())["panels"]
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+    for i, a in enumerate(panels):
+        for b in panels[i + 1 :]:
+            assert not _overlap(a["gridPos"], b["gridPos"]), f"{a['title']} and {b['title']} overlap"
+
+
+def test_the_pipeline_dashboard_shows_each_gateways_in_flight_peak_beside_its_in_flight(
+    tmp_path: Path,
+) -> None:
+    """iot_gateway_in_flight_peak (the most readings a gateway held unconfirmed, against its
+    IOT_GATEWAY_MAX_IN_FLIGHT) sits on the row of the gateway's in-flight panel, next to it, and shows
+    each gateway's own peak: promtool evaluates the panel's query on two gateways' series, and a sum
+    (a number no gateway ever held) or a single line would fail."""
+    dash = json.loads((GRAFANA / "dashboards" / "pipeline.json").read_text())
+    by_expr = {t["expr"]: p for p in dash["panels"] for t in p["targets"]}
+    (peak,) = {id(p): p for e, p in by_expr.items() if "iot_gateway_in_flight_peak" in e}.values()
+    in_flight = by_expr["sum(iot_gateway_in_flight)"]
+    assert peak["title"].startswith("Gateway: ") and peak["type"] == "timeseries"
+    here, there = peak["gridPos"], in_flight["gridPos"]
+    assert here["y"] == there["y"] and here["h"] == there["h"], "not on the in-flight panel's row"
+    assert here["x"] in (there["x"] + there["w"], there["x"] - here["w"]), "not next to the in-flight panel"
+    (target,) = peak["targets"]
+    assert set(re.findall(r"{{\s*(\w+)\s*}}", target["legendFormat"])) == {"instance"}
+    metric = "iot_gateway_in_flight_peak"
+    series = [  # 15 s apart: gateway a peaked at 5,000 early, b is still climbing to 80
+        {"series": f'{metric}{{instance="a:9108", job="gateway"}}', "values": "1200 5000+0x40"},
+        {"series": f'{metric}{{instance="b:9108", job="gateway"}}', "values": "0+2x40"},
+    ]
+    expected = [
+        {"labels": '{instance="a:9108"}', "value": 5000},
+        {"labels": '{instance="b:9108"}', "value": 80},
+    ]
+    tests = [
+        {
+            "interval": "15s",
+            "input_series": series,
+            "promql_expr_test": [{"expr": target["expr"], "eval_time": "10m", "exp_samples": expected}],
+        }
+    ]
+    assert_promtool_passes(tests, tmp_path)

@@ -64,6 +64,7 @@ ACTIVE = {
     ("pipeline", "mqtt"),
     ("pipeline", "kafka"),
     ("pipeline", "produced"),
+    ("pipeline", "peak {{instance}}"),  # each reading is in flight a while: the gateway's peak is >= 1
     ("sensors", "{{place}}/{{device}} last reading"),
     ("sensors", "{{place}}/{{device}} mem_free"),
     ("fleet", "{{fw}}"),  # the run's boards, counted by their firmware version
