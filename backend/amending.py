@@ -17,7 +17,8 @@ from typing import Any
 from iot import contract, log
 
 from . import retry
-from .engine import Outputs, ScopeEngine
+from .batch_io import Outputs
+from .engine import ScopeEngine
 from .intake import document_bytes
 from .metrics import BackendMetrics
 from .mongo_sink import MongoSink

@@ -20,27 +20,36 @@ The place scope counts what the sensor scope forwards: each distinct reading onc
 fences are all it needs.
 
 Amendments (readings for windows already closed, within the allowed lateness) are not applied from
-memory: `process` lists them in `Outputs.amends`, the runtime loads those window documents from the
-store, and `amend` adds the readings to them (`revision` + 1, `late_count` + n). The document's
-`offset` (highest input offset counted) makes that read-modify-write idempotent: a key's readings come
-from one partition in offset order, so after a crash a replayed reading at or below it is already in.
-A stored document that is not a valid window (backend/stored.py) is listed in `Outputs.corrupt`; the
-runtime rebuilds it from the stored readings and calls `amend` again with them.
+memory: `process` lists them in `Outputs.amends`, and the runtime applies them to the stored window
+documents (`amend`: backend/amendments.py says how).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from iot import contract
 
-from .accumulators import WindowAcc
+from . import amendments
+from .batch_io import Amendment, Item, Origin, Outputs
 from .errors import BackendError
 from .records import SENSOR, late_record, window_doc
-from .stored import CorruptWindow, Rebuilt, StoredWindow, late_count_of, parse_window, revision_of
+from .stored import Rebuilt
 from .windows import DUPLICATE, UNKNOWN, KeyState, WindowKey, WindowSpec, idle_watermark
+
+# The batch's items and outputs (backend/batch_io.py) are re-exported: callers know them as the engine's.
+__all__ = [
+    "BEHIND_MS",
+    "OPEN_DOCS_MAX",
+    "Amendment",
+    "Item",
+    "ItemFailed",
+    "Origin",
+    "Outputs",
+    "ScopeEngine",
+    "StateLoader",
+]
 
 # Input older than this (received_at against the wall clock) means the worker is working off a backlog.
 BEHIND_MS = 60_000
@@ -48,23 +57,6 @@ BEHIND_MS = 60_000
 # statement on FerretDB, ~1.7 ms in the 2,000-board soak, so ~0.2 s: a tick's share of the pacer's budget.
 OPEN_DOCS_MAX = 120
 StateLoader = Callable[[str], Mapping[str, Any] | None]
-Origin = tuple[int, int]  # (partition, offset) of an iot.readings record
-
-
-class Item(NamedTuple):
-    """One input item: a validated reading, the scope's input partition and offset it came from, its
-    origin in iot.readings (the same record for the sensor scope: None), and (sensor scope) its
-    encoding for the place scope."""
-
-    reading: Mapping[str, Any]
-    partition: int
-    offset: int
-    origin: Origin | None = None
-    forward: bytes = b""
-
-    @property
-    def source(self) -> Origin:
-        return self.origin if self.origin is not None else (self.partition, self.offset)
 
 
 class ItemFailed(BackendError):
@@ -76,40 +68,6 @@ class ItemFailed(BackendError):
         self.index = index
         self.error = error
         self.keys = keys
-
-
-@dataclass(slots=True)
-class Amendment:
-    """Late readings (with their input offsets) to add to one closed window's stored document."""
-
-    key: str
-    place: str
-    wkey: WindowKey
-    readings: list[tuple[Mapping[str, Any], int]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class Outputs:
-    open_docs: list[dict[str, Any]] = field(default_factory=list)
-    final_docs: list[dict[str, Any]] = field(default_factory=list)
-    amends: dict[str, Amendment] = field(default_factory=dict)  # window _id -> what to add
-    amended_docs: list[dict[str, Any]] = field(default_factory=list)  # filled by ScopeEngine.amend
-    amended_readings: int = 0  # readings counted into closed windows (once per window)
-    # Stored documents that are no window (amend): _id -> (document, what is wrong with it).
-    corrupt: dict[str, tuple[Any, str]] = field(default_factory=dict)
-    rebuilt: list[str] = field(default_factory=list)  # windows amend rebuilt from the stored readings
-    readings: list[Item] = field(default_factory=list)  # the items counted (new distinct readings)
-    late: list[dict[str, Any]] = field(default_factory=list)  # DLQ records
-    duplicates: int = 0
-    # Duplicates (sensor scope) whose values the runtime compares with the copy counted first.
-    dup_checks: list[Item] = field(default_factory=list)
-    # Identities the `readings` collection must answer before this batch can be processed.
-    lookups: set[str] = field(default_factory=set)
-    processed: int = 0
-    # Keys whose open windows were due but left dirty: the call had written OPEN_DOCS_MAX already.
-    open_deferred: int = 0
-    changed: dict[str, KeyState] = field(default_factory=dict)  # key -> state to persist
-    keys: set[str] = field(default_factory=set)  # every key the batch touched (for a rollback)
 
 
 class ScopeEngine:
@@ -349,74 +307,8 @@ class ScopeEngine:
         now_ms: int,
         rebuilt: Mapping[str, Rebuilt] | None = None,
     ) -> None:
-        """Apply `out.amends` to the stored documents (by `_id`; a window absent from `stored` never
-        opened and is created, directly final), filling `out.amended_docs`. A stored document that is
-        no valid window goes to `out.corrupt` and is left out, unless `rebuilt` holds that window
-        rebuilt from the stored readings: then it goes on from there. Can be called again."""
-        out.amended_docs, out.amended_readings, out.corrupt, out.rebuilt = [], 0, {}, []
-        # A window can close and take a late reading within one batch: its final document is then
-        # still in this batch's outputs, not yet stored. Of the two, the one with the higher fence
-        # is the more advanced (after a crash the stored one can be ahead of the replay).
-        batch_finals = {d["_id"]: d for d in out.final_docs}
-        for wid, amendment in out.amends.items():
-            key, wkey = amendment.key, amendment.wkey
-            bases: list[StoredWindow] = []
-            ours = batch_finals.get(wid)
-            if ours is not None:
-                bases.append(parse_window(ours, self.scope, key, wkey))
-            doc = stored.get(wid)
-            counted: set[str] = set()
-            if doc is not None:
-                try:
-                    bases.append(parse_window(doc, self.scope, key, wkey))
-                except CorruptWindow as exc:
-                    again = rebuilt.get(wid) if rebuilt is not None else None
-                    if again is None:
-                        out.corrupt[wid] = (doc, exc.detail)
-                        continue
-                    # Every stored reading of the window (and this batch's, the runtime adds them):
-                    # nothing of `ours` is missing from it, so it is the only base.
-                    acc = again.acc.copy()
-                    acc.offset = -1
-                    bases = [StoredWindow(acc, revision_of(doc), late_count_of(doc), amendment.place)]
-                    counted = again.ids
-                    out.rebuilt.append(wid)
-            base = max(bases, key=lambda b: b.acc.offset) if bases else None
-            if base is None:
-                acc, revision, late_count, place = WindowAcc(), -1, 0, amendment.place
-            else:
-                acc, revision, late_count, place = base.acc, base.revision, base.late_count, base.place
-            if self.scope != SENSOR:
-                place = amendment.place
-            fence = acc.offset
-            added = 0
-            for reading, offset in amendment.readings:
-                if 0 <= offset <= fence:
-                    continue  # counted before a crash: the document already holds it
-                if (
-                    counted
-                    and contract.reading_id(reading["device"], reading["boot"], reading["seq"]) in counted
-                ):
-                    acc.offset = max(acc.offset, offset)
-                    continue  # stored already, so in the rebuilt window
-                acc.add(reading, offset)
-                added += 1
-            if not added and wid not in out.rebuilt:
-                continue
-            out.amended_readings += added
-            out.amended_docs.append(
-                window_doc(
-                    self.scope,
-                    key,
-                    place,
-                    wkey,
-                    acc,
-                    True,
-                    now_ms,
-                    revision=revision + 1,
-                    late_count=late_count + added,
-                )
-            )
+        """Apply `out.amends` to the stored documents of this scope's windows (amendments.apply)."""
+        amendments.apply(self.scope, out, stored, now_ms, rebuilt)
 
     def _write_open(self, key: str, st: KeyState, out: Outputs, now_ms: int, force: bool) -> None:
         dirty = self._dirty.get(key)

@@ -22,7 +22,7 @@ from typing import Any
 
 from iot import contract, log
 
-from .engine import Item
+from .batch_io import Item
 from .metrics import BackendMetrics
 from .records import (
     FORWARD_SLOTS,
