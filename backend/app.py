@@ -79,7 +79,7 @@ class BackendRuntime:
                 grace_ms,
                 idle_ms,
                 self._loader(table),
-                self.batches.pacer.interval_ms,
+                self.batches.lander.pacer.interval_ms,
                 allowed_lateness_ms=settings.allowed_lateness_s * 1000,
                 max_clock_ahead_ms=settings.max_clock_ahead_s * 1000,
                 source_topic=settings.source_topic,
@@ -87,7 +87,7 @@ class BackendRuntime:
             self.batches.add_scope(name, topic, table, engine)
         self.scopes = self.batches.scopes
         self.stall_watch = StallWatch(settings.stall_s, self.metrics)
-        self.positions = self.batches.positions
+        self.positions = self.batches.watermarks.positions
         self._wire()
 
     def _make_app(self) -> faust.App:
@@ -206,9 +206,9 @@ class BackendRuntime:
             partitions = {tp.partition for tp in assigned if tp.topic == scope.topic}
             if not partitions:
                 continue
-            behind = self.batches.behind(scope.topic, assigned)
+            behind = self.batches.watermarks.behind(scope.topic, assigned)
             if scope.name == PLACE:
-                scope.engine.holds = self.batches.holds(time.monotonic())
+                scope.engine.holds = self.batches.watermarks.holds(time.monotonic())
             await self.batches.expire(scope, now, partitions, behind)
         for tp in assigned:
             pos = self.positions.get(tp)

@@ -12,95 +12,52 @@ committed only after each of its records was counted or dead-lettered. The last 
 batch's *landing*: it runs while the scope's next batch is computed, one landing in flight per scope
 (backend/inflight.py says what keeps that exact).
 
-The place scope holds its windows until every source partition's input passed them: after each batch
-the sensor scope sends every place partition a watermarks record (records.WATERMARKS_KEY) saying how
-far each source partition it owns has come, and the place scope caps its keys' watermarks below the
-lowest of those (ScopeEngine.holds), so a backlog read unevenly across source partitions is merged in
-event-time order instead of amended (the idea of Kafka Streams' max.task.idle.ms; exactness does not
-depend on it).
+The place scope's windows are held until every source partition's input passed them
+(backend/watermarks.py); the landing itself is backend/landing.py's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from iot import contract, log
-from iot.topics import TOPIC_PARTITIONS
 
 from . import retry
 from .amending import Amender
-from .engine import ItemFailed, Origin, Outputs, ScopeEngine
+from .batch_io import Origin, Outputs
+from .engine import ItemFailed, ScopeEngine
 from .inflight import Landings
-from .intake import Decoded, Intake, PlaceMarks, where
+from .intake import Decoded, Intake
 from .kafka_sink import KafkaSink
+from .landing import Ack, Lander
 from .metrics import BackendMetrics
 from .mongo_sink import MongoSink, source_of
-from .pacing import OpenWritePacer
 from .records import (
     BUNDLE_MAX,
     FORWARD_SLOTS,
     PLACE,
     SENSOR,
-    WATERMARKS_KEY,
+    Forward,
     dlq_record,
     encode_bundle,
     encode_forward,
-    encode_watermarks,
     reading_id_of,
 )
+from .scope import Partitions, Scope, Table
 from .settings import Settings
 from .stored import conflict
-from .windows import KeyState
+from .watermarks import Watermarks
+
+__all__ = ["Batches", "Scope", "now_ms"]
 
 _log = log.get("backend")
-# A hold below every reading's ts (epoch ms are positive): no window closes under it.
-HELD = -1
-# (key, value, partition or None for the key's): a record for the place repartition topic.
-Forward = tuple[str, bytes, int | None]
-# (partition, key, value): a key's state as persisted (table and changelog), serialised at compute time.
-State = tuple[int, str, dict[str, Any]]
-# What acknowledges a batch's records once it landed (the agent's: Faust's consumer.ack per record).
-Ack = Callable[[Sequence[Any]], None]
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class Partitions(Protocol):
-    """What the batch path needs to know of the consumer's partitions (Faust's consumer)."""
-
-    def assignment(self) -> Any: ...
-
-    def highwater(self, tp: Any) -> int | None: ...
-
-
-class Table(Protocol):
-    """What the batch path needs of a scope's state table (a Faust table: its in-memory `data` and
-    `send_changelog`, app.py)."""
-
-    @property
-    def data(self) -> Any: ...
-
-    def send_changelog(self, partition: int, key: Any, value: Any) -> Any: ...
-
-
-@dataclass(slots=True)
-class Scope:
-    """What one aggregation scope is made of: its input topic, its state table, its engine, the lock
-    that keeps its batches and its idle timer apart, and how its input records decode."""
-
-    name: str
-    topic: str
-    table: Table
-    engine: ScopeEngine
-    decode: Callable[[Sequence[Any], int], Decoded]
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Batches:
@@ -116,31 +73,14 @@ class Batches:
     ) -> None:
         self.settings = settings
         self.sink = sink
-        self.kafka = kafka
         self.metrics = metrics
-        self.partitions = partitions
         self.intake = Intake(metrics)
         self.amender = Amender(sink, metrics, settings.mongo_host)
-        self.place_partitions = TOPIC_PARTITIONS[contract.TOPIC_READINGS]  # the repartition topic's
-        # Open windows are rewritten every open_write_s, or less often when that costs too much.
-        self.pacer = OpenWritePacer(settings.open_write_s)
-        self.metrics.open_write_interval.set(self.pacer.interval_s)
-        self.positions: dict[Any, int] = {}  # (topic, partition) -> last offset taken
         self.scopes: dict[str, Scope] = {}
-        # The highest ts forwarded from each source partition (sensor scope), and the source
-        # watermarks each place partition received: (place partition, source partition) ->
-        # (watermark or None once caught up, monotonic time received). records.WATERMARKS_KEY.
-        self.source_marks: dict[int, int] = {}
-        self.place_marks: PlaceMarks = {}
-        # Since the last rebalance (monotonic): for up to the idle timeout after it, a source partition
-        # not read yet, and a place partition no watermarks reached yet, hold everything (HELD); after
-        # that they hold nothing back.
-        self.hold_since = time.monotonic()
+        self.watermarks = Watermarks(settings, partitions)
+        self.lander = Lander(settings, sink, kafka, metrics, self.scopes)
         # Each scope's batch being written while its next one is computed (backend/inflight.py).
         self.landings = Landings()
-        # A landing that fails (a bug: MongoDB and Kafka errors are retried inside `emit`) is tried
-        # again after a backoff; the tests' in-memory pipeline turns this off to see the error.
-        self.retry_landings = True
 
     def add_scope(self, name: str, topic: str, table: Table, engine: ScopeEngine) -> Scope:
         decode = self.intake.readings if name == SENSOR else self.decode_forwards
@@ -155,42 +95,7 @@ class Batches:
         for scope in self.scopes.values():
             scope.engine.forget()
         self.sink.forget()
-        self.hold_since = time.monotonic()
-
-    def behind(self, topic: str, assigned: Any) -> set[int]:
-        """Partitions of `topic` with input not read yet (no idle close by wall clock alone there:
-        ScopeEngine.expire). A partition not read since the start counts as caught up."""
-        out = set()
-        for tp in assigned:
-            if tp.topic != topic:
-                continue
-            pos, high = self.positions.get(tp), self.partitions.highwater(tp)
-            if pos is not None and high is not None and high - pos - 1 > 0:
-                out.add(tp.partition)
-        return out
-
-    def holds(self, now_s: float) -> dict[int, int]:
-        """Per place partition, the lowest source watermark it received that still holds: from a
-        source partition behind (not caught up), received within the idle timeout (a worker that
-        stopped sending them holds nothing back for longer). A place partition that no watermarks
-        reached since the last rebalance is held (HELD) for up to the idle timeout."""
-        stale = now_s - self.settings.idle_timeout_s
-        holds: dict[int, int] = {}
-        reached: set[int] = set()
-        for (place_partition, _), (mark, received) in self.place_marks.items():
-            if received < stale:
-                continue
-            reached.add(place_partition)
-            if mark is None:
-                continue
-            held = holds.get(place_partition)
-            if held is None or mark < held:
-                holds[place_partition] = mark
-        if now_s - self.hold_since < self.settings.idle_timeout_s:
-            for tp in self.partitions.assignment():
-                if tp.topic == self.settings.place_topic and tp.partition not in reached:
-                    holds[tp.partition] = HELD
-        return holds
+        self.watermarks.rebalanced()
 
     # --- input ---------------------------------------------------------------------------------
     def decode_forwards(self, messages: Sequence[Any], now: int) -> Decoded:
@@ -201,10 +106,11 @@ class Batches:
         # readings ahead of them): computed here, not left to the last tick, which a first batch after
         # a start or a rebalance can beat (then nothing was held, and a deep first sensor batch closed
         # windows that partitions not read yet still fed: amendments in 1 of 3 backlog runs).
-        before = self.holds(received)
-        out = self.intake.forwards(messages, now, self.place_marks, received)
+        marks = self.watermarks
+        before = marks.holds(received)
+        out = self.intake.forwards(messages, now, marks.place_marks, received)
         out.holds_before = before
-        out.holds = self.holds(received)
+        out.holds = marks.holds(received)
         return out
 
     # --- batches -------------------------------------------------------------------------------
@@ -221,7 +127,7 @@ class Batches:
                 return
             except Exception as exc:
                 await self._drop_cache(scope)
-                delay = await self._failed(
+                delay = await self.lander.failed(
                     scope,
                     "batch_failed",
                     exc,
@@ -241,18 +147,18 @@ class Batches:
                 await self.landings.landed(scope.name)
                 out = scope.engine.expire(now, partitions, list(scope.table.data.keys()), behind)
                 if out.changed or out.open_docs:
-                    await self.emit(scope, out, [], [])
-                    self.persist(scope.table, out.changed)
+                    await self.lander.emit(scope, out, [], [])
+                    self.lander.persist(scope.table, out.changed)
         except Exception as exc:
             await self._drop_cache(scope)
-            await self._failed(
+            await self.lander.failed(
                 scope,
                 "tick_failed",
                 exc,
                 action="a bug in the backend: report it with this log; the idle timer tries again",
             )
             return
-        self.count(scope.name, out)
+        self.lander.count(scope.name, out)
 
     async def _drop_cache(self, scope: Scope) -> None:
         """After a failure: the scope's cache dropped once the batch before landed (the persisted
@@ -260,38 +166,15 @@ class Batches:
         await self.landings.landed(scope.name)
         scope.engine.forget()
 
-    async def _failed(
-        self,
-        scope: Scope,
-        event: str,
-        exc: Exception,
-        *,
-        action: str,
-        delay: float | None = None,
-        **fields: Any,
-    ) -> float:
-        """A batch, a landing or a tick that failed as a whole (a bug): counted, logged as `event` with
-        `fields` and what to do, and, when it is retried after `delay`, waited out; returns the next
-        delay (doubled, at most retry.MAX_S)."""
-        self.metrics.batch_failures.labels(scope.name).inc()
-        error = f"{type(exc).__name__}: {exc}"[:300]
-        retrying = {} if delay is None else {"retry_in_s": delay}
-        _log.error(
-            event, scope=scope.name, **fields, error=error, **retrying, action=action, where=where(exc)
-        )
-        if delay is None:
-            return 0.0
-        await asyncio.sleep(delay)
-        return min(delay * 2, retry.MAX_S)
-
     async def _batch(self, scope: Scope, messages: Sequence[Any], ack: Ack) -> None:
         """One batch of either scope: decode -> engine -> amend the closed windows it reached -> compare
-        duplicates; then, once the scope's batch before has landed, its own landing starts (`_land`:
+        duplicates; then, once the scope's batch before has landed, its own landing starts (Lander.land:
         write every output, persist the changed key states, acknowledge the records) and this
         returns, so the next batch is computed while this one is written."""
         now = now_ms()
+        positions = self.watermarks.positions
         for msg in messages:
-            self.positions[msg.tp] = msg.offset
+            positions[msg.tp] = msg.offset
         decoded = scope.decode(messages, now)
         async with scope.lock:
             out = await self._process(scope, decoded, now)
@@ -306,43 +189,8 @@ class Batches:
             states = [(st.partition, key, st.to_json()) for key, st in out.changed.items()]
             await self.landings.landed(scope.name)
             self.landings.start(
-                scope.name, self._land(scope, out, forwards, decoded.rejected, states, messages, ack)
+                scope.name, self.lander.land(scope, out, forwards, decoded.rejected, states, messages, ack)
             )
-
-    async def _land(
-        self,
-        scope: Scope,
-        out: Outputs,
-        forwards: list[Forward],
-        rejected: list[dict[str, Any]],
-        states: list[State],
-        messages: Sequence[Any],
-        ack: Ack,
-    ) -> None:
-        """A computed batch lands: every output written (retried inside `emit` while MongoDB or Kafka
-        fail; a bug here is retried after a backoff, the outputs are idempotent), then its states
-        persisted, then its records acknowledged."""
-        delay = retry.FIRST_S
-        while True:
-            try:
-                await self.emit(scope, out, forwards, rejected)
-                break
-            except Exception as exc:
-                if not self.retry_landings:
-                    raise
-                delay = await self._failed(
-                    scope,
-                    "batch_failed",
-                    exc,
-                    action="a bug in the backend: report it with this log; the batch's writes are retried"
-                    " and its offsets (and the next batch's) are not committed meanwhile",
-                    delay=delay,
-                    records=len(messages),
-                    stage="write",
-                )
-        self.persist_states(scope.table, states)
-        self.count(scope.name, out)
-        ack(messages)
 
     async def _process(self, scope: Scope, decoded: Decoded, now: int) -> Outputs:
         """The engine over the batch; again, from the persisted states, without an item it failed on
@@ -441,7 +289,7 @@ class Batches:
         partition, how far each source partition this worker owns has come (after the bundles: the
         same producer keeps them in order on each partition)."""
         by_place: dict[str, list[tuple[int, int, bytes]]] = {}
-        marks_of = self.source_marks
+        marks_of = self.watermarks.source_marks
         for item in out.readings:
             by_place.setdefault(item.reading["place"], []).append((item.partition, item.offset, item.forward))
             ts = item.reading["ts"]
@@ -452,105 +300,8 @@ class Batches:
             for place, items in by_place.items()
             for i in range(0, len(items), BUNDLE_MAX)
         ]
-        assigned = self.partitions.assignment()
-        topic = self.settings.source_topic
-        behind = self.behind(topic, assigned)
-        waiting = time.monotonic() - self.hold_since < self.settings.idle_timeout_s
-        marks: dict[int, int | None] = {}
-        for tp in assigned:
-            if tp.topic != topic:
-                continue
-            if tp in self.positions:
-                marks[tp.partition] = marks_of.get(tp.partition, HELD) if tp.partition in behind else None
-            else:
-                # Not read since the assignment: held while it may still bring input (its highwater
-                # unknown or above 0), for up to the idle timeout; an empty partition holds nothing.
-                high = self.partitions.highwater(tp)
-                marks[tp.partition] = HELD if waiting and (high is None or high > 0) else None
-        value = encode_watermarks(marks)
-        forwards.extend((WATERMARKS_KEY, value, q) for q in range(self.place_partitions))
+        forwards.extend(self.watermarks.records())
         return forwards
-
-    # --- outputs ---------------------------------------------------------------------------------
-    async def emit(
-        self, scope: Scope, out: Outputs, forwards: list[Forward], rejected: list[dict[str, Any]]
-    ) -> None:
-        """Write everything the batch produced; retried (idempotent) until it lands: losing it is worse."""
-        open_s = await retry.until_done(
-            "output_write_failed",
-            lambda: self._write(scope.name, out, forwards, rejected),
-            "check MongoDB/Kafka (iot stack status); the batch is retried, nothing is lost",
-            scope=scope.name,
-        )
-        self._pace(open_s, out.open_deferred > 0)
-
-    def _write(
-        self, scope: str, out: Outputs, forwards: list[Forward], rejected: list[dict[str, Any]]
-    ) -> float:
-        """Write the batch's outputs; returns the seconds spent rewriting open windows (the pacer's)."""
-        self.sink.write_readings(out.readings)
-        self.sink.write_windows(scope, out.final_docs)
-        # A window both open and final in one batch is written final only (as one call did before).
-        finals = {d["_id"] for d in out.final_docs}
-        opens = [d for d in out.open_docs if d["_id"] not in finals]
-        started = time.perf_counter()
-        self.sink.write_windows(scope, opens)
-        open_s = time.perf_counter() - started
-        self.sink.write_amended(scope, out.amended_docs)
-        for doc in out.final_docs + out.amended_docs:
-            self.kafka.window(scope, doc)
-        for record in out.late:
-            self.kafka.dlq(record)
-        for record in rejected:
-            self.kafka.dlq(record)
-        for key, value, partition in forwards:
-            self.kafka.forward(self.settings.place_topic, key, value, partition)
-        self.kafka.flush()
-        return open_s
-
-    def _pace(self, open_s: float, deferred: bool) -> None:
-        interval = self.pacer.record(open_s, time.monotonic(), deferred)
-        if interval is None:
-            return
-        for scope in self.scopes.values():
-            scope.engine.open_write_ms = self.pacer.interval_ms
-        self.metrics.open_write_interval.set(interval)
-        _log.info(
-            "open_write_interval",
-            seconds=round(interval, 2),
-            configured_s=self.settings.open_write_s,
-            budget=self.pacer.budget,
-            why="open-window rewrites cost more than their share of the worker's time (or more keys are"
-            " due than a batch or tick writes)"
-            if interval > self.settings.open_write_s
-            else "back within budget",
-        )
-
-    @staticmethod
-    def persist(table: Any, changed: Mapping[str, KeyState]) -> None:
-        Batches.persist_states(table, [(st.partition, key, st.to_json()) for key, st in changed.items()])
-
-    @staticmethod
-    def persist_states(table: Any, states: Sequence[State]) -> None:
-        for partition, key, value in states:
-            table.data[key] = value
-            table.send_changelog(partition, key, value)
-
-    def count(self, scope: str, out: Outputs) -> None:
-        m = self.metrics
-        if out.processed:
-            m.readings.labels(scope).inc(out.processed)
-        if out.duplicates:
-            m.duplicates.labels(scope).inc(out.duplicates)
-        if out.late:
-            m.late.labels(scope).inc(len(out.late))
-        for doc in out.amended_docs:
-            m.amended.labels(scope, doc["place"]).inc()
-        if out.amended_readings:
-            m.amended_readings.labels(scope).inc(out.amended_readings)
-        m.count_final(scope, out.final_docs)
-        for doc in out.amended_docs:
-            m.show_window(scope, doc)
 
 
 def _origin(doc: Mapping[str, Any] | None) -> Origin | None:

@@ -144,6 +144,8 @@ FORWARD_SLOTS: Final = 1024
 # About what a forwarded reading takes in a bundle (a board's reading with its origin: 235 B), to
 # bound the place stage's batches in bytes.
 FORWARD_BYTES: Final = 256
+# (key, value, partition or None for the key's): a record for the place repartition topic.
+Forward = tuple[str, bytes, int | None]
 
 
 # After each batch the sensor stage tells every place partition how far each source partition it

@@ -20,12 +20,15 @@ from pathlib import Path
 MAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decode + validate", ("decode_reading", "decode_forwarded", "validate_reading", "_valid_fields")),
     ("window docs (shape)", ("window_doc",)),
-    ("changelog state (to_json + send)", ("Batches.persist", "KeyState.to_json", "send_changelog")),
+    ("changelog state (to_json + send)", ("Lander.persist", "KeyState.to_json", "send_changelog")),
     ("windows + dedup (engine)", ("ScopeEngine.", "KeyState.", "WindowAcc.", "MetricAcc.", "SeqSet.")),
-    ("metrics", ("Batches.count", "BackendMetrics.")),
+    ("metrics", ("Lander.count", "BackendMetrics.")),
     # backend/batches.py's path around the engine (with backend/intake.py's loops over a batch's
-    # records), and the agents' loop in backend/app.py.
-    ("batch glue (our agents)", ("Batches.", "Intake.", "agent.<locals>.windows", "BackendRuntime._tick")),
+    # records, backend/landing.py's and backend/watermarks.py's), and the agents' loop in backend/app.py.
+    (
+        "batch glue (our agents)",
+        ("Batches.", "Lander.", "Watermarks.", "Intake.", "agent.<locals>.windows", "BackendRuntime._tick"),
+    ),
     ("idle (event loop select)", ("EpollSelector.select",)),
     ("aiokafka (protocol, fetch, produce)", ("aiokafka",)),
     ("faust/mode (streams, acks, commits)", ("faust", "mode/", "Stream.", "Consumer.", "Conductor", "Agent")),

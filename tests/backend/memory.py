@@ -226,9 +226,9 @@ class Pipeline:
             BackendMetrics(),
             _Partitions(self),
         )
-        self.batches.place_partitions = PARTITIONS
+        self.batches.watermarks.place_partitions = PARTITIONS
         # A landing's error fails the test (at the next batch or drain) instead of being retried.
-        self.batches.retry_landings = False
+        self.batches.lander.retry_landings = False
         for name, topic in ((SENSOR, SOURCE), (PLACE, s.place_topic)):
             table = MemoryTable(self.changelogs[name])
             self.tables.append(table)
@@ -341,5 +341,5 @@ class Pipeline:
                     # As the idle timer sees them once the idle timeout has passed: a source partition
                     # not read since a restart holds nothing back any more.
                     later = time.monotonic() + self.settings.idle_timeout_s + 1
-                    scope.engine.holds = self.batches.holds(later)
+                    scope.engine.holds = self.batches.watermarks.holds(later)
                 await self.batches.expire(scope, tick, set(range(PARTITIONS)), set())

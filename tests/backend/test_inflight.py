@@ -214,7 +214,7 @@ def test_a_failed_write_is_retried_and_the_next_batch_is_acked_only_after_it(
     monkeypatch.setattr(retry, "FIRST_S", 0.01)
     sink = HeldSink()
     pipe = Pipeline(sink=sink)
-    pipe.batches.retry_landings = True  # as in the worker
+    pipe.batches.lander.retry_landings = True  # as in the worker
     agent = Agent(pipe)
     first, second = produce(pipe, [reading(0, 0)]), produce(pipe, [reading(0, 1)])
     sink.fail_next = True
