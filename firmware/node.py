@@ -293,6 +293,7 @@ class Node:
                           action="kept in flash and re-sent, again after next_wait_ms without an ack;"
                           " is the gateway running?")
                 box.spill()
+                box.rewind()  # the one re-send that is not a reconnect's: a spill sends nothing again
         sent = 0
         # At least one entry per cycle even when running late, so a backlog always shrinks.
         while self.link.up:
@@ -302,7 +303,7 @@ class Node:
             if entry is None:
                 return
             if not self.link.publish_reading(entry):
-                box.spill()
+                box.spill()  # the link is down (Link._lost): the reconnect re-sends what is in flight
                 return
             box.sent(board.ticks_ms())
             if not self.e2e_ack:

@@ -9,8 +9,12 @@ came within ack_timeout_s, or RAM is full. Flash writes are appends only.
 
 Order: one queue, flash records (older) first, then RAM (newer). `next_entry` walks it from the
 front; what was sent waits in `_sent` (at most `window`) until an ack covers it; acked entries leave
-from the front. A spill moves all of RAM to flash and rewinds: everything unacked is sent again
-(the same boot and seq, so downstream de-duplicates).
+from the front. A spill moves all of RAM to the end of flash, in order, and sends nothing again:
+readings in flight stay in flight with their send time (their ack timeout runs on), the rest are
+read from flash when their turn comes. Only `rewind` re-sends (everything unacked, the same boot
+and seq, so downstream de-duplicates): the node calls it after a reconnect and on an ack timeout
+(with its backoff), never because RAM filled (at 1 Hz without acks that re-sent the whole window
+every ram_slots + 1 readings, whatever the ack timeout).
 
 Flash: `outbox.d/NNNNNNNN.seg`, append-only segment files of at most `_seg_records` records, each
 `<BBHIII` magic, 0, length, boot, seq, crc32(header[:12] + payload), then the payload. A segment is
@@ -169,15 +173,18 @@ class Outbox:
             self.spill()
 
     def spill(self) -> None:
-        """Write every reading in RAM to flash (they could not be delivered) and rewind."""
-        self.rewind()
+        """Move every reading in RAM to the end of flash (they could not be delivered, or RAM is
+        full). What is in flight stays in flight: nothing is sent again for a spill (rewind does)."""
         if not self._ram:
             return
         self.spills += 1
-        for boot, seq, payload in self._ram:
+        # Names already in the firmware only: a new identifier is a new qstr, and one more crossed
+        # a qstr pool's end on the unix port (7 KB less heap for the source-compiled firmware).
+        while self._ram:
+            e = self._ram[0]  # at queue position flash_count: RAM's front becomes flash's end
             self._feed()
             try:
-                self._append(boot, seq, payload)
+                n = self._append(e[0], e[1], e[2])
             except OSError as exc:
                 # Flash full or failing: this reading is lost, and counted as such.
                 code = exc.args[0] if exc.args else 0
@@ -189,14 +196,25 @@ class Outbox:
                     # The flash refuses this write too: the count stays in RAM and is saved with
                     # the next one that succeeds (every drop saves the running total).
                     pass
-        while self._ram:
-            self._free_ram(self._ram.pop())
+                if self.flash_count < len(self._sent):  # in flight: no ack to wait for any more
+                    self._sent_free.append(self._sent.pop(self.flash_count))
+                self._free_ram(self._ram.pop(0))
+                continue
+            self._free_ram(self._ram.pop(0))
+            k = self.flash_count - 1
+            if k < len(self._sent):
+                # In flight: now a flash record (its ack releases it from there), and the next entry
+                # to send is the one after it.
+                self._sent[k][4] = n
+                self._rseg = len(self._segs) - 1
+                self._roff = self._segs[-1][1]
 
     def _free_ram(self, e: list) -> None:
         e[2] = b""  # the payload may go
         self._ram_free.append(e)
 
-    def _append(self, boot: int, seq: int, payload: bytes) -> None:
+    def _append(self, boot: int, seq: int, payload: bytes) -> int:
+        """Append one record at the end of the queue's flash part; returns its payload length."""
         while self.flash_count >= self.max_records or (self._segs and self._free_blocks() < _RESERVE_BLOCKS):
             self._drop_oldest()
         head = self._segs[-1] if self._segs else None
@@ -216,6 +234,7 @@ class Outbox:
         head[1] += HDR_LEN + n
         head[2] += 1
         self.flash_count += 1
+        return n
 
     def _free_blocks(self) -> int:
         st = os.statvfs(self._dir)
@@ -225,18 +244,30 @@ class Outbox:
         self._discard(0)
 
     def _discard(self, index: int) -> None:
-        """Delete segment `index` with its unacked readings, counted as dropped (persisted)."""
+        """Delete segment `index` with its unacked readings, counted as dropped (persisted). The
+        oldest (index 0): those of them in flight leave `_sent` (no ack to wait for), the rest of
+        the queue stays as it was. Any other: the caller rewinds."""
         self._feed()
         seg = self._segs.pop(index)
         lost = seg[2] - seg[3]
+        if not index:
+            k = min(lost, len(self._sent))
+            while k > 0:
+                self._sent_free.append(self._sent.pop(0))
+                k -= 1
+        if self._rseg > index:
+            self._rseg -= 1
+        elif self._rseg == index:
+            # The next entry to send was in it: nothing after it was sent, go on from the next one.
+            self._roff = self._segs[index][4] if index < len(self._segs) else 0
+        if index == len(self._segs):
+            self._head_open = False  # never append to a segment that is gone
         self.flash_count -= lost
         self.dropped += lost
         # Count first, delete second: a power cut in between over-counts (the readings are still
         # there and get delivered), it never loses readings without counting them.
         self._save_dropped()
         os.remove(self._path(seg[0]))
-        if index == len(self._segs):
-            self._head_open = False  # never append to a segment that is gone
 
     def _save_dropped(self) -> None:
         """Persist the running drop count (write-then-rename: a cut leaves the old or the new)."""

@@ -40,6 +40,16 @@ def deliver_all(box, boot_of=None):
         box.sent(0)
         box.ack(r["boot"], [(r["seq"], r["seq"])])
     return got
+
+def measure_without_acks(box, n, t0=0):  # a reading each step, sent when the window allows; no acks
+    sent = []
+    for seq in range(n):
+        box.push(0, seq, payload(0, seq))
+        e = box.next_entry()
+        if e is not None:
+            sent.append(json.loads(bytes(e))["seq"])
+            box.sent(t0 + seq)
+    return sent
 """
 
 
@@ -68,7 +78,7 @@ for seq in range(5):
 in_ram = [box.ram_count, box.flash_count, box.oldest_unacked_ms()]
 box.ack(0, [(1, 3)])  # out of order: 0 is still missing, nothing leaves before it
 after_gap = box.count
-box.spill()  # the node's ack timeout
+box.spill(); box.rewind()  # the node's ack timeout: to flash, then all sent again
 resent = deliver_all(box)
 print(json.dumps([in_ram, after_gap, box.flash_count, resent, box.count]))
 """
@@ -77,6 +87,197 @@ print(json.dumps([in_ram, after_gap, box.flash_count, resent, box.count]))
     assert after_gap == 5
     assert resent == [[0, s] for s in range(5)]  # re-sent oldest first, same ids
     assert left == 0
+
+
+def test_ram_filling_without_acks_spills_to_flash_and_sends_nothing_again(tmp_path: Path) -> None:
+    """No acks at 1 Hz: the 17th reading overflows RAM (16 slots) and all 17 go to flash. The 16 in
+    flight stay in flight with their send times, so only the node's ack timeout (with its backoff)
+    re-sends them. Before, the spill rewound: seq 0 went out again at once, the whole window every
+    17 readings whatever ack_timeout_s and its backoff said."""
+    code = """
+dev, box = fresh_box()
+sent = measure_without_acks(box, 17, 1000)
+state = [box.ram_count, box.flash_count, box.in_flight, box.oldest_unacked_ms(), box.spills]
+more = box.next_entry()  # the window is full: nothing, above all not seq 0 again
+released = box.ack(0, [(0, 15)])
+print(json.dumps([sent, state, more is None, released, deliver_all(box), box.count, os.listdir("outbox.d")]))
+"""
+    sent, state, window_full, released, rest, left, files = _run(tmp_path, code)
+    assert sent == list(range(16))  # each once
+    assert state == [0, 17, 16, 1000, 1]  # all in flash, still in flight since the first send
+    assert window_full
+    assert released == 16  # the acks release the spilled records from flash
+    assert rest == [[0, 16]] and left == 0 and files == []
+
+
+def test_a_spill_keeps_in_flight_readings_in_flight_and_sends_the_rest_from_flash_in_order(
+    tmp_path: Path,
+) -> None:
+    """RAM smaller than the window: spills happen while readings are in flight; the next entries
+    come from flash behind them, each reading is sent once, and the acks release them all."""
+    code = """
+dev = vflash.BlockDevice(64)
+vflash.mount(dev, fresh=True)
+box = Outbox(512, ram_slots=4, window=16)
+sent = measure_without_acks(box, 40)
+state = [box.in_flight, box.oldest_unacked_ms(), box.spills, box.flash_count, box.ram_count]
+box.ack(0, [(0, 15)])
+got = deliver_all(box)
+print(json.dumps([sent, state, got, box.count, os.listdir("outbox.d")]))
+"""
+    sent, state, got, left, files = _run(tmp_path, code)
+    assert sent == list(range(16))
+    in_flight, oldest, spills, flash, ram = state
+    assert (in_flight, oldest) == (16, 0) and spills >= 8 and flash + ram == 40 and ram <= 4
+    assert got == [[0, s] for s in range(16, 40)]
+    assert left == 0 and files == []
+
+
+def test_readings_in_flight_when_spilled_survive_a_power_cut(tmp_path: Path) -> None:
+    code = """
+dev, box = fresh_box()
+measure_without_acks(box, 17)
+box.ack(0, [(0, 2)])  # released before the cut: their segment may hold them still (same ids)
+vflash.unmount()
+vflash.mount(dev)
+again = Outbox(512)
+print(json.dumps([again.count, deliver_all(again)]))
+"""
+    count, got = _run(tmp_path, code)
+    assert got[-14:] == [[0, s] for s in range(3, 17)]  # every unacked one, in order
+    assert count == len(got) and got == sorted(got) and len(got) <= 17
+
+
+def test_a_failed_flash_write_of_a_reading_in_flight_counts_it_and_frees_its_window_place(
+    tmp_path: Path,
+) -> None:
+    code = """
+dev, box = fresh_box()
+for seq in range(5):
+    box.push(0, seq, payload(0, seq))
+    box.next_entry(); box.sent(seq)
+dev.fail_programs = 1
+box.spill()
+state = [dev.failed_programs, box.dropped, box.in_flight, box.flash_count, box.ram_count]
+released = box.ack(0, [(0, 4)])
+print(json.dumps([state, released, box.count, deliver_all(box)]))
+"""
+    state, released, left, more = _run(tmp_path, code)
+    failed, dropped, in_flight, flash, ram = state
+    assert failed == 1 and dropped == 1
+    assert in_flight == flash == 4 and ram == 0  # the lost one no longer waits for an ack
+    assert released == 4 and left == 0 and more == []
+
+
+def test_outbox_matches_a_model_through_random_pushes_sends_acks_spills_drops_and_rewinds(
+    tmp_path: Path,
+) -> None:
+    """A reference model of the queue (unreleased readings in order, the first `nf` in flight with
+    their send times) checked after each of 4,000 random operations, in phases with acks and
+    without; a full outbox (40 records, segments of 5) drops the oldest, in flight or not. Only
+    rewind may send a reading again."""
+    code = """
+dev = vflash.BlockDevice(96)
+vflash.mount(dev, fresh=True)
+box = Outbox(40, ram_slots=4, window=8)
+rng = 4242
+def rand(n):
+    global rng
+    rng = (rng * 1103515245 + 12345) & 0x7FFFFFFF
+    return rng % n
+q = []  # [seq, acked, sent_at] of readings not released, queue order
+nf = 0
+seq = 0
+clock = 0
+dropped = 0
+errors = []
+sends = {}
+rewinds = 0
+ram_in_flight_spills = 0  # spills that moved readings in flight from RAM to flash
+def check(op):
+    global nf, dropped
+    d = box.dropped - dropped  # drops take the oldest, in flight or not
+    if d:
+        del q[:d]
+        nf = max(0, nf - d)
+        dropped = box.dropped
+    oldest = None
+    for r in q[:nf]:
+        if not r[1]:
+            oldest = r[2]
+            break
+    got = [box.count, box.in_flight, box.oldest_unacked_ms()]
+    if got != [len(q), nf, oldest]:
+        errors.append([op, got, [len(q), nf, oldest]])
+def spills_ram_in_flight(will_spill):
+    global ram_in_flight_spills
+    if will_spill and nf > len(q) - box.ram_count:
+        ram_in_flight_spills += 1
+for step in range(4000):
+    acking = (step // 250) % 2 == 0  # phases: the gateway acks (the queue drains), then it does not
+    r = rand(12)
+    if acking:
+        op = 0 if r < 2 else 4 if r < 7 else 8 if r < 11 else 10 + rand(2)
+    else:
+        op = 0 if r < 4 else 4 if r < 9 else 10 + rand(2)
+    if op < 3:
+        spill = rand(8) == 0
+        spills_ram_in_flight(spill or box.ram_count + 1 > 4)
+        box.push(0, seq, payload(0, seq), spill=spill)
+        q.append([seq, False, 0])
+        seq += 1
+        check("push")
+    elif op < 7:
+        clock += 1
+        e = box.next_entry()
+        want = q[nf][0] if nf < min(len(q), 8) else None
+        got = json.loads(bytes(e))["seq"] if e is not None else None
+        if got != want:
+            errors.append(["next", step, got, want])
+            break
+        if e is not None:
+            box.sent(clock)
+            q[nf][2] = clock
+            nf += 1
+            sends[got] = sends.get(got, 0) + 1
+        check("send")
+    elif op < 10 and nf:
+        first = q[rand(nf)][0]
+        last = first + rand(6)
+        released = box.ack(0, [(first, last)])
+        for r in q[:nf]:
+            if first <= r[0] <= last:
+                r[1] = True
+        n = 0
+        while nf and q[0][1]:
+            q.pop(0)
+            nf -= 1
+            n += 1
+        if n != released:
+            errors.append(["ack", step, released, n])
+        check("ack")
+    elif op == 10:
+        spills_ram_in_flight(box.ram_count > 0)
+        box.spill()
+        check("spill")
+    elif op == 11 and rand(10) == 0:
+        box.rewind()
+        rewinds += 1
+        nf = 0
+        for r in q:
+            r[1] = False
+        check("rewind")
+    if errors:
+        break
+resent = sum(n - 1 for n in sends.values())
+print(json.dumps([errors[:3], seq, ram_in_flight_spills, box.dropped, rewinds, resent]))
+"""
+    errors, pushed, ram_in_flight_spills, dropped, rewinds, resent = _run(tmp_path, code)
+    print(f"pushed={pushed} ram_in_flight_spills={ram_in_flight_spills} dropped={dropped}"
+          f" rewinds={rewinds} resent={resent}")
+    assert errors == []
+    assert pushed > 800 and ram_in_flight_spills > 10 and dropped > 0  # every path was taken
+    assert resent <= rewinds * 8  # re-sends come from rewinds only, at most a window each
 
 
 def test_offline_readings_survive_a_reboot_and_replay_in_order(tmp_path: Path) -> None:

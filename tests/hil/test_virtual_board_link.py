@@ -297,6 +297,40 @@ def test_resends_without_acks_back_off_to_the_cap_and_an_ack_starts_the_wait_ove
     assert after[0]["timeouts"] == 1 and after[0]["next_wait_ms"] <= 2 * timeout_s * 1000, after
 
 
+def test_without_acks_a_full_ram_spills_to_flash_and_re_sends_only_on_ack_timeouts(
+    make_board: BoardFactory, probe: Probe
+) -> None:
+    """A reading a second and no acks for 100 board-seconds, ack_timeout_s 60: the window (16) goes
+    out once, then readings wait; every 17 readings RAM overflows and spills to flash. Only an ack
+    timeout (or a reconnect) may send a reading again. Before, the spill rewound: the whole window
+    went out again every ~17 s whatever the ack timeout, each round with fresh send times, so no
+    ack timeout ever came (seq 0 sent 6 times, 80 re-sends, 0 timeouts; after: 2, 16, 1). The clock
+    runs 10x; the console says when the board timed out or reconnected."""
+    span_s, window = 100, 16
+    board = make_board(
+        e2e_ack=True, ack_timeout_s=60, ack_timeout_max_s=60, interval_s=1, health_every_s=5,
+        spec={"clock_speed": 10},
+    )
+    board.start()
+    wait_for(
+        lambda: [h for h in health_of(probe, board.device) if h["uptime_s"] >= span_s],
+        span_s,  # 10 s of real time at 10x, the rest margin for a loaded host
+        f"health after {span_s} virtual seconds",
+    )
+    seqs = seqs_of(probe.readings(board.device))
+    console = board.console()  # after the readings: every re-send they hold has its event in here
+    rounds = len(_ack_timeouts(console)) + console.count("link_up ") - 1  # the first connect is no re-send
+    counts = {s: seqs.count(s) for s in set(seqs)}
+    seen = {"rounds": rounds, "seq 0 sent": counts.get(0), "re-sent": len(seqs) - len(counts)}
+    print(seen)
+    assert max(counts.values()) <= 1 + rounds, seen  # each re-send is a round's
+    assert len(seqs) - len(counts) <= window * rounds, seen
+    # The timeout at 60 s (+ a reconnect on a loaded host): the oldest reading waited its full time.
+    assert 1 <= rounds <= 2, console[-3000:]
+    assert outbox_state(board)[1] >= span_s - 2 * window  # the rest waits in flash, none dropped
+    assert first_occurrences(seqs) == list(range(len(counts)))
+
+
 def test_oversized_incoming_packet_is_dropped_unread_and_the_session_survives(
     make_board: BoardFactory, probe: Probe, broker_url: str
 ) -> None:
